@@ -1,0 +1,49 @@
+# Two entry points do all set-up on a fresh Debian machine with Python 3.11:
+#   make demo   - the main job on the bundled model
+#   make test   - the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BUILD  ?= build
+# torch is pinned to the CPU build first so that the package's torch range installs nothing more.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup venv data plugins demo test zoo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package; skipped (with a message) where apt-get is unavailable.
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+	  echo "note: could not install dataset-fashion-mnist; the demo falls back to sklearn's digits"; \
+	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST; falling back to sklearn's digits"; fi
+
+plugins:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(BUILD) -j2
+
+setup: venv data plugins
+
+demo: setup
+	$(VENV)/bin/dynet-deploy demo
+
+zoo: venv
+	$(VENV)/bin/dynet-deploy zoo
+
+bench: setup
+	$(VENV)/bin/dynet-deploy bench
+
+test: setup
+	$(PY) -m pytest -q -rs
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

@@ -1,0 +1,49 @@
+"""One error type per stage. The CLI prints these without a traceback and exits non-zero."""
+
+
+class DynetDeployError(Exception):
+    """Base class: the message says what was wrong and what to do."""
+
+    stage = "dynet-deploy"
+
+
+class ModelError(DynetDeployError):
+    stage = "model"
+
+
+class CheckpointError(DynetDeployError):
+    stage = "checkpoint"
+
+
+class ExportError(DynetDeployError):
+    stage = "export"
+
+
+class FuseError(DynetDeployError):
+    stage = "fuse"
+
+
+class BuildError(DynetDeployError):
+    stage = "build"
+
+
+class RuntimeBackendError(DynetDeployError):
+    stage = "runtime"
+
+
+class ValidationError(DynetDeployError):
+    stage = "validate"
+
+
+class DataError(DynetDeployError):
+    stage = "data"
+
+
+class BenchError(DynetDeployError):
+    stage = "bench"
+
+
+class MissingDependencyError(DynetDeployError):
+    """An optional component (TensorRT, CUDA, the plugin library) is absent."""
+
+    stage = "dependency"

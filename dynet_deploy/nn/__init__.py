@@ -1,0 +1,1 @@
+"""Dynamic convolution building blocks."""

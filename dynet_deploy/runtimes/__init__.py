@@ -1,0 +1,1 @@
+"""Backends that run a model: PyTorch, onnxruntime, TensorRT (optional, imported lazily)."""

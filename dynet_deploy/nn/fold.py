@@ -1,0 +1,72 @@
+"""Folding an eval-mode BatchNorm into the dynamic conv before it.
+
+BN is affine per output channel: ``bn(z)[t] = s[t] * z[t] + (beta[t] - s[t] * mean[t])`` with
+``s = gamma / sqrt(var + eps)``. A dynamic conv is linear in its basis kernels, so scaling every basis
+kernel ``w[k, t]`` (and bias-bank entry) of channel ``t`` by ``s[t]`` scales the output channel, and the
+shift becomes the static bias. The fold is exact for any coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .dynamic_conv import ACTIVATIONS, DynamicConv2d
+
+
+@torch.no_grad()
+def fold_bn_into_dynamic_conv(conv: DynamicConv2d, bn: nn.BatchNorm2d) -> DynamicConv2d:
+    """Fold ``bn`` (eval statistics) into ``conv`` in place and return ``conv``."""
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"BatchNorm has {bn.num_features} channels, the conv {conv.out_channels}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics cannot be folded")
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.reshape(1, -1, 1, 1, 1))
+    if conv.bias_bank is not None:
+        conv.bias_bank.mul_(scale.reshape(1, -1))
+    old_bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    new_bias = beta - scale * bn.running_mean + scale * old_bias
+    conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+    return conv
+
+
+class DynamicConvBN(nn.Module):
+    """DynamicConv2d -> BatchNorm2d -> activation, foldable into a single DynamicConv2d (+ activation)."""
+
+    def __init__(self, conv: DynamicConv2d, activation: str = "none") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        self.conv = conv
+        self.bn: nn.Module = nn.BatchNorm2d(conv.out_channels)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x, coeff))
+        if self.activation == "relu":
+            y = torch.relu(y)
+        elif self.activation == "relu6":
+            y = torch.clamp(y, 0.0, 6.0)
+        return y
+
+    @property
+    def folded(self) -> bool:
+        return isinstance(self.bn, nn.Identity)
+
+    def fold(self) -> None:
+        if not self.folded:
+            fold_bn_into_dynamic_conv(self.conv, self.bn)  # type: ignore[arg-type]
+            self.bn = nn.Identity()
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """Fold every DynamicConvBN's BatchNorm into its dynamic conv (the model must be in eval mode)."""
+    if model.training:
+        raise ValueError("fold_batchnorms needs an eval-mode model (call model.eval() first)")
+    for m in model.modules():
+        if isinstance(m, DynamicConvBN):
+            m.fold()
+    return model

@@ -1,0 +1,91 @@
+"""A registry of zoo models by name, like timm's ``create_model``.
+
+A checkpoint's JSON config names a model and its keyword arguments; ``create_model`` rebuilds it.
+Every entry records its family, its static baseline (for Dy models) and the paper's figures it is held
+against, so the FLOPs table and the benchmarks can pair models without a second list.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    task: str = "classification"  # or "segmentation"
+    dynamic: bool = False
+    baseline: str | None = None  # the static model a Dy model is compared with
+    paper_mflops: float | None = None  # the paper's multiply-adds at its input size, in millions
+    input_size: tuple[int, int] = (224, 224)  # the size the paper's figure refers to
+    notes: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    task: str = "classification",
+    dynamic: bool = False,
+    baseline: str | None = None,
+    paper_mflops: float | None = None,
+    input_size: tuple[int, int] = (224, 224),
+    notes: str = "",
+    **defaults: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelInfo(name, fn, task, dynamic, baseline, paper_mflops, input_size, notes, dict(defaults))
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every model module.
+    import importlib
+
+    importlib.import_module("dynet_deploy.models")
+
+
+def list_models(task: str | None = None, dynamic: bool | None = None) -> list[str]:
+    _ensure_loaded()
+    return [
+        n
+        for n, i in _REGISTRY.items()
+        if (task is None or i.task == task) and (dynamic is None or i.dynamic == dynamic)
+    ]
+
+
+def model_info(name: str) -> ModelInfo:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build zoo model ``name``; unknown names and arguments raise ModelError."""
+    info = model_info(name)
+    args = {**info.defaults, **kwargs}
+    try:
+        model = info.builder(**args)
+    except TypeError as exc:
+        raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
+    model.zoo_name = name  # type: ignore[attr-defined]
+    model.zoo_kwargs = dict(kwargs)  # type: ignore[attr-defined]
+    return model

@@ -1,0 +1,316 @@
+"""Find and call the native DyNetDynamicConv2d libraries built from plugins/dynamic_conv/.
+
+Three libraries, all optional at import time:
+
+- ``libdynet_dynamic_conv_cpu.so``: the CPU reference (C ABI), always built by ``make plugins``;
+- ``libdynet_dynamic_conv_cuda.so``: the CUDA kernels (same C ABI), built when nvcc is found;
+- ``libdynet_dynamic_conv_trt.so``: the TensorRT plugin, built when TensorRT is found.
+
+They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in ``build/`` at the repository root.
+The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynet_dynamic_conv.h``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import BuildError, MissingDependencyError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PLUGIN_DIR = "DYNET_DEPLOY_PLUGIN_DIR"
+
+CPU_LIBRARY = "libdynet_dynamic_conv_cpu.so"
+CUDA_LIBRARY = "libdynet_dynamic_conv_cuda.so"
+TRT_LIBRARY = "libdynet_dynamic_conv_trt.so"
+
+ABI_VERSION = 1
+
+# DynetStatus
+OK = 0
+ERR_NULL_POINTER = 1
+ERR_INVALID_ARGUMENT = 2
+ERR_WORKSPACE = 3
+ERR_CUDA = 4
+ERR_UNSUPPORTED = 5
+
+# DynetDataType / DynetAlgo
+FLOAT32 = 0
+FLOAT16 = 1
+ALGO_AUTO = 0
+ALGO_TWO_STEP = 1
+ALGO_ONE_KERNEL = 2
+
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+
+
+class DynetConvParams(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_int32)
+        for name in (
+            "n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw",
+            "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom", "pad_right",
+            "dilation_h", "dilation_w", "groups", "activation", "has_bias_bank", "has_bias",
+        )
+    ]
+
+
+class DynamicConvCallError(ValueError):
+    """The native library rejected a call; ``status`` is the DynetStatus code."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---- locating the libraries -----------------------------------------------------------------------------------
+
+def search_dirs() -> list[Path]:
+    dirs = []
+    env = os.environ.get(ENV_PLUGIN_DIR)
+    if env:
+        dirs.append(Path(env))
+    dirs.append(REPO_ROOT / "build")
+    return dirs
+
+
+def find_library(name: str) -> Path | None:
+    for d in search_dirs():
+        p = d / name
+        if p.is_file():
+            return p
+    return None
+
+
+def cpu_library_path() -> Path | None:
+    return find_library(CPU_LIBRARY)
+
+
+def cuda_library_path() -> Path | None:
+    return find_library(CUDA_LIBRARY)
+
+
+def tensorrt_plugin_path() -> Path | None:
+    """Path of the built TensorRT plugin library, or None when it was not built (no TensorRT at build time)."""
+    return find_library(TRT_LIBRARY)
+
+
+def build_libraries(build_dir: str | os.PathLike | None = None, extra_args: Sequence[str] = (), jobs: int = 2) -> Path:
+    """Configure and build plugins/ with CMake (what ``make plugins`` does); return the build folder."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise MissingDependencyError("cmake is not installed; install it (apt-get install cmake) to build the plugins")
+    build = Path(build_dir) if build_dir is not None else REPO_ROOT / "build"
+    steps = [
+        [cmake, "-S", str(REPO_ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *extra_args],
+        [cmake, "--build", str(build), f"-j{jobs}"],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr)[-4000:]
+            raise BuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
+    return build
+
+
+def ensure_built() -> Path:
+    """Return the CPU reference library's path, building build/ with CMake first when it is missing."""
+    path = cpu_library_path()
+    if path is None:
+        build_libraries()
+        path = cpu_library_path()
+    if path is None:
+        raise BuildError(f"CMake finished but {CPU_LIBRARY} is not in {', '.join(map(str, search_dirs()))}")
+    return path
+
+
+# ---- ctypes bindings -----------------------------------------------------------------------------------------
+
+_LOADED: dict[str, ctypes.CDLL] = {}
+
+
+def _declare_common(lib: ctypes.CDLL) -> None:
+    P = ctypes.POINTER(DynetConvParams)
+    lib.dynet_conv_abi_version.restype = ctypes.c_int32
+    lib.dynet_conv_abi_version.argtypes = []
+    lib.dynet_conv_params_init.restype = None
+    lib.dynet_conv_params_init.argtypes = [P]
+    lib.dynet_conv_validate.restype = ctypes.c_int32
+    lib.dynet_conv_validate.argtypes = [P, ctypes.c_char_p, ctypes.c_size_t]
+    lib.dynet_conv_output_hw.restype = ctypes.c_int32
+    lib.dynet_conv_output_hw.argtypes = [P, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]
+    lib.dynet_status_string.restype = ctypes.c_char_p
+    lib.dynet_status_string.argtypes = [ctypes.c_int32]
+    version = lib.dynet_conv_abi_version()
+    if version != ABI_VERSION:
+        raise BuildError(f"{lib._name} has ABI version {version}, this package expects {ABI_VERSION}; rebuild (make plugins)")
+
+
+def _load(name: str, path: Path | None, what: str) -> ctypes.CDLL:
+    if name in _LOADED:
+        return _LOADED[name]
+    if path is None:
+        raise MissingDependencyError(
+            f"{what} library {name} not found in {', '.join(map(str, search_dirs()))}; "
+            f"build it with 'make plugins' or set {ENV_PLUGIN_DIR}"
+        )
+    lib = ctypes.CDLL(str(path))
+    _declare_common(lib)
+    _LOADED[name] = lib
+    return lib
+
+
+def load_cpu_library() -> ctypes.CDLL:
+    lib = _load(CPU_LIBRARY, cpu_library_path(), "the CPU reference")
+    fp = ctypes.POINTER(ctypes.c_float)
+    lib.dynet_conv_cpu_f32.restype = ctypes.c_int32
+    lib.dynet_conv_cpu_f32.argtypes = [ctypes.POINTER(DynetConvParams), fp, fp, fp, fp, fp, fp]
+    return lib
+
+
+def load_cuda_library() -> ctypes.CDLL:
+    lib = _load(CUDA_LIBRARY, cuda_library_path(), "the CUDA kernel")
+    vp = ctypes.c_void_p
+    lib.dynet_conv_cuda_workspace_size.restype = ctypes.c_size_t
+    lib.dynet_conv_cuda_workspace_size.argtypes = [ctypes.POINTER(DynetConvParams), ctypes.c_int32, ctypes.c_int32]
+    lib.dynet_conv_cuda.restype = ctypes.c_int32
+    lib.dynet_conv_cuda.argtypes = [ctypes.POINTER(DynetConvParams), ctypes.c_int32, ctypes.c_int32,
+                                    vp, vp, vp, vp, vp, vp, vp, ctypes.c_size_t, vp]
+    return lib
+
+
+def make_params(x_shape, coeff_shape, weight_shape, *, has_bias_bank=False, has_bias=False, stride=(1, 1),
+                pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, activation=0) -> DynetConvParams:
+    """Build DynetConvParams from tensor shapes and attributes (pads are top, left, bottom, right)."""
+    if len(x_shape) != 4 or len(coeff_shape) != 3 or len(weight_shape) != 5:
+        raise ValueError(
+            f"expected x [N, C_in, H, W], coeff [N, C_c, K], weight [K, C_out, C_in/groups, kH, kW]; "
+            f"got {tuple(x_shape)}, {tuple(coeff_shape)}, {tuple(weight_shape)}"
+        )
+    n, c_in, h, w = (int(v) for v in x_shape)
+    k, c_out, cin_g, kh, kw = (int(v) for v in weight_shape)
+    if coeff_shape[0] != n or coeff_shape[2] != k:
+        raise ValueError(f"coeff {tuple(coeff_shape)} does not match N={n} and K={k}")
+    if groups > 0 and c_in % groups == 0 and cin_g != c_in // groups:
+        raise ValueError(f"weight dim 2 is {cin_g}, expected C_in/groups = {c_in}/{groups}")
+    if isinstance(activation, str):
+        activation = ACTIVATIONS[activation]
+    p = DynetConvParams()
+    p.n, p.c_in, p.h, p.w = n, c_in, h, w
+    p.c_out, p.k, p.coeff_channels, p.kh, p.kw = c_out, k, int(coeff_shape[1]), kh, kw
+    p.stride_h, p.stride_w = (int(s) for s in stride)
+    p.pad_top, p.pad_left, p.pad_bottom, p.pad_right = (int(v) for v in pads)
+    p.dilation_h, p.dilation_w = (int(d) for d in dilation)
+    p.groups, p.activation = int(groups), int(activation)
+    p.has_bias_bank, p.has_bias = int(bool(has_bias_bank)), int(bool(has_bias))
+    return p
+
+
+def _error(lib: ctypes.CDLL, status: int, params: DynetConvParams) -> DynamicConvCallError:
+    buf = ctypes.create_string_buffer(512)
+    lib.dynet_conv_validate(ctypes.byref(params), buf, len(buf))
+    detail = buf.value.decode(errors="replace")
+    text = lib.dynet_status_string(status).decode()
+    return DynamicConvCallError(status, f"DyNetDynamicConv2d: {text}" + (f": {detail}" if detail else ""))
+
+
+def output_hw(params: DynetConvParams, lib: ctypes.CDLL | None = None) -> tuple[int, int]:
+    lib = lib or load_cpu_library()
+    h, w = ctypes.c_int32(), ctypes.c_int32()
+    status = lib.dynet_conv_output_hw(ctypes.byref(params), ctypes.byref(h), ctypes.byref(w))
+    if status != OK:
+        raise _error(lib, status, params)
+    return h.value, w.value
+
+
+def _f32(a, name: str) -> np.ndarray:
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr
+
+
+def cpu_reference_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1), pads=(0, 0, 0, 0),
+                       dilation=(1, 1), groups=1, activation=0) -> np.ndarray:
+    """Run the C++ CPU reference of DyNetDynamicConv2d on float32 arrays; ``pads`` = (top, left, bottom, right).
+
+    Raises DynamicConvCallError (a ValueError) with the library's reason when the arguments break the op contract.
+    """
+    lib = load_cpu_library()
+    x, coeff, weight = _f32(x, "x"), _f32(coeff, "coeff"), _f32(weight, "weight")
+    params = make_params(x.shape, coeff.shape, weight.shape, has_bias_bank=bias_bank is not None,
+                         has_bias=bias is not None, stride=stride, pads=pads, dilation=dilation, groups=groups,
+                         activation=activation)
+    if bias_bank is not None:
+        bias_bank = _f32(bias_bank, "bias_bank")
+        if bias_bank.shape != (params.k, params.c_out):
+            raise ValueError(f"bias_bank must be [K, C_out] = [{params.k}, {params.c_out}], got {bias_bank.shape}")
+    if bias is not None:
+        bias = _f32(bias, "bias")
+        if bias.shape != (params.c_out,):
+            raise ValueError(f"bias must be [C_out] = [{params.c_out}], got {bias.shape}")
+    h_out, w_out = output_hw(params, lib)
+    y = np.empty((params.n, params.c_out, h_out, w_out), dtype=np.float32)
+
+    def ptr(a):
+        return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+    status = lib.dynet_conv_cpu_f32(ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank),
+                                    ptr(bias), ptr(y))
+    if status != OK:
+        raise _error(lib, status, params)
+    return y
+
+
+# ---- CUDA ABI from torch tensors -----------------------------------------------------------------------------
+
+def cuda_workspace_size(params: DynetConvParams, dtype: int = FLOAT32, algo: int = ALGO_AUTO) -> int:
+    """Workspace bytes dynet_conv_cuda needs (host arithmetic only; no GPU needed)."""
+    return int(load_cuda_library().dynet_conv_cuda_workspace_size(ctypes.byref(params), dtype, algo))
+
+
+def cuda_dynamic_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1), pads=(0, 0, 0, 0),
+                      dilation=(1, 1), groups=1, activation=0, algo: int = ALGO_AUTO, out=None, workspace=None):
+    """Run the CUDA kernels on torch CUDA tensors (float32 or float16, contiguous) on the current stream.
+
+    ``workspace`` (a uint8 CUDA tensor) is allocated here when not given; pass one to keep the call allocation-free.
+    """
+    import torch
+
+    lib = load_cuda_library()
+    dtype = {torch.float32: FLOAT32, torch.float16: FLOAT16}.get(x.dtype)
+    if dtype is None:
+        raise ValueError(f"x must be float32 or float16, got {x.dtype}")
+    tensors = {"x": x, "coeff": coeff, "weight": weight, "bias_bank": bias_bank, "bias": bias}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not t.is_cuda or t.dtype != x.dtype or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous CUDA tensor of dtype {x.dtype}")
+    params = make_params(tuple(x.shape), tuple(coeff.shape), tuple(weight.shape), has_bias_bank=bias_bank is not None,
+                         has_bias=bias is not None, stride=stride, pads=pads, dilation=dilation, groups=groups,
+                         activation=activation)
+    h_out, w_out = output_hw(params, lib)
+    if out is None:
+        out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
+    ws_bytes = int(lib.dynet_conv_cuda_workspace_size(ctypes.byref(params), dtype, algo))
+    if workspace is None and ws_bytes > 0:
+        workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
+    ws_ptr = workspace.data_ptr() if workspace is not None else None
+    ws_size = workspace.numel() * workspace.element_size() if workspace is not None else 0
+
+    def ptr(t):
+        return None if t is None else t.data_ptr()
+
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    status = lib.dynet_conv_cuda(ctypes.byref(params), dtype, algo, ptr(x), ptr(coeff), ptr(weight),
+                                 ptr(bias_bank), ptr(bias), ptr(out), ws_ptr, ws_size, stream)
+    if status != OK:
+        raise _error(lib, status, params)
+    return out

@@ -1,0 +1,202 @@
+"""The C++ CPU reference of DyNetDynamicConv2d (through its C ABI, via ctypes) against PyTorch.
+
+Tolerance: relative error ||out - ref|| / ||ref|| <= 1e-5 against PyTorch in float64 (the reference accumulates in
+double and rounds once to float32); max-abs error is reported with it. Invalid arguments must come back as error codes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dynet_deploy import plugin_lib
+
+REL_TOL = 1e-5
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_library():
+    plugin_lib.ensure_built()
+    return plugin_lib.load_cpu_library()
+
+
+def torch_reference(x, coeff, weight, bias_bank, bias, stride, pads, dilation, groups, activation):
+    """The op contract written with PyTorch ops, in float64: fuse each sample's kernel, then F.conv2d."""
+    x, coeff, weight = (torch.from_numpy(a).double() for a in (x, coeff, weight))
+    n, c_out = x.shape[0], weight.shape[1]
+    c = coeff.expand(n, c_out, coeff.shape[2])  # [N, C_out, K]; broadcasts the per-expert form
+    fused = torch.einsum("ntk,ktcij->ntcij", c, weight)
+    b = torch.zeros(n, c_out, dtype=torch.float64)
+    if bias_bank is not None:
+        b = b + torch.einsum("ntk,kt->nt", c, torch.from_numpy(bias_bank).double())
+    if bias is not None:
+        b = b + torch.from_numpy(bias).double()
+    top, left, bottom, right = pads
+    xp = F.pad(x, (left, right, top, bottom))
+    ys = [F.conv2d(xp[i : i + 1], fused[i], b[i], stride=stride, dilation=dilation, groups=groups) for i in range(n)]
+    y = torch.cat(ys)
+    if activation == 1:
+        y = F.relu(y)
+    elif activation == 2:
+        y = F.relu6(y)
+    return y.numpy()
+
+
+def make_case(rng, n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias):
+    x = rng.standard_normal((n, c_in, h, w), dtype=np.float32)
+    coeff = rng.uniform(0.05, 1.0, (n, c_out if per_channel else 1, k)).astype(np.float32)  # sigmoid-like
+    weight = rng.standard_normal((k, c_out, c_in // groups, kh, kw), dtype=np.float32) * np.float32(0.3)
+    bias_bank = rng.standard_normal((k, c_out), dtype=np.float32) if bank else None
+    b = rng.standard_normal((c_out,), dtype=np.float32) if bias else None
+    return x, coeff, weight, bias_bank, b
+
+
+def check(case, stride, pads, dilation, groups, activation):
+    x, coeff, weight, bias_bank, bias = case
+    out = plugin_lib.cpu_reference_conv(x, coeff, weight, bias_bank, bias, stride=stride, pads=pads,
+                                        dilation=dilation, groups=groups, activation=activation)
+    ref = torch_reference(x, coeff, weight, bias_bank, bias, stride, pads, dilation, groups, activation)
+    assert out.shape == ref.shape
+    max_abs = float(np.abs(out - ref).max())
+    rel = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+    assert rel <= REL_TOL, f"relative error {rel:.3e} > {REL_TOL} (max-abs {max_abs:.3e})"
+    return rel, max_abs
+
+
+# name: (n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias, stride, pads, dilation, activation)
+CASES = {
+    "dense3x3_batch1": (1, 8, 12, 9, 11, 6, 3, 3, 1, True, False, False, (1, 1), (1, 1, 1, 1), (1, 1), 0),
+    "odd_batch_relu": (3, 6, 10, 8, 8, 4, 3, 3, 1, True, True, True, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "groups_relu6": (5, 12, 18, 10, 7, 6, 3, 3, 3, True, True, False, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "depthwise_stride2": (3, 16, 16, 13, 12, 6, 3, 3, 16, True, False, True, (2, 2), (1, 1, 1, 1), (1, 1), 0),
+    "depthwise_mult2": (2, 8, 16, 9, 9, 3, 5, 5, 8, False, False, False, (1, 1), (2, 2, 2, 2), (1, 1), 1),
+    "dilated": (2, 6, 8, 15, 14, 5, 3, 3, 1, True, False, False, (1, 1), (2, 2, 2, 2), (2, 2), 0),
+    "asymmetric_pads": (3, 5, 7, 10, 9, 2, 3, 2, 1, True, True, True, (1, 2), (0, 1, 2, 0), (1, 1), 0),
+    "stride_dilation_mixed": (1, 4, 6, 17, 16, 6, 3, 3, 2, True, False, False, (2, 1), (1, 0, 3, 2), (2, 3), 2),
+    "pointwise": (7, 16, 24, 6, 5, 6, 1, 1, 1, True, True, False, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "pointwise_grouped_per_expert": (3, 12, 12, 5, 5, 6, 1, 1, 4, False, True, True, (1, 1), (0, 0, 0, 0), (1, 1), 0),
+    "per_expert_7x7_stride2": (2, 3, 8, 21, 19, 4, 7, 7, 1, False, False, True, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    "dymobile_group_c_over_6": (3, 24, 24, 9, 9, 6, 3, 3, 4, True, False, False, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "k1_single_expert": (1, 4, 4, 4, 4, 1, 3, 3, 1, False, False, False, (1, 1), (1, 1, 1, 1), (1, 1), 0),
+    "kernel_equals_input": (2, 3, 5, 3, 3, 6, 3, 3, 1, True, False, True, (1, 1), (0, 0, 0, 0), (1, 1), 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_pytorch(name):
+    (n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias, stride, pads, dilation, act) = CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    case = make_case(rng, n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias)
+    rel, max_abs = check(case, stride, pads, dilation, groups, act)
+    print(f"{name}: rel {rel:.2e} max-abs {max_abs:.2e} (tolerance rel {REL_TOL})")
+
+
+@st.composite
+def random_layer(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3, 4]))
+    depthwise = draw(st.booleans()) and groups > 1
+    cin_g = 1 if depthwise else draw(st.integers(1, 4))
+    c_in = groups * cin_g
+    c_out = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 2, 3]))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 12))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 12))
+    return dict(
+        n=draw(st.sampled_from([1, 2, 3, 5])), c_in=c_in, c_out=c_out, h=h, w=w, k=draw(st.integers(1, 6)),
+        kh=kh, kw=kw, groups=groups, per_channel=draw(st.booleans()), bank=draw(st.booleans()),
+        bias=draw(st.booleans()), stride=(sh, sw), pads=pads, dilation=(dh, dw), activation=draw(st.integers(0, 2)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_layer())
+def test_random_shapes_match_pytorch(layer):
+    rng = np.random.default_rng(layer["seed"])
+    case = make_case(rng, layer["n"], layer["c_in"], layer["c_out"], layer["h"], layer["w"], layer["k"],
+                     layer["kh"], layer["kw"], layer["groups"], layer["per_channel"], layer["bank"], layer["bias"])
+    check(case, layer["stride"], layer["pads"], layer["dilation"], layer["groups"], layer["activation"])
+
+
+# ---- malformed arguments: error codes with reasons, never a crash ----------------------------------------------
+
+def valid_params():
+    return plugin_lib.make_params((2, 4, 6, 6), (2, 8, 3), (3, 8, 2, 3, 3), groups=2, pads=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("groups", 0, "groups must be >= 1"),
+        ("groups", 3, "must divide C_in"),
+        ("stride_h", 0, "stride"),
+        ("dilation_w", -1, "dilation"),
+        ("pad_left", -2, "pads must be >= 0"),
+        ("activation", 3, "activation must be"),
+        ("activation", -1, "activation must be"),
+        ("coeff_channels", 3, "coeff must be"),
+        ("has_bias", 2, "has_bias"),
+        ("n", 0, "x must be"),
+        ("k", 0, "weight must be"),
+        ("kh", 9, "empty output"),
+        ("c_in", 2**30, "limit is 2^31-1"),
+    ],
+)
+def test_validate_rejects_with_reason(cpu_library, field, value, reason):
+    params = valid_params()
+    setattr(params, field, value)
+    buf = ctypes.create_string_buffer(256)
+    status = cpu_library.dynet_conv_validate(ctypes.byref(params), buf, len(buf))
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT
+    assert reason in buf.value.decode()
+
+
+def test_validate_accepts_and_tiny_message_buffer_is_safe(cpu_library):
+    params = valid_params()
+    assert cpu_library.dynet_conv_validate(ctypes.byref(params), None, 0) == plugin_lib.OK
+    params.groups = 0
+    small = ctypes.create_string_buffer(4)
+    assert cpu_library.dynet_conv_validate(ctypes.byref(params), small, 4) == plugin_lib.ERR_INVALID_ARGUMENT
+    assert len(small.value) <= 3  # truncated and terminated, nothing written past the buffer
+    assert cpu_library.dynet_conv_validate(None, None, 0) == plugin_lib.ERR_NULL_POINTER
+
+
+def test_null_pointers_are_errors(cpu_library):
+    params = valid_params()
+    fp = ctypes.POINTER(ctypes.c_float)
+    x = np.ones((2, 4, 6, 6), np.float32)
+    coeff = np.ones((2, 8, 3), np.float32)
+    weight = np.ones((3, 8, 2, 3, 3), np.float32)
+    y = np.empty((2, 8, 6, 6), np.float32)
+    p = [a.ctypes.data_as(fp) for a in (x, coeff, weight, y)]
+    call = cpu_library.dynet_conv_cpu_f32
+    assert call(ctypes.byref(params), p[0], p[1], p[2], None, None, p[3]) == plugin_lib.OK
+    assert call(ctypes.byref(params), None, p[1], p[2], None, None, p[3]) == plugin_lib.ERR_NULL_POINTER
+    assert call(ctypes.byref(params), p[0], p[1], p[2], None, None, None) == plugin_lib.ERR_NULL_POINTER
+    params.has_bias_bank = 1  # promised a bias bank, passed none
+    assert call(ctypes.byref(params), p[0], p[1], p[2], None, None, p[3]) == plugin_lib.ERR_NULL_POINTER
+    assert call(None, p[0], p[1], p[2], None, None, p[3]) == plugin_lib.ERR_NULL_POINTER
+
+
+def test_python_wrapper_raises_clear_errors():
+    x = np.ones((1, 4, 5, 5), np.float32)
+    weight = np.ones((2, 6, 2, 3, 3), np.float32)
+    with pytest.raises(plugin_lib.DynamicConvCallError, match="groups=3 must divide"):
+        plugin_lib.cpu_reference_conv(x, np.ones((1, 6, 2), np.float32), np.ones((2, 6, 1, 3, 3), np.float32),
+                                      groups=3)
+    with pytest.raises(ValueError, match="does not match"):
+        plugin_lib.cpu_reference_conv(x, np.ones((1, 6, 3), np.float32), weight, groups=2)
+    with pytest.raises(ValueError, match="bias must be"):
+        plugin_lib.cpu_reference_conv(x, np.ones((1, 6, 2), np.float32), weight, bias=np.ones(5, np.float32), groups=2)
+    with pytest.raises(ValueError, match="NaN"):
+        plugin_lib.cpu_reference_conv(x * np.nan, np.ones((1, 6, 2), np.float32), weight, groups=2)

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "dynet_deploy.commands.train",
     "dynet_deploy.commands.demo",
     "dynet_deploy.commands.doctor",
+    "dynet_deploy.commands.checkpoint",
 ]
 
 

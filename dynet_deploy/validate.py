@@ -280,8 +280,12 @@ def validate_random(
     combined.append(reference[0])
     combined.append(backend_results[0])
     # Polygraphy's check is element-wise: |out - ref| <= atol or |out - ref| / |ref| <= rtol.
+    try:
+        from polygraphy.comparator import SimpleCompareFunc as simple_compare
+    except ImportError:  # Polygraphy < 0.50
+        simple_compare = CompareFunc.simple
     accuracy = Comparator.compare_accuracy(
-        combined, compare_func=CompareFunc.simple(atol=tol.max_abs, rtol=tol.rel, check_error_stat="max")
+        combined, compare_func=simple_compare(atol=tol.max_abs, rtol=tol.rel, check_error_stat="max")
     )
     report.polygraphy_passed = bool(accuracy)
 

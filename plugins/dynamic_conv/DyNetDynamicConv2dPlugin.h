@@ -1,0 +1,127 @@
+// TensorRT IPluginV3 glue for DyNetDynamicConv2d (name "DyNetDynamicConv2d", version "1", namespace "").
+// The numerics live in DyNetDynamicConvKernel.cu behind the C ABI; this file maps TensorRT's build and runtime
+// phases onto it. Compiles against the TensorRT 10.x and 11.x headers.
+#ifndef DYNET_DYNAMIC_CONV2D_PLUGIN_H
+#define DYNET_DYNAMIC_CONV2D_PLUGIN_H
+
+#include "NvInfer.h"
+#include "NvInferRuntime.h"
+#include "dynet_dynamic_conv.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dynet
+{
+
+constexpr char const* kPluginName = "DyNetDynamicConv2d";
+constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginNamespace = "";
+
+//! The node's attributes (README, "Attributes"); defaults are the op's defaults.
+struct DynamicConvAttributes
+{
+    int32_t stride_h{1};
+    int32_t stride_w{1};
+    int32_t pad_top{0};
+    int32_t pad_left{0};
+    int32_t pad_bottom{0};
+    int32_t pad_right{0};
+    int32_t dilation_h{1};
+    int32_t dilation_w{1};
+    int32_t groups{1};
+    int32_t activation{0};
+    int32_t has_bias_bank{0};
+    int32_t has_bias{0};
+
+    int32_t nbInputs() const noexcept
+    {
+        return 3 + has_bias_bank + has_bias;
+    }
+};
+
+class DyNetDynamicConv2dPlugin : public nvinfer1::IPluginV3,
+                                 public nvinfer1::IPluginV3OneCore,
+                                 public nvinfer1::IPluginV3OneBuild,
+                                 public nvinfer1::IPluginV3OneRuntime
+{
+public:
+    explicit DyNetDynamicConv2dPlugin(DynamicConvAttributes const& attrs);
+    DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin const& other);
+    DyNetDynamicConv2dPlugin& operator=(DyNetDynamicConv2dPlugin const&) = delete;
+    ~DyNetDynamicConv2dPlugin() override = default;
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+    nvinfer1::IPluginV3* clone() noexcept override;
+
+    // IPluginV3OneCore
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+
+    // IPluginV3OneBuild
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    int32_t getNbOutputs() const noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
+    int32_t getNbTactics() noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t setTactic(int32_t tactic) noexcept override;
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+private:
+    //! Fill params from input dims; false (with a logged reason) when they break the op contract.
+    bool paramsFromDims(nvinfer1::Dims const& x, nvinfer1::Dims const& coeff, nvinfer1::Dims const& weight,
+        bool allowUnknown, DynetConvParams& params) const noexcept;
+
+    DynamicConvAttributes mAttrs;
+    // Per-shape state, set in onShapeChange and read by enqueue.
+    DynetConvParams mParams{};
+    int32_t mDtype{DYNET_FLOAT32};
+    int32_t mTactic{0};
+    // Storage behind getFieldsToSerialize.
+    std::vector<nvinfer1::PluginField> mFields;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+class DyNetDynamicConv2dPluginCreator : public nvinfer1::IPluginCreatorV3One
+{
+public:
+    DyNetDynamicConv2dPluginCreator();
+    ~DyNetDynamicConv2dPluginCreator() override = default;
+
+    char const* getPluginName() const noexcept override;
+    char const* getPluginVersion() const noexcept override;
+    char const* getPluginNamespace() const noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+
+    //! Parse and check the attribute fields; false (with the reason in `error`) on anything malformed.
+    static bool parseFields(nvinfer1::PluginFieldCollection const* fc, DynamicConvAttributes& attrs, std::string& error);
+
+private:
+    std::vector<nvinfer1::PluginField> mFieldNames;
+    nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+} // namespace dynet
+
+#endif // DYNET_DYNAMIC_CONV2D_PLUGIN_H

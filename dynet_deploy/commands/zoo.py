@@ -1,0 +1,169 @@
+"""``dynet-deploy zoo``: every zoo model's parameters and multiply-adds next to the DyNet paper's figures.
+
+Models are built on PyTorch's ``meta`` device and counted with :func:`dynet_deploy.flops.count_flops`, so the
+table costs shapes only (about a second per model, most of it building). Rows come in pairs: each static
+baseline, then the DyNet models compared with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+# Where our count and the paper's figure follow different conventions, or the figure comes from
+# elsewhere, the table says so next to the row.
+CONVENTION_NOTES = {
+    "resnet50": "torchvision's ResNet50 is v1.5 (stride on the 3x3 conv); the paper's Caffe ResNet-50 is v1 "
+    "(stride on the first 1x1): moving the stride there gives 3858 M (-0.8 %)",
+    "dy_resnet50": "v1.5 stride placement as its baseline; with v1's (stride on the first 1x1) it is 1069.6 M (-0.5 %)",
+    "mobilenet_v3_large": "paper figure from the MobileNetV3 paper",
+    "mobilenet_v3_small": "paper figure from the MobileNetV3 paper",
+    "dy_mobilenet_v3_large": "DyNet keeps the baseline's cost: paper figure = baseline's",
+    "dy_mobilenet_v3_small": "DyNet keeps the baseline's cost: paper figure = baseline's",
+    "shufflenet_v2_x1_5": "paper figure from the ShuffleNetV2 paper",
+    "dy_shufflenet_v2_x1_5": "no paper figure at 1.5x",
+    "fcn_resnet50": "paper gives GMACs, no input size: 768x768 is where this baseline costs 310.8 G; 19 classes",
+    "dy_fcn_resnet50": "768x768, 19 classes, as its baseline",
+}
+TARGET_REL_DIFF = 0.10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "zoo",
+        help="list zoo models with parameters and MFLOPs next to the DyNet paper's figures",
+        description="Print every zoo model (classification models with their baselines, and the segmentation "
+        "pair) with parameters, conv+linear multiply-adds, DyNet's overhead (coefficient prediction, kernel "
+        "fusion) and the paper's figure with the relative difference.",
+    )
+    p.add_argument("--model", action="append", metavar="NAME", help="only this model (repeatable)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
+    p.set_defaults(func=run)
+
+
+def _ordered_names(names: list[str] | None) -> list[str]:
+    from ..models import list_models, model_info
+
+    if names:
+        for n in names:
+            model_info(n)  # unknown names raise ModelError with suggestions
+        return list(dict.fromkeys(names))
+    ordered: list[str] = []
+    # Classification first, then segmentation; registration order within each task.
+    everything = list_models(task="classification") + list_models(task="segmentation")
+    everything += [n for n in list_models() if n not in everything]
+    for n in everything:
+        info = model_info(n)
+        if info.dynamic and info.baseline in everything:
+            continue  # placed right after its baseline
+        ordered.append(n)
+        ordered += [d for d in everything if model_info(d).dynamic and model_info(d).baseline == n]
+    return ordered
+
+
+def _count(name: str, cache: dict[str, Any]) -> Any:
+    import torch
+
+    from ..flops import count_flops
+    from ..models import create_model, model_info
+
+    if name not in cache:
+        info = model_info(name)
+        with torch.device("meta"):
+            model = create_model(name)
+        cache[name] = count_flops(model, (1, 3, *info.input_size))
+    return cache[name]
+
+
+def _rel(ours: float, ref: float | None) -> float | None:
+    return None if not ref else (ours - ref) / ref
+
+
+def zoo_rows(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One dict per model: sizes, MFLOPs, the paper's figure and the relative difference, Dy/baseline ratios."""
+    from ..models import model_info
+
+    cache: dict[str, Any] = {}
+    rows = []
+    for name in _ordered_names(names):
+        info = model_info(name)
+        rep = _count(name, cache)
+        mflops = rep.conv_linear_macs / 1e6
+        row: dict[str, Any] = {
+            "name": name,
+            "task": info.task,
+            "dynamic": info.dynamic,
+            "baseline": info.baseline,
+            "input_size": list(info.input_size),
+            "params": rep.params,
+            "params_m": rep.params / 1e6,
+            "mflops": mflops,
+            "dy_overhead_mflops": rep.dynamic_overhead_macs / 1e6,
+            "cpm_mflops": rep.cpm_macs / 1e6,
+            "fusion_mflops": rep.fusion_macs / 1e6,
+            "paper_mflops": info.paper_mflops,
+            "rel_diff": _rel(mflops, info.paper_mflops),
+            "ratio_vs_baseline": None,
+            "paper_ratio_vs_baseline": None,
+            "notes": CONVENTION_NOTES.get(name, info.notes),
+        }
+        row["within_target"] = None if row["rel_diff"] is None else abs(row["rel_diff"]) <= TARGET_REL_DIFF
+        if info.baseline:
+            base = model_info(info.baseline)
+            row["ratio_vs_baseline"] = mflops / (_count(info.baseline, cache).conv_linear_macs / 1e6)
+            if info.paper_mflops and base.paper_mflops:
+                row["paper_ratio_vs_baseline"] = info.paper_mflops / base.paper_mflops
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ["model", "input", "params(M)", "MFLOPs", "Dy ovh", "paper", "vs paper", "Dy/base", "paper Dy/base", "note"]
+    lines_data = []
+    notes: list[str] = []
+    for r in rows:
+        mark = ""
+        if r["notes"]:
+            notes.append(r["notes"])
+            mark = f"[{len(notes)}]"
+        lines_data.append([
+            r["name"],
+            "x".join(str(s) for s in r["input_size"]),
+            _fmt(r["params_m"], ".2f"),
+            _fmt(r["mflops"], ".1f"),
+            _fmt(r["dy_overhead_mflops"], ".1f") if r["dynamic"] else "-",
+            _fmt(r["paper_mflops"], ".1f"),
+            "-" if r["rel_diff"] is None else f"{100 * r['rel_diff']:+.1f}%",
+            _fmt(r["ratio_vs_baseline"], ".3f"),
+            _fmt(r["paper_ratio_vs_baseline"], ".3f"),
+            mark,
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines_data)]
+    left = {0, 1, 9}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in lines_data]
+    out.append("")
+    out.append(
+        "MFLOPs: multiply-adds of conv and linear layers, batch 1, 3 input channels; dynamic convs count as one conv "
+        "at width C_out. Dy ovh: coefficient prediction FCs + kernel fusion (K*C_out*C_in/g*kH*kW per layer), "
+        "GAP not counted. vs paper: (ours - paper) / paper, target within 10 %. Dy/base: conv+linear ratios."
+    )
+    out += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = zoo_rows(args.model)
+    if args.json:
+        print(json.dumps({"target_rel_diff": TARGET_REL_DIFF, "models": rows}, indent=2))
+    else:
+        print(format_table(rows))
+    return 0

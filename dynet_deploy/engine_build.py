@@ -1,0 +1,287 @@
+"""Build a TensorRT engine from a plugin ONNX (one whose dynamic convs are DyNetDynamicConv2d nodes).
+
+- The plugin library is loaded first, so TensorRT's ONNX parser finds the DyNetDynamicConv2d creator.
+- One optimisation profile: min/opt/max batch, and min/opt/max H and W for inputs whose spatial dims are dynamic.
+- fp16 comes from an fp16 ONNX (``convert_onnx_to_fp16``, which keeps the plugin node and feeds it fp16) built as a
+  strongly typed network: TensorRT 11 removed the FP16 builder flag and is always strongly typed; on 10.x the network
+  is created with the STRONGLY_TYPED flag. ``legacy_fp16_flag`` (10.x only) instead sets BuilderFlag.FP16 on the
+  fp32 network and lets TensorRT choose precisions.
+- An optional timing cache is loaded before and saved after the build; the engine is written atomically.
+
+The fp16 conversion needs only onnx and onnxconverter-common; everything else needs TensorRT (``import tensorrt``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from .errors import BuildError, MissingDependencyError
+from .fileio import atomic_path, atomic_write_bytes
+
+PLUGIN_OP = "DyNetDynamicConv2d"
+# The plugin node's float inputs in order; all must be fp16 in an fp16 ONNX (the plugin takes one dtype).
+PLUGIN_FLOAT_INPUTS = ("x", "coeff", "weight", "bias_bank", "bias")
+
+
+# ---- fp16 ONNX ------------------------------------------------------------------------------------------------
+
+def convert_onnx_to_fp16(src, dst=None, keep_io_types: bool = True):
+    """Convert a plugin ONNX to fp16 with onnxconverter-common, keeping every DyNetDynamicConv2d node.
+
+    ``src`` is a path or ModelProto; returns the converted ModelProto, also written atomically to ``dst`` if given.
+    The converter treats an op it does not know as fp16-capable: it casts the node's float inputs to fp16 and
+    converts the constant weight, bias_bank and bias initializers, which is what the plugin's fp16 mode expects.
+    With ``keep_io_types`` the graph's inputs and outputs stay fp32 (Casts are inserted), so callers feed the same
+    arrays as for the fp32 model. Raises BuildError if a plugin node is lost or left with a non-fp16 input.
+    """
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src)) if not isinstance(src, onnx.ModelProto) else src
+    before = [n.name for n in model.graph.node if n.op_type == PLUGIN_OP]
+    try:
+        converted = float16.convert_float_to_float16(model, keep_io_types=keep_io_types)
+    except Exception as exc:  # the converter raises plain exceptions of several kinds
+        raise BuildError(f"fp16 conversion failed: {exc}") from exc
+    after = [n for n in converted.graph.node if n.op_type == PLUGIN_OP]
+    if len(after) != len(before):
+        raise BuildError(f"fp16 conversion changed the number of {PLUGIN_OP} nodes ({len(before)} -> {len(after)})")
+    check_plugin_inputs_fp16(converted)
+    try:
+        onnx.checker.check_model(converted)
+    except onnx.checker.ValidationError as exc:
+        raise BuildError(f"the fp16 ONNX does not pass onnx.checker: {exc}") from exc
+    if dst is not None:
+        atomic_write_bytes(dst, converted.SerializeToString(), BuildError)
+    return converted
+
+
+def tensor_elem_types(model) -> dict[str, int]:
+    """Element type of every tensor whose type the graph states (initializers, inputs, outputs, value_info)."""
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to":
+                    types[node.output[0]] = attr.i
+    return types
+
+
+def check_plugin_inputs_fp16(model) -> None:
+    from onnx import TensorProto
+
+    types = tensor_elem_types(model)
+    for node in model.graph.node:
+        if node.op_type != PLUGIN_OP:
+            continue
+        for name in node.input:
+            t = types.get(name)
+            if name and t is not None and t != TensorProto.FLOAT16:
+                raise BuildError(
+                    f"{PLUGIN_OP} node {node.name!r}: input {name!r} is {TensorProto.DataType.Name(t)} after the fp16 "
+                    "conversion; the plugin needs all its inputs in one dtype"
+                )
+
+
+# ---- TensorRT -------------------------------------------------------------------------------------------------
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - optional, heavy
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "TensorRT is not installed (import tensorrt failed: "
+            f"{exc}). Building engines needs TensorRT 10.x or 11.x with its Python bindings on a CUDA machine; "
+            "export and fuse still work, and onnxruntime runs the plugin ONNX (see 'dynet-deploy doctor')."
+        ) from exc
+    return trt
+
+
+def trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+_LOADED_PLUGIN_LIBS: dict[str, ctypes.CDLL] = {}
+
+
+def load_plugin_library(path=None) -> Path:
+    """Load the TensorRT plugin library with ctypes (its REGISTER_TENSORRT_PLUGIN registers the creator)."""
+    from . import plugin_lib
+
+    lib_path = Path(path) if path is not None else plugin_lib.tensorrt_plugin_path()
+    if lib_path is None:
+        raise MissingDependencyError(
+            f"the TensorRT plugin library {plugin_lib.TRT_LIBRARY} was not built: run "
+            "'cmake -S . -B build -DTensorRT_ROOT=/path/to/TensorRT && cmake --build build' "
+            f"or set {plugin_lib.ENV_PLUGIN_DIR}"
+        )
+    if not lib_path.is_file():
+        raise MissingDependencyError(f"plugin library {lib_path} does not exist")
+    key = str(lib_path.resolve())
+    if key not in _LOADED_PLUGIN_LIBS:
+        try:
+            _LOADED_PLUGIN_LIBS[key] = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise MissingDependencyError(f"could not load plugin library {lib_path}: {exc}") from exc
+    return lib_path
+
+
+@dataclasses.dataclass
+class Profile:
+    """Optimisation profile: batch and (for dynamic spatial inputs) H and W as (min, opt, max)."""
+
+    batch: tuple[int, int, int] = (1, 1, 1)
+    height: tuple[int, int, int] | None = None
+    width: tuple[int, int, int] | None = None
+
+    def __post_init__(self):
+        for name in ("batch", "height", "width"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if len(v) != 3 or not all(int(x) >= 1 for x in v) or not (v[0] <= v[1] <= v[2]):
+                raise BuildError(f"profile {name} must be min <= opt <= max, all >= 1; got {v}")
+
+    def shapes_for(self, name: str, dims: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) shapes for an input with ``dims`` (-1 where dynamic)."""
+        out = ([], [], [])
+        for axis, d in enumerate(dims):
+            if d >= 0:
+                for s in out:
+                    s.append(int(d))
+                continue
+            if axis == 0:
+                rng = self.batch
+            elif axis == len(dims) - 2 and self.height is not None:
+                rng = self.height
+            elif axis == len(dims) - 1 and self.width is not None:
+                rng = self.width
+            else:
+                raise BuildError(
+                    f"input {name!r} has a dynamic dim {axis} in {tuple(dims)}; give its range "
+                    "(--min-hw/--opt-hw/--max-hw for H and W of image inputs)"
+                )
+            for s, v in zip(out, rng):
+                s.append(int(v))
+        return tuple(out[0]), tuple(out[1]), tuple(out[2])
+
+
+@dataclasses.dataclass
+class EngineBuildResult:
+    engine_path: Path
+    tensorrt_version: str
+    fp16: bool
+    strongly_typed: bool
+    plugin_library: Path
+    timing_cache: Path | None
+
+
+class _TrtLogger:
+    """Collects TensorRT's error messages so a failed build can say why."""
+
+    def __init__(self, trt, verbose: bool):
+        class Logger(trt.ILogger):
+            def __init__(inner):
+                trt.ILogger.__init__(inner)
+                inner.errors: list[str] = []
+
+            def log(inner, severity, msg):
+                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                    inner.errors.append(msg)
+                if verbose or severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING):
+                    print(f"[TensorRT] {msg}")
+
+        self.logger = Logger()
+
+
+def build_engine(onnx_path, engine_path, *, profile: Profile, fp16: bool = False, legacy_fp16_flag: bool = False,
+                 plugin_library=None, timing_cache=None, workspace_mib: int | None = None,
+                 save_fp16_onnx=None, verbose: bool = False) -> EngineBuildResult:
+    """Build and atomically write a TensorRT engine for a plugin ONNX. See the module docstring."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise BuildError(f"ONNX file {onnx_path} does not exist")
+    if legacy_fp16_flag and not fp16:
+        raise BuildError("legacy_fp16_flag only makes sense with fp16")
+    trt = import_tensorrt()
+    major = trt_major(trt)
+    if legacy_fp16_flag and major >= 11:
+        raise BuildError(
+            f"TensorRT {trt.__version__} has no FP16 builder flag (removed in 11); use the default fp16 path "
+            "(an fp16 ONNX built strongly typed)"
+        )
+    lib_path = load_plugin_library(plugin_library)
+
+    import onnx
+
+    model_bytes = onnx_path.read_bytes()
+    if fp16 and not legacy_fp16_flag:
+        model16 = convert_onnx_to_fp16(onnx.load(str(onnx_path)), save_fp16_onnx)
+        model_bytes = model16.SerializeToString()
+    strongly_typed = major >= 11 or (fp16 and not legacy_fp16_flag)
+
+    log = _TrtLogger(trt, verbose).logger
+    builder = trt.Builder(log)
+    flags = 0
+    if major < 11 and strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, log)
+    # Parsing from the file path lets the parser resolve external data stored beside the model.
+    if fp16 and not legacy_fp16_flag:
+        ok = parser.parse(model_bytes, str(onnx_path))
+    else:
+        ok = parser.parse_from_file(str(onnx_path))
+    if not ok:
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        hint = ""
+        if "Plugin not found" in errors or PLUGIN_OP in errors:
+            hint = (f" (is {lib_path} the plugin built for this TensorRT? name {PLUGIN_OP!r}, version '1', "
+                    "namespace '')")
+        raise BuildError(f"TensorRT could not parse {onnx_path}: {errors}{hint}")
+
+    config = builder.create_builder_config()
+    if workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if legacy_fp16_flag:
+        config.set_flag(getattr(trt.BuilderFlag, "FP16"))
+    opt_profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        mn, op, mx = profile.shapes_for(tensor.name, tuple(tensor.shape))
+        opt_profile.set_shape(tensor.name, mn, op, mx)
+    config.add_optimization_profile(opt_profile)
+
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    cache_blob = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError("TensorRT failed to build the engine: " + ("; ".join(log.errors) or "no error message"))
+    with atomic_path(engine_path, BuildError) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(serialized))
+    if cache_path is not None:
+        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())), BuildError)
+    return EngineBuildResult(Path(engine_path), str(trt.__version__), fp16, strongly_typed, lib_path, cache_path)
+
+
+def default_engine_path(onnx_path) -> Path:
+    p = Path(onnx_path)
+    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.stem
+    return p.with_name(stem + ".engine")
+
+
+__all__ = [
+    "EngineBuildResult", "Profile", "build_engine", "check_plugin_inputs_fp16", "convert_onnx_to_fp16",
+    "default_engine_path", "import_tensorrt", "load_plugin_library",
+]
+

@@ -8,8 +8,9 @@ with ``g_t = 6`` basis kernels, and the paper "halves the output channels of the
 block". Choices where the paper is silent, written down here:
 
 * All conv layers in every block are dynamic and at half width, so the residual stream is half width too;
-  the stem (7x7 conv, 64 channels) and the projection shortcuts (1x1) stay static. This lands at 543 /
-  1078 MFLOPs for Dy-ResNet18 / 50 against the paper's 550 / 1075.
+  the stem (7x7 conv, 64 channels) and the projection shortcuts (1x1) stay static. This lands at 577 /
+  1127 MFLOPs (conv + linear, ``dynet-deploy zoo``) for Dy-ResNet18 / 50 against the paper's 550 / 1075,
+  the same +5 % as the static baselines against the paper's counting.
 * Each dynamic layer has its own coefficient predictor fed by that layer's input: GAP, FC to C_in/4,
   ReLU, FC to C_out*6, sigmoid (the paper's ResNet CPM).
 * BatchNorm follows each dynamic conv and is folded into its basis kernels for deployment.

@@ -102,3 +102,29 @@ def test_cuda_launch_without_a_usable_device_reports_an_error(built):
     a = host.ctypes.data
     status = lib.dynet_conv_cuda(ctypes.byref(p), 0, 0, a, a, a, None, None, a, a, host.size, None)
     assert status == plugin_lib.ERR_CUDA
+
+
+# ---- the prepared GPU check stays runnable -------------------------------------------------------------------
+
+def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
+    # The GPU script's PyTorch reference and batch-as-groups baseline, checked on the CPU against the C++ reference,
+    # so the script cannot rot on machines without a GPU.
+    import sys
+
+    from dynet_deploy.plugin_lib import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "gpu_check.py"), "--cpu-dry-run"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "references agree with the C++ CPU reference" in proc.stdout
+
+
+def test_gpu_check_script_fails_loudly_without_a_gpu():
+    from dynet_deploy.plugin_lib import REPO_ROOT
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("nvidia-smi is present: run scripts/gpu_check.sh itself on this machine")
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "not a CUDA machine" in proc.stderr

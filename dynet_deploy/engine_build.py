@@ -192,9 +192,10 @@ class _TrtLogger:
                 inner.errors: list[str] = []
 
             def log(inner, severity, msg):
-                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                sev = trt.ILogger.Severity
+                if severity in (sev.INTERNAL_ERROR, sev.ERROR):
                     inner.errors.append(msg)
-                if verbose or severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR, trt.ILogger.WARNING):
+                if verbose or severity in (sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING):
                     print(f"[TensorRT] {msg}")
 
         self.logger = Logger()

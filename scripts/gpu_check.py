@@ -13,7 +13,7 @@
    ours <= 1.2x static, and batch-as-groups / ours >= 2.
 Modes: --sanitize (small shapes, no timing: what compute-sanitizer runs), --cpu-dry-run (no GPU: checks this
 script's own references against the C++ CPU reference, so the script cannot rot unnoticed).
-Needs only torch, numpy and the built libraries (DYNET_DEPLOY_PLUGIN_DIR or --lib-dir).
+Needs only torch, numpy (through plugin_lib) and the built libraries (DYNET_DEPLOY_PLUGIN_DIR or --lib-dir).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

@@ -229,7 +229,9 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
     T const* __restrict__ coeff, T const* __restrict__ weight, T const* __restrict__ fused,
     T const* __restrict__ biasBank, T const* __restrict__ bias, T* __restrict__ y)
 {
-    __shared__ __align__(16) float sA[kTileK][kTileM]; // transposed: sA[kk][m]
+    // sA is transposed (sA[kk][m]) so the inner product reads float4 rows; the +4 padding keeps those reads
+    // 16-byte aligned and spreads the column-wise stores over the banks.
+    __shared__ __align__(16) float sA[kTileK][kTileM + 4];
     __shared__ __align__(16) float sB[kTileK][kTileN];
 
     int32_t const tid = threadIdx.x;

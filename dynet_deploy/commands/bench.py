@@ -1,0 +1,56 @@
+"""``dynet-deploy bench``: latency, throughput and peak memory per backend and batch size, next to FLOPs.
+
+With no arguments it measures the table of the DyNet paper's CPU claim: Dy-mobile, Dy-ResNet18 and
+Dy-ResNet50 against MobileNetV2, ResNet18 and ResNet50, batch 1, 2 threads, 224x224, on PyTorch and
+onnxruntime CPU (what ``make bench`` runs). See :mod:`dynet_deploy.bench` for how it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..bench import BACKENDS, DEFAULT_BACKENDS, DEFAULT_BATCH_SIZES, DEFAULT_MODELS, DEFAULT_OUT_DIR, DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
+
+    p = subparsers.add_parser(
+        "bench",
+        help="time zoo models per backend and batch size (Dy models interleaved with their baselines), next to FLOPs",
+        description="Latency (median, p90 over interleaved rounds after warm-up), throughput, peak memory and FLOPs "
+        "for zoo models on each backend present. Every Dy model is timed in alternating rounds with its static "
+        "baseline, and its speedup is printed next to its FLOPs ratio. Writes bench.txt, bench.json and bench.png "
+        "to --out-dir. Absent backends (CUDA, TensorRT) are skipped with the reason.",
+    )
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
+                   help=f"zoo models (a Dy model brings its baseline); default: {' '.join(DEFAULT_MODELS)}")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"intra-op threads for every backend (default {DEFAULT_THREADS})")
+    p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=BACKENDS, metavar="BACKEND",
+                   help=f"from {', '.join(BACKENDS)}; default: {' '.join(DEFAULT_BACKENDS)}")
+    p.add_argument("--input-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"), help="default: 224 224")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed rounds per model (default {DEFAULT_REPEATS})")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs per model first (default {DEFAULT_WARMUP})")
+    p.add_argument("--dy-form", default="auto", choices=["auto", "feature", "kernel", "matmul", "matmul-nchwc"],
+                   help="the graph the 'onnxruntime' backend runs for Dy models (default auto: the fastest, "
+                   "matmul-nchwc where onnxruntime has NCHWc kernels, else matmul)")
+    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where bench.txt/json/png go (default {DEFAULT_OUT_DIR})")
+    p.add_argument("--keep-onnx", metavar="DIR", help="keep the exported graphs in DIR (default: a temporary folder)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import BenchConfig, format_table, run_bench, write_outputs
+
+    cfg = BenchConfig(
+        models=list(args.models), batch_sizes=list(args.batch_sizes), threads=args.threads, backends=list(args.backends),
+        input_size=(args.input_size[0], args.input_size[1]), repeats=args.repeats, warmup=args.warmup,
+        dy_form=args.dy_form, keep_onnx_dir=args.keep_onnx,
+    )
+    cfg.validate()
+    result = run_bench(cfg, log=lambda msg: print(msg, flush=True))
+    paths = write_outputs(result, args.out_dir)
+    print()
+    print(format_table(result))
+    print()
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,349 @@
+"""Deploy-time forms of the dynamic conv that standard ONNX runtimes execute fast on a CPU.
+
+:mod:`dynet_deploy.export_onnx` writes the two textbook forms: feature-map fusion (``K`` times the conv
+FLOPs) and kernel fusion through ``Einsum`` + the batch-as-groups Conv. Measured on onnxruntime 1.32 CPU,
+``Einsum("nck,kcj->ncj")`` is the bottleneck of the kernel form: it transposes the whole basis bank on every
+run, 4-7x slower than reading it once (a dy_resnet18 spends more time in the Einsums than in its convs).
+
+:func:`to_deploy_form` swaps every :class:`DynamicConv2d` of a model for :class:`MatMulFusionConv2d`, which
+computes the same function with the kernel fusion written as one batched ``MatMul`` against a basis bank
+stored transposed at export (``[C_out, K, C_in/g*kH*kW]``): one GEMV per output channel that streams the
+bank once, the lower bound of batch-1 kernel fusion. The convolution then runs once at width ``C_out``, its
+weight computed at run time. The standard exporter writes the result with standard ops only; the batch is
+fixed at export (``Conv.group`` bakes it in, as in the kernel form).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ExportError
+from .nn import DynamicConv2d, fold_batchnorms
+
+DEPLOY_FORMS = ("matmul",)
+# Forms a Dy model can be exported in for timing: the two textbook forms of export_onnx, ours, and ours with
+# onnxruntime's blocked-layout convolution (onnxruntime CPU only, block size of the machine that writes it).
+DY_FORMS = ("feature", "kernel", "matmul", "matmul-nchwc")
+META_DEPLOY_FORM = "dynet_deploy.deploy_form"
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+class MatMulFusionConv2d(nn.Module):
+    """A folded :class:`DynamicConv2d` whose kernel fusion is one batched MatMul (see module docstring).
+
+    ``forward(x, coeff)`` takes the same inputs as the source layer and returns the same output. The basis
+    bank is a buffer in the layout the MatMul reads: ``[C_out, K, J]`` per-channel (DyNet), or ``[K, C_out*J]``
+    per-expert (CondConv / DY-CNN), with ``J = C_in/groups * kH * kW``.
+    """
+
+    def __init__(self, conv: DynamicConv2d) -> None:
+        super().__init__()
+        k, c_out = conv.num_bases, conv.out_channels
+        self.num_bases = k
+        self.out_channels = c_out
+        self.in_channels = conv.in_channels
+        self.kernel_shape = tuple(conv.weight.shape[3:])
+        self.stride = conv.stride
+        self.dilation = conv.dilation
+        self.groups = conv.groups
+        self.pads = conv.pads
+        self.coeff_mode = conv.coeff_mode
+        w = conv.weight.detach().reshape(k, c_out, -1)
+        if conv.coeff_mode == "channel":
+            bank = w.transpose(0, 1).contiguous()  # [C_out, K, J]
+        else:
+            bank = w.reshape(k, -1).contiguous()  # [K, C_out*J]
+        self.register_buffer("bank", bank)
+        self.register_buffer("bias_bank", None if conv.bias_bank is None else conv.bias_bank.detach().t().contiguous().unsqueeze(-1))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_shape={self.kernel_shape}, stride={self.stride}, "
+            f"pads={self.pads}, dilation={self.dilation}, groups={self.groups}, num_bases={self.num_bases}, "
+            f"coeff_mode={self.coeff_mode}"
+        )
+
+    def fused_kernels(self, coeff: torch.Tensor) -> torch.Tensor:
+        """``[N, C_out, J]`` from ``coeff`` ``[N, C_out|1, K]``."""
+        n = coeff.shape[0]
+        if self.coeff_mode == "channel":
+            # [C_out, N, K] @ [C_out, K, J] -> [C_out, N, J]; at N = 1 both reshapes are free.
+            c = coeff.reshape(self.out_channels, 1, self.num_bases) if n == 1 else coeff.transpose(0, 1)
+            fused = torch.matmul(c, self.bank)
+            return fused.reshape(1, self.out_channels, -1) if n == 1 else fused.transpose(0, 1)
+        return torch.matmul(coeff.reshape(n, self.num_bases), self.bank).reshape(n, self.out_channels, -1)
+
+    def aggregated_bias(self, coeff: torch.Tensor) -> torch.Tensor | None:
+        """``[N * C_out]`` (bias bank mixed by the coefficients, plus the static bias), or None."""
+        n = coeff.shape[0]
+        out = None
+        if self.bias_bank is not None:
+            if self.coeff_mode == "channel":
+                c = coeff.reshape(self.out_channels, 1, self.num_bases) if n == 1 else coeff.transpose(0, 1)
+                out = torch.matmul(c, self.bias_bank).reshape(self.out_channels, n).t()
+            else:
+                out = coeff.reshape(n, self.num_bases) @ self.bias_bank.reshape(self.out_channels, self.num_bases).t()
+        if self.bias is not None:
+            if out is None:
+                # A constant in the graph: repeat() of a buffer folds away at export, expand() leaves shape ops.
+                return self.bias if n == 1 else self.bias.repeat(n)
+            out = out + self.bias
+        return None if out is None else out.reshape(-1)
+
+    def forward(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+        if coeff.dim() == 2:
+            coeff = coeff.unsqueeze(1)
+        n = x.shape[0]
+        t, l, b, r = self.pads
+        if (t, l) == (b, r):
+            pad = (t, l)
+        else:
+            x, pad = F.pad(x, (l, r, t, b)), (0, 0)
+        fused = self.fused_kernels(coeff).reshape(n * self.out_channels, -1, *self.kernel_shape)
+        bias = self.aggregated_bias(coeff)
+        if n == 1:
+            return F.conv2d(x, fused, bias, self.stride, pad, self.dilation, self.groups)
+        y = F.conv2d(x.reshape(1, -1, x.shape[-2], x.shape[-1]), fused, bias, self.stride, pad, self.dilation, self.groups * n)
+        return y.reshape(n, self.out_channels, y.shape[-2], y.shape[-1])
+
+
+def _replace_dynamic_convs(module: nn.Module, form: str) -> int:
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, DynamicConv2d):
+            setattr(module, name, MatMulFusionConv2d(child))
+            count += 1
+        else:
+            count += _replace_dynamic_convs(child, form)
+    return count
+
+
+@torch.no_grad()
+def to_deploy_form(model: nn.Module, form: str = "matmul") -> nn.Module:
+    """An eval-mode deep copy of ``model`` with BatchNorms folded and every DynamicConv2d in ``form``.
+
+    The copy computes the same function (up to float rounding) and exports with the standard exporter
+    (``export_onnx(..., form="kernel", dynamic_batch=False)``: the batch is fixed, as in the kernel form).
+    """
+    if form not in DEPLOY_FORMS:
+        raise ValueError(f"unknown deploy form {form!r}; choose one of {', '.join(DEPLOY_FORMS)}")
+    model = copy.deepcopy(model).eval()
+    fold_batchnorms(model)  # before the swap: folding rewrites the basis kernels the new layers copy
+    _replace_dynamic_convs(model, form)
+    return model
+
+
+# ---- onnxruntime's NCHWc convolution for the run-time weights -----------------------------------------------------
+#
+# onnxruntime's CPU provider runs a Conv with a *constant* weight in its blocked NCHWc layout (the NchwcTransformer
+# reorders the weight once, at session start), and a Conv whose weight is computed at run time through the plain
+# im2col + GEMM path: 1.3-1.7x slower for the 3x3 convs of a Dy-ResNet (measured, 1 thread). The NCHWc kernel
+# itself (``com.microsoft.nchwc::Conv``) reads its weight from its input on every run; it only needs the weight
+# already in the blocked layout ``[C_out/B, C_in/B, kH, kW, B_in, B_out]``. The kernel fusion can write that
+# layout almost for free: the basis bank is permuted at export so that each output channel's row comes out in
+# ``(C_in/B, kH, kW, B_in)`` order, and one Transpose of the fused kernels (``C_out * J`` floats, a sixth of the
+# bank the MatMul streams) moves ``B_out`` innermost.
+
+
+@functools.lru_cache(maxsize=1)
+def nchwc_block_size() -> int | None:
+    """onnxruntime's NCHWc channel block on this machine (8 with AVX2, 16 with AVX-512), or None if absent.
+
+    Read from onnxruntime itself: ``ReorderInput`` pads 4 channels up to one block.
+    """
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        node = helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)
+        graph = helper.make_graph(
+            [node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NCHWC_DOMAIN, 1)])
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        out = sess.run(None, {"x": np.zeros((1, 4, 1, 1), np.float32)})[0]
+        del onnx
+        return int(out.shape[1])
+    except Exception:  # no NCHWc kernels in this build (non-x86, or a minimal build)
+        return None
+
+
+def best_dy_form() -> str:
+    """The fastest measured form for onnxruntime CPU on this machine."""
+    return "matmul-nchwc" if nchwc_block_size() else "matmul"
+
+
+def _producer(t):
+    return t.inputs[0] if t.inputs else None
+
+
+def _fusion_matmul(weight_t):
+    """The MatMul(coeff, constant bank) behind a run-time conv weight, through Reshapes; else None."""
+    import onnx_graphsurgeon as gs
+
+    node = _producer(weight_t)
+    chain = []
+    while node is not None and node.op == "Reshape" and len(node.outputs[0].outputs) == 1:
+        chain.append(node)
+        node = _producer(node.inputs[0])
+    if node is None or node.op != "MatMul" or len(node.outputs[0].outputs) != 1:
+        return None, []
+    bank = node.inputs[1]
+    if not isinstance(bank, gs.Constant) or np.asarray(bank.values).ndim != 3:
+        return None, []
+    return node, chain
+
+
+def _sole_activation(graph, t):
+    """(activation name, params, node) when ``t``'s sole reader is a Relu or Clip(0, 6) that onnxruntime can fuse."""
+    import onnx_graphsurgeon as gs
+
+    readers = t.outputs
+    if len(readers) != 1 or t in graph.outputs:
+        return None
+    act = readers[0]
+    if act.op == "Relu":
+        return "Relu", None, act
+    if act.op == "Clip" and len(act.inputs) == 3 and all(isinstance(i, gs.Constant) for i in act.inputs[1:]):
+        lo, hi = (float(np.asarray(i.values)) for i in act.inputs[1:])
+        return "Clip", [lo, hi], act
+    return None
+
+
+def nchwc_dynamic_convs(model_proto, block: int | None = None):
+    """Rewrite each dense dynamic conv of a ``matmul``-form graph onto onnxruntime's NCHWc Conv kernel.
+
+    Only convs with ``group == 1`` and channel counts divisible by the block qualify; the others (the grouped
+    convs of Dy-mobile, odd widths) stay as they are. Between two rewritten convs the NCHWc tensor is passed on
+    directly, and a GlobalAveragePool (a coefficient predictor) reading it runs on the blocked layout, whose
+    ``[N, C, 1, 1]`` result is the NCHW one. Returns ``(model_proto, rewritten count)``.
+    """
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    block = block or nchwc_block_size()
+    if not block:
+        raise ExportError("this onnxruntime has no NCHWc kernels (x86 builds have them); use the 'matmul' form")
+    graph = gs.import_onnx(model_proto)
+    count = 0
+    for conv in [n for n in graph.nodes if n.op == "Conv" and n.domain in (None, "", "ai.onnx")]:
+        if len(conv.inputs) < 2 or isinstance(conv.inputs[1], gs.Constant) or int(conv.attrs.get("group", 1)) != 1:
+            continue
+        if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            continue
+        mm, chain = _fusion_matmul(conv.inputs[1])
+        if mm is None:
+            continue
+        bank = np.asarray(mm.inputs[1].values)
+        c_out, k, j = bank.shape
+        kh, kw = (int(v) for v in conv.attrs["kernel_shape"])
+        c_in = j // (kh * kw)
+        if c_out % block or c_in % block or c_in * kh * kw != j or mm.inputs[0].shape not in (None, [c_out, 1, k]):
+            continue
+        name = conv.name or f"dynconv{count}"
+        # Each row's J in (C_in/B, kH, kW, B_in) order; one Transpose then moves B_out innermost.
+        permuted = bank.reshape(c_out, k, c_in // block, block, kh, kw).transpose(0, 1, 2, 4, 5, 3).reshape(c_out, k, j)
+        mm.inputs[1] = gs.Constant(f"{mm.inputs[1].name}_nchwc", np.ascontiguousarray(permuted))
+        fused = mm.outputs[0]
+        rows = graph.layer(op="Reshape", name=f"{name}_nchwc_rows", inputs=[fused, gs.Constant(f"{name}_nchwc_rows_shape", np.array([c_out // block, block, j], np.int64))], outputs=[gs.Variable(f"{name}_nchwc_rows_out", np.float32)])[0]
+        blocked = graph.layer(op="Transpose", name=f"{name}_nchwc_transpose", inputs=[rows], attrs={"perm": [0, 2, 1]}, outputs=[gs.Variable(f"{name}_nchwc_transpose_out", np.float32)])[0]
+        weight = graph.layer(op="Reshape", name=f"{name}_nchwc_weight", inputs=[blocked, gs.Constant(f"{name}_nchwc_weight_shape", np.array([c_out, c_in, kh, kw], np.int64))], outputs=[gs.Variable(f"{name}_nchwc_weight_out", np.float32)])[0]
+        for node in chain:
+            node.outputs.clear()
+        x = conv.inputs[0]
+        x_blocked = graph.layer(op="ReorderInput", domain=NCHWC_DOMAIN, name=f"{name}_nchwc_in", inputs=[x], outputs=[gs.Variable(f"{name}_nchwc_in_out", np.float32)])[0]
+        attrs = {a: conv.attrs[a] for a in ("kernel_shape", "strides", "pads", "dilations") if a in conv.attrs}
+        attrs["group"] = 1
+        out = conv.outputs[0]
+        act = _sole_activation(graph, out)
+        if act is not None:
+            attrs["activation"] = act[0]
+            if act[1] is not None:
+                attrs["activation_params"] = act[1]
+            out = act[2].outputs[0]
+            act[2].outputs.clear()
+        inputs = [x_blocked, weight] + ([conv.inputs[2]] if len(conv.inputs) > 2 else [])
+        y_blocked = graph.layer(op="Conv", domain=NCHWC_DOMAIN, name=f"{name}_nchwc", inputs=inputs, attrs=attrs, outputs=[gs.Variable(f"{name}_nchwc_out", np.float32)])[0]
+        conv.outputs.clear()
+        conv.inputs.clear()
+        graph.layer(op="ReorderOutput", domain=NCHWC_DOMAIN, name=f"{name}_nchwc_out_reorder", inputs=[y_blocked], attrs={"channels": c_out}, outputs=[out])
+        count += 1
+    graph.cleanup()
+    _drop_reorder_round_trips(graph, block)
+    graph.cleanup().toposort()
+    out_proto = gs.export_onnx(graph)
+    if not any(o.domain == NCHWC_DOMAIN for o in out_proto.opset_import):
+        out_proto.opset_import.append(onnx.helper.make_opsetid(NCHWC_DOMAIN, 1))
+    out_proto.metadata_props.extend(model_proto.metadata_props)
+    return out_proto, count
+
+
+def _drop_reorder_round_trips(graph, block: int) -> None:
+    """ReorderInput(ReorderOutput(t)) -> t; GlobalAveragePool(ReorderOutput(t)) -> NCHWc GlobalAveragePool(t)."""
+    import onnx_graphsurgeon as gs
+
+    for back in [n for n in graph.nodes if n.op == "ReorderOutput" and n.domain == NCHWC_DOMAIN]:
+        blocked, plain = back.inputs[0], back.outputs[0]
+        channels = int(back.attrs["channels"])
+        if channels % block:
+            continue
+        for reader in list(plain.outputs):
+            if reader.op == "ReorderInput" and reader.domain == NCHWC_DOMAIN:
+                target = reader.outputs[0]
+                for consumer in list(target.outputs):
+                    consumer.inputs[consumer.inputs.index(target)] = blocked
+                reader.outputs.clear()
+                reader.inputs.clear()
+            elif reader.op == "GlobalAveragePool" and reader.domain in (None, "", "ai.onnx"):
+                pooled = reader.outputs[0]
+                reader.outputs.clear()
+                reader.inputs.clear()
+                graph.layer(op="GlobalAveragePool", domain=NCHWC_DOMAIN, name=f"{back.name}_gap", inputs=[blocked], outputs=[pooled])
+        if not plain.outputs and plain not in graph.outputs:
+            back.inputs.clear()
+            back.outputs.clear()
+    del gs
+
+
+# ---- export --------------------------------------------------------------------------------------------------------
+
+def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul", opset: int = 17):
+    """Export ``model`` in ``form`` (one of :data:`DY_FORMS`) to ``path``; returns the export report.
+
+    ``feature``/``kernel`` are :func:`export_onnx`'s forms; ``matmul`` is :func:`to_deploy_form` exported with the
+    standard exporter (standard ops, fixed batch); ``matmul-nchwc`` is that graph after
+    :func:`nchwc_dynamic_convs` (onnxruntime CPU only, for machines with this one's NCHWc block size).
+    """
+    import onnx
+
+    from .export_onnx import export_onnx, get_metadata, set_metadata
+    from .fileio import atomic_path
+
+    if form not in DY_FORMS:
+        raise ExportError(f"unknown deploy form {form!r}; choose one of {', '.join(DY_FORMS)}")
+    if form in ("feature", "kernel"):
+        return export_onnx(model, path, input_shape, form=form, dynamic_batch=False if form == "kernel" else None, opset=opset)
+    name, args = getattr(model, "zoo_name", None), getattr(model, "zoo_kwargs", None)
+    report = export_onnx(to_deploy_form(model), path, input_shape, form="kernel", dynamic_batch=False, opset=opset, model_name=name, model_args=args)
+    proto = onnx.load(str(report.path))
+    meta = {META_DEPLOY_FORM: form}
+    if form == "matmul-nchwc":
+        proto, rewritten = nchwc_dynamic_convs(proto)
+        meta["dynet_deploy.nchwc_block"] = str(nchwc_block_size())
+        report.notes.append(f"{rewritten} dynamic convs on onnxruntime's NCHWc kernel (block {nchwc_block_size()})")
+    set_metadata(proto, {**get_metadata(proto), **meta})
+    with atomic_path(report.path, ExportError) as tmp:
+        onnx.save(proto, str(tmp))
+    report.form = form
+    return report

@@ -1,0 +1,128 @@
+"""dynet-deploy bench: statistics, pairing, memory, and the table / JSON / PNG it writes (tiny models, few runs).
+
+These tests assert what the benchmark reports and how, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dynet_deploy.bench import (
+    BenchConfig,
+    PeakMemory,
+    format_table,
+    latency_stats,
+    plan_units,
+    run_bench,
+    write_outputs,
+)
+from dynet_deploy.cli import main
+from dynet_deploy.errors import BenchError, ModelError
+
+TINY = dict(width_mult=0.25, num_classes=10, small_input=True)
+
+
+def test_latency_stats_on_known_numbers():
+    s = latency_stats([k / 1000 for k in (4, 1, 10, 3, 2, 7, 5, 9, 6, 8)])  # seconds in, milliseconds out
+    assert s["n"] == 10
+    assert s["median_ms"] == pytest.approx(5.5)
+    assert s["p90_ms"] == pytest.approx(9.1)  # linear interpolation: 9 + 0.1 * (10 - 9)
+    assert s["mean_ms"] == pytest.approx(5.5)
+    assert (s["min_ms"], s["max_ms"]) == pytest.approx((1.0, 10.0))
+    assert s["std_ms"] == pytest.approx(np.std(np.arange(1, 11)))
+    odd = latency_stats([0.003, 0.001, 0.002])
+    assert odd["median_ms"] == pytest.approx(2.0) and odd["p90_ms"] == pytest.approx(2.8)
+    with pytest.raises(BenchError):
+        latency_stats([])
+
+
+def test_units_pair_each_dy_model_with_its_baseline_once():
+    assert plan_units(["dy_resnet18"]) == [["dy_resnet18", "resnet18"]]
+    assert plan_units(["resnet18", "dy_resnet18", "mobilenet_v2"]) == [["dy_resnet18", "resnet18"], ["mobilenet_v2"]]
+    assert plan_units(["dy_mobile", "dy_resnet50", "resnet50"]) == [["dy_mobile", "mobilenet_v2"], ["dy_resnet50", "resnet50"]]
+
+
+def test_peak_memory_sees_an_allocation():
+    mem = PeakMemory()
+    before = mem.current_mb()
+    mem.reset()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    peak = mem.peak_mb()
+    del block
+    assert peak - before >= 48, (mem.method, before, peak)
+
+
+def test_config_rejects_bad_input():
+    with pytest.raises(ModelError, match="unknown model"):
+        BenchConfig(models=["resnet19"]).validate()
+    with pytest.raises(BenchError, match="backend"):
+        BenchConfig(backends=["onnxruntime-gpu"]).validate()
+    with pytest.raises(BenchError, match="batch"):
+        BenchConfig(batch_sizes=[0]).validate()
+    with pytest.raises(BenchError, match="dy-form"):
+        BenchConfig(dy_form="winograd").validate()
+
+
+def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
+    cfg = BenchConfig(
+        models=["dy_resnet18"], batch_sizes=[1, 2], threads=1,
+        backends=["torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-cuda", "tensorrt"],
+        input_size=(32, 32), repeats=3, warmup=1,
+        model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
+    )
+    logs: list[str] = []
+    result = run_bench(cfg, log=logs.append)
+
+    timed = {r.backend for r in result.rows}
+    assert {"torch", "onnxruntime", "onnxruntime-portable"} <= timed
+    # Absent backends are skipped with a reason (present ones would be timed instead).
+    for backend in ("onnxruntime-cuda", "tensorrt"):
+        skips = [s for s in result.skipped if s["backend"] == backend]
+        assert (backend in timed) != bool(skips)
+        assert all(s["reason"] for s in skips)
+
+    for backend in timed:
+        for batch in (1, 2):
+            rows = {r.model: r for r in result.rows if r.backend == backend and r.batch == batch}
+            assert set(rows) == {"dy_resnet18", "resnet18"}
+            dy, base = rows["dy_resnet18"], rows["resnet18"]
+            for r in (dy, base):
+                lat = r.latency
+                assert lat["n"] == 3
+                assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] <= lat["max_ms"]
+                assert r.throughput_ips == pytest.approx(batch / (lat["median_ms"] / 1e3))
+                assert r.peak_rss_mb > 0 and r.mflops > 0
+            assert dy.baseline == "resnet18" and base.baseline is None and base.speedup_vs_baseline is None
+            assert dy.speedup_vs_baseline == pytest.approx(base.latency["median_ms"] / dy.latency["median_ms"])
+            assert dy.flops_ratio_vs_baseline == pytest.approx(base.mflops / dy.mflops)
+            assert dy.flops_ratio_vs_baseline > 1.5  # Dy-ResNet18 is the cheaper model
+
+    paths = write_outputs(result, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert {"machine", "config", "results", "skipped", "memory_method"} <= set(data)
+    assert data["machine"]["cpu"] and data["machine"]["onnxruntime"]
+    assert data["config"]["threads"] == 1 and data["config"]["batch_sizes"] == [1, 2]
+    first = data["results"][0]
+    assert {"model", "backend", "batch", "graph", "latency", "throughput_ips", "peak_rss_mb", "rss_delta_mb",
+            "mflops", "speedup_vs_baseline", "flops_ratio_vs_baseline"} <= set(first)
+    assert {"median_ms", "p90_ms"} <= set(first["latency"])
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = paths["table"].read_text()
+    assert table == format_table(result) + "\n"
+    header = table.splitlines()[0]
+    for column in ("model", "backend", "median ms", "p90 ms", "img/s", "peak MB", "MFLOPs", "speedup", "FLOPs ratio"):
+        assert column in header
+    assert sum(line.startswith("dy_resnet18") for line in table.splitlines()) == 2 * len(timed)
+    assert any(line.startswith("timing dy_resnet18 vs resnet18") for line in logs)
+
+
+def test_cli_reports_bad_arguments(capsys):
+    assert main(["bench", "--models", "resnet19", "--out-dir", "unused"]) == 1
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["bench", "--models", "resnet18", "--batch-sizes", "0"]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--backends", "onnxruntime-gpu"])
+    assert exc.value.code == 2

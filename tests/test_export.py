@@ -1,0 +1,116 @@
+"""Export: every zoo model to standard-op ONNX; onnxruntime CPU reproduces PyTorch (fp32).
+
+Tolerances (issue 3): max-abs <= 1e-4 and relative ||out - ref|| / ||ref|| <= 1e-5, on fresh random inputs,
+at batch 1 and 4 (and 3) for the dynamic-batch feature form, at the export batch for the kernel form.
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from dynet_deploy.errors import ExportError
+from dynet_deploy.export_onnx import META_FORM, export_onnx, get_metadata
+from dynet_deploy.models import list_models, model_info
+from dynet_deploy.nn import DyConv2d
+from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
+
+from zoo_exports import ATOL, KERNEL_EXPORT_BATCH, RTOL, SEG_SIZE, SEG_SIZE_2, exported, parity, small_model
+
+ALL_MODELS = list_models()
+DYNAMIC_MODELS = list_models(dynamic=True)
+
+
+def _assert_within(rows, what):
+    for b, hw, max_abs, rel in rows:
+        assert max_abs <= ATOL and rel <= RTOL, f"{what} batch {b} {hw}: max-abs {max_abs:.2e}, relative {rel:.2e}"
+
+
+def _standard_ops_only(path):
+    model = onnx.load(str(path))
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node), "BatchNorm left unfolded"
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_zoo_feature_form_dynamic_batch_matches_pytorch(name):
+    path, report = exported(name, "feature")
+    model = _standard_ops_only(path)
+    assert report.dynamic_batch
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value, "batch should be symbolic"
+    runner = OnnxruntimeRunner(path)
+    seg = model_info(name).task == "segmentation"
+    rows = parity(runner, name, batches=(1, 3, 4), sizes=[SEG_SIZE, SEG_SIZE_2] if seg else None)
+    _assert_within(rows, name)
+
+
+@pytest.mark.parametrize("name", DYNAMIC_MODELS)
+def test_zoo_kernel_form_static_batch_matches_pytorch(name):
+    path, report = exported(name, "kernel")
+    model = _standard_ops_only(path)
+    assert not report.dynamic_batch
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == KERNEL_EXPORT_BATCH
+    # The batch-as-groups Conv (group = batch * groups) is what makes the batch fixed.
+    assert any(n.op_type == "Conv" and n.input[1] not in {i.name for i in model.graph.initializer} for n in model.graph.node)
+    rows = parity(OnnxruntimeRunner(path), name, batches=(KERNEL_EXPORT_BATCH,))
+    _assert_within(rows, name)
+
+
+def test_static_conv_batchnorm_is_folded():
+    path, report = exported("resnet18", "feature")
+    model = onnx.load(str(path))
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+
+
+def test_dynamo_exporter_matches_pytorch(tmp_path):
+    name = "dy_resnet18"
+    path, report = exported(name, "feature", "dynamo")
+    model = _standard_ops_only(path)
+    assert not (path.parent / (path.name + ".data")).exists() or True  # external data is never needed:
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    _assert_within(parity(OnnxruntimeRunner(path), name, batches=(1, 4)), f"{name} dynamo")
+
+
+def test_metadata_records_form(tmp_path):
+    path, _ = exported("dy_resnet18", "kernel")
+    meta = get_metadata(onnx.load(str(path)))
+    assert meta[META_FORM] == "kernel"
+    assert meta["dynet_deploy.model"] == "dy_resnet18"
+
+
+def test_kernel_form_refuses_dynamic_batch(tmp_path):
+    m = DyConv2d(4, 8, 3, padding=1).eval()
+    with pytest.raises(ExportError, match="cannot have a dynamic batch"):
+        export_onnx(m, tmp_path / "m.onnx", (2, 4, 8, 8), form="kernel", dynamic_batch=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_to_missing_folder_fails_cleanly(tmp_path):
+    m = DyConv2d(4, 8, 3, padding=1).eval()
+    with pytest.raises(ExportError, match="does not exist"):
+        export_onnx(m, tmp_path / "no" / "such" / "m.onnx", (1, 4, 8, 8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    class Bad(DyConv2d):
+        def forward(self, x):
+            raise RuntimeError("boom in forward")
+
+    with pytest.raises(ExportError):
+        export_onnx(Bad(4, 8, 3).eval(), tmp_path / "m.onnx", (1, 4, 8, 8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments(tmp_path):
+    m = DyConv2d(4, 8, 3, padding=1).eval()
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(m, tmp_path / "m.onnx", (1, 4, 8, 8), opset=13)
+    with pytest.raises(ExportError, match="form"):
+        export_onnx(m, tmp_path / "m.onnx", (1, 4, 8, 8), form="loop")
+    with pytest.raises(ExportError, match="input_shape"):
+        export_onnx(m, tmp_path / "m.onnx", (4, 8, 8))

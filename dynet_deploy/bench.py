@@ -262,6 +262,7 @@ class _Artefacts:
         self._models: dict[str, Any] = {}
         self._graphs: dict[tuple[str, str, int], Path] = {}
         self._flops: dict[str, Any] = {}
+        self._forms: dict[tuple[str, str, int], str] = {}
 
     def model(self, name: str):
         import torch
@@ -302,9 +303,10 @@ class _Artefacts:
             key = (name, form, batch)
             if key not in self._graphs:
                 path = self.workdir / f"{name}.{form}.b{batch}.onnx"
-                export_deploy_onnx(self.model(name), path, self.input_shape(batch), form)
+                report = export_deploy_onnx(self.model(name), path, self.input_shape(batch), form)
                 self._graphs[key] = path
-            return self._graphs[key], f"deploy form {form!r}"
+                self._forms[key] = report.form
+            return self._graphs[key], f"deploy form {self._forms[key]!r}"
         if kind == "fused":
             key = (name, "fused", 0)
             if key not in self._graphs:
@@ -600,9 +602,9 @@ def plot_png(result: BenchResult, path: str | Path) -> Path:
                 errs.append(max(0.0, r.latency["p90_ms"] - r.latency["median_ms"]))
                 labels.append("" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x")
             bars = ax.bar(xs, ys, width, yerr=[np.zeros(len(errs)), errs], label=backend, capsize=2)
-            for bar, label in zip(bars, labels):
+            for bar, err, label in zip(bars, errs, labels):
                 if label:
-                    ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+                    ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + err), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("median latency (ms)")

@@ -14,13 +14,18 @@ Two limits of the onnxruntime-extensions Python-op API shape this module (found 
   python customops api"). fp16 fused graphs run on TensorRT (or on onnxruntime after a cast to fp32).
 
 Undeclared node attributes (``plugin_version``, ``plugin_namespace``) are ignored by the Python-op kernel.
+An exception escaping a Python op aborts the process, so the op logs the error and returns NaNs instead;
+:class:`~dynet_deploy.runtimes.onnxruntime_runtime.OnnxruntimeRunner` checks inputs before they get there.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 OP_TYPE = "DyNetDynamicConv2d"
 # onnxruntime's TensorRT execution provider hands nodes of this domain to TensorRT plugins, and
@@ -90,6 +95,18 @@ def dynamic_conv_reference(
     return y.numpy()
 
 
+def _nan_output(x, weight, attrs) -> np.ndarray:
+    """The output shape the op would have, filled with NaN (or one NaN if even the shape is unknowable)."""
+    try:
+        n, _, h, w = x.shape
+        kh, kw = weight.shape[3], weight.shape[4]
+        ho = (h + attrs["pad_top"] + attrs["pad_bottom"] - attrs["dilation_h"] * (kh - 1) - 1) // attrs["stride_h"] + 1
+        wo = (w + attrs["pad_left"] + attrs["pad_right"] - attrs["dilation_w"] * (kw - 1) - 1) // attrs["stride_w"] + 1
+        return np.full((n, weight.shape[1], max(ho, 0), max(wo, 0)), np.nan, np.float32)
+    except Exception:
+        return np.full((1,), np.nan, np.float32)
+
+
 def register() -> str:
     """Register the Python op (once per process) and return the onnxruntime-extensions library path."""
     global _registered
@@ -108,9 +125,13 @@ def register() -> str:
             def dynet_dynamic_conv2d(x, coeff, weight, bias_bank, bias, **attrs):
                 has_bias_bank = attrs.pop("has_bias_bank")
                 has_bias = attrs.pop("has_bias")
-                return dynamic_conv_reference(
-                    x, coeff, weight, bias_bank if has_bias_bank else None, bias if has_bias else None, **attrs
-                )
+                try:
+                    return dynamic_conv_reference(
+                        x, coeff, weight, bias_bank if has_bias_bank else None, bias if has_bias else None, **attrs
+                    )
+                except Exception as exc:  # an exception escaping a Python op aborts the whole process
+                    log.error("%s failed: %s; returning NaN", OP_TYPE, exc)
+                    return _nan_output(x, weight, attrs)
 
             _registered = True
     return get_library_path()

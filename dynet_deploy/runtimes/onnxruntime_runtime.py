@@ -58,6 +58,7 @@ class OnnxruntimeRunner:
     """
 
     def __init__(self, model, threads: int | None = None, graph_optimization_level: str = "all", providers: Sequence[str] | None = None) -> None:
+        import onnx
         import onnxruntime as ort
 
         proto = _load_model(model)
@@ -86,6 +87,13 @@ class OnnxruntimeRunner:
                         f"node {node.name!r} is {node.domain}::{node.op_type}; the onnxruntime op is registered in "
                         f"domain {ort_custom_op.OP_DOMAIN!r} (re-run `dynet-deploy fuse`)"
                     )
+            half = [v.name for v in proto.graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16]
+            half += [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+            if half:
+                raise RuntimeBackendError(
+                    f"the graph has float16 tensors ({', '.join(half[:3])}); the onnxruntime DyNetDynamicConv2d op runs "
+                    "float32 only (onnxruntime-extensions Python ops have no float16): run the fp32 graph here, fp16 on TensorRT"
+                )
             proto = type(proto).FromString(proto.SerializeToString())  # pad a copy, never the caller's proto
             ort_custom_op.pad_optional_inputs(proto)
             so.register_custom_ops_library(ort_custom_op.register())
@@ -128,6 +136,19 @@ class OnnxruntimeRunner:
                         + (", a fixed batch: export with a dynamic batch or run `dynet-deploy fuse`" if axis == 0 else "")
                         + ")"
                     )
+
+        # One symbolic dimension (N, H, ...) must take one value across inputs (x and coeff share N).
+        seen: dict[str, tuple[str, int]] = {}
+        for name, (shape, _) in self.input_spec().items():
+            for axis, want in enumerate(shape):
+                if isinstance(want, str) and want:
+                    got = int(feeds[name].shape[axis])
+                    if want in seen and seen[want][1] != got:
+                        other, value = seen[want]
+                        raise RuntimeBackendError(
+                            f"input {name!r} has {want}={got} (dim {axis}) but input {other!r} has {want}={value}; they must agree"
+                        )
+                    seen.setdefault(want, (name, got))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(feeds)

@@ -8,7 +8,8 @@ What differs from timing each model on its own:
 * **One graph per backend, the fastest we know for it.** ``onnxruntime`` runs a Dy model in its deploy form
   (:mod:`dynet_deploy.deploy_forms`, ``--dy-form``); ``onnxruntime-portable`` runs the standard export
   (feature form, dynamic batch), ``onnxruntime-fused`` the ``DyNetDynamicConv2d`` graph of
-  :func:`dynet_deploy.fuse.fuse_dynamic_convs`. A static model has one graph, the standard export, on every
+  :func:`dynet_deploy.fuse.fuse_dynamic_convs`, ``onnxruntime-cuda`` the portable graph on the CUDA provider,
+  ``tensorrt`` an fp32 engine of the fused graph. A static model has one graph, the standard export, on every
   onnxruntime backend. Backends that are absent (no CUDA provider, no TensorRT) are skipped with the reason.
 * **Peak memory per model and backend, in one process.** Linux lets a process reset its resident-set high-water
   mark (``/proc/self/clear_refs``); before loading each model the mark is reset, and after its session is

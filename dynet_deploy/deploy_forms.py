@@ -10,7 +10,13 @@ computes the same function with the kernel fusion written as one batched ``MatMu
 stored transposed at export (``[C_out, K, C_in/g*kH*kW]``): one GEMV per output channel that streams the
 bank once, the lower bound of batch-1 kernel fusion. The convolution then runs once at width ``C_out``, its
 weight computed at run time. The standard exporter writes the result with standard ops only; the batch is
-fixed at export (``Conv.group`` bakes it in, as in the kernel form).
+fixed at export (``Conv.group`` bakes it in, as in the kernel form). Sigmoid coefficient predictors become
+:class:`SigmoidOnceCoefficientPredictor` (one Sigmoid and one Split per predictor).
+
+:func:`nchwc_dynamic_convs` then moves the run-time-weight convs of such a graph onto onnxruntime's blocked
+NCHWc conv kernel (the ``matmul-nchwc`` form, onnxruntime CPU only): onnxruntime blocks constant-weight convs
+itself but runs a conv whose weight is computed at run time through im2col + GEMM, 1.3-1.7x slower.
+:func:`export_deploy_onnx` writes any of :data:`DY_FORMS`.
 """
 
 from __future__ import annotations
@@ -193,7 +199,6 @@ def nchwc_block_size() -> int | None:
     Read from onnxruntime itself: ``ReorderInput`` pads 4 channels up to one block.
     """
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
@@ -207,7 +212,6 @@ def nchwc_block_size() -> int | None:
         so.log_severity_level = 4
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         out = sess.run(None, {"x": np.zeros((1, 4, 1, 1), np.float32)})[0]
-        del onnx
         return int(out.shape[1])
     except Exception:  # no NCHWc kernels in this build (non-x86, or a minimal build)
         return None

@@ -81,14 +81,13 @@ def test_to_deploy_form_replaces_every_dynamic_conv_and_keeps_the_source():
 
 
 TINY_RESNET = dict(width_mult=0.25, num_classes=10, small_input=True)
-NCHWC = pytest.mark.skipif(nchwc_block_size() is None, reason="this onnxruntime build has no NCHWc kernels")
 
 
 @pytest.mark.parametrize("form,name,kwargs,size,batch", [
     ("matmul", "dy_resnet18", TINY_RESNET, 32, 1),
-    pytest.param("matmul-nchwc", "dy_resnet18", TINY_RESNET, 32, 1, marks=NCHWC),
-    pytest.param("matmul-nchwc", "dy_resnet50", TINY_RESNET, 32, 1, marks=NCHWC),
-    pytest.param("matmul-nchwc", "dy_mobile", dict(width_mult=0.5, num_classes=10, small_input=True), 32, 1, marks=NCHWC),
+    pytest.param("matmul-nchwc", "dy_resnet18", TINY_RESNET, 32, 1, marks=needs_nchwc),
+    pytest.param("matmul-nchwc", "dy_resnet50", TINY_RESNET, 32, 1, marks=needs_nchwc),
+    pytest.param("matmul-nchwc", "dy_mobile", dict(width_mult=0.5, num_classes=10, small_input=True), 32, 1, marks=needs_nchwc),
     # batch 2: the batch-as-groups conv (group = 2) stays on the plain kernel in the nchwc form
     ("matmul", "dy_resnet18", TINY_RESNET, 24, 2),
 ])

@@ -11,6 +11,9 @@ What differs from timing each model on its own:
   :func:`dynet_deploy.fuse.fuse_dynamic_convs`, ``onnxruntime-cuda`` the portable graph on the CUDA provider,
   ``tensorrt`` an fp32 engine of the fused graph. A static model has one graph, the standard export, on every
   onnxruntime backend. Backends that are absent (no CUDA provider, no TensorRT) are skipped with the reason.
+* **onnxruntime's idle workers do not spin** (``session.intra_op.allow_spinning = 0``, ``--ort-spinning`` turns
+  it back on): two interleaved sessions each own a thread pool, and the idle one's spinning workers would take
+  cores from the running one.
 * **Peak memory per model and backend, in one process.** Linux lets a process reset its resident-set high-water
   mark (``/proc/self/clear_refs``); before loading each model the mark is reset, and after its session is
   created and warmed up ``VmHWM`` is read. ``rss_delta_mb`` = that peak minus the RSS before loading: the
@@ -135,6 +138,7 @@ class BenchConfig:
     repeats: int = DEFAULT_REPEATS
     warmup: int = DEFAULT_WARMUP
     dy_form: str = "auto"
+    ort_spinning: bool = False
     model_kwargs: dict[str, dict] = field(default_factory=dict)
     keep_onnx_dir: str | None = None
 
@@ -358,14 +362,44 @@ def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig) -> _Ru
     return _Runner(run, graph)
 
 
-def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, kind: str, providers: list[str] | None) -> _Runner:
-    from .runtimes.onnxruntime_runtime import OnnxruntimeRunner
+def _ort_session(path: Path, cfg: BenchConfig, providers: list[str] | None):
+    """A session like OnnxruntimeRunner's (threads, one inter-op thread, optimisation level "all"), plus the
+    worker-spinning policy: interleaved sessions each keep their own pool, and the idle pool's spinning workers
+    compete with the running one for the cores (dy_resnet18 vs resnet18, 2 threads, shared 2-core machine:
+    1.38-1.47x with spinning, 1.68-2.17x without)."""
+    import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.ort_spinning else "0")
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BenchError(f"onnxruntime could not load {path.name}: {exc}") from None
+
+
+def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, kind: str, providers: list[str] | None, custom_op: bool) -> _Runner:
     path, graph = art.graph(name, kind, batch)
-    runner = OnnxruntimeRunner(path, threads=cfg.threads, providers=providers)
-    feeds = {runner.input_names[0]: _input(art.input_shape(batch))}
-    runner.run(feeds)  # checks the inputs once; the timed loop calls the session directly
-    session = runner.session
+    x = _input(art.input_shape(batch))
+    if custom_op:
+        # The DyNetDynamicConv2d op needs the runner's registration; it keeps onnxruntime's default spinning.
+        from .runtimes.onnxruntime_runtime import OnnxruntimeRunner
+
+        runner = OnnxruntimeRunner(path, threads=cfg.threads, providers=providers)
+        feeds = {runner.input_names[0]: x}
+        runner.run(feeds)  # checks the inputs once; the timed loop calls the session directly
+        session = runner.session
+        graph += ", onnxruntime default thread spinning"
+    else:
+        session = _ort_session(path, cfg, providers)
+        inp = session.get_inputs()[0]
+        if any(isinstance(d, int) and d != s for d, s in zip(inp.shape, x.shape)):
+            raise BenchError(f"{path.name} takes {inp.shape}, the benchmark feeds {list(x.shape)}")
+        feeds = {inp.name: x}
+        graph += ", worker spinning " + ("on" if cfg.ort_spinning else "off")
 
     def run() -> Any:
         return session.run(None, feeds)
@@ -447,7 +481,13 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
         feeds = {runner.input_names[0]: _input(art.input_shape(batch))}
         return _Runner(lambda: runner.run(feeds), graph + ", TensorRT fp32 (timing includes host<->device copies)")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "onnxruntime-cuda" else None
-    return _open_onnxruntime(art, name, batch, cfg, kind, providers)
+    if kind == "fused":
+        # The DyNetDynamicConv2d op runs in Python through torch: with torch's OpenMP pool at N threads its idle
+        # workers spin against onnxruntime's threads and slow the baseline's interleaved runs (measured: 4-5x).
+        import torch
+
+        torch.set_num_threads(1)
+    return _open_onnxruntime(art, name, batch, cfg, kind, providers, custom_op=backend == "onnxruntime-fused")
 
 
 # ---- the benchmark --------------------------------------------------------------------------------------------------

@@ -100,11 +100,15 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
             assert dy.flops_ratio_vs_baseline == pytest.approx(base.mflops / dy.mflops)
             assert dy.flops_ratio_vs_baseline > 1.5  # Dy-ResNet18 is the cheaper model
 
+    # onnxruntime sessions are made without idle-worker spinning unless asked (interleaved pools compete)
+    assert all("spinning off" in r.graph for r in result.rows if r.backend.startswith("onnxruntime"))
+
     paths = write_outputs(result, tmp_path / "out")
     data = json.loads(paths["json"].read_text())
     assert {"machine", "config", "results", "skipped", "memory_method"} <= set(data)
     assert data["machine"]["cpu"] and data["machine"]["onnxruntime"]
     assert data["config"]["threads"] == 1 and data["config"]["batch_sizes"] == [1, 2]
+    assert data["config"]["ort_spinning"] is False
     first = data["results"][0]
     assert {"model", "backend", "batch", "graph", "latency", "throughput_ips", "peak_rss_mb", "rss_delta_mb",
             "mflops", "speedup_vs_baseline", "flops_ratio_vs_baseline"} <= set(first)

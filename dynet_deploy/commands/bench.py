@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dy-form", default="auto", choices=["auto", "feature", "kernel", "matmul", "matmul-nchwc"],
                    help="the graph the 'onnxruntime' backend runs for Dy models (default auto: the fastest, "
                    "matmul-nchwc where onnxruntime has NCHWc kernels, else matmul)")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let onnxruntime's idle worker threads spin (its default); off by default because the "
+                   "interleaved sessions' spinning workers take cores from each other")
     p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where bench.txt/json/png go (default {DEFAULT_OUT_DIR})")
     p.add_argument("--keep-onnx", metavar="DIR", help="keep the exported graphs in DIR (default: a temporary folder)")
     p.set_defaults(func=run)
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         models=list(args.models), batch_sizes=list(args.batch_sizes), threads=args.threads, backends=list(args.backends),
         input_size=(args.input_size[0], args.input_size[1]), repeats=args.repeats, warmup=args.warmup,
-        dy_form=args.dy_form, keep_onnx_dir=args.keep_onnx,
+        dy_form=args.dy_form, ort_spinning=args.ort_spinning, keep_onnx_dir=args.keep_onnx,
     )
     cfg.validate()
     result = run_bench(cfg, log=lambda msg: print(msg, flush=True))

@@ -94,11 +94,11 @@ def test_wrong_magic_on_labels(tmp_path):
         data.load_fashion_mnist_raw("test", root=tmp_path)
 
 
-@pytest.mark.parametrize("cut", [3, 10, 100])
-def test_truncated_file(tmp_path, cut):
+@pytest.mark.parametrize("keep", [3, 10, -1, -100], ids=["inside-magic", "inside-dims", "one-byte-short", "100-bytes-short"])
+def test_truncated_file(tmp_path, keep):
     full = idx_bytes(np.ones((4, 28, 28), np.uint8))
-    write_split(tmp_path, "train", n_images=4, images_blob=full[:-cut] if cut != 10 else full[:10])
-    with pytest.raises(DataError, match="truncated"):
+    write_split(tmp_path, "train", n_images=4, images_blob=full[:keep])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: .*truncated"):
         data.load_fashion_mnist_raw("train", root=tmp_path)
 
 

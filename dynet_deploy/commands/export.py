@@ -75,8 +75,10 @@ def run(args) -> int:
 
     from ..errors import ExportError
     from ..export_onnx import export_onnx
+    from ..fileio import check_output_path
     from ..models import model_info
 
+    check_output_path(args.output, ExportError)  # before loading anything
     net, name, zoo_args, source = load_model(args.ckpt, args.model, args.model_args)
     info = model_info(name) if name else None
     if source.startswith("randomly"):

@@ -373,8 +373,13 @@ def validate_dataset(
     progress: bool = False,
     model_name: str = "",
     num_classes: int | None = None,
+    reference_logits: np.ndarray | None = None,
 ) -> DatasetReport:
-    """Top-1 (or mIoU for segmentation, where ``labels`` are masks) of PyTorch and the backend, and agreement."""
+    """Top-1 (or mIoU for segmentation, where ``labels`` are masks) of PyTorch and the backend, and agreement.
+
+    ``reference_logits``: PyTorch's outputs on ``images`` if already computed (several graphs of one model
+    are checked against one reference run); they must come from :func:`reference_outputs` on the same images.
+    """
     model_path = Path(model_path)
     graph = read_graph_input(model_path)
     session = BackendSession(backend, model_path, threads=threads)
@@ -391,7 +396,12 @@ def validate_dataset(
     def run_backend(x):
         return session.run({graph.name: x.astype(graph.dtype)})[out_name].astype(np.float32)
 
-    ref_logits = _run_in_batches(run_ref, images, bs, fixed, progress, "pytorch")
+    if reference_logits is None:
+        ref_logits = _run_in_batches(run_ref, images, bs, fixed, progress, "pytorch")
+    else:
+        ref_logits = np.asarray(reference_logits)
+        if len(ref_logits) != len(images):
+            raise ValidationError(f"reference_logits has {len(ref_logits)} rows for {len(images)} images")
     be_logits = _run_in_batches(run_backend, images, bs, fixed, progress, backend)
     ref_pred, be_pred = ref_logits.argmax(1), be_logits.argmax(1)
     segmentation = labels.ndim == 3
@@ -414,6 +424,19 @@ def validate_dataset(
         AGREEMENT_TARGETS[graph.precision],
         time.perf_counter() - t0,
     )
+
+
+def reference_outputs(model, images: np.ndarray, batch: int = 250, dtype=np.float32, progress: bool = False) -> np.ndarray:
+    """PyTorch's first output on ``images`` in batches (inputs rounded through ``dtype`` as a backend sees them)."""
+    import torch
+
+    def run(x):
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.ascontiguousarray(x.astype(dtype).astype(np.float32))))
+        out = out if isinstance(out, torch.Tensor) else (list(out.values())[0] if isinstance(out, dict) else out[0])
+        return out.numpy()
+
+    return _run_in_batches(run, np.asarray(images, dtype=np.float32), batch, False, progress, "pytorch")
 
 
 def mean_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -496,6 +519,7 @@ __all__ = [
     "errors",
     "mean_iou",
     "read_graph_input",
+    "reference_outputs",
     "synthetic_segmentation",
     "validate_dataset",
     "validate_random",

@@ -1,0 +1,30 @@
+"""``dynet-deploy demo``: the main job on the bundled model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="bundled checkpoint -> export -> fuse -> onnxruntime -> validation -> accuracy parity -> latency",
+        description="Runs every stage on the bundled Dy-ResNet18 trained on Fashion-MNIST and prints a summary table. "
+        "Without Debian's dataset-fashion-mnist package it falls back to sklearn's digits and says so.",
+    )
+    p.add_argument("--out-dir", default="out/demo", help="where the graphs and summary.json go (default: out/demo)")
+    p.add_argument("--dataset", choices=["auto", "fashion-mnist", "digits"], default="auto")
+    p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and onnxruntime (default: 2)")
+    p.add_argument("--limit", type=int, help="use only the first N test images")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from polygraphy.logger import G_LOGGER
+
+    from ..demo import format_summary, run_demo
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    res = run_demo(args.out_dir, args.dataset, args.threads, args.limit)
+    print(format_summary(res))
+    return 0 if res.passed else 1

@@ -81,24 +81,33 @@ class MatMulFusionConv2d(nn.Module):
             f"coeff_mode={self.coeff_mode}"
         )
 
-    def fused_kernels(self, coeff: torch.Tensor) -> torch.Tensor:
-        """``[N, C_out, J]`` from ``coeff`` ``[N, C_out|1, K]``."""
-        n = coeff.shape[0]
+    def _channel_major(self, coeff: torch.Tensor, n: int) -> torch.Tensor:
+        """Per-channel coefficients as ``[C_out, N, K]``, the MatMul's batch of GEMVs.
+
+        At N = 1 this is the memory of ``[1, C_out, K]``; a coefficient predictor in its deploy form already
+        hands them over in this shape (see :class:`SigmoidOnceCoefficientPredictor`), so no Reshape is written.
+        """
+        if n == 1:
+            shape = (self.out_channels, 1, self.num_bases)
+            return coeff if tuple(coeff.shape) == shape else coeff.reshape(shape)
+        return coeff.transpose(0, 1)
+
+    def fused_kernels(self, coeff: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """``[N, C_out, J]`` from ``coeff`` ``[N, C_out|1, K]`` (or ``[C_out, 1, K]`` at ``n`` = 1)."""
+        n = coeff.shape[0] if n is None else n
         if self.coeff_mode == "channel":
             # [C_out, N, K] @ [C_out, K, J] -> [C_out, N, J]; at N = 1 both reshapes are free.
-            c = coeff.reshape(self.out_channels, 1, self.num_bases) if n == 1 else coeff.transpose(0, 1)
-            fused = torch.matmul(c, self.bank)
+            fused = torch.matmul(self._channel_major(coeff, n), self.bank)
             return fused.reshape(1, self.out_channels, -1) if n == 1 else fused.transpose(0, 1)
         return torch.matmul(coeff.reshape(n, self.num_bases), self.bank).reshape(n, self.out_channels, -1)
 
-    def aggregated_bias(self, coeff: torch.Tensor) -> torch.Tensor | None:
+    def aggregated_bias(self, coeff: torch.Tensor, n: int | None = None) -> torch.Tensor | None:
         """``[N * C_out]`` (bias bank mixed by the coefficients, plus the static bias), or None."""
-        n = coeff.shape[0]
+        n = coeff.shape[0] if n is None else n
         out = None
         if self.bias_bank is not None:
             if self.coeff_mode == "channel":
-                c = coeff.reshape(self.out_channels, 1, self.num_bases) if n == 1 else coeff.transpose(0, 1)
-                out = torch.matmul(c, self.bias_bank).reshape(self.out_channels, n).t()
+                out = torch.matmul(self._channel_major(coeff, n), self.bias_bank).reshape(self.out_channels, n).t()
             else:
                 out = coeff.reshape(n, self.num_bases) @ self.bias_bank.reshape(self.out_channels, self.num_bases).t()
         if self.bias is not None:
@@ -117,8 +126,8 @@ class MatMulFusionConv2d(nn.Module):
             pad = (t, l)
         else:
             x, pad = F.pad(x, (l, r, t, b)), (0, 0)
-        fused = self.fused_kernels(coeff).reshape(n * self.out_channels, -1, *self.kernel_shape)
-        bias = self.aggregated_bias(coeff)
+        fused = self.fused_kernels(coeff, n).reshape(n * self.out_channels, -1, *self.kernel_shape)
+        bias = self.aggregated_bias(coeff, n)
         if n == 1:
             return F.conv2d(x, fused, bias, self.stride, pad, self.dilation, self.groups)
         y = F.conv2d(x.reshape(1, -1, x.shape[-2], x.shape[-1]), fused, bias, self.stride, pad, self.dilation, self.groups * n)
@@ -131,6 +140,12 @@ class SigmoidOnceCoefficientPredictor(nn.Module):
     The exported original slices the FC output per fed layer and applies one sigmoid per slice (a full-range
     Slice even when it feeds one layer); this form is one Sigmoid and, for several layers, one Split. The
     sigmoid is element-wise, so the values are the same. Softmax predictors are kept as they are.
+
+    Node count matters on a small model (Dy-mobile: 17 predictors feeding 51 layers), so two more ops go:
+    the pooling is a mean over H and W (one ``ReduceMean``, which onnxruntime also runs 2x faster than
+    ``GlobalAveragePool`` + ``Flatten`` at 2 threads), and at batch 1 the FC output is reshaped once to
+    ``[sum C, 1, K]`` and split along the channels, so each layer receives ``[C, 1, K]`` (the memory of
+    ``[1, C, K]``), the shape :class:`MatMulFusionConv2d`'s MatMul reads, instead of one Reshape per layer.
     """
 
     def __init__(self, cpm: CoefficientPredictor) -> None:
@@ -142,11 +157,14 @@ class SigmoidOnceCoefficientPredictor(nn.Module):
         self.num_bases = cpm.num_bases
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        z = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        z = x.mean((2, 3))
         z = self.fc1(z)
         if self.fc2 is not None:
             z = self.fc2(F.relu(z))
         z = torch.sigmoid(z)
+        if z.shape[0] == 1:
+            z = z.reshape(sum(self.targets), 1, self.num_bases)
+            return [z] if len(self.targets) == 1 else list(torch.split(z, self.targets, dim=0))
         parts = [z] if len(self.targets) == 1 else torch.split(z, [t * self.num_bases for t in self.targets], dim=1)
         return [p.reshape(-1, rows, self.num_bases) for p, rows in zip(parts, self.targets)]
 
@@ -278,8 +296,8 @@ class _NchwcRewriter:
       e.g. a residual projection: its weight is blocked here, once;
     * ``Add(conv, other)`` (+ ``Relu``) after a rewritten conv: the residual sum and the activation move into the
       conv (its ``Sum`` input), as onnxruntime's own NCHWc transformer does for static ResNets;
-    * ``GlobalAveragePool`` of a blocked tensor (a coefficient predictor): run on the blocked layout, whose
-      ``[N, C, 1, 1]`` result is the NCHW one.
+    * ``GlobalAveragePool`` of a blocked tensor (a coefficient predictor), or ``ReduceMean`` over H and W (the
+      deploy-form predictor): run on the blocked layout, whose ``[N, C, 1, 1]`` result is the NCHW one.
     """
 
     def __init__(self, graph, block: int) -> None:
@@ -424,6 +442,28 @@ class _NchwcRewriter:
         self.graph.layer(op="GlobalAveragePool", domain=NCHWC_DOMAIN, name=f"{pooled.name}_nchwc", inputs=[self.blocked[t.name]], outputs=[pooled])
         return True
 
+    def spatial_mean(self, mean) -> bool:
+        """``ReduceMean`` over H and W without kept dims (a deploy-form predictor): the NCHWc pooling + Flatten."""
+        import onnx_graphsurgeon as gs
+
+        t = mean.inputs[0]
+        if t.name not in self.blocked or int(mean.attrs.get("keepdims", 1)) != 0:
+            return False
+        axes = mean.attrs.get("axes")
+        if axes is None and len(mean.inputs) > 1 and isinstance(mean.inputs[1], gs.Constant):
+            axes = np.asarray(mean.inputs[1].values).tolist()
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            return False
+        pooled = mean.outputs[0]
+        mean.outputs.clear()
+        mean.inputs.clear()
+        pooled4d = self.graph.layer(
+            op="GlobalAveragePool", domain=NCHWC_DOMAIN, name=f"{pooled.name}_nchwc", inputs=[self.blocked[t.name]],
+            outputs=[self._var(f"{pooled.name}_nchwc")],
+        )[0]
+        self.graph.layer(op="Flatten", name=f"{pooled.name}_flatten", inputs=[pooled4d], attrs={"axis": 1}, outputs=[pooled])
+        return True
+
     def run(self) -> None:
         self.graph.toposort()
         for node in list(self.graph.nodes):
@@ -435,6 +475,8 @@ class _NchwcRewriter:
                 self.residual_add(node)
             elif node.op == "GlobalAveragePool":
                 self.global_average_pool(node)
+            elif node.op == "ReduceMean":
+                self.spatial_mean(node)
 
 
 def nchwc_dynamic_convs(model_proto, block: int | None = None):

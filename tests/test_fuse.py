@@ -1,5 +1,8 @@
 """The fuse pass: every dynamic conv -> one DyNetDynamicConv2d node; the fused graph on onnxruntime CPU.
 
+Every Dy zoo model in the feature form; the kernel form for two (all in scripts/zoo_parity.py), plus a small
+segmentation-style graph whose upsampling bakes in the batch.
+
 Tolerances as for export: max-abs <= 1e-4 and relative ||out - ref|| / ||ref|| <= 1e-5 against PyTorch (fp32),
 on fresh random inputs, including batch sizes the fixed-batch export could not take.
 """
@@ -21,7 +24,9 @@ from dynet_deploy.ort_custom_op import INT_ATTRIBUTES, OP_DOMAIN, OP_TYPE
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 import third_party_dynconv as tp
-from zoo_exports import ATOL, RTOL, SEG_SIZE, SEG_SIZE_2, compare, exported, fused, parity, randomize_batchnorms, small_model
+from zoo_exports import (
+    ATOL, KERNEL_FORM_CI_MODELS, RTOL, SEG_SIZE, SEG_SIZE_2, compare, exported, fused, parity, randomize_batchnorms, small_model,
+)
 
 DYNAMIC_MODELS = list_models(dynamic=True)
 
@@ -68,7 +73,7 @@ def test_zoo_feature_form_fused(name):
     _assert_within(rows, f"{name} fused feature form")
 
 
-@pytest.mark.parametrize("name", DYNAMIC_MODELS)
+@pytest.mark.parametrize("name", KERNEL_FORM_CI_MODELS)
 def test_zoo_kernel_form_fused_takes_any_batch(name):
     """Exported at batch 2 (batch-as-groups), fused, then run at batches the export could not take."""
     path, report = fused(name, "kernel")
@@ -79,6 +84,37 @@ def test_zoo_kernel_form_fused_takes_any_batch(name):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     rows = parity(OnnxruntimeRunner(path), name, batches=(1, 3, 5), seed=2)
     _assert_within(rows, f"{name} fused kernel form")
+
+
+class DynamicConvUpsample(nn.Module):
+    """Dynamic conv at stride 2, then bilinear upsampling to the input size (the FCN pattern): exported at a
+    fixed batch, the Resize's constant ``sizes`` carries the batch, which the pass must make dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.cpm = CoefficientPredictor(3, [6], 4, hidden=4)
+        self.conv = DynamicConv2d(3, 6, 3, stride=2, padding=1, num_bases=4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x, self.cpm(x)[0]))
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_kernel_form_with_upsampling_gets_a_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    model = DynamicConvUpsample().eval()
+    export_onnx(model, tmp_path / "up.onnx", (2, 3, 12, 16), form="kernel", dynamic_batch=False)
+    assert any(n.op_type == "Resize" for n in onnx.load(str(tmp_path / "up.onnx")).graph.node)
+    report = fuse_dynamic_convs(tmp_path / "up.onnx", tmp_path / "up.plugin.onnx")
+    assert (report.matched, report.left) == (1, 0) and report.batch.startswith("dynamic"), report.batch
+    runner = OnnxruntimeRunner(tmp_path / "up.plugin.onnx")
+    rng = np.random.default_rng(0)
+    for b in (1, 3):
+        x = rng.standard_normal((b, 3, 12, 16)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        max_abs, rel = compare(runner.run({"input": x})["output"], ref)
+        assert max_abs <= ATOL and rel <= RTOL, (b, max_abs, rel)
 
 
 def test_static_model_is_copied_unchanged(tmp_path, capsys):
@@ -211,11 +247,14 @@ def _third_party(style, kw):
     return randomize_batchnorms(tp.ThirdPartyNet(style, **kw), (8, 3, 16, 16)), (3, 16, 16)
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-@pytest.mark.parametrize("style,kw", THIRD_PARTY, ids=[f"{s}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'default'}" for s, kw in THIRD_PARTY])
+THIRD_PARTY_CASES = [(s, kw, "torchscript") for s, kw in THIRD_PARTY] + [(s, {}, "dynamo") for s in ("condconv", "dycnn", "odconv")]
+
+
+@pytest.mark.parametrize(
+    "style,kw,exporter", THIRD_PARTY_CASES,
+    ids=[f"{s}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'default'}-{e}" for s, kw, e in THIRD_PARTY_CASES],
+)
 def test_third_party_batch_as_groups(style, kw, exporter, tmp_path):
-    if exporter == "dynamo" and kw:
-        pytest.skip("dynamo covered on the default configuration of each style (export time)")
     model, chw = _third_party(style, kw)
     src = tmp_path / "tp.onnx"
     export_onnx(model, src, (2, *chw), form="kernel", dynamic_batch=False, exporter=exporter)

@@ -1,7 +1,7 @@
 """Shared by the export/fuse tests and scripts/zoo_parity.py: small zoo models, exported once per process.
 
 Models are built at reduced width (``width_mult=0.25`` where the builder takes it) with random BatchNorm
-statistics, so the folds are exercised; inputs are small (32x32 classification, 64x96 segmentation).
+statistics, so the folds are exercised; inputs are small (32x32 classification, 32x48 and 40x56 segmentation).
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import create_model, model_info
 
 CLS_SIZE = (32, 32)
-SEG_SIZE = (64, 96)
-SEG_SIZE_2 = (48, 64)  # a second H/W for the dynamic-H/W segmentation graphs
+SEG_SIZE = (32, 48)  # the dilated FCNs have output stride 8: 4x6 features
+SEG_SIZE_2 = (40, 56)  # a second H/W for the dynamic-H/W segmentation graphs
 KERNEL_EXPORT_BATCH = 2
+# The kernel (batch-as-groups) form in CI for two models (CPU budget; the segmentation upsampling case has
+# its own small test in test_fuse.py); scripts/zoo_parity.py runs every model in both forms.
+KERNEL_FORM_CI_MODELS = ["dy_resnet18", "dy_mobilenet_v3_small"]
 ATOL = 1e-4
 RTOL = 1e-5
 

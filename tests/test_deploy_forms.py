@@ -6,6 +6,9 @@ statistics randomised so that folding is exercised.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +17,7 @@ import torch
 from dynet_deploy.deploy_forms import (
     NCHWC_DOMAIN,
     MatMulFusionConv2d,
+    SigmoidOnceCoefficientPredictor,
     export_deploy_onnx,
     nchwc_block_size,
     nchwc_dynamic_convs,
@@ -26,6 +30,18 @@ from dynet_deploy.nn import CoefficientPredictor, DyConv2d, DynamicConv2d
 ATOL = 1e-4
 RTOL = 1e-5
 needs_nchwc = pytest.mark.skipif(nchwc_block_size() is None, reason="this onnxruntime build has no NCHWc kernels")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _return_freed_memory():
+    """Exports leave freed heap behind; hand it back to the OS after this module so that resident-set
+    measurements in later test modules (test_bench's peak-memory test) start from a settled process."""
+    yield
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _errors(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -111,6 +127,8 @@ def test_zoo_model_deploy_form_on_onnxruntime_matches_pytorch(tmp_path, form, na
     if form == "matmul-nchwc" and name.startswith("dy_resnet") and batch == 1:
         assert report.form == "matmul-nchwc" and blocked
         assert "Add" not in ops  # residual Add + Relu moved into the blocked convs (their Sum input)
+        # the predictors' ReduceMean of a blocked tensor pools on the blocked layout
+        assert any(n.domain == NCHWC_DOMAIN and n.op_type == "GlobalAveragePool" for n in proto.graph.node)
     if form == "matmul-nchwc" and name == "dy_mobile":
         # Its grouped convs do not fit the NCHWc kernel, so the rewrite is not kept (see NCHWC_MIN_SHARE).
         assert report.form == "matmul" and not blocked and any("kept the matmul form" in n for n in report.notes)
@@ -140,3 +158,32 @@ def test_unknown_form_is_an_export_error(tmp_path):
     layer = DyConv2d(8, 8, 3, padding=1)
     with pytest.raises(ExportError, match="unknown deploy form"):
         export_deploy_onnx(layer, tmp_path / "x.onnx", (1, 8, 8, 8), "winograd")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sigmoid_once_predictor_matches_the_original(batch):
+    gen = torch.Generator().manual_seed(5)
+    cpm = CoefficientPredictor(16, [12, 12, 8], num_bases=6).eval()
+    x = torch.randn(batch, 16, 9, 7, generator=gen)
+    with torch.no_grad():
+        refs = cpm(x)
+        outs = SigmoidOnceCoefficientPredictor(cpm)(x)
+    for out, ref, rows in zip(outs, refs, [12, 12, 8]):
+        # At batch 1 each layer gets [C, 1, K], the memory of [1, C, K], the shape the fusion MatMul reads.
+        assert tuple(out.shape) == ((rows, 1, 6) if batch == 1 else (batch, rows, 6))
+        mx, rel = _errors(out.reshape(ref.shape).numpy(), ref.numpy())
+        assert mx <= ATOL and rel <= RTOL, (mx, rel)
+
+
+def test_dy_mobile_predictors_feed_the_fusion_matmuls_directly(tmp_path):
+    model = create_model("dy_mobile", width_mult=0.5, num_classes=10, small_input=True).eval()
+    path = tmp_path / "dy_mobile.onnx"
+    export_deploy_onnx(model, path, (1, 3, 32, 32), "matmul")
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMul"]
+    predictors = sum(isinstance(m, CoefficientPredictor) for m in model.modules())
+    assert len(matmuls) == 3 * predictors
+    assert all(producer[n.input[0]].op_type == "Split" for n in matmuls)  # no Reshape per layer
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("ReduceMean") == predictors and ops.count("Flatten") == 1  # the classifier head's

@@ -47,8 +47,8 @@ def test_units_pair_each_dy_model_with_its_baseline_once():
 
 def test_peak_memory_sees_an_allocation():
     mem = PeakMemory()
+    mem.reset()  # hands freed memory back first, so the baseline is the RSS the allocation grows from
     before = mem.current_mb()
-    mem.reset()
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
     peak = mem.peak_mb()
     del block

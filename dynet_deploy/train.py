@@ -9,9 +9,11 @@ Recipe: SGD with Nesterov momentum, a one-cycle learning-rate schedule (linear w
 on BatchNorm parameters and biases), light augmentation (random shifts of up to ``pad`` pixels and
 horizontal flips, both fine for clothing and for the paper's CIFAR-style training).
 
-Dynamic convs train in the ``"kernel"`` path by default: on a 2-core CPU it measured about 1.8x faster per
-step than ``"feature"`` for Dy-ResNet18 at width 0.25 (314 vs 581 ms per batch of 128); both compute
+Dynamic convs train in the ``"kernel"`` path by default: on an idle 2-core CPU it measured about 1.8x faster
+per step than ``"feature"`` for Dy-ResNet18 at width 0.25 (314 vs 581 ms per batch of 128); both compute
 the same function, and the checkpoint does not record the path.
+
+How the bundled model was trained, and its numbers: docs/training.md.
 """
 
 from __future__ import annotations

@@ -145,7 +145,19 @@ def evaluate_top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainResult:
-    """Train ``cfg.model`` from scratch; returns the model (eval mode), per-epoch history and test top-1."""
+    """Train ``cfg.model`` from scratch; returns the model (eval mode), per-epoch history and test top-1.
+
+    Runs with ``cfg.threads`` torch threads and restores the caller's thread count afterwards.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
     from .models import create_model, model_info
     from .nn import set_dynamic_conv_mode
 
@@ -156,7 +168,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainR
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     model_info(cfg.model)  # an unknown name fails before the data is read
     dataset = resolve_dataset(cfg.dataset, cfg.data_root)
-    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
     x_train, y_train = load_dataset(dataset, "train", cfg.data_root, cfg.train_limit)

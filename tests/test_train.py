@@ -35,6 +35,7 @@ TINY = dict(
     train_limit=256,
     test_limit=128,
     seed=3,
+    threads=1,  # tiny layers gain nothing from a second thread, and one thread never waits on another
 )
 
 
@@ -124,7 +125,7 @@ def test_cli_trains_and_writes_checkpoint(tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
     rc = cli_main([
         "train", "--model", "dy_resnet18", "--model-args", '{"width_mult": 0.0625}', "--dataset", "digits",
-        "--epochs", "1", "--batch-size", "64", "--train-limit", "128", "--test-limit", "64", "--seed", "1", "-o", str(out),
+        "--epochs", "1", "--batch-size", "64", "--train-limit", "128", "--test-limit", "64", "--seed", "1", "--threads", "1", "-o", str(out),
     ])
     assert rc == 0
     assert out.exists() and out.with_suffix(".json").exists() and (tmp_path / "cli.report.json").exists()
@@ -169,7 +170,6 @@ def _bundled_or_skip(name: str):
     assert (meta["normalisation"]["mean"], meta["normalisation"]["std"]) == data.NORMALISATION["fashion-mnist"]
     size_mib = path.stat().st_size / 2**20
     assert size_mib < 5, f"{name}: {size_mib:.1f} MiB is too big to bundle"
-    torch.set_num_threads(2)
     return load_checkpoint(path), meta
 
 
@@ -180,3 +180,9 @@ def test_bundled_checkpoint_real_accuracy(name):
     x, y = data.load_dataset("fashion-mnist", "test", limit=2000)
     top1 = evaluate_top1(model, x, y)
     assert top1 >= 0.91, f"{name}: top-1 {top1:.4f} on the first 2000 test images"
+
+
+def test_training_restores_the_callers_thread_count():
+    before = torch.get_num_threads()
+    train(TrainConfig(**{**TINY, "threads": before + 1, "train_limit": 64, "test_limit": 32}), log=None)
+    assert torch.get_num_threads() == before

@@ -652,6 +652,13 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
         if reader.op == "Transpose" and not _is_memory_preserving_transpose(reader):
             raise _NoMatch("the Conv output is transposed across the batch/channel layout")
         y = reader.outputs[0]
+    # At batch 1 the Conv output already has the target shape, and the reshape back is a no-op: absorb it
+    # (and any like it) so that a following activation is seen and folded.
+    while True:
+        reader = _sole_reader(y, graph)
+        if reader is None or reader.op not in ("Reshape", "Squeeze", "Unsqueeze") or _int_shape(reader.outputs[0]) != target:
+            break
+        y = reader.outputs[0]
     # the coefficients: the one run-time tensor the weight depends on
     _, leaves = _walk_back([w_t])
     if len(leaves) != 1:

@@ -116,3 +116,21 @@ def test_mean_iou_and_synthetic_masks():
     assert mean_iou(masks, masks, 5) == 1.0
     shifted = np.roll(masks, 5, axis=2)
     assert 0.0 < mean_iou(shifted, masks, 5) < 1.0
+
+
+def test_segmentation_miou_parity_on_generated_masks(tmp_path, capsys):
+    torch.manual_seed(3)
+    model = create_model("dy_fcn_resnet50", num_classes=5, width_mult=0.125).eval()
+    ckpt = save_checkpoint(model, tmp_path / "seg.safetensors")
+    export_onnx(model, tmp_path / "seg.onnx", (1, 3, 32, 48), form="feature", dynamic_hw=True)
+    rc = main([
+        "validate", str(ckpt), str(tmp_path / "seg.onnx"), "--out-dir", str(tmp_path),
+        "--input-size", "40", "56", "--batch-sizes", "1", "2", "--dataset", "synthetic-seg", "--limit", "4",
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    ds = report["dataset"]
+    assert ds["task"] == "segmentation" and ds["samples"] == 4 * 40 * 56
+    assert ds["agreement"] == 1.0 and ds["reference_metric"] == pytest.approx(ds["backend_metric"])
+    assert "mIoU" in out

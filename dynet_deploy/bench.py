@@ -508,17 +508,19 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
 
 # ---- the benchmark --------------------------------------------------------------------------------------------------
 
-def _interleaved(runners: dict[str, _Runner], repeats: int, warmup: int) -> dict[str, list[float]]:
-    names = list(runners)
+def interleaved_latency(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each callable, timed in alternating rounds (order reversed every other round) so
+    that machine noise hits all of them alike."""
+    names = list(calls)
     for name in names:
         for _ in range(warmup):
-            runners[name].run()
+            calls[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
     for i in range(repeats):
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
             t0 = time.perf_counter()
-            runners[name].run()
+            calls[name]()
             samples[name].append(time.perf_counter() - t0)
     return samples
 
@@ -561,7 +563,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
                         gc.collect()
                         continue
                     log(f"timing {' vs '.join(unit)} on {backend}, batch {batch}: {cfg.repeats} interleaved rounds")
-                    samples = _interleaved(runners, cfg.repeats, cfg.warmup)
+                    samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
                     unit_rows = {}
                     for name in unit:
                         stats = latency_stats(samples[name])

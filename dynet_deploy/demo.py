@@ -7,14 +7,12 @@ and prints one closing table. It runs on a 2-core CPU in well under three minute
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from .errors import DynetDeployError
 from .fileio import atomic_write_text
@@ -40,32 +38,11 @@ class DemoResult:
         }
 
 
-def _time_runs(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def interleaved_latency(runners: dict[str, Callable[[], Any]], warmup: int = 5, rounds: int = 10, per_round: int = 5) -> dict[str, list[float]]:
-    """Time each runner in alternating rounds so that machine noise hits all of them alike (ms per call)."""
-    for fn in runners.values():
-        _time_runs(fn, warmup, 0)
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            samples[name] += _time_runs(fn, 0, per_round)
-    return samples
-
-
 def run_demo(out_dir: str | Path = "out/demo", dataset: str = "auto", threads: int = 2, limit: int | None = None, progress: bool | None = None, log: Callable[[str], None] = print) -> DemoResult:
     import torch
     from tqdm import tqdm
 
+    from .bench import interleaved_latency, latency_stats
     from .checkpoint import load_checkpoint, read_checkpoint_config
     from .data import fashion_mnist_available, load_dataset, resolve_dataset
     from .export_onnx import export_onnx
@@ -175,9 +152,10 @@ def run_demo(out_dir: str | Path = "out/demo", dataset: str = "auto", threads: i
         in_b = sess_b.input_names[0]
         runners[f"{base_name} pytorch"] = torch_fn(base)
         runners[f"{base_name} onnxruntime"] = lambda: sess_b.run({in_b: sample})
-    samples = interleaved_latency(runners)
+    samples = interleaved_latency(runners, repeats=50, warmup=5)
     for k, v in samples.items():
-        res.latency.append({"runner": k, "median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)), "runs": len(v)})
+        stats = latency_stats(v)
+        res.latency.append({"runner": k, "median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "runs": stats["n"]})
     step("latency (batch 1)", f"{len(runners)} runners, interleaved, {len(next(iter(samples.values())))} runs each", t0)
 
     # 7. summary

@@ -383,21 +383,17 @@ def validate_dataset(
     model_path = Path(model_path)
     graph = read_graph_input(model_path)
     session = BackendSession(backend, model_path, threads=threads)
-    ref_runner = _reference_runner(model, graph)
     fixed = graph.fixed_batch is not None
     bs = graph.fixed_batch or batch
     out_name = graph.output_names[0]
     images = np.ascontiguousarray(images, dtype=np.float32)
     t0 = time.perf_counter()
 
-    def run_ref(x):
-        return ref_runner.run({graph.name: x.astype(graph.dtype).astype(np.float32)})[out_name]
-
     def run_backend(x):
         return session.run({graph.name: x.astype(graph.dtype)})[out_name].astype(np.float32)
 
     if reference_logits is None:
-        ref_logits = _run_in_batches(run_ref, images, bs, fixed, progress, "pytorch")
+        ref_logits = reference_outputs(model, images, bs, graph.dtype, progress)
     else:
         ref_logits = np.asarray(reference_logits)
         if len(ref_logits) != len(images):

@@ -7,7 +7,7 @@ Three libraries, all optional at import time:
 - ``libdynet_dynamic_conv_trt.so``: the TensorRT plugin, built when TensorRT is found.
 
 They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in ``build/`` at the repository root.
-The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynet_dynamic_conv.h``.
+The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynetDynamicConv.h``.
 """
 
 from __future__ import annotations

@@ -137,13 +137,13 @@ def valid_params():
 @pytest.mark.parametrize(
     "field, value, reason",
     [
-        ("groups", 0, "groups must be >= 1"),
+        ("groups", 0, "attribute 'groups' = 0: must be >= 1"),
         ("groups", 3, "must divide C_in"),
         ("stride_h", 0, "stride"),
         ("dilation_w", -1, "dilation"),
-        ("pad_left", -2, "pads must be >= 0"),
-        ("activation", 3, "activation must be"),
-        ("activation", -1, "activation must be"),
+        ("pad_left", -2, "attribute 'pad_left' = -2: must be >= 0"),
+        ("activation", 3, "attribute 'activation' = 3: must be in [0, 2]"),
+        ("activation", -1, "attribute 'activation' = -1: must be in [0, 2]"),
         ("coeff_channels", 3, "coeff must be"),
         ("has_bias", 2, "has_bias"),
         ("n", 0, "x must be"),

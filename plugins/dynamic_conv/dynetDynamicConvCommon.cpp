@@ -1,10 +1,12 @@
 // Argument checks shared by the CPU reference, the CUDA entry point and the TensorRT plugin: one place decides
 // what the op contract allows, so every backend rejects the same inputs with the same message.
-#include "dynet_dynamic_conv.h"
+#include "dynetDynamicConv.h"
 
 #include <cstdarg>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 
 namespace
 {
@@ -21,6 +23,76 @@ int32_t fail(char* msg, size_t msg_size, char const* fmt, ...)
         va_end(args);
     }
     return DYNET_ERR_INVALID_ARGUMENT;
+}
+
+struct AttributeSlot
+{
+    DynetAttributeInfo info;
+    size_t offset; // of the int32_t field in DynetConvParams
+};
+
+constexpr int32_t kIntMax = 2147483647;
+
+// The attribute table: the one place in C/C++ that names the op's attributes, their defaults and ranges.
+#define DYNET_ATTR(field, def, lo, hi) {{#field, def, lo, hi}, offsetof(DynetConvParams, field)}
+AttributeSlot const kAttributes[] = {
+    DYNET_ATTR(stride_h, 1, 1, kIntMax),
+    DYNET_ATTR(stride_w, 1, 1, kIntMax),
+    DYNET_ATTR(pad_top, 0, 0, kIntMax),
+    DYNET_ATTR(pad_left, 0, 0, kIntMax),
+    DYNET_ATTR(pad_bottom, 0, 0, kIntMax),
+    DYNET_ATTR(pad_right, 0, 0, kIntMax),
+    DYNET_ATTR(dilation_h, 1, 1, kIntMax),
+    DYNET_ATTR(dilation_w, 1, 1, kIntMax),
+    DYNET_ATTR(groups, 1, 1, kIntMax),
+    DYNET_ATTR(activation, DYNET_ACT_NONE, DYNET_ACT_NONE, DYNET_ACT_RELU6),
+    DYNET_ATTR(has_bias_bank, 0, 0, 1),
+    DYNET_ATTR(has_bias, 0, 0, 1),
+};
+#undef DYNET_ATTR
+constexpr int32_t kNbAttributes = static_cast<int32_t>(sizeof(kAttributes) / sizeof(kAttributes[0]));
+
+int32_t& field(DynetConvParams& p, AttributeSlot const& s)
+{
+    return *reinterpret_cast<int32_t*>(reinterpret_cast<char*>(&p) + s.offset);
+}
+
+int32_t field(DynetConvParams const& p, AttributeSlot const& s)
+{
+    return *reinterpret_cast<int32_t const*>(reinterpret_cast<char const*>(&p) + s.offset);
+}
+
+AttributeSlot const* findSlot(char const* name)
+{
+    if (name == nullptr)
+    {
+        return nullptr;
+    }
+    for (AttributeSlot const& s : kAttributes)
+    {
+        if (std::strcmp(s.info.name, name) == 0)
+        {
+            return &s;
+        }
+    }
+    return nullptr;
+}
+
+char const* rangeText(AttributeSlot const& s, char* buf, size_t size)
+{
+    if (s.info.max_value == kIntMax)
+    {
+        std::snprintf(buf, size, "must be >= %d", s.info.min_value);
+    }
+    else if (s.info.max_value - s.info.min_value == 1)
+    {
+        std::snprintf(buf, size, "must be %d or %d", s.info.min_value, s.info.max_value);
+    }
+    else
+    {
+        std::snprintf(buf, size, "must be in [%d, %d]", s.info.min_value, s.info.max_value);
+    }
+    return buf;
 }
 
 int64_t outSize(int64_t in, int64_t padA, int64_t padB, int64_t dil, int64_t kernel, int64_t stride)
@@ -49,9 +121,87 @@ void dynet_conv_params_init(DynetConvParams* p)
         return;
     }
     *p = DynetConvParams{};
-    p->stride_h = p->stride_w = 1;
-    p->dilation_h = p->dilation_w = 1;
-    p->groups = 1;
+    for (AttributeSlot const& s : kAttributes)
+    {
+        field(*p, s) = s.info.default_value;
+    }
+}
+
+int32_t dynet_conv_attribute_count(void)
+{
+    return kNbAttributes;
+}
+
+DynetAttributeInfo const* dynet_conv_attribute(int32_t i)
+{
+    return (i >= 0 && i < kNbAttributes) ? &kAttributes[i].info : nullptr;
+}
+
+int32_t dynet_conv_attribute_index(char const* name)
+{
+    AttributeSlot const* s = findSlot(name);
+    return s == nullptr ? -1 : static_cast<int32_t>(s - kAttributes);
+}
+
+int32_t dynet_conv_params_set_attribute(DynetConvParams* p, char const* name, int64_t value, char* msg,
+    size_t msg_size)
+{
+    if (p == nullptr || name == nullptr)
+    {
+        fail(msg, msg_size, "params or name pointer is NULL");
+        return DYNET_ERR_NULL_POINTER;
+    }
+    AttributeSlot const* s = findSlot(name);
+    if (s == nullptr)
+    {
+        return fail(msg, msg_size, "unknown attribute '%s'", name);
+    }
+    if (value < s->info.min_value || value > s->info.max_value)
+    {
+        char range[64];
+        return fail(msg, msg_size, "attribute '%s' = %lld: %s", name, static_cast<long long>(value),
+            rangeText(*s, range, sizeof(range)));
+    }
+    field(*p, *s) = static_cast<int32_t>(value);
+    return DYNET_OK;
+}
+
+int32_t dynet_conv_params_get_attribute(DynetConvParams const* p, char const* name, int32_t* value)
+{
+    if (p == nullptr || value == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    AttributeSlot const* s = findSlot(name);
+    if (s == nullptr)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    *value = field(*p, *s);
+    return DYNET_OK;
+}
+
+int32_t dynet_conv_validate_attributes(DynetConvParams const* p, char* msg, size_t msg_size)
+{
+    if (p == nullptr)
+    {
+        fail(msg, msg_size, "params pointer is NULL");
+        return DYNET_ERR_NULL_POINTER;
+    }
+    for (AttributeSlot const& s : kAttributes)
+    {
+        int32_t const v = field(*p, s);
+        if (v < s.info.min_value || v > s.info.max_value)
+        {
+            char range[64];
+            return fail(msg, msg_size, "attribute '%s' = %d: %s", s.info.name, v, rangeText(s, range, sizeof(range)));
+        }
+    }
+    if (msg != nullptr && msg_size > 0)
+    {
+        msg[0] = '\0';
+    }
+    return DYNET_OK;
 }
 
 char const* dynet_status_string(int32_t status)
@@ -85,22 +235,10 @@ int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size
         return fail(msg, msg_size, "weight must be [K, C_out, C_in/groups, kH, kW] with every dim >= 1, got K=%d "
             "C_out=%d kH=%d kW=%d", p->k, p->c_out, p->kh, p->kw);
     }
-    if (p->stride_h < 1 || p->stride_w < 1)
+    int32_t const attrStatus = dynet_conv_validate_attributes(p, msg, msg_size);
+    if (attrStatus != DYNET_OK)
     {
-        return fail(msg, msg_size, "stride_h/stride_w must be >= 1, got %d/%d", p->stride_h, p->stride_w);
-    }
-    if (p->dilation_h < 1 || p->dilation_w < 1)
-    {
-        return fail(msg, msg_size, "dilation_h/dilation_w must be >= 1, got %d/%d", p->dilation_h, p->dilation_w);
-    }
-    if (p->pad_top < 0 || p->pad_left < 0 || p->pad_bottom < 0 || p->pad_right < 0)
-    {
-        return fail(msg, msg_size, "pads must be >= 0, got top=%d left=%d bottom=%d right=%d", p->pad_top,
-            p->pad_left, p->pad_bottom, p->pad_right);
-    }
-    if (p->groups < 1)
-    {
-        return fail(msg, msg_size, "groups must be >= 1, got %d", p->groups);
+        return attrStatus;
     }
     if (p->c_in % p->groups != 0 || p->c_out % p->groups != 0)
     {
@@ -110,14 +248,6 @@ int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size
     {
         return fail(msg, msg_size, "coeff must be [N, C_out, K] or [N, 1, K]: C_c=%d, C_out=%d", p->coeff_channels,
             p->c_out);
-    }
-    if (p->activation < DYNET_ACT_NONE || p->activation > DYNET_ACT_RELU6)
-    {
-        return fail(msg, msg_size, "activation must be 0 (none), 1 (relu) or 2 (relu6), got %d", p->activation);
-    }
-    if ((p->has_bias_bank != 0 && p->has_bias_bank != 1) || (p->has_bias != 0 && p->has_bias != 1))
-    {
-        return fail(msg, msg_size, "has_bias_bank/has_bias must be 0 or 1, got %d/%d", p->has_bias_bank, p->has_bias);
     }
     int64_t const hOut = outSize(p->h, p->pad_top, p->pad_bottom, p->dilation_h, p->kh, p->stride_h);
     int64_t const wOut = outSize(p->w, p->pad_left, p->pad_right, p->dilation_w, p->kw, p->stride_w);

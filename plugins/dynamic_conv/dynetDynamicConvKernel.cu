@@ -9,7 +9,7 @@
 // The fused bias sum_k coeff*bias_bank + bias is computed in the epilogue, together with the activation, so the
 // workspace holds the fused kernels only. Nothing here allocates or synchronises: every launch goes on the
 // caller's stream, so a call can be captured in a CUDA graph.
-#include "DyNetDynamicConvKernel.h"
+#include "dynetDynamicConvKernel.h"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

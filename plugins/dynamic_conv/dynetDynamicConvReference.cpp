@@ -1,6 +1,6 @@
 // CPU reference of DyNetDynamicConv2d: a direct, readable implementation of the op contract with double
 // accumulation. It is the oracle for the CUDA kernels and the TensorRT plugin, not a fast path.
-#include "dynet_dynamic_conv.h"
+#include "dynetDynamicConv.h"
 
 #include <algorithm>
 #include <cstdint>

@@ -1,7 +1,7 @@
 // TensorRT IPluginV3 glue for DyNetDynamicConv2d. See README.md for the op spec; the kernels are behind the C ABI.
-#include "DyNetDynamicConv2dPlugin.h"
+#include "dynetDynamicConvPlugin.h"
 
-#include "DyNetDynamicConvKernel.h"
+#include "dynetDynamicConvKernel.h"
 
 #include <algorithm>
 #include <atomic>

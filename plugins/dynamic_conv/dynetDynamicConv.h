@@ -93,6 +93,45 @@ DYNET_API int32_t dynet_conv_validate(const DynetConvParams* p, char* msg, size_
 /* Output spatial size; returns DYNET_ERR_INVALID_ARGUMENT when p is invalid. */
 DYNET_API int32_t dynet_conv_output_hw(const DynetConvParams* p, int32_t* h_out, int32_t* w_out);
 
+/*
+ * The op's attributes, one table for every C/C++ caller (the TensorRT plugin, the onnxruntime op, the ctypes
+ * binding): ONNX name, default and inclusive valid range, in the order the ONNX node and the plugin's fields list
+ * them. Each attribute is a scalar int stored in the DynetConvParams field of the same name. The Python spec
+ * (dynet_deploy/op/spec.py) is tested equal to this table, name by name.
+ */
+typedef struct DynetAttributeInfo
+{
+    const char* name;
+    int32_t default_value;
+    int32_t min_value;
+    int32_t max_value;
+} DynetAttributeInfo;
+
+/* Number of attributes (12 in ABI version 1). */
+DYNET_API int32_t dynet_conv_attribute_count(void);
+
+/* The i-th attribute, or NULL when i is out of range. */
+DYNET_API const DynetAttributeInfo* dynet_conv_attribute(int32_t i);
+
+/* Index of the attribute called `name`, or -1. */
+DYNET_API int32_t dynet_conv_attribute_index(const char* name);
+
+/*
+ * Set attribute `name` of p to `value` (an ONNX int64). Unknown names, values outside int32 and values outside the
+ * attribute's range return DYNET_ERR_INVALID_ARGUMENT with a one-line reason in msg.
+ */
+DYNET_API int32_t dynet_conv_params_set_attribute(DynetConvParams* p, const char* name, int64_t value, char* msg,
+    size_t msg_size);
+
+/* Read attribute `name` of p into *value; DYNET_ERR_INVALID_ARGUMENT for an unknown name. */
+DYNET_API int32_t dynet_conv_params_get_attribute(const DynetConvParams* p, const char* name, int32_t* value);
+
+/*
+ * Check only the attributes of p against their ranges (no shapes): what a kernel or plugin can check when it is
+ * created, before any tensor is seen. dynet_conv_validate checks these and the shapes.
+ */
+DYNET_API int32_t dynet_conv_validate_attributes(const DynetConvParams* p, char* msg, size_t msg_size);
+
 /* Human-readable name of a status code (static string). */
 DYNET_API const char* dynet_status_string(int32_t status);
 

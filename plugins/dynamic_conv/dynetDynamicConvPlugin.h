@@ -1,12 +1,12 @@
 // TensorRT IPluginV3 glue for DyNetDynamicConv2d (name "DyNetDynamicConv2d", version "1", namespace "").
-// The numerics live in DyNetDynamicConvKernel.cu behind the C ABI; this file maps TensorRT's build and runtime
+// The numerics live in dynetDynamicConvKernel.cu behind the C ABI; this file maps TensorRT's build and runtime
 // phases onto it. Compiles against the TensorRT 10.x and 11.x headers.
 #ifndef DYNET_DYNAMIC_CONV2D_PLUGIN_H
 #define DYNET_DYNAMIC_CONV2D_PLUGIN_H
 
 #include "NvInfer.h"
 #include "NvInferRuntime.h"
-#include "dynet_dynamic_conv.h"
+#include "dynetDynamicConv.h"
 
 #include <cstdint>
 #include <string>

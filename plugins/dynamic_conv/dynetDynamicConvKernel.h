@@ -1,9 +1,9 @@
 // CUDA kernels of DyNetDynamicConv2d, kept apart from the TensorRT glue so they can be called and tested without
-// TensorRT (through the C ABI in dynet_dynamic_conv.h). This header adds the C++ view the plugin uses.
+// TensorRT (through the C ABI in dynetDynamicConv.h). This header adds the C++ view the plugin uses.
 #ifndef DYNET_DYNAMIC_CONV_KERNEL_H
 #define DYNET_DYNAMIC_CONV_KERNEL_H
 
-#include "dynet_dynamic_conv.h"
+#include "dynetDynamicConv.h"
 
 #include <cstddef>
 #include <cstdint>

@@ -14,15 +14,9 @@ import onnx
 import pytest
 import torch
 
-from dynet_deploy.deploy_forms import (
-    NCHWC_DOMAIN,
-    MatMulFusionConv2d,
-    SigmoidOnceCoefficientPredictor,
-    export_deploy_onnx,
-    nchwc_block_size,
-    nchwc_dynamic_convs,
-    to_deploy_form,
-)
+from dynet_deploy.export.deploy_forms import export_deploy_onnx
+from dynet_deploy.export.nchwc import NCHWC_DOMAIN, nchwc_block_size, nchwc_dynamic_convs
+from dynet_deploy.nn.deploy_forms import MatMulFusionConv2d, SigmoidOnceCoefficientPredictor, to_deploy_form
 from dynet_deploy.errors import ExportError
 from dynet_deploy.models import create_model
 from dynet_deploy.nn import CoefficientPredictor, DyConv2d, DynamicConv2d

@@ -118,6 +118,7 @@ def test_mean_iou_and_synthetic_masks():
     assert 0.0 < mean_iou(shifted, masks, 5) < 1.0
 
 
+@pytest.mark.slow
 def test_segmentation_miou_parity_on_generated_masks(tmp_path, capsys):
     torch.manual_seed(3)
     model = create_model("dy_fcn_resnet50", num_classes=5, width_mult=0.125).eval()

@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+	@# cuDNN (headers + libraries, ~0.9 GB of wheels) only where the CUDA kernels are built, for their cuDNN tactic.
+	if command -v nvcc >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[test,cudnn]"; fi
 	touch $@
 
 venv: $(VENV)/.installed
@@ -28,7 +30,7 @@ data:
 	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST; falling back to sklearn's digits"; fi
 
 plugins:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) >/dev/null
 	cmake --build $(BUILD) -j2
 
 setup: venv data plugins

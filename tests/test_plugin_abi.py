@@ -10,7 +10,6 @@ exported / undefined symbols of both TensorRT libraries.
 from __future__ import annotations
 
 import ctypes
-import math
 import re
 import shutil
 import subprocess
@@ -277,7 +276,7 @@ def test_reference_relu_propagates_nan_like_pytorch(cpu, activation):
     f = cpu.dynet_conv_cpu_f32
     f.argtypes = [P, fp, fp, fp, fp, fp, fp]
     f.restype = ctypes.c_int32
-    ptr = lambda a: a.ctypes.data_as(fp)  # noqa: E731
+    ptr = lambda a: a.ctypes.data_as(fp)
     assert f(ctypes.byref(p), ptr(x), ptr(coeff), ptr(weight), None, None, ptr(y)) == plugin_lib.OK
     fused = np.einsum("ntk,ktcij->ntcij", coeff, weight)[0]
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(fused))
@@ -401,7 +400,7 @@ def _cudnn_found_by_cmake() -> bool:
     cache = plugin_lib.REPO_ROOT / "build" / "CMakeCache.txt"
     if not cache.is_file():
         return False
-    m = re.search(r"^CUDNN_LIBRARY:FILEPATH=(.*)$", cache.read_text(), re.M)
+    m = re.search(r"^CUDNN_LIBRARY:FILEPATH=(.*)$", cache.read_text(), re.MULTILINE)
     return bool(m) and not m.group(1).endswith("NOTFOUND")
 
 
@@ -435,7 +434,7 @@ def _trt_headers_configured() -> bool:
     cache = plugin_lib.REPO_ROOT / "build" / "CMakeCache.txt"
     if not cache.is_file():
         return False
-    m = re.search(r"^TensorRT_INCLUDE_DIR:PATH=(.*)$", cache.read_text(), re.M)
+    m = re.search(r"^TensorRT_INCLUDE_DIR:PATH=(.*)$", cache.read_text(), re.MULTILINE)
     return bool(m) and not m.group(1).endswith("NOTFOUND")
 
 
@@ -478,4 +477,4 @@ def test_trt_libraries_leave_only_libnvinfer_symbols_unresolved(trt_dir):
         if trt_dir.name == "trt_link_check":
             assert strong == allowed, (name, strong)
         else:
-            assert not any(s.startswith("dynet_") or s.startswith("cuda") for s in strong), (name, strong)
+            assert not any(s.startswith(("dynet_", "cuda")) for s in strong), (name, strong)

@@ -478,3 +478,22 @@ def test_trt_libraries_leave_only_libnvinfer_symbols_unresolved(trt_dir):
             assert strong == allowed, (name, strong)
         else:
             assert not any(s.startswith(("dynet_", "cuda")) for s in strong), (name, strong)
+
+
+def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
+    """The real plugin source run on the host (tests/native/dynetDynamicConvPluginHostTest.cpp): creator fields,
+    configurePlugin's profile-max check and workspace grant, serialisation round trip, tactics, timing-cache ID,
+    onShapeChange planning within the grant, setTactic re-planning."""
+    exe = plugin_lib.REPO_ROOT / "build" / "trt_link_check" / "dynet_dynamic_conv_trt_host_test"
+    if not exe.is_file():
+        pytest.skip("the host test is built only with TensorRT headers and no libnvinfer (headers-only configure)")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, check=False)
+    lines = proc.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
+    passed = [line for line in lines if line.startswith("PASS ")]
+    assert len(passed) >= 25, proc.stdout
+    for name in ("configurePlugin refuses a profile max beyond the element limit",
+                 "serialised workspace grant equals getWorkspaceSize", "the grant survives serialisation",
+                 "equal attributes give equal timing-cache IDs", "different attributes give different timing-cache IDs"):
+        assert f"PASS {name}" in lines, name

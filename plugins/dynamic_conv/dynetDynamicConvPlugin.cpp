@@ -153,13 +153,31 @@ bool DyNetDynamicConv2dPlugin::makePlan() noexcept
 {
     dynet_conv_cuda_plan_destroy(mPlan);
     mPlan = nullptr;
+    mPlanTactic = -1;
+    if (mWorkspaceBytes <= 0 && dynet_conv_cuda_workspace_size(&mParams, mDtype, mTactic) > 0)
+    {
+        logError("tactic " + std::to_string(mTactic) + " needs a workspace but TensorRT's grant is unknown (an engine "
+            "without the " + kWorkspaceFieldName + " field: rebuild it with this plugin)");
+        return false;
+    }
     char msg[256];
+    // The plan may use at most what TensorRT grants (a limit of 0 would mean "no cap": the grant is > 0 here
+    // whenever the tactic needs a workspace).
     int32_t const status = dynet_conv_cuda_plan_create(&mParams, mDtype, mTactic,
         static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)), &mPlan, msg, sizeof(msg));
     if (status != DYNET_OK)
     {
-        logError(std::string("tactic ") + std::to_string(mTactic) + " cannot run this shape (within "
-            + std::to_string(mWorkspaceBytes) + " bytes of workspace): " + msg);
+        logError(std::string("tactic ") + std::to_string(mTactic) + " cannot run this shape within TensorRT's "
+            "workspace grant of " + std::to_string(mWorkspaceBytes) + " bytes: " + msg);
+        return false;
+    }
+    if (dynet_conv_cuda_plan_workspace_size(mPlan) > static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)))
+    {
+        logError("tactic " + std::to_string(mTactic) + " needs "
+            + std::to_string(dynet_conv_cuda_plan_workspace_size(mPlan)) + " bytes of workspace, TensorRT grants "
+            + std::to_string(mWorkspaceBytes));
+        dynet_conv_cuda_plan_destroy(mPlan);
+        mPlan = nullptr;
         return false;
     }
     mPlanTactic = mTactic;
@@ -443,6 +461,11 @@ int32_t DyNetDynamicConv2dPlugin::setTactic(int32_t tactic) noexcept
         return -1;
     }
     mTactic = tactic; // 0 (TensorRT's default tactic) is DYNET_ALGO_AUTO
+    // A tactic set after the shape: re-plan now (outside enqueue) so enqueue runs the tactic being timed.
+    if (mPlan != nullptr && mPlanTactic != mTactic)
+    {
+        return makePlan() ? 0 : -1;
+    }
     return 0;
 }
 

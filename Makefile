@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 BUILD  ?= build
 # torch is pinned to the CPU build first so that the package's torch range installs nothing more.
 TORCH_SPEC ?= torch==2.13.0
+CUDNN ?= 1
 
 .PHONY: setup venv data plugins demo test zoo bench clean
 
@@ -15,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
-	@# cuDNN (headers + libraries, ~0.9 GB of wheels) only where the CUDA kernels are built, for their cuDNN tactic.
-	if command -v nvcc >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[test,cudnn]"; fi
+	@# cuDNN + cuBLAS wheels (about 1 GB to download) only where nvcc builds the CUDA kernels, for their cuDNN
+	@# tactic; CUDNN=0 skips them (the CUDA library is then built without that tactic).
+	if [ "$(CUDNN)" != 0 ] && command -v nvcc >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[test,cudnn]"; fi
 	touch $@
 
 venv: $(VENV)/.installed

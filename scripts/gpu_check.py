@@ -373,8 +373,12 @@ def check_correctness(layers, report: Report, seed: int, batches=(1, 3, 8)):
                 except Unsupported:
                     report.unsupported[algo_name] = report.unsupported.get(algo_name, 0) + 1
                     continue
-                out = ours().clone()
-                torch.cuda.synchronize()
+                try:
+                    out = ours().clone()
+                    torch.cuda.synchronize()
+                except RuntimeError as exc:
+                    report.fail(f"{where} {algo_name}: {exc}")
+                    continue
                 outs[algo_name] = out
                 rel, max_abs = errors(out, ref)
                 report.checked += 1
@@ -416,16 +420,23 @@ def check_nan_propagation(report: Report, seed: int):
                 for algo_name, algo in algos().items():
                     try:
                         out = Ours(layer, *inputs, activation, algo)().clone()
+                        torch.cuda.synchronize()
                     except Unsupported:
                         continue
-                    torch.cuda.synchronize()
+                    except RuntimeError as exc:
+                        report.fail(f"NaN propagation {layer.label} {algo_name}: {exc}")
+                        continue
                     report.checked += 1
-                    same = torch.equal(torch.isnan(out), torch.isnan(ref))
-                    results.append(same)
-                    if not same:
+                    dropped = int((torch.isnan(ref) & ~torch.isnan(out)).sum())
+                    extra = int((~torch.isnan(ref) & torch.isnan(out)).sum())
+                    # Our kernels must match PyTorch's NaN positions exactly. cuDNN may pick a transform algorithm
+                    # (Winograd, FFT) that spreads a NaN over a tile, so only dropped NaN count against it.
+                    ok = dropped == 0 and (extra == 0 or algo_name == "cudnn")
+                    results.append(ok)
+                    if not ok:
                         report.fail(f"NaN propagation {layer.label} act={activation} {str(dtype)[6:]} {algo_name}: "
-                                    f"{int(torch.isnan(out).sum())} NaN in ours, {int(torch.isnan(ref).sum())} in PyTorch")
-    note(f"  NaN through ReLU/ReLU6: {sum(results)}/{len(results)} tactic x dtype x activation cases match PyTorch")
+                                    f"{dropped} NaN dropped, {extra} extra (PyTorch has {int(torch.isnan(ref).sum())})")
+    note(f"  NaN through ReLU/ReLU6: {sum(results)}/{len(results)} tactic x dtype x activation cases keep every NaN")
 
 
 def check_graph_capture_and_errors(layers, report: Report, seed: int):
@@ -445,9 +456,12 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
                 inputs = make_inputs(layer, 3, dtype, device, gen, True, True, True)
                 try:
                     ours = Ours(layer, *inputs, 2, algo)
+                    eager = ours().clone()
                 except Unsupported:
                     continue
-                eager = ours().clone()
+                except RuntimeError as exc:
+                    report.fail(f"{path} {algo_name} {str(dtype)[6:]} before capture: {exc}")
+                    continue
                 ours.out.zero_()
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
@@ -623,8 +637,8 @@ def run_timing(layers, budget_s: float, seed: int):
                 for name in tactics:
                     try:
                         fns[name] = Ours(layer, x, coeff, weight, bb, b, 1, ALGOS[name])
-                    except Unsupported:
-                        pass
+                    except (Unsupported, RuntimeError) as exc:  # correctness already reported real failures
+                        print(f"  ({layer.label} N={n}: {name} not timed: {exc})")
                 fns["bag"] = lambda: batch_as_groups(layer, x, coeff, weight, bb, b, 1)  # noqa: B023
                 w_static = weight[0].contiguous()
                 fns["static"] = lambda: static_conv(layer, x, w_static, None, 1)  # noqa: B023

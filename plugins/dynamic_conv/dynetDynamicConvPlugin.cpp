@@ -136,6 +136,7 @@ DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin cons
     , mParams(other.mParams)
     , mDtype(other.mDtype)
     , mTactic(other.mTactic)
+    , mCudnnPlannable(other.mCudnnPlannable)
 {
     // A plan owns a cuDNN handle, so a clone makes its own (clone and attachToContext run outside enqueue).
     if (other.mPlan != nullptr)
@@ -364,10 +365,14 @@ int32_t DyNetDynamicConv2dPlugin::configurePlugin(
             {
                 grant = std::max(grant, static_cast<int64_t>(dynet_conv_cuda_plan_workspace_size(plan)));
                 dynet_conv_cuda_plan_destroy(plan);
+                mCudnnPlannable = 1;
             }
             else
             {
-                logMessage(ILogger::Severity::kINFO, std::string("cuDNN tactic not sized at the profile's max: ") + msg);
+                // Not offered for timing then (getValidTactics), rather than failing onShapeChange mid-build.
+                logMessage(ILogger::Severity::kINFO, std::string("cuDNN tactic not offered: no plan at the profile's "
+                    "max: ") + msg);
+                mCudnnPlannable = 0;
             }
         }
         mWorkspaceBytes = grant;
@@ -393,12 +398,12 @@ bool DyNetDynamicConv2dPlugin::cudnnTacticApplies() const noexcept
     return mAttrs.pad_top == mAttrs.pad_bottom && mAttrs.pad_left == mAttrs.pad_right;
 }
 
-int32_t DyNetDynamicConv2dPlugin::tactics(int32_t* out) const noexcept
+int32_t DyNetDynamicConv2dPlugin::tactics(int32_t* out, bool forTiming) const noexcept
 {
     int32_t n = 0;
     out[n++] = DYNET_ALGO_TWO_STEP;
     out[n++] = DYNET_ALGO_ONE_KERNEL;
-    if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies())
+    if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies() && !(forTiming && mCudnnPlannable == 0))
     {
         out[n++] = DYNET_ALGO_CUDNN;
     }
@@ -408,14 +413,14 @@ int32_t DyNetDynamicConv2dPlugin::tactics(int32_t* out) const noexcept
 int32_t DyNetDynamicConv2dPlugin::getNbTactics() noexcept
 {
     int32_t buf[3];
-    return tactics(buf);
+    return tactics(buf, true);
 }
 
 int32_t DyNetDynamicConv2dPlugin::getValidTactics(int32_t* tacticsOut, int32_t nbTactics) noexcept
 {
     // TensorRT times every tactic per format combination and keeps the fastest: the algorithm is chosen by measurement.
     int32_t buf[3];
-    int32_t const n = tactics(buf);
+    int32_t const n = tactics(buf, true);
     if (tacticsOut == nullptr || nbTactics != n)
     {
         return -1;
@@ -436,7 +441,7 @@ char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
             return nullptr;
         }
         int32_t buf[3];
-        int32_t const n = tactics(buf);
+        int32_t const n = tactics(buf, false); // the build's tactic set: creation state only
         std::string id = std::string(kPluginName) + "/abi" + std::to_string(dynet_conv_abi_version()) + "/tactics";
         for (int32_t i = 0; i < n; ++i)
         {
@@ -454,7 +459,7 @@ char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
 int32_t DyNetDynamicConv2dPlugin::setTactic(int32_t tactic) noexcept
 {
     int32_t buf[3];
-    int32_t const n = tactics(buf);
+    int32_t const n = tactics(buf, false); // a deserialised plugin accepts every tactic this build has
     if (tactic != DYNET_ALGO_AUTO && std::find(buf, buf + n, tactic) == buf + n)
     {
         logError("setTactic: tactic " + std::to_string(tactic) + " is not offered by this build");

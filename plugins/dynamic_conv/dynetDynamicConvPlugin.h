@@ -85,8 +85,9 @@ private:
     }
     //! cuDNN expresses symmetric pads only.
     bool cudnnTacticApplies() const noexcept;
-    //! The tactics this build offers for these attributes (cuDNN only when linked and the pads are symmetric).
-    int32_t tactics(int32_t* out) const noexcept;
+    //! The tactics this build has for these attributes (cuDNN only when linked and the pads are symmetric);
+    //! forTiming also drops cuDNN when configurePlugin could not plan it at the profile's max.
+    int32_t tactics(int32_t* out, bool forTiming) const noexcept;
     //! Make mPlan for mParams / mDtype / mTactic; false with a logged reason.
     bool makePlan() noexcept;
 
@@ -98,6 +99,7 @@ private:
     int32_t mTactic{0};
     DynetConvCudaPlan* mPlan{nullptr};
     int32_t mPlanTactic{-1};
+    int32_t mCudnnPlannable{-1}; // configurePlugin's cuDNN plan at the profile's max: -1 not tried, 0 failed, 1 made
     std::string mTimingCacheId;
     // Storage behind getFieldsToSerialize.
     std::vector<nvinfer1::PluginField> mFields;

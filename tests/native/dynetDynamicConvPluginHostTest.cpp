@@ -260,11 +260,27 @@ int main()
     // Tactics and the timing-cache ID.
     {
         int32_t const nb = plugin->getNbTactics();
-        int32_t const expected = 2 + dynet_conv_cuda_has_cudnn();
+        // cuDNN is offered for timing when the build has it and configurePlugin could plan it at the profile's max
+        // (not on a machine without a GPU).
+        DynetConvCudaPlan* probe = nullptr;
+        DynetConvParams pAct = pMax;
+        pAct.activation = 1;
+        bool const plannable = dynet_conv_cuda_plan_create(&pAct, DYNET_FLOAT16, DYNET_ALGO_CUDNN,
+                                   dynet_conv_cuda_workspace_size(&pAct, DYNET_FLOAT16, DYNET_ALGO_CUDNN)
+                                       + dynet::kCudnnScratchCap,
+                                   &probe, nullptr, 0)
+            == DYNET_OK;
+        dynet_conv_cuda_plan_destroy(probe);
+        std::printf("INFO cuDNN in this build: %d, plannable here: %d\n", dynet_conv_cuda_has_cudnn(),
+            plannable ? 1 : 0);
+        int32_t const expected = 2 + (plannable ? 1 : 0);
         std::vector<int32_t> tactics(static_cast<size_t>(std::max(nb, 1)));
         check(nb == expected && plugin->getValidTactics(tactics.data(), nb) == 0 && tactics[0] == DYNET_ALGO_TWO_STEP
                 && tactics[1] == DYNET_ALGO_ONE_KERNEL && (nb == 2 || tactics[2] == DYNET_ALGO_CUDNN),
-            "tactics: two-step, one-kernel, and cuDNN when built with it", std::to_string(nb));
+            "tactics timed: two-step, one-kernel, and cuDNN when built with it and plannable", std::to_string(nb));
+        check(plugin->setTactic(DYNET_ALGO_CUDNN) == (dynet_conv_cuda_has_cudnn() ? 0 : -1),
+            "setTactic accepts cuDNN exactly when the build has it");
+        check(plugin->setTactic(DYNET_ALGO_TWO_STEP) == 0, "setTactic back to two-step");
         Fields asym = f;
         asym.values[2] = 0; // pad_bottom 0 != pad_top 1
         auto a = make(creator, asym);

@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 BUILD  ?= build
 # torch is pinned to the CPU build first so that the package's torch range installs nothing more.
 TORCH_SPEC ?= torch==2.13.0
+CUDNN ?= 1
 
 .PHONY: setup venv data plugins demo test zoo bench clean
 
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+	@# cuDNN + cuBLAS wheels (about 1 GB to download) only where nvcc builds the CUDA kernels, for their cuDNN
+	@# tactic; CUDNN=0 skips them (the CUDA library is then built without that tactic).
+	if [ "$(CUDNN)" != 0 ] && command -v nvcc >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[test,cudnn]"; fi
 	touch $@
 
 venv: $(VENV)/.installed
@@ -28,7 +32,7 @@ data:
 	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST; falling back to sklearn's digits"; fi
 
 plugins:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(abspath $(PY)) >/dev/null
 	cmake --build $(BUILD) -j2
 
 setup: venv data plugins

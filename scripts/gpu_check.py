@@ -486,7 +486,7 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
     cases = {
         "no workspace": (p, 0, plugin_lib.ERR_WORKSPACE, (a, a, a, None, None, a, None, 0)),
         "null x": (p, 0, plugin_lib.ERR_NULL_POINTER, (None, a, a, None, None, a, a, 1 << 20)),
-        "cuDNN without a plan": (p, ALGO_CUDNN, plugin_lib.ERR_UNSUPPORTED, (a, a, a, None, None, a, a, 1 << 20)),
+        "cuDNN without a plan": (p, plugin_lib.ALGO_CUDNN, plugin_lib.ERR_UNSUPPORTED, (a, a, a, None, None, a, a, 1 << 20)),
     }
     bad = plugin_lib.make_params((2, 16, 8, 8), (2, 32, 6), (6, 32, 16, 3, 3))
     bad.groups = 3

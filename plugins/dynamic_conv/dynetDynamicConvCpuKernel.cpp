@@ -1,0 +1,838 @@
+// Fast CPU kernel of DyNetDynamicConv2d: see dynetDynamicConvCpuKernel.h for the algorithm.
+//
+// ISA dispatch: the loops are written once (inline bodies below) and compiled three times, inside functions with
+// target("avx512f"), target("avx2,fma") and the build's baseline, so the compiler vectorises each for its ISA; the
+// GEMM micro-kernels use intrinsics. selectedIsa() picks the best one the CPU supports at run time.
+#include "dynetDynamicConvCpuKernel.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define DYNET_X86 1
+#include <immintrin.h>
+#else
+#define DYNET_X86 0
+#endif
+
+#if defined(__GNUC__)
+#define DYNET_INLINE inline __attribute__((always_inline))
+#else
+#define DYNET_INLINE inline
+#endif
+
+namespace dynet
+{
+
+namespace
+{
+constexpr int kMr = 8;           // rows (output channels) of a fused-kernel panel
+constexpr int64_t kFuseChunk = 128; // kernel elements per fusion block: 128 * 8 floats = 4 KiB per basis kernel
+constexpr int64_t kPixelBlock = 256; // output pixels per GEMM task before splitting for parallelism
+constexpr size_t kMinTasks = 16;  // split work until a layer has at least this many tasks
+
+// Direct path when the kernel of one output channel is this small (depthwise, Dy-mobile's small groups).
+constexpr int64_t kDirectMaxR = 32;
+
+template <typename T>
+T ceilDiv(T a, T b)
+{
+    return (a + b - 1) / b;
+}
+
+struct Geometry
+{
+    int64_t n, cIn, h, w, hw, cOut, cinG, coutG, groups, kh, kw, r, k;
+    int64_t sh, sw, dh, dw, pt, pl;
+    int64_t hOut, wOut, p;
+    int32_t activation;
+};
+
+Geometry geometry(DynetConvParams const& prm, int32_t hOut, int32_t wOut)
+{
+    Geometry g{};
+    g.n = prm.n;
+    g.cIn = prm.c_in;
+    g.h = prm.h;
+    g.w = prm.w;
+    g.hw = g.h * g.w;
+    g.cOut = prm.c_out;
+    g.groups = prm.groups;
+    g.cinG = g.cIn / g.groups;
+    g.coutG = g.cOut / g.groups;
+    g.kh = prm.kh;
+    g.kw = prm.kw;
+    g.r = g.cinG * g.kh * g.kw;
+    g.k = prm.k;
+    g.sh = prm.stride_h;
+    g.sw = prm.stride_w;
+    g.dh = prm.dilation_h;
+    g.dw = prm.dilation_w;
+    g.pt = prm.pad_top;
+    g.pl = prm.pad_left;
+    g.hOut = hOut;
+    g.wOut = wOut;
+    g.p = int64_t{hOut} * wOut;
+    g.activation = prm.activation;
+    return g;
+}
+
+DYNET_INLINE float activate(float v, int32_t act)
+{
+    if (act == DYNET_ACT_RELU)
+    {
+        return v > 0.0f ? v : 0.0f;
+    }
+    if (act == DYNET_ACT_RELU6)
+    {
+        return v > 0.0f ? (v < 6.0f ? v : 6.0f) : 0.0f;
+    }
+    return v;
+}
+
+// Output columns ow whose input column ow*sw + off lies inside [0, w): [lo, hi).
+DYNET_INLINE void validColumns(int64_t off, int64_t sw, int64_t w, int64_t wOut, int64_t& lo, int64_t& hi)
+{
+    lo = off >= 0 ? 0 : ceilDiv(-off, sw);
+    hi = (w - 1 - off) >= 0 ? std::min(wOut, (w - 1 - off) / sw + 1) : 0;
+    lo = std::min(lo, wOut);
+    if (hi < lo)
+    {
+        hi = lo;
+    }
+}
+
+// ---- step 1: kernel fusion ------------------------------------------------------------------------------------
+
+struct FuseJob
+{
+    Geometry const* g;
+    PackedBank const* bank;
+    float const* coeff;
+    int64_t coeffChannels;
+    float* fused;     // GEMM: [N][groups][panels][R][8]; direct: [N][C_out][R]
+    float* fusedBias; // [N][C_out]
+    int64_t channelsPerTask; // direct path
+};
+
+DYNET_INLINE float coeffAt(FuseJob const& j, int64_t n, int64_t t, int64_t k)
+{
+    return j.coeff[(n * j.coeffChannels + (j.coeffChannels == 1 ? 0 : t)) * j.g->k + k];
+}
+
+DYNET_INLINE void fuseBias(FuseJob const& j, int64_t n, int64_t t)
+{
+    PackedBank const& b = *j.bank;
+    float acc = b.hasBias ? b.bias[static_cast<size_t>(t)] : 0.0f;
+    if (b.hasBiasBank)
+    {
+        for (int64_t k = 0; k < j.g->k; ++k)
+        {
+            acc += coeffAt(j, n, t, k) * b.biasBank[static_cast<size_t>(t * j.g->k + k)];
+        }
+    }
+    j.fusedBias[n * j.g->cOut + t] = acc;
+}
+
+// One 8-row panel of group gi: for every sample, fused[r][i] = sum_k c[t0+i][k] * bank[k][r][i].
+DYNET_INLINE void fusePanelBody(FuseJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    PackedBank const& b = *j.bank;
+    int64_t const panels = b.panels;
+    int64_t const gi = task / panels;
+    int64_t const tp = task % panels;
+    int64_t const t0 = gi * g.coutG + tp * kMr;
+    int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+    int64_t const panelSize = g.r * kMr;
+    float const* src = b.weight.data() + (gi * panels + tp) * g.k * panelSize;
+    float cv[kMr];
+    for (int64_t r0 = 0; r0 < g.r; r0 += kFuseChunk)
+    {
+        int64_t const len = std::min(kFuseChunk, g.r - r0) * kMr;
+        for (int64_t n = 0; n < g.n; ++n)
+        {
+            float* dst = j.fused + ((n * g.groups + gi) * panels + tp) * panelSize + r0 * kMr;
+            for (int64_t k = 0; k < g.k; ++k)
+            {
+                for (int i = 0; i < kMr; ++i)
+                {
+                    cv[i] = i < rows ? coeffAt(j, n, t0 + i, k) : 0.0f;
+                }
+                float const* s = src + k * panelSize + r0 * kMr;
+                if (k == 0)
+                {
+                    for (int64_t e = 0; e < len; e += kMr)
+                    {
+                        for (int i = 0; i < kMr; ++i)
+                        {
+                            dst[e + i] = cv[i] * s[e + i];
+                        }
+                    }
+                }
+                else
+                {
+                    for (int64_t e = 0; e < len; e += kMr)
+                    {
+                        for (int i = 0; i < kMr; ++i)
+                        {
+                            dst[e + i] += cv[i] * s[e + i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (int64_t n = 0; n < g.n; ++n)
+    {
+        for (int64_t i = 0; i < rows; ++i)
+        {
+            fuseBias(j, n, t0 + i);
+        }
+    }
+}
+
+// A run of output channels [t0, t1) for every sample, plain layout [C_out][R].
+DYNET_INLINE void fuseChannelsBody(FuseJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const t0 = task * j.channelsPerTask;
+    int64_t const t1 = std::min(g.cOut, t0 + j.channelsPerTask);
+    for (int64_t t = t0; t < t1; ++t)
+    {
+        float const* src = j.bank->weight.data() + t * g.k * g.r;
+        for (int64_t n = 0; n < g.n; ++n)
+        {
+            float* dst = j.fused + (n * g.cOut + t) * g.r;
+            float const c0 = coeffAt(j, n, t, 0);
+            for (int64_t e = 0; e < g.r; ++e)
+            {
+                dst[e] = c0 * src[e];
+            }
+            for (int64_t k = 1; k < g.k; ++k)
+            {
+                float const ck = coeffAt(j, n, t, k);
+                float const* s = src + k * g.r;
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    dst[e] += ck * s[e];
+                }
+            }
+            fuseBias(j, n, t);
+        }
+    }
+}
+
+// ---- step 2a: GEMM path ---------------------------------------------------------------------------------------
+
+struct GemmJob
+{
+    Geometry const* g;
+    float const* x;
+    float const* fused;
+    float const* fusedBias;
+    float* y;
+    int64_t panels;      // 8-row panels per group
+    int64_t pixelBlock;  // output pixels per task (multiple of nr)
+    int64_t panelsPerTask;
+    int64_t pixelBlocks, panelBlocks;
+    int nr;              // columns of the micro-kernel
+    CpuIsa isa;
+};
+
+// Unroll the input of sample n, group gi, output pixels [p0, p0 + pc) into column panels B[jp][r][nr].
+DYNET_INLINE void im2colPanels(Geometry const& g, float const* xg, int64_t p0, int64_t pc, int nr, float* out)
+{
+    int64_t const npan = ceilDiv<int64_t>(pc, nr);
+    int64_t const khw = g.kh * g.kw;
+    int64_t const panelStride = g.r * nr;
+    for (int64_t r = 0; r < g.r; ++r)
+    {
+        int64_t const ci = r / khw;
+        int64_t const i = (r / g.kw) % g.kh;
+        int64_t const jj = r % g.kw;
+        float const* xc = xg + ci * g.hw;
+        int64_t const off = jj * g.dw - g.pl;
+        int64_t lo, hi;
+        validColumns(off, g.sw, g.w, g.wOut, lo, hi);
+        int64_t p = p0;
+        int64_t const pEnd = p0 + pc;
+        int64_t oh = p / g.wOut;
+        int64_t ow = p % g.wOut;
+        while (p < pEnd)
+        {
+            int64_t const q = p - p0;
+            int64_t const col = q % nr;
+            int64_t const run = std::min({g.wOut - ow, pEnd - p, int64_t{nr} - col});
+            float* dst = out + (q / nr) * panelStride + r * nr + col;
+            int64_t const ih = oh * g.sh - g.pt + i * g.dh;
+            if (ih < 0 || ih >= g.h)
+            {
+                for (int64_t e = 0; e < run; ++e)
+                {
+                    dst[e] = 0.0f;
+                }
+            }
+            else
+            {
+                float const* src = xc + ih * g.w + off;
+                int64_t const a = std::clamp(lo - ow, int64_t{0}, run);
+                int64_t const b = std::clamp(hi - ow, a, run);
+                for (int64_t e = 0; e < a; ++e)
+                {
+                    dst[e] = 0.0f;
+                }
+                if (g.sw == 1)
+                {
+                    std::memcpy(dst + a, src + ow + a, static_cast<size_t>(b - a) * sizeof(float));
+                }
+                else
+                {
+                    for (int64_t e = a; e < b; ++e)
+                    {
+                        dst[e] = src[(ow + e) * g.sw];
+                    }
+                }
+                for (int64_t e = b; e < run; ++e)
+                {
+                    dst[e] = 0.0f;
+                }
+            }
+            p += run;
+            ow += run;
+            if (ow == g.wOut)
+            {
+                ow = 0;
+                ++oh;
+            }
+        }
+        int64_t const tail = npan * nr - pc; // zero columns past the last pixel
+        if (tail > 0)
+        {
+            float* dst = out + (npan - 1) * panelStride + r * nr + (nr - tail);
+            for (int64_t e = 0; e < tail; ++e)
+            {
+                dst[e] = 0.0f;
+            }
+        }
+    }
+}
+
+// tile[i][c] = sum_r A[r][i] * B[r][c], A an 8-row panel [R][8], B a column panel [R][nr].
+DYNET_INLINE void microGeneric8x8(float const* a, float const* b, int64_t r, float* tile)
+{
+    float acc[kMr][8] = {};
+    for (int64_t e = 0; e < r; ++e)
+    {
+        for (int i = 0; i < kMr; ++i)
+        {
+            float const av = a[e * kMr + i];
+            for (int c = 0; c < 8; ++c)
+            {
+                acc[i][c] += av * b[e * 8 + c];
+            }
+        }
+    }
+    std::memcpy(tile, acc, sizeof(acc));
+}
+
+#if DYNET_X86
+__attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* b, int64_t r, float* tile)
+{
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+    __m256 acc3 = _mm256_setzero_ps(), acc4 = _mm256_setzero_ps(), acc5 = _mm256_setzero_ps();
+    __m256 acc6 = _mm256_setzero_ps(), acc7 = _mm256_setzero_ps();
+    for (int64_t e = 0; e < r; ++e)
+    {
+        __m256 const bv = _mm256_loadu_ps(b + e * 8);
+        float const* ae = a + e * kMr;
+        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 0), bv, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 1), bv, acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 2), bv, acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 3), bv, acc3);
+        acc4 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 4), bv, acc4);
+        acc5 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 5), bv, acc5);
+        acc6 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 6), bv, acc6);
+        acc7 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 7), bv, acc7);
+    }
+    _mm256_storeu_ps(tile + 0, acc0);
+    _mm256_storeu_ps(tile + 8, acc1);
+    _mm256_storeu_ps(tile + 16, acc2);
+    _mm256_storeu_ps(tile + 24, acc3);
+    _mm256_storeu_ps(tile + 32, acc4);
+    _mm256_storeu_ps(tile + 40, acc5);
+    _mm256_storeu_ps(tile + 48, acc6);
+    _mm256_storeu_ps(tile + 56, acc7);
+}
+
+__attribute__((target("avx512f"))) void microAvx512(float const* a, float const* b, int64_t r, float* tile)
+{
+    __m512 acc[kMr][2];
+    for (int i = 0; i < kMr; ++i)
+    {
+        acc[i][0] = _mm512_setzero_ps();
+        acc[i][1] = _mm512_setzero_ps();
+    }
+    for (int64_t e = 0; e < r; ++e)
+    {
+        __m512 const b0 = _mm512_loadu_ps(b + e * 32);
+        __m512 const b1 = _mm512_loadu_ps(b + e * 32 + 16);
+        float const* ae = a + e * kMr;
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            __m512 const av = _mm512_set1_ps(ae[i]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < kMr; ++i)
+    {
+        _mm512_storeu_ps(tile + i * 32, acc[i][0]);
+        _mm512_storeu_ps(tile + i * 32 + 16, acc[i][1]);
+    }
+}
+#endif
+
+int nrFor(CpuIsa isa)
+{
+    return isa == CpuIsa::kAvx512 ? 32 : 8;
+}
+
+DYNET_INLINE void gemmTaskBody(GemmJob const& j, int64_t task, std::vector<float>& buffer)
+{
+    Geometry const& g = *j.g;
+    int64_t const tb = task % j.panelBlocks;
+    int64_t rest = task / j.panelBlocks;
+    int64_t const pb = rest % j.pixelBlocks;
+    rest /= j.pixelBlocks;
+    int64_t const gi = rest % g.groups;
+    int64_t const n = rest / g.groups;
+    int const nr = j.nr;
+
+    int64_t const p0 = pb * j.pixelBlock;
+    int64_t const pc = std::min(j.pixelBlock, g.p - p0);
+    int64_t const npan = ceilDiv<int64_t>(pc, nr);
+    size_t const need = static_cast<size_t>(npan * g.r * nr);
+    if (buffer.size() < need)
+    {
+        buffer.resize(need);
+    }
+    float* cols = buffer.data();
+    float const* xg = j.x + (n * g.cIn + gi * g.cinG) * g.hw;
+    im2colPanels(g, xg, p0, pc, nr, cols);
+
+    alignas(64) float tile[kMr * 32];
+    int64_t const tp0 = tb * j.panelsPerTask;
+    int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
+    for (int64_t tp = tp0; tp < tp1; ++tp)
+    {
+        float const* a = j.fused + ((n * g.groups + gi) * j.panels + tp) * g.r * kMr;
+        int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+        int64_t const t0 = gi * g.coutG + tp * kMr;
+        for (int64_t jp = 0; jp < npan; ++jp)
+        {
+            float const* b = cols + jp * g.r * nr;
+#if DYNET_X86
+            if (j.isa == CpuIsa::kAvx512)
+            {
+                microAvx512(a, b, g.r, tile);
+            }
+            else if (j.isa == CpuIsa::kAvx2)
+            {
+                microAvx2(a, b, g.r, tile);
+            }
+            else
+#endif
+            {
+                microGeneric8x8(a, b, g.r, tile);
+            }
+            int64_t const pStart = p0 + jp * nr;
+            int64_t const cols_ = std::min<int64_t>(nr, p0 + pc - pStart);
+            for (int64_t i = 0; i < rows; ++i)
+            {
+                float const bias = j.fusedBias[n * g.cOut + t0 + i];
+                float* yrow = j.y + (n * g.cOut + t0 + i) * g.p + pStart;
+                float const* trow = tile + i * nr;
+                for (int64_t c = 0; c < cols_; ++c)
+                {
+                    yrow[c] = activate(trow[c] + bias, g.activation);
+                }
+            }
+        }
+    }
+}
+
+// ---- step 2b: direct path -------------------------------------------------------------------------------------
+
+struct DirectJob
+{
+    Geometry const* g;
+    float const* x;
+    float const* fused;
+    float const* fusedBias;
+    float* y;
+    int64_t planesPerTask;
+};
+
+DYNET_INLINE void directPlane(Geometry const& g, float const* xg, float const* wt, float bias, float* yt)
+{
+    for (int64_t oh = 0; oh < g.hOut; ++oh)
+    {
+        float* acc = yt + oh * g.wOut;
+        for (int64_t ow = 0; ow < g.wOut; ++ow)
+        {
+            acc[ow] = bias;
+        }
+        for (int64_t ci = 0; ci < g.cinG; ++ci)
+        {
+            for (int64_t i = 0; i < g.kh; ++i)
+            {
+                int64_t const ih = oh * g.sh - g.pt + i * g.dh;
+                if (ih < 0 || ih >= g.h)
+                {
+                    continue;
+                }
+                float const* xrow = xg + ci * g.hw + ih * g.w;
+                for (int64_t jj = 0; jj < g.kw; ++jj)
+                {
+                    float const wv = wt[(ci * g.kh + i) * g.kw + jj];
+                    int64_t const off = jj * g.dw - g.pl;
+                    int64_t lo, hi;
+                    validColumns(off, g.sw, g.w, g.wOut, lo, hi);
+                    float const* src = xrow + off;
+                    if (g.sw == 1)
+                    {
+                        for (int64_t ow = lo; ow < hi; ++ow)
+                        {
+                            acc[ow] += wv * src[ow];
+                        }
+                    }
+                    else
+                    {
+                        for (int64_t ow = lo; ow < hi; ++ow)
+                        {
+                            acc[ow] += wv * src[ow * g.sw];
+                        }
+                    }
+                }
+            }
+        }
+        if (g.activation != DYNET_ACT_NONE)
+        {
+            for (int64_t ow = 0; ow < g.wOut; ++ow)
+            {
+                acc[ow] = activate(acc[ow], g.activation);
+            }
+        }
+    }
+}
+
+DYNET_INLINE void directTaskBody(DirectJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const e0 = task * j.planesPerTask;
+    int64_t const e1 = std::min(g.n * g.cOut, e0 + j.planesPerTask);
+    for (int64_t e = e0; e < e1; ++e)
+    {
+        int64_t const n = e / g.cOut;
+        int64_t const t = e % g.cOut;
+        int64_t const gi = t / g.coutG;
+        directPlane(g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, j.fused + e * g.r, j.fusedBias[e], j.y + e * g.p);
+    }
+}
+
+// ---- per-ISA instantiations -------------------------------------------------------------------------------------
+
+thread_local std::vector<float> tColumns; // im2col panels of the task a pool thread runs
+
+#define DYNET_DEFINE_TASKS(SUFFIX, TARGET)                                                                           \
+    TARGET void fusePanel##SUFFIX(void* usr, size_t i)                                                             \
+    {                                                                                                              \
+        fusePanelBody(*static_cast<FuseJob const*>(usr), static_cast<int64_t>(i));                                 \
+    }                                                                                                              \
+    TARGET void fuseChannels##SUFFIX(void* usr, size_t i)                                                          \
+    {                                                                                                              \
+        fuseChannelsBody(*static_cast<FuseJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
+    TARGET void gemmTask##SUFFIX(void* usr, size_t i)                                                              \
+    {                                                                                                              \
+        gemmTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i), tColumns);                        \
+    }                                                                                                              \
+    TARGET void directTask##SUFFIX(void* usr, size_t i)                                                            \
+    {                                                                                                              \
+        directTaskBody(*static_cast<DirectJob const*>(usr), static_cast<int64_t>(i));                              \
+    }
+
+DYNET_DEFINE_TASKS(Generic, )
+#if DYNET_X86
+DYNET_DEFINE_TASKS(Avx2, __attribute__((target("avx2,fma"))))
+DYNET_DEFINE_TASKS(Avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
+#endif
+
+struct TaskSet
+{
+    void (*fusePanel)(void*, size_t);
+    void (*fuseChannels)(void*, size_t);
+    void (*gemmTask)(void*, size_t);
+    void (*directTask)(void*, size_t);
+};
+
+TaskSet tasksFor(CpuIsa isa)
+{
+#if DYNET_X86
+    if (isa == CpuIsa::kAvx512)
+    {
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, directTaskAvx512};
+    }
+    if (isa == CpuIsa::kAvx2)
+    {
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, directTaskAvx2};
+    }
+#endif
+    (void) isa;
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, directTaskGeneric};
+}
+
+CpuIsa detectIsa()
+{
+    CpuIsa best = CpuIsa::kGeneric;
+#if DYNET_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    {
+        best = CpuIsa::kAvx512;
+    }
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    {
+        best = CpuIsa::kAvx2;
+    }
+#endif
+    char const* env = std::getenv("DYNET_CPU_ISA");
+    if (env != nullptr)
+    {
+        CpuIsa want = best;
+        if (std::strcmp(env, "generic") == 0)
+        {
+            want = CpuIsa::kGeneric;
+        }
+        else if (std::strcmp(env, "avx2") == 0)
+        {
+            want = CpuIsa::kAvx2;
+        }
+        else if (std::strcmp(env, "avx512") == 0)
+        {
+            want = CpuIsa::kAvx512;
+        }
+        best = static_cast<int32_t>(want) < static_cast<int32_t>(best) ? want : best;
+    }
+    return best;
+}
+} // namespace
+
+void ParallelFor::operator()(size_t total, void (*fn)(void*, size_t), void* usr) const
+{
+    if (run != nullptr && total > 1)
+    {
+        run(runner, fn, total, usr);
+        return;
+    }
+    for (size_t i = 0; i < total; ++i)
+    {
+        fn(usr, i);
+    }
+}
+
+CpuIsa selectedIsa()
+{
+    static CpuIsa const isa = detectIsa();
+    return isa;
+}
+
+char const* isaName(CpuIsa isa)
+{
+    switch (isa)
+    {
+    case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx2: return "avx2";
+    default: return "generic";
+    }
+}
+
+bool usesGemmPath(int32_t cinPerGroup, int32_t kh, int32_t kw)
+{
+    return int64_t{cinPerGroup} * kh * kw > kDirectMaxR;
+}
+
+int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float const* w, float const* bb,
+    float const* b)
+{
+    if (w == nullptr || (p.has_bias_bank && bb == nullptr) || (p.has_bias && b == nullptr))
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    if (p.k < 1 || p.c_out < 1 || cinPerGroup < 1 || p.kh < 1 || p.kw < 1 || p.groups < 1
+        || p.c_out % p.groups != 0)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    k = p.k;
+    cOut = p.c_out;
+    cinG = cinPerGroup;
+    kh = p.kh;
+    kw = p.kw;
+    groups = p.groups;
+    coutG = cOut / groups;
+    r = int64_t{cinG} * kh * kw;
+    hasBiasBank = p.has_bias_bank != 0;
+    hasBias = p.has_bias != 0;
+    gemm_ = usesGemmPath(cinG, kh, kw);
+    if (gemm_)
+    {
+        panels = static_cast<int32_t>(ceilDiv(coutG, kMr));
+        weight.assign(static_cast<size_t>(int64_t{groups} * panels * k * r * kMr), 0.0f);
+        for (int64_t gi = 0; gi < groups; ++gi)
+        {
+            for (int64_t tp = 0; tp < panels; ++tp)
+            {
+                for (int64_t kk = 0; kk < k; ++kk)
+                {
+                    float* dst = weight.data() + ((gi * panels + tp) * k + kk) * r * kMr;
+                    for (int64_t i = 0; i < kMr && tp * kMr + i < coutG; ++i)
+                    {
+                        int64_t const t = gi * coutG + tp * kMr + i;
+                        float const* src = w + (kk * cOut + t) * r;
+                        for (int64_t e = 0; e < r; ++e)
+                        {
+                            dst[e * kMr + i] = src[e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    else
+    {
+        panels = 0;
+        weight.resize(static_cast<size_t>(int64_t{cOut} * k * r));
+        for (int64_t t = 0; t < cOut; ++t)
+        {
+            for (int64_t kk = 0; kk < k; ++kk)
+            {
+                std::memcpy(weight.data() + (t * k + kk) * r, w + (kk * cOut + t) * r,
+                    static_cast<size_t>(r) * sizeof(float));
+            }
+        }
+    }
+    biasBank.assign(hasBiasBank ? static_cast<size_t>(cOut) * k : 0, 0.0f);
+    for (int64_t t = 0; hasBiasBank && t < cOut; ++t)
+    {
+        for (int64_t kk = 0; kk < k; ++kk)
+        {
+            biasBank[static_cast<size_t>(t * k + kk)] = bb[kk * cOut + t];
+        }
+    }
+    if (hasBias)
+    {
+        bias.assign(b, b + cOut);
+    }
+    else
+    {
+        bias.clear();
+    }
+    return DYNET_OK;
+}
+
+bool PackedBank::matches(DynetConvParams const& p) const
+{
+    return p.k == k && p.c_out == cOut && p.c_in == cinG * p.groups && p.kh == kh && p.kw == kw
+        && p.groups == groups && (p.has_bias_bank != 0) == hasBiasBank && (p.has_bias != 0) == hasBias;
+}
+
+int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff, float* y,
+    ParallelFor const& parallel, CpuIsa isa)
+{
+    int32_t hOut = 0, wOut = 0;
+    int32_t const status = dynet_conv_output_hw(&prm, &hOut, &wOut);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    if (!bank.matches(prm))
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    if (x == nullptr || coeff == nullptr || y == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    Geometry const g = geometry(prm, hOut, wOut);
+    TaskSet const tasks = tasksFor(isa);
+
+    // Fused kernels and biases of the batch; kept per calling thread so repeated runs reuse the memory.
+    thread_local std::vector<float> fusedStore;
+    thread_local std::vector<float> biasStore;
+    size_t const fusedSize = bank.gemmPath()
+        ? static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr)
+        : static_cast<size_t>(g.n * g.cOut * g.r);
+    if (fusedStore.size() < fusedSize)
+    {
+        fusedStore.resize(fusedSize);
+    }
+    if (biasStore.size() < static_cast<size_t>(g.n * g.cOut))
+    {
+        biasStore.resize(static_cast<size_t>(g.n * g.cOut));
+    }
+    FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1};
+
+    if (bank.gemmPath())
+    {
+        parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
+
+        GemmJob job{};
+        job.g = &g;
+        job.x = x;
+        job.fused = fusedStore.data();
+        job.fusedBias = biasStore.data();
+        job.y = y;
+        job.panels = bank.panels;
+        job.isa = isa;
+        job.nr = nrFor(isa);
+        job.pixelBlock = std::min(ceilDiv<int64_t>(g.p, job.nr) * job.nr, kPixelBlock);
+        job.panelsPerTask = job.panels;
+        auto count = [&] {
+            job.pixelBlocks = ceilDiv(g.p, job.pixelBlock);
+            job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+            return static_cast<size_t>(g.n * g.groups * job.pixelBlocks * job.panelBlocks);
+        };
+        // Enough tasks for the pool: narrower pixel blocks first (the unrolled input is not recomputed), then
+        // fewer kernel panels per task (each such task unrolls its pixel block again).
+        while (count() < kMinTasks && job.pixelBlock > 2 * job.nr)
+        {
+            job.pixelBlock = ceilDiv<int64_t>(job.pixelBlock / 2, job.nr) * job.nr;
+        }
+        while (count() < kMinTasks && job.panelsPerTask > 1)
+        {
+            job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+        }
+        parallel(count(), tasks.gemmTask, &job);
+    }
+    else
+    {
+        int64_t const perTaskFuse = std::max<int64_t>(1, g.cOut / 64);
+        fuse.channelsPerTask = perTaskFuse;
+        parallel(static_cast<size_t>(ceilDiv(g.cOut, perTaskFuse)), tasks.fuseChannels, &fuse);
+
+        DirectJob job{&g, x, fusedStore.data(), biasStore.data(), y, 1};
+        int64_t const planes = g.n * g.cOut;
+        // About 4096 multiply-adds per task at least, so small planes do not drown in scheduling.
+        int64_t const work = std::max<int64_t>(1, g.p * g.r);
+        job.planesPerTask = std::max<int64_t>(1, std::min<int64_t>(4096 / work, planes / 16));
+        parallel(static_cast<size_t>(ceilDiv(planes, job.planesPerTask)), tasks.directTask, &job);
+    }
+    return DYNET_OK;
+}
+
+} // namespace dynet

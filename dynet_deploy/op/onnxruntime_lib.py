@@ -11,6 +11,7 @@ The library is looked up like the other native libraries (:mod:`dynet_deploy.plu
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 from ..errors import MissingDependencyError, RuntimeBackendError
@@ -50,3 +51,11 @@ def register(session_options, path: str | Path | None = None) -> Path:
     except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
         raise RuntimeBackendError(f"onnxruntime could not load {lib.name}: {exc}") from None
     return lib
+
+
+def cpu_isa(path: str | Path | None = None) -> str:
+    """The CPU kernel's instruction set in this process: "avx512", "avx2" or "generic" (``DYNET_CPU_ISA`` lowers it)."""
+    lib = ctypes.CDLL(str(Path(path) if path is not None else require_library()))
+    lib.dynet_ort_cpu_isa.restype = ctypes.c_char_p
+    lib.dynet_ort_cpu_isa.argtypes = []
+    return lib.dynet_ort_cpu_isa().decode()

@@ -635,6 +635,13 @@ using CudaHalfOp = DynamicConvOp<Ort::Float16_t, CudaKernel<Ort::Float16_t>, tru
 std::mutex gRegisterMutex;
 } // namespace
 
+// Which CPU kernel ISA this process uses ("avx512", "avx2" or "generic"; DYNET_CPU_ISA may lower it): for tests and
+// benchmark reports.
+extern "C" DYNET_API char const* dynet_ort_cpu_isa(void)
+{
+    return dynet::isaName(dynet::selectedIsa());
+}
+
 extern "C" DYNET_API OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, OrtApiBase const* apiBase)
 {
     if (apiBase == nullptr || options == nullptr)

@@ -6,6 +6,8 @@
 #include "dynetDynamicConvCpuKernel.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -136,25 +138,25 @@ DYNET_INLINE void fuseBias(FuseJob const& j, int64_t n, int64_t t)
     j.fusedBias[n * j.g->cOut + t] = acc;
 }
 
-// One 8-row panel of group gi: for every sample, fused[r][i] = sum_k c[t0+i][k] * bank[k][r][i].
-DYNET_INLINE void fusePanelBody(FuseJob const& j, int64_t task)
+// One 8-row panel (group gi, panel tp) for samples [n0, n1): dst(n) = dst0 + (n - n0) * dstStride,
+// dst(n)[r][i] = sum_k c[n][t0+i][k] * bank[k][r][i]; also the samples' fused biases of these rows.
+DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int64_t n0, int64_t n1, float* dst0,
+    int64_t dstStride)
 {
     Geometry const& g = *j.g;
     PackedBank const& b = *j.bank;
-    int64_t const panels = b.panels;
-    int64_t const gi = task / panels;
-    int64_t const tp = task % panels;
     int64_t const t0 = gi * g.coutG + tp * kMr;
     int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
     int64_t const panelSize = g.r * kMr;
-    float const* src = b.weight.data() + (gi * panels + tp) * g.k * panelSize;
+    float const* src = b.weight.data() + (gi * b.panels + tp) * g.k * panelSize;
     float cv[kMr];
+    // Chunks of the kernel so that the K basis slices stay in L1 while every sample reads them.
     for (int64_t r0 = 0; r0 < g.r; r0 += kFuseChunk)
     {
         int64_t const len = std::min(kFuseChunk, g.r - r0) * kMr;
-        for (int64_t n = 0; n < g.n; ++n)
+        for (int64_t n = n0; n < n1; ++n)
         {
-            float* dst = j.fused + ((n * g.groups + gi) * panels + tp) * panelSize + r0 * kMr;
+            float* dst = dst0 + (n - n0) * dstStride + r0 * kMr;
             for (int64_t k = 0; k < g.k; ++k)
             {
                 for (int i = 0; i < kMr; ++i)
@@ -185,13 +187,24 @@ DYNET_INLINE void fusePanelBody(FuseJob const& j, int64_t task)
             }
         }
     }
-    for (int64_t n = 0; n < g.n; ++n)
+    for (int64_t n = n0; n < n1; ++n)
     {
         for (int64_t i = 0; i < rows; ++i)
         {
             fuseBias(j, n, t0 + i);
         }
     }
+}
+
+// Task: one panel of one group for the whole batch, into the batch's fused-kernel buffer.
+DYNET_INLINE void fusePanelBody(FuseJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const panels = j.bank->panels;
+    int64_t const gi = task / panels;
+    int64_t const tp = task % panels;
+    int64_t const panelSize = g.r * kMr;
+    fusePanelSamples(j, gi, tp, 0, g.n, j.fused + (gi * panels + tp) * panelSize, g.groups * panels * panelSize);
 }
 
 // A run of output channels [t0, t1) for every sample, plain layout [C_out][R].
@@ -240,6 +253,9 @@ struct GemmJob
     int64_t pixelBlocks, panelBlocks;
     int nr;              // columns of the micro-kernel
     CpuIsa isa;
+    float* sharedCols;   // unrolled input of every (sample, group, pixel block), when tasks split the panels
+    int64_t colsStride;  // floats per (sample, group, pixel block) in sharedCols
+    FuseJob const* fuse; // fusion inside the GEMM tasks (small images), else nullptr
 };
 
 // Unroll the input of sample n, group gi, output pixels [p0, p0 + pc) into column panels B[jp][r][nr].
@@ -401,6 +417,48 @@ int nrFor(CpuIsa isa)
     return isa == CpuIsa::kAvx512 ? 32 : 8;
 }
 
+// Output rows of kernel panel tp (group gi, sample n) over pixels [p0, p0 + pc): micro-kernel, bias, activation.
+DYNET_INLINE void gemmPanel(GemmJob const& j, float const* a, float const* cols, int64_t n, int64_t gi, int64_t tp,
+    int64_t p0, int64_t pc)
+{
+    Geometry const& g = *j.g;
+    int const nr = j.nr;
+    int64_t const npan = ceilDiv<int64_t>(pc, nr);
+    int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+    int64_t const t0 = gi * g.coutG + tp * kMr;
+    alignas(64) float tile[kMr * 32];
+    for (int64_t jp = 0; jp < npan; ++jp)
+    {
+        float const* b = cols + jp * g.r * nr;
+#if DYNET_X86
+        if (j.isa == CpuIsa::kAvx512)
+        {
+            microAvx512(a, b, g.r, tile);
+        }
+        else if (j.isa == CpuIsa::kAvx2)
+        {
+            microAvx2(a, b, g.r, tile);
+        }
+        else
+#endif
+        {
+            microGeneric8x8(a, b, g.r, tile);
+        }
+        int64_t const pStart = p0 + jp * nr;
+        int64_t const width = std::min<int64_t>(nr, p0 + pc - pStart);
+        for (int64_t i = 0; i < rows; ++i)
+        {
+            float const bias = j.fusedBias[n * g.cOut + t0 + i];
+            float* yrow = j.y + (n * g.cOut + t0 + i) * g.p + pStart;
+            float const* trow = tile + i * nr;
+            for (int64_t c = 0; c < width; ++c)
+            {
+                yrow[c] = activate(trow[c] + bias, g.activation);
+            }
+        }
+    }
+}
+
 DYNET_INLINE void gemmTaskBody(GemmJob const& j, int64_t task, std::vector<float>& buffer)
 {
     Geometry const& g = *j.g;
@@ -415,54 +473,71 @@ DYNET_INLINE void gemmTaskBody(GemmJob const& j, int64_t task, std::vector<float
     int64_t const p0 = pb * j.pixelBlock;
     int64_t const pc = std::min(j.pixelBlock, g.p - p0);
     int64_t const npan = ceilDiv<int64_t>(pc, nr);
-    size_t const need = static_cast<size_t>(npan * g.r * nr);
-    if (buffer.size() < need)
+    float const* cols = nullptr;
+    if (j.sharedCols != nullptr)
     {
-        buffer.resize(need);
+        cols = j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
     }
-    float* cols = buffer.data();
-    float const* xg = j.x + (n * g.cIn + gi * g.cinG) * g.hw;
-    im2colPanels(g, xg, p0, pc, nr, cols);
+    else
+    {
+        size_t const need = static_cast<size_t>(npan * g.r * nr);
+        if (buffer.size() < need)
+        {
+            buffer.resize(need);
+        }
+        im2colPanels(g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, p0, pc, nr, buffer.data());
+        cols = buffer.data();
+    }
 
-    alignas(64) float tile[kMr * 32];
     int64_t const tp0 = tb * j.panelsPerTask;
     int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
     for (int64_t tp = tp0; tp < tp1; ++tp)
     {
         float const* a = j.fused + ((n * g.groups + gi) * j.panels + tp) * g.r * kMr;
-        int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
-        int64_t const t0 = gi * g.coutG + tp * kMr;
-        for (int64_t jp = 0; jp < npan; ++jp)
+        gemmPanel(j, a, cols, n, gi, tp, p0, pc);
+    }
+}
+
+// Task of the small-image mode: kernel panels [tp0, tp1) of group gi, fused here for one sample at a time (the
+// bank slice stays in L2 across the batch; nothing is written back), then multiplied with every pixel block.
+DYNET_INLINE void fusedGemmTaskBody(GemmJob const& j, int64_t task, std::vector<float>& buffer)
+{
+    Geometry const& g = *j.g;
+    int64_t const gi = task / j.panelBlocks;
+    int64_t const tb = task % j.panelBlocks;
+    int64_t const tp0 = tb * j.panelsPerTask;
+    int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
+    size_t const need = static_cast<size_t>(g.r * kMr);
+    if (buffer.size() < need)
+    {
+        buffer.resize(need);
+    }
+    for (int64_t tp = tp0; tp < tp1; ++tp)
+    {
+        for (int64_t n = 0; n < g.n; ++n)
         {
-            float const* b = cols + jp * g.r * nr;
-#if DYNET_X86
-            if (j.isa == CpuIsa::kAvx512)
+            fusePanelSamples(*j.fuse, gi, tp, n, n + 1, buffer.data(), 0);
+            for (int64_t pb = 0; pb < j.pixelBlocks; ++pb)
             {
-                microAvx512(a, b, g.r, tile);
-            }
-            else if (j.isa == CpuIsa::kAvx2)
-            {
-                microAvx2(a, b, g.r, tile);
-            }
-            else
-#endif
-            {
-                microGeneric8x8(a, b, g.r, tile);
-            }
-            int64_t const pStart = p0 + jp * nr;
-            int64_t const cols_ = std::min<int64_t>(nr, p0 + pc - pStart);
-            for (int64_t i = 0; i < rows; ++i)
-            {
-                float const bias = j.fusedBias[n * g.cOut + t0 + i];
-                float* yrow = j.y + (n * g.cOut + t0 + i) * g.p + pStart;
-                float const* trow = tile + i * nr;
-                for (int64_t c = 0; c < cols_; ++c)
-                {
-                    yrow[c] = activate(trow[c] + bias, g.activation);
-                }
+                int64_t const p0 = pb * j.pixelBlock;
+                int64_t const pc = std::min(j.pixelBlock, g.p - p0);
+                float const* cols = j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
+                gemmPanel(j, buffer.data(), cols, n, gi, tp, p0, pc);
             }
         }
     }
+}
+
+// Unroll one (sample, group, pixel block) into the shared buffer.
+DYNET_INLINE void im2colTaskBody(GemmJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const pb = task % j.pixelBlocks;
+    int64_t const ng = task / j.pixelBlocks; // n * groups + gi
+    int64_t const p0 = pb * j.pixelBlock;
+    int64_t const pc = std::min(j.pixelBlock, g.p - p0);
+    float const* xg = j.x + (ng / g.groups * g.cIn + ng % g.groups * g.cinG) * g.hw;
+    im2colPanels(g, xg, p0, pc, j.nr, j.sharedCols + task * j.colsStride);
 }
 
 // ---- step 2b: direct path -------------------------------------------------------------------------------------
@@ -561,6 +636,14 @@ thread_local std::vector<float> tColumns; // im2col panels of the task a pool th
     {                                                                                                              \
         gemmTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i), tColumns);                        \
     }                                                                                                              \
+    TARGET void fusedGemmTask##SUFFIX(void* usr, size_t i)                                                         \
+    {                                                                                                              \
+        fusedGemmTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i), tColumns);                   \
+    }                                                                                                              \
+    TARGET void im2colTask##SUFFIX(void* usr, size_t i)                                                            \
+    {                                                                                                              \
+        im2colTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i));                                \
+    }                                                                                                              \
     TARGET void directTask##SUFFIX(void* usr, size_t i)                                                            \
     {                                                                                                              \
         directTaskBody(*static_cast<DirectJob const*>(usr), static_cast<int64_t>(i));                              \
@@ -577,6 +660,8 @@ struct TaskSet
     void (*fusePanel)(void*, size_t);
     void (*fuseChannels)(void*, size_t);
     void (*gemmTask)(void*, size_t);
+    void (*im2colTask)(void*, size_t);
+    void (*fusedGemmTask)(void*, size_t);
     void (*directTask)(void*, size_t);
 };
 
@@ -585,15 +670,15 @@ TaskSet tasksFor(CpuIsa isa)
 #if DYNET_X86
     if (isa == CpuIsa::kAvx512)
     {
-        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, directTaskAvx512};
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, directTaskAvx512};
     }
     if (isa == CpuIsa::kAvx2)
     {
-        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, directTaskAvx2};
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, directTaskAvx2};
     }
 #endif
     (void) isa;
-    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, directTaskGeneric};
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, directTaskGeneric};
 }
 
 CpuIsa detectIsa()
@@ -774,9 +859,9 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     // Fused kernels and biases of the batch; kept per calling thread so repeated runs reuse the memory.
     thread_local std::vector<float> fusedStore;
     thread_local std::vector<float> biasStore;
-    size_t const fusedSize = bank.gemmPath()
-        ? static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr)
-        : static_cast<size_t>(g.n * g.cOut * g.r);
+    size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(g.n * g.cOut * g.r)
+        : g.p <= kPixelBlock                      ? 0
+                                                  : static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr);
     if (fusedStore.size() < fusedSize)
     {
         fusedStore.resize(fusedSize);
@@ -787,10 +872,10 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     }
     FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1};
 
+    static bool const trace = std::getenv("DYNET_KERNEL_TRACE") != nullptr;
+    auto t0 = std::chrono::steady_clock::now();
     if (bank.gemmPath())
     {
-        parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
-
         GemmJob job{};
         job.g = &g;
         job.x = x;
@@ -800,24 +885,70 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         job.panels = bank.panels;
         job.isa = isa;
         job.nr = nrFor(isa);
-        job.pixelBlock = std::min(ceilDiv<int64_t>(g.p, job.nr) * job.nr, kPixelBlock);
-        job.panelsPerTask = job.panels;
-        auto count = [&] {
-            job.pixelBlocks = ceilDiv(g.p, job.pixelBlock);
-            job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
-            return static_cast<size_t>(g.n * g.groups * job.pixelBlocks * job.panelBlocks);
+        thread_local std::vector<float> colsStore;
+        auto shareColumns = [&] {
+            // Several tasks read each pixel block: unroll the input once, in its own parallel step.
+            job.colsStride = job.pixelBlock * g.r;
+            size_t const blocks = static_cast<size_t>(g.n * g.groups * job.pixelBlocks);
+            if (colsStore.size() < blocks * static_cast<size_t>(job.colsStride))
+            {
+                colsStore.resize(blocks * static_cast<size_t>(job.colsStride));
+            }
+            job.sharedCols = colsStore.data();
+            parallel(blocks, tasks.im2colTask, &job);
         };
-        // Enough tasks for the pool: narrower pixel blocks first (the unrolled input is not recomputed), then
-        // fewer kernel panels per task (each such task unrolls its pixel block again).
-        while (count() < kMinTasks && job.pixelBlock > 2 * job.nr)
+        if (g.p <= kPixelBlock)
         {
-            job.pixelBlock = ceilDiv<int64_t>(job.pixelBlock / 2, job.nr) * job.nr;
+            // Small images: a sample's fused kernel serves few pixels, so it is fused inside the GEMM task that
+            // uses it (never written to memory); tasks split the kernel panels, and the bank is read once.
+            job.pixelBlock = ceilDiv<int64_t>(g.p, job.nr) * job.nr;
+            job.pixelBlocks = 1;
+            job.panelsPerTask = job.panels;
+            while (static_cast<size_t>(g.groups * ceilDiv(job.panels, job.panelsPerTask)) < kMinTasks
+                && job.panelsPerTask > 1)
+            {
+                job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            }
+            job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+            job.fuse = &fuse;
+            shareColumns();
+            parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
         }
-        while (count() < kMinTasks && job.panelsPerTask > 1)
+        else
         {
-            job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            // Large images: fuse the batch's kernels once (the bank streamed once), then tasks over pixel blocks.
+            parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
+            job.pixelBlock = kPixelBlock;
+            job.panelsPerTask = job.panels;
+            auto count = [&] {
+                job.pixelBlocks = ceilDiv(g.p, job.pixelBlock);
+                job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+                return static_cast<size_t>(g.n * g.groups * job.pixelBlocks * job.panelBlocks);
+            };
+            // Enough tasks for the pool: narrower pixel blocks first, then fewer kernel panels per task.
+            while (count() < kMinTasks && job.pixelBlock > 2 * job.nr)
+            {
+                job.pixelBlock = ceilDiv<int64_t>(job.pixelBlock / 2, job.nr) * job.nr;
+            }
+            while (count() < kMinTasks && job.panelsPerTask > 1)
+            {
+                job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            }
+            size_t const nbTasks = count();
+            if (job.panelBlocks > 1)
+            {
+                shareColumns();
+            }
+            parallel(nbTasks, tasks.gemmTask, &job);
         }
-        parallel(count(), tasks.gemmTask, &job);
+        if (trace)
+        {
+            auto t2 = std::chrono::steady_clock::now();
+            std::fprintf(stderr, "TRACE gemm cin=%d cout=%d p=%ld r=%ld n=%ld total %.3f ms pb %ld ppt %ld fuseInTask %d\n",
+                prm.c_in, prm.c_out, (long) g.p, (long) g.r, (long) g.n,
+                std::chrono::duration<double, std::milli>(t2 - t0).count(), (long) job.pixelBlock,
+                (long) job.panelsPerTask, job.fuse != nullptr);
+        }
     }
     else
     {

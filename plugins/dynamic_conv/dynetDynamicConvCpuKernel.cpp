@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -34,9 +35,13 @@ constexpr int kMr = 8;           // rows (output channels) of a fused-kernel pan
 constexpr int64_t kFuseChunk = 128; // kernel elements per fusion block: 128 * 8 floats = 4 KiB per basis kernel
 constexpr int64_t kPixelBlock = 256; // output pixels per GEMM task before splitting for parallelism
 constexpr size_t kMinTasks = 16;  // split work until a layer has at least this many tasks
+constexpr int64_t kMaxNr = 32;       // widest micro-kernel tile (AVX-512)
+constexpr int64_t kImplicitMinWidth = 24; // implicit GEMM when output rows are at least this wide (tile use)
 
-// Direct path when the kernel of one output channel is this small (depthwise, Dy-mobile's small groups).
+// Direct path when a group has few output channels (an 8-row GEMM panel would be mostly zeros: depthwise and
+// channel-multiplier-2 layers) and the kernel of one output channel is small.
 constexpr int64_t kDirectMaxR = 32;
+constexpr int64_t kDirectMaxCoutG = 3;
 
 template <typename T>
 T ceilDiv(T a, T b)
@@ -256,6 +261,14 @@ struct GemmJob
     float* sharedCols;   // unrolled input of every (sample, group, pixel block), when tasks split the panels
     int64_t colsStride;  // floats per (sample, group, pixel block) in sharedCols
     FuseJob const* fuse; // fusion inside the GEMM tasks (small images), else nullptr
+    int64_t const* packedOffsets; // e * nr for e < R: rows of a packed column panel
+
+    // Implicit GEMM (stride 1, large images): B is read straight from the (padded) input, no unrolling.
+    float const* src;    // padded input (or x itself for 1x1 convolutions without padding)
+    int64_t srcStride;   // floats per (sample, group) in src
+    int64_t const* tapOffsets; // offset of tap e = (ci, i, j) in src: ci * Hp * Wp + i * dh * Wp + j * dw
+    int64_t rowsCount, rowPitch, rowLen, outRowPitch, rowsPerTask, rowBlocks;
+    bool flat;           // 1x1 without padding: "rows" are chunks of the flattened image
 };
 
 // Unroll the input of sample n, group gi, output pixels [p0, p0 + pc) into column panels B[jp][r][nr].
@@ -336,56 +349,104 @@ DYNET_INLINE void im2colPanels(Geometry const& g, float const* xg, int64_t p0, i
     }
 }
 
-// tile[i][c] = sum_r A[r][i] * B[r][c], A an 8-row panel [R][8], B a column panel [R][nr].
-DYNET_INLINE void microGeneric8x8(float const* a, float const* b, int64_t r, float* tile)
+// Where a micro-kernel writes: rows y + i * ldy (i < rows), columns [0, width), value clamp(acc + bias[i], lo, hi)
+// (lo = 0 for ReLU / ReLU6, hi = 6 for ReLU6, else +-infinity). A full tile (8 rows, nr columns) is stored from
+// registers; a partial one goes through a stack tile.
+struct TileOut
+{
+    float* y;
+    int64_t ldy;
+    int64_t rows;
+    int64_t width;
+    float const* bias; // 8 values (rows past `rows` are unused)
+    float lo, hi;
+};
+
+DYNET_INLINE float clampTo(float v, float lo, float hi)
+{
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+DYNET_INLINE void storeTile(float const* tile, int nr, TileOut const& o)
+{
+    for (int64_t i = 0; i < o.rows; ++i)
+    {
+        float const b = o.bias[i];
+        float* yrow = o.y + i * o.ldy;
+        float const* trow = tile + i * nr;
+        for (int64_t c = 0; c < o.width; ++c)
+        {
+            yrow[c] = clampTo(trow[c] + b, o.lo, o.hi);
+        }
+    }
+}
+
+// acc[i][c] = sum_e A[e][i] * B[e][c], A an 8-row panel [R][8], row e of B at base + offs[e] (a packed column
+// panel, offs[e] = e * nr, or the padded input itself, offs[e] = the tap's offset); then the epilogue.
+DYNET_INLINE void microGeneric8x8(float const* a, float const* base, int64_t const* offs, int64_t r, TileOut const& o)
 {
     float acc[kMr][8] = {};
     for (int64_t e = 0; e < r; ++e)
     {
+        float const* b = base + offs[e];
         for (int i = 0; i < kMr; ++i)
         {
             float const av = a[e * kMr + i];
             for (int c = 0; c < 8; ++c)
             {
-                acc[i][c] += av * b[e * 8 + c];
+                acc[i][c] += av * b[c];
             }
         }
     }
-    std::memcpy(tile, acc, sizeof(acc));
+    storeTile(&acc[0][0], 8, o);
 }
 
 #if DYNET_X86
-__attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* b, int64_t r, float* tile)
+__attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* base, int64_t const* offs, int64_t r,
+    TileOut const& o)
 {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
-    __m256 acc3 = _mm256_setzero_ps(), acc4 = _mm256_setzero_ps(), acc5 = _mm256_setzero_ps();
-    __m256 acc6 = _mm256_setzero_ps(), acc7 = _mm256_setzero_ps();
+    __m256 acc[kMr];
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i)
+    {
+        acc[i] = _mm256_setzero_ps();
+    }
     for (int64_t e = 0; e < r; ++e)
     {
-        __m256 const bv = _mm256_loadu_ps(b + e * 8);
+        __m256 const bv = _mm256_loadu_ps(base + offs[e]);
         float const* ae = a + e * kMr;
-        acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 0), bv, acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 1), bv, acc1);
-        acc2 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 2), bv, acc2);
-        acc3 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 3), bv, acc3);
-        acc4 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 4), bv, acc4);
-        acc5 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 5), bv, acc5);
-        acc6 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 6), bv, acc6);
-        acc7 = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + 7), bv, acc7);
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + i), bv, acc[i]);
+        }
     }
-    _mm256_storeu_ps(tile + 0, acc0);
-    _mm256_storeu_ps(tile + 8, acc1);
-    _mm256_storeu_ps(tile + 16, acc2);
-    _mm256_storeu_ps(tile + 24, acc3);
-    _mm256_storeu_ps(tile + 32, acc4);
-    _mm256_storeu_ps(tile + 40, acc5);
-    _mm256_storeu_ps(tile + 48, acc6);
-    _mm256_storeu_ps(tile + 56, acc7);
+    if (o.rows == kMr && o.width == 8)
+    {
+        __m256 const lo = _mm256_set1_ps(o.lo), hi = _mm256_set1_ps(o.hi);
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            __m256 v = _mm256_add_ps(acc[i], _mm256_set1_ps(o.bias[i]));
+            _mm256_storeu_ps(o.y + i * o.ldy, _mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        return;
+    }
+    alignas(32) float tile[kMr * 8];
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i)
+    {
+        _mm256_store_ps(tile + i * 8, acc[i]);
+    }
+    storeTile(tile, 8, o);
 }
 
-__attribute__((target("avx512f"))) void microAvx512(float const* a, float const* b, int64_t r, float* tile)
+__attribute__((target("avx512f"))) void microAvx512(float const* a, float const* base, int64_t const* offs, int64_t r,
+    TileOut const& o)
 {
     __m512 acc[kMr][2];
+#pragma GCC unroll 8
     for (int i = 0; i < kMr; ++i)
     {
         acc[i][0] = _mm512_setzero_ps();
@@ -393,8 +454,9 @@ __attribute__((target("avx512f"))) void microAvx512(float const* a, float const*
     }
     for (int64_t e = 0; e < r; ++e)
     {
-        __m512 const b0 = _mm512_loadu_ps(b + e * 32);
-        __m512 const b1 = _mm512_loadu_ps(b + e * 32 + 16);
+        float const* b = base + offs[e];
+        __m512 const b0 = _mm512_loadu_ps(b);
+        __m512 const b1 = _mm512_loadu_ps(b + 16);
         float const* ae = a + e * kMr;
 #pragma GCC unroll 8
         for (int i = 0; i < kMr; ++i)
@@ -404,10 +466,20 @@ __attribute__((target("avx512f"))) void microAvx512(float const* a, float const*
             acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
         }
     }
+    __m512 const lo = _mm512_set1_ps(o.lo), hi = _mm512_set1_ps(o.hi);
+    uint32_t const bits = o.width >= 32 ? 0xffffffffu : ((1u << o.width) - 1u);
+    __mmask16 const m0 = static_cast<__mmask16>(bits & 0xffffu);
+    __mmask16 const m1 = static_cast<__mmask16>(bits >> 16);
+#pragma GCC unroll 8
     for (int i = 0; i < kMr; ++i)
     {
-        _mm512_storeu_ps(tile + i * 32, acc[i][0]);
-        _mm512_storeu_ps(tile + i * 32 + 16, acc[i][1]);
+        if (i < o.rows)
+        {
+            __m512 const bias = _mm512_set1_ps(o.bias[i]);
+            float* yrow = o.y + i * o.ldy;
+            _mm512_mask_storeu_ps(yrow, m0, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][0], bias), lo), hi));
+            _mm512_mask_storeu_ps(yrow + 16, m1, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][1], bias), lo), hi));
+        }
     }
 }
 #endif
@@ -424,37 +496,38 @@ DYNET_INLINE void gemmPanel(GemmJob const& j, float const* a, float const* cols,
     Geometry const& g = *j.g;
     int const nr = j.nr;
     int64_t const npan = ceilDiv<int64_t>(pc, nr);
-    int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
     int64_t const t0 = gi * g.coutG + tp * kMr;
-    alignas(64) float tile[kMr * 32];
+    TileOut o{};
+    o.ldy = g.p;
+    o.rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+    float bias[kMr] = {};
+    for (int64_t i = 0; i < o.rows; ++i)
+    {
+        bias[i] = j.fusedBias[n * g.cOut + t0 + i];
+    }
+    o.bias = bias;
+    o.lo = g.activation == DYNET_ACT_NONE ? -std::numeric_limits<float>::infinity() : 0.0f;
+    o.hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
     for (int64_t jp = 0; jp < npan; ++jp)
     {
         float const* b = cols + jp * g.r * nr;
+        int64_t const* offs = j.packedOffsets;
+        int64_t const pStart = p0 + jp * nr;
+        o.y = j.y + (n * g.cOut + t0) * g.p + pStart;
+        o.width = std::min<int64_t>(nr, p0 + pc - pStart);
 #if DYNET_X86
         if (j.isa == CpuIsa::kAvx512)
         {
-            microAvx512(a, b, g.r, tile);
+            microAvx512(a, b, offs, g.r, o);
         }
         else if (j.isa == CpuIsa::kAvx2)
         {
-            microAvx2(a, b, g.r, tile);
+            microAvx2(a, b, offs, g.r, o);
         }
         else
 #endif
         {
-            microGeneric8x8(a, b, g.r, tile);
-        }
-        int64_t const pStart = p0 + jp * nr;
-        int64_t const width = std::min<int64_t>(nr, p0 + pc - pStart);
-        for (int64_t i = 0; i < rows; ++i)
-        {
-            float const bias = j.fusedBias[n * g.cOut + t0 + i];
-            float* yrow = j.y + (n * g.cOut + t0 + i) * g.p + pStart;
-            float const* trow = tile + i * nr;
-            for (int64_t c = 0; c < width; ++c)
-            {
-                yrow[c] = activate(trow[c] + bias, g.activation);
-            }
+            microGeneric8x8(a, b, offs, g.r, o);
         }
     }
 }
@@ -525,6 +598,87 @@ DYNET_INLINE void fusedGemmTaskBody(GemmJob const& j, int64_t task, std::vector<
                 gemmPanel(j, buffer.data(), cols, n, gi, tp, p0, pc);
             }
         }
+    }
+}
+
+// Implicit-GEMM task (sample n, group gi, output rows block rb, kernel panels block tb).
+DYNET_INLINE void implicitTaskBody(GemmJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const tb = task % j.panelBlocks;
+    int64_t rest = task / j.panelBlocks;
+    int64_t const rb = rest % j.rowBlocks;
+    rest /= j.rowBlocks;
+    int64_t const gi = rest % g.groups;
+    int64_t const n = rest / g.groups;
+    float const* base = j.src + (n * g.groups + gi) * j.srcStride;
+    int64_t const row0 = rb * j.rowsPerTask;
+    int64_t const row1 = std::min(j.rowsCount, row0 + j.rowsPerTask);
+    int64_t const tp0 = tb * j.panelsPerTask;
+    int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
+    TileOut o{};
+    o.ldy = g.p;
+    o.lo = g.activation == DYNET_ACT_NONE ? -std::numeric_limits<float>::infinity() : 0.0f;
+    o.hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
+    float bias[kMr] = {};
+    o.bias = bias;
+    for (int64_t tp = tp0; tp < tp1; ++tp)
+    {
+        float const* a = j.fused + ((n * g.groups + gi) * j.panels + tp) * g.r * kMr;
+        int64_t const t0 = gi * g.coutG + tp * kMr;
+        o.rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+        for (int64_t i = 0; i < o.rows; ++i)
+        {
+            bias[i] = j.fusedBias[n * g.cOut + t0 + i];
+        }
+        float* yPanel = j.y + (n * g.cOut + t0) * g.p;
+        for (int64_t row = row0; row < row1; ++row)
+        {
+            int64_t const len = j.flat ? std::min(j.rowLen, g.p - row * j.rowPitch) : j.rowLen;
+            for (int64_t c0 = 0; c0 < len; c0 += j.nr)
+            {
+                float const* b = base + row * j.rowPitch + c0;
+                o.y = yPanel + row * j.outRowPitch + c0;
+                o.width = std::min<int64_t>(j.nr, len - c0);
+#if DYNET_X86
+                if (j.isa == CpuIsa::kAvx512)
+                {
+                    microAvx512(a, b, j.tapOffsets, g.r, o);
+                }
+                else if (j.isa == CpuIsa::kAvx2)
+                {
+                    microAvx2(a, b, j.tapOffsets, g.r, o);
+                }
+                else
+#endif
+                {
+                    microGeneric8x8(a, b, j.tapOffsets, g.r, o);
+                }
+            }
+        }
+    }
+}
+
+// Zero-padded copy of one input plane (sample, channel) for the implicit GEMM: Hp x Wp, pads top/left as given,
+// bottom/right as needed for the output size.
+struct PadJob
+{
+    Geometry const* g;
+    float const* x;
+    float* out;
+    int64_t hp, wp;
+};
+
+DYNET_INLINE void padTaskBody(PadJob const& j, int64_t plane)
+{
+    Geometry const& g = *j.g;
+    float const* src = j.x + plane * g.hw;
+    float* dst = j.out + plane * j.hp * j.wp;
+    std::memset(dst, 0, static_cast<size_t>(j.hp * j.wp) * sizeof(float));
+    for (int64_t h = 0; h < g.h && h + g.pt < j.hp; ++h)
+    {
+        int64_t const cols = std::min(g.w, j.wp - g.pl);
+        std::memcpy(dst + (h + g.pt) * j.wp + g.pl, src + h * g.w, static_cast<size_t>(cols) * sizeof(float));
     }
 }
 
@@ -640,6 +794,10 @@ thread_local std::vector<float> tColumns; // im2col panels of the task a pool th
     {                                                                                                              \
         fusedGemmTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i), tColumns);                   \
     }                                                                                                              \
+    TARGET void implicitTask##SUFFIX(void* usr, size_t i)                                                          \
+    {                                                                                                              \
+        implicitTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
     TARGET void im2colTask##SUFFIX(void* usr, size_t i)                                                            \
     {                                                                                                              \
         im2colTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i));                                \
@@ -655,6 +813,11 @@ DYNET_DEFINE_TASKS(Avx2, __attribute__((target("avx2,fma"))))
 DYNET_DEFINE_TASKS(Avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
 #endif
 
+void padTask(void* usr, size_t i)
+{
+    padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));
+}
+
 struct TaskSet
 {
     void (*fusePanel)(void*, size_t);
@@ -662,6 +825,7 @@ struct TaskSet
     void (*gemmTask)(void*, size_t);
     void (*im2colTask)(void*, size_t);
     void (*fusedGemmTask)(void*, size_t);
+    void (*implicitTask)(void*, size_t);
     void (*directTask)(void*, size_t);
 };
 
@@ -670,15 +834,15 @@ TaskSet tasksFor(CpuIsa isa)
 #if DYNET_X86
     if (isa == CpuIsa::kAvx512)
     {
-        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, directTaskAvx512};
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, implicitTaskAvx512, directTaskAvx512};
     }
     if (isa == CpuIsa::kAvx2)
     {
-        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, directTaskAvx2};
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2, directTaskAvx2};
     }
 #endif
     (void) isa;
-    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, directTaskGeneric};
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, implicitTaskGeneric, directTaskGeneric};
 }
 
 CpuIsa detectIsa()
@@ -746,9 +910,9 @@ char const* isaName(CpuIsa isa)
     }
 }
 
-bool usesGemmPath(int32_t cinPerGroup, int32_t kh, int32_t kw)
+bool usesGemmPath(int32_t cinPerGroup, int32_t coutPerGroup, int32_t kh, int32_t kw)
 {
-    return int64_t{cinPerGroup} * kh * kw > kDirectMaxR;
+    return coutPerGroup > kDirectMaxCoutG || int64_t{cinPerGroup} * kh * kw > kDirectMaxR;
 }
 
 int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float const* w, float const* bb,
@@ -773,7 +937,7 @@ int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float co
     r = int64_t{cinG} * kh * kw;
     hasBiasBank = p.has_bias_bank != 0;
     hasBias = p.has_bias != 0;
-    gemm_ = usesGemmPath(cinG, kh, kw);
+    gemm_ = usesGemmPath(cinG, coutG, kh, kw);
     if (gemm_)
     {
         panels = static_cast<int32_t>(ceilDiv(coutG, kMr));
@@ -885,6 +1049,13 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         job.panels = bank.panels;
         job.isa = isa;
         job.nr = nrFor(isa);
+        thread_local std::vector<int64_t> packedOffsets;
+        packedOffsets.resize(static_cast<size_t>(g.r));
+        for (int64_t e = 0; e < g.r; ++e)
+        {
+            packedOffsets[static_cast<size_t>(e)] = e * job.nr;
+        }
+        job.packedOffsets = packedOffsets.data();
         thread_local std::vector<float> colsStore;
         auto shareColumns = [&] {
             // Several tasks read each pixel block: unroll the input once, in its own parallel step.
@@ -913,6 +1084,68 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             job.fuse = &fuse;
             shareColumns();
             parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
+        }
+        else if (g.sh == 1 && g.sw == 1 && (g.wOut >= kImplicitMinWidth || (g.kh == 1 && g.kw == 1 && g.pt == 0
+                     && g.pl == 0 && g.hOut == g.h && g.wOut == g.w)))
+        {
+            // Large images, stride 1: fuse the batch's kernels once, then an implicit GEMM that reads the
+            // (padded) input in place: output row oh, column ow, tap (ci, i, j) reads padded[ci][oh + i*dh][ow + j*dw].
+            parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
+            job.flat = g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h && g.wOut == g.w;
+            thread_local std::vector<int64_t> tapOffsets;
+            tapOffsets.resize(static_cast<size_t>(g.r));
+            int64_t hp = g.h, wp = g.w;
+            if (job.flat)
+            {
+                job.src = x;
+                job.srcStride = g.cinG * g.hw;
+                job.rowPitch = job.rowLen = job.outRowPitch = kPixelBlock;
+                job.rowsCount = ceilDiv(g.p, kPixelBlock);
+            }
+            else
+            {
+                hp = g.hOut + (g.kh - 1) * g.dh; // rows the output reads: pad bottom as needed
+                wp = g.wOut + (g.kw - 1) * g.dw;
+                thread_local std::vector<float> padStore;
+                size_t const padSize = static_cast<size_t>(g.n * g.cIn * hp * wp + 2 * kMaxNr);
+                if (padStore.size() < padSize)
+                {
+                    padStore.resize(padSize);
+                }
+                PadJob pad{&g, x, padStore.data(), hp, wp};
+                parallel(static_cast<size_t>(g.n * g.cIn), padTask, &pad);
+                job.src = padStore.data();
+                job.srcStride = g.cinG * hp * wp;
+                job.rowPitch = wp;
+                job.rowLen = g.wOut;
+                job.outRowPitch = g.wOut;
+                job.rowsCount = g.hOut;
+            }
+            for (int64_t e = 0; e < g.r; ++e)
+            {
+                int64_t const ci = e / (g.kh * g.kw);
+                int64_t const i = (e / g.kw) % g.kh;
+                int64_t const jj = e % g.kw;
+                tapOffsets[static_cast<size_t>(e)] = ci * hp * wp + i * g.dh * wp + jj * g.dw;
+            }
+            job.tapOffsets = tapOffsets.data();
+            // Rows per task: about kPixelBlock outputs, then fewer until the pool has enough tasks.
+            job.rowsPerTask = std::max<int64_t>(1, kPixelBlock / std::max<int64_t>(1, job.rowLen));
+            job.panelsPerTask = job.panels;
+            auto count = [&] {
+                job.rowBlocks = ceilDiv(job.rowsCount, job.rowsPerTask);
+                job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+                return static_cast<size_t>(g.n * g.groups * job.rowBlocks * job.panelBlocks);
+            };
+            while (count() < kMinTasks && job.rowsPerTask > 1)
+            {
+                job.rowsPerTask = ceilDiv<int64_t>(job.rowsPerTask, 2);
+            }
+            while (count() < kMinTasks && job.panelsPerTask > 1)
+            {
+                job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            }
+            parallel(count(), tasks.implicitTask, &job);
         }
         else
         {

@@ -76,7 +76,7 @@ private:
 };
 
 // True when the kernel takes the GEMM path for this layer (else the direct path).
-bool usesGemmPath(int32_t cinPerGroup, int32_t kh, int32_t kw);
+bool usesGemmPath(int32_t cinPerGroup, int32_t coutPerGroup, int32_t kh, int32_t kw);
 
 // y = DyNetDynamicConv2d(x, coeff; bank) in fp32. p must be valid (dynet_conv_validate) and match the bank.
 int32_t convForward(DynetConvParams const& p, PackedBank const& bank, float const* x, float const* coeff, float* y,

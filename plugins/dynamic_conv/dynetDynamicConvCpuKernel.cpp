@@ -6,8 +6,6 @@
 #include "dynetDynamicConvCpuKernel.h"
 
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -1036,8 +1034,6 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     }
     FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1};
 
-    static bool const trace = std::getenv("DYNET_KERNEL_TRACE") != nullptr;
-    auto t0 = std::chrono::steady_clock::now();
     if (bank.gemmPath())
     {
         GemmJob job{};
@@ -1173,14 +1169,6 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 shareColumns();
             }
             parallel(nbTasks, tasks.gemmTask, &job);
-        }
-        if (trace)
-        {
-            auto t2 = std::chrono::steady_clock::now();
-            std::fprintf(stderr, "TRACE gemm cin=%d cout=%d p=%ld r=%ld n=%ld total %.3f ms pb %ld ppt %ld fuseInTask %d\n",
-                prm.c_in, prm.c_out, (long) g.p, (long) g.r, (long) g.n,
-                std::chrono::duration<double, std::milli>(t2 - t0).count(), (long) job.pixelBlock,
-                (long) job.panelsPerTask, job.fuse != nullptr);
         }
     }
     else

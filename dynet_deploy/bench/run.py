@@ -1,0 +1,464 @@
+"""The benchmark: what to time (pairs and backends), the graphs each backend runs, opening them through
+:mod:`dynet_deploy.runtimes`, and the measured loop."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import BenchError, DynetDeployError
+from .roofline import MachinePeaks, measure_peaks, roofline_ms
+from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
+
+
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-fused", "onnxruntime-cuda", "tensorrt")
+
+
+# The issue's table: DyNet's three CPU pairs, batch 1, 2 threads, 224x224.
+DEFAULT_MODELS = ("mobilenet_v2", "dy_mobile", "resnet18", "dy_resnet18", "resnet50", "dy_resnet50")
+
+
+DEFAULT_BACKENDS = ("torch", "onnxruntime")
+
+
+DEFAULT_BATCH_SIZES = (1,)
+
+
+DEFAULT_THREADS = 2
+
+
+DEFAULT_REPEATS = 30
+
+
+DEFAULT_WARMUP = 5
+
+
+DEFAULT_OUT_DIR = "build/bench"
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    threads: list[int] = field(default_factory=lambda: [DEFAULT_THREADS])  # each count is a pass of its own
+    backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    input_size: tuple[int, int] = (224, 224)
+    repeats: int = DEFAULT_REPEATS
+    warmup: int = DEFAULT_WARMUP
+    dy_form: str = "auto"
+    ort_spinning: bool = False
+    model_kwargs: dict[str, dict] = field(default_factory=dict)
+    keep_onnx_dir: str | None = None
+
+    def validate(self) -> None:
+        from ..export.deploy_forms import DY_FORMS
+        from ..models import model_info
+
+        if not self.models:
+            raise BenchError("no models to benchmark")
+        for name in self.models:
+            model_info(name)  # ModelError with suggestions for unknown names
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown or not self.backends:
+            raise BenchError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise BenchError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if isinstance(self.threads, int):
+            self.threads = [self.threads]
+        if not self.threads or min(self.threads) < 1:
+            raise BenchError(f"thread counts must be >= 1, got {self.threads}")
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            raise BenchError(f"input size must be H W (each >= 8), got {self.input_size}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise BenchError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.dy_form not in ("auto", *DY_FORMS):
+            raise BenchError(f"unknown --dy-form {self.dy_form!r}; choose auto or one of {', '.join(DY_FORMS)}")
+
+
+@dataclass
+class BenchRow:
+    model: str
+    backend: str
+    batch: int
+    graph: str
+    latency: dict[str, float]
+    throughput_ips: float
+    peak_rss_mb: float
+    rss_delta_mb: float
+    mflops: float
+    mflops_with_overhead: float
+    threads: int = DEFAULT_THREADS
+    param_mb: float = 0.0
+    roofline_ms: float | None = None  # least time per batch on this machine (bench.roofline); None for torch
+    vs_roofline: float | None = None  # median / roofline
+    load_before: float | None = None  # 1-minute load average before and after this pair's timing
+    load_after: float | None = None
+    foreign_cores: float | None = None  # cores other processes used meanwhile (timing.ForeignLoad)
+    busy: bool = False  # foreign_cores above timing.BUSY_FOREIGN_CORES: not a result
+    baseline: str | None = None
+    speedup_vs_baseline: float | None = None
+    flops_ratio_vs_baseline: float | None = None
+
+
+@dataclass
+class BenchResult:
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    rows: list[BenchRow]
+    skipped: list[dict[str, str]]
+    memory_method: str
+    peaks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return any(r.busy for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "peaks": self.peaks,
+            "busy": self.busy,
+            "config": self.config,
+            "memory_method": self.memory_method,
+            "results": [asdict(r) for r in self.rows],
+            "skipped": self.skipped,
+        }
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run here (absent component); the reason is printed and the run goes on."""
+
+
+def plan_units(models: Sequence[str]) -> list[list[str]]:
+    """Group models into timing units: ``[dy, baseline]`` pairs (baseline added if missing), then singles."""
+    from ..models import model_info
+
+    units: list[list[str]] = []
+    placed: set[str] = set()
+    for name in models:
+        info = model_info(name)
+        if info.dynamic and info.baseline:
+            if name in placed:
+                continue
+            units.append([name, info.baseline])
+            placed.update((name, info.baseline))
+    for name in models:
+        if name not in placed:
+            units.append([name])
+            placed.add(name)
+    return units
+
+
+class _Artefacts:
+    """Builds each torch model once (seeded), each graph once per (model, graph kind, batch)."""
+
+    def __init__(self, cfg: BenchConfig, workdir: Path) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self._models: dict[str, Any] = {}
+        self._graphs: dict[tuple[str, str, int], Path] = {}
+        self._flops: dict[str, Any] = {}
+        self._forms: dict[tuple[str, str, int], str] = {}
+
+    def model(self, name: str):
+        import torch
+
+        from ..models import create_model
+
+        if name not in self._models:
+            torch.manual_seed(SEED)
+            self._models[name] = create_model(name, **self.cfg.model_kwargs.get(name, {})).eval()
+        return self._models[name]
+
+    def param_bytes(self, name: str) -> int:
+        """Bytes of parameters and buffers: what a batch must read at least once."""
+        m = self.model(name)
+        return sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
+
+    def flops(self, name: str):
+        from ..flops import count_flops
+
+        if name not in self._flops:
+            self._flops[name] = count_flops(self.model(name), (1, 3, *self.cfg.input_size))
+        return self._flops[name]
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, 3, *self.cfg.input_size)
+
+    def graph(self, name: str, kind: str, batch: int) -> tuple[Path, str]:
+        """``kind``: "deploy" (fastest CPU form), "portable" (feature form, dynamic batch), "fused"."""
+        from ..export.deploy_forms import best_dy_form, export_deploy_onnx
+        from ..export.exporter import export_onnx
+        from ..models import model_info
+
+        dynamic = model_info(name).dynamic
+        if not dynamic or kind == "portable":
+            key = (name, "portable", 0)
+            if key not in self._graphs:
+                path = self.workdir / f"{name}.portable.onnx"
+                export_onnx(self.model(name), path, self.input_shape(max(self.cfg.batch_sizes)), form="feature", dynamic_batch=True)
+                self._graphs[key] = path
+            return self._graphs[key], "standard export" + (" (feature form, dynamic batch)" if dynamic else "")
+        if kind == "deploy":
+            form = best_dy_form() if self.cfg.dy_form == "auto" else self.cfg.dy_form
+            key = (name, form, batch)
+            if key not in self._graphs:
+                path = self.workdir / f"{name}.{form}.b{batch}.onnx"
+                report = export_deploy_onnx(self.model(name), path, self.input_shape(batch), form)
+                self._graphs[key] = path
+                self._forms[key] = report.form
+            return self._graphs[key], f"deploy form {self._forms[key]!r}"
+        if kind == "fused":
+            key = (name, "fused", 0)
+            if key not in self._graphs:
+                try:
+                    from ..fuse import fuse_dynamic_convs
+                except ImportError as exc:
+                    raise BackendUnavailable(f"the fuse pass is not available ({exc})") from None
+                portable, _ = self.graph(name, "portable", batch)
+                path = self.workdir / f"{name}.fused.onnx"
+                fuse_dynamic_convs(portable, path)
+                self._graphs[key] = path
+            return self._graphs[key], "DyNetDynamicConv2d graph"
+        raise BenchError(f"unknown graph kind {kind!r}")
+
+
+@dataclass
+class _Runner:
+    run: Callable[[], Any]
+    graph: str
+    close: Callable[[], None] = lambda: None
+
+
+def _input(shape: Sequence[int]) -> np.ndarray:
+    return np.random.default_rng(SEED).standard_normal(shape, dtype=np.float32)
+
+
+def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, threads: int) -> _Runner:
+    import torch
+
+    from ..export.exporter import prepare_for_export
+    from ..models import model_info
+
+    torch.set_num_threads(threads)
+    # A copy made here, inside the measured phase, so that +MB counts the model's parameters as it does an
+    # onnxruntime session's weights.
+    if model_info(name).dynamic:
+        model = prepare_for_export(art.model(name), "kernel")  # a copy, BN folded, kernel fusion: the inference path
+        graph = "eager, kernel fusion, BN folded"
+    else:
+        model = copy.deepcopy(art.model(name))
+        graph = "eager"
+    x = torch.from_numpy(_input(art.input_shape(batch)))
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return _Runner(run, graph)
+
+
+def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, threads: int, kind: str, providers: list[str] | None, custom_op: bool) -> _Runner:
+    """A session through :class:`~dynet_deploy.runtimes.onnxruntime_runtime.OnnxruntimeRunner` (threads, one
+    inter-op thread, optimisation level "all") with the worker-spinning policy: interleaved sessions each keep their
+    own pool, and the idle pool's spinning workers compete with the running one for the cores. The
+    DyNetDynamicConv2d graph keeps onnxruntime's default spinning."""
+    from ..errors import RuntimeBackendError
+    from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
+
+    path, graph = art.graph(name, kind, batch)
+    x = _input(art.input_shape(batch))
+    try:
+        runner = OnnxruntimeRunner(path, threads=threads, providers=providers,
+                                   spinning=None if custom_op else cfg.ort_spinning)
+        feeds = {runner.input_names[0]: x}
+        runner.check_inputs(feeds)
+    except RuntimeBackendError as exc:
+        raise BenchError(f"{path.name}: {exc}") from None
+    if custom_op:
+        runner.run(feeds)  # runs the op once through the checked path; the timed loop calls the session directly
+        graph += ", onnxruntime default thread spinning"
+    else:
+        graph += ", worker spinning " + ("on" if cfg.ort_spinning else "off")
+    session = runner.session
+
+    def run() -> Any:
+        return session.run(None, feeds)
+
+    return _Runner(run, graph)
+
+
+def art_is_dynamic(name: str) -> bool:
+    from ..models import model_info
+
+    return model_info(name).dynamic
+
+
+def check_backend(backend: str) -> None:
+    """Raise :class:`BackendUnavailable` (with the reason) when ``backend`` cannot run on this machine."""
+    if backend == "onnxruntime-cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"onnxruntime {ort.__version__} has no CUDAExecutionProvider here "
+                f"(providers: {', '.join(ort.get_available_providers())})"
+            )
+    elif backend == "tensorrt":
+        from ..runtimes.tensorrt_runtime import tensorrt_available
+
+        ok, why = tensorrt_available()
+        if not ok:
+            raise BackendUnavailable(f"TensorRT is not installed here ({why})")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("TensorRT needs a CUDA GPU; torch.cuda.is_available() is False")
+    elif backend == "onnxruntime-fused":
+        try:
+            from .. import fuse  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailable(f"the fuse pass is not available ({exc})") from None
+
+
+def _graph_kind(name: str, backend: str) -> str | None:
+    if backend == "torch":
+        return None
+    if not art_is_dynamic(name):
+        return "portable"  # a static model has one graph on every onnxruntime backend and TensorRT
+    return {"onnxruntime": "deploy", "onnxruntime-portable": "portable", "onnxruntime-cuda": "portable",
+            "onnxruntime-fused": "fused", "tensorrt": "fused"}[backend]
+
+
+def prepare(art: _Artefacts, name: str, backend: str, batch: int) -> None:
+    """Export (and fuse, build) what ``backend`` needs, before the memory of the run is measured."""
+    art.flops(name)
+    kind = _graph_kind(name, backend)
+    try:
+        if kind is not None:
+            art.graph(name, kind, batch)
+        if backend == "tensorrt":
+            from ..build.engine import Profile, build_engine
+
+            path, _ = art.graph(name, kind, batch)
+            engine = art.workdir / f"{path.stem}.b{batch}.engine"
+            if not engine.exists():
+                build_engine(path, engine, profile=Profile(batch=(batch, batch, batch)))
+    except DynetDeployError as exc:
+        if backend in ("onnxruntime-fused", "tensorrt"):
+            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from None
+        raise
+
+
+def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: BenchConfig, threads: int) -> _Runner:
+    if backend == "torch":
+        return _open_torch(art, name, batch, cfg, threads)
+    kind = _graph_kind(name, backend)
+    if backend == "tensorrt":
+        from ..runtimes.tensorrt_runtime import TensorRTRunner
+
+        path, graph = art.graph(name, kind, batch)
+        runner = TensorRTRunner(art.workdir / f"{path.stem}.b{batch}.engine")
+        feeds = {runner.input_names[0]: _input(art.input_shape(batch))}
+        return _Runner(lambda: runner.run(feeds), graph + ", TensorRT fp32 (timing includes host<->device copies)")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "onnxruntime-cuda" else None
+    if kind == "fused":
+        # The DyNetDynamicConv2d op runs in Python through torch: with torch's OpenMP pool at N threads its idle
+        # workers spin against onnxruntime's threads and slow the baseline's interleaved runs (measured: 4-5x).
+        import torch
+
+        torch.set_num_threads(1)
+    return _open_onnxruntime(art, name, batch, cfg, threads, kind, providers, custom_op=backend == "onnxruntime-fused")
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
+    """Benchmark every unit (pair or single) on every backend and batch size of ``cfg``."""
+    cfg.validate()
+    machine = machine_info()
+    memory = PeakMemory()
+    rows: list[BenchRow] = []
+    skipped: list[dict[str, str]] = []
+    units = plan_units(cfg.models)
+    with tempfile.TemporaryDirectory(prefix="dynet-bench-") as tmp:
+        workdir = Path(cfg.keep_onnx_dir) if cfg.keep_onnx_dir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        art = _Artefacts(cfg, workdir)
+        peaks: dict[int, MachinePeaks] = {}
+        if any(b != "torch" for b in cfg.backends):
+            for threads in cfg.threads:
+                log(f"measuring this machine's bandwidth and GEMM peak with onnxruntime, {threads} thread(s)")
+                peaks[threads] = measure_peaks(threads)
+        for threads in cfg.threads:
+            for unit in units:
+                for backend in cfg.backends:
+                    for batch in cfg.batch_sizes:
+                        rows += _time_unit(art, cfg, unit, backend, batch, threads, peaks.get(threads), memory,
+                                           skipped, log)
+    machine["load_average_end"] = machine_info()["load_average"]
+    config = asdict(cfg)
+    config["input_size"] = list(cfg.input_size)
+    return BenchResult(machine, config, rows, skipped, memory.method, [p.to_dict() for p in peaks.values()])
+
+
+def _time_unit(art: _Artefacts, cfg: BenchConfig, unit: list[str], backend: str, batch: int, threads: int,
+               peaks: MachinePeaks | None, memory: PeakMemory, skipped: list[dict[str, str]],
+               log: Callable[[str], None]) -> list[BenchRow]:
+    """One pair (or single model) on one backend, batch and thread count: open, warm up, time interleaved."""
+    runners: dict[str, _Runner] = {}
+    mem: dict[str, tuple[float, float]] = {}
+    try:
+        check_backend(backend)
+        for name in unit:
+            prepare(art, name, backend, batch)
+        for name in unit:
+            memory.reset()
+            before = memory.current_mb()
+            runner = open_runner(art, name, backend, batch, cfg, threads)
+            for _ in range(max(1, cfg.warmup)):
+                runner.run()
+            peak = memory.peak_mb()
+            runners[name] = runner
+            mem[name] = (peak, peak - before)
+    except BackendUnavailable as exc:
+        reason = str(exc)
+        log(f"skip {backend} for {', '.join(unit)} (batch {batch}): {reason}")
+        skipped.append({"backend": backend, "models": ", ".join(unit), "batch": str(batch), "reason": reason})
+        runners.clear()
+        gc.collect()
+        return []
+    log(f"timing {' vs '.join(unit)} on {backend}, batch {batch}, {threads} thread(s): {cfg.repeats} interleaved rounds")
+    load = ForeignLoad().start()
+    samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
+    load.stop()
+    if load.busy:
+        log(f"  busy machine: other processes used {load.foreign_cores:.2f} cores meanwhile; these rows are marked")
+    unit_rows = {}
+    for name in unit:
+        stats = latency_stats(samples[name])
+        fl = art.flops(name)
+        pbytes = art.param_bytes(name)
+        roof = None if peaks is None or backend == "torch" else roofline_ms(pbytes, fl.total_macs, batch, peaks)
+        unit_rows[name] = BenchRow(
+            model=name, backend=backend, batch=batch, graph=runners[name].graph, latency=stats,
+            throughput_ips=batch / (stats["median_ms"] / 1e3), peak_rss_mb=mem[name][0],
+            rss_delta_mb=mem[name][1], mflops=fl.conv_linear_macs / 1e6,
+            mflops_with_overhead=fl.total_macs / 1e6, threads=threads, param_mb=pbytes / 1e6, roofline_ms=roof,
+            vs_roofline=None if roof is None else stats["median_ms"] / roof, load_before=load.load_before,
+            load_after=load.load_after, foreign_cores=load.foreign_cores, busy=load.busy,
+        )
+    runners.clear()
+    gc.collect()
+    if len(unit) == 2:
+        dy, base = unit
+        r = unit_rows[dy]
+        r.baseline = base
+        r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
+        r.flops_ratio_vs_baseline = unit_rows[base].mflops / r.mflops
+        return [unit_rows[base], r]
+    return [unit_rows[unit[0]]]

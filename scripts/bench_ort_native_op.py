@@ -57,10 +57,10 @@ def options(threads: int) -> ort.SessionOptions:
 def dynamic_session(layer, threads: int, rng):
     c_in, c_out, _, _, k, kh, kw, stride, pads, groups, c_c = layer
     weight = (rng.standard_normal((k, c_out, c_in // groups, kh, kw)) * 0.1).astype(np.float32)
-    t, l, b, r = pads
+    top, left, bottom, right = pads
     node = helper.make_node("DyNetDynamicConv2d", ["x", "coeff", "weight"], ["y"], domain="trt.plugins",
-                            stride_h=stride[0], stride_w=stride[1], pad_top=t, pad_left=l, pad_bottom=b,
-                            pad_right=r, groups=groups, activation=1)
+                            stride_h=stride[0], stride_w=stride[1], pad_top=top, pad_left=left,
+                            pad_bottom=bottom, pad_right=right, groups=groups, activation=1)
     graph = helper.make_graph(
         [node], "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"]),
                         helper.make_tensor_value_info("coeff", TensorProto.FLOAT, ["N", c_c, k])],
@@ -76,8 +76,8 @@ def static_session(layer, threads: int, rng):
     c_in, c_out, _, _, _, kh, kw, stride, pads, groups, _ = layer
     weight = (rng.standard_normal((c_out, c_in // groups, kh, kw)) * 0.1).astype(np.float32)
     bias = rng.standard_normal(c_out).astype(np.float32)
-    t, l, b, r = pads
-    conv = helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=list(stride), pads=[t, l, b, r], group=groups)
+    top, left, bottom, right = pads
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=list(stride), pads=[top, left, bottom, right], group=groups)
     relu = helper.make_node("Relu", ["c"], ["y"])
     graph = helper.make_graph(
         [conv, relu], "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"])],

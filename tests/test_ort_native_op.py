@@ -21,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from dynet_deploy import plugin_lib
-from dynet_deploy.errors import MissingDependencyError
+from dynet_deploy.errors import MissingDependencyError, RuntimeBackendError
+from dynet_deploy.nn import DynamicConv2d
+from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.op import onnxruntime_lib
+from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
+from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 ort = pytest.importorskip("onnxruntime")
 
 FP32_REL, FP16_REL = 1e-5, 1e-2
-OP_TYPE, OP_DOMAIN = "DyNetDynamicConv2d", "trt.plugins"
 CORPUS_SIZE = 220
 
 
@@ -115,9 +117,9 @@ def node_model(layer: Layer, weight, bank, bias, dtype=TensorProto.FLOAT, weight
     if weight_as_input:
         inits = [i for i in inits if i.name != "weight"]
         graph_inputs.append(helper.make_tensor_value_info("weight", dtype, list(weight.shape)))
-    t, l, b, r = layer.pads
-    node_attrs = dict(stride_h=layer.stride[0], stride_w=layer.stride[1], pad_top=t, pad_left=l, pad_bottom=b,
-                      pad_right=r, dilation_h=layer.dilation[0], dilation_w=layer.dilation[1], groups=layer.groups,
+    top, left, bottom, right = layer.pads
+    node_attrs = dict(stride_h=layer.stride[0], stride_w=layer.stride[1], pad_top=top, pad_left=left,
+                      pad_bottom=bottom, pad_right=right, dilation_h=layer.dilation[0], dilation_w=layer.dilation[1], groups=layer.groups,
                       activation=layer.activation, has_bias_bank=int(bank is not None), has_bias=int(bias is not None),
                       plugin_version="1", plugin_namespace="")
     node_attrs.update(attrs or {})
@@ -402,3 +404,107 @@ def test_missing_library_is_a_clear_error(tmp_path, monkeypatch):
 def test_single_node_models_are_valid_onnx():
     _, _, weight, bank, bias = small_arrays()
     onnx.checker.check_model(node_model(SMALL, weight, bank, bias), full_check=False)
+
+
+# ---- through OnnxruntimeRunner (what validate, demo and bench use) ------------------------------------------------
+
+def module_layer(conv: DynamicConv2d, activation=0) -> Layer:
+    return Layer(n=1, c_in=conv.in_channels, c_out=conv.out_channels, h=1, w=1, k=conv.num_bases,
+                 kh=conv.weight.shape[3], kw=conv.weight.shape[4], groups=conv.groups,
+                 per_channel=conv.coeff_channels != 1, bank=conv.bias_bank is not None, bias=conv.bias is not None,
+                 stride=tuple(conv.stride), pads=tuple(conv.pads), dilation=tuple(conv.dilation), activation=activation)
+
+
+def module_model(conv: DynamicConv2d, activation=0, dtype=TensorProto.FLOAT):
+    layer = module_layer(conv, activation)
+    arrays = [None if p is None else p.detach().numpy() for p in (conv.weight, conv.bias_bank, conv.bias)]
+    return node_model(layer, *arrays, dtype=dtype)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(coeff_mode="expert", bias_bank=True, bias=True), dict(bias=True),
+                                dict(groups=8, padding=1), dict(padding=(0, 1, 2, 1), dilation=2, bias_bank=True)])
+def test_runner_matches_dynamic_conv2d(kw):
+    """The runner's fused graph against the PyTorch layer (loop form), 3/4/5-input nodes, batches 1, 3, 4."""
+    torch.manual_seed(0)
+    conv = DynamicConv2d(8, 8, kernel_size=3, mode="loop", **kw)
+    with torch.no_grad():
+        if conv.bias is not None:
+            conv.bias.uniform_(-0.5, 0.5)
+    runner = OnnxruntimeRunner(module_model(conv, activation=1), threads=2)
+    assert runner.uses_custom_op and runner.custom_op_library.name == onnxruntime_lib.ORT_LIBRARY
+    rng = np.random.default_rng(1)
+    for n, (h, w) in [(1, (9, 11)), (3, (7, 7)), (4, (12, 5))]:
+        x = rng.standard_normal((n, 8, h, w)).astype(np.float32)
+        coeff = rng.uniform(0, 1, (n, conv.coeff_channels, conv.num_bases)).astype(np.float32)
+        with torch.no_grad():
+            ref = torch.relu(conv(torch.from_numpy(x), torch.from_numpy(coeff))).double().numpy()
+        max_abs, rel = errors(runner.run({"x": x, "coeff": coeff})["y"], ref)
+        record("fp32 runner vs DynamicConv2d", max_abs, rel)
+        assert rel <= FP32_REL, (kw, n, max_abs, rel)
+
+
+def test_runner_keeps_the_node_inputs_on_disk(tmp_path):
+    conv = DynamicConv2d(4, 4, 3, padding=1, bias=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(module_model(conv), str(path))
+    runner = OnnxruntimeRunner(path)
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    runner.run({"x": x, "coeff": np.full((2, 4, 6), 0.5, np.float32)})
+    assert list(onnx.load(str(path)).graph.node[0].input) == ["x", "coeff", "weight", "bias"]
+
+
+def test_runner_runs_float16_graphs():
+    torch.manual_seed(2)
+    conv = DynamicConv2d(6, 10, 3, padding=1, bias_bank=True, mode="loop")
+    runner = OnnxruntimeRunner(module_model(conv, dtype=TensorProto.FLOAT16))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 6, 8, 8)).astype(np.float16)
+    coeff = rng.uniform(0, 1, (3, 10, conv.num_bases)).astype(np.float16)
+    y = runner.run({"x": x, "coeff": coeff})["y"]
+    assert y.dtype == np.float16
+    layer = Layer(**{**module_layer(conv).__dict__, "n": 3, "h": 8, "w": 8})
+    half = [p.detach().numpy().astype(np.float16) for p in (conv.weight, conv.bias_bank)]
+    max_abs, rel = errors(y, torch_reference(layer, x, coeff, half[0], half[1], None))
+    record("fp16 runner vs PyTorch float64", max_abs, rel)
+    assert rel <= FP16_REL
+
+
+def test_runner_input_errors_are_clear():
+    conv = DynamicConv2d(4, 6, 3, padding=1)
+    runner = OnnxruntimeRunner(module_model(conv))
+    x = np.ones((2, 4, 6, 6), np.float32)
+    c = np.ones((2, 6, 6), np.float32)
+    with pytest.raises(RuntimeBackendError, match="rank 3"):
+        runner.run({"x": x[0], "coeff": c})
+    with pytest.raises(RuntimeBackendError, match="channels 5"):
+        runner.run({"x": np.ones((2, 5, 6, 6), np.float32), "coeff": c})
+    with pytest.raises(RuntimeBackendError, match="coeff"):
+        runner.run({"x": x, "coeff": np.ones((3, 6, 6), np.float32)})
+
+
+def test_runner_op_errors_come_back_as_runtime_backend_errors():
+    conv = DynamicConv2d(4, 4, 3, padding=1, num_bases=3)
+    model = module_model(conv)
+    model.graph.input[1].type.tensor_type.shape.dim[2].Clear()  # K left open: only the op can see it is wrong
+    runner = OnnxruntimeRunner(model)
+    x = np.ones((1, 4, 5, 5), np.float32)
+    with pytest.raises(RuntimeBackendError, match=r"coeff \[1, 4, 2\] must be \[N=1, C_out or 1, K=3\]"):
+        runner.run({"x": x, "coeff": np.ones((1, 4, 2), np.float32)})
+    with pytest.raises(RuntimeBackendError, match="attribute 'groups' = 0"):
+        model.graph.node[0].attribute[[a.name for a in model.graph.node[0].attribute].index("groups")].i = 0
+        OnnxruntimeRunner(model)
+
+
+def test_runner_refuses_another_domain():
+    conv = DynamicConv2d(4, 4, 3, padding=1)
+    model = module_model(conv)
+    model.graph.node[0].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(RuntimeBackendError, match="trt.plugins"):
+        OnnxruntimeRunner(model)
+
+
+def test_runner_without_the_library_says_how_to_build_it(monkeypatch):
+    monkeypatch.setattr(onnxruntime_lib, "find_library", lambda name: None)
+    with pytest.raises(RuntimeBackendError, match="make plugins"):
+        OnnxruntimeRunner(module_model(DynamicConv2d(4, 4, 3, padding=1)))

@@ -15,7 +15,7 @@ import ctypes
 from pathlib import Path
 
 from ..errors import MissingDependencyError, RuntimeBackendError
-from ..plugin_lib import ENV_PLUGIN_DIR, find_library, search_dirs
+from .native import ENV_PLUGIN_DIR, find_library, search_dirs
 
 ORT_LIBRARY = "libdynet_dynamic_conv_ort.so"
 

@@ -70,6 +70,25 @@ def _weights_path_for_save(path: str | os.PathLike) -> Path:
     )
 
 
+def checkpoint_output_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, config) that ``save_checkpoint(model, path)`` writes; refuses a path of another kind."""
+    weights = _weights_path_for_save(path)
+    return weights, weights.with_suffix(CONFIG_SUFFIX)
+
+
+def checkpoint_input_paths(path: str | os.PathLike | None) -> list[Path]:
+    """Every file reading checkpoint ``path`` may read: the path itself and its .json / weights partner."""
+    if path is None:
+        return []
+    p = Path(path)
+    found = [p]
+    if p.suffix == CONFIG_SUFFIX:
+        found += [p.with_suffix(s) for s in (WEIGHTS_SUFFIX, *TORCH_SUFFIXES)]
+    else:
+        found.append(p.with_suffix(CONFIG_SUFFIX))
+    return [f for f in found if f == p or f.exists()]
+
+
 def _config_path_of(path: Path) -> Path:
     return path if path.suffix == CONFIG_SUFFIX else path.with_suffix(CONFIG_SUFFIX)
 

@@ -15,6 +15,10 @@ class CheckpointError(DynetDeployError):
     stage = "checkpoint"
 
 
+class TrainError(DynetDeployError):
+    stage = "train"
+
+
 class ExportError(DynetDeployError):
     stage = "export"
 

@@ -47,6 +47,14 @@ class BenchError(DynetDeployError):
     stage = "bench"
 
 
+class DemoError(DynetDeployError):
+    stage = "demo"
+
+
+class RunError(DynetDeployError):
+    stage = "run"
+
+
 class MissingDependencyError(DynetDeployError):
     """An optional component (TensorRT, CUDA, the plugin library) is absent."""
 

@@ -50,73 +50,134 @@ def load_feeds(path: Path) -> list[dict[str, Any]]:
     """The feeds in ``path`` (.npy, .npz or Polygraphy JSON) as a list of ``{name or None: array}``."""
     import numpy as np
 
-    from ..errors import RuntimeBackendError
+    from ..errors import RunError
 
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
-        raise RuntimeBackendError(
+        raise RunError(
             f"--inputs {str(path)!r}: expected a .npy, .npz or Polygraphy .json file (got {path.suffix or 'no suffix'})"
         )
     if suffix == ".json":
         return _load_polygraphy_json(path)
+    with path.open("rb") as f:
+        head = f.read(6)
+    magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}[suffix]
+    if not head.startswith(magic):
+        what = "an empty file" if not head else f"no NumPy {suffix} file (it does not start like one)"
+        raise RunError(f"--inputs {str(path)!r} is {what}; save arrays with numpy.save / numpy.savez")
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise RuntimeBackendError(f"--inputs {str(path)!r} holds Python objects (pickled); only numeric arrays are read") from None
-        raise RuntimeBackendError(f"--inputs {str(path)!r} is not a readable {suffix} file: {exc}") from None
+            raise RunError(f"--inputs {str(path)!r} holds Python objects (pickled); only numeric arrays are read") from None
+        raise RunError(f"--inputs {str(path)!r} is not a readable {suffix} file: {exc}") from None
     except (OSError, EOFError) as exc:
-        raise RuntimeBackendError(f"--inputs {str(path)!r} is not a readable {suffix} file (truncated or not NumPy): {exc}") from None
+        raise RunError(f"--inputs {str(path)!r} is not a readable {suffix} file (truncated or not NumPy): {exc}") from None
     except Exception as exc:  # zipfile.BadZipFile and friends from a damaged .npz
-        raise RuntimeBackendError(f"--inputs {str(path)!r} is not a readable {suffix} file: {type(exc).__name__}: {exc}") from None
+        raise RunError(f"--inputs {str(path)!r} is not a readable {suffix} file: {type(exc).__name__}: {exc}") from None
     if isinstance(loaded, np.ndarray):
         if suffix != ".npy":
-            raise RuntimeBackendError(f"--inputs {str(path)!r} holds a single .npy array; name it .npy")
+            raise RunError(f"--inputs {str(path)!r} holds a single .npy array; name it .npy")
         return [{None: loaded}]
     try:
         with loaded:
             feed = {name: loaded[name] for name in loaded.files}
     except ValueError as exc:
-        raise RuntimeBackendError(f"--inputs {str(path)!r}: an array holds Python objects (pickled); only numeric arrays are read") from None
+        raise RunError(f"--inputs {str(path)!r}: an array holds Python objects (pickled); only numeric arrays are read") from None
     except Exception as exc:
-        raise RuntimeBackendError(f"--inputs {str(path)!r} is a damaged .npz: {type(exc).__name__}: {exc}") from None
+        raise RunError(f"--inputs {str(path)!r} is a damaged .npz: {type(exc).__name__}: {exc}") from None
     if not feed:
-        raise RuntimeBackendError(f"--inputs {str(path)!r} holds no arrays")
+        raise RunError(f"--inputs {str(path)!r} holds no arrays")
     return [feed]
 
 
 def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
     import numpy as np
 
-    from ..errors import RuntimeBackendError
+    from ..errors import RunError
 
     try:
         from polygraphy.json import load_json
     except ImportError:
-        raise RuntimeBackendError("reading a .json inputs file needs Polygraphy (pip install polygraphy)") from None
+        raise RunError("reading a .json inputs file needs Polygraphy (pip install polygraphy)") from None
     try:
         data = load_json(str(path), description="input data")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise RuntimeBackendError(f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: {first}") from None
+        raise RunError(f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: {first}") from None
     feeds = [data] if isinstance(data, dict) else data
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) for f in feeds):
-        raise RuntimeBackendError(
+        raise RunError(
             f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: expected a list of {{input name: array}} feeds"
         )
     for i, feed in enumerate(feeds):
         for name, value in feed.items():
             if not isinstance(value, np.ndarray):
-                raise RuntimeBackendError(f"--inputs {str(path)!r}: feed {i}, input {name!r} is a {type(value).__name__}, not an array")
+                raise RunError(
+                f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: feed {i}, input {name!r} is a "
+                f"{type(value).__name__}, not an array (save inputs with 'polygraphy run --save-inputs')"
+            )
     return [dict(f) for f in feeds]
 
 
+def fused_node_problems(model_path: Path) -> list[str]:
+    """What makes a graph's DyNetDynamicConv2d nodes unrunnable, read from the file without running it.
+
+    onnxruntime's Python op cannot raise (an exception there aborts the process), so a node with, say,
+    stride 0 would only show up as NaN and a confusing failure further down the graph: say it first.
+    """
+    import onnx
+    from onnx import helper
+
+    from ..ort_custom_op import ACTIVATIONS, OP_TYPE
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return []  # not ONNX: the runner says so
+    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type != OP_TYPE:
+            continue
+        label = node.name or OP_TYPE
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for key in ("stride_h", "stride_w", "dilation_h", "dilation_w", "groups"):
+            if key in attrs and (not isinstance(attrs[key], int) or attrs[key] < 1):
+                problems.append(f"{label}: {key}={attrs[key]!r} (must be >= 1)")
+        for key in ("pad_top", "pad_left", "pad_bottom", "pad_right"):
+            if key in attrs and (not isinstance(attrs[key], int) or attrs[key] < 0):
+                problems.append(f"{label}: {key}={attrs[key]!r} (must be >= 0)")
+        if "activation" in attrs and attrs["activation"] not in ACTIVATIONS.values():
+            problems.append(f"{label}: activation={attrs['activation']!r} (one of {sorted(ACTIVATIONS.values())})")
+        for key in ("has_bias_bank", "has_bias"):
+            if key in attrs and attrs[key] not in (0, 1):
+                problems.append(f"{label}: {key}={attrs[key]!r} (0 or 1)")
+        weight = shapes.get(node.input[2]) if len(node.input) > 2 else None
+        if weight is not None:
+            if len(weight) != 5:
+                problems.append(f"{label}: weight has shape {weight}; it must be [K, C_out, C_in/groups, kH, kW] (rank 5)")
+            elif isinstance(attrs.get("groups"), int) and attrs["groups"] >= 1 and weight[1] % attrs["groups"]:
+                problems.append(f"{label}: groups={attrs['groups']} does not divide the weight's C_out={weight[1]}")
+    return problems
+
+
+def check_fused_nodes(model_path: Path, error) -> None:
+    problems = fused_node_problems(model_path)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise error(
+            f"{model_path.name} has DyNetDynamicConv2d node(s) that cannot run: {'; '.join(problems[:3])}{more}. "
+            f"The graph was edited or damaged after fusion; fuse the exported graph again"
+        )
+
+
 def _bind_names(feed: dict, input_names: list[str], source: Path) -> dict:
-    from ..errors import RuntimeBackendError
+    from ..errors import RunError
 
     if None in feed or (len(feed) == 1 and len(input_names) == 1 and list(feed) == ["arr_0"]):
         if len(input_names) != 1:
-            raise RuntimeBackendError(
+            raise RunError(
                 f"--inputs {str(source)!r} holds one unnamed array but the graph takes {len(input_names)} inputs "
                 f"({', '.join(input_names)}); give an .npz with one array per input name"
             )
@@ -125,14 +186,14 @@ def _bind_names(feed: dict, input_names: list[str], source: Path) -> dict:
 
 
 def _check_values(args) -> None:
-    from ..errors import RuntimeBackendError
+    from ..errors import RunError
 
     if args.repeats < 1:
-        raise RuntimeBackendError(f"--repeats must be >= 1, got {args.repeats}")
+        raise RunError(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
-        raise RuntimeBackendError(f"--warmup must be >= 0, got {args.warmup}")
+        raise RunError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
-        raise RuntimeBackendError(f"--threads must be >= 1, got {args.threads}")
+        raise RunError(f"--threads must be >= 1, got {args.threads}")
 
 
 def _describe(arr) -> str:
@@ -153,14 +214,14 @@ def _describe(arr) -> str:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..errors import RuntimeBackendError
+    from ..errors import RunError
     from ..fileio import atomic_path, check_input_file, check_output_path
 
     _check_values(args)
-    model_path = check_input_file(args.model, RuntimeBackendError, "model")
-    inputs_path = check_input_file(args.inputs, RuntimeBackendError, "--inputs")
+    model_path = check_input_file(args.model, RunError, "model")
+    inputs_path = check_input_file(args.inputs, RunError, "--inputs")
     if args.save_outputs:
-        check_output_path(args.save_outputs, RuntimeBackendError, inputs=[model_path, inputs_path, args.plugin_lib],
+        check_output_path(args.save_outputs, RunError, inputs=[model_path, inputs_path, args.plugin_lib],
                           suffixes=(".npz",), why="NumPy's archive of the outputs")
     feeds = load_feeds(inputs_path)
 
@@ -172,13 +233,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
+        check_fused_nodes(model_path, RunError)
         runner = OnnxruntimeRunner(model_path, threads=args.threads)
         what = f"{model_path.name} on onnxruntime" + (" (DyNetDynamicConv2d op)" if runner.uses_custom_op else "")
     feeds = [_bind_names(f, list(runner.input_names), inputs_path) for f in feeds]
-    if args.backend == "tensorrt":
-        unknown = sorted(set().union(*feeds) - set(runner.input_names))
-        if unknown:
-            raise RuntimeBackendError(f"unknown input(s) {unknown}; the engine takes {runner.input_names}")
+    for i, feed in enumerate(feeds):
+        missing = [n for n in runner.input_names if n not in feed]
+        unknown = [n for n in feed if n not in runner.input_names]
+        if missing or unknown:
+            raise RunError(
+                f"--inputs {inputs_path.name}{f' (feed {i})' if len(feeds) > 1 else ''} holds arrays named {sorted(feed)}; "
+                f"the graph takes {list(runner.input_names)}: name the arrays like the graph's inputs"
+            )
+    for i, feed in enumerate(feeds):
+        for name, arr in feed.items():
+            if arr.size == 0:
+                raise RunError(f"input {name!r}{f' of feed {i}' if len(feeds) > 1 else ''} has shape {list(arr.shape)}: "
+                               f"a zero-size dimension (batch 0?); every dimension must be >= 1")
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+                raise RunError(f"input {name!r} has dtype {arr.dtype}; give numeric arrays")
+    if args.backend == "onnxruntime":
+        for feed in feeds:
+            runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs
 
     print(f"running {what}: {len(feeds)} feed{'s' if len(feeds) != 1 else ''} from {inputs_path.name}, "
           f"{args.warmup} warm-up + {args.repeats} timed runs each")
@@ -202,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label}latency median {statistics.median(times):.3f} ms, min {min(times):.3f} ms "
               f"over {len(times)} runs (wall clock, host arrays in and out)")
     if args.save_outputs:
-        with atomic_path(args.save_outputs, RuntimeBackendError) as tmp:
+        with atomic_path(args.save_outputs, RunError) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
                 np.savez(f, **saved)
         print(f"wrote {args.save_outputs} ({', '.join(saved)})")

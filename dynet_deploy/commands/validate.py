@@ -94,6 +94,22 @@ def _check_graph_fits(graph, model, args: argparse.Namespace, model_path: Path) 
         )
 
 
+def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> None:
+    """Before anything runs: a graph fixed at another size than the data set's images cannot take them."""
+    from ..data import dataset_info, resolve_dataset
+    from ..errors import ValidationError
+
+    ds_name = resolve_dataset(args.dataset)
+    hw = graph.shape[2:]
+    image = dataset_info(ds_name).image_size
+    if all(isinstance(d, int) and d > 0 for d in hw) and tuple(hw) != tuple(image):
+        raise ValidationError(
+            f"{model_path.name} takes {hw[0]}x{hw[1]} images but {ds_name} images are {image[0]}x{image[1]}; "
+            f"export the graph at the data set's size ('dynet-deploy export CKPT --input-size {image[0]} "
+            f"{image[1]} -o MODEL.onnx', the default for checkpoints that record it) or with --dynamic-hw"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import checkpoint_input_paths, load_checkpoint, read_checkpoint_config
     from ..errors import ValidationError
@@ -127,8 +143,13 @@ def run(args: argparse.Namespace) -> int:
     task = model_info(name).task if getattr(model, "zoo_name", None) else "classification"
     graph = None
     if args.backend == "onnxruntime":
+        from .run import check_fused_nodes
+
         graph = read_graph_input(model_path)
         _check_graph_fits(graph, model, args, model_path)
+        check_fused_nodes(model_path, ValidationError)
+        if args.dataset in ("fashion-mnist", "digits", "auto") and task == "classification":
+            _check_dataset_size(graph, args, model_path)
     input_size = tuple(args.input_size) if args.input_size else None
     if input_size is None and graph is not None and not all(isinstance(d, int) and d > 0 for d in graph.shape[2:]):
         meta_size, _, meta_source = checkpoint_defaults(args.checkpoint, name, getattr(model, "zoo_kwargs", None))
@@ -178,18 +199,6 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
             from ..data import load_dataset, resolve_dataset
 
             ds_name = resolve_dataset(args.dataset)
-            if args.backend == "onnxruntime":
-                from ..data import dataset_info
-                from ..validate import read_graph_input
-
-                hw = read_graph_input(model_path).shape[2:]
-                image = dataset_info(ds_name).image_size
-                if all(isinstance(d, int) and d > 0 for d in hw) and tuple(hw) != tuple(image):
-                    raise ValidationError(
-                        f"{model_path.name} takes {hw[0]}x{hw[1]} images but {ds_name} images are {image[0]}x{image[1]}; "
-                        f"export the graph at the data set's size ('dynet-deploy export CKPT --input-size {image[0]} "
-                        f"{image[1]} -o MODEL.onnx') or with --dynamic-hw"
-                    )
             cfg = read_checkpoint_config(args.checkpoint) if Path(args.checkpoint).suffix in (".safetensors", ".json") else {}
             trained_on = (cfg.get("metadata") or {}).get("dataset")
             images, labels = load_dataset(ds_name, "test", limit=args.limit)

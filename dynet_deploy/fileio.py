@@ -110,13 +110,12 @@ def atomic_path(path: PathLike, error: type[DynetDeployError] = DynetDeployError
     dest = check_output_path(path, error)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
     tmp_path = Path(tmp)
+    os.close(fd)
     try:
-        try:
-            # mkstemp creates 0600; an artifact is read by other users and services like any file the user makes.
-            os.fchmod(fd, stat.S_IMODE(0o666 & ~_umask()))
-        finally:
-            os.close(fd)
         yield tmp_path
+        # mkstemp creates 0600, and some writers (safetensors) replace the file with their own; an artifact is
+        # read by other users and services like any file the user makes: 0666 less the umask.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -180,6 +180,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainR
 
     Runs with ``cfg.threads`` torch threads and restores the caller's thread count afterwards.
     """
+    check_config(cfg)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:

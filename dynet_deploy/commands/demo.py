@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import format_summary, run_demo
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
+    G_LOGGER.colors = sys.stderr.isatty() and sys.stdout.isatty()  # no escape codes in files and pipes
     res = run_demo(args.out_dir, args.dataset, args.threads, args.limit)
     print(format_summary(res))
     return 0 if res.passed else 1

@@ -43,6 +43,8 @@ def _quiet_polygraphy(verbose: bool) -> None:
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+    # Polygraphy colours its log whenever the `colored` module is present; escape codes belong on terminals only.
+    G_LOGGER.colors = sys.stderr.isatty() and sys.stdout.isatty()
 
 
 REPORT_FILES = ("inputs.json", "reference.json", "report.json", "report.txt")

@@ -106,10 +106,9 @@ def _weights_path_of_config(config_path: Path) -> Path:
 
 
 def _check_is_file(path: Path, what: str = "checkpoint") -> None:
-    if not path.exists():
-        raise CheckpointError(f"{what} {str(path)!r} does not exist; check the path")
-    if not path.is_file():
-        raise CheckpointError(f"{what} {str(path)!r} is not a file")
+    from .fileio import check_input_file
+
+    check_input_file(path, CheckpointError, what)  # names a folder, a link loop, an unreadable file as such
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -155,7 +154,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     Fills in ``model_args`` and ``metadata`` as ``{}`` when absent.
     """
     config_path = _config_path_of(Path(path))
-    if not config_path.exists():
+    if not config_path.exists() and not config_path.is_symlink():
         raise CheckpointError(
             f"checkpoint config {str(config_path)!r} is missing; it names the model the weights belong to. "
             f"Copy it beside the weights, or pass the model name (model_name=..., CLI --model)"

@@ -174,7 +174,7 @@ def check_input_file(path: PathLike, error: type[DynetDeployError] = DynetDeploy
             raise error(f"{what} {str(p)!r} cannot be resolved: a symbolic link loop in its path") from None
         raise error(f"{what} {str(p)!r} cannot be read: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise error(f"{what} {str(p)!r} is a folder, not a file")
+        raise error(f"{what} {str(p)!r} is a folder; it is not a file")
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{what} {str(p)!r} is not a regular file (a device, pipe or socket)")
     if not os.access(p, os.R_OK):

@@ -106,9 +106,9 @@ def _weights_path_of_config(config_path: Path) -> Path:
 
 
 def _check_is_file(path: Path, what: str = "checkpoint") -> None:
-    from .fileio import check_input_file
+    from .graph import check_readable_file
 
-    check_input_file(path, CheckpointError, what)  # names a folder, a link loop, an unreadable file as such
+    check_readable_file(path, CheckpointError, what)  # names a folder, a link loop, an unreadable file as such
 
 
 # --------------------------------------------------------------------------------------------- config

@@ -94,9 +94,9 @@ def check_output_path(
     if not parent.exists():
         raise error(f"output folder {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
     if not parent.is_dir():
-        raise error(f"{str(parent)!r} is not a folder")
+        raise error(f"{str(parent)!r} is not a directory")
     if p.is_dir():
-        raise error(f"output path {str(p)!r} is a folder; give a file name")
+        raise error(f"output path {str(p)!r} is a directory; give a file name")
     if p.is_symlink() and not p.exists():
         raise error(f"output path {str(p)!r} is a dangling or looping symbolic link; remove it or choose another name")
     if not os.access(parent, os.W_OK):
@@ -148,35 +148,3 @@ def install_termination_handler() -> bool:
     signal.signal(signal.SIGTERM, _on_sigterm)
     return True
 
-
-def check_input_file(path: PathLike, error: type[DynetDeployError] = DynetDeployError, what: str = "input") -> Path:
-    """Return ``path`` as a Path after checking it names a readable file; the message says what is wrong."""
-    p = Path(path)
-    if not str(path):
-        raise error(f"the {what} path is empty; give a file")
-    if p.is_symlink():
-        try:
-            p.resolve(strict=True)
-        except RuntimeError:
-            raise error(f"{what} {str(p)!r} is a symbolic link loop; point it at a real file") from None
-        except OSError:
-            raise error(f"{what} {str(p)!r} is a dangling symbolic link (its target {os.readlink(p)!r} does not exist)") from None
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise error(f"{what} {str(p)!r} does not exist; check the path") from None
-    except NotADirectoryError:
-        raise error(f"{what} {str(p)!r} does not exist (a part of the path is a file, not a folder)") from None
-    except PermissionError:
-        raise error(f"{what} {str(p)!r} cannot be reached: permission denied on a folder of its path") from None
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: a loop in a folder of the path
-            raise error(f"{what} {str(p)!r} cannot be resolved: a symbolic link loop in its path") from None
-        raise error(f"{what} {str(p)!r} cannot be read: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise error(f"{what} {str(p)!r} is a folder; it is not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what} {str(p)!r} is not a regular file (a device, pipe or socket)")
-    if not os.access(p, os.R_OK):
-        raise error(f"{what} {str(p)!r} is not readable (permission denied); check its mode and owner")
-    return p

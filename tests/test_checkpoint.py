@@ -393,7 +393,7 @@ def test_weights_replaced_behind_the_configs_back(tmp_path):
 def test_missing_file_and_folder(tmp_path):
     _raises("does not exist", load_checkpoint, tmp_path / "nope.safetensors", model_name="resnet18")
     _raises("does not exist", load_checkpoint, tmp_path / "nope.pt")
-    _raises("is not a file", load_checkpoint, tmp_path, model_name="resnet18")
+    _raises("is a directory, not a file", load_checkpoint, tmp_path, model_name="resnet18")
 
 
 # ----------------------------------------------------------------------------------------------- saving safely

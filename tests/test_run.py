@@ -11,7 +11,7 @@ import torch
 
 from dynet_deploy.checkpoint import save_checkpoint
 from dynet_deploy.cli import main
-from dynet_deploy.export_onnx import export_onnx
+from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import create_model
 from dynet_deploy.runtimes.torch_runtime import TorchRunner

@@ -46,13 +46,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine_build import Profile, build_engine, default_engine_path
+    from ..build.engine import Profile, build_engine, default_engine_path
 
-    from ..fileio import check_input_file, check_output_path
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
 
     if not Path(args.onnx).exists() and not Path(args.onnx).is_symlink():
         raise BuildError(f"ONNX file {args.onnx} does not exist; create it with 'dynet-deploy fuse'")
-    onnx_path = check_input_file(args.onnx, BuildError, "ONNX file")
+    onnx_path = check_readable_file(args.onnx, BuildError, "ONNX file")
     if args.legacy_fp16_flag and not args.fp16:
         raise BuildError("--legacy-fp16-flag needs --fp16")
     opt_batch = args.opt_batch if args.opt_batch is not None else args.max_batch

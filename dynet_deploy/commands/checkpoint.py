@@ -107,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
     model_args = _parse_model_args(args.model_args)
     if args.checkpoint_action == "convert":
         from ..checkpoint import checkpoint_input_paths, checkpoint_output_paths
-        from ..fileio import check_input_file, check_output_path
+        from ..fileio import check_output_path
+        from ..graph import check_readable_file
 
         extra = _parse_metadata(args.metadata)
-        check_input_file(args.src, CheckpointError, "checkpoint")
+        check_readable_file(args.src, CheckpointError, "checkpoint")
         inputs = checkpoint_input_paths(args.src)
         for out_path in checkpoint_output_paths(args.output):  # refuses a suffix other than .safetensors/.json
             check_output_path(out_path, CheckpointError, inputs=inputs)
@@ -128,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} and {out.with_suffix('.json')} ({model.zoo_name}; metadata: {', '.join(sorted(metadata)) or 'none'})")
         return 0
 
-    from ..fileio import check_input_file
+    from ..graph import check_readable_file
 
-    path = check_input_file(args.ckpt, CheckpointError, "checkpoint")
+    path = check_readable_file(args.ckpt, CheckpointError, "checkpoint")
     config_path = path if path.suffix == ".json" else path.with_suffix(".json")
     config = read_checkpoint_config(config_path) if config_path.exists() else None
     model = load_checkpoint(path, model_name=args.model, model_args=model_args)

@@ -155,7 +155,7 @@ def run(args) -> int:
     in_chans = int(meta_chans or (zoo_args or {}).get("in_chans", 3))
     seg = info is not None and info.task == "segmentation"
     dynamic_hw = seg if args.dynamic_hw is None else args.dynamic_hw
-    from ..export_onnx import export_onnx
+    from ..export import export_onnx
 
     report = export_onnx(
         net, args.output, (args.batch, in_chans, *size), form=args.form, dynamic_batch=args.dynamic_batch,

@@ -28,16 +28,17 @@ VERIFY_ABS_TOL = 1e-4
 
 def run(args) -> int:
     from ..errors import FuseError
-    from ..fileio import check_input_file, check_output_path
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
 
-    check_input_file(args.model, FuseError, "ONNX model")
+    check_readable_file(args.model, FuseError, "ONNX model")
     check_output_path(args.output, FuseError, inputs=[args.model], suffixes=(".onnx",), why="an ONNX graph")
     from ..fuse import fuse_dynamic_convs
 
     report = fuse_dynamic_convs(args.model, args.output, make_dynamic_batch=not args.keep_batch)
     already = 0
     if report.candidates == 0 and report.model is not None:
-        from ..ort_custom_op import OP_TYPE
+        from ..op.spec import OP_TYPE
 
         already = sum(n.op_type == OP_TYPE for n in report.model.graph.node)
     if not args.quiet and not already:

@@ -129,7 +129,7 @@ def fused_node_problems(model_path: Path) -> list[str]:
     import onnx
     from onnx import helper
 
-    from ..ort_custom_op import ACTIVATIONS, OP_TYPE
+    from ..op import spec
 
     try:
         proto = onnx.load(str(model_path), load_external_data=False)
@@ -138,21 +138,16 @@ def fused_node_problems(model_path: Path) -> list[str]:
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
     problems = []
     for node in proto.graph.node:
-        if node.op_type != OP_TYPE:
+        if node.op_type != spec.OP_TYPE:
             continue
-        label = node.name or OP_TYPE
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        for key in ("stride_h", "stride_w", "dilation_h", "dilation_w", "groups"):
-            if key in attrs and (not isinstance(attrs[key], int) or attrs[key] < 1):
-                problems.append(f"{label}: {key}={attrs[key]!r} (must be >= 1)")
-        for key in ("pad_top", "pad_left", "pad_bottom", "pad_right"):
-            if key in attrs and (not isinstance(attrs[key], int) or attrs[key] < 0):
-                problems.append(f"{label}: {key}={attrs[key]!r} (must be >= 0)")
-        if "activation" in attrs and attrs["activation"] not in ACTIVATIONS.values():
-            problems.append(f"{label}: activation={attrs['activation']!r} (one of {sorted(ACTIVATIONS.values())})")
-        for key in ("has_bias_bank", "has_bias"):
-            if key in attrs and attrs[key] not in (0, 1):
-                problems.append(f"{label}: {key}={attrs[key]!r} (0 or 1)")
+        label = node.name or spec.OP_TYPE
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in spec.ATTRIBUTE_NAMES}
+        for attribute in spec.ATTRIBUTES:
+            if attribute.name in attrs:
+                try:
+                    attribute.check(attrs[attribute.name])
+                except ValueError as exc:
+                    problems.append(f"{label}: {exc}")
         weight = shapes.get(node.input[2]) if len(node.input) > 2 else None
         if weight is not None:
             if len(weight) != 5:
@@ -215,11 +210,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import RunError
-    from ..fileio import atomic_path, check_input_file, check_output_path
+    from ..fileio import atomic_path, check_output_path
+    from ..graph import check_readable_file
 
     _check_values(args)
-    model_path = check_input_file(args.model, RunError, "model")
-    inputs_path = check_input_file(args.inputs, RunError, "--inputs")
+    model_path = check_readable_file(args.model, RunError, "model")
+    inputs_path = check_readable_file(args.inputs, RunError, "--inputs")
     if args.save_outputs:
         check_output_path(args.save_outputs, RunError, inputs=[model_path, inputs_path, args.plugin_lib],
                           suffixes=(".npz",), why="NumPy's archive of the outputs")

@@ -115,7 +115,8 @@ def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> No
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import checkpoint_input_paths, load_checkpoint, read_checkpoint_config
     from ..errors import ValidationError
-    from ..fileio import check_input_file, check_output_path
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
     from ..models import model_info
     from ..validate import read_graph_input, require_backend, synthetic_segmentation, validate_dataset, validate_random, write_report
     from .export import checkpoint_defaults
@@ -123,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     _check_values(args)
     _quiet_polygraphy(args.verbose)
     require_backend(args.backend)
-    model_path = check_input_file(args.model, ValidationError, "model")
-    check_input_file(args.checkpoint, ValidationError, "checkpoint")
+    model_path = check_readable_file(args.model, ValidationError, "model")
+    check_readable_file(args.checkpoint, ValidationError, "checkpoint")
     inputs = [model_path, *checkpoint_input_paths(args.checkpoint)]
     if args.out_dir:
         out_dir = Path(args.out_dir)

@@ -210,7 +210,8 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 progress=sys.stderr.isatty(), model_name=name,
             )
             if trained_on and trained_on != ds_name:
-                ds_report.notes = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
+                note = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
+                ds_report.notes = "; ".join(n for n in (ds_report.notes, note) if n)
         payload["dataset"] = ds_report.to_dict()
         text += [f"== {ds_report.dataset} ({ds_report.samples} {'images' if ds_report.task == 'classification' else 'pixels'})", ds_report.table()]
         if ds_report.notes:
@@ -218,7 +219,17 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
 
     passed = report.passed and (ds_report is None or ds_report.passed)
     payload["passed"] = passed
-    text.append("PASSED" if passed else "FAILED: the deployed graph does not match the PyTorch reference")
+    nan_ref = sum(c.reference_non_finite for c in report.checks) + (ds_report.reference_non_finite if ds_report else 0)
+    nan_out = sum(c.non_finite for c in report.checks) + (ds_report.non_finite if ds_report else 0)
+    if passed:
+        text.append("PASSED")
+    elif nan_ref:
+        text.append(f"FAILED: PyTorch's reference outputs NaN/Inf ({nan_ref} values): the checkpoint's weights hold NaN/Inf "
+                    f"(see 'dynet-deploy checkpoint inspect')")
+    elif nan_out:
+        text.append(f"FAILED: the deployed graph outputs NaN/Inf ({nan_out} values) where PyTorch's outputs are finite")
+    else:
+        text.append("FAILED: the deployed graph does not match the PyTorch reference")
     write_report(out_dir / "report.json", payload)
     from ..fileio import atomic_write_text
 

@@ -48,12 +48,32 @@ def run(args: argparse.Namespace) -> int:
 
     from ..build.engine import Profile, build_engine, default_engine_path
 
-    onnx_path = Path(args.onnx)
-    if not onnx_path.is_file():
-        raise BuildError(f"ONNX file {onnx_path} does not exist; create it with 'dynet-deploy fuse'")
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
+
+    if not Path(args.onnx).exists() and not Path(args.onnx).is_symlink():
+        raise BuildError(f"ONNX file {args.onnx} does not exist; create it with 'dynet-deploy fuse'")
+    onnx_path = check_readable_file(args.onnx, BuildError, "ONNX file")
     if args.legacy_fp16_flag and not args.fp16:
         raise BuildError("--legacy-fp16-flag needs --fp16")
     opt_batch = args.opt_batch if args.opt_batch is not None else args.max_batch
+    if min(args.min_batch, opt_batch, args.max_batch) < 1 or not args.min_batch <= opt_batch <= args.max_batch:
+        raise BuildError(
+            f"batch sizes must be 1 <= --min-batch <= --opt-batch <= --max-batch, got {args.min_batch}, {opt_batch}, {args.max_batch}"
+        )
+    for flag, value in (("--min-hw", args.min_hw), ("--opt-hw", args.opt_hw), ("--max-hw", args.max_hw)):
+        if value is not None and min(value) < 1:
+            raise BuildError(f"{flag} must be positive, got {value[0]}x{value[1]}")
+    if args.workspace_mib is not None and args.workspace_mib < 1:
+        raise BuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
+    out_path = Path(args.output) if args.output else None
+    inputs = [onnx_path, args.plugin_lib]
+    if out_path is not None:
+        check_output_path(out_path, BuildError, inputs=[*inputs, args.timing_cache, args.save_fp16_onnx])
+    if args.save_fp16_onnx:
+        check_output_path(args.save_fp16_onnx, BuildError, inputs=[*inputs, args.timing_cache], suffixes=(".onnx",), why="an ONNX graph")
+    if args.timing_cache:
+        check_output_path(args.timing_cache, BuildError, inputs=inputs)
     hw = [args.min_hw, args.opt_hw or args.max_hw, args.max_hw]
     height = width = None
     if any(v is not None for v in hw):
@@ -62,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         height = tuple(v[0] for v in hw)
         width = tuple(v[1] for v in hw)
     profile = Profile(batch=(args.min_batch, opt_batch, args.max_batch), height=height, width=width)
-    out = Path(args.output) if args.output else default_engine_path(onnx_path)
+    out = out_path or default_engine_path(onnx_path)
+    check_output_path(out, BuildError, inputs=[*inputs, args.timing_cache, args.save_fp16_onnx])
     res = build_engine(
         onnx_path, out, profile=profile, fp16=args.fp16, legacy_fp16_flag=args.legacy_fp16_flag,
         plugin_library=args.plugin_lib, timing_cache=args.timing_cache, workspace_mib=args.workspace_mib,

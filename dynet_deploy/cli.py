@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "dynet_deploy.commands.build",
     "dynet_deploy.commands.validate",
     "dynet_deploy.commands.bench",
+    "dynet_deploy.commands.deploy",
     "dynet_deploy.commands.train",
     "dynet_deploy.commands.demo",
     "dynet_deploy.commands.doctor",

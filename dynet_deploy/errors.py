@@ -47,3 +47,15 @@ class MissingDependencyError(DynetDeployError):
     """An optional component (TensorRT, CUDA, the plugin library) is absent."""
 
     stage = "dependency"
+
+
+class RecipeError(DynetDeployError):
+    """A deployment recipe (export/*.json) is unreadable or has a wrong field."""
+
+    stage = "recipe"
+
+
+class TritonError(DynetDeployError):
+    """Writing a Triton Inference Server model repository failed."""
+
+    stage = "triton"

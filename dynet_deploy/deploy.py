@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DataError, DynetDeployError, MissingDependencyError
+from .errors import DataError, DeployError, MissingDependencyError
 from .fileio import atomic_write_text
 from .recipe import Recipe
 
@@ -119,9 +119,9 @@ def run_deploy(
 
 def _check_destination(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise DynetDeployError(f"{out} exists and is not a folder; give another -o")
+        raise DeployError(f"{out} exists and is not a folder; give another -o")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise DynetDeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
+        raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
 
 
 def _publish(stage: Path, out: Path) -> None:

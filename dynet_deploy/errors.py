@@ -59,3 +59,9 @@ class TritonError(DynetDeployError):
     """Writing a Triton Inference Server model repository failed."""
 
     stage = "triton"
+
+
+class DeployError(DynetDeployError):
+    """``deploy`` itself (its output folder); each stage it runs raises its own error type."""
+
+    stage = "deploy"

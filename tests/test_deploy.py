@@ -110,7 +110,12 @@ def test_failing_check_writes_the_report_and_exits_1(tmp_path, capsys):
     assert "FAILED" in (out / "report.txt").read_text()
     # the folder is not empty now: a second run needs --force
     assert main(["deploy", str(recipe), "-o", str(out)]) == 1
-    assert "not empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error (deploy): ") and "not empty" in err
+    (out / "stale.txt").write_text("from an older run")
+    assert main(["deploy", str(recipe), "-o", str(out), "--force"]) == 1  # replaced whole: the check still fails
+    assert not (out / "stale.txt").exists() and (out / "report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "recipe.json"]
 
 
 def test_error_mid_run_leaves_nothing(tmp_path, capsys):

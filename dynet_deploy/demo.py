@@ -45,7 +45,7 @@ def run_demo(out_dir: str | Path = "out/demo", dataset: str = "auto", threads: i
     from .bench import interleaved_latency, latency_stats
     from .checkpoint import load_checkpoint, read_checkpoint_config
     from .data import fashion_mnist_available, load_dataset, resolve_dataset
-    from .export_onnx import export_onnx
+    from .export import export_onnx
     from .fuse import fuse_dynamic_convs
     from .models import model_info
     from .nn import fold_batchnorms

@@ -143,7 +143,7 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
 
     from .bench import interleaved_latency, latency_stats, machine_info
     from .checkpoint import load_checkpoint, read_checkpoint_config
-    from .export_onnx import count_dynamic_convs, export_onnx
+    from .export import count_dynamic_convs, export_onnx
     from .fuse import fuse_dynamic_convs
     from .nn import fold_batchnorms
     from .runtimes.onnxruntime_runtime import OnnxruntimeRunner
@@ -372,7 +372,7 @@ def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] 
     ok, why = tensorrt_available()
     if not ok:
         return f"TensorRT is not installed ({why}); export, fuse and onnxruntime still run"
-    from .engine_build import Profile, build_engine, load_plugin_library
+    from .build import Profile, build_engine, load_plugin_library
 
     try:
         load_plugin_library()

@@ -84,14 +84,12 @@ class TritonRepository:
 # ---- reading a graph's inputs and outputs -------------------------------------------------------------------
 
 
-def onnx_io(onnx_path: str | Path) -> GraphIO:
+def onnx_io(model_or_path) -> GraphIO:
     """Inputs and outputs of an ONNX graph (initializers excluded) with Triton data types."""
-    import onnx
+    from .graph import load_onnx
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises several kinds
-        raise TritonError(f"cannot read ONNX graph {onnx_path} ({type(exc).__name__}: {exc})") from None
+    model = load_onnx(model_or_path, TritonError, external_data=False)
+    onnx_path = model_or_path if not hasattr(model_or_path, "graph") else model.graph.name
     inits = {i.name for i in model.graph.initializer}
 
     def specs(values) -> list[tuple[str, str, list[int | None]]]:
@@ -237,7 +235,7 @@ def write_model_repository(
     ``op_library_dir`` / ``plugin_library_dir``: where the libraries will be installed on the serving machine;
     without them the configs and launch command name the bare file names (found on ``LD_LIBRARY_PATH``).
     """
-    from .plugin_lib import ort_library_filename, tensorrt_plugin_filename
+    from .op.native import ort_library_filename, tensorrt_plugin_filename
 
     root = Path(out_dir)
     if root.exists():
@@ -245,10 +243,12 @@ def write_model_repository(
     if not root.parent.is_dir():
         raise TritonError(f"folder {root.parent} does not exist; create it first")
     fused_onnx = Path(fused_onnx)
-    if not fused_onnx.is_file():
-        raise TritonError(f"fused ONNX {fused_onnx} not found; run 'dynet-deploy fuse' first")
-    io = onnx_io(fused_onnx)
-    if not any(True for _ in _plugin_nodes(fused_onnx)):
+    from .graph import load_onnx
+    from .op.spec import OP_TYPE
+
+    proto = load_onnx(fused_onnx, TritonError, external_data=False, hint="give the fused graph ('dynet-deploy fuse')")
+    io = onnx_io(proto)
+    if not any(n.op_type == OP_TYPE for n in proto.graph.node):
         raise TritonError(f"{fused_onnx} has no DyNetDynamicConv2d node; give the fused graph ('dynet-deploy fuse')")
     op_lib = ort_library_filename()
     if op_library_dir:
@@ -280,14 +280,6 @@ def write_model_repository(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return repo
-
-
-def _plugin_nodes(onnx_path: Path):
-    import onnx
-
-    from .ort_custom_op import OP_TYPE
-
-    return (n for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == OP_TYPE)
 
 
 def _write_model(folder: Path, config_text: str, artifact: Path, filename: str) -> None:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dynet_deploy import plugin_lib  # noqa: E402  (numpy + ctypes only)
+from dynet_deploy.op import native as plugin_lib  # noqa: E402  (numpy + ctypes only)
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 ALGOS = {"auto": plugin_lib.ALGO_AUTO, "two_step": plugin_lib.ALGO_TWO_STEP, "one_kernel": plugin_lib.ALGO_ONE_KERNEL}

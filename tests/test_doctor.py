@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from dynet_deploy import cli, plugin_lib
+from dynet_deploy import cli
+from dynet_deploy.op import native as plugin_lib
 
 
 def test_doctor_reports_every_piece(capsys):

@@ -13,10 +13,12 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from dynet_deploy import engine_build, plugin_lib
+from dynet_deploy.build import engine as engine_build
+from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.errors import BuildError
+from dynet_deploy.op import spec
 
-PLUGIN_DOMAIN = "trt.plugins"
+PLUGIN_DOMAIN = spec.OP_DOMAIN
 
 
 def plugin_model(c_in=8, c_out=12, k=6, bias_bank=True, bias=True, per_channel=True, seed=0):
@@ -42,10 +44,8 @@ def plugin_model(c_in=8, c_out=12, k=6, bias_bank=True, bias=True, per_channel=T
         oh.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
         oh.make_node("Sigmoid", ["logits"], ["sig"]),
         oh.make_node("Reshape", ["sig", "coeff_shape"], ["coeff"]),
-        oh.make_node("DyNetDynamicConv2d", conv_inputs, ["y"], name="dynamic_conv_0", domain=PLUGIN_DOMAIN,
-                     stride_h=1, stride_w=1, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1, dilation_h=1,
-                     dilation_w=1, groups=1, activation=1, has_bias_bank=int(bias_bank), has_bias=int(bias),
-                     plugin_version="1", plugin_namespace=""),
+        spec.make_node(conv_inputs, ["y"], name="dynamic_conv_0",
+                       **spec.attributes(pads=(1, 1, 1, 1), activation="relu", has_bias_bank=bias_bank, has_bias=bias)),
     ]
     graph = oh.make_graph(nodes, "dyconv", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, "H", "W"])], inits)

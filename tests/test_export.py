@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from dynet_deploy.errors import ExportError
-from dynet_deploy.export_onnx import META_FORM, export_onnx, get_metadata
+from dynet_deploy.export import META_FORM, export_onnx, get_metadata
 from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import DyConv2d
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner

@@ -13,7 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dynet_deploy.errors import RuntimeBackendError
 from dynet_deploy.nn import DynamicConv2d
-from dynet_deploy.ort_custom_op import INT_ATTRIBUTES, OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION, register
+from dynet_deploy.op.onnxruntime_python import register
+from dynet_deploy.op.spec import ATTRIBUTE_NAMES as INT_ATTRIBUTES
+from dynet_deploy.op import spec
+from dynet_deploy.op.spec import OP_DOMAIN
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 ATOL, RTOL = 1e-4, 1e-5
@@ -30,14 +33,9 @@ def single_node_model(conv: DynamicConv2d, activation: int = 0, h=None, w=None, 
     if conv.bias is not None:
         inputs.append("bias")
         inits.append(numpy_helper.from_array(conv.bias.detach().numpy(), "bias"))
-    t, l, b, r = conv.pads
-    node = helper.make_node(
-        OP_TYPE, inputs, ["y"], domain=OP_DOMAIN, name="dynconv",
-        stride_h=conv.stride[0], stride_w=conv.stride[1], pad_top=t, pad_left=l, pad_bottom=b, pad_right=r,
-        dilation_h=conv.dilation[0], dilation_w=conv.dilation[1], groups=conv.groups, activation=activation,
-        has_bias_bank=int(conv.bias_bank is not None), has_bias=int(conv.bias is not None),
-        plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE,
-    )
+    node = spec.make_node(inputs, ["y"], name="dynconv", **spec.attributes(
+        stride=conv.stride, pads=conv.pads, dilation=conv.dilation, groups=conv.groups, activation=activation,
+        has_bias_bank=conv.bias_bank is not None, has_bias=conv.bias is not None))
     graph = helper.make_graph(
         [node], "one_dynamic_conv",
         [helper.make_tensor_value_info("x", dtype, ["N", conv.in_channels, h or "H", w or "W"]),

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from dynet_deploy import plugin_lib
+from dynet_deploy.op import native as plugin_lib
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +111,7 @@ def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
     # so the script cannot rot on machines without a GPU.
     import sys
 
-    from dynet_deploy.plugin_lib import REPO_ROOT
+    from dynet_deploy.op.native import REPO_ROOT
 
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "gpu_check.py"), "--cpu-dry-run"],
                           capture_output=True, text=True, timeout=600)
@@ -120,7 +120,7 @@ def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
 
 
 def test_gpu_check_script_fails_loudly_without_a_gpu():
-    from dynet_deploy.plugin_lib import REPO_ROOT
+    from dynet_deploy.op.native import REPO_ROOT
 
     if shutil.which("nvidia-smi"):
         pytest.skip("nvidia-smi is present: run scripts/gpu_check.sh itself on this machine")

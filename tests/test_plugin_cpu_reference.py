@@ -12,11 +12,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynet_deploy import plugin_lib
+from dynet_deploy.op import native as plugin_lib
+from dynet_deploy.op import reference
 
 REL_TOL = 1e-5
 
@@ -28,25 +28,14 @@ def cpu_library():
 
 
 def torch_reference(x, coeff, weight, bias_bank, bias, stride, pads, dilation, groups, activation):
-    """The op contract written with PyTorch ops, in float64: fuse each sample's kernel, then F.conv2d."""
-    x, coeff, weight = (torch.from_numpy(a).double() for a in (x, coeff, weight))
-    n, c_out = x.shape[0], weight.shape[1]
-    c = coeff.expand(n, c_out, coeff.shape[2])  # [N, C_out, K]; broadcasts the per-expert form
-    fused = torch.einsum("ntk,ktcij->ntcij", c, weight)
-    b = torch.zeros(n, c_out, dtype=torch.float64)
-    if bias_bank is not None:
-        b = b + torch.einsum("ntk,kt->nt", c, torch.from_numpy(bias_bank).double())
-    if bias is not None:
-        b = b + torch.from_numpy(bias).double()
-    top, left, bottom, right = pads
-    xp = F.pad(x, (left, right, top, bottom))
-    ys = [F.conv2d(xp[i : i + 1], fused[i], b[i], stride=stride, dilation=dilation, groups=groups) for i in range(n)]
-    y = torch.cat(ys)
-    if activation == 1:
-        y = F.relu(y)
-    elif activation == 2:
-        y = F.relu6(y)
-    return y.numpy()
+    """The op's Python reference (dynet_deploy.op.reference) in float64."""
+
+    def t(a):
+        return None if a is None else torch.from_numpy(a).double()
+
+    with torch.no_grad():
+        return reference.dynamic_conv(t(x), t(coeff), t(weight), t(bias_bank), t(bias), stride, pads, dilation,
+                                      groups, activation).numpy()
 
 
 def make_case(rng, n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias):

@@ -7,15 +7,22 @@ from __future__ import annotations
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from zoo_exports import fused
 
 from dynet_deploy.errors import TritonError
-from dynet_deploy.plugin_lib import ort_library_filename, tensorrt_plugin_filename
+from dynet_deploy.op.native import ort_library_filename, tensorrt_plugin_filename
 from dynet_deploy.triton import (
-    CONFIG_FILE, ONNX_MODEL_FILE, PLAN_MODEL_FILE, GraphIO, TensorSpec, load_model_config_pb2, model_config, onnx_io,
-    parse_config, write_model_repository,
+    CONFIG_FILE,
+    ONNX_MODEL_FILE,
+    PLAN_MODEL_FILE,
+    GraphIO,
+    TensorSpec,
+    load_model_config_pb2,
+    model_config,
+    onnx_io,
+    parse_config,
+    write_model_repository,
 )
-
-from zoo_exports import fused
 
 pytest.importorskip("tritonclient", reason="tritonclient (the test extra) ships Triton's model_config protobuf")
 pb2 = load_model_config_pb2()
@@ -151,8 +158,8 @@ def test_repository_with_a_real_engine(tmp_path, fused_graph):
     ok, why = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT is absent ({why}): no engine to put on Triton's tensorrt backend")
-    from dynet_deploy.engine_build import Profile, build_engine
-    from dynet_deploy.plugin_lib import tensorrt_plugin_path
+    from dynet_deploy.build import Profile, build_engine
+    from dynet_deploy.op.native import tensorrt_plugin_path
 
     if tensorrt_plugin_path() is None:
         pytest.skip("the TensorRT plugin library was not built")

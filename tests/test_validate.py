@@ -12,7 +12,7 @@ import torch
 
 from dynet_deploy.checkpoint import save_checkpoint
 from dynet_deploy.cli import main
-from dynet_deploy.export_onnx import export_onnx
+from dynet_deploy.export import export_onnx
 from dynet_deploy.models import create_model
 from dynet_deploy.validate import errors, mean_iou, synthetic_segmentation, validate_dataset, validate_random
 

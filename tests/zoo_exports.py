@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dynet_deploy.errors import ModelError
-from dynet_deploy.export_onnx import export_onnx
+from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import create_model, model_info
 

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine_build import Profile, build_engine, default_engine_path
+    from ..build.engine import Profile, build_engine, default_engine_path
 
     onnx_path = Path(args.onnx)
     if not onnx_path.is_file():

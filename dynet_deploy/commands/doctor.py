@@ -52,7 +52,7 @@ def _tool(cmd: str, version_args=("--version",)) -> tuple[bool, str]:
 
 
 def collect() -> list[Check]:
-    from .. import plugin_lib
+    from ..op import native as plugin_lib
 
     checks: list[Check] = []
 

@@ -74,7 +74,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import ExportError
-    from ..export_onnx import export_onnx
+    from ..export import export_onnx
     from ..fileio import check_output_path
     from ..models import model_info
 

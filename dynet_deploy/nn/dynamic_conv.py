@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..op import reference
+from ..op.spec import ACTIVATIONS  # noqa: F401  (re-exported: the activation names layers accept)
+
 FORWARD_MODES = ("feature", "kernel", "loop")
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -172,22 +174,11 @@ class DynamicConv2d(nn.Module):
 
     def aggregated_bias(self, coeff: torch.Tensor) -> torch.Tensor | None:
         """``sum_k coeff[n,t,k] bias_bank[k,t] + bias[t]`` as ``[N, C_out]``, or None."""
-        out = None
-        if self.bias_bank is not None:
-            out = torch.einsum("nck,kc->nc", coeff, self.bias_bank) if coeff.shape[1] > 1 else coeff[:, 0] @ self.bias_bank
-        if self.bias is not None:
-            out = self.bias.unsqueeze(0) if out is None else out + self.bias
-        return out
+        return reference.aggregated_bias(coeff, self.bias_bank, self.bias)
 
     def fused_kernels(self, coeff: torch.Tensor) -> torch.Tensor:
         """The per-sample kernels ``[N, C_out, C_in/groups, kH, kW]`` (kernel fusion)."""
-        k = self.num_bases
-        w = self.weight.reshape(k, self.out_channels, -1)
-        if coeff.shape[1] == 1:
-            fused = (coeff[:, 0] @ w.reshape(k, -1)).reshape(coeff.shape[0], self.out_channels, -1)
-        else:
-            fused = torch.einsum("nck,kcj->ncj", coeff, w)
-        return fused.reshape(coeff.shape[0], *self.weight.shape[1:])
+        return reference.fused_kernels(coeff, self.weight)
 
     # -- forward paths -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -213,16 +204,9 @@ class DynamicConv2d(nn.Module):
         return y
 
     def forward_kernel(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
-        n, c_in, h, w_ = x.shape
-        x, pad = self._pad_input(x)
-        fused = self.fused_kernels(coeff).reshape(n * self.out_channels, *self.weight.shape[2:])
-        b = self.aggregated_bias(coeff)
-        if b is not None:
-            b = b.expand(n, self.out_channels).reshape(-1)
-        y = F.conv2d(
-            x.reshape(1, n * c_in, x.shape[-2], x.shape[-1]), fused, b, self.stride, pad, self.dilation, self.groups * n
-        )
-        return y.reshape(n, self.out_channels, y.shape[-2], y.shape[-1])
+        # The op's own math (kernel fusion, then one batch-as-groups conv): this path is what gets deployed.
+        return reference.dynamic_conv(x, coeff, self.weight, self.bias_bank, self.bias, self.stride, self.pads,
+                                      self.dilation, self.groups)
 
     def forward_loop(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
         x, pad = self._pad_input(x)

@@ -1,7 +1,7 @@
 """onnxruntime behind ``run({name: array}) -> {name: array}``, for portable and fused (plugin) graphs.
 
 A graph containing ``DyNetDynamicConv2d`` gets the onnxruntime-extensions Python op registered and its
-nodes' optional inputs padded in memory (see :mod:`dynet_deploy.ort_custom_op`); the file is not changed.
+nodes' optional inputs padded in memory (see :mod:`dynet_deploy.op.onnxruntime_python`); the file is not changed.
 Inputs are checked against the graph (rank, dtype, fixed dims) before the session sees them, so a wrong
 input is a :class:`RuntimeBackendError` that names the input and the expected shape.
 """
@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import RuntimeBackendError
+from ..graph import load_onnx
+from ..op.spec import OP_DOMAIN, OP_TYPE
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -28,23 +30,7 @@ _ORT_TYPES = {
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def _load_model(model):
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise RuntimeBackendError(f"ONNX model {str(path)!r} not found")
-    try:
-        return onnx.load(str(path), load_external_data=True)
-    except Exception as exc:
-        raise RuntimeBackendError(f"{str(path)!r} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-
-
 def uses_dynamic_conv_op(model_proto) -> bool:
-    from ..ort_custom_op import OP_TYPE
-
     return any(n.op_type == OP_TYPE for n in model_proto.graph.node)
 
 
@@ -55,13 +41,15 @@ class OnnxruntimeRunner:
         threads: intra-op threads (None: onnxruntime's default).
         graph_optimization_level: ``"disable" | "basic" | "extended" | "all"`` (default ``"all"``).
         providers: onnxruntime execution providers (default CPU).
+        spinning: whether idle intra-op workers spin (None: onnxruntime's default). Interleaved sessions each keep
+            their own pool, and the idle pool's spinning workers compete with the running one for the cores.
     """
 
-    def __init__(self, model, threads: int | None = None, graph_optimization_level: str = "all", providers: Sequence[str] | None = None) -> None:
+    def __init__(self, model, threads: int | None = None, graph_optimization_level: str = "all", providers: Sequence[str] | None = None, spinning: bool | None = None) -> None:
         import onnx
         import onnxruntime as ort
 
-        proto = _load_model(model)
+        proto = load_onnx(model, RuntimeBackendError)
         self.path = None if not isinstance(model, (str, Path)) else Path(model)
         so = ort.SessionOptions()
         if threads is not None:
@@ -77,15 +65,17 @@ class OnnxruntimeRunner:
         }[graph_optimization_level]
         so.log_severity_level = 3
         ort.set_default_logger_severity(3)
+        if spinning is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.uses_custom_op = uses_dynamic_conv_op(proto)
         if self.uses_custom_op:
-            from .. import ort_custom_op
+            from ..op import onnxruntime_python as ort_custom_op
 
             for node in proto.graph.node:
-                if node.op_type == ort_custom_op.OP_TYPE and node.domain != ort_custom_op.OP_DOMAIN:
+                if node.op_type == OP_TYPE and node.domain != OP_DOMAIN:
                     raise RuntimeBackendError(
                         f"node {node.name!r} is {node.domain}::{node.op_type}; the onnxruntime op is registered in "
-                        f"domain {ort_custom_op.OP_DOMAIN!r} (re-run `dynet-deploy fuse`)"
+                        f"domain {OP_DOMAIN!r} (re-run `dynet-deploy fuse`)"
                     )
             half = [v.name for v in proto.graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16]
             half += [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]

@@ -36,7 +36,7 @@ class TensorRTRunner:
     """
 
     def __init__(self, engine_path, plugin_library=None, device: int = 0, verbose: bool = False):
-        from ..engine_build import import_tensorrt, load_plugin_library
+        from ..build.engine import import_tensorrt, load_plugin_library
 
         self.trt = trt = import_tensorrt()
         self.torch = torch = _torch_cuda()

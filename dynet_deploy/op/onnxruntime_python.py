@@ -25,74 +25,13 @@ import threading
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .reference import dynamic_conv_numpy
+from .spec import ATTRIBUTE_NAMES, INPUTS, OP_DOMAIN, OP_TYPE, OPTIONAL_INPUT_FLAGS
 
-OP_TYPE = "DyNetDynamicConv2d"
-# onnxruntime's TensorRT execution provider hands nodes of this domain to TensorRT plugins, and
-# TensorRT's own ONNX parser ignores the domain; one constant keeps every consumer consistent.
-OP_DOMAIN = "trt.plugins"
-OP_DOMAIN_VERSION = 1
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = ""
-INT_ATTRIBUTES = (
-    "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom", "pad_right",
-    "dilation_h", "dilation_w", "groups", "activation", "has_bias_bank", "has_bias",
-)
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
-NUM_INPUTS = 5  # x, coeff, weight, bias_bank, bias
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _registered = False
-
-
-def dynamic_conv_reference(
-    x: np.ndarray, coeff: np.ndarray, weight: np.ndarray, bias_bank: np.ndarray | None, bias: np.ndarray | None,
-    stride_h: int = 1, stride_w: int = 1, pad_top: int = 0, pad_left: int = 0, pad_bottom: int = 0, pad_right: int = 0,
-    dilation_h: int = 1, dilation_w: int = 1, groups: int = 1, activation: int = 0,
-) -> np.ndarray:
-    """The op's math on numpy arrays (computed in torch): ``act(conv(x[n], sum_k c w_k) + sum_k c b_k + bias)``."""
-    import torch
-    import torch.nn.functional as F
-
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    ct = torch.from_numpy(np.ascontiguousarray(coeff, dtype=np.float32))
-    wt = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
-    n, c_in = xt.shape[0], xt.shape[1]
-    k, c_out = wt.shape[0], wt.shape[1]
-    if ct.dim() != 3 or ct.shape[0] != n or ct.shape[2] != k or ct.shape[1] not in (1, c_out):
-        raise ValueError(f"{OP_TYPE}: coeff must be [N={n}, {c_out} or 1, K={k}], got {tuple(ct.shape)}")
-    if c_in != wt.shape[2] * groups:
-        raise ValueError(f"{OP_TYPE}: x has {c_in} channels, weight expects {wt.shape[2] * groups} (groups={groups})")
-    flat = wt.reshape(k, c_out, -1)
-    if ct.shape[1] == 1:
-        fused = (ct[:, 0] @ flat.reshape(k, -1)).reshape(n, c_out, -1)
-    else:
-        fused = torch.einsum("nck,kcj->ncj", ct, flat)
-    fused = fused.reshape(n * c_out, *wt.shape[2:])
-    b = None
-    if bias_bank is not None:
-        bb = torch.from_numpy(np.ascontiguousarray(bias_bank, dtype=np.float32))
-        b = torch.einsum("nck,kc->nc", ct.expand(n, c_out, k), bb)
-    if bias is not None:
-        bt = torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)).reshape(1, c_out)
-        b = bt.expand(n, c_out) if b is None else b + bt
-    if (pad_top, pad_left) != (pad_bottom, pad_right):
-        xt = F.pad(xt, (pad_left, pad_right, pad_top, pad_bottom))
-        pad = (0, 0)
-    else:
-        pad = (pad_top, pad_left)
-    y = F.conv2d(
-        xt.reshape(1, n * c_in, xt.shape[2], xt.shape[3]), fused, None if b is None else b.reshape(-1),
-        (stride_h, stride_w), pad, (dilation_h, dilation_w), groups * n,
-    )
-    y = y.reshape(n, c_out, y.shape[2], y.shape[3])
-    if activation == 1:
-        y = torch.relu(y)
-    elif activation == 2:
-        y = torch.clamp(y, 0.0, 6.0)
-    elif activation != 0:
-        raise ValueError(f"{OP_TYPE}: unknown activation {activation} (0 none, 1 relu, 2 relu6)")
-    return y.numpy()
 
 
 def _nan_output(x, weight, attrs) -> np.ndarray:
@@ -119,9 +58,9 @@ def register() -> str:
 
             @onnx_op(
                 op_type=f"{OP_DOMAIN}::{OP_TYPE}",
-                inputs=[f32] * NUM_INPUTS,
+                inputs=[f32] * len(INPUTS),
                 outputs=[f32],
-                attrs={name: PyCustomOpDef.dt_int64 for name in INT_ATTRIBUTES},
+                attrs={name: PyCustomOpDef.dt_int64 for name in ATTRIBUTE_NAMES},
             )
             def dynet_dynamic_conv2d(x, coeff, weight, bias_bank, bias, **attrs):
                 has_bias_bank = attrs.pop("has_bias_bank")
@@ -131,8 +70,9 @@ def register() -> str:
                 threads = torch.get_num_threads()
                 torch.set_num_threads(1)
                 try:
-                    return dynamic_conv_reference(
-                        x, coeff, weight, bias_bank if has_bias_bank else None, bias if has_bias else None, **attrs
+                    return dynamic_conv_numpy(
+                        x, coeff, weight, bias_bank if has_bias_bank else None, bias if has_bias else None,
+                        has_bias_bank=has_bias_bank, has_bias=has_bias, **attrs,
                     )
                 except Exception as exc:  # an exception escaping a Python op aborts the whole process
                     log.error("%s failed: %s; returning NaN", OP_TYPE, exc)
@@ -145,7 +85,7 @@ def register() -> str:
 
 
 def pad_optional_inputs(model_proto) -> int:
-    """Give every DyNetDynamicConv2d node all 5 inputs (absent ones as empty constants), in place.
+    """Give every DyNetDynamicConv2d node all its inputs (absent ones as empty constants), in place.
 
     The ``has_*`` attributes say which inputs carry data, so the op never reads the placeholders.
     Returns the number of nodes changed.
@@ -162,8 +102,8 @@ def pad_optional_inputs(model_proto) -> int:
         inputs = list(node.input)
         fixed = inputs[:3]
         rest = inputs[3:]
-        fixed.append(rest.pop(0) if attrs.get("has_bias_bank", 0) and rest else empty_name)
-        fixed.append(rest.pop(0) if attrs.get("has_bias", 0) and rest else empty_name)
+        for name in INPUTS[3:]:
+            fixed.append(rest.pop(0) if attrs.get(OPTIONAL_INPUT_FLAGS[name], 0) and rest else empty_name)
         if fixed != inputs:
             del node.input[:]
             node.input.extend(fixed)

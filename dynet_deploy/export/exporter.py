@@ -38,8 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ExportError
-from .fileio import atomic_path, check_output_path
+from ..errors import ExportError
+from ..fileio import atomic_path, check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class ExportReport:
 # ---- model preparation ---------------------------------------------------------------------------------------
 
 def count_dynamic_convs(model) -> int:
-    from .nn import DynamicConv2d
+    from ..nn import DynamicConv2d
 
     return sum(isinstance(m, DynamicConv2d) for m in model.modules())
 
 
 def prepare_for_export(model, form: str = DEFAULT_FORM):
     """A deep copy of ``model`` in eval mode, dynamic-conv BatchNorms folded, every dynamic conv in ``form``."""
-    from .nn import fold_batchnorms, set_dynamic_conv_mode
+    from ..nn import fold_batchnorms, set_dynamic_conv_mode
 
     if form not in EXPORT_FORMS:
         raise ExportError(f"unknown export form {form!r}; choose one of {', '.join(EXPORT_FORMS)}")

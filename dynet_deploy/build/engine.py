@@ -18,12 +18,9 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from .errors import BuildError, MissingDependencyError
-from .fileio import atomic_path, atomic_write_bytes
-
-PLUGIN_OP = "DyNetDynamicConv2d"
-# The plugin node's float inputs in order; all must be fp16 in an fp16 ONNX (the plugin takes one dtype).
-PLUGIN_FLOAT_INPUTS = ("x", "coeff", "weight", "bias_bank", "bias")
+from ..errors import BuildError, MissingDependencyError
+from ..fileio import atomic_path, atomic_write_bytes
+from ..op.spec import OP_TYPE as PLUGIN_OP
 
 
 # ---- fp16 ONNX ------------------------------------------------------------------------------------------------
@@ -112,7 +109,7 @@ _LOADED_PLUGIN_LIBS: dict[str, ctypes.CDLL] = {}
 
 def load_plugin_library(path=None) -> Path:
     """Load the TensorRT plugin library with ctypes (its REGISTER_TENSORRT_PLUGIN registers the creator)."""
-    from . import plugin_lib
+    from ..op import native as plugin_lib
 
     lib_path = Path(path) if path is not None else plugin_lib.tensorrt_plugin_path()
     if lib_path is None:

@@ -7,7 +7,8 @@ Three libraries, all optional at import time:
 - ``libdynet_dynamic_conv_trt.so``: the TensorRT plugin, built when TensorRT is found.
 
 They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in ``build/`` at the repository root.
-The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynetDynamicConv.h``.
+The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynetDynamicConv.h``: its
+attribute fields are the spec's (:mod:`dynet_deploy.op.spec`), which a test holds equal to the C ABI's table.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BuildError, MissingDependencyError
+from ..errors import BuildError, MissingDependencyError
+from .spec import ACTIVATIONS, ATTRIBUTE_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_PLUGIN_DIR = "DYNET_DEPLOY_PLUGIN_DIR"
 
 CPU_LIBRARY = "libdynet_dynamic_conv_cpu.so"
@@ -48,18 +50,17 @@ ALGO_AUTO = 0
 ALGO_TWO_STEP = 1
 ALGO_ONE_KERNEL = 2
 
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+# DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
+SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
 
 
 class DynetConvParams(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_int32)
-        for name in (
-            "n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw",
-            "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom", "pad_right",
-            "dilation_h", "dilation_w", "groups", "activation", "has_bias_bank", "has_bias",
-        )
-    ]
+    _fields_ = [(name, ctypes.c_int32) for name in (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)]
+
+
+class DynetAttributeInfo(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("default_value", ctypes.c_int32), ("min_value", ctypes.c_int32),
+                ("max_value", ctypes.c_int32)]
 
 
 class DynamicConvCallError(ValueError):
@@ -163,6 +164,10 @@ def _declare_common(lib: ctypes.CDLL) -> None:
     lib.dynet_conv_output_hw.argtypes = [P, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32)]
     lib.dynet_status_string.restype = ctypes.c_char_p
     lib.dynet_status_string.argtypes = [ctypes.c_int32]
+    lib.dynet_conv_attribute_count.restype = ctypes.c_int32
+    lib.dynet_conv_attribute_count.argtypes = []
+    lib.dynet_conv_attribute.restype = ctypes.POINTER(DynetAttributeInfo)
+    lib.dynet_conv_attribute.argtypes = [ctypes.c_int32]
     version = lib.dynet_conv_abi_version()
     if version != ABI_VERSION:
         raise BuildError(f"{lib._name} has ABI version {version}, this package expects {ABI_VERSION}; rebuild (make plugins)")
@@ -218,14 +223,25 @@ def make_params(x_shape, coeff_shape, weight_shape, *, has_bias_bank=False, has_
     if isinstance(activation, str):
         activation = ACTIVATIONS[activation]
     p = DynetConvParams()
-    p.n, p.c_in, p.h, p.w = n, c_in, h, w
-    p.c_out, p.k, p.coeff_channels, p.kh, p.kw = c_out, k, int(coeff_shape[1]), kh, kw
-    p.stride_h, p.stride_w = (int(s) for s in stride)
-    p.pad_top, p.pad_left, p.pad_bottom, p.pad_right = (int(v) for v in pads)
-    p.dilation_h, p.dilation_w = (int(d) for d in dilation)
-    p.groups, p.activation = int(groups), int(activation)
-    p.has_bias_bank, p.has_bias = int(bool(has_bias_bank)), int(bool(has_bias))
+    for name, value in zip(SHAPE_FIELDS, (n, c_in, h, w, c_out, k, int(coeff_shape[1]), kh, kw)):
+        setattr(p, name, value)
+    # Out-of-range values go to the library unchecked: its validator is the judge (and names the attribute).
+    values = (*stride, *pads, *dilation, groups, activation, bool(has_bias_bank), bool(has_bias))
+    if len(values) != len(ATTRIBUTE_NAMES):
+        raise ValueError(f"expected 2 strides, 4 pads and 2 dilations, got {stride}, {pads}, {dilation}")
+    for name, value in zip(ATTRIBUTE_NAMES, values):
+        setattr(p, name, int(value))
     return p
+
+
+def attribute_table(lib: ctypes.CDLL | None = None) -> list[tuple[str, int, int, int]]:
+    """The C ABI's attribute table as (name, default, min, max) rows, read from the loaded library."""
+    lib = lib or load_cpu_library()
+    rows = []
+    for i in range(lib.dynet_conv_attribute_count()):
+        info = lib.dynet_conv_attribute(i).contents
+        rows.append((info.name.decode(), info.default_value, info.min_value, info.max_value))
+    return rows
 
 
 def _error(lib: ctypes.CDLL, status: int, params: DynetConvParams) -> DynamicConvCallError:

@@ -1,0 +1,106 @@
+"""Views of a :class:`~.run.BenchResult`: the table, the JSON, the PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BenchError
+from ..fileio import atomic_path, check_output_path
+from .run import BACKENDS, BenchResult
+
+
+def format_table(result: BenchResult) -> str:
+    header = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "peak MB", "+MB", "MFLOPs", "speedup", "FLOPs ratio"]
+    data = []
+    for r in result.rows:
+        data.append([
+            r.model, r.backend, str(r.batch), f"{r.latency['median_ms']:.2f}", f"{r.latency['p90_ms']:.2f}",
+            f"{r.throughput_ips:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_delta_mb:.0f}", f"{r.mflops:.1f}",
+            "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x",
+            "-" if r.flops_ratio_vs_baseline is None else f"{r.flops_ratio_vs_baseline:.2f}x",
+        ])
+    widths = [max(len(x) for x in col) for col in zip(header, *data)] if data else [len(h) for h in header]
+    left = {0, 1}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in data]
+    m = result.machine
+    out.append("")
+    out.append(
+        f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {result.config['threads']} threads; "
+        f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}; input {result.config['input_size'][0]}x"
+        f"{result.config['input_size'][1]}; {result.config['repeats']} interleaved rounds after {result.config['warmup']} warm-up runs"
+    )
+    out.append(
+        "speedup: baseline median / Dy median, same backend and batch, timed interleaved; FLOPs ratio: baseline / Dy "
+        "conv+linear multiply-adds. peak MB: process RSS high-water mark while loading and warming up the model; "
+        "+MB: that minus the RSS before loading."
+    )
+    for s in result.skipped:
+        out.append(f"skipped {s['backend']} ({s['models']}, batch {s['batch']}): {s['reason']}")
+    return "\n".join(out)
+
+
+def write_json(result: BenchResult, path: str | Path) -> Path:
+    path = check_output_path(path, BenchError)
+    with atomic_path(path, BenchError) as tmp:
+        Path(tmp).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
+
+
+def plot_png(result: BenchResult, path: str | Path) -> Path:
+    """Median latency per model (bars, p90 as error bar), one panel per batch size, backends side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = check_output_path(path, BenchError)
+    batches = sorted({r.batch for r in result.rows}) or [1]
+    backends = [b for b in BACKENDS if any(r.backend == b for r in result.rows)]
+    fig, axes = plt.subplots(len(batches), 1, figsize=(max(6.0, 1.3 * len({r.model for r in result.rows}) + 3), 3.6 * len(batches)), squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches):
+        rows = [r for r in result.rows if r.batch == batch]
+        models = list(dict.fromkeys(r.model for r in rows))
+        width = 0.8 / max(1, len(backends))
+        for j, backend in enumerate(backends):
+            xs, ys, errs, labels = [], [], [], []
+            for i, m in enumerate(models):
+                r = next((r for r in rows if r.model == m and r.backend == backend), None)
+                if r is None:
+                    continue
+                xs.append(i + (j - (len(backends) - 1) / 2) * width)
+                ys.append(r.latency["median_ms"])
+                errs.append(max(0.0, r.latency["p90_ms"] - r.latency["median_ms"]))
+                labels.append("" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x")
+            bars = ax.bar(xs, ys, width, yerr=[np.zeros(len(errs)), errs], label=backend, capsize=2)
+            for bar, err, label in zip(bars, errs, labels):
+                if label:
+                    ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + err), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"batch {batch}, {result.config['threads']} threads (label: speedup over baseline)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, BenchError) as tmp:
+        fig.savefig(str(tmp), dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create the output folder {out}: {exc}") from None
+    table = out / "bench.txt"
+    with atomic_path(table, BenchError) as tmp:
+        Path(tmp).write_text(format_table(result) + "\n")
+    return {"table": table, "json": write_json(result, out / "bench.json"), "png": plot_png(result, out / "bench.png")}

@@ -1,0 +1,144 @@
+"""Timing and memory primitives: interleaved rounds, latency statistics, peak resident memory, the machine."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import BenchError
+
+
+SEED = 0
+
+
+def latency_stats(samples_s: Sequence[float]) -> dict[str, float]:
+    """Milliseconds: median, p90 (linear interpolation between order statistics), mean, min, max, std, n."""
+    x = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if x.size == 0:
+        raise BenchError("no latency samples to summarise")
+    return {
+        "median_ms": float(np.median(x)),
+        "p90_ms": float(np.percentile(x, 90)),
+        "mean_ms": float(x.mean()),
+        "min_ms": float(x.min()),
+        "max_ms": float(x.max()),
+        "std_ms": float(x.std()),
+        "n": int(x.size),
+    }
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: freed pages may stay resident, deltas read low
+        pass
+
+
+class PeakMemory:
+    """Resident-set high-water mark of this process, resettable where Linux allows it (module docstring)."""
+
+    def __init__(self) -> None:
+        self.resettable = self._reset()
+        self.method = (
+            "per model: VmHWM after reset via /proc/self/clear_refs; delta = peak - RSS before loading"
+            if self.resettable
+            else "process-lifetime peak RSS (getrusage ru_maxrss); delta = peak - RSS before loading"
+        )
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return _status_kib("VmHWM") is not None
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        """Return freed heap pages to the OS (else a new session reuses them and its RSS growth reads as ~0),
+        then reset the high-water mark to the current RSS."""
+        gc.collect()
+        _malloc_trim()
+        if self.resettable:
+            self._reset()
+
+    @staticmethod
+    def current_mb() -> float:
+        kib = _status_kib("VmRSS")
+        if kib is not None:
+            return kib / 1024
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    def peak_mb(self) -> float:
+        kib = _status_kib("VmHWM")
+        if kib is not None:
+            return kib / 1024
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    for mod in ("torch", "onnxruntime", "onnx"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        info["load_average"] = None
+    return info
+
+
+def interleaved_latency(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each callable, timed in alternating rounds (order reversed every other round) so
+    that machine noise hits all of them alike."""
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(repeats):
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            t0 = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - t0)
+    return samples

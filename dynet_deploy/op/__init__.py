@@ -1,0 +1,1 @@
+"""The DyNetDynamicConv2d op's Python side: spec, reference math, bindings."""

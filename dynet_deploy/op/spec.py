@@ -1,0 +1,169 @@
+"""The ``DyNetDynamicConv2d`` op's identity, once for every Python caller.
+
+Name, domain, versions, the scalar int attributes (type, default, valid range), the inputs and the activation
+enum of the op contract (plugins/dynamic_conv/README.md). The C/C++ side has its own single table, the C ABI's
+attribute table (``dynet_conv_attribute``); a test holds the two equal, name by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+OP_TYPE = "DyNetDynamicConv2d"
+# onnxruntime's TensorRT execution provider hands nodes of this domain to TensorRT plugins, and
+# TensorRT's own ONNX parser ignores the domain; one constant keeps every consumer consistent.
+OP_DOMAIN = "trt.plugins"
+OP_DOMAIN_VERSION = 1
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = ""
+# String attributes TensorRT's ONNX parser reads to pick the plugin creator; not part of the op's math.
+PLUGIN_STRING_ATTRIBUTES = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+
+INT32_MAX = 2**31 - 1
+
+
+class Activation(enum.IntEnum):
+    """The ``activation`` attribute's codes."""
+
+    NONE = 0
+    RELU = 1
+    RELU6 = 2
+
+
+ACTIVATIONS = {a.name.lower(): int(a) for a in Activation}  # {"none": 0, "relu": 1, "relu6": 2}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One scalar int attribute: its ONNX name, default and inclusive valid range."""
+
+    name: str
+    default: int
+    min: int
+    max: int = INT32_MAX
+    type: type = int
+
+    def check(self, value: Any) -> int:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            v = operator.index(value)  # ints and numpy integers; floats and strings are refused
+        except TypeError:
+            raise ValueError(f"attribute '{self.name}' must be an int, got {value!r}") from None
+        if not self.min <= v <= self.max:
+            raise ValueError(f"attribute '{self.name}' = {v}: {self.range_text()}")
+        return v
+
+    def range_text(self) -> str:
+        if self.max == INT32_MAX:
+            return f"must be >= {self.min}"
+        if self.max - self.min == 1:
+            return f"must be {self.min} or {self.max}"
+        return f"must be in [{self.min}, {self.max}]"
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("stride_h", 1, 1),
+    Attribute("stride_w", 1, 1),
+    Attribute("pad_top", 0, 0),
+    Attribute("pad_left", 0, 0),
+    Attribute("pad_bottom", 0, 0),
+    Attribute("pad_right", 0, 0),
+    Attribute("dilation_h", 1, 1),
+    Attribute("dilation_w", 1, 1),
+    Attribute("groups", 1, 1),
+    Attribute("activation", int(Activation.NONE), int(Activation.NONE), int(Activation.RELU6)),
+    Attribute("has_bias_bank", 0, 0, 1),
+    Attribute("has_bias", 0, 0, 1),
+)
+ATTRIBUTE_NAMES: tuple[str, ...] = tuple(a.name for a in ATTRIBUTES)
+_BY_NAME = {a.name: a for a in ATTRIBUTES}
+DEFAULTS: dict[str, int] = {a.name: a.default for a in ATTRIBUTES}
+
+# Inputs in node order; the optional ones are present exactly when their has_* attribute is 1.
+INPUTS: tuple[str, ...] = ("x", "coeff", "weight", "bias_bank", "bias")
+REQUIRED_INPUTS = INPUTS[:3]
+OPTIONAL_INPUT_FLAGS = {"bias_bank": "has_bias_bank", "bias": "has_bias"}
+
+
+def attributes(
+    stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1, activation: int | str = 0,
+    has_bias_bank: bool = False, has_bias: bool = False,
+) -> dict[str, int]:
+    """The attribute dict from conv-style arguments (``pads`` = top, left, bottom, right), checked."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        activation = ACTIVATIONS[activation]
+    values = dict(zip(ATTRIBUTE_NAMES, (*stride, *pads, *dilation, groups, activation,
+                                        int(bool(has_bias_bank)), int(bool(has_bias)))))
+    if len(values) != len(ATTRIBUTES):
+        raise ValueError(f"expected 2 strides, 4 pads and 2 dilations, got {stride}, {pads}, {dilation}")
+    return check_attributes(values)
+
+
+def check_attributes(values: Mapping[str, Any]) -> dict[str, int]:
+    """Every attribute (defaults filled in) checked against its range; unknown names are an error."""
+    unknown = sorted(set(values) - set(ATTRIBUTE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {unknown}; {OP_TYPE} takes {list(ATTRIBUTE_NAMES)}")
+    return {a.name: a.check(values.get(a.name, a.default)) for a in ATTRIBUTES}
+
+
+def conv_arguments(attrs: Mapping[str, int]) -> dict[str, Any]:
+    """The checked attributes as conv-style arguments: stride, pads (t, l, b, r), dilation, groups, activation."""
+    a = check_attributes(attrs)
+    return {
+        "stride": (a["stride_h"], a["stride_w"]),
+        "pads": (a["pad_top"], a["pad_left"], a["pad_bottom"], a["pad_right"]),
+        "dilation": (a["dilation_h"], a["dilation_w"]),
+        "groups": a["groups"],
+        "activation": a["activation"],
+    }
+
+
+def node_inputs(x: Any, coeff: Any, weight: Any, bias_bank: Any = None, bias: Any = None) -> list[Any]:
+    """The node's positional inputs: 3, 4 or 5 (absent optional inputs are left out, not padded)."""
+    return [t for t in (x, coeff, weight, bias_bank, bias) if t is not None]
+
+
+def make_node(inputs, outputs, name: str | None = None, **attrs: Any):
+    """An ``onnx.NodeProto`` of the op with checked attributes and the plugin's string attributes."""
+    from onnx import helper
+
+    values = check_attributes(attrs)
+    expected = 3 + values["has_bias_bank"] + values["has_bias"]
+    if len(inputs) != expected:
+        raise ValueError(f"{OP_TYPE} with has_bias_bank={values['has_bias_bank']}, has_bias={values['has_bias']} "
+                         f"takes {expected} inputs, got {len(inputs)}")
+    return helper.make_node(OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN,
+                            **values, **PLUGIN_STRING_ATTRIBUTES)
+
+
+def gs_attributes(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked attributes plus the plugin's string attributes, for an onnx-graphsurgeon ``gs.Node``."""
+    return {**check_attributes(values), **PLUGIN_STRING_ATTRIBUTES}
+
+
+def read_attributes(node) -> dict[str, int]:
+    """The checked int attributes of a node (an ``onnx.NodeProto`` or a ``gs.Node``), defaults filled in.
+
+    String attributes TensorRT reads (``plugin_version``, ``plugin_namespace``) are skipped; anything else
+    unknown is an error, like a value out of range.
+    """
+    if hasattr(node, "attribute"):  # NodeProto
+        from onnx import helper
+
+        raw = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    else:  # onnx-graphsurgeon Node
+        raw = dict(node.attrs)
+    for key in PLUGIN_STRING_ATTRIBUTES:
+        raw.pop(key, None)
+    return check_attributes(raw)
+
+
+def attribute(name: str) -> Attribute:
+    return _BY_NAME[name]

@@ -162,3 +162,57 @@ def test_cli_prints_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error (recipe): ") and "min 8 > opt 4" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- build and validate take --recipe ----------------------------------------------------------------------
+
+
+def _build_profile(*argv):
+    from dynet_deploy.cli import build_parser
+    from dynet_deploy.commands.build import profile_from_args
+
+    return profile_from_args(build_parser().parse_args(["build", "m.plugin.onnx", *argv])).batch
+
+
+def test_bundled_profile_is_builds_default():
+    """``dynet-deploy build`` without flags builds the profile the bundled recipe states."""
+    assert _build_profile() == load_recipe(bundled_recipe_path()).profile.as_tuple() == (1, 8, 8)
+
+
+def test_build_takes_the_recipe_profile_and_flags_override_it(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_with("profile", {"min": 1, "opt": 4, "max": 16})))
+    assert _build_profile("--recipe", str(path)) == (1, 4, 16)
+    assert _build_profile("--recipe", str(path), "--opt-batch", "8") == (1, 8, 16)
+    assert _build_profile("--recipe", str(path), "--max-batch", "32") == (1, 32, 32)
+    assert _build_profile("--recipe", str(path), "--min-batch", "2") == (2, 4, 16)
+    path.write_text(json.dumps(_with("profile", {"min": 2, "opt": 1, "max": 16})))
+    with pytest.raises(RecipeError, match="min 2 > opt 1"):
+        _build_profile("--recipe", str(path))
+
+
+@pytest.fixture(scope="module")
+def bundled_onnx(tmp_path_factory):
+    from dynet_deploy.checkpoint import load_checkpoint
+    from dynet_deploy.export import export_onnx
+
+    recipe = load_recipe(bundled_recipe_path())
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(load_checkpoint(recipe.checkpoint_path()), path, (1, *recipe.input_shape))
+    return recipe.checkpoint_path(), path
+
+
+def test_validate_takes_the_recipe_tolerance(tmp_path, bundled_onnx, capsys):
+    ckpt, onnx_path = bundled_onnx
+    out = tmp_path / "v"
+    out.mkdir()
+    args = ["validate", str(ckpt), str(onnx_path), "--out-dir", str(out), "--json", "--recipe"]
+    assert main([*args, str(bundled_recipe_path())]) == 0
+    report = json.loads((out / "report.json").read_text())["random_inputs"]
+    assert report["tolerance"] == {"max_abs": 1e-4, "rel": 1e-5} and report["batch_sizes"] == [1, 4, 7]
+    tight = tmp_path / "tight.json"
+    tight.write_text(json.dumps(_with("precisions.fp32", {"max_abs": 1e-12, "rel": 1e-12})))
+    capsys.readouterr()
+    assert main([*args, str(tight)]) == 1  # the same graph fails a tolerance it cannot meet
+    report = json.loads((out / "report.json").read_text())["random_inputs"]
+    assert report["tolerance"] == {"max_abs": 1e-12, "rel": 1e-12} and not report["passed"]

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 3], metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: 1 4 3)")
+    p.add_argument("--recipe", metavar="RECIPE.json", help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: the recipe's, else 1 4 3)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="H W for graphs with a dynamic spatial size")
     p.add_argument(
         "--dataset",
@@ -70,8 +71,19 @@ def run(args: argparse.Namespace) -> int:
     if input_size is None and task == "segmentation":
         input_size = (64, 96)
 
+    recipe = tolerance = None
+    batch_sizes = args.batch_sizes or [1, 4, 3]
+    if args.recipe:
+        from ..recipe import load_recipe
+        from ..validate import Tolerance, read_graph_input
+
+        recipe = load_recipe(args.recipe)
+        spec = recipe.tolerance(read_graph_input(model_path).precision)
+        tolerance = Tolerance(spec.max_abs, spec.rel)
+        batch_sizes = args.batch_sizes or list(recipe.validate.batch_sizes)
     report = validate_random(
-        model, model_path, args.backend, args.batch_sizes, input_size, args.seed, out_dir, args.threads, model_name=name
+        model, model_path, args.backend, batch_sizes, input_size, args.seed, out_dir, args.threads,
+        tolerance=tolerance, model_name=name,
     )
     payload: dict = {"random_inputs": report.to_dict()}
     text = [f"== {name}: {model_path.name} on {args.backend} ({report.precision}), random inputs", report.table()]
@@ -101,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
                 model, model_path, images.numpy(), labels.numpy(), ds_name, args.backend, threads=args.threads,
                 progress=sys.stderr.isatty(), model_name=name,
             )
+            target = recipe.agreement(ds_report.precision) if recipe is not None else None
+            if target is not None:
+                ds_report.target_agreement = target
             if trained_on and trained_on != ds_name:
                 ds_report.notes = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
         payload["dataset"] = ds_report.to_dict()

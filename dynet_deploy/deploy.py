@@ -120,8 +120,12 @@ def run_deploy(
 def _check_destination(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DeployError(f"{out} exists and is not a folder; give another -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
+        if not (out / "report.json").is_file():
+            raise DeployError(f"{out} is not the folder of an earlier deploy (no report.json); --force replaces only "
+                              "those: give another -o")
 
 
 def _publish(stage: Path, out: Path) -> None:

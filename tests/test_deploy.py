@@ -118,6 +118,27 @@ def test_failing_check_writes_the_report_and_exits_1(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "recipe.json"]
 
 
+def test_force_replaces_only_a_deploy_folder(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a deploy")
+    assert main(["deploy", str(_recipe(tmp_path)), "-o", str(out), "--force"]) == 1
+    assert "not the folder of an earlier deploy" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_demo_is_the_bundled_recipe(tmp_path):
+    from dynet_deploy.demo import format_summary, run_demo
+
+    res = run_demo(tmp_path / "demo", limit=200)
+    assert res.passed and res.recipe.path == bundled_recipe_path()
+    text = format_summary(res)
+    assert "== parity against PyTorch" in text and "dy_resnet18 onnxruntime fused" in text and "PASSED" in text
+    assert (tmp_path / "demo" / "report.json").is_file() and (tmp_path / "demo" / "model.plugin.onnx").is_file()
+    assert run_demo(tmp_path / "demo", limit=50).passed  # a second demo replaces the first
+
+
 def test_error_mid_run_leaves_nothing(tmp_path, capsys):
     recipe = _recipe(tmp_path, input_shape=[3, 28, 28])  # the checkpoint's model takes 1 channel
     assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1

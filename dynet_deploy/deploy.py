@@ -229,7 +229,7 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         vdir.mkdir(parents=True)
         rep = validate_random(model, graph, backend, recipe.validate.batch_sizes, seed=recipe.validate.seed,
                               out_dir=vdir, threads=threads, tolerance=Tolerance(tol.max_abs, tol.rel),
-                              model_name=name)
+                              model_name=name, graph_onnx=fused if backend == "tensorrt" else None)
         res.parity.append({
             "graph": graph.name, "backend": backend, "precision": prec, "check": f"random inputs, batches {batches}",
             "max_abs": max(ch.max_abs for ch in rep.checks), "rel": max(ch.rel for ch in rep.checks),
@@ -276,7 +276,8 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
             target = recipe.agreement(prec)
             batch = ds_spec.batch if backend == "onnxruntime" else min(ds_spec.batch, recipe.profile.max)
             d = validate_dataset(model, graph, images, labels, ds, backend, batch=batch, threads=threads,
-                                 progress=progress, model_name=name, reference_logits=ref_logits)
+                                 progress=progress, model_name=name, reference_logits=ref_logits,
+                                 graph_onnx=fused if backend == "tensorrt" else None)
             if target is not None:
                 d.target_agreement = target
             res.parity.append({

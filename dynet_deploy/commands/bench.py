@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
                    help=f"zoo models (a Dy model brings its baseline); default: {' '.join(DEFAULT_MODELS)}")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"intra-op threads for every backend (default {DEFAULT_THREADS})")
+    p.add_argument("--threads", type=int, nargs="+", default=[DEFAULT_THREADS], metavar="N",
+                   help=f"intra-op threads for every backend; several counts run one pass each, e.g. '2 1' "
+                   f"(default {DEFAULT_THREADS})")
     p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=BACKENDS, metavar="BACKEND",
                    help=f"from {', '.join(BACKENDS)}; default: {' '.join(DEFAULT_BACKENDS)}")
     p.add_argument("--input-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"), help="default: 224 224")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, format_table, run_bench, write_outputs
 
     cfg = BenchConfig(
-        models=list(args.models), batch_sizes=list(args.batch_sizes), threads=args.threads, backends=list(args.backends),
+        models=list(args.models), batch_sizes=list(args.batch_sizes), threads=list(args.threads), backends=list(args.backends),
         input_size=(args.input_size[0], args.input_size[1]), repeats=args.repeats, warmup=args.warmup,
         dy_form=args.dy_form, ort_spinning=args.ort_spinning, keep_onnx_dir=args.keep_onnx,
     )

@@ -52,6 +52,7 @@ class DeployResult:
     dataset: str = ""
     engines: dict[str, str] = field(default_factory=dict)  # precision -> engine file name
     triton: dict[str, Any] | None = None
+    latency_load: dict[str, float | None] = field(default_factory=dict)  # 1-minute load average before/after
     environment: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     passed: bool = True
@@ -75,6 +76,7 @@ class DeployResult:
             "parity": self.parity,
             "dataset": self.dataset,
             "latency": self.latency,
+            "latency_load_average": self.latency_load,
             "engines": self.engines,
             "triton": self.triton,
             "artifacts": self.artifacts,
@@ -332,7 +334,14 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         export_onnx(base, base_onnx, (1, c, h, w), opset=recipe.opset, model_name=base_name)
         runners[f"{base_name} pytorch"] = torch_fn(base)
         runners[f"{base_name} onnxruntime"] = ort_fn(base_onnx)
+    load_before = _load_average()
     samples = interleaved_latency(runners, repeats=lat.repeats, warmup=lat.warmup)
+    load_after = _load_average()
+    res.latency_load = {"before": load_before, "after": load_after}
+    busiest = max((v for v in (load_before, load_after) if v is not None), default=None)
+    if busiest is not None and busiest >= BUSY_LOAD:
+        res.notes.append(f"the machine was busy during the latency run (1-minute load average up to {busiest:.1f}); "
+                         "its times are inflated: re-run on a quiet machine before quoting them")
     for key, v in samples.items():
         stats = latency_stats(v)
         res.latency.append({"runner": key, "batch": lat.batch, "median_ms": stats["median_ms"],
@@ -368,6 +377,16 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
     atomic_write_text(stage / "report.json", json.dumps(res.to_dict(), indent=2, default=float) + "\n")
     atomic_write_text(stage / "report.txt", format_report(res) + "\n")
     return res
+
+
+BUSY_LOAD = 2.0  # 1-minute load average from which latency figures are marked as measured on a busy machine
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] | str:
@@ -419,7 +438,11 @@ def format_tables(res: DeployResult) -> str:
         lines.append(f"{graph:<22} {p['check']:<36} {r:<42} {'yes' if p['passed'] else 'NO'}")
     if res.latency:
         lines.append("")
-        lines.append(f"== latency, batch {res.latency[0]['batch']} (interleaved; medians)")
+        load = res.latency_load
+        load_text = ""
+        if load.get("before") is not None and load.get("after") is not None:
+            load_text = f"; load average {load['before']:.2f} -> {load['after']:.2f}"
+        lines.append(f"== latency, batch {res.latency[0]['batch']} (interleaved; medians{load_text})")
         base = res.latency[0]["median_ms"]
         lines.append(f"{'runner':<40} {'median ms':>10} {'p90 ms':>8} {'vs first':>9}")
         for r in res.latency:

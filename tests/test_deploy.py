@@ -77,6 +77,7 @@ def test_report_steps_and_checks(deployed):
     assert runners[:3] == ["dy_resnet18 pytorch", "dy_resnet18 onnxruntime portable", "dy_resnet18 onnxruntime fused"]
     assert "resnet18 onnxruntime" in runners and all(r["runs"] == 3 and r["median_ms"] > 0 for r in report["latency"])
     assert report["recipe"]["profile"] == {"min": 1, "opt": 8, "max": 8}
+    assert set(report["latency_load_average"]) == {"before", "after"}
     text = (out / "report.txt").read_text()
     assert "== parity against PyTorch" in text and "== latency, batch 1" in text and "PASSED" in text
 

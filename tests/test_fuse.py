@@ -19,7 +19,7 @@ from dynet_deploy.errors import FuseError, RuntimeBackendError
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import list_models, model_info
-from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN, fold_batchnorms
+from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from dynet_deploy.op.spec import ATTRIBUTE_NAMES as INT_ATTRIBUTES
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner

@@ -1,7 +1,6 @@
 """validate: Polygraphy comparison against PyTorch, data-set parity, reports, clear failures."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

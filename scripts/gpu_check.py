@@ -46,13 +46,15 @@ ALGO_CUDNN = 3
 ALGOS = {"auto": plugin_lib.ALGO_AUTO, "two_step": plugin_lib.ALGO_TWO_STEP, "one_kernel": plugin_lib.ALGO_ONE_KERNEL,
          "cudnn": ALGO_CUDNN}
 K_BASES = 6
-SUMMARY: list[str] = []  # lines of the short summary (also printed as they happen)
+SUMMARY_PATH: Path | None = None  # --summary: the short summary, written line by line (survives a timeout)
 
 
 def note(line: str = "") -> None:
-    """Print a line and keep it for the summary."""
+    """Print a line and append it to the summary."""
     print(line, flush=True)
-    SUMMARY.append(line)
+    if SUMMARY_PATH is not None:
+        with SUMMARY_PATH.open("a") as f:
+            f.write(line + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -759,6 +761,10 @@ def main(argv=None) -> int:
     if args.cpu_dry_run:
         return cpu_dry_run(layers, args.seed)
 
+    if args.summary:
+        global SUMMARY_PATH
+        SUMMARY_PATH = Path(args.summary)
+        SUMMARY_PATH.write_text("")
     if not torch.cuda.is_available():
         print("gpu_check: FAIL: torch.cuda.is_available() is False; this check needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -771,11 +777,6 @@ def main(argv=None) -> int:
     note(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}), "
          f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN (torch) {torch.backends.cudnn.version()}, "
          f"library {plugin_lib.cuda_library_path()}, tactics {list(algos())}")
-
-    def finish(code: int) -> int:
-        if args.summary:
-            Path(args.summary).write_text("\n".join(SUMMARY) + "\n")
-        return code
 
     report = Report()
     t0 = time.monotonic()
@@ -798,7 +799,7 @@ def main(argv=None) -> int:
         note(f"  FAIL {failure}")
     if report.failures:
         note(f"gpu_check: correctness FAIL: {len(report.failures)} of {report.checked} checks failed")
-        return finish(1)
+        return 1
     if args.sanitize:
         print(f"sanitize run: {report.checked} checks passed")
         return 0
@@ -809,7 +810,7 @@ def main(argv=None) -> int:
     goals_met = summarize_goals(rows)
     note(f"gpu_check: correctness PASS ({report.checked} checks); performance goals "
          f"{'met' if goals_met else 'NOT all met (see above)'}")
-    return finish(1 if (args.strict_perf and not goals_met) else 0)
+    return 1 if (args.strict_perf and not goals_met) else 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ command -v cmake >/dev/null 2>&1 || die 2 "cmake not found"
 summ "nvcc: $(nvcc --version | tail -n 1)"
 
 step "build the CUDA kernels"
-BUILD=${DYNET_GPU_CHECK_BUILD:-$OUT/build}
+# The build stays out of $OUT, which holds only the summary and logs (a runner may copy $OUT back).
+BUILD=${DYNET_GPU_CHECK_BUILD:-$(mktemp -d "${TMPDIR:-/tmp}/dynet_gpu_check_build.XXXXXX")}
 ARCHS=${CUDA_ARCHS:-90}
 cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDYNET_BUILD_TENSORRT=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DPython3_EXECUTABLE="$(command -v "$PYTHON")" >"$LOGS/configure.log" 2>&1 \

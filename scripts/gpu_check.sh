@@ -8,7 +8,8 @@
 #      the 2^31-1 element limit, then timing against static cuDNN and batch-as-groups at N = 1, 8, 32;
 #   3. compute-sanitizer memcheck and racecheck on small shapes (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the
 #      sanitizer sees every allocation), when compute-sanitizer is installed.
-# Writes under $OUT (default: a fresh temporary folder): summary.txt (short: read it first) and logs/. Prints the
+# Worst case by its timeouts: build 150 s, gpu_check.py 300 s (correctness 90 s, limit shapes 45 s, timing 100 s
+# budgets inside), sanitizers 2 x 70 s: under 10 minutes. Writes under $OUT (default: a fresh temporary folder): summary.txt (short: read it first) and logs/. Prints the
 # summary, then the verdict as the last line. Exit status: 0 pass, 1 a check failed, 2 not a CUDA machine / tools
 # missing. Extra arguments go to gpu_check.py (e.g. --strict-perf, --timing-budget 100).
 set -uo pipefail
@@ -55,20 +56,21 @@ command -v cmake >/dev/null 2>&1 || die 2 "cmake not found"
 summ "nvcc: $(nvcc --version | tail -n 1)"
 
 step "build the CUDA kernels"
-BUILD=${DYNET_GPU_CHECK_BUILD:-$OUT/build}
+# The build stays out of $OUT, which holds only the summary and logs (a runner may copy $OUT back).
+BUILD=${DYNET_GPU_CHECK_BUILD:-$(mktemp -d "${TMPDIR:-/tmp}/dynet_gpu_check_build.XXXXXX")}
 ARCHS=${CUDA_ARCHS:-90}
 cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDYNET_BUILD_TENSORRT=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DPython3_EXECUTABLE="$(command -v "$PYTHON")" >"$LOGS/configure.log" 2>&1 \
   || { tail -n 20 "$LOGS/configure.log"; die 1 "cmake configure failed (log: $LOGS/configure.log)"; }
 grep "dynet:" "$LOGS/configure.log" | tee -a "$SUMMARY"
-timeout "${BUILD_TIMEOUT:-180}" cmake --build "$BUILD" -j"$(nproc)" >"$LOGS/build.log" 2>&1 \
+timeout "${BUILD_TIMEOUT:-150}" cmake --build "$BUILD" -j"$(nproc)" >"$LOGS/build.log" 2>&1 \
   || { tail -n 30 "$LOGS/build.log"; die 1 "the CUDA kernels do not build (log: $LOGS/build.log)"; }
 [ -f "$BUILD/libdynet_dynamic_conv_cuda.so" ] || die 1 "CMake did not build libdynet_dynamic_conv_cuda.so (was nvcc found?)"
 export DYNET_DEPLOY_PLUGIN_DIR="$BUILD"
 
 step "correctness, limit shapes and timing"
-timeout "${GPU_CHECK_TIMEOUT:-270}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
-  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-110}" --limit-budget 45 "$@" \
+timeout "${GPU_CHECK_TIMEOUT:-300}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
+  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-100}" --limit-budget 45 --correctness-budget 90 "$@" \
   2>&1 | tee "$LOGS/gpu_check.log"
 rc=${PIPESTATUS[0]}
 summ ""
@@ -89,7 +91,7 @@ else
   if grep -q -- "--kernel-name" <<<"$help"; then FILTER=(--kernel-name kns=dynet)
   elif grep -q -- "--kernel-regex" <<<"$help"; then FILTER=(--kernel-regex kns=dynet); fi
   for tool in memcheck racecheck; do
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-75}" "$SAN" --tool "$tool" --error-exitcode 1 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-70}" "$SAN" --tool "$tool" --error-exitcode 1 \
       "${FILTER[@]}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" --sanitize >"$LOGS/$tool.log" 2>&1
     rc=$?
     tail -n 5 "$LOGS/$tool.log"

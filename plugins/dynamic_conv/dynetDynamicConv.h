@@ -11,8 +11,9 @@
  *   bias      [C_out]                     optional (has_bias)
  *   y         [N, C_out, H_out, W_out]    H_out = (H + pad_top + pad_bottom - dilation_h*(kH-1) - 1) / stride_h + 1
  *
- * Every function validates its arguments and returns a status code instead of crashing; no function allocates
- * memory on the device, and the CUDA entry point neither allocates nor synchronises (graph-capturable).
+ * Every function validates its arguments and returns a status code instead of crashing. The enqueueing entry points
+ * (dynet_conv_cuda, dynet_conv_cuda_plan_run) neither allocate nor synchronise (graph-capturable); only
+ * dynet_conv_cuda_plan_create may allocate (the cuDNN handle), and it is meant to run outside any enqueue.
  * The full spec is plugins/dynamic_conv/README.md.
  */
 #ifndef DYNET_DYNAMIC_CONV_H

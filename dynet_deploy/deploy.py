@@ -471,9 +471,10 @@ def format_report(res: DeployResult) -> str:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]
         lines.append(f"serve: {res.triton['launch']}")
-        if "/" not in res.triton["op_library"]:
-            lines.append(f"($DYNET_LIB_DIR: the folder holding {res.triton['op_library']}"
-                         + (f" and {res.triton['plugin_library']}" if res.engines else "") + ")")
+        bare = [lib for lib, used in ((res.triton["op_library"], True), (res.triton["plugin_library"], bool(res.engines)))
+                if used and "/" not in lib]
+        if bare:
+            lines.append(f"($DYNET_LIB_DIR: the folder holding {' and '.join(bare)} on the server)")
     return "\n".join(lines)
 
 

@@ -15,6 +15,10 @@ class CheckpointError(DynetDeployError):
     stage = "checkpoint"
 
 
+class TrainError(DynetDeployError):
+    stage = "train"
+
+
 class ExportError(DynetDeployError):
     stage = "export"
 
@@ -41,6 +45,14 @@ class DataError(DynetDeployError):
 
 class BenchError(DynetDeployError):
     stage = "bench"
+
+
+class DemoError(DynetDeployError):
+    stage = "demo"
+
+
+class RunError(DynetDeployError):
+    stage = "run"
 
 
 class MissingDependencyError(DynetDeployError):

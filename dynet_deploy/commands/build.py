@@ -51,7 +51,7 @@ DEFAULT_MAX_BATCH = 8
 
 
 def profile_from_args(args: argparse.Namespace):
-    """The optimisation profile: flags, else the recipe's (``--recipe``), else min 1, opt = max, max 8."""
+    """The optimisation profile: flags, else the recipe's (``--recipe``), else min 1, opt = max, max 8; checked."""
     from ..build.engine import Profile
 
     recipe = None
@@ -67,6 +67,13 @@ def profile_from_args(args: argparse.Namespace):
         opt_batch = recipe.opt
     else:
         opt_batch = max_batch
+    if min(min_batch, opt_batch, max_batch) < 1 or not min_batch <= opt_batch <= max_batch:
+        raise BuildError(
+            f"batch sizes must be 1 <= --min-batch <= --opt-batch <= --max-batch, got {min_batch}, {opt_batch}, {max_batch}"
+        )
+    for flag, value in (("--min-hw", args.min_hw), ("--opt-hw", args.opt_hw), ("--max-hw", args.max_hw)):
+        if value is not None and min(value) < 1:
+            raise BuildError(f"{flag} must be positive, got {value[0]}x{value[1]}")
     hw = [args.min_hw, args.opt_hw or args.max_hw, args.max_hw]
     height = width = None
     if any(v is not None for v in hw):
@@ -81,14 +88,24 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..build.engine import build_engine, default_engine_path
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
 
-    onnx_path = Path(args.onnx)
-    if not onnx_path.is_file():
-        raise BuildError(f"ONNX file {onnx_path} does not exist; create it with 'dynet-deploy fuse'")
+    if not Path(args.onnx).exists() and not Path(args.onnx).is_symlink():
+        raise BuildError(f"ONNX file {args.onnx} does not exist; create it with 'dynet-deploy fuse'")
+    onnx_path = check_readable_file(args.onnx, BuildError, "ONNX file")
     if args.legacy_fp16_flag and not args.fp16:
         raise BuildError("--legacy-fp16-flag needs --fp16")
     profile = profile_from_args(args)
+    if args.workspace_mib is not None and args.workspace_mib < 1:
+        raise BuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
+    inputs = [onnx_path, args.plugin_lib]
+    if args.save_fp16_onnx:
+        check_output_path(args.save_fp16_onnx, BuildError, inputs=[*inputs, args.timing_cache], suffixes=(".onnx",), why="an ONNX graph")
+    if args.timing_cache:
+        check_output_path(args.timing_cache, BuildError, inputs=inputs)
     out = Path(args.output) if args.output else default_engine_path(onnx_path)
+    check_output_path(out, BuildError, inputs=[*inputs, args.timing_cache, args.save_fp16_onnx])
     res = build_engine(
         onnx_path, out, profile=profile, fp16=args.fp16, legacy_fp16_flag=args.legacy_fp16_flag,
         plugin_library=args.plugin_lib, timing_cache=args.timing_cache, workspace_mib=args.workspace_mib,

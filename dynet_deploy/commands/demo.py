@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from polygraphy.logger import G_LOGGER
 
+    from ..errors import DemoError
+    from .bench import check_out_dir
+
+    if args.threads < 1:
+        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    if args.limit is not None and args.limit < 1:
+        raise DemoError(f"--limit must be >= 1, got {args.limit}")
+    check_out_dir(args.out_dir, DemoError)
     from ..demo import format_summary, run_demo
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
+    G_LOGGER.colors = sys.stderr.isatty() and sys.stdout.isatty()  # no escape codes in files and pipes
     res = run_demo(args.out_dir, args.dataset, args.threads, args.limit)
     print(format_summary(res))
     return 0 if res.passed else 1

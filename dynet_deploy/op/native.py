@@ -49,6 +49,7 @@ FLOAT16 = 1
 ALGO_AUTO = 0
 ALGO_TWO_STEP = 1
 ALGO_ONE_KERNEL = 2
+ALGO_CUDNN = 3  # needs a plan (dynet_conv_cuda_plan_*), answered DYNET_ERR_UNSUPPORTED by dynet_conv_cuda
 
 # DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")

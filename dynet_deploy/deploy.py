@@ -166,9 +166,14 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         log(f"[{len(res.steps)}/{total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
             f"({time.perf_counter() - t0:.1f} s)")
 
-    # 1. checkpoint
+    # 1. checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)
     t0 = time.perf_counter()
     ckpt = recipe.checkpoint_path()
+    base_ckpt = None
+    if recipe.latency.baseline:
+        from .train import bundled_checkpoint
+
+        base_ckpt = bundled_checkpoint(recipe.latency.baseline)
     model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
     name = cfg.get("model") or getattr(model, "zoo_name", None) or recipe.name
@@ -324,10 +329,7 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         trt_runner = TensorRTRunner(path)
         feed = {trt_runner.input_names[0]: sample}
         runners[f"{name} tensorrt {prec}"] = lambda r=trt_runner, f=feed: r.run(f)
-    if lat.baseline:
-        from .train import bundled_checkpoint
-
-        base_ckpt = bundled_checkpoint(lat.baseline)
+    if base_ckpt is not None:
         base = load_checkpoint(base_ckpt)
         base_name = read_checkpoint_config(base_ckpt)["model"]
         base_onnx = stage / "baseline.onnx"

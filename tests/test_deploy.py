@@ -140,6 +140,14 @@ def test_demo_is_the_bundled_recipe(tmp_path):
     assert run_demo(tmp_path / "demo", limit=50).passed  # a second demo replaces the first
 
 
+def test_unknown_baseline_stops_before_any_work(tmp_path, capsys):
+    recipe = _recipe(tmp_path, latency={"baseline": "resnet99_fmnist"})
+    assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr()
+    assert err.err.startswith("error (checkpoint): ") and "resnet99_fmnist" in err.err and "[2/" not in err.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
 def test_error_mid_run_leaves_nothing(tmp_path, capsys):
     recipe = _recipe(tmp_path, input_shape=[3, 28, 28])  # the checkpoint's model takes 1 channel
     assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1

@@ -166,9 +166,14 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         log(f"[{len(res.steps)}/{total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
             f"({time.perf_counter() - t0:.1f} s)")
 
-    # 1. checkpoint
+    # 1. checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)
     t0 = time.perf_counter()
     ckpt = recipe.checkpoint_path()
+    base_ckpt = None
+    if recipe.latency.baseline:
+        from .train import bundled_checkpoint
+
+        base_ckpt = bundled_checkpoint(recipe.latency.baseline)
     model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
     name = cfg.get("model") or getattr(model, "zoo_name", None) or recipe.name
@@ -324,10 +329,7 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         trt_runner = TensorRTRunner(path)
         feed = {trt_runner.input_names[0]: sample}
         runners[f"{name} tensorrt {prec}"] = lambda r=trt_runner, f=feed: r.run(f)
-    if lat.baseline:
-        from .train import bundled_checkpoint
-
-        base_ckpt = bundled_checkpoint(lat.baseline)
+    if base_ckpt is not None:
         base = load_checkpoint(base_ckpt)
         base_name = read_checkpoint_config(base_ckpt)["model"]
         base_onnx = stage / "baseline.onnx"
@@ -471,9 +473,10 @@ def format_report(res: DeployResult) -> str:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]
         lines.append(f"serve: {res.triton['launch']}")
-        if "/" not in res.triton["op_library"]:
-            lines.append(f"($DYNET_LIB_DIR: the folder holding {res.triton['op_library']}"
-                         + (f" and {res.triton['plugin_library']}" if res.engines else "") + ")")
+        bare = [lib for lib, used in ((res.triton["op_library"], True), (res.triton["plugin_library"], bool(res.engines)))
+                if used and "/" not in lib]
+        if bare:
+            lines.append(f"($DYNET_LIB_DIR: the folder holding {' and '.join(bare)} on the server)")
     return "\n".join(lines)
 
 

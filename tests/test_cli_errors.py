@@ -208,6 +208,25 @@ def _link(target: str, link: str, hard: bool = False):
     return setup
 
 
+def _recipe(name: str, **changes):
+    """Setup: a copy of the bundled deployment recipe with ``changes`` written to O/name."""
+
+    def setup(a: Path, o: Path) -> None:
+        from dynet_deploy.recipe import bundled_recipe_path
+
+        data = json.loads(bundled_recipe_path().read_text())
+        data.update(changes)
+        (o / name).write_text(json.dumps(data))
+
+    return setup
+
+
+def _recipe_and_busy_folder(a: Path, o: Path) -> None:
+    _recipe("r.json")(a, o)
+    (o / "d").mkdir()
+    (o / "d" / "notes.txt").write_text("someone's files")
+
+
 def _pair_intact(a: Path, o: Path) -> None:
     # The checkpoint copied into O is still the checkpoint (not ONNX), and still loads.
     assert load_checkpoint(o / "m.safetensors") is not None
@@ -338,7 +357,18 @@ CASES = [
     Case("usage-export-no-output", "values", lambda a, o: ["export", str(a / CK)], "usage", "-o/--output", rc=2),
     Case("usage-run-bad-backend", "values", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x.npy"), "--backend", "cuda"], "usage", "invalid choice", rc=2),
     Case("usage-train-epochs-word", "values", lambda a, o: ["train", "--epochs", "many", "-o", str(o / "t.safetensors")], "usage", "invalid int", rc=2),
-    Case("usage-unknown-command", "values", lambda a, o: ["deploy"], "usage", "invalid choice", rc=2),
+    Case("usage-unknown-command", "values", lambda a, o: ["frobnicate"], "usage", "invalid choice", rc=2),
+    Case("deploy-recipe-missing", "paths", lambda a, o: ["deploy", str(a / "none.json"), "-o", str(o / "d")], "recipe", "does not exist"),
+    Case("deploy-recipe-is-folder", "paths", lambda a, o: ["deploy", str(a / "adir.safetensors"), "-o", str(o / "d")], "recipe", "is a directory"),
+    Case("deploy-recipe-not-json", "values", lambda a, o: ["deploy", str(a / "bad_config.json"), "-o", str(o / "d")], "recipe", "not valid JSON"),
+    Case("deploy-recipe-unknown-field", "values", lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d")], "recipe", "unknown field 'profil'",
+         setup=_recipe("r.json", profil={"min": 1})),
+    Case("deploy-recipe-profile-order", "values", lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d")], "recipe", "min 4 > opt 2",
+         setup=_recipe("r.json", profile={"min": 4, "opt": 2, "max": 8})),
+    Case("deploy-out-not-empty", "paths", lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d")], "deploy", "not empty",
+         setup=_recipe_and_busy_folder),
+    Case("deploy-force-foreign-folder", "paths", lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d"), "--force"], "deploy",
+         "not the folder of an earlier deploy", setup=_recipe_and_busy_folder),
     # -- NaN and Inf ---------------------------------------------------------------------------------------------------------
     Case("inspect-nan-weights", "nan", lambda a, o: ["checkpoint", "inspect", str(a / "nan.safetensors")], "checkpoint", "NaN"),
     Case("inspect-nan-weights-json", "nan", lambda a, o: ["checkpoint", "inspect", "--json", str(a / "nan.safetensors")], "checkpoint", "NaN"),

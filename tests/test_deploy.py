@@ -10,7 +10,7 @@ import json
 import pytest
 
 from dynet_deploy.cli import main
-from dynet_deploy.recipe import bundled_recipe_path
+from dynet_deploy.recipe import bundled_recipe_path, load_recipe
 from dynet_deploy.runtimes.tensorrt_runtime import tensorrt_available
 
 HAVE_TRT, TRT_WHY = tensorrt_available()
@@ -140,9 +140,49 @@ def test_demo_is_the_bundled_recipe(tmp_path):
     assert run_demo(tmp_path / "demo", limit=50).passed  # a second demo replaces the first
 
 
+def test_unknown_baseline_stops_before_any_work(tmp_path, capsys):
+    recipe = _recipe(tmp_path, latency={"baseline": "resnet99_fmnist"})
+    assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr()
+    assert err.err.startswith("error (checkpoint): ") and "resnet99_fmnist" in err.err and "[2/" not in err.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
 def test_error_mid_run_leaves_nothing(tmp_path, capsys):
     recipe = _recipe(tmp_path, input_shape=[3, 28, 28])  # the checkpoint's model takes 1 channel
     assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error (recipe): ") and "1" in err and "input_shape" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
+def test_triton_onnx_model_runs_with_the_library_its_config_names(deployed):
+    """What Triton's onnxruntime backend does with the repository: register each op_library_filename of the config
+    on the session options, load 1/model.onnx, run a batch; the result matches the PyTorch model."""
+    pytest.importorskip("tritonclient", reason="tritonclient (the test extra) ships Triton's model_config protobuf")
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from dynet_deploy.checkpoint import load_checkpoint
+    from dynet_deploy.op.native import find_library
+    from dynet_deploy.triton import parse_config
+
+    _, out, report = deployed
+    folder = out / "triton" / "dy_resnet18_fmnist_onnxruntime"
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    libs = [find_library(name) for name in cfg.model_operations.op_library_filename]  # LD_LIBRARY_PATH's job on a server
+    if None in libs:
+        pytest.skip(f"{list(cfg.model_operations.op_library_filename)} not built (make plugins)")
+    so = ort.SessionOptions()
+    for lib in libs:
+        so.register_custom_ops_library(str(lib))
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    batch = cfg.max_batch_size
+    x = np.random.default_rng(3).standard_normal((batch, *cfg.input[0].dims), dtype=np.float32)
+    (y,) = sess.run([cfg.output[0].name], {cfg.input[0].name: x})
+    assert list(y.shape) == [batch, *cfg.output[0].dims]
+    with torch.no_grad():
+        ref = load_checkpoint(load_recipe(bundled_recipe_path()).checkpoint_path())(torch.from_numpy(x)).numpy()
+    rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert np.abs(y - ref).max() <= 1e-4 and rel <= 1e-5

@@ -109,11 +109,6 @@ def tensorrt_plugin_filename() -> str:
     return TRT_LIBRARY
 
 
-def ort_library_path() -> Path | None:
-    """Path of the built onnxruntime custom-op library, or None when it was not built."""
-    return find_library(ORT_LIBRARY)
-
-
 def tensorrt_plugin_path() -> Path | None:
     """Path of the built TensorRT plugin library, or None when it was not built (no TensorRT at build time)."""
     return find_library(TRT_LIBRARY)

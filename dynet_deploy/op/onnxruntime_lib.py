@@ -15,9 +15,7 @@ import ctypes
 from pathlib import Path
 
 from ..errors import MissingDependencyError, RuntimeBackendError
-from .native import ENV_PLUGIN_DIR, find_library, search_dirs
-
-ORT_LIBRARY = "libdynet_dynamic_conv_ort.so"
+from .native import ENV_PLUGIN_DIR, ORT_LIBRARY, find_library, search_dirs
 
 
 def library_path() -> Path | None:

@@ -119,3 +119,21 @@ def test_validate_fixed_batch_graph_runs_its_batch(graphs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert json.loads(out[: out.rindex("}") + 1])["random_inputs"]["batch_sizes"] == [2]
+
+
+def test_bench_takes_a_checkpoint_and_an_onnx_file(graphs, tmp_path, capsys):
+    """Not a speed claim: one round, to check what is timed and how rows are labelled and paired."""
+    d, _ = graphs
+    rc = main(["bench", "--checkpoint", str(d / "m.safetensors"), "--onnx", str(d / "m.plugin.onnx"), "--backends", "torch", "onnxruntime",
+               "--repeats", "1", "--warmup", "0", "--threads", "1", "--out-dir", str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())
+    got = {(r["model"], r["backend"]) for r in rows["results"]}
+    # The Dy checkpoint is paired with resnet18 built with its arguments; the ONNX file has no PyTorch model.
+    assert got == {("m", "torch"), ("resnet18", "torch"), ("m", "onnxruntime"), ("resnet18", "onnxruntime"), ("m.plugin", "onnxruntime")}
+    assert rows["config"]["input_size"] == [28, 28]  # from the checkpoint's metadata
+    by = {(r["model"], r["backend"]): r for r in rows["results"]}
+    assert by[("m.plugin", "onnxruntime")]["mflops"] is None and by[("m", "torch")]["mflops"] > 0
+    assert by[("m", "torch")]["baseline"] == "resnet18" and by[("m", "torch")]["speedup_vs_baseline"] > 0
+    assert any(s["models"] == "m.plugin" and s["backend"] == "torch" for s in rows["skipped"])

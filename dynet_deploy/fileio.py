@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import stat
 import tempfile
 import threading
 from pathlib import Path

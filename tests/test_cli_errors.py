@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -394,8 +393,8 @@ def test_bad_input(case: Case, A: Path, tmp_path: Path):
     after_out = _snapshot(o)
     leftovers = sorted(set(after_out) - set(before_out))
     changed = sorted(k for k in before_out if after_out.get(k) != before_out[k])
-    lines = [l for l in err.splitlines() if l.strip()]
-    error_lines = [l for l in lines if l.startswith("error (")]
+    lines = [line for line in err.splitlines() if line.strip()]
+    error_lines = [line for line in lines if line.startswith("error (")]
     traceback = "Traceback (most recent call last)" in err + out
     RESULTS[case.id] = {"family": case.family, "rc": rc, "traceback": traceback, "leftovers": leftovers + changed,
                         "last_line": lines[-1] if lines else ""}
@@ -467,7 +466,7 @@ def test_signal_during_cli_train_exits_cleanly(tmp_path, sig, rc):
             break
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     clean = proc.returncode == rc and "Traceback" not in err and len(lines) == 1 and not list(tmp_path.iterdir())
     RESULTS[f"signal-{signal.Signals(sig).name}-train"] = {"family": "signals", "rc": proc.returncode, "traceback": "Traceback" in err,
                                                          "leftovers": [p.name for p in tmp_path.iterdir()], "clean": clean}

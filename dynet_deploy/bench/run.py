@@ -227,7 +227,6 @@ class _Artefacts:
         """``kind``: "deploy" (fastest CPU form), "portable" (feature form, dynamic batch), "fused"."""
         from ..export.deploy_forms import best_dy_form, export_deploy_onnx
         from ..export.exporter import export_onnx
-        from ..models import model_info
 
         user = self.cfg.user_models.get(name)
         if user is not None and user.onnx is not None:
@@ -279,7 +278,6 @@ def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig) -> _Ru
     import torch
 
     from ..export.exporter import prepare_for_export
-    from ..models import model_info
 
     torch.set_num_threads(cfg.threads)
     # A copy made here, inside the measured phase, so that +MB counts the model's parameters as it does an

@@ -11,7 +11,16 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..bench import BACKENDS, DEFAULT_BACKENDS, DEFAULT_BATCH_SIZES, DEFAULT_MODELS, DEFAULT_OUT_DIR, DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
+    from ..bench import (
+        BACKENDS,
+        DEFAULT_BACKENDS,
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_MODELS,
+        DEFAULT_OUT_DIR,
+        DEFAULT_REPEATS,
+        DEFAULT_THREADS,
+        DEFAULT_WARMUP,
+    )
 
     p = subparsers.add_parser(
         "bench",

@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..build.engine import Profile, build_engine, default_engine_path
-
     from ..fileio import check_output_path
     from ..graph import check_readable_file
 

@@ -82,7 +82,7 @@ def load_feeds(path: Path) -> list[dict[str, Any]]:
     try:
         with loaded:
             feed = {name: loaded[name] for name in loaded.files}
-    except ValueError as exc:
+    except ValueError:
         raise RunError(f"--inputs {str(path)!r}: an array holds Python objects (pickled); only numeric arrays are read") from None
     except Exception as exc:
         raise RunError(f"--inputs {str(path)!r} is a damaged .npz: {type(exc).__name__}: {exc}") from None

@@ -113,12 +113,15 @@ def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import checkpoint_input_paths, load_checkpoint, read_checkpoint_config
+    from ..checkpoint import checkpoint_input_paths, load_checkpoint
     from ..errors import ValidationError
     from ..fileio import check_output_path
     from ..graph import check_readable_file
     from ..models import model_info
-    from ..validate import read_graph_input, require_backend, synthetic_segmentation, validate_dataset, validate_random, write_report
+    from ..validate import (
+        read_graph_input,
+        require_backend,
+    )
     from .export import checkpoint_defaults
 
     _check_values(args)

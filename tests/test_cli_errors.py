@@ -36,6 +36,8 @@ from dynet_deploy.models import create_model
 SMALL = dict(num_classes=10, in_chans=1, small_input=True, width_mult=0.125)
 ERROR_LINE = re.compile(r"^error \(([a-z-]+)\): \S.*$")
 RESULTS: dict[str, dict] = {}
+# Permission cases: root reads and writes every file whatever its mode, so they run for other users only.
+NOT_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
 
 
 # ---- the shared inputs --------------------------------------------------------------------------------------
@@ -238,6 +240,8 @@ CASES = [
     Case("build-onnx-missing", "paths", lambda a, o: ["build", str(a / "none.onnx"), "-o", str(o / "x.engine")], "build", "does not exist"),
     Case("build-onnx-is-folder", "paths", lambda a, o: ["build", str(a / "adir.onnx"), "-o", str(o / "x.engine")], "build", "is a directory"),
     Case("train-data-root-missing", "paths", lambda a, o: ["train", "--dataset", "fashion-mnist", "--data-root", str(a / "nowhere"), "-o", str(o / "t.safetensors")], "data", "nowhere"),
+    Case("fuse-model-unreadable", "paths", lambda a, o: ["fuse", str(o / "m.onnx"), "-o", str(o / "x.onnx")], "fuse", "not readable",
+         setup=lambda a, o: (_copy("m.onnx")(a, o), os.chmod(o / "m.onnx", 0)), marks=[NOT_ROOT]),
     # -- paths: outputs -------------------------------------------------------------------------------------------
     Case("export-out-folder-missing", "paths", lambda a, o: ["export", str(a / CK), "-o", str(o / "no" / "x.onnx")], "export", "does not exist"),
     Case("export-out-is-folder", "paths", lambda a, o: ["export", str(a / CK), "-o", str(a / "adir.onnx")], "export", "is a directory"),
@@ -249,6 +253,8 @@ CASES = [
     Case("validate-out-dir-is-file", "paths", lambda a, o: ["validate", str(a / CK), str(a / "m.onnx"), "--out-dir", str(a / "x.npy")], "validate", "not a folder"),
     Case("bench-out-dir-is-file", "paths", lambda a, o: ["bench", "--models", "resnet18", "--out-dir", str(a / "x.npy")], "bench", "is a file"),
     Case("demo-out-dir-under-a-file", "paths", lambda a, o: ["demo", "--out-dir", str(a / "x.npy" / "demo")], "demo", "is a file"),
+    Case("export-out-folder-unwritable", "paths", lambda a, o: ["export", str(a / CK), "-o", str(o / "ro" / "x.onnx")], "export", "not writable",
+         setup=lambda a, o: ((o / "ro").mkdir(), os.chmod(o / "ro", 0o555)), marks=[NOT_ROOT]),
     # -- guards: outputs that would destroy an input, wrong output kinds -------------------------------------------
     Case("export-onto-its-checkpoint", "guards", lambda a, o: ["export", str(o / CK), "-o", str(o / CK)], "export", "is the input", setup=_copy(CK), post=_pair_intact),
     Case("export-onto-its-config", "guards", lambda a, o: ["export", str(o / CK), "-o", str(o / "m.json")], "export", "is the input", setup=_copy(CK), post=_pair_intact),

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "dynet_deploy.commands.validate",
     "dynet_deploy.commands.bench",
     "dynet_deploy.commands.run",
+    "dynet_deploy.commands.deploy",
     "dynet_deploy.commands.train",
     "dynet_deploy.commands.demo",
     "dynet_deploy.commands.doctor",

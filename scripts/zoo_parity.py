@@ -3,7 +3,7 @@
 
 For each model (small test configuration of tests/zoo_exports.py): the feature-form export (dynamic batch,
 dynamic H/W for segmentation) on onnxruntime at batches 1 and 4; then both forms fused (the kernel form exported
-at batch 2) on onnxruntime with the DyNetDynamicConv2d Python op, at batches 1 and 4 (feature) and 1, 3, 5
+at batch 2) on onnxruntime with the native DyNetDynamicConv2d library, at batches 1 and 4 (feature) and 1, 3, 5
 (kernel). Errors are the worst over all cases: max-abs and relative ||out - ref|| / ||ref||.
 
     .venv/bin/python scripts/zoo_parity.py [MODEL ...] [--exporter dynamo]

@@ -6,6 +6,7 @@ These tests assert what the benchmark reports and how, never how fast anything i
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from dynet_deploy.bench import (
     run_bench,
     write_outputs,
 )
+from dynet_deploy.bench.timing import BUSY_FOREIGN_CORES, ForeignLoad
 from dynet_deploy.cli import main
 from dynet_deploy.errors import BenchError, ModelError
 
@@ -66,9 +68,10 @@ def test_config_rejects_bad_input():
         BenchConfig(dy_form="winograd").validate()
 
 
+@pytest.mark.slow
 def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
     cfg = BenchConfig(
-        models=["dy_resnet18"], batch_sizes=[1, 2], threads=1,
+        models=["dy_resnet18"], batch_sizes=[1, 2], threads=[1],
         backends=["torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-cuda", "tensorrt"],
         input_size=(32, 32), repeats=3, warmup=1,
         model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
@@ -99,6 +102,17 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
             assert dy.speedup_vs_baseline == pytest.approx(base.latency["median_ms"] / dy.latency["median_ms"])
             assert dy.flops_ratio_vs_baseline == pytest.approx(base.mflops / dy.mflops)
             assert dy.flops_ratio_vs_baseline > 1.5  # Dy-ResNet18 is the cheaper model
+            for r in (dy, base):
+                assert r.threads == 1 and r.param_mb > 0
+                assert r.foreign_cores is None or r.busy == (r.foreign_cores > BUSY_FOREIGN_CORES)
+                if backend == "torch":
+                    assert r.roofline_ms is None
+                else:  # the bound: parameters over bandwidth plus batch x multiply-adds over the GEMM peak
+                    (p,) = result.peaks
+                    want = 1e3 * (r.param_mb * 1e6 / (p["bandwidth_gbs"] * 1e9)
+                                  + batch * r.mflops_with_overhead * 1e6 / (p["peak_gmacs"] * 1e9))
+                    assert r.roofline_ms == pytest.approx(want)
+                    assert r.vs_roofline == pytest.approx(r.latency["median_ms"] / r.roofline_ms)
 
     # onnxruntime sessions are made without idle-worker spinning unless asked (interleaved pools compete)
     assert all("spinning off" in r.graph for r in result.rows if r.backend.startswith("onnxruntime"))
@@ -107,7 +121,8 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert {"machine", "config", "results", "skipped", "memory_method"} <= set(data)
     assert data["machine"]["cpu"] and data["machine"]["onnxruntime"]
-    assert data["config"]["threads"] == 1 and data["config"]["batch_sizes"] == [1, 2]
+    assert data["config"]["threads"] == [1] and data["config"]["batch_sizes"] == [1, 2]
+    assert data["peaks"][0]["threads"] == 1 and data["peaks"][0]["bandwidth_gbs"] > 0 and data["busy"] == result.busy
     assert data["config"]["ort_spinning"] is False
     first = data["results"][0]
     assert {"model", "backend", "batch", "graph", "latency", "throughput_ips", "peak_rss_mb", "rss_delta_mb",
@@ -117,7 +132,8 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
     table = paths["table"].read_text()
     assert table == format_table(result) + "\n"
     header = table.splitlines()[0]
-    for column in ("model", "backend", "median ms", "p90 ms", "img/s", "peak MB", "MFLOPs", "speedup", "FLOPs ratio"):
+    for column in ("model", "backend", "thr", "median ms", "p90 ms", "img/s", "peak MB", "MFLOPs", "roofline ms",
+                   "x roofline", "speedup", "FLOPs ratio", "load"):
         assert column in header
     assert sum(line.startswith("dy_resnet18") for line in table.splitlines()) == 2 * len(timed)
     assert any(line.startswith("timing dy_resnet18 vs resnet18") for line in logs)
@@ -130,3 +146,36 @@ def test_cli_reports_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--backends", "onnxruntime-gpu"])
     assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_each_thread_count_is_a_pass_of_its_own():
+    cfg = BenchConfig(models=["dy_resnet18"], batch_sizes=[1], threads=[2, 1], backends=["onnxruntime-portable"],
+                      input_size=(32, 32), repeats=2, warmup=1, model_kwargs={"dy_resnet18": TINY, "resnet18": TINY})
+    result = run_bench(cfg, log=lambda _: None)
+    assert [(r.model, r.threads) for r in result.rows] == [("resnet18", 2), ("dy_resnet18", 2), ("resnet18", 1),
+                                                            ("dy_resnet18", 1)]
+    assert sorted(p["threads"] for p in result.peaks) == [1, 2]
+
+
+def test_foreign_load_is_machine_cpu_minus_own_cpu_over_wall_time():
+    readings = {"clock": iter([10.0, 12.0]), "machine": iter([100.0, 104.0]), "own": iter([5.0, 6.5])}
+    load = ForeignLoad(clock=lambda: next(readings["clock"]), machine_cpu=lambda: next(readings["machine"]),
+                       own_cpu=lambda: next(readings["own"])).start().stop()
+    # 4 CPU-seconds busy machine-wide over 2 s, 1.5 of them this process's: others used 1.25 cores
+    assert load.foreign_cores == pytest.approx(1.25) and load.busy
+    quiet = ForeignLoad(clock=iter([0.0, 1.0]).__next__, machine_cpu=iter([50.0, 51.1]).__next__,
+                        own_cpu=iter([3.0, 4.0]).__next__).start().stop()
+    assert quiet.foreign_cores == pytest.approx(0.1) and not quiet.busy
+    assert ForeignLoad(machine_cpu=lambda: None).start().stop().foreign_cores is None
+
+
+def test_foreign_load_on_this_machine_excludes_this_process():
+    t0 = time.perf_counter()
+    load = ForeignLoad().start()
+    while time.perf_counter() - t0 < 0.3:  # this process keeps one core busy: none of it is foreign
+        pass
+    load.stop()
+    if load.foreign_cores is None:
+        pytest.skip("/proc/stat is not available here")
+    assert load.foreign_cores >= 0 and load.load_before is not None and load.load_after is not None

@@ -234,7 +234,6 @@ def test_truncated_config(tmp_path):
 
 
 def _onnx_bytes() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

@@ -10,18 +10,22 @@ import numpy as np
 from ..errors import BenchError
 from ..fileio import atomic_path, check_output_path
 from .run import BACKENDS, BenchResult
+from .timing import BUSY_FOREIGN_CORES
 
 
 def format_table(result: BenchResult) -> str:
-    header = ["model", "backend", "batch", "median ms", "p90 ms", "img/s", "peak MB", "+MB", "MFLOPs", "speedup", "FLOPs ratio"]
+    header = ["model", "backend", "batch", "thr", "median ms", "p90 ms", "img/s", "peak MB", "+MB", "MFLOPs",
+              "roofline ms", "x roofline", "speedup", "FLOPs ratio", "load"]
     data = []
     for r in result.rows:
         data.append([
-            r.model, r.backend, str(r.batch), f"{r.latency['median_ms']:.2f}", f"{r.latency['p90_ms']:.2f}",
-            f"{r.throughput_ips:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_delta_mb:.0f}",
-            "-" if r.mflops is None else f"{r.mflops:.1f}",
+            r.model, r.backend, str(r.batch), str(r.threads), f"{r.latency['median_ms']:.2f}",
+            f"{r.latency['p90_ms']:.2f}", f"{r.throughput_ips:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_delta_mb:.0f}",
+            "-" if r.mflops is None else f"{r.mflops:.1f}", "-" if r.roofline_ms is None else f"{r.roofline_ms:.2f}",
+            "-" if r.vs_roofline is None else f"{r.vs_roofline:.2f}x",
             "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x",
             "-" if r.flops_ratio_vs_baseline is None else f"{r.flops_ratio_vs_baseline:.2f}x",
+            _load_cell(r),
         ])
     widths = [max(len(x) for x in col) for col in zip(header, *data)] if data else [len(h) for h in header]
     left = {0, 1}
@@ -31,20 +35,38 @@ def format_table(result: BenchResult) -> str:
 
     out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in data]
     m = result.machine
+    threads = result.config["threads"]
     out.append("")
     out.append(
-        f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {result.config['threads']} threads; "
+        f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {', '.join(map(str, threads))} thread(s); "
         f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}; input {result.config['input_size'][0]}x"
         f"{result.config['input_size'][1]}; {result.config['repeats']} interleaved rounds after {result.config['warmup']} warm-up runs"
     )
     out.append(
-        "speedup: baseline median / Dy median, same backend and batch, timed interleaved; FLOPs ratio: baseline / Dy "
-        "conv+linear multiply-adds. peak MB: process RSS high-water mark while loading and warming up the model; "
-        "+MB: that minus the RSS before loading."
+        "speedup: baseline median / Dy median, same backend, batch and threads, timed interleaved; FLOPs ratio: "
+        "baseline / Dy conv+linear multiply-adds. peak MB: process RSS high-water mark while loading and warming up "
+        "the model; +MB: that minus the RSS before loading."
     )
+    for p in result.peaks:
+        out.append(f"roofline, {p['threads']} thread(s): parameters / {p['bandwidth_gbs']:.1f} GB/s + batch x "
+                   f"multiply-adds / {p['peak_gmacs']:.1f} GMAC/s (both measured here with onnxruntime); x roofline: "
+                   "median / roofline")
+    out.append(f"load: 1-minute load average before -> after each pair's timing; '*': other processes used more than "
+               f"{BUSY_FOREIGN_CORES} of a core meanwhile, so the row is not a result")
+    if result.busy:
+        out.append("THIS RUN WAS TAKEN ON A BUSY MACHINE: rows marked '*' must be re-measured on a quiet one.")
+    load = m.get("load_average"), m.get("load_average_end")
+    if all(load):
+        out.append(f"load average at start {load[0][0]:.2f}, at end {load[1][0]:.2f}")
     for s in result.skipped:
         out.append(f"skipped {s['backend']} ({s['models']}, batch {s['batch']}): {s['reason']}")
     return "\n".join(out)
+
+
+def _load_cell(r) -> str:
+    if r.load_before is None or r.load_after is None:
+        return "-"
+    return f"{r.load_before:.1f}->{r.load_after:.1f}" + ("*" if r.busy else "")
 
 
 def write_json(result: BenchResult, path: str | Path) -> Path:
@@ -55,18 +77,19 @@ def write_json(result: BenchResult, path: str | Path) -> Path:
 
 
 def plot_png(result: BenchResult, path: str | Path) -> Path:
-    """Median latency per model (bars, p90 as error bar), one panel per batch size, backends side by side."""
+    """Median latency per model (bars, p90 as error bar), one panel per batch size and thread count, backends side
+    by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = check_output_path(path, BenchError)
-    batches = sorted({r.batch for r in result.rows}) or [1]
+    panels = sorted({(r.batch, r.threads) for r in result.rows}) or [(1, result.config["threads"][0])]
     backends = [b for b in BACKENDS if any(r.backend == b for r in result.rows)]
-    fig, axes = plt.subplots(len(batches), 1, figsize=(max(6.0, 1.3 * len({r.model for r in result.rows}) + 3), 3.6 * len(batches)), squeeze=False)
-    for ax, batch in zip(axes[:, 0], batches):
-        rows = [r for r in result.rows if r.batch == batch]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.3 * len({r.model for r in result.rows}) + 3), 3.6 * len(panels)), squeeze=False)
+    for ax, (batch, threads) in zip(axes[:, 0], panels):
+        rows = [r for r in result.rows if r.batch == batch and r.threads == threads]
         models = list(dict.fromkeys(r.model for r in rows))
         width = 0.8 / max(1, len(backends))
         for j, backend in enumerate(backends):
@@ -86,7 +109,7 @@ def plot_png(result: BenchResult, path: str | Path) -> Path:
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"batch {batch}, {result.config['threads']} threads (label: speedup over baseline)", fontsize=9)
+        ax.set_title(f"batch {batch}, {threads} thread(s) (label: speedup over baseline)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path, BenchError) as tmp:

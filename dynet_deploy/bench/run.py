@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BenchError, DynetDeployError
-from .timing import SEED, PeakMemory, interleaved_latency, latency_stats, machine_info
+from .roofline import MachinePeaks, measure_peaks, roofline_ms
+from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
 
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-fused", "onnxruntime-cuda", "tensorrt")
@@ -60,7 +61,7 @@ class UserModel:
 class BenchConfig:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
-    threads: int = DEFAULT_THREADS
+    threads: list[int] = field(default_factory=lambda: [DEFAULT_THREADS])  # each count is a pass of its own
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
     input_size: tuple[int, int] = (224, 224)
     repeats: int = DEFAULT_REPEATS
@@ -85,8 +86,10 @@ class BenchConfig:
             raise BenchError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise BenchError(f"batch sizes must be positive integers, got {self.batch_sizes}")
-        if self.threads < 1:
-            raise BenchError(f"threads must be >= 1, got {self.threads}")
+        if isinstance(self.threads, int):
+            self.threads = [self.threads]
+        if not self.threads or min(self.threads) < 1:
+            raise BenchError(f"thread counts must be >= 1, got {self.threads}")
         if len(self.input_size) != 2 or min(self.input_size) < 8:
             raise BenchError(f"input size must be H W (each >= 8), got {self.input_size}")
         if self.repeats < 1 or self.warmup < 0:
@@ -107,6 +110,14 @@ class BenchRow:
     rss_delta_mb: float
     mflops: float | None  # None for a given ONNX file: no PyTorch model to count
     mflops_with_overhead: float | None
+    threads: int = DEFAULT_THREADS
+    param_mb: float = 0.0
+    roofline_ms: float | None = None  # least time per batch on this machine (bench.roofline); None for torch
+    vs_roofline: float | None = None  # median / roofline
+    load_before: float | None = None  # 1-minute load average before and after this pair's timing
+    load_after: float | None = None
+    foreign_cores: float | None = None  # cores other processes used meanwhile (timing.ForeignLoad)
+    busy: bool = False  # foreign_cores above timing.BUSY_FOREIGN_CORES: not a result
     baseline: str | None = None
     speedup_vs_baseline: float | None = None
     flops_ratio_vs_baseline: float | None = None
@@ -119,10 +130,17 @@ class BenchResult:
     rows: list[BenchRow]
     skipped: list[dict[str, str]]
     memory_method: str
+    peaks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return any(r.busy for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "machine": self.machine,
+            "peaks": self.peaks,
+            "busy": self.busy,
             "config": self.config,
             "memory_method": self.memory_method,
             "results": [asdict(r) for r in self.rows],
@@ -197,6 +215,19 @@ class _Artefacts:
                 torch.manual_seed(SEED)
                 self._models[name] = create_model(name, **self.cfg.model_kwargs.get(name, {})).eval()
         return self._models[name]
+
+    def param_bytes(self, name: str) -> int:
+        """Bytes of parameters and buffers: what a batch must read at least once."""
+        user = self.cfg.user_models.get(name)
+        if user is not None and user.onnx is not None:
+            from onnx import numpy_helper
+
+            from ..graph import load_onnx
+
+            proto = load_onnx(user.onnx, BenchError)
+            return sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+        m = self.model(name)
+        return sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
 
     def flops(self, name: str):
         """The model's FLOPs report, or None for an ONNX file (no PyTorch model to count)."""
@@ -274,12 +305,12 @@ def _input(shape: Sequence[int]) -> np.ndarray:
     return np.random.default_rng(SEED).standard_normal(shape, dtype=np.float32)
 
 
-def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig) -> _Runner:
+def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, threads: int) -> _Runner:
     import torch
 
     from ..export.exporter import prepare_for_export
 
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(threads)
     # A copy made here, inside the measured phase, so that +MB counts the model's parameters as it does an
     # onnxruntime session's weights.
     if art_is_dynamic(name, cfg):
@@ -297,7 +328,7 @@ def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig) -> _Ru
     return _Runner(run, graph)
 
 
-def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, kind: str, providers: list[str] | None, custom_op: bool) -> _Runner:
+def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, threads: int, kind: str, providers: list[str] | None, custom_op: bool) -> _Runner:
     """A session through :class:`~dynet_deploy.runtimes.onnxruntime_runtime.OnnxruntimeRunner` (threads, one
     inter-op thread, optimisation level "all") with the worker-spinning policy: interleaved sessions each keep their
     own pool, and the idle pool's spinning workers compete with the running one for the cores. The
@@ -308,7 +339,7 @@ def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, 
     path, graph = art.graph(name, kind, batch)
     x = _input(art.input_shape(batch, name))
     try:
-        runner = OnnxruntimeRunner(path, threads=cfg.threads, providers=providers,
+        runner = OnnxruntimeRunner(path, threads=threads, providers=providers,
                                    spinning=None if custom_op else cfg.ort_spinning)
         feeds = {runner.input_names[0]: x}
         runner.check_inputs(feeds)
@@ -393,9 +424,9 @@ def prepare(art: _Artefacts, name: str, backend: str, batch: int) -> None:
         raise
 
 
-def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: BenchConfig) -> _Runner:
+def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: BenchConfig, threads: int) -> _Runner:
     if backend == "torch":
-        return _open_torch(art, name, batch, cfg)
+        return _open_torch(art, name, batch, cfg, threads)
     kind = _graph_kind(name, backend, cfg)
     if backend == "tensorrt":
         from ..runtimes.tensorrt_runtime import TensorRTRunner
@@ -412,7 +443,7 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
         import torch
 
         torch.set_num_threads(1)
-    return _open_onnxruntime(art, name, batch, cfg, kind, providers, custom_op=custom_op)
+    return _open_onnxruntime(art, name, batch, cfg, threads, kind, providers, custom_op=custom_op)
 
 
 def _uses_op(path: Path) -> bool:
@@ -434,55 +465,76 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
         workdir = Path(cfg.keep_onnx_dir) if cfg.keep_onnx_dir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         art = _Artefacts(cfg, workdir)
-        for unit in units:
-            for backend in cfg.backends:
-                for batch in cfg.batch_sizes:
-                    runners: dict[str, _Runner] = {}
-                    mem: dict[str, tuple[float, float]] = {}
-                    try:
-                        check_backend(backend)
-                        for name in unit:
-                            prepare(art, name, backend, batch)
-                        for name in unit:
-                            memory.reset()
-                            before = memory.current_mb()
-                            runner = open_runner(art, name, backend, batch, cfg)
-                            for _ in range(max(1, cfg.warmup)):
-                                runner.run()
-                            peak = memory.peak_mb()
-                            runners[name] = runner
-                            mem[name] = (peak, peak - before)
-                    except BackendUnavailable as exc:
-                        reason = str(exc)
-                        log(f"skip {backend} for {', '.join(unit)} (batch {batch}): {reason}")
-                        skipped.append({"backend": backend, "models": ", ".join(unit), "batch": str(batch), "reason": reason})
-                        runners.clear()
-                        gc.collect()
-                        continue
-                    log(f"timing {' vs '.join(unit)} on {backend}, batch {batch}: {cfg.repeats} interleaved rounds")
-                    samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
-                    unit_rows = {}
-                    for name in unit:
-                        stats = latency_stats(samples[name])
-                        fl = art.flops(name)  # None for an ONNX file
-                        unit_rows[name] = BenchRow(
-                            model=name, backend=backend, batch=batch, graph=runners[name].graph, latency=stats,
-                            throughput_ips=batch / (stats["median_ms"] / 1e3), peak_rss_mb=mem[name][0],
-                            rss_delta_mb=mem[name][1], mflops=None if fl is None else fl.conv_linear_macs / 1e6,
-                            mflops_with_overhead=None if fl is None else fl.total_macs / 1e6,
-                        )
-                    if len(unit) == 2:
-                        dy, base = unit
-                        r = unit_rows[dy]
-                        r.baseline = base
-                        r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
-                        r.flops_ratio_vs_baseline = unit_rows[base].mflops / r.mflops
-                        rows += [unit_rows[base], r]
-                    else:
-                        rows.append(unit_rows[unit[0]])
-                    runners.clear()
-                    gc.collect()
+        peaks: dict[int, MachinePeaks] = {}
+        if any(b != "torch" for b in cfg.backends):
+            for threads in cfg.threads:
+                log(f"measuring this machine's bandwidth and GEMM peak with onnxruntime, {threads} thread(s)")
+                peaks[threads] = measure_peaks(threads)
+        for threads in cfg.threads:
+            for unit in units:
+                for backend in cfg.backends:
+                    for batch in cfg.batch_sizes:
+                        rows += _time_unit(art, cfg, unit, backend, batch, threads, peaks.get(threads), memory,
+                                           skipped, log)
     machine["load_average_end"] = machine_info()["load_average"]
     config = asdict(cfg)
     config["input_size"] = list(cfg.input_size)
-    return BenchResult(machine, config, rows, skipped, memory.method)
+    return BenchResult(machine, config, rows, skipped, memory.method, [p.to_dict() for p in peaks.values()])
+
+
+def _time_unit(art: _Artefacts, cfg: BenchConfig, unit: list[str], backend: str, batch: int, threads: int,
+               peaks: MachinePeaks | None, memory: PeakMemory, skipped: list[dict[str, str]],
+               log: Callable[[str], None]) -> list[BenchRow]:
+    """One pair (or single model) on one backend, batch and thread count: open, warm up, time interleaved."""
+    runners: dict[str, _Runner] = {}
+    mem: dict[str, tuple[float, float]] = {}
+    try:
+        check_backend(backend)
+        for name in unit:
+            prepare(art, name, backend, batch)
+        for name in unit:
+            memory.reset()
+            before = memory.current_mb()
+            runner = open_runner(art, name, backend, batch, cfg, threads)
+            for _ in range(max(1, cfg.warmup)):
+                runner.run()
+            peak = memory.peak_mb()
+            runners[name] = runner
+            mem[name] = (peak, peak - before)
+    except BackendUnavailable as exc:
+        reason = str(exc)
+        log(f"skip {backend} for {', '.join(unit)} (batch {batch}): {reason}")
+        skipped.append({"backend": backend, "models": ", ".join(unit), "batch": str(batch), "reason": reason})
+        runners.clear()
+        gc.collect()
+        return []
+    log(f"timing {' vs '.join(unit)} on {backend}, batch {batch}, {threads} thread(s): {cfg.repeats} interleaved rounds")
+    load = ForeignLoad().start()
+    samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
+    load.stop()
+    if load.busy:
+        log(f"  busy machine: other processes used {load.foreign_cores:.2f} cores meanwhile; these rows are marked")
+    unit_rows = {}
+    for name in unit:
+        stats = latency_stats(samples[name])
+        fl = art.flops(name)  # None for a given ONNX file
+        pbytes = art.param_bytes(name)
+        roof = None if peaks is None or backend == "torch" or fl is None else roofline_ms(pbytes, fl.total_macs, batch, peaks)
+        unit_rows[name] = BenchRow(
+            model=name, backend=backend, batch=batch, graph=runners[name].graph, latency=stats,
+            throughput_ips=batch / (stats["median_ms"] / 1e3), peak_rss_mb=mem[name][0],
+            rss_delta_mb=mem[name][1], mflops=None if fl is None else fl.conv_linear_macs / 1e6,
+            mflops_with_overhead=None if fl is None else fl.total_macs / 1e6, threads=threads, param_mb=pbytes / 1e6, roofline_ms=roof,
+            vs_roofline=None if roof is None else stats["median_ms"] / roof, load_before=load.load_before,
+            load_after=load.load_after, foreign_cores=load.foreign_cores, busy=load.busy,
+        )
+    runners.clear()
+    gc.collect()
+    if len(unit) == 2:
+        dy, base = unit
+        r = unit_rows[dy]
+        r.baseline = base
+        r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
+        r.flops_ratio_vs_baseline = unit_rows[base].mflops / r.mflops
+        return [unit_rows[base], r]
+    return [unit_rows[unit[0]]]

@@ -142,3 +142,70 @@ def interleaved_latency(calls: dict[str, Callable[[], Any]], repeats: int, warmu
             calls[name]()
             samples[name].append(time.perf_counter() - t0)
     return samples
+
+
+# A measurement is marked busy when other processes used more than this share of one core on average while it
+# ran: the load average alone cannot tell, since it counts this benchmark's own threads too.
+BUSY_FOREIGN_CORES = 0.25
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes spent busy since boot (/proc/stat: user, nice, system, irq, softirq, steal)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + (ticks[7] if len(ticks) > 7 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """How busy the rest of the machine was during a measurement, in cores used by other processes.
+
+    ``start()`` and ``stop()`` read the machine's busy CPU time (/proc/stat) and this process's own (os.times):
+    the difference over the wall time is what other jobs took. Also records the 1-minute load average at both ends
+    (which includes this benchmark's own threads). ``foreign_cores`` is None where /proc/stat is absent.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter,
+                 machine_cpu: Callable[[], float | None] = _busy_cpu_seconds,
+                 own_cpu: Callable[[], float] = _own_cpu_seconds) -> None:
+        self.load_before: float | None = None
+        self.load_after: float | None = None
+        self.foreign_cores: float | None = None
+        self._clock, self._machine_cpu, self._own_cpu = clock, machine_cpu, own_cpu
+        self._t0 = self._busy0 = self._own0 = None
+
+    @staticmethod
+    def _load1() -> float | None:
+        try:
+            return round(os.getloadavg()[0], 2)
+        except OSError:
+            return None
+
+    def start(self) -> "ForeignLoad":
+        self.load_before = self._load1()
+        self._t0, self._busy0, self._own0 = self._clock(), self._machine_cpu(), self._own_cpu()
+        return self
+
+    def stop(self) -> "ForeignLoad":
+        wall = self._clock() - self._t0
+        busy = self._machine_cpu()
+        if busy is not None and self._busy0 is not None and wall > 0:
+            own = self._own_cpu() - self._own0
+            self.foreign_cores = round(max(0.0, (busy - self._busy0 - own) / wall), 3)
+        self.load_after = self._load1()
+        return self
+
+    @property
+    def busy(self) -> bool:
+        return self.foreign_cores is not None and self.foreign_cores > BUSY_FOREIGN_CORES

@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", action="append", default=[], metavar="FILE",
                    help="your own ONNX graph, portable or fused (repeatable): timed on the onnxruntime backends and TensorRT")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"intra-op threads for every backend (default {DEFAULT_THREADS})")
+    p.add_argument("--threads", type=int, nargs="+", default=[DEFAULT_THREADS], metavar="N",
+                   help=f"intra-op threads for every backend; several counts run one pass each, e.g. '2 1' "
+                   f"(default {DEFAULT_THREADS})")
     p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=BACKENDS, metavar="BACKEND",
                    help=f"from {', '.join(BACKENDS)}; default: {' '.join(DEFAULT_BACKENDS)}")
     p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"),
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else (implied_size or (224, 224))
     models = list(args.models) if args.models is not None else ([] if users else list(DEFAULT_MODELS))
     cfg = BenchConfig(
-        models=models + list(users), batch_sizes=list(args.batch_sizes), threads=args.threads, backends=list(args.backends),
+        models=models + list(users), batch_sizes=list(args.batch_sizes), threads=list(args.threads), backends=list(args.backends),
         input_size=(size[0], size[1]), repeats=args.repeats, warmup=args.warmup,
         dy_form=args.dy_form, ort_spinning=args.ort_spinning, keep_onnx_dir=args.keep_onnx,
         model_kwargs=baseline_kwargs, user_models=users,

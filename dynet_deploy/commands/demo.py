@@ -9,11 +9,12 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="bundled checkpoint -> export -> fuse -> onnxruntime -> validation -> accuracy parity -> latency",
-        description="Runs every stage on the bundled Dy-ResNet18 trained on Fashion-MNIST and prints a summary table. "
-        "Without Debian's dataset-fashion-mnist package it falls back to sklearn's digits and says so.",
+        help="the bundled recipe through deploy: export -> fuse -> build -> validation -> accuracy parity -> latency",
+        description="Runs the bundled recipe (export/dy_resnet18_fmnist.json: the Dy-ResNet18 trained on "
+        "Fashion-MNIST) through 'dynet-deploy deploy' and prints the closing tables. Without Debian's "
+        "dataset-fashion-mnist package it falls back to sklearn's digits and says so.",
     )
-    p.add_argument("--out-dir", default="out/demo", help="where the graphs and summary.json go (default: out/demo)")
+    p.add_argument("--out-dir", default="out/demo", help="where the artifacts and report.json go (default: out/demo; a previous demo there is replaced)")
     p.add_argument("--dataset", choices=["auto", "fashion-mnist", "digits"], default="auto")
     p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and onnxruntime (default: 2)")
     p.add_argument("--limit", type=int, help="use only the first N test images")

@@ -86,7 +86,6 @@ def collect() -> list[Check]:
                                 "GPU execution providers"))
         except Exception as exc:
             checks.append(Check("onnxruntime providers", False, f"import failed: {exc}", "onnxruntime runs"))
-    package("onnxruntime-extensions", "running fused (DyNetDynamicConv2d) graphs on onnxruntime")
     package("onnx-graphsurgeon", "fuse (DyNetDynamicConv2d rewrite)")
     package("polygraphy", "validate (Polygraphy comparison)")
     package("onnxconverter-common", "fp16 engines (fp16 ONNX conversion)")
@@ -104,6 +103,9 @@ def collect() -> list[Check]:
     for label, path, disables in (
         ("CPU reference library", plugin_lib.cpu_library_path(), "the C++ reference checks (run 'make plugins')"),
         ("CUDA kernel library", plugin_lib.cuda_library_path(), "CUDA kernel checks and timings (needs nvcc)"),
+        ("onnxruntime op library", plugin_lib.find_library("libdynet_dynamic_conv_ort.so"),
+         "running fused (DyNetDynamicConv2d) graphs on onnxruntime (needs onnxruntime's headers at build time: "
+         "'make plugins' fetches them)"),
         ("TensorRT plugin library", plugin_lib.tensorrt_plugin_path(),
          "building and running engines with DyNetDynamicConv2d (needs TensorRT at build time: -DTensorRT_ROOT=...)"),
     ):

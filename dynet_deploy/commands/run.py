@@ -123,8 +123,8 @@ def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
 def fused_node_problems(model_path: Path) -> list[str]:
     """What makes a graph's DyNetDynamicConv2d nodes unrunnable, read from the file without running it.
 
-    onnxruntime's Python op cannot raise (an exception there aborts the process), so a node with, say,
-    stride 0 would only show up as NaN and a confusing failure further down the graph: say it first.
+    Checked against the op spec before a session is made, so a node edited after fusion (stride 0, a 2-D weight)
+    is named with the attribute and its valid range, whichever backend would have met it first.
     """
     import onnx
     from onnx import helper

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: 1 4 3; a fixed-batch graph takes its own batch only)")
+    p.add_argument("--recipe", metavar="RECIPE.json", help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: the recipe's, else 1 4 3; a fixed-batch graph takes its own batch only)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="H W for graphs with a dynamic spatial size (default: the checkpoint's recorded input size)")
     p.add_argument(
@@ -118,10 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import check_output_path
     from ..graph import check_readable_file
     from ..models import model_info
-    from ..validate import (
-        read_graph_input,
-        require_backend,
-    )
+    from ..validate import read_graph_input, require_backend
     from .export import checkpoint_defaults
 
     _check_values(args)
@@ -164,8 +162,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"input size {input_size[0]}x{input_size[1]} from {meta_source} (--input-size overrides)")
     if input_size is None and task == "segmentation":
         input_size = (64, 96)
-    if args.batch_sizes is None:
-        args.batch_sizes = [1, 4, 3]
     created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     try:
@@ -181,8 +177,19 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
     from ..errors import ValidationError
     from ..validate import synthetic_segmentation, validate_dataset, validate_random, write_report
 
+    recipe = tolerance = None
+    batch_sizes = args.batch_sizes or [1, 4, 3]  # a fixed-batch graph runs its own batch whatever these are
+    if args.recipe:
+        from ..recipe import load_recipe
+        from ..validate import Tolerance, read_graph_input
+
+        recipe = load_recipe(args.recipe)
+        spec = recipe.tolerance(read_graph_input(model_path).precision)
+        tolerance = Tolerance(spec.max_abs, spec.rel)
+        batch_sizes = args.batch_sizes or list(recipe.validate.batch_sizes)
     report = validate_random(
-        model, model_path, args.backend, args.batch_sizes, input_size, args.seed, out_dir, args.threads, model_name=name
+        model, model_path, args.backend, batch_sizes, input_size, args.seed, out_dir, args.threads,
+        tolerance=tolerance, model_name=name,
     )
     payload: dict = {"random_inputs": report.to_dict()}
     text = [f"== {name}: {model_path.name} on {args.backend} ({report.precision}), random inputs", report.table()]
@@ -212,6 +219,9 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 model, model_path, images.numpy(), labels.numpy(), ds_name, args.backend, threads=args.threads,
                 progress=sys.stderr.isatty(), model_name=name,
             )
+            target = recipe.agreement(ds_report.precision) if recipe is not None else None
+            if target is not None:
+                ds_report.target_agreement = target
             if trained_on and trained_on != ds_name:
                 note = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
                 ds_report.notes = "; ".join(n for n in (ds_report.notes, note) if n)

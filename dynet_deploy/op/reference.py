@@ -1,7 +1,7 @@
 """The op's math, once: ``y[n,t] = act(conv(x[n], sum_k c[n,t|0,k] w[k,t]) + sum_k c[n,t|0,k] bb[k,t] + b[t])``.
 
 Written in torch on tensors (:func:`dynamic_conv`, used by :class:`~dynet_deploy.nn.DynamicConv2d`'s kernel path,
-the onnxruntime Python op and the GPU check) with a numpy front (:func:`dynamic_conv_numpy`) taking the ONNX node's
+the GPU check) with a numpy front (:func:`dynamic_conv_numpy`) taking the ONNX node's
 attributes. Kernel fusion of the whole batch, then one batch-as-groups ``conv2d``; the C++ reference in
 plugins/dynamic_conv/ is the independent oracle both are tested against.
 """

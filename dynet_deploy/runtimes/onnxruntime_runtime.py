@@ -1,7 +1,8 @@
 """onnxruntime behind ``run({name: array}) -> {name: array}``, for portable and fused (plugin) graphs.
 
-A graph containing ``DyNetDynamicConv2d`` gets the onnxruntime-extensions Python op registered and its
-nodes' optional inputs padded in memory (see :mod:`dynet_deploy.op.onnxruntime_python`); the file is not changed.
+A graph containing ``DyNetDynamicConv2d`` runs on the native onnxruntime custom-op library
+(``build/libdynet_dynamic_conv_ort.so``, see :mod:`dynet_deploy.op.onnxruntime_lib`), registered on the session:
+float32 and float16, nodes with 3, 4 or 5 inputs as they are on disk.
 Inputs are checked against the graph (rank, dtype, fixed dims) before the session sees them, so a wrong
 input is a :class:`RuntimeBackendError` that names the input and the expected shape.
 """
@@ -46,7 +47,6 @@ class OnnxruntimeRunner:
     """
 
     def __init__(self, model, threads: int | None = None, graph_optimization_level: str = "all", providers: Sequence[str] | None = None, spinning: bool | None = None) -> None:
-        import onnx
         import onnxruntime as ort
 
         proto = load_onnx(model, RuntimeBackendError)
@@ -69,7 +69,8 @@ class OnnxruntimeRunner:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.uses_custom_op = uses_dynamic_conv_op(proto)
         if self.uses_custom_op:
-            from ..op import onnxruntime_python as ort_custom_op
+            from ..errors import MissingDependencyError
+            from ..op import onnxruntime_lib
 
             for node in proto.graph.node:
                 if node.op_type == OP_TYPE and node.domain != OP_DOMAIN:
@@ -77,16 +78,10 @@ class OnnxruntimeRunner:
                         f"node {node.name!r} is {node.domain}::{node.op_type}; the onnxruntime op is registered in "
                         f"domain {OP_DOMAIN!r} (re-run `dynet-deploy fuse`)"
                     )
-            half = [v.name for v in proto.graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16]
-            half += [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
-            if half:
-                raise RuntimeBackendError(
-                    f"the graph has float16 tensors ({', '.join(half[:3])}); the onnxruntime DyNetDynamicConv2d op runs "
-                    "float32 only (onnxruntime-extensions Python ops have no float16): run the fp32 graph here, fp16 on TensorRT"
-                )
-            proto = type(proto).FromString(proto.SerializeToString())  # pad a copy, never the caller's proto
-            ort_custom_op.pad_optional_inputs(proto)
-            so.register_custom_ops_library(ort_custom_op.register())
+            try:
+                self.custom_op_library = onnxruntime_lib.register(so)
+            except MissingDependencyError as exc:
+                raise RuntimeBackendError(f"this graph has {OP_TYPE} nodes: {exc}") from None
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)

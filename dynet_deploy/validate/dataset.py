@@ -86,14 +86,16 @@ def validate_dataset(
     model_name: str = "",
     num_classes: int | None = None,
     reference_logits: np.ndarray | None = None,
+    graph_onnx: str | Path | None = None,
 ) -> DatasetReport:
     """Top-1 (or mIoU for segmentation, where ``labels`` are masks) of PyTorch and the backend, and agreement.
 
     ``reference_logits``: PyTorch's outputs on ``images`` if already computed (several graphs of one model
     are checked against one reference run); they must come from :func:`reference_outputs` on the same images.
+    ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
     """
     model_path = Path(model_path)
-    graph = read_graph_input(model_path)
+    graph = read_graph_input(graph_onnx or model_path)
     session = BackendSession(backend, model_path, threads=threads)
     fixed = graph.fixed_batch is not None
     bs = graph.fixed_batch or batch

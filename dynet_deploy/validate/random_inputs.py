@@ -139,13 +139,17 @@ def validate_random(
     threads: int | None = None,
     tolerance: Tolerance | None = None,
     model_name: str = "",
+    graph_onnx: str | Path | None = None,
 ) -> RandomReport:
-    """Compare ``model`` (PyTorch, eval) with the graph at ``model_path`` on fresh random inputs."""
+    """Compare ``model`` (PyTorch, eval) with the graph at ``model_path`` on fresh random inputs.
+
+    ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
+    """
     from polygraphy import json as pjson
     from polygraphy.comparator import Comparator, CompareFunc, RunResults
 
     model_path = Path(model_path)
-    graph = read_graph_input(model_path)
+    graph = read_graph_input(graph_onnx or model_path)
     precision = graph.precision
     tol = tolerance or TOLERANCES[precision]
     if graph.fixed_batch is not None:

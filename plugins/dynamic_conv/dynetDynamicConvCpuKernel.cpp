@@ -1,0 +1,1190 @@
+// Fast CPU kernel of DyNetDynamicConv2d: see dynetDynamicConvCpuKernel.h for the algorithm.
+//
+// ISA dispatch: the loops are written once (inline bodies below) and compiled three times, inside functions with
+// target("avx512f"), target("avx2,fma") and the build's baseline, so the compiler vectorises each for its ISA; the
+// GEMM micro-kernels use intrinsics. selectedIsa() picks the best one the CPU supports at run time.
+#include "dynetDynamicConvCpuKernel.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define DYNET_X86 1
+#include <immintrin.h>
+#else
+#define DYNET_X86 0
+#endif
+
+#if defined(__GNUC__)
+#define DYNET_INLINE inline __attribute__((always_inline))
+#else
+#define DYNET_INLINE inline
+#endif
+
+namespace dynet
+{
+
+namespace
+{
+constexpr int kMr = 8;           // rows (output channels) of a fused-kernel panel
+constexpr int64_t kFuseChunk = 128; // kernel elements per fusion block: 128 * 8 floats = 4 KiB per basis kernel
+constexpr int64_t kPixelBlock = 256; // output pixels per GEMM task before splitting for parallelism
+constexpr size_t kMinTasks = 16;  // split work until a layer has at least this many tasks
+constexpr int64_t kMaxNr = 32;       // widest micro-kernel tile (AVX-512)
+constexpr int64_t kImplicitMinWidth = 24; // implicit GEMM when output rows are at least this wide (tile use)
+
+// Direct path when a group has few output channels (an 8-row GEMM panel would be mostly zeros: depthwise and
+// channel-multiplier-2 layers) and the kernel of one output channel is small.
+constexpr int64_t kDirectMaxR = 32;
+constexpr int64_t kDirectMaxCoutG = 3;
+
+template <typename T>
+T ceilDiv(T a, T b)
+{
+    return (a + b - 1) / b;
+}
+
+struct Geometry
+{
+    int64_t n, cIn, h, w, hw, cOut, cinG, coutG, groups, kh, kw, r, k;
+    int64_t sh, sw, dh, dw, pt, pl;
+    int64_t hOut, wOut, p;
+    int32_t activation;
+};
+
+Geometry geometry(DynetConvParams const& prm, int32_t hOut, int32_t wOut)
+{
+    Geometry g{};
+    g.n = prm.n;
+    g.cIn = prm.c_in;
+    g.h = prm.h;
+    g.w = prm.w;
+    g.hw = g.h * g.w;
+    g.cOut = prm.c_out;
+    g.groups = prm.groups;
+    g.cinG = g.cIn / g.groups;
+    g.coutG = g.cOut / g.groups;
+    g.kh = prm.kh;
+    g.kw = prm.kw;
+    g.r = g.cinG * g.kh * g.kw;
+    g.k = prm.k;
+    g.sh = prm.stride_h;
+    g.sw = prm.stride_w;
+    g.dh = prm.dilation_h;
+    g.dw = prm.dilation_w;
+    g.pt = prm.pad_top;
+    g.pl = prm.pad_left;
+    g.hOut = hOut;
+    g.wOut = wOut;
+    g.p = int64_t{hOut} * wOut;
+    g.activation = prm.activation;
+    return g;
+}
+
+DYNET_INLINE float activate(float v, int32_t act)
+{
+    if (act == DYNET_ACT_RELU)
+    {
+        return v > 0.0f ? v : 0.0f;
+    }
+    if (act == DYNET_ACT_RELU6)
+    {
+        return v > 0.0f ? (v < 6.0f ? v : 6.0f) : 0.0f;
+    }
+    return v;
+}
+
+// Output columns ow whose input column ow*sw + off lies inside [0, w): [lo, hi).
+DYNET_INLINE void validColumns(int64_t off, int64_t sw, int64_t w, int64_t wOut, int64_t& lo, int64_t& hi)
+{
+    lo = off >= 0 ? 0 : ceilDiv(-off, sw);
+    hi = (w - 1 - off) >= 0 ? std::min(wOut, (w - 1 - off) / sw + 1) : 0;
+    lo = std::min(lo, wOut);
+    if (hi < lo)
+    {
+        hi = lo;
+    }
+}
+
+// ---- step 1: kernel fusion ------------------------------------------------------------------------------------
+
+struct FuseJob
+{
+    Geometry const* g;
+    PackedBank const* bank;
+    float const* coeff;
+    int64_t coeffChannels;
+    float* fused;     // GEMM: [N][groups][panels][R][8]; direct: [N][C_out][R]
+    float* fusedBias; // [N][C_out]
+    int64_t channelsPerTask; // direct path
+};
+
+DYNET_INLINE float coeffAt(FuseJob const& j, int64_t n, int64_t t, int64_t k)
+{
+    return j.coeff[(n * j.coeffChannels + (j.coeffChannels == 1 ? 0 : t)) * j.g->k + k];
+}
+
+DYNET_INLINE void fuseBias(FuseJob const& j, int64_t n, int64_t t)
+{
+    PackedBank const& b = *j.bank;
+    float acc = b.hasBias ? b.bias[static_cast<size_t>(t)] : 0.0f;
+    if (b.hasBiasBank)
+    {
+        for (int64_t k = 0; k < j.g->k; ++k)
+        {
+            acc += coeffAt(j, n, t, k) * b.biasBank[static_cast<size_t>(t * j.g->k + k)];
+        }
+    }
+    j.fusedBias[n * j.g->cOut + t] = acc;
+}
+
+// One 8-row panel (group gi, panel tp) for samples [n0, n1): dst(n) = dst0 + (n - n0) * dstStride,
+// dst(n)[r][i] = sum_k c[n][t0+i][k] * bank[k][r][i]; also the samples' fused biases of these rows.
+DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int64_t n0, int64_t n1, float* dst0,
+    int64_t dstStride)
+{
+    Geometry const& g = *j.g;
+    PackedBank const& b = *j.bank;
+    int64_t const t0 = gi * g.coutG + tp * kMr;
+    int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+    int64_t const panelSize = g.r * kMr;
+    float const* src = b.weight.data() + (gi * b.panels + tp) * g.k * panelSize;
+    float cv[kMr];
+    // Chunks of the kernel so that the K basis slices stay in L1 while every sample reads them.
+    for (int64_t r0 = 0; r0 < g.r; r0 += kFuseChunk)
+    {
+        int64_t const len = std::min(kFuseChunk, g.r - r0) * kMr;
+        for (int64_t n = n0; n < n1; ++n)
+        {
+            float* dst = dst0 + (n - n0) * dstStride + r0 * kMr;
+            for (int64_t k = 0; k < g.k; ++k)
+            {
+                for (int i = 0; i < kMr; ++i)
+                {
+                    cv[i] = i < rows ? coeffAt(j, n, t0 + i, k) : 0.0f;
+                }
+                float const* s = src + k * panelSize + r0 * kMr;
+                if (k == 0)
+                {
+                    for (int64_t e = 0; e < len; e += kMr)
+                    {
+                        for (int i = 0; i < kMr; ++i)
+                        {
+                            dst[e + i] = cv[i] * s[e + i];
+                        }
+                    }
+                }
+                else
+                {
+                    for (int64_t e = 0; e < len; e += kMr)
+                    {
+                        for (int i = 0; i < kMr; ++i)
+                        {
+                            dst[e + i] += cv[i] * s[e + i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (int64_t n = n0; n < n1; ++n)
+    {
+        for (int64_t i = 0; i < rows; ++i)
+        {
+            fuseBias(j, n, t0 + i);
+        }
+    }
+}
+
+// Task: one panel of one group for the whole batch, into the batch's fused-kernel buffer.
+DYNET_INLINE void fusePanelBody(FuseJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const panels = j.bank->panels;
+    int64_t const gi = task / panels;
+    int64_t const tp = task % panels;
+    int64_t const panelSize = g.r * kMr;
+    fusePanelSamples(j, gi, tp, 0, g.n, j.fused + (gi * panels + tp) * panelSize, g.groups * panels * panelSize);
+}
+
+// A run of output channels [t0, t1) for every sample, plain layout [C_out][R].
+DYNET_INLINE void fuseChannelsBody(FuseJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const t0 = task * j.channelsPerTask;
+    int64_t const t1 = std::min(g.cOut, t0 + j.channelsPerTask);
+    for (int64_t t = t0; t < t1; ++t)
+    {
+        float const* src = j.bank->weight.data() + t * g.k * g.r;
+        for (int64_t n = 0; n < g.n; ++n)
+        {
+            float* dst = j.fused + (n * g.cOut + t) * g.r;
+            float const c0 = coeffAt(j, n, t, 0);
+            for (int64_t e = 0; e < g.r; ++e)
+            {
+                dst[e] = c0 * src[e];
+            }
+            for (int64_t k = 1; k < g.k; ++k)
+            {
+                float const ck = coeffAt(j, n, t, k);
+                float const* s = src + k * g.r;
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    dst[e] += ck * s[e];
+                }
+            }
+            fuseBias(j, n, t);
+        }
+    }
+}
+
+// ---- step 2a: GEMM path ---------------------------------------------------------------------------------------
+
+struct GemmJob
+{
+    Geometry const* g;
+    float const* x;
+    float const* fused;
+    float const* fusedBias;
+    float* y;
+    int64_t panels;      // 8-row panels per group
+    int64_t pixelBlock;  // output pixels per task (multiple of nr)
+    int64_t panelsPerTask;
+    int64_t pixelBlocks, panelBlocks;
+    int nr;              // columns of the micro-kernel
+    CpuIsa isa;
+    float* sharedCols;   // unrolled input of every (sample, group, pixel block), when tasks split the panels
+    int64_t colsStride;  // floats per (sample, group, pixel block) in sharedCols
+    FuseJob const* fuse; // fusion inside the GEMM tasks (small images), else nullptr
+    int64_t const* packedOffsets; // e * nr for e < R: rows of a packed column panel
+
+    // Implicit GEMM (stride 1, large images): B is read straight from the (padded) input, no unrolling.
+    float const* src;    // padded input (or x itself for 1x1 convolutions without padding)
+    int64_t srcStride;   // floats per (sample, group) in src
+    int64_t const* tapOffsets; // offset of tap e = (ci, i, j) in src: ci * Hp * Wp + i * dh * Wp + j * dw
+    int64_t rowsCount, rowPitch, rowLen, outRowPitch, rowsPerTask, rowBlocks;
+    bool flat;           // 1x1 without padding: "rows" are chunks of the flattened image
+};
+
+// Unroll the input of sample n, group gi, output pixels [p0, p0 + pc) into column panels B[jp][r][nr].
+DYNET_INLINE void im2colPanels(Geometry const& g, float const* xg, int64_t p0, int64_t pc, int nr, float* out)
+{
+    int64_t const npan = ceilDiv<int64_t>(pc, nr);
+    int64_t const khw = g.kh * g.kw;
+    int64_t const panelStride = g.r * nr;
+    for (int64_t r = 0; r < g.r; ++r)
+    {
+        int64_t const ci = r / khw;
+        int64_t const i = (r / g.kw) % g.kh;
+        int64_t const jj = r % g.kw;
+        float const* xc = xg + ci * g.hw;
+        int64_t const off = jj * g.dw - g.pl;
+        int64_t lo, hi;
+        validColumns(off, g.sw, g.w, g.wOut, lo, hi);
+        int64_t p = p0;
+        int64_t const pEnd = p0 + pc;
+        int64_t oh = p / g.wOut;
+        int64_t ow = p % g.wOut;
+        while (p < pEnd)
+        {
+            int64_t const q = p - p0;
+            int64_t const col = q % nr;
+            int64_t const run = std::min({g.wOut - ow, pEnd - p, int64_t{nr} - col});
+            float* dst = out + (q / nr) * panelStride + r * nr + col;
+            int64_t const ih = oh * g.sh - g.pt + i * g.dh;
+            if (ih < 0 || ih >= g.h)
+            {
+                for (int64_t e = 0; e < run; ++e)
+                {
+                    dst[e] = 0.0f;
+                }
+            }
+            else
+            {
+                float const* src = xc + ih * g.w + off;
+                int64_t const a = std::clamp(lo - ow, int64_t{0}, run);
+                int64_t const b = std::clamp(hi - ow, a, run);
+                for (int64_t e = 0; e < a; ++e)
+                {
+                    dst[e] = 0.0f;
+                }
+                if (g.sw == 1)
+                {
+                    std::memcpy(dst + a, src + ow + a, static_cast<size_t>(b - a) * sizeof(float));
+                }
+                else
+                {
+                    for (int64_t e = a; e < b; ++e)
+                    {
+                        dst[e] = src[(ow + e) * g.sw];
+                    }
+                }
+                for (int64_t e = b; e < run; ++e)
+                {
+                    dst[e] = 0.0f;
+                }
+            }
+            p += run;
+            ow += run;
+            if (ow == g.wOut)
+            {
+                ow = 0;
+                ++oh;
+            }
+        }
+        int64_t const tail = npan * nr - pc; // zero columns past the last pixel
+        if (tail > 0)
+        {
+            float* dst = out + (npan - 1) * panelStride + r * nr + (nr - tail);
+            for (int64_t e = 0; e < tail; ++e)
+            {
+                dst[e] = 0.0f;
+            }
+        }
+    }
+}
+
+// Where a micro-kernel writes: rows y + i * ldy (i < rows), columns [0, width), value clamp(acc + bias[i], lo, hi)
+// (lo = 0 for ReLU / ReLU6, hi = 6 for ReLU6, else +-infinity). A full tile (8 rows, nr columns) is stored from
+// registers; a partial one goes through a stack tile.
+struct TileOut
+{
+    float* y;
+    int64_t ldy;
+    int64_t rows;
+    int64_t width;
+    float const* bias; // 8 values (rows past `rows` are unused)
+    float lo, hi;
+};
+
+DYNET_INLINE float clampTo(float v, float lo, float hi)
+{
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+DYNET_INLINE void storeTile(float const* tile, int nr, TileOut const& o)
+{
+    for (int64_t i = 0; i < o.rows; ++i)
+    {
+        float const b = o.bias[i];
+        float* yrow = o.y + i * o.ldy;
+        float const* trow = tile + i * nr;
+        for (int64_t c = 0; c < o.width; ++c)
+        {
+            yrow[c] = clampTo(trow[c] + b, o.lo, o.hi);
+        }
+    }
+}
+
+// acc[i][c] = sum_e A[e][i] * B[e][c], A an 8-row panel [R][8], row e of B at base + offs[e] (a packed column
+// panel, offs[e] = e * nr, or the padded input itself, offs[e] = the tap's offset); then the epilogue.
+DYNET_INLINE void microGeneric8x8(float const* a, float const* base, int64_t const* offs, int64_t r, TileOut const& o)
+{
+    float acc[kMr][8] = {};
+    for (int64_t e = 0; e < r; ++e)
+    {
+        float const* b = base + offs[e];
+        for (int i = 0; i < kMr; ++i)
+        {
+            float const av = a[e * kMr + i];
+            for (int c = 0; c < 8; ++c)
+            {
+                acc[i][c] += av * b[c];
+            }
+        }
+    }
+    storeTile(&acc[0][0], 8, o);
+}
+
+#if DYNET_X86
+__attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* base, int64_t const* offs, int64_t r,
+    TileOut const& o)
+{
+    __m256 acc[kMr];
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i)
+    {
+        acc[i] = _mm256_setzero_ps();
+    }
+    for (int64_t e = 0; e < r; ++e)
+    {
+        __m256 const bv = _mm256_loadu_ps(base + offs[e]);
+        float const* ae = a + e * kMr;
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + i), bv, acc[i]);
+        }
+    }
+    if (o.rows == kMr && o.width == 8)
+    {
+        __m256 const lo = _mm256_set1_ps(o.lo), hi = _mm256_set1_ps(o.hi);
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            __m256 v = _mm256_add_ps(acc[i], _mm256_set1_ps(o.bias[i]));
+            _mm256_storeu_ps(o.y + i * o.ldy, _mm256_min_ps(_mm256_max_ps(v, lo), hi));
+        }
+        return;
+    }
+    alignas(32) float tile[kMr * 8];
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i)
+    {
+        _mm256_store_ps(tile + i * 8, acc[i]);
+    }
+    storeTile(tile, 8, o);
+}
+
+__attribute__((target("avx512f"))) void microAvx512(float const* a, float const* base, int64_t const* offs, int64_t r,
+    TileOut const& o)
+{
+    __m512 acc[kMr][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i)
+    {
+        acc[i][0] = _mm512_setzero_ps();
+        acc[i][1] = _mm512_setzero_ps();
+    }
+    for (int64_t e = 0; e < r; ++e)
+    {
+        float const* b = base + offs[e];
+        __m512 const b0 = _mm512_loadu_ps(b);
+        __m512 const b1 = _mm512_loadu_ps(b + 16);
+        float const* ae = a + e * kMr;
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            __m512 const av = _mm512_set1_ps(ae[i]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+    __m512 const lo = _mm512_set1_ps(o.lo), hi = _mm512_set1_ps(o.hi);
+    uint32_t const bits = o.width >= 32 ? 0xffffffffu : ((1u << o.width) - 1u);
+    __mmask16 const m0 = static_cast<__mmask16>(bits & 0xffffu);
+    __mmask16 const m1 = static_cast<__mmask16>(bits >> 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i)
+    {
+        if (i < o.rows)
+        {
+            __m512 const bias = _mm512_set1_ps(o.bias[i]);
+            float* yrow = o.y + i * o.ldy;
+            _mm512_mask_storeu_ps(yrow, m0, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][0], bias), lo), hi));
+            _mm512_mask_storeu_ps(yrow + 16, m1, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][1], bias), lo), hi));
+        }
+    }
+}
+#endif
+
+int nrFor(CpuIsa isa)
+{
+    return isa == CpuIsa::kAvx512 ? 32 : 8;
+}
+
+// Output rows of kernel panel tp (group gi, sample n) over pixels [p0, p0 + pc): micro-kernel, bias, activation.
+DYNET_INLINE void gemmPanel(GemmJob const& j, float const* a, float const* cols, int64_t n, int64_t gi, int64_t tp,
+    int64_t p0, int64_t pc)
+{
+    Geometry const& g = *j.g;
+    int const nr = j.nr;
+    int64_t const npan = ceilDiv<int64_t>(pc, nr);
+    int64_t const t0 = gi * g.coutG + tp * kMr;
+    TileOut o{};
+    o.ldy = g.p;
+    o.rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+    float bias[kMr] = {};
+    for (int64_t i = 0; i < o.rows; ++i)
+    {
+        bias[i] = j.fusedBias[n * g.cOut + t0 + i];
+    }
+    o.bias = bias;
+    o.lo = g.activation == DYNET_ACT_NONE ? -std::numeric_limits<float>::infinity() : 0.0f;
+    o.hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
+    for (int64_t jp = 0; jp < npan; ++jp)
+    {
+        float const* b = cols + jp * g.r * nr;
+        int64_t const* offs = j.packedOffsets;
+        int64_t const pStart = p0 + jp * nr;
+        o.y = j.y + (n * g.cOut + t0) * g.p + pStart;
+        o.width = std::min<int64_t>(nr, p0 + pc - pStart);
+#if DYNET_X86
+        if (j.isa == CpuIsa::kAvx512)
+        {
+            microAvx512(a, b, offs, g.r, o);
+        }
+        else if (j.isa == CpuIsa::kAvx2)
+        {
+            microAvx2(a, b, offs, g.r, o);
+        }
+        else
+#endif
+        {
+            microGeneric8x8(a, b, offs, g.r, o);
+        }
+    }
+}
+
+DYNET_INLINE void gemmTaskBody(GemmJob const& j, int64_t task, std::vector<float>& buffer)
+{
+    Geometry const& g = *j.g;
+    int64_t const tb = task % j.panelBlocks;
+    int64_t rest = task / j.panelBlocks;
+    int64_t const pb = rest % j.pixelBlocks;
+    rest /= j.pixelBlocks;
+    int64_t const gi = rest % g.groups;
+    int64_t const n = rest / g.groups;
+    int const nr = j.nr;
+
+    int64_t const p0 = pb * j.pixelBlock;
+    int64_t const pc = std::min(j.pixelBlock, g.p - p0);
+    int64_t const npan = ceilDiv<int64_t>(pc, nr);
+    float const* cols = nullptr;
+    if (j.sharedCols != nullptr)
+    {
+        cols = j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
+    }
+    else
+    {
+        size_t const need = static_cast<size_t>(npan * g.r * nr);
+        if (buffer.size() < need)
+        {
+            buffer.resize(need);
+        }
+        im2colPanels(g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, p0, pc, nr, buffer.data());
+        cols = buffer.data();
+    }
+
+    int64_t const tp0 = tb * j.panelsPerTask;
+    int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
+    for (int64_t tp = tp0; tp < tp1; ++tp)
+    {
+        float const* a = j.fused + ((n * g.groups + gi) * j.panels + tp) * g.r * kMr;
+        gemmPanel(j, a, cols, n, gi, tp, p0, pc);
+    }
+}
+
+// Task of the small-image mode: kernel panels [tp0, tp1) of group gi, fused here for one sample at a time (the
+// bank slice stays in L2 across the batch; nothing is written back), then multiplied with every pixel block.
+DYNET_INLINE void fusedGemmTaskBody(GemmJob const& j, int64_t task, std::vector<float>& buffer)
+{
+    Geometry const& g = *j.g;
+    int64_t const gi = task / j.panelBlocks;
+    int64_t const tb = task % j.panelBlocks;
+    int64_t const tp0 = tb * j.panelsPerTask;
+    int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
+    size_t const need = static_cast<size_t>(g.r * kMr);
+    if (buffer.size() < need)
+    {
+        buffer.resize(need);
+    }
+    for (int64_t tp = tp0; tp < tp1; ++tp)
+    {
+        for (int64_t n = 0; n < g.n; ++n)
+        {
+            fusePanelSamples(*j.fuse, gi, tp, n, n + 1, buffer.data(), 0);
+            for (int64_t pb = 0; pb < j.pixelBlocks; ++pb)
+            {
+                int64_t const p0 = pb * j.pixelBlock;
+                int64_t const pc = std::min(j.pixelBlock, g.p - p0);
+                float const* cols = j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
+                gemmPanel(j, buffer.data(), cols, n, gi, tp, p0, pc);
+            }
+        }
+    }
+}
+
+// Implicit-GEMM task (sample n, group gi, output rows block rb, kernel panels block tb).
+DYNET_INLINE void implicitTaskBody(GemmJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const tb = task % j.panelBlocks;
+    int64_t rest = task / j.panelBlocks;
+    int64_t const rb = rest % j.rowBlocks;
+    rest /= j.rowBlocks;
+    int64_t const gi = rest % g.groups;
+    int64_t const n = rest / g.groups;
+    float const* base = j.src + (n * g.groups + gi) * j.srcStride;
+    int64_t const row0 = rb * j.rowsPerTask;
+    int64_t const row1 = std::min(j.rowsCount, row0 + j.rowsPerTask);
+    int64_t const tp0 = tb * j.panelsPerTask;
+    int64_t const tp1 = std::min(j.panels, tp0 + j.panelsPerTask);
+    TileOut o{};
+    o.ldy = g.p;
+    o.lo = g.activation == DYNET_ACT_NONE ? -std::numeric_limits<float>::infinity() : 0.0f;
+    o.hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
+    float bias[kMr] = {};
+    o.bias = bias;
+    for (int64_t tp = tp0; tp < tp1; ++tp)
+    {
+        float const* a = j.fused + ((n * g.groups + gi) * j.panels + tp) * g.r * kMr;
+        int64_t const t0 = gi * g.coutG + tp * kMr;
+        o.rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
+        for (int64_t i = 0; i < o.rows; ++i)
+        {
+            bias[i] = j.fusedBias[n * g.cOut + t0 + i];
+        }
+        float* yPanel = j.y + (n * g.cOut + t0) * g.p;
+        for (int64_t row = row0; row < row1; ++row)
+        {
+            int64_t const len = j.flat ? std::min(j.rowLen, g.p - row * j.rowPitch) : j.rowLen;
+            for (int64_t c0 = 0; c0 < len; c0 += j.nr)
+            {
+                float const* b = base + row * j.rowPitch + c0;
+                o.y = yPanel + row * j.outRowPitch + c0;
+                o.width = std::min<int64_t>(j.nr, len - c0);
+#if DYNET_X86
+                if (j.isa == CpuIsa::kAvx512)
+                {
+                    microAvx512(a, b, j.tapOffsets, g.r, o);
+                }
+                else if (j.isa == CpuIsa::kAvx2)
+                {
+                    microAvx2(a, b, j.tapOffsets, g.r, o);
+                }
+                else
+#endif
+                {
+                    microGeneric8x8(a, b, j.tapOffsets, g.r, o);
+                }
+            }
+        }
+    }
+}
+
+// Zero-padded copy of one input plane (sample, channel) for the implicit GEMM: Hp x Wp, pads top/left as given,
+// bottom/right as needed for the output size.
+struct PadJob
+{
+    Geometry const* g;
+    float const* x;
+    float* out;
+    int64_t hp, wp;
+};
+
+DYNET_INLINE void padTaskBody(PadJob const& j, int64_t plane)
+{
+    Geometry const& g = *j.g;
+    float const* src = j.x + plane * g.hw;
+    float* dst = j.out + plane * j.hp * j.wp;
+    std::memset(dst, 0, static_cast<size_t>(j.hp * j.wp) * sizeof(float));
+    for (int64_t h = 0; h < g.h && h + g.pt < j.hp; ++h)
+    {
+        int64_t const cols = std::min(g.w, j.wp - g.pl);
+        std::memcpy(dst + (h + g.pt) * j.wp + g.pl, src + h * g.w, static_cast<size_t>(cols) * sizeof(float));
+    }
+}
+
+// Unroll one (sample, group, pixel block) into the shared buffer.
+DYNET_INLINE void im2colTaskBody(GemmJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const pb = task % j.pixelBlocks;
+    int64_t const ng = task / j.pixelBlocks; // n * groups + gi
+    int64_t const p0 = pb * j.pixelBlock;
+    int64_t const pc = std::min(j.pixelBlock, g.p - p0);
+    float const* xg = j.x + (ng / g.groups * g.cIn + ng % g.groups * g.cinG) * g.hw;
+    im2colPanels(g, xg, p0, pc, j.nr, j.sharedCols + task * j.colsStride);
+}
+
+// ---- step 2b: direct path -------------------------------------------------------------------------------------
+
+struct DirectJob
+{
+    Geometry const* g;
+    float const* x;
+    float const* fused;
+    float const* fusedBias;
+    float* y;
+    int64_t planesPerTask;
+};
+
+DYNET_INLINE void directPlane(Geometry const& g, float const* xg, float const* wt, float bias, float* yt)
+{
+    for (int64_t oh = 0; oh < g.hOut; ++oh)
+    {
+        float* acc = yt + oh * g.wOut;
+        for (int64_t ow = 0; ow < g.wOut; ++ow)
+        {
+            acc[ow] = bias;
+        }
+        for (int64_t ci = 0; ci < g.cinG; ++ci)
+        {
+            for (int64_t i = 0; i < g.kh; ++i)
+            {
+                int64_t const ih = oh * g.sh - g.pt + i * g.dh;
+                if (ih < 0 || ih >= g.h)
+                {
+                    continue;
+                }
+                float const* xrow = xg + ci * g.hw + ih * g.w;
+                for (int64_t jj = 0; jj < g.kw; ++jj)
+                {
+                    float const wv = wt[(ci * g.kh + i) * g.kw + jj];
+                    int64_t const off = jj * g.dw - g.pl;
+                    int64_t lo, hi;
+                    validColumns(off, g.sw, g.w, g.wOut, lo, hi);
+                    float const* src = xrow + off;
+                    if (g.sw == 1)
+                    {
+                        for (int64_t ow = lo; ow < hi; ++ow)
+                        {
+                            acc[ow] += wv * src[ow];
+                        }
+                    }
+                    else
+                    {
+                        for (int64_t ow = lo; ow < hi; ++ow)
+                        {
+                            acc[ow] += wv * src[ow * g.sw];
+                        }
+                    }
+                }
+            }
+        }
+        if (g.activation != DYNET_ACT_NONE)
+        {
+            for (int64_t ow = 0; ow < g.wOut; ++ow)
+            {
+                acc[ow] = activate(acc[ow], g.activation);
+            }
+        }
+    }
+}
+
+DYNET_INLINE void directTaskBody(DirectJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const e0 = task * j.planesPerTask;
+    int64_t const e1 = std::min(g.n * g.cOut, e0 + j.planesPerTask);
+    for (int64_t e = e0; e < e1; ++e)
+    {
+        int64_t const n = e / g.cOut;
+        int64_t const t = e % g.cOut;
+        int64_t const gi = t / g.coutG;
+        directPlane(g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, j.fused + e * g.r, j.fusedBias[e], j.y + e * g.p);
+    }
+}
+
+// ---- per-ISA instantiations -------------------------------------------------------------------------------------
+
+thread_local std::vector<float> tColumns; // im2col panels of the task a pool thread runs
+
+#define DYNET_DEFINE_TASKS(SUFFIX, TARGET)                                                                           \
+    TARGET void fusePanel##SUFFIX(void* usr, size_t i)                                                             \
+    {                                                                                                              \
+        fusePanelBody(*static_cast<FuseJob const*>(usr), static_cast<int64_t>(i));                                 \
+    }                                                                                                              \
+    TARGET void fuseChannels##SUFFIX(void* usr, size_t i)                                                          \
+    {                                                                                                              \
+        fuseChannelsBody(*static_cast<FuseJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
+    TARGET void gemmTask##SUFFIX(void* usr, size_t i)                                                              \
+    {                                                                                                              \
+        gemmTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i), tColumns);                        \
+    }                                                                                                              \
+    TARGET void fusedGemmTask##SUFFIX(void* usr, size_t i)                                                         \
+    {                                                                                                              \
+        fusedGemmTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i), tColumns);                   \
+    }                                                                                                              \
+    TARGET void implicitTask##SUFFIX(void* usr, size_t i)                                                          \
+    {                                                                                                              \
+        implicitTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
+    TARGET void im2colTask##SUFFIX(void* usr, size_t i)                                                            \
+    {                                                                                                              \
+        im2colTaskBody(*static_cast<GemmJob const*>(usr), static_cast<int64_t>(i));                                \
+    }                                                                                                              \
+    TARGET void directTask##SUFFIX(void* usr, size_t i)                                                            \
+    {                                                                                                              \
+        directTaskBody(*static_cast<DirectJob const*>(usr), static_cast<int64_t>(i));                              \
+    }
+
+DYNET_DEFINE_TASKS(Generic, )
+#if DYNET_X86
+DYNET_DEFINE_TASKS(Avx2, __attribute__((target("avx2,fma"))))
+DYNET_DEFINE_TASKS(Avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
+#endif
+
+void padTask(void* usr, size_t i)
+{
+    padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));
+}
+
+struct TaskSet
+{
+    void (*fusePanel)(void*, size_t);
+    void (*fuseChannels)(void*, size_t);
+    void (*gemmTask)(void*, size_t);
+    void (*im2colTask)(void*, size_t);
+    void (*fusedGemmTask)(void*, size_t);
+    void (*implicitTask)(void*, size_t);
+    void (*directTask)(void*, size_t);
+};
+
+TaskSet tasksFor(CpuIsa isa)
+{
+#if DYNET_X86
+    if (isa == CpuIsa::kAvx512)
+    {
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, implicitTaskAvx512, directTaskAvx512};
+    }
+    if (isa == CpuIsa::kAvx2)
+    {
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2, directTaskAvx2};
+    }
+#endif
+    (void) isa;
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, implicitTaskGeneric, directTaskGeneric};
+}
+
+CpuIsa detectIsa()
+{
+    CpuIsa best = CpuIsa::kGeneric;
+#if DYNET_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    {
+        best = CpuIsa::kAvx512;
+    }
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    {
+        best = CpuIsa::kAvx2;
+    }
+#endif
+    char const* env = std::getenv("DYNET_CPU_ISA");
+    if (env != nullptr)
+    {
+        CpuIsa want = best;
+        if (std::strcmp(env, "generic") == 0)
+        {
+            want = CpuIsa::kGeneric;
+        }
+        else if (std::strcmp(env, "avx2") == 0)
+        {
+            want = CpuIsa::kAvx2;
+        }
+        else if (std::strcmp(env, "avx512") == 0)
+        {
+            want = CpuIsa::kAvx512;
+        }
+        best = static_cast<int32_t>(want) < static_cast<int32_t>(best) ? want : best;
+    }
+    return best;
+}
+} // namespace
+
+void ParallelFor::operator()(size_t total, void (*fn)(void*, size_t), void* usr) const
+{
+    if (run != nullptr && total > 1)
+    {
+        run(runner, fn, total, usr);
+        return;
+    }
+    for (size_t i = 0; i < total; ++i)
+    {
+        fn(usr, i);
+    }
+}
+
+CpuIsa selectedIsa()
+{
+    static CpuIsa const isa = detectIsa();
+    return isa;
+}
+
+char const* isaName(CpuIsa isa)
+{
+    switch (isa)
+    {
+    case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kAvx2: return "avx2";
+    default: return "generic";
+    }
+}
+
+bool usesGemmPath(int32_t cinPerGroup, int32_t coutPerGroup, int32_t kh, int32_t kw)
+{
+    return coutPerGroup > kDirectMaxCoutG || int64_t{cinPerGroup} * kh * kw > kDirectMaxR;
+}
+
+int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float const* w, float const* bb,
+    float const* b)
+{
+    if (w == nullptr || (p.has_bias_bank && bb == nullptr) || (p.has_bias && b == nullptr))
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    if (p.k < 1 || p.c_out < 1 || cinPerGroup < 1 || p.kh < 1 || p.kw < 1 || p.groups < 1
+        || p.c_out % p.groups != 0)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    k = p.k;
+    cOut = p.c_out;
+    cinG = cinPerGroup;
+    kh = p.kh;
+    kw = p.kw;
+    groups = p.groups;
+    coutG = cOut / groups;
+    r = int64_t{cinG} * kh * kw;
+    hasBiasBank = p.has_bias_bank != 0;
+    hasBias = p.has_bias != 0;
+    gemm_ = usesGemmPath(cinG, coutG, kh, kw);
+    if (gemm_)
+    {
+        panels = static_cast<int32_t>(ceilDiv(coutG, kMr));
+        weight.assign(static_cast<size_t>(int64_t{groups} * panels * k * r * kMr), 0.0f);
+        for (int64_t gi = 0; gi < groups; ++gi)
+        {
+            for (int64_t tp = 0; tp < panels; ++tp)
+            {
+                for (int64_t kk = 0; kk < k; ++kk)
+                {
+                    float* dst = weight.data() + ((gi * panels + tp) * k + kk) * r * kMr;
+                    for (int64_t i = 0; i < kMr && tp * kMr + i < coutG; ++i)
+                    {
+                        int64_t const t = gi * coutG + tp * kMr + i;
+                        float const* src = w + (kk * cOut + t) * r;
+                        for (int64_t e = 0; e < r; ++e)
+                        {
+                            dst[e * kMr + i] = src[e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    else
+    {
+        panels = 0;
+        weight.resize(static_cast<size_t>(int64_t{cOut} * k * r));
+        for (int64_t t = 0; t < cOut; ++t)
+        {
+            for (int64_t kk = 0; kk < k; ++kk)
+            {
+                std::memcpy(weight.data() + (t * k + kk) * r, w + (kk * cOut + t) * r,
+                    static_cast<size_t>(r) * sizeof(float));
+            }
+        }
+    }
+    biasBank.assign(hasBiasBank ? static_cast<size_t>(cOut) * k : 0, 0.0f);
+    for (int64_t t = 0; hasBiasBank && t < cOut; ++t)
+    {
+        for (int64_t kk = 0; kk < k; ++kk)
+        {
+            biasBank[static_cast<size_t>(t * k + kk)] = bb[kk * cOut + t];
+        }
+    }
+    if (hasBias)
+    {
+        bias.assign(b, b + cOut);
+    }
+    else
+    {
+        bias.clear();
+    }
+    return DYNET_OK;
+}
+
+bool PackedBank::matches(DynetConvParams const& p) const
+{
+    return p.k == k && p.c_out == cOut && p.c_in == cinG * p.groups && p.kh == kh && p.kw == kw
+        && p.groups == groups && (p.has_bias_bank != 0) == hasBiasBank && (p.has_bias != 0) == hasBias;
+}
+
+int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff, float* y,
+    ParallelFor const& parallel, CpuIsa isa)
+{
+    int32_t hOut = 0, wOut = 0;
+    int32_t const status = dynet_conv_output_hw(&prm, &hOut, &wOut);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    if (!bank.matches(prm))
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    if (x == nullptr || coeff == nullptr || y == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    Geometry const g = geometry(prm, hOut, wOut);
+    TaskSet const tasks = tasksFor(isa);
+
+    // Fused kernels and biases of the batch; kept per calling thread so repeated runs reuse the memory.
+    thread_local std::vector<float> fusedStore;
+    thread_local std::vector<float> biasStore;
+    size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(g.n * g.cOut * g.r)
+        : g.p <= kPixelBlock                      ? 0
+                                                  : static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr);
+    if (fusedStore.size() < fusedSize)
+    {
+        fusedStore.resize(fusedSize);
+    }
+    if (biasStore.size() < static_cast<size_t>(g.n * g.cOut))
+    {
+        biasStore.resize(static_cast<size_t>(g.n * g.cOut));
+    }
+    FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1};
+
+    if (bank.gemmPath())
+    {
+        GemmJob job{};
+        job.g = &g;
+        job.x = x;
+        job.fused = fusedStore.data();
+        job.fusedBias = biasStore.data();
+        job.y = y;
+        job.panels = bank.panels;
+        job.isa = isa;
+        job.nr = nrFor(isa);
+        thread_local std::vector<int64_t> packedOffsets;
+        packedOffsets.resize(static_cast<size_t>(g.r));
+        for (int64_t e = 0; e < g.r; ++e)
+        {
+            packedOffsets[static_cast<size_t>(e)] = e * job.nr;
+        }
+        job.packedOffsets = packedOffsets.data();
+        thread_local std::vector<float> colsStore;
+        auto shareColumns = [&] {
+            // Several tasks read each pixel block: unroll the input once, in its own parallel step.
+            job.colsStride = job.pixelBlock * g.r;
+            size_t const blocks = static_cast<size_t>(g.n * g.groups * job.pixelBlocks);
+            if (colsStore.size() < blocks * static_cast<size_t>(job.colsStride))
+            {
+                colsStore.resize(blocks * static_cast<size_t>(job.colsStride));
+            }
+            job.sharedCols = colsStore.data();
+            parallel(blocks, tasks.im2colTask, &job);
+        };
+        if (g.p <= kPixelBlock)
+        {
+            // Small images: a sample's fused kernel serves few pixels, so it is fused inside the GEMM task that
+            // uses it (never written to memory); tasks split the kernel panels, and the bank is read once.
+            job.pixelBlock = ceilDiv<int64_t>(g.p, job.nr) * job.nr;
+            job.pixelBlocks = 1;
+            job.panelsPerTask = job.panels;
+            while (static_cast<size_t>(g.groups * ceilDiv(job.panels, job.panelsPerTask)) < kMinTasks
+                && job.panelsPerTask > 1)
+            {
+                job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            }
+            job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+            job.fuse = &fuse;
+            shareColumns();
+            parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
+        }
+        else if (g.sh == 1 && g.sw == 1 && (g.wOut >= kImplicitMinWidth || (g.kh == 1 && g.kw == 1 && g.pt == 0
+                     && g.pl == 0 && g.hOut == g.h && g.wOut == g.w)))
+        {
+            // Large images, stride 1: fuse the batch's kernels once, then an implicit GEMM that reads the
+            // (padded) input in place: output row oh, column ow, tap (ci, i, j) reads padded[ci][oh + i*dh][ow + j*dw].
+            parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
+            job.flat = g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h && g.wOut == g.w;
+            thread_local std::vector<int64_t> tapOffsets;
+            tapOffsets.resize(static_cast<size_t>(g.r));
+            int64_t hp = g.h, wp = g.w;
+            if (job.flat)
+            {
+                job.src = x;
+                job.srcStride = g.cinG * g.hw;
+                job.rowPitch = job.rowLen = job.outRowPitch = kPixelBlock;
+                job.rowsCount = ceilDiv(g.p, kPixelBlock);
+            }
+            else
+            {
+                hp = g.hOut + (g.kh - 1) * g.dh; // rows the output reads: pad bottom as needed
+                wp = g.wOut + (g.kw - 1) * g.dw;
+                thread_local std::vector<float> padStore;
+                size_t const padSize = static_cast<size_t>(g.n * g.cIn * hp * wp + 2 * kMaxNr);
+                if (padStore.size() < padSize)
+                {
+                    padStore.resize(padSize);
+                }
+                PadJob pad{&g, x, padStore.data(), hp, wp};
+                parallel(static_cast<size_t>(g.n * g.cIn), padTask, &pad);
+                job.src = padStore.data();
+                job.srcStride = g.cinG * hp * wp;
+                job.rowPitch = wp;
+                job.rowLen = g.wOut;
+                job.outRowPitch = g.wOut;
+                job.rowsCount = g.hOut;
+            }
+            for (int64_t e = 0; e < g.r; ++e)
+            {
+                int64_t const ci = e / (g.kh * g.kw);
+                int64_t const i = (e / g.kw) % g.kh;
+                int64_t const jj = e % g.kw;
+                tapOffsets[static_cast<size_t>(e)] = ci * hp * wp + i * g.dh * wp + jj * g.dw;
+            }
+            job.tapOffsets = tapOffsets.data();
+            // Rows per task: about kPixelBlock outputs, then fewer until the pool has enough tasks.
+            job.rowsPerTask = std::max<int64_t>(1, kPixelBlock / std::max<int64_t>(1, job.rowLen));
+            job.panelsPerTask = job.panels;
+            auto count = [&] {
+                job.rowBlocks = ceilDiv(job.rowsCount, job.rowsPerTask);
+                job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+                return static_cast<size_t>(g.n * g.groups * job.rowBlocks * job.panelBlocks);
+            };
+            while (count() < kMinTasks && job.rowsPerTask > 1)
+            {
+                job.rowsPerTask = ceilDiv<int64_t>(job.rowsPerTask, 2);
+            }
+            while (count() < kMinTasks && job.panelsPerTask > 1)
+            {
+                job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            }
+            parallel(count(), tasks.implicitTask, &job);
+        }
+        else
+        {
+            // Large images: fuse the batch's kernels once (the bank streamed once), then tasks over pixel blocks.
+            parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
+            job.pixelBlock = kPixelBlock;
+            job.panelsPerTask = job.panels;
+            auto count = [&] {
+                job.pixelBlocks = ceilDiv(g.p, job.pixelBlock);
+                job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
+                return static_cast<size_t>(g.n * g.groups * job.pixelBlocks * job.panelBlocks);
+            };
+            // Enough tasks for the pool: narrower pixel blocks first, then fewer kernel panels per task.
+            while (count() < kMinTasks && job.pixelBlock > 2 * job.nr)
+            {
+                job.pixelBlock = ceilDiv<int64_t>(job.pixelBlock / 2, job.nr) * job.nr;
+            }
+            while (count() < kMinTasks && job.panelsPerTask > 1)
+            {
+                job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
+            }
+            size_t const nbTasks = count();
+            if (job.panelBlocks > 1)
+            {
+                shareColumns();
+            }
+            parallel(nbTasks, tasks.gemmTask, &job);
+        }
+    }
+    else
+    {
+        int64_t const perTaskFuse = std::max<int64_t>(1, g.cOut / 64);
+        fuse.channelsPerTask = perTaskFuse;
+        parallel(static_cast<size_t>(ceilDiv(g.cOut, perTaskFuse)), tasks.fuseChannels, &fuse);
+
+        DirectJob job{&g, x, fusedStore.data(), biasStore.data(), y, 1};
+        int64_t const planes = g.n * g.cOut;
+        // About 4096 multiply-adds per task at least, so small planes do not drown in scheduling.
+        int64_t const work = std::max<int64_t>(1, g.p * g.r);
+        job.planesPerTask = std::max<int64_t>(1, std::min<int64_t>(4096 / work, planes / 16));
+        parallel(static_cast<size_t>(ceilDiv(planes, job.planesPerTask)), tasks.directTask, &job);
+    }
+    return DYNET_OK;
+}
+
+} // namespace dynet

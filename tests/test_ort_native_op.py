@@ -1,0 +1,510 @@
+"""The native onnxruntime DyNetDynamicConv2d (build/libdynet_dynamic_conv_ort.so) on single-node graphs.
+
+Parity on a property corpus of random layers (dense, grouped, depthwise, strides, dilations, asymmetric pads,
+coefficients [N, C_out, K] and [N, 1, K], K 1-6, bias bank, bias, activations, 3/4/5-input nodes) against the C++
+reference (build/libdynet_dynamic_conv_cpu.so) and PyTorch in float64, on fresh random inputs per layer:
+fp32 relative error ||out - ref|| / ||ref|| <= 1e-5, fp16 <= 1e-2 (max-abs reported with it). Bad attributes and
+shapes must come back as onnxruntime errors with a clear message, never abort the process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from dynet_deploy.errors import MissingDependencyError, RuntimeBackendError
+from dynet_deploy.nn import DynamicConv2d
+from dynet_deploy.op import native as plugin_lib
+from dynet_deploy.op import onnxruntime_lib
+from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
+from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
+
+ort = pytest.importorskip("onnxruntime")
+
+FP32_REL, FP16_REL = 1e-5, 1e-2
+CORPUS_SIZE = 220
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native_library():
+    path = onnxruntime_lib.library_path()
+    if path is None:
+        pytest.skip(f"{onnxruntime_lib.ORT_LIBRARY} not built (no onnxruntime headers at build time; run 'make plugins')")
+    plugin_lib.ensure_built()
+    return path
+
+
+@dataclass
+class Layer:
+    n: int
+    c_in: int
+    c_out: int
+    h: int
+    w: int
+    k: int
+    kh: int
+    kw: int
+    groups: int = 1
+    per_channel: bool = True
+    bank: bool = False
+    bias: bool = False
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+    dilation: tuple = (1, 1)
+    activation: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def random_layer(seed: int) -> Layer:
+    """One random layer whose output is not empty; the kind cycles so every kind is in the corpus."""
+    rng = np.random.default_rng(seed)
+    kind = seed % 4  # 0 dense, 1 grouped, 2 depthwise, 3 dense with many channels (several 8-row panels)
+    while True:
+        kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        if kind == 0:
+            groups, cin_g, cout_g = 1, int(rng.integers(1, 13)), int(rng.integers(1, 13))
+        elif kind == 1:
+            groups, cin_g, cout_g = int(rng.integers(2, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        elif kind == 2:
+            groups, cin_g, cout_g = int(rng.integers(2, 17)), 1, int(rng.choice([1, 1, 2]))
+        else:
+            groups, cin_g, cout_g = 1, int(rng.integers(8, 33)), int(rng.integers(9, 41))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+        h, w = int(rng.integers(3, 21)), int(rng.integers(3, 21))
+        span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+        if h + pads[0] + pads[2] >= span_h and w + pads[1] + pads[3] >= span_w:
+            break
+    return Layer(
+        n=int(rng.integers(1, 4)), c_in=groups * cin_g, c_out=groups * cout_g, h=h, w=w, k=int(rng.integers(1, 7)),
+        kh=kh, kw=kw, groups=groups, per_channel=bool(rng.integers(0, 2)), bank=bool(rng.integers(0, 2)),
+        bias=bool(rng.integers(0, 2)), stride=stride, pads=pads, dilation=dilation,
+        activation=int(rng.integers(0, 3)),
+    )
+
+
+def make_arrays(layer: Layer, rng: np.random.Generator):
+    x = rng.standard_normal((layer.n, layer.c_in, layer.h, layer.w)).astype(np.float32)
+    coeff = rng.uniform(0.05, 1.0, (layer.n, layer.c_out if layer.per_channel else 1, layer.k)).astype(np.float32)
+    weight = (rng.standard_normal((layer.k, layer.c_out, layer.c_in // layer.groups, layer.kh, layer.kw)) * 0.3)
+    weight = weight.astype(np.float32)
+    bank = rng.standard_normal((layer.k, layer.c_out)).astype(np.float32) if layer.bank else None
+    bias = rng.standard_normal((layer.c_out,)).astype(np.float32) if layer.bias else None
+    return x, coeff, weight, bank, bias
+
+
+def node_model(layer: Layer, weight, bank, bias, dtype=TensorProto.FLOAT, weight_as_input=False, attrs=None,
+               inputs=None):
+    """One DyNetDynamicConv2d node, x and coeff as graph inputs (dynamic N, H, W), the bank as initializers."""
+    names = ["x", "coeff", "weight"] + (["bias_bank"] if bank is not None else []) + (["bias"] if bias is not None else [])
+    np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    inits = [numpy_helper.from_array(a.astype(np_dtype), name)
+             for name, a in (("weight", weight), ("bias_bank", bank), ("bias", bias)) if a is not None]
+    graph_inputs = [
+        helper.make_tensor_value_info("x", dtype, ["N", layer.c_in, "H", "W"]),
+        helper.make_tensor_value_info("coeff", dtype, ["N", layer.c_out if layer.per_channel else 1, layer.k]),
+    ]
+    if weight_as_input:
+        inits = [i for i in inits if i.name != "weight"]
+        graph_inputs.append(helper.make_tensor_value_info("weight", dtype, list(weight.shape)))
+    top, left, bottom, right = layer.pads
+    node_attrs = dict(stride_h=layer.stride[0], stride_w=layer.stride[1], pad_top=top, pad_left=left,
+                      pad_bottom=bottom, pad_right=right, dilation_h=layer.dilation[0], dilation_w=layer.dilation[1], groups=layer.groups,
+                      activation=layer.activation, has_bias_bank=int(bank is not None), has_bias=int(bias is not None),
+                      plugin_version="1", plugin_namespace="")
+    node_attrs.update(attrs or {})
+    node = helper.make_node(OP_TYPE, inputs if inputs is not None else names, ["y"], domain=OP_DOMAIN, name="dynconv",
+                            **node_attrs)
+    graph = helper.make_graph([node], "one_dynamic_conv", graph_inputs,
+                              [helper.make_tensor_value_info("y", dtype, ["N", layer.c_out, None, None])],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(OP_DOMAIN, 1)])
+
+
+def session(model, threads=2):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    onnxruntime_lib.register(so)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def torch_reference(layer: Layer, x, coeff, weight, bank, bias):
+    """The op contract in PyTorch, float64: per-sample kernel fusion, F.pad for asymmetric pads, F.conv2d."""
+    xt, ct, wt = (torch.from_numpy(np.asarray(a, np.float64)) for a in (x, coeff, weight))
+    c = ct.expand(layer.n, layer.c_out, layer.k)
+    fused = torch.einsum("ntk,ktcij->ntcij", c, wt)
+    b = torch.zeros(layer.n, layer.c_out, dtype=torch.float64)
+    if bank is not None:
+        b = b + torch.einsum("ntk,kt->nt", c, torch.from_numpy(np.asarray(bank, np.float64)))
+    if bias is not None:
+        b = b + torch.from_numpy(np.asarray(bias, np.float64))
+    top, left, bottom, right = layer.pads
+    xp = F.pad(xt, (left, right, top, bottom))
+    y = torch.cat([F.conv2d(xp[i:i + 1], fused[i], b[i], stride=layer.stride, dilation=layer.dilation,
+                            groups=layer.groups) for i in range(layer.n)])
+    if layer.activation == 1:
+        y = F.relu(y)
+    elif layer.activation == 2:
+        y = F.relu6(y)
+    return y.numpy()
+
+
+def errors(out, ref):
+    diff = np.asarray(out, np.float64) - ref
+    return float(np.abs(diff).max()), float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30))
+
+
+WORST = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_worst():
+    yield
+    for key, (max_abs, rel) in sorted(WORST.items()):
+        print(f"\n[native op parity] {key}: worst max-abs {max_abs:.3e}, worst rel {rel:.3e}")
+
+
+def record(key, max_abs, rel):
+    old = WORST.get(key, (0.0, 0.0))
+    WORST[key] = (max(old[0], max_abs), max(old[1], rel))
+
+
+@pytest.mark.parametrize("seed", range(CORPUS_SIZE))
+def test_fp32_matches_cpp_reference_and_pytorch(seed):
+    layer = random_layer(seed)
+    rng = np.random.default_rng(10_000 + seed)
+    x, coeff, weight, bank, bias = make_arrays(layer, rng)
+    y = session(node_model(layer, weight, bank, bias)).run(None, {"x": x, "coeff": coeff})[0]
+    cpp = plugin_lib.cpu_reference_conv(x, coeff, weight, bank, bias, stride=layer.stride, pads=layer.pads,
+                                        dilation=layer.dilation, groups=layer.groups, activation=layer.activation)
+    ref = torch_reference(layer, x, coeff, weight, bank, bias)
+    assert y.dtype == np.float32 and y.shape == ref.shape == cpp.shape, (layer, y.shape, ref.shape)
+    for name, target in (("C++ reference", cpp.astype(np.float64)), ("PyTorch float64", ref)):
+        max_abs, rel = errors(y, target)
+        record(f"fp32 vs {name}", max_abs, rel)
+        assert rel <= FP32_REL, f"{layer}: vs {name} rel {rel:.3e} > {FP32_REL} (max-abs {max_abs:.3e})"
+
+
+@pytest.mark.parametrize("seed", range(0, CORPUS_SIZE, 3))
+def test_fp16_matches_pytorch(seed):
+    layer = random_layer(seed)
+    rng = np.random.default_rng(20_000 + seed)
+    x, coeff, weight, bank, bias = make_arrays(layer, rng)
+    half = [None if a is None else a.astype(np.float16) for a in (x, coeff, weight, bank, bias)]
+    model = node_model(layer, half[2], half[3], half[4], dtype=TensorProto.FLOAT16)
+    y = session(model).run(None, {"x": half[0], "coeff": half[1]})[0]
+    assert y.dtype == np.float16
+    ref = torch_reference(layer, *half)  # the fp16-rounded inputs, computed in float64
+    max_abs, rel = errors(y, ref)
+    record("fp16 vs PyTorch float64", max_abs, rel)
+    assert rel <= FP16_REL, f"{layer}: rel {rel:.3e} > {FP16_REL} (max-abs {max_abs:.3e})"
+
+
+def big_layers():
+    """Layers large enough for several pixel blocks and panels: the GEMM tiling's edges."""
+    return [
+        Layer(n=2, c_in=32, c_out=72, h=23, w=29, k=4, kh=3, kw=3, pads=(1, 1, 1, 1), bank=True, bias=True),
+        Layer(n=1, c_in=48, c_out=40, h=20, w=18, k=6, kh=1, kw=1, per_channel=False, activation=2),
+        Layer(n=3, c_in=36, c_out=36, h=17, w=17, k=3, kh=3, kw=3, groups=6, stride=(2, 2), pads=(1, 0, 1, 2)),
+        Layer(n=1, c_in=64, c_out=64, h=31, w=31, k=4, kh=3, kw=3, groups=64, pads=(1, 1, 1, 1), activation=1),
+        Layer(n=4, c_in=24, c_out=17, h=9, w=35, k=2, kh=5, kw=3, dilation=(2, 1), pads=(4, 1, 3, 1)),
+    ]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("index", range(5))
+def test_large_layers_and_thread_counts(index, threads):
+    layer = big_layers()[index]
+    x, coeff, weight, bank, bias = make_arrays(layer, np.random.default_rng(index))
+    y = session(node_model(layer, weight, bank, bias), threads=threads).run(None, {"x": x, "coeff": coeff})[0]
+    max_abs, rel = errors(y, torch_reference(layer, x, coeff, weight, bank, bias))
+    record("fp32 large layers vs PyTorch float64", max_abs, rel)
+    assert rel <= FP32_REL, (layer, threads, max_abs, rel)
+
+
+def test_dynamic_batch_and_size_in_one_session():
+    layer = Layer(n=1, c_in=12, c_out=20, h=8, w=8, k=3, kh=3, kw=3, pads=(1, 1, 1, 1), bias=True)
+    _, _, weight, bank, bias = make_arrays(layer, np.random.default_rng(1))
+    sess = session(node_model(layer, weight, bank, bias))
+    rng = np.random.default_rng(2)
+    for n, h, w in [(1, 8, 8), (5, 13, 6), (2, 3, 17), (1, 8, 8)]:
+        shaped = Layer(**{**layer.__dict__, "n": n, "h": h, "w": w})
+        x = rng.standard_normal((n, 12, h, w)).astype(np.float32)
+        coeff = rng.uniform(0, 1, (n, 20, 3)).astype(np.float32)
+        y = sess.run(None, {"x": x, "coeff": coeff})[0]
+        assert errors(y, torch_reference(shaped, x, coeff, weight, bank, bias))[1] <= FP32_REL
+
+
+def test_weight_as_graph_input_is_packed_per_call():
+    layer = Layer(n=2, c_in=16, c_out=24, h=9, w=9, k=4, kh=3, kw=3, pads=(1, 1, 1, 1), bank=True)
+    rng = np.random.default_rng(3)
+    x, coeff, weight, bank, bias = make_arrays(layer, rng)
+    sess = session(node_model(layer, weight, bank, bias, weight_as_input=True))
+    for _ in range(2):  # a new weight each call must be used, not a cached packing
+        weight = rng.standard_normal(weight.shape).astype(np.float32)
+        y = sess.run(None, {"x": x, "coeff": coeff, "weight": weight})[0]
+        assert errors(y, torch_reference(layer, x, coeff, weight, bank, bias))[1] <= FP32_REL
+
+
+def isa_subprocess(isa):
+    code = (
+        "import numpy as np, sys\n"
+        "sys.path.insert(0, 'tests')\n"
+        "import test_ort_native_op as t\n"
+        "worst = 0.0\n"
+        "for seed in list(range(0, 220, 5)) + [-1, -2, -3, -4, -5]:\n"
+        "    layer = t.random_layer(seed) if seed >= 0 else t.big_layers()[-seed - 1]\n"
+        "    x, c, w, bb, b = t.make_arrays(layer, np.random.default_rng(abs(seed)))\n"
+        "    y = t.session(t.node_model(layer, w, bb, b)).run(None, {'x': x, 'coeff': c})[0]\n"
+        "    worst = max(worst, t.errors(y, t.torch_reference(layer, x, c, w, bb, b))[1])\n"
+        "from dynet_deploy.op import onnxruntime_lib\n"
+        "print(onnxruntime_lib.cpu_isa(), worst)\n"
+    )
+    env = {**os.environ, "DYNET_CPU_ISA": isa}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_every_isa_path_matches_pytorch(isa):
+    """The kernel picks its ISA once per process; DYNET_CPU_ISA lowers it (a request above the CPU is lowered)."""
+    proc = isa_subprocess(isa)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    used, worst = proc.stdout.strip().splitlines()[-1].split()
+    worst = float(worst)
+    print(f"\n[native op parity] DYNET_CPU_ISA={isa} (ran {used}): worst rel {worst:.3e}")
+    order = ["generic", "avx2", "avx512"]
+    assert order.index(used) <= order.index(isa), (isa, used)
+    assert worst <= FP32_REL, (used, worst)
+
+
+# ---- errors -------------------------------------------------------------------------------------------------------
+
+SMALL = Layer(n=2, c_in=8, c_out=12, h=7, w=7, k=3, kh=3, kw=3, pads=(1, 1, 1, 1))
+
+
+def small_arrays(layer=SMALL):
+    return make_arrays(layer, np.random.default_rng(7))
+
+
+def creation_error(model):
+    with pytest.raises(Exception) as info:
+        session(model)
+    return str(info.value)
+
+
+def run_error(model, feeds):
+    sess = session(model)
+    with pytest.raises(Exception) as info:
+        sess.run(None, feeds)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("attrs, expected", [
+    ({"stride_h": -1}, "attribute 'stride_h' = -1: must be >= 1"),
+    ({"stride_w": 0}, "attribute 'stride_w' = 0: must be >= 1"),
+    ({"pad_left": -2}, "attribute 'pad_left' = -2: must be >= 0"),
+    ({"dilation_h": 0}, "attribute 'dilation_h' = 0: must be >= 1"),
+    ({"groups": 0}, "attribute 'groups' = 0: must be >= 1"),
+    ({"activation": 3}, "attribute 'activation' = 3: must be in [0, 2]"),
+    ({"has_bias": 2}, "attribute 'has_bias' = 2: must be 0 or 1"),
+    ({"stride_h": 2**40}, "attribute 'stride_h' = 1099511627776"),
+    ({"groups": 5}, "groups=5 must divide C_out=12"),
+    ({"stride_h": 1.5}, "attribute 'stride_h' must be a scalar int"),
+])
+def test_bad_attributes_fail_at_session_creation(attrs, expected):
+    _, _, weight, bank, bias = small_arrays()
+    message = creation_error(node_model(SMALL, weight, bank, bias, attrs=attrs))
+    assert expected in message and "DyNetDynamicConv2d node 'dynconv'" in message, message
+
+
+def test_input_count_must_match_has_attributes():
+    _, _, weight, bank, bias = small_arrays()
+    message = creation_error(node_model(SMALL, weight, bank, bias, attrs={"has_bias": 1}))
+    assert "has 3 inputs, but has_bias_bank=0 and has_bias=1 call for 4" in message, message
+    bias = np.zeros(12, np.float32)
+    message = creation_error(node_model(SMALL, weight, bank, bias, attrs={"has_bias": 0}))
+    assert "has 4 inputs" in message and "call for 3" in message, message
+
+
+def test_missing_weight_is_refused():
+    _, _, weight, bank, bias = small_arrays()
+    message = creation_error(node_model(SMALL, weight, bank, bias, inputs=["x", "coeff"]))
+    assert "DyNetDynamicConv2d" in message, message
+
+
+def test_bad_constant_shapes_fail_at_session_creation():
+    _, _, weight, _, _ = small_arrays()
+    message = creation_error(node_model(SMALL, weight[0], None, None))
+    assert "weight must be rank 5" in message, message
+    message = creation_error(node_model(Layer(**{**SMALL.__dict__, "bank": True}), weight, np.zeros((2, 12), np.float32), None))
+    assert "bias_bank must be [K, C_out] = [3, 12], got [2, 12]" in message, message
+    message = creation_error(node_model(SMALL, weight, None, np.zeros(11, np.float32)))
+    assert "bias must be [C_out] = [12], got [11]" in message, message
+
+
+def test_bad_runtime_shapes_are_errors_not_crashes():
+    x, coeff, weight, bank, bias = small_arrays()
+    model = node_model(SMALL, weight, bank, bias)
+    model.graph.input[1].type.tensor_type.shape.Clear()  # let any coeff shape through onnxruntime's own checks
+    model.graph.input[0].type.tensor_type.shape.Clear()
+    message = run_error(model, {"x": x, "coeff": coeff[:, :, :2]})
+    assert "coeff [2, 12, 2] must be [N=2, C_out or 1, K=3]" in message, message
+    message = run_error(model, {"x": x, "coeff": coeff[:1]})
+    assert "must be [N=2" in message, message
+    message = run_error(model, {"x": x, "coeff": coeff[:, :5]})
+    assert "coeff must be [N, C_out, K] or [N, 1, K]: C_c=5, C_out=12" in message, message
+    message = run_error(model, {"x": x[:, :5], "coeff": coeff})
+    assert "expects C_in = 8 * groups 1 = 8 input channels" in message, message
+    message = run_error(model, {"x": x[0], "coeff": coeff})
+    assert "x must be rank 4" in message, message
+    tiny = node_model(Layer(**{**SMALL.__dict__, "pads": (0, 0, 0, 0)}), weight, bank, bias)
+    tiny.graph.input[0].type.tensor_type.shape.Clear()
+    message = run_error(tiny, {"x": np.zeros((2, 8, 2, 2), np.float32), "coeff": coeff})
+    assert "empty output" in message, message
+
+
+def test_groups_not_dividing_input_channels_is_a_runtime_error():
+    layer = Layer(n=1, c_in=6, c_out=12, h=5, w=5, k=2, kh=3, kw=3, groups=4)
+    weight = np.ones((2, 12, 2, 3, 3), np.float32)  # C_out divisible by 4; C_in = 6 is not
+    model = node_model(layer, weight, None, None)
+    message = run_error(model, {"x": np.ones((1, 6, 5, 5), np.float32), "coeff": np.ones((1, 12, 2), np.float32)})
+    assert "groups=4 must divide C_in=6" in message, message
+
+
+def test_session_still_works_after_an_error():
+    x, coeff, weight, bank, bias = small_arrays()
+    model = node_model(SMALL, weight, bank, bias)
+    model.graph.input[1].type.tensor_type.shape.Clear()
+    sess = session(model)
+    with pytest.raises(Exception):
+        sess.run(None, {"x": x, "coeff": coeff[:, :, :1]})
+    y = sess.run(None, {"x": x, "coeff": coeff})[0]
+    assert errors(y, torch_reference(SMALL, x, coeff, weight, bank, bias))[1] <= FP32_REL
+
+
+def test_missing_library_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnxruntime_lib, "search_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(onnxruntime_lib, "find_library", lambda name: None)
+    with pytest.raises(MissingDependencyError, match="make plugins"):
+        onnxruntime_lib.register(ort.SessionOptions())
+
+
+def test_single_node_models_are_valid_onnx():
+    _, _, weight, bank, bias = small_arrays()
+    onnx.checker.check_model(node_model(SMALL, weight, bank, bias), full_check=False)
+
+
+# ---- through OnnxruntimeRunner (what validate, demo and bench use) ------------------------------------------------
+
+def module_layer(conv: DynamicConv2d, activation=0) -> Layer:
+    return Layer(n=1, c_in=conv.in_channels, c_out=conv.out_channels, h=1, w=1, k=conv.num_bases,
+                 kh=conv.weight.shape[3], kw=conv.weight.shape[4], groups=conv.groups,
+                 per_channel=conv.coeff_channels != 1, bank=conv.bias_bank is not None, bias=conv.bias is not None,
+                 stride=tuple(conv.stride), pads=tuple(conv.pads), dilation=tuple(conv.dilation), activation=activation)
+
+
+def module_model(conv: DynamicConv2d, activation=0, dtype=TensorProto.FLOAT):
+    layer = module_layer(conv, activation)
+    arrays = [None if p is None else p.detach().numpy() for p in (conv.weight, conv.bias_bank, conv.bias)]
+    return node_model(layer, *arrays, dtype=dtype)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(coeff_mode="expert", bias_bank=True, bias=True), dict(bias=True),
+                                dict(groups=8, padding=1), dict(padding=(0, 1, 2, 1), dilation=2, bias_bank=True)])
+def test_runner_matches_dynamic_conv2d(kw):
+    """The runner's fused graph against the PyTorch layer (loop form), 3/4/5-input nodes, batches 1, 3, 4."""
+    torch.manual_seed(0)
+    conv = DynamicConv2d(8, 8, kernel_size=3, mode="loop", **kw)
+    with torch.no_grad():
+        if conv.bias is not None:
+            conv.bias.uniform_(-0.5, 0.5)
+    runner = OnnxruntimeRunner(module_model(conv, activation=1), threads=2)
+    assert runner.uses_custom_op and runner.custom_op_library.name == onnxruntime_lib.ORT_LIBRARY
+    rng = np.random.default_rng(1)
+    for n, (h, w) in [(1, (9, 11)), (3, (7, 7)), (4, (12, 5))]:
+        x = rng.standard_normal((n, 8, h, w)).astype(np.float32)
+        coeff = rng.uniform(0, 1, (n, conv.coeff_channels, conv.num_bases)).astype(np.float32)
+        with torch.no_grad():
+            ref = torch.relu(conv(torch.from_numpy(x), torch.from_numpy(coeff))).double().numpy()
+        max_abs, rel = errors(runner.run({"x": x, "coeff": coeff})["y"], ref)
+        record("fp32 runner vs DynamicConv2d", max_abs, rel)
+        assert rel <= FP32_REL, (kw, n, max_abs, rel)
+
+
+def test_runner_keeps_the_node_inputs_on_disk(tmp_path):
+    conv = DynamicConv2d(4, 4, 3, padding=1, bias=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(module_model(conv), str(path))
+    runner = OnnxruntimeRunner(path)
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    runner.run({"x": x, "coeff": np.full((2, 4, 6), 0.5, np.float32)})
+    assert list(onnx.load(str(path)).graph.node[0].input) == ["x", "coeff", "weight", "bias"]
+
+
+def test_runner_runs_float16_graphs():
+    torch.manual_seed(2)
+    conv = DynamicConv2d(6, 10, 3, padding=1, bias_bank=True, mode="loop")
+    runner = OnnxruntimeRunner(module_model(conv, dtype=TensorProto.FLOAT16))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 6, 8, 8)).astype(np.float16)
+    coeff = rng.uniform(0, 1, (3, 10, conv.num_bases)).astype(np.float16)
+    y = runner.run({"x": x, "coeff": coeff})["y"]
+    assert y.dtype == np.float16
+    layer = Layer(**{**module_layer(conv).__dict__, "n": 3, "h": 8, "w": 8})
+    half = [p.detach().numpy().astype(np.float16) for p in (conv.weight, conv.bias_bank)]
+    max_abs, rel = errors(y, torch_reference(layer, x, coeff, half[0], half[1], None))
+    record("fp16 runner vs PyTorch float64", max_abs, rel)
+    assert rel <= FP16_REL
+
+
+def test_runner_input_errors_are_clear():
+    conv = DynamicConv2d(4, 6, 3, padding=1)
+    runner = OnnxruntimeRunner(module_model(conv))
+    x = np.ones((2, 4, 6, 6), np.float32)
+    c = np.ones((2, 6, 6), np.float32)
+    with pytest.raises(RuntimeBackendError, match="rank 3"):
+        runner.run({"x": x[0], "coeff": c})
+    with pytest.raises(RuntimeBackendError, match="channels 5"):
+        runner.run({"x": np.ones((2, 5, 6, 6), np.float32), "coeff": c})
+    with pytest.raises(RuntimeBackendError, match="coeff"):
+        runner.run({"x": x, "coeff": np.ones((3, 6, 6), np.float32)})
+
+
+def test_runner_op_errors_come_back_as_runtime_backend_errors():
+    conv = DynamicConv2d(4, 4, 3, padding=1, num_bases=3)
+    model = module_model(conv)
+    model.graph.input[1].type.tensor_type.shape.dim[2].Clear()  # K left open: only the op can see it is wrong
+    runner = OnnxruntimeRunner(model)
+    x = np.ones((1, 4, 5, 5), np.float32)
+    with pytest.raises(RuntimeBackendError, match=r"coeff \[1, 4, 2\] must be \[N=1, C_out or 1, K=3\]"):
+        runner.run({"x": x, "coeff": np.ones((1, 4, 2), np.float32)})
+    with pytest.raises(RuntimeBackendError, match="attribute 'groups' = 0"):
+        model.graph.node[0].attribute[[a.name for a in model.graph.node[0].attribute].index("groups")].i = 0
+        OnnxruntimeRunner(model)
+
+
+def test_runner_refuses_another_domain():
+    conv = DynamicConv2d(4, 4, 3, padding=1)
+    model = module_model(conv)
+    model.graph.node[0].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    with pytest.raises(RuntimeBackendError, match="trt.plugins"):
+        OnnxruntimeRunner(model)
+
+
+def test_runner_without_the_library_says_how_to_build_it(monkeypatch):
+    monkeypatch.setattr(onnxruntime_lib, "find_library", lambda name: None)
+    with pytest.raises(RuntimeBackendError, match="make plugins"):
+        OnnxruntimeRunner(module_model(DynamicConv2d(4, 4, 3, padding=1)))

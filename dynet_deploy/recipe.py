@@ -189,10 +189,11 @@ def bundled_recipe_path(name: str = BUNDLED_RECIPE) -> Path:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and check a recipe file; raises :class:`RecipeError` naming the field on any problem."""
+    from .graph import check_readable_file
+
     p = Path(path)
-    if not p.is_file():
-        hint = f" (bundled: {bundled_recipe_path()})" if RECIPES_DIR.is_dir() else ""
-        raise RecipeError(f"recipe {str(p)!r} not found{hint}")
+    hint = f"bundled: {bundled_recipe_path()}" if RECIPES_DIR.is_dir() else ""
+    check_readable_file(p, RecipeError, "recipe", hint)  # missing, a directory, a broken link, unreadable: said so
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

@@ -210,6 +210,12 @@ def _link(target: str, link: str, hard: bool = False):
     return setup
 
 
+def _bundled_recipe() -> Path:
+    from dynet_deploy.recipe import bundled_recipe_path
+
+    return bundled_recipe_path()
+
+
 def _pair_intact(a: Path, o: Path) -> None:
     # The checkpoint copied into O is still the checkpoint (not ONNX), and still loads.
     assert load_checkpoint(o / "m.safetensors") is not None
@@ -308,7 +314,7 @@ CASES = [
     Case("run-float64-input", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x64.npy")], "runtime", "float64"),
     Case("run-rank-3-input", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x3d.npy")], "runtime", "rank 3"),
     Case("run-3-channels-into-1", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "xc3.npy")], "runtime", "channels 3"),
-    Case("run-batch-0", "shapes", lambda a, o: ["run", str(a / "m.plugin.onnx"), "--inputs", str(a / "x0.npy")], "run", "zero-size"),
+    Case("run-batch-0", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x0.npy")], "run", "zero-size"),
     Case("run-wrong-input-name", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "wrongname.npz")], "run", "named \\['image'\\]"),
     Case("run-fixed-batch-graph-other-batch", "shapes", lambda a, o: ["run", str(a / "fixed.onnx"), "--inputs", str(a / "x.npz")], "runtime", "batch"),
     Case("validate-1ch-ckpt-3ch-graph", "shapes", lambda a, o: ["validate", str(a / CK), str(a / "rgb.onnx"), "--out-dir", str(o)], "validate", "3-channel"),
@@ -358,11 +364,16 @@ CASES = [
              "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")])),
     Case("run-json-float64-feed", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(o / "f.json")], "runtime", "float64",
          setup=lambda a, o: __import__("polygraphy.json", fromlist=["save_json"]).save_json([{"input": np.zeros((1, 1, 28, 28))}], str(o / "f.json"))),
+    Case("deploy-recipe-missing", "paths", lambda a, o: ["deploy", str(a / "none.json"), "-o", str(o / "d")], "recipe", "does not exist"),
+    Case("deploy-recipe-is-directory", "paths", lambda a, o: ["deploy", str(a / "adir.onnx"), "-o", str(o / "d")], "recipe", "is a directory"),
+    Case("deploy-recipe-not-json", "corrupt", lambda a, o: ["deploy", str(a / "bad_config.json"), "-o", str(o / "d")], "recipe", "not valid JSON"),
+    Case("deploy-recipe-is-a-checkpoint-config", "corrupt", lambda a, o: ["deploy", str(a / "m.json"), "-o", str(o / "d")], "recipe", "unknown field"),
+    Case("deploy-limit-0", "values", lambda a, o: ["deploy", str(_bundled_recipe()), "--limit", "0", "-o", str(o / "d")], "recipe", "--limit"),
     Case("demo-threads-0", "values", lambda a, o: ["demo", "--threads", "0", "--out-dir", str(o / "d")], "demo", "--threads"),
     Case("usage-export-no-output", "values", lambda a, o: ["export", str(a / CK)], "usage", "-o/--output", rc=2),
     Case("usage-run-bad-backend", "values", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x.npy"), "--backend", "cuda"], "usage", "invalid choice", rc=2),
     Case("usage-train-epochs-word", "values", lambda a, o: ["train", "--epochs", "many", "-o", str(o / "t.safetensors")], "usage", "invalid int", rc=2),
-    Case("usage-unknown-command", "values", lambda a, o: ["deploy"], "usage", "invalid choice", rc=2),
+    Case("usage-unknown-command", "values", lambda a, o: ["deploi"], "usage", "invalid choice", rc=2),
     # -- NaN and Inf ---------------------------------------------------------------------------------------------------------
     Case("inspect-nan-weights", "nan", lambda a, o: ["checkpoint", "inspect", str(a / "nan.safetensors")], "checkpoint", "NaN"),
     Case("inspect-nan-weights-json", "nan", lambda a, o: ["checkpoint", "inspect", "--json", str(a / "nan.safetensors")], "checkpoint", "NaN"),

@@ -131,7 +131,7 @@ def test_dataset_checks():
 
 
 def test_file_errors_name_the_file(tmp_path):
-    with pytest.raises(RecipeError, match="not found"):
+    with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "none.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"checkpoint": "x",\n "input_shape": [1, 28, 28],,}')

@@ -191,7 +191,9 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and check a recipe file; raises :class:`RecipeError` naming the field on any problem."""
     from .graph import check_readable_file
 
-    p = check_readable_file(path, RecipeError, "recipe", hint="the bundled recipes are in the repository's export/")
+    p = Path(path)
+    hint = f"bundled: {bundled_recipe_path()}" if RECIPES_DIR.is_dir() else ""
+    check_readable_file(p, RecipeError, "recipe", hint)  # missing, a directory, a broken link, unreadable: said so
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

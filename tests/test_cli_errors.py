@@ -36,6 +36,8 @@ from dynet_deploy.models import create_model
 SMALL = dict(num_classes=10, in_chans=1, small_input=True, width_mult=0.125)
 ERROR_LINE = re.compile(r"^error \(([a-z-]+)\): \S.*$")
 RESULTS: dict[str, dict] = {}
+# Permission cases: root reads and writes every file whatever its mode, so they run for other users only.
+NOT_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
 
 
 # ---- the shared inputs --------------------------------------------------------------------------------------
@@ -227,6 +229,12 @@ def _recipe_and_busy_folder(a: Path, o: Path) -> None:
     (o / "d" / "notes.txt").write_text("someone's files")
 
 
+def _bundled_recipe() -> Path:
+    from dynet_deploy.recipe import bundled_recipe_path
+
+    return bundled_recipe_path()
+
+
 def _pair_intact(a: Path, o: Path) -> None:
     # The checkpoint copied into O is still the checkpoint (not ONNX), and still loads.
     assert load_checkpoint(o / "m.safetensors") is not None
@@ -257,6 +265,8 @@ CASES = [
     Case("build-onnx-missing", "paths", lambda a, o: ["build", str(a / "none.onnx"), "-o", str(o / "x.engine")], "build", "does not exist"),
     Case("build-onnx-is-folder", "paths", lambda a, o: ["build", str(a / "adir.onnx"), "-o", str(o / "x.engine")], "build", "is a directory"),
     Case("train-data-root-missing", "paths", lambda a, o: ["train", "--dataset", "fashion-mnist", "--data-root", str(a / "nowhere"), "-o", str(o / "t.safetensors")], "data", "nowhere"),
+    Case("fuse-model-unreadable", "paths", lambda a, o: ["fuse", str(o / "m.onnx"), "-o", str(o / "x.onnx")], "fuse", "not readable",
+         setup=lambda a, o: (_copy("m.onnx")(a, o), os.chmod(o / "m.onnx", 0)), marks=[NOT_ROOT]),
     # -- paths: outputs -------------------------------------------------------------------------------------------
     Case("export-out-folder-missing", "paths", lambda a, o: ["export", str(a / CK), "-o", str(o / "no" / "x.onnx")], "export", "does not exist"),
     Case("export-out-is-folder", "paths", lambda a, o: ["export", str(a / CK), "-o", str(a / "adir.onnx")], "export", "is a directory"),
@@ -268,6 +278,8 @@ CASES = [
     Case("validate-out-dir-is-file", "paths", lambda a, o: ["validate", str(a / CK), str(a / "m.onnx"), "--out-dir", str(a / "x.npy")], "validate", "not a folder"),
     Case("bench-out-dir-is-file", "paths", lambda a, o: ["bench", "--models", "resnet18", "--out-dir", str(a / "x.npy")], "bench", "is a file"),
     Case("demo-out-dir-under-a-file", "paths", lambda a, o: ["demo", "--out-dir", str(a / "x.npy" / "demo")], "demo", "is a file"),
+    Case("export-out-folder-unwritable", "paths", lambda a, o: ["export", str(a / CK), "-o", str(o / "ro" / "x.onnx")], "export", "not writable",
+         setup=lambda a, o: ((o / "ro").mkdir(), os.chmod(o / "ro", 0o555)), marks=[NOT_ROOT]),
     # -- guards: outputs that would destroy an input, wrong output kinds -------------------------------------------
     Case("export-onto-its-checkpoint", "guards", lambda a, o: ["export", str(o / CK), "-o", str(o / CK)], "export", "is the input", setup=_copy(CK), post=_pair_intact),
     Case("export-onto-its-config", "guards", lambda a, o: ["export", str(o / CK), "-o", str(o / "m.json")], "export", "is the input", setup=_copy(CK), post=_pair_intact),
@@ -321,7 +333,7 @@ CASES = [
     Case("run-float64-input", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x64.npy")], "runtime", "float64"),
     Case("run-rank-3-input", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x3d.npy")], "runtime", "rank 3"),
     Case("run-3-channels-into-1", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "xc3.npy")], "runtime", "channels 3"),
-    Case("run-batch-0", "shapes", lambda a, o: ["run", str(a / "m.plugin.onnx"), "--inputs", str(a / "x0.npy")], "run", "zero-size"),
+    Case("run-batch-0", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x0.npy")], "run", "zero-size"),
     Case("run-wrong-input-name", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "wrongname.npz")], "run", "named \\['image'\\]"),
     Case("run-fixed-batch-graph-other-batch", "shapes", lambda a, o: ["run", str(a / "fixed.onnx"), "--inputs", str(a / "x.npz")], "runtime", "batch"),
     Case("validate-1ch-ckpt-3ch-graph", "shapes", lambda a, o: ["validate", str(a / CK), str(a / "rgb.onnx"), "--out-dir", str(o)], "validate", "3-channel"),
@@ -353,14 +365,35 @@ CASES = [
     Case("bench-batch-0", "values", lambda a, o: ["bench", "--models", "resnet18", "--batch-sizes", "0", "--out-dir", str(o / "b")], "bench", "positive"),
     Case("bench-unknown-model", "values", lambda a, o: ["bench", "--models", "resnet19", "--out-dir", str(o / "b")], "model", "did you mean"),
     Case("bench-tensorrt-only-absent", "values", lambda a, o: ["bench", "--models", "resnet18", "--backends", "tensorrt", "--out-dir", str(o / "b")], None, "tensorrt|TensorRT"),
+    Case("bench-checkpoint-missing", "paths", lambda a, o: ["bench", "--checkpoint", str(a / "none.safetensors"), "--out-dir", str(o / "b")], "bench", "does not exist"),
+    Case("bench-onnx-random-bytes", "corrupt", lambda a, o: ["bench", "--onnx", str(a / "random.onnx"), "--out-dir", str(o / "b")], "bench", "not an ONNX model"),
+    Case("bench-model-args-not-json", "values", lambda a, o: ["bench", "--checkpoint", str(a / CK), "--model-args", "{x", "--out-dir", str(o / "b")], "bench", "not valid JSON"),
+    Case("bench-mixed-input-sizes", "shapes", lambda a, o: ["bench", "--onnx", str(a / "m.onnx"), "--onnx", str(a / "m32.onnx"), "--out-dir", str(o / "b")], "bench", "different input sizes"),
+    Case("export-kernel-form-dynamic-batch", "values", lambda a, o: ["export", str(a / CK), "--form", "kernel", "--dynamic-batch", "-o", str(o / "x.onnx")], "export", "dynamic batch"),
+    Case("validate-tensorrt-absent", "values", lambda a, o: ["validate", str(a / CK), str(a / "m.plugin.onnx"), "--backend", "tensorrt", "--out-dir", str(o)], None, "TensorRT|tensorrt"),
+    Case("build-without-tensorrt-or-bad-profile", "values", lambda a, o: ["build", str(a / "m.plugin.onnx"), "--min-batch", "4", "--max-batch", "2", "-o", str(o / "x.engine")], "build", "min-batch"),
+    Case("convert-model-contradicts-config", "values", lambda a, o: ["checkpoint", "convert", str(a / CK), "--model", "resnet18", "-o", str(o / "c.safetensors")], "checkpoint", "but model_name"),
+    Case("export-config-names-unknown-model", "corrupt", lambda a, o: ["export", str(o / "u.safetensors"), "-o", str(o / "x.onnx")], "checkpoint", "unknown model",
+         setup=lambda a, o: (shutil.copy(a / CK, o / "u.safetensors"),
+                             (o / "u.json").write_text((a / "m.json").read_text().replace('"dy_resnet18"', '"dy_resnet1000"')))),
+    Case("export-weights-swapped-behind-config", "corrupt", lambda a, o: ["export", str(o / "s.safetensors"), "-o", str(o / "x.onnx")], "checkpoint", "SHA-256",
+         setup=lambda a, o: (shutil.copy(a / "nan.safetensors", o / "s.safetensors"), shutil.copy(a / "m.json", o / "s.json"))),
+    Case("train-corrupt-idx-files", "corrupt", lambda a, o: ["train", "--dataset", "fashion-mnist", "--data-root", str(o / "fm"), "-o", str(o / "t.safetensors")], "data", "",
+         setup=lambda a, o: ((o / "fm").mkdir(), *[(o / "fm" / n).write_bytes(b"\x00\x00\x08\x03garbage") for n in (
+             "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")])),
+    Case("run-json-float64-feed", "shapes", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(o / "f.json")], "runtime", "float64",
+         setup=lambda a, o: __import__("polygraphy.json", fromlist=["save_json"]).save_json([{"input": np.zeros((1, 1, 28, 28))}], str(o / "f.json"))),
+    Case("deploy-recipe-missing", "paths", lambda a, o: ["deploy", str(a / "none.json"), "-o", str(o / "d")], "recipe", "does not exist"),
+    Case("deploy-recipe-is-directory", "paths", lambda a, o: ["deploy", str(a / "adir.onnx"), "-o", str(o / "d")], "recipe", "is a directory"),
+    Case("deploy-recipe-not-json", "corrupt", lambda a, o: ["deploy", str(a / "bad_config.json"), "-o", str(o / "d")], "recipe", "not valid JSON"),
+    Case("deploy-recipe-is-a-checkpoint-config", "corrupt", lambda a, o: ["deploy", str(a / "m.json"), "-o", str(o / "d")], "recipe", "unknown field"),
+    Case("deploy-limit-0", "values", lambda a, o: ["deploy", str(_bundled_recipe()), "--limit", "0", "-o", str(o / "d")], "recipe", "--limit"),
     Case("demo-threads-0", "values", lambda a, o: ["demo", "--threads", "0", "--out-dir", str(o / "d")], "demo", "--threads"),
     Case("usage-export-no-output", "values", lambda a, o: ["export", str(a / CK)], "usage", "-o/--output", rc=2),
     Case("usage-run-bad-backend", "values", lambda a, o: ["run", str(a / "m.onnx"), "--inputs", str(a / "x.npy"), "--backend", "cuda"], "usage", "invalid choice", rc=2),
     Case("usage-train-epochs-word", "values", lambda a, o: ["train", "--epochs", "many", "-o", str(o / "t.safetensors")], "usage", "invalid int", rc=2),
     Case("usage-unknown-command", "values", lambda a, o: ["frobnicate"], "usage", "invalid choice", rc=2),
-    Case("deploy-recipe-missing", "paths", lambda a, o: ["deploy", str(a / "none.json"), "-o", str(o / "d")], "recipe", "does not exist"),
     Case("deploy-recipe-is-folder", "paths", lambda a, o: ["deploy", str(a / "adir.safetensors"), "-o", str(o / "d")], "recipe", "is a directory"),
-    Case("deploy-recipe-not-json", "values", lambda a, o: ["deploy", str(a / "bad_config.json"), "-o", str(o / "d")], "recipe", "not valid JSON"),
     Case("deploy-recipe-unknown-field", "values", lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d")], "recipe", "unknown field 'profil'",
          setup=_recipe("r.json", profil={"min": 1})),
     Case("deploy-recipe-profile-order", "values", lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d")], "recipe", "min 4 > opt 2",
@@ -405,8 +438,8 @@ def test_bad_input(case: Case, A: Path, tmp_path: Path):
     after_out = _snapshot(o)
     leftovers = sorted(set(after_out) - set(before_out))
     changed = sorted(k for k in before_out if after_out.get(k) != before_out[k])
-    lines = [l for l in err.splitlines() if l.strip()]
-    error_lines = [l for l in lines if l.startswith("error (")]
+    lines = [line for line in err.splitlines() if line.strip()]
+    error_lines = [line for line in lines if line.startswith("error (")]
     traceback = "Traceback (most recent call last)" in err + out
     RESULTS[case.id] = {"family": case.family, "rc": rc, "traceback": traceback, "leftovers": leftovers + changed,
                         "last_line": lines[-1] if lines else ""}
@@ -478,7 +511,7 @@ def test_signal_during_cli_train_exits_cleanly(tmp_path, sig, rc):
             break
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     clean = proc.returncode == rc and "Traceback" not in err and len(lines) == 1 and not list(tmp_path.iterdir())
     RESULTS[f"signal-{signal.Signals(sig).name}-train"] = {"family": "signals", "rc": proc.returncode, "traceback": "Traceback" in err,
                                                          "leftovers": [p.name for p in tmp_path.iterdir()], "clean": clean}

@@ -30,6 +30,13 @@ def graphs(tmp_path_factory):
     return d, model
 
 
+def _needs_native_op(graph: str) -> None:
+    from dynet_deploy.op import onnxruntime_lib
+
+    if graph.endswith(".plugin.onnx") and onnxruntime_lib.library_path() is None:
+        pytest.skip(f"{onnxruntime_lib.ORT_LIBRARY} not built (run 'make plugins'): fused graphs need it on onnxruntime")
+
+
 def _reference(model, x):
     return TorchRunner(model, ["input"], ["output"]).run({"input": x})["output"]
 
@@ -37,6 +44,7 @@ def _reference(model, x):
 @pytest.mark.parametrize("graph", ["m.onnx", "m.plugin.onnx"])
 def test_run_npy_saves_outputs_matching_pytorch(graphs, tmp_path, capsys, graph):
     d, model = graphs
+    _needs_native_op(graph)
     x = np.random.default_rng().standard_normal((3, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     rc = main(["run", str(d / graph), "--inputs", str(tmp_path / "x.npy"), "--save-outputs", str(tmp_path / "y.npz"), "--repeats", "2"])
@@ -55,6 +63,7 @@ def test_run_polygraphy_json_runs_every_feed(graphs, tmp_path, capsys):
     from polygraphy.json import save_json
 
     d, model = graphs
+    _needs_native_op("m.plugin.onnx")
     rng = np.random.default_rng()
     feeds = [{"input": rng.standard_normal((b, 1, 28, 28)).astype(np.float32)} for b in (1, 2)]
     save_json(feeds, str(tmp_path / "inputs.json"))
@@ -119,3 +128,21 @@ def test_validate_fixed_batch_graph_runs_its_batch(graphs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert json.loads(out[: out.rindex("}") + 1])["random_inputs"]["batch_sizes"] == [2]
+
+
+def test_bench_takes_a_checkpoint_and_an_onnx_file(graphs, tmp_path, capsys):
+    """Not a speed claim: one round, to check what is timed and how rows are labelled and paired."""
+    d, _ = graphs
+    rc = main(["bench", "--checkpoint", str(d / "m.safetensors"), "--onnx", str(d / "m.onnx"), "--backends", "torch", "onnxruntime",
+               "--repeats", "1", "--warmup", "0", "--threads", "1", "--out-dir", str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())
+    got = {(r["model"], r["backend"]) for r in rows["results"]}
+    # The Dy checkpoint is paired with resnet18 built with its arguments; the ONNX file has no PyTorch model.
+    assert got == {("m", "torch"), ("resnet18", "torch"), ("m", "onnxruntime"), ("resnet18", "onnxruntime"), ("m#2", "onnxruntime")}
+    assert rows["config"]["input_size"] == [28, 28]  # from the checkpoint's metadata
+    by = {(r["model"], r["backend"]): r for r in rows["results"]}
+    assert by[("m#2", "onnxruntime")]["mflops"] is None and by[("m", "torch")]["mflops"] > 0
+    assert by[("m", "torch")]["baseline"] == "resnet18" and by[("m", "torch")]["speedup_vs_baseline"] > 0
+    assert any(s["models"] == "m#2" and s["backend"] == "torch" for s in rows["skipped"])

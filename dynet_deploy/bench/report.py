@@ -21,7 +21,7 @@ def format_table(result: BenchResult) -> str:
         data.append([
             r.model, r.backend, str(r.batch), str(r.threads), f"{r.latency['median_ms']:.2f}",
             f"{r.latency['p90_ms']:.2f}", f"{r.throughput_ips:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_delta_mb:.0f}",
-            f"{r.mflops:.1f}", "-" if r.roofline_ms is None else f"{r.roofline_ms:.2f}",
+            "-" if r.mflops is None else f"{r.mflops:.1f}", "-" if r.roofline_ms is None else f"{r.roofline_ms:.2f}",
             "-" if r.vs_roofline is None else f"{r.vs_roofline:.2f}x",
             "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x",
             "-" if r.flops_ratio_vs_baseline is None else f"{r.flops_ratio_vs_baseline:.2f}x",

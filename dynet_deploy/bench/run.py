@@ -43,6 +43,21 @@ DEFAULT_OUT_DIR = "build/bench"
 
 
 @dataclass
+class UserModel:
+    """A model of the user's: a checkpoint (``--checkpoint``, any zoo architecture) or an ONNX file (``--onnx``).
+
+    ``label`` names it in the table. A checkpoint runs on every backend like a zoo model (and a Dy checkpoint is
+    paired with its static baseline built with the same arguments); an ONNX file runs as it is on the onnxruntime
+    backends (portable or fused graph alike) and, built into an engine, on TensorRT.
+    """
+
+    label: str
+    checkpoint: str | None = None
+    onnx: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class BenchConfig:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
@@ -55,6 +70,7 @@ class BenchConfig:
     ort_spinning: bool = False
     model_kwargs: dict[str, dict] = field(default_factory=dict)
     keep_onnx_dir: str | None = None
+    user_models: dict[str, UserModel] = field(default_factory=dict)  # by label; the labels are also in models
 
     def validate(self) -> None:
         from ..export.deploy_forms import DY_FORMS
@@ -63,7 +79,8 @@ class BenchConfig:
         if not self.models:
             raise BenchError("no models to benchmark")
         for name in self.models:
-            model_info(name)  # ModelError with suggestions for unknown names
+            if name not in self.user_models:
+                model_info(name)  # ModelError with suggestions for unknown names
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown or not self.backends:
             raise BenchError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
@@ -91,8 +108,8 @@ class BenchRow:
     throughput_ips: float
     peak_rss_mb: float
     rss_delta_mb: float
-    mflops: float
-    mflops_with_overhead: float
+    mflops: float | None  # None for a given ONNX file: no PyTorch model to count
+    mflops_with_overhead: float | None
     threads: int = DEFAULT_THREADS
     param_mb: float = 0.0
     roofline_ms: float | None = None  # least time per batch on this machine (bench.roofline); None for torch
@@ -135,15 +152,30 @@ class BackendUnavailable(Exception):
     """This backend cannot run here (absent component); the reason is printed and the run goes on."""
 
 
-def plan_units(models: Sequence[str]) -> list[list[str]]:
-    """Group models into timing units: ``[dy, baseline]`` pairs (baseline added if missing), then singles."""
+def _zoo_entry(name: str, user_models: dict[str, UserModel] | None = None):
+    """The zoo entry behind ``name`` (a checkpoint's architecture for a user checkpoint), None for an ONNX file."""
     from ..models import model_info
 
+    user = (user_models or {}).get(name)
+    if user is None:
+        return model_info(name)
+    if user.checkpoint is None:
+        return None
+    from ..checkpoint import read_checkpoint_config
+
+    try:
+        return model_info(read_checkpoint_config(user.checkpoint)["model"])
+    except DynetDeployError:
+        return None  # a state dict without config: no pairing, its model comes from --model-args' "model"
+
+
+def plan_units(models: Sequence[str], user_models: dict[str, UserModel] | None = None) -> list[list[str]]:
+    """Group models into timing units: ``[dy, baseline]`` pairs (baseline added if missing), then singles."""
     units: list[list[str]] = []
     placed: set[str] = set()
     for name in models:
-        info = model_info(name)
-        if info.dynamic and info.baseline:
+        info = _zoo_entry(name, user_models)
+        if info is not None and info.dynamic and info.baseline:
             if name in placed:
                 continue
             units.append([name, info.baseline])
@@ -172,37 +204,70 @@ class _Artefacts:
         from ..models import create_model
 
         if name not in self._models:
-            torch.manual_seed(SEED)
-            self._models[name] = create_model(name, **self.cfg.model_kwargs.get(name, {})).eval()
+            user = self.cfg.user_models.get(name)
+            if user is not None and user.onnx is not None:
+                raise BackendUnavailable(f"{name} is an ONNX file; it has no PyTorch model to run")
+            if user is not None:
+                from ..checkpoint import load_checkpoint
+
+                self._models[name] = load_checkpoint(user.checkpoint, model_args=user.model_args or None).eval()
+            else:
+                torch.manual_seed(SEED)
+                self._models[name] = create_model(name, **self.cfg.model_kwargs.get(name, {})).eval()
         return self._models[name]
 
     def param_bytes(self, name: str) -> int:
         """Bytes of parameters and buffers: what a batch must read at least once."""
+        user = self.cfg.user_models.get(name)
+        if user is not None and user.onnx is not None:
+            from onnx import numpy_helper
+
+            from ..graph import load_onnx
+
+            proto = load_onnx(user.onnx, BenchError)
+            return sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
         m = self.model(name)
         return sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
 
     def flops(self, name: str):
+        """The model's FLOPs report, or None for an ONNX file (no PyTorch model to count)."""
         from ..flops import count_flops
 
+        user = self.cfg.user_models.get(name)
+        if user is not None and user.onnx is not None:
+            return None
         if name not in self._flops:
-            self._flops[name] = count_flops(self.model(name), (1, 3, *self.cfg.input_size))
+            self._flops[name] = count_flops(self.model(name), (1, self.in_chans(name), *self.cfg.input_size))
         return self._flops[name]
 
-    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
-        return (batch, 3, *self.cfg.input_size)
+    def in_chans(self, name: str | None) -> int:
+        """Input channels: a user graph's input says, a checkpoint's arguments say, else 3."""
+        user = self.cfg.user_models.get(name) if name else None
+        if user is not None and user.onnx is not None:
+            from ..validate import read_graph_input
+
+            c = read_graph_input(user.onnx).shape[1]
+            return c if isinstance(c, int) and c > 0 else 3
+        kwargs = getattr(self.model(name), "zoo_kwargs", {}) if user is not None else self.cfg.model_kwargs.get(name or "", {})
+        return int(kwargs.get("in_chans", 3))
+
+    def input_shape(self, batch: int, name: str | None = None) -> tuple[int, int, int, int]:
+        return (batch, self.in_chans(name), *self.cfg.input_size)
 
     def graph(self, name: str, kind: str, batch: int) -> tuple[Path, str]:
         """``kind``: "deploy" (fastest CPU form), "portable" (feature form, dynamic batch), "fused"."""
         from ..export.deploy_forms import best_dy_form, export_deploy_onnx
         from ..export.exporter import export_onnx
-        from ..models import model_info
 
-        dynamic = model_info(name).dynamic
+        user = self.cfg.user_models.get(name)
+        if user is not None and user.onnx is not None:
+            return Path(user.onnx), f"the given graph {Path(user.onnx).name}"
+        dynamic = art_is_dynamic(name, self.cfg)
         if not dynamic or kind == "portable":
             key = (name, "portable", 0)
             if key not in self._graphs:
                 path = self.workdir / f"{name}.portable.onnx"
-                export_onnx(self.model(name), path, self.input_shape(max(self.cfg.batch_sizes)), form="feature", dynamic_batch=True)
+                export_onnx(self.model(name), path, self.input_shape(max(self.cfg.batch_sizes), name), form="feature", dynamic_batch=True)
                 self._graphs[key] = path
             return self._graphs[key], "standard export" + (" (feature form, dynamic batch)" if dynamic else "")
         if kind == "deploy":
@@ -210,7 +275,7 @@ class _Artefacts:
             key = (name, form, batch)
             if key not in self._graphs:
                 path = self.workdir / f"{name}.{form}.b{batch}.onnx"
-                report = export_deploy_onnx(self.model(name), path, self.input_shape(batch), form)
+                report = export_deploy_onnx(self.model(name), path, self.input_shape(batch, name), form)
                 self._graphs[key] = path
                 self._forms[key] = report.form
             return self._graphs[key], f"deploy form {self._forms[key]!r}"
@@ -244,18 +309,17 @@ def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, thread
     import torch
 
     from ..export.exporter import prepare_for_export
-    from ..models import model_info
 
     torch.set_num_threads(threads)
     # A copy made here, inside the measured phase, so that +MB counts the model's parameters as it does an
     # onnxruntime session's weights.
-    if model_info(name).dynamic:
+    if art_is_dynamic(name, cfg):
         model = prepare_for_export(art.model(name), "kernel")  # a copy, BN folded, kernel fusion: the inference path
         graph = "eager, kernel fusion, BN folded"
     else:
         model = copy.deepcopy(art.model(name))
         graph = "eager"
-    x = torch.from_numpy(_input(art.input_shape(batch)))
+    x = torch.from_numpy(_input(art.input_shape(batch, name)))
 
     def run() -> Any:
         with torch.inference_mode():
@@ -273,7 +337,7 @@ def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, 
     from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
     path, graph = art.graph(name, kind, batch)
-    x = _input(art.input_shape(batch))
+    x = _input(art.input_shape(batch, name))
     try:
         runner = OnnxruntimeRunner(path, threads=threads, providers=providers,
                                    spinning=None if custom_op else cfg.ort_spinning)
@@ -294,10 +358,9 @@ def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, 
     return _Runner(run, graph)
 
 
-def art_is_dynamic(name: str) -> bool:
-    from ..models import model_info
-
-    return model_info(name).dynamic
+def art_is_dynamic(name: str, cfg: BenchConfig | None = None) -> bool:
+    info = _zoo_entry(name, cfg.user_models if cfg else None)
+    return bool(info is not None and info.dynamic)
 
 
 def check_backend(backend: str) -> None:
@@ -327,10 +390,13 @@ def check_backend(backend: str) -> None:
             raise BackendUnavailable(f"the fuse pass is not available ({exc})") from None
 
 
-def _graph_kind(name: str, backend: str) -> str | None:
+def _graph_kind(name: str, backend: str, cfg: BenchConfig | None = None) -> str | None:
     if backend == "torch":
         return None
-    if not art_is_dynamic(name):
+    user = cfg.user_models.get(name) if cfg else None
+    if user is not None and user.onnx is not None:
+        return "given"  # the file itself, whatever the backend
+    if not art_is_dynamic(name, cfg):
         return "portable"  # a static model has one graph on every onnxruntime backend and TensorRT
     return {"onnxruntime": "deploy", "onnxruntime-portable": "portable", "onnxruntime-cuda": "portable",
             "onnxruntime-fused": "fused", "tensorrt": "fused"}[backend]
@@ -338,8 +404,10 @@ def _graph_kind(name: str, backend: str) -> str | None:
 
 def prepare(art: _Artefacts, name: str, backend: str, batch: int) -> None:
     """Export (and fuse, build) what ``backend`` needs, before the memory of the run is measured."""
+    if backend == "torch":
+        art.model(name)  # an ONNX file is skipped here, with the reason
     art.flops(name)
-    kind = _graph_kind(name, backend)
+    kind = _graph_kind(name, backend, art.cfg)
     try:
         if kind is not None:
             art.graph(name, kind, batch)
@@ -359,22 +427,30 @@ def prepare(art: _Artefacts, name: str, backend: str, batch: int) -> None:
 def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: BenchConfig, threads: int) -> _Runner:
     if backend == "torch":
         return _open_torch(art, name, batch, cfg, threads)
-    kind = _graph_kind(name, backend)
+    kind = _graph_kind(name, backend, cfg)
     if backend == "tensorrt":
         from ..runtimes.tensorrt_runtime import TensorRTRunner
 
         path, graph = art.graph(name, kind, batch)
         runner = TensorRTRunner(art.workdir / f"{path.stem}.b{batch}.engine")
-        feeds = {runner.input_names[0]: _input(art.input_shape(batch))}
+        feeds = {runner.input_names[0]: _input(art.input_shape(batch, name))}
         return _Runner(lambda: runner.run(feeds), graph + ", TensorRT fp32 (timing includes host<->device copies)")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "onnxruntime-cuda" else None
-    if kind == "fused":
+    custom_op = backend == "onnxruntime-fused" or (kind == "given" and _uses_op(art.graph(name, kind, batch)[0]))
+    if kind == "fused" or (kind == "given" and custom_op):
         # The DyNetDynamicConv2d op runs in Python through torch: with torch's OpenMP pool at N threads its idle
         # workers spin against onnxruntime's threads and slow the baseline's interleaved runs (measured: 4-5x).
         import torch
 
         torch.set_num_threads(1)
-    return _open_onnxruntime(art, name, batch, cfg, threads, kind, providers, custom_op=backend == "onnxruntime-fused")
+    return _open_onnxruntime(art, name, batch, cfg, threads, kind, providers, custom_op=custom_op)
+
+
+def _uses_op(path: Path) -> bool:
+    from ..graph import load_onnx
+    from ..runtimes.onnxruntime_runtime import uses_dynamic_conv_op
+
+    return uses_dynamic_conv_op(load_onnx(path, BenchError, external_data=False))
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
@@ -384,7 +460,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
     memory = PeakMemory()
     rows: list[BenchRow] = []
     skipped: list[dict[str, str]] = []
-    units = plan_units(cfg.models)
+    units = plan_units(cfg.models, cfg.user_models)
     with tempfile.TemporaryDirectory(prefix="dynet-bench-") as tmp:
         workdir = Path(cfg.keep_onnx_dir) if cfg.keep_onnx_dir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -441,14 +517,14 @@ def _time_unit(art: _Artefacts, cfg: BenchConfig, unit: list[str], backend: str,
     unit_rows = {}
     for name in unit:
         stats = latency_stats(samples[name])
-        fl = art.flops(name)
+        fl = art.flops(name)  # None for a given ONNX file
         pbytes = art.param_bytes(name)
-        roof = None if peaks is None or backend == "torch" else roofline_ms(pbytes, fl.total_macs, batch, peaks)
+        roof = None if peaks is None or backend == "torch" or fl is None else roofline_ms(pbytes, fl.total_macs, batch, peaks)
         unit_rows[name] = BenchRow(
             model=name, backend=backend, batch=batch, graph=runners[name].graph, latency=stats,
             throughput_ips=batch / (stats["median_ms"] / 1e3), peak_rss_mb=mem[name][0],
-            rss_delta_mb=mem[name][1], mflops=fl.conv_linear_macs / 1e6,
-            mflops_with_overhead=fl.total_macs / 1e6, threads=threads, param_mb=pbytes / 1e6, roofline_ms=roof,
+            rss_delta_mb=mem[name][1], mflops=None if fl is None else fl.conv_linear_macs / 1e6,
+            mflops_with_overhead=None if fl is None else fl.total_macs / 1e6, threads=threads, param_mb=pbytes / 1e6, roofline_ms=roof,
             vs_roofline=None if roof is None else stats["median_ms"] / roof, load_before=load.load_before,
             load_after=load.load_after, foreign_cores=load.foreign_cores, busy=load.busy,
         )

@@ -11,7 +11,16 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..bench import BACKENDS, DEFAULT_BACKENDS, DEFAULT_BATCH_SIZES, DEFAULT_MODELS, DEFAULT_OUT_DIR, DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
+    from ..bench import (
+        BACKENDS,
+        DEFAULT_BACKENDS,
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_MODELS,
+        DEFAULT_OUT_DIR,
+        DEFAULT_REPEATS,
+        DEFAULT_THREADS,
+        DEFAULT_WARMUP,
+    )
 
     p = subparsers.add_parser(
         "bench",
@@ -21,15 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "baseline, and its speedup is printed next to its FLOPs ratio. Writes bench.txt, bench.json and bench.png "
         "to --out-dir. Absent backends (CUDA, TensorRT) are skipped with the reason.",
     )
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME",
-                   help=f"zoo models (a Dy model brings its baseline); default: {' '.join(DEFAULT_MODELS)}")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help=f"zoo models (a Dy model brings its baseline); default: {' '.join(DEFAULT_MODELS)}, or none "
+                   "when --checkpoint or --onnx is given")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT",
+                   help="your own checkpoint (repeatable): timed on every backend like a zoo model; a Dy checkpoint is "
+                   "paired with its static baseline built with the same arguments")
+    p.add_argument("--model-args", metavar="JSON", help="create_model keyword arguments for --checkpoint, as JSON")
+    p.add_argument("--onnx", action="append", default=[], metavar="FILE",
+                   help="your own ONNX graph, portable or fused (repeatable): timed on the onnxruntime backends and TensorRT")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1")
     p.add_argument("--threads", type=int, nargs="+", default=[DEFAULT_THREADS], metavar="N",
                    help=f"intra-op threads for every backend; several counts run one pass each, e.g. '2 1' "
                    f"(default {DEFAULT_THREADS})")
     p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=BACKENDS, metavar="BACKEND",
                    help=f"from {', '.join(BACKENDS)}; default: {' '.join(DEFAULT_BACKENDS)}")
-    p.add_argument("--input-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"), help="default: 224 224")
+    p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="default: a --checkpoint's recorded input size, a --onnx graph's fixed size, else 224 224")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed rounds per model (default {DEFAULT_REPEATS})")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs per model first (default {DEFAULT_WARMUP})")
     p.add_argument("--dy-form", default="auto", choices=["auto", "feature", "kernel", "matmul", "matmul-nchwc"],
@@ -84,18 +101,98 @@ def check_backends_present(backends: list[str]) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..bench import BenchConfig, format_table, run_bench, write_outputs
+def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] | None]:
+    """(user models by label, model_kwargs for their baselines, the input size they imply) from --checkpoint/--onnx."""
+    import json
+    from pathlib import Path
 
+    from ..bench.run import UserModel
+    from ..checkpoint import read_checkpoint_config
+    from ..errors import BenchError, DynetDeployError
+    from ..graph import check_readable_file
+    from ..validate import read_graph_input
+    from .export import checkpoint_defaults
+
+    model_args: dict = {}
+    if args.model_args is not None:
+        try:
+            model_args = json.loads(args.model_args)
+        except json.JSONDecodeError as exc:
+            raise BenchError(f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'") from None
+        if not isinstance(model_args, dict):
+            raise BenchError(f"--model-args must be a JSON object, got a {type(model_args).__name__}")
+    users: dict = {}
+    baseline_kwargs: dict = {}
+    sizes = []
+
+    def label_for(path: Path) -> str:
+        label, i = path.stem, 2
+        while label in users or label in (args.models or []):
+            label, i = f"{path.stem}#{i}", i + 1
+        return label
+
+    for ckpt in args.checkpoint:
+        path = check_readable_file(ckpt, BenchError, "checkpoint")
+        label = label_for(path)
+        users[label] = UserModel(label, checkpoint=str(path), model_args=model_args)
+        try:
+            config = read_checkpoint_config(path)
+        except DynetDeployError:
+            config = None  # a plain state dict: load_checkpoint says what it needs
+        if config is not None:
+            from ..models import model_info
+
+            info = model_info(config["model"])
+            if info.baseline:
+                baseline_kwargs[info.baseline] = {**config.get("model_args", {}), **model_args}
+        size, _, _ = checkpoint_defaults(str(path), None, None)
+        if size:
+            sizes.append(tuple(size))
+    for onnx_file in args.onnx:
+        path = check_readable_file(onnx_file, BenchError, "ONNX graph")
+        label = label_for(path)
+        users[label] = UserModel(label, onnx=str(path))
+        try:
+            hw = read_graph_input(path).shape[2:]
+        except DynetDeployError as exc:
+            raise BenchError(f"--onnx: {exc}") from None
+        if all(isinstance(d, int) and d > 0 for d in hw):
+            sizes.append(tuple(hw))
+    size = None
+    if sizes:
+        if len(set(sizes)) > 1 and args.input_size is None:
+            raise BenchError(f"the given models take different input sizes ({sorted(set(sizes))}); pass --input-size H W "
+                             f"or bench them in separate runs")
+        size = sizes[0]
+    return users, baseline_kwargs, size
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import DEFAULT_MODELS, BenchConfig, format_table, run_bench, write_outputs
+    from ..errors import BenchError
+    from ..fileio import check_output_path
+
+    users, baseline_kwargs, implied_size = user_models(args)
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise BenchError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
+    size = tuple(args.input_size) if args.input_size else (implied_size or (224, 224))
+    models = list(args.models) if args.models is not None else ([] if users else list(DEFAULT_MODELS))
     cfg = BenchConfig(
-        models=list(args.models), batch_sizes=list(args.batch_sizes), threads=list(args.threads), backends=list(args.backends),
-        input_size=(args.input_size[0], args.input_size[1]), repeats=args.repeats, warmup=args.warmup,
+        models=models + list(users), batch_sizes=list(args.batch_sizes), threads=list(args.threads), backends=list(args.backends),
+        input_size=(size[0], size[1]), repeats=args.repeats, warmup=args.warmup,
         dy_form=args.dy_form, ort_spinning=args.ort_spinning, keep_onnx_dir=args.keep_onnx,
+        model_kwargs=baseline_kwargs, user_models=users,
     )
     cfg.validate()
     check_out_dir(args.out_dir)
     if args.keep_onnx:
         check_out_dir(args.keep_onnx)
+    from pathlib import Path
+
+    inputs = [u.checkpoint or u.onnx for u in users.values()]
+    if Path(args.out_dir).is_dir():
+        for name in ("bench.txt", "bench.json", "bench.png"):  # before minutes of timing: no report lands on an input
+            check_output_path(Path(args.out_dir) / name, BenchError, inputs=inputs)
     check_backends_present(cfg.backends)
     result = run_bench(cfg, log=lambda msg: print(msg, flush=True))
     paths = write_outputs(result, args.out_dir)

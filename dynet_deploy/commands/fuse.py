@@ -53,11 +53,15 @@ def run(args) -> int:
     else:
         print(f"wrote {report.path}")
     if args.verify and report.matched:
+        from ..errors import DynetDeployError
+
         try:
             verify(args.model, str(report.path))
         except FuseError:
             Path(report.path).unlink(missing_ok=True)  # a fused graph that computes something else is no artifact
             raise
+        except DynetDeployError as exc:  # the check could not run here (e.g. the op library is not built)
+            raise FuseError(f"wrote {report.path}, but --verify could not run it: {exc}") from None
     return 0
 
 

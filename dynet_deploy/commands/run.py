@@ -123,8 +123,8 @@ def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
 def fused_node_problems(model_path: Path) -> list[str]:
     """What makes a graph's DyNetDynamicConv2d nodes unrunnable, read from the file without running it.
 
-    onnxruntime's Python op cannot raise (an exception there aborts the process), so a node with, say,
-    stride 0 would only show up as NaN and a confusing failure further down the graph: say it first.
+    Checked against the op spec before a session is made, so a node edited after fusion (stride 0, a 2-D weight)
+    is named with the attribute and its valid range, whichever backend would have met it first.
     """
     import onnx
     from onnx import helper
@@ -220,6 +220,14 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.save_outputs, RunError, inputs=[model_path, inputs_path, args.plugin_lib],
                           suffixes=(".npz",), why="NumPy's archive of the outputs")
     feeds = load_feeds(inputs_path)
+    for i, feed in enumerate(feeds):
+        for name, arr in feed.items():
+            label = f"input {name!r}" if name is not None else "the input"
+            if arr.size == 0:
+                raise RunError(f"{label}{f' of feed {i}' if len(feeds) > 1 else ''} has shape {list(arr.shape)}: "
+                               f"a zero-size dimension (batch 0?); every dimension must be >= 1")
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+                raise RunError(f"{label} has dtype {arr.dtype}; give numeric arrays")
 
     if args.backend == "tensorrt":
         from ..runtimes.tensorrt_runtime import TensorRTRunner
@@ -241,13 +249,6 @@ def run(args: argparse.Namespace) -> int:
                 f"--inputs {inputs_path.name}{f' (feed {i})' if len(feeds) > 1 else ''} holds arrays named {sorted(feed)}; "
                 f"the graph takes {list(runner.input_names)}: name the arrays like the graph's inputs"
             )
-    for i, feed in enumerate(feeds):
-        for name, arr in feed.items():
-            if arr.size == 0:
-                raise RunError(f"input {name!r}{f' of feed {i}' if len(feeds) > 1 else ''} has shape {list(arr.shape)}: "
-                               f"a zero-size dimension (batch 0?); every dimension must be >= 1")
-            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-                raise RunError(f"input {name!r} has dtype {arr.dtype}; give numeric arrays")
     if args.backend == "onnxruntime":
         for feed in feeds:
             runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs

@@ -210,8 +210,8 @@ def _read_cache(path: Path) -> dict | None:
 
 
 def _write_cache(path: Path, order: list[str], rows: dict[str, dict]) -> None:
-    from ..fileio import atomic_write_text
     from ..errors import DynetDeployError
+    from ..fileio import atomic_write_text
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

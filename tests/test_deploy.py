@@ -97,6 +97,7 @@ def test_triton_repository_configs_parse(deployed):
         assert "dy_resnet18_fmnist_tensorrt" in report["triton"]["skipped"]
 
 
+@pytest.mark.slow
 def test_failing_check_writes_the_report_and_exits_1(tmp_path, capsys):
     recipe = _recipe(tmp_path, precisions={"fp32": {"max_abs": 1e-12, "rel": 1e-12}},
                      latency={"repeats": 1, "warmup": 0})

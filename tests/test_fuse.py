@@ -206,6 +206,7 @@ def test_single_layer_torchscript(case, form, tmp_path):
     _assert_within(_layer_parity(model, OnnxruntimeRunner(tmp_path / "m.plugin.onnx"), (1, 3, 4)), case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["expert_bias_bank_bias", "grouped_dilated", "asymmetric_pads"])
 @pytest.mark.parametrize("form", ["feature", "kernel"])
 def test_single_layer_dynamo(case, form, tmp_path):
@@ -253,8 +254,10 @@ THIRD_PARTY_CASES = [(s, kw, "torchscript") for s, kw in THIRD_PARTY] + [(s, {},
 
 
 @pytest.mark.parametrize(
-    "style,kw,exporter", THIRD_PARTY_CASES,
-    ids=[f"{s}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'default'}-{e}" for s, kw, e in THIRD_PARTY_CASES],
+    "style,kw,exporter",
+    [pytest.param(s, kw, e, marks=[pytest.mark.slow] if e == "dynamo" else [],
+                  id=f"{s}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'default'}-{e}")
+     for s, kw, e in THIRD_PARTY_CASES],
 )
 def test_third_party_batch_as_groups(style, kw, exporter, tmp_path):
     model, chw = _third_party(style, kw)

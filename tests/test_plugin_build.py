@@ -27,6 +27,7 @@ def test_repo_build_is_up_to_date_and_rebuilds_cleanly(built):
     assert plugin_lib.cpu_library_path() is not None
 
 
+@pytest.mark.slow
 def test_fresh_cpu_only_configure_and_build(tmp_path):
     build = plugin_lib.build_libraries(tmp_path / "build", extra_args=["-DDYNET_BUILD_CUDA=OFF"])
     lib = build / plugin_lib.CPU_LIBRARY

@@ -130,6 +130,7 @@ def test_validate_fixed_batch_graph_runs_its_batch(graphs, tmp_path, capsys):
     assert json.loads(out[: out.rindex("}") + 1])["random_inputs"]["batch_sizes"] == [2]
 
 
+@pytest.mark.slow
 def test_bench_takes_a_checkpoint_and_an_onnx_file(graphs, tmp_path, capsys):
     """Not a speed claim: one round, to check what is timed and how rows are labelled and paired."""
     d, _ = graphs

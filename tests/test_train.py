@@ -173,6 +173,7 @@ def _bundled_or_skip(name: str):
     return load_checkpoint(path), meta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [BUNDLED_MODEL, BUNDLED_BASELINE])
 def test_bundled_checkpoint_real_accuracy(name):
     """The shipped weights, evaluated now on the first 2000 Fashion-MNIST test images: >= 91 % top-1."""

@@ -9,7 +9,7 @@ BUILD  ?= build
 TORCH_SPEC ?= torch==2.13.0
 CUDNN ?= 1
 
-.PHONY: setup venv data ort-headers plugins demo test zoo bench clean
+.PHONY: setup venv data ort-headers plugins demo test test-fast lint zoo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,8 +67,16 @@ zoo: venv
 bench: setup
 	$(VENV)/bin/dynet-deploy bench
 
-test: setup
+# ruff (lint and format check), then the whole suite; `make test-fast` is the subset without the `slow` marker.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest -q -rs
+
+test-fast: setup
+	$(PY) -m pytest -q -rs -m "not slow"
 
 clean:
 	rm -rf $(BUILD) .pytest_cache

@@ -116,7 +116,9 @@ def _check_is_file(path: Path, what: str = "checkpoint") -> None:
 
 def _validate_config(config: Any, source: str) -> dict:
     if not isinstance(config, dict):
-        raise CheckpointError(f"config {source!r} holds a JSON {type(config).__name__}, not an object; it is not a {FORMAT_NAME} config")
+        raise CheckpointError(
+            f"config {source!r} holds a JSON {type(config).__name__}, not an object; it is not a {FORMAT_NAME} config"
+        )
     fmt = config.get("format")
     if fmt != FORMAT_NAME:
         raise CheckpointError(
@@ -132,19 +134,21 @@ def _validate_config(config: Any, source: str) -> dict:
         )
     model = config.get("model")
     if not isinstance(model, str) or not model:
-        raise CheckpointError(f"config {source!r} has no model name (field \"model\" is {model!r}); it should name a zoo model")
+        raise CheckpointError(
+            f'config {source!r} has no model name (field "model" is {model!r}); it should name a zoo model'
+        )
     model_args = config.setdefault("model_args", {})
     if not isinstance(model_args, dict):
         raise CheckpointError(
-            f"config {source!r}: \"model_args\" must be an object of create_model keyword arguments, "
+            f'config {source!r}: "model_args" must be an object of create_model keyword arguments, '
             f"got a JSON {type(model_args).__name__}"
         )
     metadata = config.setdefault("metadata", {})
     if not isinstance(metadata, dict):
-        raise CheckpointError(f"config {source!r}: \"metadata\" must be an object, got a JSON {type(metadata).__name__}")
+        raise CheckpointError(f'config {source!r}: "metadata" must be an object, got a JSON {type(metadata).__name__}')
     digest = config.get("weights_sha256")
     if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
-        raise CheckpointError(f"config {source!r}: \"weights_sha256\" must be a 64-digit hex string, got {digest!r}")
+        raise CheckpointError(f'config {source!r}: "weights_sha256" must be a 64-digit hex string, got {digest!r}')
     return config
 
 
@@ -163,7 +167,9 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     try:
         text = config_path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise CheckpointError(f"checkpoint config {str(config_path)!r} is not UTF-8 text; it is not a {FORMAT_NAME} config") from None
+        raise CheckpointError(
+            f"checkpoint config {str(config_path)!r} is not UTF-8 text; it is not a {FORMAT_NAME} config"
+        ) from None
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -225,7 +231,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     with path.open("rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         if header_len > _MAX_SAFETENSORS_HEADER:
-            raise CheckpointError(f"{str(path)!r} is not a safetensors file (its first 8 bytes give a header of {header_len} bytes)")
+            raise CheckpointError(
+                f"{str(path)!r} is not a safetensors file (its first 8 bytes give a header of {header_len} bytes)"
+            )
         if 8 + header_len > size:
             raise CheckpointError(
                 f"{str(path)!r} is truncated: its safetensors header needs {8 + header_len} bytes, the file has {size}; "
@@ -236,7 +244,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         header = json.loads(raw)
         data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        raise CheckpointError(f"{str(path)!r} is not a valid safetensors file (its header is not a tensor table)") from None
+        raise CheckpointError(
+            f"{str(path)!r} is not a valid safetensors file (its header is not a tensor table)"
+        ) from None
     if 8 + header_len + data_end > size:
         raise CheckpointError(
             f"{str(path)!r} is truncated: its tensors end at byte {8 + header_len + data_end}, the file has {size}; "
@@ -346,15 +356,18 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if bad:
         raise CheckpointError(
             f"{str(path)!r} is not a state dict: {len(bad)} {'entry is not a tensor' if len(bad) == 1 else 'entries are not tensors'}: "
-            f"{_short_list(bad)}; save model.state_dict() (or a dict with it under \"state_dict\")"
+            f'{_short_list(bad)}; save model.state_dict() (or a dict with it under "state_dict")'
         )
     bad_keys = [repr(k) for k in obj if not isinstance(k, str)]
     if bad_keys:
         raise CheckpointError(f"{str(path)!r} is not a state dict: keys must be strings, found {_short_list(bad_keys)}")
     state = dict(obj)
     if state and all(k.startswith("module.") for k in state):
-        log.warning("note: stripped the 'module.' prefix (saved from DataParallel/DistributedDataParallel) from the keys of %s", path)
-        state = {k[len("module."):]: v for k, v in state.items()}
+        log.warning(
+            "note: stripped the 'module.' prefix (saved from DataParallel/DistributedDataParallel) from the keys of %s",
+            path,
+        )
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -397,7 +410,9 @@ def _call_str(name: str, args: Mapping[str, Any]) -> str:
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
 
 
-def _match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool, source: str, model_desc: str) -> None:
+def _match_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool, source: str, model_desc: str
+) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_KEY_SUFFIXES)]
     unexpected = [k for k in state if k not in expected]
@@ -410,9 +425,13 @@ def _match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], stric
     if missing and strict:
         problems.append(f"{len(missing)} missing key{'s' if len(missing) != 1 else ''} ({_short_list(missing)})")
     if unexpected and strict:
-        problems.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) != 1 else ''} ({_short_list(unexpected)})")
+        problems.append(
+            f"{len(unexpected)} unexpected key{'s' if len(unexpected) != 1 else ''} ({_short_list(unexpected)})"
+        )
     if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped tensor{'s' if len(misshaped) != 1 else ''} ({_short_list(misshaped)})")
+        problems.append(
+            f"{len(misshaped)} mis-shaped tensor{'s' if len(misshaped) != 1 else ''} ({_short_list(misshaped)})"
+        )
     if problems:
         hint = "Check the model name and its arguments (num_classes, in_chans, width_mult, ...)"
         if unexpected and missing and len(misshaped) == 0:
@@ -423,7 +442,9 @@ def _match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], stric
     if missing or unexpected:
         log.warning(
             "note: loading %s non-strictly: %d missing key(s) keep their initial values, %d unexpected key(s) ignored",
-            source, len(missing), len(unexpected),
+            source,
+            len(missing),
+            len(unexpected),
         )
     try:
         model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
@@ -477,7 +498,9 @@ def save_checkpoint(
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"cannot save: {field} must be JSON-serialisable (numbers, strings, lists, dicts): {exc}") from None
+            raise CheckpointError(
+                f"cannot save: {field} must be JSON-serialisable (numbers, strings, lists, dicts): {exc}"
+            ) from None
 
     weights_path = _weights_path_for_save(path)
     config_path = weights_path.with_suffix(CONFIG_SUFFIX)
@@ -500,7 +523,9 @@ def save_checkpoint(
     # config's temporary file is removed and the old pair (if any) stays.
     with atomic_path(config_path, CheckpointError) as tmp_config:
         with atomic_path(weights_path, CheckpointError) as tmp_weights:
-            save_file(state, str(tmp_weights), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "model": name})
+            save_file(
+                state, str(tmp_weights), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "model": name}
+            )
             config = {
                 "format": FORMAT_NAME,
                 "version": FORMAT_VERSION,

@@ -16,8 +16,8 @@ its train/test split is a fixed seeded permutation (:data:`DIGITS_SPLIT_SEED`, 2
 from __future__ import annotations
 
 import gzip
-import zlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,16 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
 DIGITS_SPLIT_SEED = 0
@@ -124,7 +133,9 @@ def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise DataError(f"{path}: {len(data)} bytes is shorter than the {header_len}-byte IDX header; the file is truncated")
+        raise DataError(
+            f"{path}: {len(data)} bytes is shorter than the {header_len}-byte IDX header; the file is truncated"
+        )
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected_len = header_len + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected_len:

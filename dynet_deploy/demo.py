@@ -14,16 +14,30 @@ from .deploy import DeployResult, format_tables, run_deploy
 from .recipe import bundled_recipe_path, load_recipe
 
 
-def run_demo(out_dir: str | Path = "out/demo", dataset: str = "auto", threads: int = 2, limit: int | None = None,
-             progress: bool | None = None, log: Callable[[str], None] = print) -> DeployResult:
+def run_demo(
+    out_dir: str | Path = "out/demo",
+    dataset: str = "auto",
+    threads: int = 2,
+    limit: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> DeployResult:
     """Deploy the bundled recipe into ``out_dir`` (a previous demo's folder there is replaced).
 
     ``dataset``: ``"auto"`` keeps the recipe's (Fashion-MNIST, falling back to sklearn's digits when it is not
     installed); ``"fashion-mnist"`` / ``"digits"`` force one.
     """
     recipe = load_recipe(bundled_recipe_path())
-    return run_deploy(recipe, out_dir, force=True, dataset=None if dataset == "auto" else dataset, limit=limit,
-                      threads=threads, progress=progress, log=log)
+    return run_deploy(
+        recipe,
+        out_dir,
+        force=True,
+        dataset=None if dataset == "auto" else dataset,
+        limit=limit,
+        threads=threads,
+        progress=progress,
+        log=log,
+    )
 
 
 def format_summary(res: DeployResult) -> str:

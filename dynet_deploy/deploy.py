@@ -71,8 +71,10 @@ class DeployResult:
             "out_dir": str(self.out_dir),
             "passed": self.passed,
             "seconds": round(self.seconds, 2),
-            "steps": [{"step": s.name, "status": s.status, "detail": s.detail, "seconds": round(s.seconds, 2)}
-                      for s in self.steps],
+            "steps": [
+                {"step": s.name, "status": s.status, "detail": s.detail, "seconds": round(s.seconds, 2)}
+                for s in self.steps
+            ],
             "parity": self.parity,
             "dataset": self.dataset,
             "latency": self.latency,
@@ -109,9 +111,19 @@ def run_deploy(
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        result = _deploy_into(stage, out, recipe, triton=triton, dataset=dataset, limit=limit, threads=threads,
-                              op_library_dir=op_library_dir, plugin_library_dir=plugin_library_dir,
-                              progress=progress, log=log)
+        result = _deploy_into(
+            stage,
+            out,
+            recipe,
+            triton=triton,
+            dataset=dataset,
+            limit=limit,
+            threads=threads,
+            op_library_dir=op_library_dir,
+            plugin_library_dir=plugin_library_dir,
+            progress=progress,
+            log=log,
+        )
         _publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -126,8 +138,10 @@ def _check_destination(out: Path, force: bool) -> None:
         if not force:
             raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
         if not (out / "report.json").is_file():
-            raise DeployError(f"{out} is not the folder of an earlier deploy (no report.json); --force replaces only "
-                              "those: give another -o")
+            raise DeployError(
+                f"{out} is not the folder of an earlier deploy (no report.json); --force replaces only "
+                "those: give another -o"
+            )
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -141,9 +155,20 @@ def _publish(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, dataset: str | None, limit: int | None,
-                 threads: int | None, op_library_dir: str | None, plugin_library_dir: str | None,
-                 progress: bool | None, log: Callable[[str], None]) -> DeployResult:
+def _deploy_into(
+    stage: Path,
+    out: Path,
+    recipe: Recipe,
+    *,
+    triton: bool,
+    dataset: str | None,
+    limit: int | None,
+    threads: int | None,
+    op_library_dir: str | None,
+    plugin_library_dir: str | None,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> DeployResult:
     import numpy as np
     import torch
 
@@ -163,8 +188,10 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
 
     def step(name: str, status: str, detail: str, t0: float) -> None:
         res.steps.append(Step(name, status, detail, time.perf_counter() - t0))
-        log(f"[{len(res.steps)}/{total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        log(
+            f"[{len(res.steps)}/{total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
 
     # 1. checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)
     t0 = time.perf_counter()
@@ -181,8 +208,10 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
     if in_chans != recipe.input_shape[0]:
         from .errors import RecipeError
 
-        raise RecipeError(f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
-                          f"checkpoint's model takes {in_chans}; fix 'input_shape'")
+        raise RecipeError(
+            f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
+            f"checkpoint's model takes {in_chans}; fix 'input_shape'"
+        )
     trained_on = (cfg.get("metadata") or {}).get("dataset")
     atomic_write_text(stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
     step("checkpoint", "done", f"{ckpt.name}: {name} {json.dumps(cfg.get('model_args', {}), sort_keys=True)}", t0)
@@ -192,12 +221,31 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
     c, h, w = recipe.input_shape
     portable, kernel_form = stage / "model.onnx", stage / "model.kernel.onnx"
     p, k = recipe.portable, recipe.fuse_from
-    export_onnx(model, portable, (p.batch or 1, c, h, w), form=p.form, dynamic_batch=p.dynamic, opset=recipe.opset,
-                model_name=name)
-    export_onnx(model, kernel_form, (k.batch or 1, c, h, w), form=k.form, dynamic_batch=k.dynamic,
-                opset=recipe.opset, model_name=name)
-    step("export", "done", f"{portable.name} ({p.form} form, batch {'dynamic' if p.dynamic else p.batch}), "
-         f"{kernel_form.name} ({k.form} form, batch {'dynamic' if k.dynamic else k.batch})", t0)
+    export_onnx(
+        model,
+        portable,
+        (p.batch or 1, c, h, w),
+        form=p.form,
+        dynamic_batch=p.dynamic,
+        opset=recipe.opset,
+        model_name=name,
+    )
+    export_onnx(
+        model,
+        kernel_form,
+        (k.batch or 1, c, h, w),
+        form=k.form,
+        dynamic_batch=k.dynamic,
+        opset=recipe.opset,
+        model_name=name,
+    )
+    step(
+        "export",
+        "done",
+        f"{portable.name} ({p.form} form, batch {'dynamic' if p.dynamic else p.batch}), "
+        f"{kernel_form.name} ({k.form} form, batch {'dynamic' if k.dynamic else k.batch})",
+        t0,
+    )
 
     # 3. fuse
     t0 = time.perf_counter()
@@ -205,9 +253,13 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
     report = fuse_dynamic_convs(kernel_form, fused)
     expected = count_dynamic_convs(model)
     ok = report.matched == expected and not report.left
-    step("fuse", "done" if ok else "failed",
-         f"{report.matched} dynamic convs -> DyNetDynamicConv2d, {report.left} left (model has {expected}); "
-         f"batch {report.batch}", t0)
+    step(
+        "fuse",
+        "done" if ok else "failed",
+        f"{report.matched} dynamic convs -> DyNetDynamicConv2d, {report.left} left (model has {expected}); "
+        f"batch {report.batch}",
+        t0,
+    )
     if not ok:
         res.passed = False
         res.notes.append(f"fuse matched {report.matched} of {expected} dynamic convs")
@@ -234,19 +286,39 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         tol = recipe.tolerance(prec)
         vdir = stage / "validate" / (graph.name[: -len(".onnx")] if graph.suffix == ".onnx" else graph.name)
         vdir.mkdir(parents=True)
-        rep = validate_random(model, graph, backend, recipe.validate.batch_sizes, seed=recipe.validate.seed,
-                              out_dir=vdir, threads=threads, tolerance=Tolerance(tol.max_abs, tol.rel),
-                              model_name=name, graph_onnx=fused if backend == "tensorrt" else None)
-        res.parity.append({
-            "graph": graph.name, "backend": backend, "precision": prec, "check": f"random inputs, batches {batches}",
-            "max_abs": max(ch.max_abs for ch in rep.checks), "rel": max(ch.rel for ch in rep.checks),
-            "tolerance": {"max_abs": tol.max_abs, "rel": tol.rel}, "passed": rep.passed,
-            "replay": rep.replay_command.replace(str(stage), str(out)),
-        })
+        rep = validate_random(
+            model,
+            graph,
+            backend,
+            recipe.validate.batch_sizes,
+            seed=recipe.validate.seed,
+            out_dir=vdir,
+            threads=threads,
+            tolerance=Tolerance(tol.max_abs, tol.rel),
+            model_name=name,
+            graph_onnx=fused if backend == "tensorrt" else None,
+        )
+        res.parity.append(
+            {
+                "graph": graph.name,
+                "backend": backend,
+                "precision": prec,
+                "check": f"random inputs, batches {batches}",
+                "max_abs": max(ch.max_abs for ch in rep.checks),
+                "rel": max(ch.rel for ch in rep.checks),
+                "tolerance": {"max_abs": tol.max_abs, "rel": tol.rel},
+                "passed": rep.passed,
+                "replay": rep.replay_command.replace(str(stage), str(out)),
+            }
+        )
         res.passed &= rep.passed
-    step("validate (random inputs)", "done" if all(p["passed"] for p in res.parity) else "failed",
-         "; ".join(f"{p['graph']}: max-abs {p['max_abs']:.2e}, rel {p['rel']:.2e}" for p in res.parity)
-         + f" (fp32 tolerance {fp32.max_abs:g} / {fp32.rel:g})", t0)
+    step(
+        "validate (random inputs)",
+        "done" if all(p["passed"] for p in res.parity) else "failed",
+        "; ".join(f"{p['graph']}: max-abs {p['max_abs']:.2e}, rel {p['rel']:.2e}" for p in res.parity)
+        + f" (fp32 tolerance {fp32.max_abs:g} / {fp32.rel:g})",
+        t0,
+    )
 
     # 6. accuracy parity on the recipe's data set
     t0 = time.perf_counter()
@@ -261,42 +333,71 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         ds = resolve_dataset(wanted)
         if ds == "fashion-mnist" and not fashion_mnist_available():
             if ds_spec.fallback is None or dataset is not None:
-                raise DataError("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); install it "
-                                "or give the recipe a 'fallback' data set")
-            res.notes.append(f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); parity runs on "
-                             f"{ds_spec.fallback}, where the model's accuracy means nothing but agreement still does")
+                raise DataError(
+                    "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); install it "
+                    "or give the recipe a 'fallback' data set"
+                )
+            res.notes.append(
+                f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); parity runs on "
+                f"{ds_spec.fallback}, where the model's accuracy means nothing but agreement still does"
+            )
             ds = ds_spec.fallback
         elif wanted == "auto" and ds != "fashion-mnist":
             res.notes.append(f"Fashion-MNIST is not installed; parity runs on {ds}")
         res.dataset = ds
         if trained_on and trained_on != ds:
-            res.notes.append(f"the model was trained on {trained_on}; its accuracy on {ds} is not meaningful, "
-                             "agreement is")
+            res.notes.append(
+                f"the model was trained on {trained_on}; its accuracy on {ds} is not meaningful, agreement is"
+            )
         x_t, y_t = load_dataset(ds, ds_spec.split, limit=limit or ds_spec.limit)
         images, labels = x_t.numpy(), y_t.numpy()
         if images.shape[1:] != tuple(recipe.input_shape):
-            raise DataError(f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is "
-                            f"{list(recipe.input_shape)}")
+            raise DataError(
+                f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is "
+                f"{list(recipe.input_shape)}"
+            )
         ref_logits = reference_outputs(model, images, batch=ds_spec.batch, progress=progress)
         first = len(res.parity)
         for graph, backend, prec in targets:
             target = recipe.agreement(prec)
             batch = ds_spec.batch if backend == "onnxruntime" else min(ds_spec.batch, recipe.profile.max)
-            d = validate_dataset(model, graph, images, labels, ds, backend, batch=batch, threads=threads,
-                                 progress=progress, model_name=name, reference_logits=ref_logits,
-                                 graph_onnx=fused if backend == "tensorrt" else None)
+            d = validate_dataset(
+                model,
+                graph,
+                images,
+                labels,
+                ds,
+                backend,
+                batch=batch,
+                threads=threads,
+                progress=progress,
+                model_name=name,
+                reference_logits=ref_logits,
+                graph_onnx=fused if backend == "tensorrt" else None,
+            )
             if target is not None:
                 d.target_agreement = target
-            res.parity.append({
-                "graph": graph.name, "backend": backend, "precision": prec,
-                "check": f"top-1 on {ds} {ds_spec.split} ({d.samples})", "pytorch": d.reference_metric,
-                "deployed": d.backend_metric, "agreement": d.agreement, "target": d.target_agreement,
-                "passed": d.passed,
-            })
+            res.parity.append(
+                {
+                    "graph": graph.name,
+                    "backend": backend,
+                    "precision": prec,
+                    "check": f"top-1 on {ds} {ds_spec.split} ({d.samples})",
+                    "pytorch": d.reference_metric,
+                    "deployed": d.backend_metric,
+                    "agreement": d.agreement,
+                    "target": d.target_agreement,
+                    "passed": d.passed,
+                }
+            )
             res.passed &= d.passed
         rows = res.parity[first:]
-        step("accuracy parity", "done" if all(p["passed"] for p in rows) else "failed",
-             "; ".join(f"{p['graph']}: agreement {p['agreement'] * 100:.2f}%" for p in rows), t0)
+        step(
+            "accuracy parity",
+            "done" if all(p["passed"] for p in rows) else "failed",
+            "; ".join(f"{p['graph']}: agreement {p['agreement'] * 100:.2f}%" for p in rows),
+            t0,
+        )
 
     # 7. latency: PyTorch, onnxruntime portable and fused, engines, and the recipe's static baseline
     t0 = time.perf_counter()
@@ -342,14 +443,27 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
     res.latency_load = {"before": load_before, "after": load_after}
     busiest = max((v for v in (load_before, load_after) if v is not None), default=None)
     if busiest is not None and busiest >= BUSY_LOAD:
-        res.notes.append(f"the machine was busy during the latency run (1-minute load average up to {busiest:.1f}); "
-                         "its times are inflated: re-run on a quiet machine before quoting them")
+        res.notes.append(
+            f"the machine was busy during the latency run (1-minute load average up to {busiest:.1f}); "
+            "its times are inflated: re-run on a quiet machine before quoting them"
+        )
     for key, v in samples.items():
         stats = latency_stats(v)
-        res.latency.append({"runner": key, "batch": lat.batch, "median_ms": stats["median_ms"],
-                            "p90_ms": stats["p90_ms"], "runs": stats["n"]})
-    step(f"latency (batch {lat.batch})", "done",
-         f"{len(runners)} runners, interleaved, {lat.repeats} runs each, {threads} threads", t0)
+        res.latency.append(
+            {
+                "runner": key,
+                "batch": lat.batch,
+                "median_ms": stats["median_ms"],
+                "p90_ms": stats["p90_ms"],
+                "runs": stats["n"],
+            }
+        )
+    step(
+        f"latency (batch {lat.batch})",
+        "done",
+        f"{len(runners)} runners, interleaved, {lat.repeats} runs each, {threads} threads",
+        t0,
+    )
 
     # 8. Triton model repository
     if triton:
@@ -358,9 +472,15 @@ def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, datase
         t0 = time.perf_counter()
         prefs = sorted({recipe.profile.opt, recipe.profile.max})
         repo = write_model_repository(
-            stage / "triton", recipe.name, fused, engines.get("fp32"), max_batch_size=recipe.profile.max,
-            preferred_batch_sizes=prefs, engine_skipped_reason=engine_skip_reason or "no fp32 engine in the recipe",
-            op_library_dir=op_library_dir, plugin_library_dir=plugin_library_dir,
+            stage / "triton",
+            recipe.name,
+            fused,
+            engines.get("fp32"),
+            max_batch_size=recipe.profile.max,
+            preferred_batch_sizes=prefs,
+            engine_skipped_reason=engine_skip_reason or "no fp32 engine in the recipe",
+            op_library_dir=op_library_dir,
+            plugin_library_dir=plugin_library_dir,
         )
         res.triton = {
             "repository": "triton",
@@ -448,7 +568,9 @@ def format_tables(res: DeployResult) -> str:
         base = res.latency[0]["median_ms"]
         lines.append(f"{'runner':<40} {'median ms':>10} {'p90 ms':>8} {'vs first':>9}")
         for r in res.latency:
-            lines.append(f"{r['runner']:<40} {r['median_ms']:>10.3f} {r['p90_ms']:>8.3f} {r['median_ms'] / base:>8.2f}x")
+            lines.append(
+                f"{r['runner']:<40} {r['median_ms']:>10.3f} {r['p90_ms']:>8.3f} {r['median_ms'] / base:>8.2f}x"
+            )
     for n in res.notes:
         lines.append(f"note: {n}")
     lines.append(f"{'PASSED' if res.passed else 'FAILED'} in {res.seconds:.0f} s")
@@ -473,8 +595,11 @@ def format_report(res: DeployResult) -> str:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]
         lines.append(f"serve: {res.triton['launch']}")
-        bare = [lib for lib, used in ((res.triton["op_library"], True), (res.triton["plugin_library"], bool(res.engines)))
-                if used and "/" not in lib]
+        bare = [
+            lib
+            for lib, used in ((res.triton["op_library"], True), (res.triton["plugin_library"], bool(res.engines)))
+            if used and "/" not in lib
+        ]
         if bare:
             lines.append(f"($DYNET_LIB_DIR: the folder holding {' and '.join(bare)} on the server)")
     return "\n".join(lines)

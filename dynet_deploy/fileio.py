@@ -50,7 +50,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def refuse_overwriting_inputs(
-    output: PathLike, inputs: Iterable[PathLike | None], error: type[DynetDeployError] = DynetDeployError, what: str = "output"
+    output: PathLike,
+    inputs: Iterable[PathLike | None],
+    error: type[DynetDeployError] = DynetDeployError,
+    what: str = "output",
 ) -> None:
     """Raise ``error`` when ``output`` is (or links to) one of ``inputs``: writing it would destroy that input."""
     out = Path(output)
@@ -146,4 +149,3 @@ def install_termination_handler() -> bool:
         return False
     signal.signal(signal.SIGTERM, _on_sigterm)
     return True
-

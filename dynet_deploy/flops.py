@@ -87,7 +87,11 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) 
     if len(input_size) != 4 or min(input_size) < 1:
         raise ValueError(f"input_size must be (N, C, H, W) with positive sizes, got {input_size}")
     cpm_linears = {
-        id(m) for cpm in model.modules() if isinstance(cpm, CoefficientPredictor) for m in cpm.modules() if isinstance(m, nn.Linear)
+        id(m)
+        for cpm in model.modules()
+        if isinstance(cpm, CoefficientPredictor)
+        for m in cpm.modules()
+        if isinstance(m, nn.Linear)
     }
     layers: list[LayerFlops] = []
     hooks = []
@@ -96,10 +100,20 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) 
         def fn(mod: nn.Module, inputs, output) -> None:
             out = output
             if isinstance(mod, nn.Conv2d):
-                layers.append(LayerFlops(name, "conv", _conv_macs(out, mod.in_channels, mod.groups, mod.kernel_size), 0, tuple(out.shape)))
+                layers.append(
+                    LayerFlops(
+                        name, "conv", _conv_macs(out, mod.in_channels, mod.groups, mod.kernel_size), 0, tuple(out.shape)
+                    )
+                )
             elif isinstance(mod, DynamicConv2d):
                 n = out.shape[0]
-                fusion = mod.num_bases * mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+                fusion = (
+                    mod.num_bases
+                    * mod.out_channels
+                    * (mod.in_channels // mod.groups)
+                    * mod.kernel_size[0]
+                    * mod.kernel_size[1]
+                )
                 if mod.bias_bank is not None:
                     fusion += mod.num_bases * mod.out_channels
                 macs = _conv_macs(out, mod.in_channels, mod.groups, mod.kernel_size)

@@ -15,7 +15,9 @@ from typing import Any
 from .errors import DynetDeployError
 
 
-def check_readable_file(path: str | os.PathLike, error: type[DynetDeployError], what: str = "file", hint: str = "") -> Path:
+def check_readable_file(
+    path: str | os.PathLike, error: type[DynetDeployError], what: str = "file", hint: str = ""
+) -> Path:
     """``path`` as a Path if it is a readable regular file, else ``error`` saying which of the usual faults it is:
     missing, a broken symbolic link, a link loop, a directory, not a regular file, unreadable."""
     p = Path(path)
@@ -28,13 +30,17 @@ def check_readable_file(path: str | os.PathLike, error: type[DynetDeployError], 
         except RuntimeError:
             raise error(f"{what} {str(p)!r} is a symbolic link loop; point it at a real file") from None
         except OSError:
-            raise error(f"{what} {str(p)!r} is a broken symbolic link (its target {os.readlink(p)!r} does not exist){suffix}") from None
+            raise error(
+                f"{what} {str(p)!r} is a broken symbolic link (its target {os.readlink(p)!r} does not exist){suffix}"
+            ) from None
     try:
         st = p.stat()
     except FileNotFoundError:
         raise error(f"{what} {str(p)!r} does not exist{suffix}") from None
     except NotADirectoryError:
-        raise error(f"{what} {str(p)!r} does not exist (a part of its path is a file, not a directory){suffix}") from None
+        raise error(
+            f"{what} {str(p)!r} does not exist (a part of its path is a file, not a directory){suffix}"
+        ) from None
     except OSError as exc:  # ELOOP in a parent, ENAMETOOLONG, EACCES on a parent, ...
         if exc.errno == errno.ELOOP:
             raise error(f"{what} {str(p)!r} cannot be resolved: a symbolic link loop in its path") from None

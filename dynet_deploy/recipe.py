@@ -206,13 +206,19 @@ def load_recipe(path: str | Path) -> Recipe:
 def load_recipe_dict(data: Any, path: Path | None = None) -> Recipe:
     """Check an already-parsed recipe (``path`` only names it in errors and anchors relative checkpoints)."""
     c = _Checker(f"recipe {path}" if path is not None else "recipe")
-    top = c.obj(data, "", required=("checkpoint", "input_shape", "precisions"),
-                optional=("name", "export", "profile", "validate", "dataset", "latency"))
+    top = c.obj(
+        data,
+        "",
+        required=("checkpoint", "input_shape", "precisions"),
+        optional=("name", "export", "profile", "validate", "dataset", "latency"),
+    )
 
     checkpoint = c.string(top["checkpoint"], "checkpoint")
     if not checkpoint.strip():
         c.fail("checkpoint", "is empty; give a bundled checkpoint's name or a path")
-    name = c.string(top["name"], "name") if "name" in top else (path.stem if path is not None else Path(checkpoint).stem)
+    name = (
+        c.string(top["name"], "name") if "name" in top else (path.stem if path is not None else Path(checkpoint).stem)
+    )
     shape = c.int_list(top["input_shape"], "input_shape", minimum=1)
     if len(shape) != 3:
         c.fail("input_shape", f"must be [C, H, W] (3 integers), got {len(shape)}")
@@ -264,11 +270,26 @@ def load_recipe_dict(data: Any, path: Path | None = None) -> Recipe:
         c.fail("latency.batch", f"is {latency.batch}, outside the profile's batch range {profile.min}..{profile.max}")
     outside = [b for b in batch_sizes if not profile.min <= b <= profile.max]
     if outside:
-        c.fail("validate.batch_sizes", f"{outside} lie outside the profile's batch range {profile.min}..{profile.max}; "
-               "the engine could not run them")
+        c.fail(
+            "validate.batch_sizes",
+            f"{outside} lie outside the profile's batch range {profile.min}..{profile.max}; "
+            "the engine could not run them",
+        )
 
-    return Recipe(name, checkpoint, (shape[0], shape[1], shape[2]), portable, fuse_from, opset, profile,
-                  precisions, validate, dataset, latency, path)
+    return Recipe(
+        name,
+        checkpoint,
+        (shape[0], shape[1], shape[2]),
+        portable,
+        fuse_from,
+        opset,
+        profile,
+        precisions,
+        validate,
+        dataset,
+        latency,
+        path,
+    )
 
 
 def _export_form(c: "_Checker", raw: Any, where: str) -> ExportForm:
@@ -278,12 +299,15 @@ def _export_form(c: "_Checker", raw: Any, where: str) -> ExportForm:
     if batch_raw == "dynamic":
         batch = None
     elif isinstance(batch_raw, str):
-        c.fail(f"{where}.batch", f"must be \"dynamic\" or an integer >= 1, got {batch_raw!r}")
+        c.fail(f"{where}.batch", f'must be "dynamic" or an integer >= 1, got {batch_raw!r}')
     else:
         batch = c.integer(batch_raw, f"{where}.batch", minimum=1)
     if form == "kernel" and batch is None:
-        c.fail(f"{where}.batch", "cannot be \"dynamic\" for the kernel form (batch-as-groups needs a fixed batch); "
-               "give an integer, e.g. 1 ('fuse' makes the batch dynamic)")
+        c.fail(
+            f"{where}.batch",
+            'cannot be "dynamic" for the kernel form (batch-as-groups needs a fixed batch); '
+            "give an integer, e.g. 1 ('fuse' makes the batch dynamic)",
+        )
     return ExportForm(form, batch)
 
 
@@ -303,8 +327,10 @@ def _dataset(c: "_Checker", raw: Any, precisions: Mapping[str, PrecisionSpec]) -
     agreement = {}
     for prec, v in agree_raw.items():
         if prec not in precisions:
-            c.fail(f"dataset.agreement.{prec}", f"names a precision the recipe does not list in 'precisions' "
-                   f"({', '.join(precisions)})")
+            c.fail(
+                f"dataset.agreement.{prec}",
+                f"names a precision the recipe does not list in 'precisions' ({', '.join(precisions)})",
+            )
         f = c.number(v, f"dataset.agreement.{prec}")
         if not 0.0 < f <= 1.0:
             c.fail(f"dataset.agreement.{prec}", f"must be a fraction in (0, 1], got {v!r}")
@@ -319,8 +345,15 @@ def _dataset(c: "_Checker", raw: Any, precisions: Mapping[str, PrecisionSpec]) -
     )
 
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-               dict: "an object", type(None): "null"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 def _type_name(v: Any) -> str:
@@ -346,9 +379,7 @@ class _Checker:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 full = f"{path}.{key}" if path else key
-                raise RecipeError(
-                    f"{self.where}: unknown field {full!r}{hint} (known here: {', '.join(allowed)})"
-                )
+                raise RecipeError(f"{self.where}: unknown field {full!r}{hint} (known here: {', '.join(allowed)})")
         for key in required:
             if key not in v:
                 full = f"{path}.{key}" if path else key
@@ -396,6 +427,15 @@ class _Checker:
 
 
 __all__: list[str] = [
-    "BUNDLED_RECIPE", "BatchProfile", "DatasetSpec", "ExportForm", "LatencySpec", "PrecisionSpec", "Recipe",
-    "ValidateSpec", "bundled_recipe_path", "load_recipe", "load_recipe_dict",
+    "BUNDLED_RECIPE",
+    "BatchProfile",
+    "DatasetSpec",
+    "ExportForm",
+    "LatencySpec",
+    "PrecisionSpec",
+    "Recipe",
+    "ValidateSpec",
+    "bundled_recipe_path",
+    "load_recipe",
+    "load_recipe_dict",
 ]

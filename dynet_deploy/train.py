@@ -95,9 +95,18 @@ def check_config(cfg: TrainConfig) -> None:
     need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
     need(finite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive finite number, got {cfg.lr}")
     need(finite(cfg.momentum) and 0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
-    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}")
-    need(finite(cfg.warmup_fraction) and 0 <= cfg.warmup_fraction <= 1, f"warmup_fraction must be in [0, 1], got {cfg.warmup_fraction}")
-    need(finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    need(
+        finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+        f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}",
+    )
+    need(
+        finite(cfg.warmup_fraction) and 0 <= cfg.warmup_fraction <= 1,
+        f"warmup_fraction must be in [0, 1], got {cfg.warmup_fraction}",
+    )
+    need(
+        finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
+        f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}",
+    )
     need(isinstance(cfg.threads, int) and cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.optimizer in ("sgd", "adamw"), f"--optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
     need(cfg.conv_mode in ("kernel", "feature"), f"--conv-mode must be 'kernel' or 'feature', got {cfg.conv_mode!r}")
@@ -256,7 +265,9 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             if cfg.log_every and (b + 1) % cfg.log_every == 0 and b + 1 < steps_per_epoch:
-                log(f"  epoch {epoch} step {b + 1}/{steps_per_epoch}: loss {loss_sum / seen:.4f}, {time.perf_counter() - t0:.0f} s")
+                log(
+                    f"  epoch {epoch} step {b + 1}/{steps_per_epoch}: loss {loss_sum / seen:.4f}, {time.perf_counter() - t0:.0f} s"
+                )
         bad = non_finite_parameters(model)
         if bad:  # the last step's update can overflow after a finite loss
             raise TrainError(
@@ -309,7 +320,9 @@ def training_report(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def save_training_outputs(result: TrainResult, out_path: str | Path, report_path: str | Path | None = None) -> tuple[Path, Path]:
+def save_training_outputs(
+    result: TrainResult, out_path: str | Path, report_path: str | Path | None = None
+) -> tuple[Path, Path]:
     """Write the checkpoint (``save_checkpoint``) and the JSON report (default: ``<stem>.report.json``)."""
     from .checkpoint import save_checkpoint
 

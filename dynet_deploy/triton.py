@@ -36,8 +36,18 @@ INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 
 # ONNX TensorProto element type -> Triton data type
 _ONNX_TO_TRITON = {
-    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-    7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
     16: "TYPE_BF16",
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -99,8 +109,9 @@ def onnx_io(model_or_path) -> GraphIO:
                 continue
             tt = v.type.tensor_type
             if tt.elem_type not in _ONNX_TO_TRITON:
-                raise TritonError(f"tensor {v.name!r} of {onnx_path} has ONNX element type {tt.elem_type}, "
-                                  "which Triton cannot carry")
+                raise TritonError(
+                    f"tensor {v.name!r} of {onnx_path} has ONNX element type {tt.elem_type}, which Triton cannot carry"
+                )
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
             out.append((v.name, _ONNX_TO_TRITON[tt.elem_type], dims))
         return out
@@ -139,9 +150,16 @@ def _tensors(key: str, specs: Sequence[TensorSpec]) -> list[str]:
     return lines
 
 
-def model_config(name: str, backend: str, io: GraphIO, max_batch_size: int, instance_kind: str,
-                 op_libraries: Sequence[str] = (), preferred_batch_sizes: Sequence[int] = (),
-                 max_queue_delay_us: int = 100) -> str:
+def model_config(
+    name: str,
+    backend: str,
+    io: GraphIO,
+    max_batch_size: int,
+    instance_kind: str,
+    op_libraries: Sequence[str] = (),
+    preferred_batch_sizes: Sequence[int] = (),
+    max_queue_delay_us: int = 100,
+) -> str:
     """``config.pbtxt`` text for one model (``backend``: ``onnxruntime`` or ``tensorrt``)."""
     if not _NAME_RE.match(name):
         raise TritonError(f"Triton model name {name!r} may hold only letters, digits, '_', '-' and '.'")
@@ -261,8 +279,9 @@ def write_model_repository(
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
         onnx_name = f"{name}_onnxruntime"
-        text = model_config(onnx_name, "onnxruntime", io, max_batch_size, onnx_instance_kind, [op_lib],
-                            preferred_batch_sizes)
+        text = model_config(
+            onnx_name, "onnxruntime", io, max_batch_size, onnx_instance_kind, [op_lib], preferred_batch_sizes
+        )
         _write_model(tmp / onnx_name, text, fused_onnx, ONNX_MODEL_FILE)
         repo.models[onnx_name] = root / onnx_name
         trt_name = f"{name}_tensorrt"
@@ -300,6 +319,12 @@ def _have_tritonclient() -> bool:
 
 
 __all__ = [
-    "GraphIO", "TensorSpec", "TritonRepository", "load_model_config_pb2", "model_config", "onnx_io", "parse_config",
+    "GraphIO",
+    "TensorSpec",
+    "TritonRepository",
+    "load_model_config_pb2",
+    "model_config",
+    "onnx_io",
+    "parse_config",
     "write_model_repository",
 ]

@@ -35,8 +35,20 @@ def model_layers(name: str, size: int = 224):
 
     def hook(mod, inputs, _out):
         x = inputs[0]
-        layers[(x.shape[1], mod.out_channels, x.shape[2], x.shape[3], mod.num_bases, *mod.kernel_size,
-                tuple(mod.stride), tuple(mod.pads), mod.groups, mod.coeff_channels)] += 1
+        layers[
+            (
+                x.shape[1],
+                mod.out_channels,
+                x.shape[2],
+                x.shape[3],
+                mod.num_bases,
+                *mod.kernel_size,
+                tuple(mod.stride),
+                tuple(mod.pads),
+                mod.groups,
+                mod.coeff_channels,
+            )
+        ] += 1
 
     for mod in model.modules():
         if isinstance(mod, DynamicConv2d):
@@ -58,14 +70,30 @@ def dynamic_session(layer, threads: int, rng):
     c_in, c_out, _, _, k, kh, kw, stride, pads, groups, c_c = layer
     weight = (rng.standard_normal((k, c_out, c_in // groups, kh, kw)) * 0.1).astype(np.float32)
     top, left, bottom, right = pads
-    node = helper.make_node("DyNetDynamicConv2d", ["x", "coeff", "weight"], ["y"], domain="trt.plugins",
-                            stride_h=stride[0], stride_w=stride[1], pad_top=top, pad_left=left,
-                            pad_bottom=bottom, pad_right=right, groups=groups, activation=1)
+    node = helper.make_node(
+        "DyNetDynamicConv2d",
+        ["x", "coeff", "weight"],
+        ["y"],
+        domain="trt.plugins",
+        stride_h=stride[0],
+        stride_w=stride[1],
+        pad_top=top,
+        pad_left=left,
+        pad_bottom=bottom,
+        pad_right=right,
+        groups=groups,
+        activation=1,
+    )
     graph = helper.make_graph(
-        [node], "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"]),
-                        helper.make_tensor_value_info("coeff", TensorProto.FLOAT, ["N", c_c, k])],
+        [node],
+        "dyn",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"]),
+            helper.make_tensor_value_info("coeff", TensorProto.FLOAT, ["N", c_c, k]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, None, None])],
-        initializer=[numpy_helper.from_array(weight, "weight")])
+        initializer=[numpy_helper.from_array(weight, "weight")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trt.plugins", 1)])
     so = options(threads)
     onnxruntime_lib.register(so)
@@ -77,12 +105,17 @@ def static_session(layer, threads: int, rng):
     weight = (rng.standard_normal((c_out, c_in // groups, kh, kw)) * 0.1).astype(np.float32)
     bias = rng.standard_normal(c_out).astype(np.float32)
     top, left, bottom, right = pads
-    conv = helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=list(stride), pads=[top, left, bottom, right], group=groups)
+    conv = helper.make_node(
+        "Conv", ["x", "w", "b"], ["c"], strides=list(stride), pads=[top, left, bottom, right], group=groups
+    )
     relu = helper.make_node("Relu", ["c"], ["y"])
     graph = helper.make_graph(
-        [conv, relu], "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"])],
+        [conv, relu],
+        "static",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, None, None])],
-        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return ort.InferenceSession(model.SerializeToString(), options(threads), providers=["CPUExecutionProvider"])
 
@@ -102,15 +135,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
 
-    print(f"load before: {os.getloadavg()}; onnxruntime {ort.__version__}; threads {args.threads}; "
-          f"kernel ISA {onnxruntime_lib.cpu_isa()}")
+    print(
+        f"load before: {os.getloadavg()}; onnxruntime {ort.__version__}; threads {args.threads}; "
+        f"kernel ISA {onnxruntime_lib.cpu_isa()}"
+    )
     rng = np.random.default_rng(0)
     for name in args.models:
         layers = model_layers(name)
         for batch in args.batches:
             total_dyn = total_static = 0.0
-            print(f"\n{name}, batch {batch}: layer (C_in->C_out HxW kHxkW /stride g=groups) x count | "
-                  f"native ms | static Conv ms | ratio")
+            print(
+                f"\n{name}, batch {batch}: layer (C_in->C_out HxW kHxkW /stride g=groups) x count | "
+                f"native ms | static Conv ms | ratio"
+            )
             for layer, count in layers.items():
                 c_in, c_out, h, w, k, kh, kw, stride, pads, groups, c_c = layer
                 dyn = dynamic_session(layer, args.threads, rng)
@@ -129,10 +166,14 @@ def main() -> None:
                 md, ms = statistics.median(td), statistics.median(ts)
                 total_dyn += md * count
                 total_static += ms * count
-                print(f"  {c_in:4d}->{c_out:4d} {h:3d}x{w:<3d} {kh}x{kw} /{stride[0]} g={groups:<3d} x{count:<2d} | "
-                      f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f}")
-            print(f"  sum over the model's dynamic layers: native {total_dyn:.2f} ms, static Conv {total_static:.2f} ms, "
-                  f"ratio {total_dyn / total_static:.2f}")
+                print(
+                    f"  {c_in:4d}->{c_out:4d} {h:3d}x{w:<3d} {kh}x{kw} /{stride[0]} g={groups:<3d} x{count:<2d} | "
+                    f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f}"
+                )
+            print(
+                f"  sum over the model's dynamic layers: native {total_dyn:.2f} ms, static Conv {total_static:.2f} ms, "
+                f"ratio {total_dyn / total_static:.2f}"
+            )
     print(f"\nload after: {os.getloadavg()}")
 
 

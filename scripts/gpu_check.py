@@ -42,8 +42,12 @@ from dynet_deploy.op import native as plugin_lib  # noqa: E402  (numpy + ctypes 
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 AGREE_TOL = 2e-3  # fp16 tactics against each other: same fp16 fused kernels, different accumulation order
-ALGOS = {"auto": plugin_lib.ALGO_AUTO, "two_step": plugin_lib.ALGO_TWO_STEP, "one_kernel": plugin_lib.ALGO_ONE_KERNEL,
-         "cudnn": plugin_lib.ALGO_CUDNN}
+ALGOS = {
+    "auto": plugin_lib.ALGO_AUTO,
+    "two_step": plugin_lib.ALGO_TWO_STEP,
+    "one_kernel": plugin_lib.ALGO_ONE_KERNEL,
+    "cudnn": plugin_lib.ALGO_CUDNN,
+}
 K_BASES = 6
 SUMMARY_PATH: Path | None = None  # --summary: the short summary, written line by line (survives a timeout)
 
@@ -86,35 +90,66 @@ class Layer:
 # Fallback when the zoo cannot be imported: DyNet's layer shapes at 224x224 (Dy-ResNet50 at half width inside
 # blocks; Dy-mobile without expansion, group conv with C/6 groups).
 FALLBACK_LAYERS = [
-    *(Layer("dy_resnet50", ci, co, hw, hw, k, k, (s, s), (p,) * 4, (1, 1), 1)
-      for ci, co, hw, k, s, p in [
-          (32, 32, 56, 1, 1, 0), (32, 32, 56, 3, 1, 1), (32, 128, 56, 1, 1, 0), (128, 32, 56, 1, 1, 0),
-          (128, 64, 56, 1, 1, 0), (64, 64, 56, 3, 2, 1), (64, 256, 28, 1, 1, 0), (256, 64, 28, 1, 1, 0),
-          (64, 64, 28, 3, 1, 1), (256, 128, 28, 1, 1, 0), (128, 128, 28, 3, 2, 1), (128, 512, 14, 1, 1, 0),
-          (512, 128, 14, 1, 1, 0), (128, 128, 14, 3, 1, 1), (512, 256, 14, 1, 1, 0), (256, 256, 14, 3, 2, 1),
-          (256, 1024, 7, 1, 1, 0), (1024, 256, 7, 1, 1, 0), (256, 256, 7, 3, 1, 1)]),
-    *(Layer("dy_mobile", ci, co, hw, hw, k, k, (s, s), (p,) * 4, (1, 1), g)
-      for ci, co, hw, k, s, p, g in [
-          (30, 18, 112, 1, 1, 0, 1), (18, 24, 112, 1, 1, 0, 1), (24, 24, 112, 3, 2, 1, 4), (24, 24, 56, 1, 1, 0, 1),
-          (24, 30, 56, 1, 1, 0, 1), (30, 30, 56, 3, 2, 1, 5), (30, 30, 28, 1, 1, 0, 1), (30, 66, 28, 1, 1, 0, 1),
-          (66, 66, 28, 3, 2, 1, 11), (66, 66, 14, 1, 1, 0, 1), (66, 96, 14, 1, 1, 0, 1), (96, 96, 14, 3, 1, 1, 16),
-          (96, 162, 14, 1, 1, 0, 1), (162, 162, 14, 3, 2, 1, 27), (162, 162, 7, 1, 1, 0, 1),
-          (162, 318, 7, 1, 1, 0, 1)]),
+    *(
+        Layer("dy_resnet50", ci, co, hw, hw, k, k, (s, s), (p,) * 4, (1, 1), 1)
+        for ci, co, hw, k, s, p in [
+            (32, 32, 56, 1, 1, 0),
+            (32, 32, 56, 3, 1, 1),
+            (32, 128, 56, 1, 1, 0),
+            (128, 32, 56, 1, 1, 0),
+            (128, 64, 56, 1, 1, 0),
+            (64, 64, 56, 3, 2, 1),
+            (64, 256, 28, 1, 1, 0),
+            (256, 64, 28, 1, 1, 0),
+            (64, 64, 28, 3, 1, 1),
+            (256, 128, 28, 1, 1, 0),
+            (128, 128, 28, 3, 2, 1),
+            (128, 512, 14, 1, 1, 0),
+            (512, 128, 14, 1, 1, 0),
+            (128, 128, 14, 3, 1, 1),
+            (512, 256, 14, 1, 1, 0),
+            (256, 256, 14, 3, 2, 1),
+            (256, 1024, 7, 1, 1, 0),
+            (1024, 256, 7, 1, 1, 0),
+            (256, 256, 7, 3, 1, 1),
+        ]
+    ),
+    *(
+        Layer("dy_mobile", ci, co, hw, hw, k, k, (s, s), (p,) * 4, (1, 1), g)
+        for ci, co, hw, k, s, p, g in [
+            (30, 18, 112, 1, 1, 0, 1),
+            (18, 24, 112, 1, 1, 0, 1),
+            (24, 24, 112, 3, 2, 1, 4),
+            (24, 24, 56, 1, 1, 0, 1),
+            (24, 30, 56, 1, 1, 0, 1),
+            (30, 30, 56, 3, 2, 1, 5),
+            (30, 30, 28, 1, 1, 0, 1),
+            (30, 66, 28, 1, 1, 0, 1),
+            (66, 66, 28, 3, 2, 1, 11),
+            (66, 66, 14, 1, 1, 0, 1),
+            (66, 96, 14, 1, 1, 0, 1),
+            (96, 96, 14, 3, 1, 1, 16),
+            (96, 162, 14, 1, 1, 0, 1),
+            (162, 162, 14, 3, 2, 1, 27),
+            (162, 162, 7, 1, 1, 0, 1),
+            (162, 318, 7, 1, 1, 0, 1),
+        ]
+    ),
 ]
 
 
 # Shapes the zoo does not have: dilation, asymmetric pads, depthwise, 5x5, groups of 6, strided 1x1, odd sizes.
 SYNTHETIC_LAYERS = [
-    Layer("synthetic", 32, 48, 17, 23, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),        # dilation 2
-    Layer("synthetic", 24, 24, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1),        # asymmetric (TF "SAME")
-    Layer("synthetic", 16, 16, 13, 11, 3, 3, (1, 1), (1, 0, 2, 1), (1, 2), 1),        # asymmetric + dilation
-    Layer("synthetic", 64, 64, 28, 28, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 64),      # depthwise 3x3
-    Layer("synthetic", 32, 32, 19, 19, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 32),      # depthwise 5x5 / s2
-    Layer("synthetic", 48, 64, 14, 14, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),       # dense 5x5
-    Layer("synthetic", 36, 36, 14, 14, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),       # groups of 6 channels
-    Layer("synthetic", 60, 90, 9, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),         # 6 groups, C/g = 10
-    Layer("synthetic", 64, 128, 15, 15, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),      # strided 1x1
-    Layer("synthetic", 3, 8, 7, 7, 7, 3, (1, 2), (3, 1, 3, 1), (1, 1), 1, k=1),      # non-square kernel, K=1
+    Layer("synthetic", 32, 48, 17, 23, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),  # dilation 2
+    Layer("synthetic", 24, 24, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1),  # asymmetric (TF "SAME")
+    Layer("synthetic", 16, 16, 13, 11, 3, 3, (1, 1), (1, 0, 2, 1), (1, 2), 1),  # asymmetric + dilation
+    Layer("synthetic", 64, 64, 28, 28, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 64),  # depthwise 3x3
+    Layer("synthetic", 32, 32, 19, 19, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 32),  # depthwise 5x5 / s2
+    Layer("synthetic", 48, 64, 14, 14, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),  # dense 5x5
+    Layer("synthetic", 36, 36, 14, 14, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),  # groups of 6 channels
+    Layer("synthetic", 60, 90, 9, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),  # 6 groups, C/g = 10
+    Layer("synthetic", 64, 128, 15, 15, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),  # strided 1x1
+    Layer("synthetic", 3, 8, 7, 7, 7, 3, (1, 2), (3, 1, 3, 1), (1, 1), 1, k=1),  # non-square kernel, K=1
 ]
 
 
@@ -134,9 +169,22 @@ def zoo_layers() -> tuple[list[Layer], str]:
             def hook(mod, inputs, _out, name=name, seen=seen):
                 x = inputs[0]
                 kh, kw = mod.kernel_size
-                seen[Layer(name, mod.in_channels, mod.out_channels, x.shape[2], x.shape[3], kh, kw,
-                           tuple(mod.stride), tuple(mod.pads), tuple(mod.dilation), mod.groups,
-                           mod.num_bases)] = None
+                seen[
+                    Layer(
+                        name,
+                        mod.in_channels,
+                        mod.out_channels,
+                        x.shape[2],
+                        x.shape[3],
+                        kh,
+                        kw,
+                        tuple(mod.stride),
+                        tuple(mod.pads),
+                        tuple(mod.dilation),
+                        mod.groups,
+                        mod.num_bases,
+                    )
+                ] = None
 
             handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DynamicConv2d)]
             with torch.no_grad():
@@ -153,8 +201,8 @@ def zoo_layers() -> tuple[list[Layer], str]:
 
 # ---- the op in PyTorch ---------------------------------------------------------------------------------------
 
-def make_inputs(layer: Layer, n: int, dtype, device, gen: torch.Generator, per_channel=True, bank=False,
-                bias=False):
+
+def make_inputs(layer: Layer, n: int, dtype, device, gen: torch.Generator, per_channel=True, bank=False, bias=False):
     cin_g = layer.c_in // layer.groups
     fan_in = cin_g * layer.kh * layer.kw
 
@@ -196,9 +244,15 @@ def batch_as_groups(layer: Layer, x, coeff, weight, bias_bank, bias, activation)
         xp, padding = x, (top, left)
     else:
         xp, padding = F.pad(x, (left, right, top, bottom)), (0, 0)
-    y = F.conv2d(xp.reshape(1, n * layer.c_in, *xp.shape[2:]), fused.reshape(n * layer.c_out, *fused.shape[2:]),
-                 b.reshape(-1), stride=layer.stride, padding=padding, dilation=layer.dilation,
-                 groups=n * layer.groups)
+    y = F.conv2d(
+        xp.reshape(1, n * layer.c_in, *xp.shape[2:]),
+        fused.reshape(n * layer.c_out, *fused.shape[2:]),
+        b.reshape(-1),
+        stride=layer.stride,
+        padding=padding,
+        dilation=layer.dilation,
+        groups=n * layer.groups,
+    )
     return act(y.reshape(n, layer.c_out, *y.shape[2:]), activation)
 
 
@@ -214,8 +268,9 @@ def static_conv(layer: Layer, x, w_static, b_static, activation):
         x, padding = F.pad(x, (left, right, top, bottom)), (0, 0)
     else:
         padding = (top, left)
-    y = F.conv2d(x, w_static, b_static, stride=layer.stride, padding=padding, dilation=layer.dilation,
-                 groups=layer.groups)
+    y = F.conv2d(
+        x, w_static, b_static, stride=layer.stride, padding=padding, dilation=layer.dilation, groups=layer.groups
+    )
     return act(y, activation)
 
 
@@ -234,7 +289,7 @@ def crop_reference(layer: Layer, inputs, o0: int, o1: int, activation: int, dtyp
     last = (o1 - 1) * s - top + d * (kh - 1)  # inclusive, in unpadded input rows
     lo, hi = max(first, 0), min(last, layer.h - 1)
     crop = dataclasses.replace(layer, h=hi - lo + 1, pads=(lo - first, left, last - hi, right))
-    xs = x[:, :, lo:hi + 1]
+    xs = x[:, :, lo : hi + 1]
     rest = [t.to(dtype) if t is not None else None for t in inputs[1:]]
     y = batch_as_groups(crop, xs.to(dtype), *rest, activation)
     assert y.shape[2] == o1 - o0, (y.shape, o0, o1)
@@ -253,8 +308,15 @@ def cuda_lib():
     if not _PLAN_API:
         c, P = ctypes, ctypes.POINTER(plugin_lib.DynetConvParams)
         lib.dynet_conv_cuda_has_cudnn.restype = c.c_int32
-        lib.dynet_conv_cuda_plan_create.argtypes = [P, c.c_int32, c.c_int32, c.c_size_t, c.POINTER(c.c_void_p),
-                                                    c.c_char_p, c.c_size_t]
+        lib.dynet_conv_cuda_plan_create.argtypes = [
+            P,
+            c.c_int32,
+            c.c_int32,
+            c.c_size_t,
+            c.POINTER(c.c_void_p),
+            c.c_char_p,
+            c.c_size_t,
+        ]
         lib.dynet_conv_cuda_plan_create.restype = c.c_int32
         lib.dynet_conv_cuda_plan_workspace_size.argtypes = [c.c_void_p]
         lib.dynet_conv_cuda_plan_workspace_size.restype = c.c_size_t
@@ -288,14 +350,23 @@ class Ours:
         self.layer, self.algo = layer, algo
         self.args = (x, coeff, weight, bias_bank, bias)
         self.dtype = plugin_lib.FLOAT16 if x.dtype == torch.float16 else plugin_lib.FLOAT32
-        self.params = plugin_lib.make_params(tuple(x.shape), tuple(coeff.shape), tuple(weight.shape),
-                                             has_bias_bank=bias_bank is not None, has_bias=bias is not None,
-                                             stride=layer.stride, pads=layer.pads, dilation=layer.dilation,
-                                             groups=layer.groups, activation=activation)
+        self.params = plugin_lib.make_params(
+            tuple(x.shape),
+            tuple(coeff.shape),
+            tuple(weight.shape),
+            has_bias_bank=bias_bank is not None,
+            has_bias=bias is not None,
+            stride=layer.stride,
+            pads=layer.pads,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            activation=activation,
+        )
         self.plan = ctypes.c_void_p()
         msg = ctypes.create_string_buffer(512)
-        status = self.lib.dynet_conv_cuda_plan_create(ctypes.byref(self.params), self.dtype, algo, 0,
-                                                      ctypes.byref(self.plan), msg, len(msg))
+        status = self.lib.dynet_conv_cuda_plan_create(
+            ctypes.byref(self.params), self.dtype, algo, 0, ctypes.byref(self.plan), msg, len(msg)
+        )
         if status == plugin_lib.ERR_UNSUPPORTED:
             raise Unsupported(msg.value.decode())
         if status != plugin_lib.OK:
@@ -313,16 +384,26 @@ class Ours:
     def __call__(self):
         x, coeff, weight, bb, b = self.args
         status = self.lib.dynet_conv_cuda_plan_run(
-            self.plan, x.data_ptr(), coeff.data_ptr(), weight.data_ptr(),
-            bb.data_ptr() if bb is not None else None, b.data_ptr() if b is not None else None,
-            self.out.data_ptr(), self.ws.data_ptr(), self.ws_bytes, torch.cuda.current_stream().cuda_stream)
+            self.plan,
+            x.data_ptr(),
+            coeff.data_ptr(),
+            weight.data_ptr(),
+            bb.data_ptr() if bb is not None else None,
+            b.data_ptr() if b is not None else None,
+            self.out.data_ptr(),
+            self.ws.data_ptr(),
+            self.ws_bytes,
+            torch.cuda.current_stream().cuda_stream,
+        )
         if status != plugin_lib.OK:
-            raise RuntimeError(f"dynet_conv_cuda_plan_run returned {status}: "
-                               f"{self.lib.dynet_status_string(status).decode()}")
+            raise RuntimeError(
+                f"dynet_conv_cuda_plan_run returned {status}: {self.lib.dynet_status_string(status).decode()}"
+            )
         return self.out
 
 
 # ---- checks --------------------------------------------------------------------------------------------------
+
 
 class Report:
     def __init__(self):
@@ -341,8 +422,9 @@ def cpu_reference_of(layer: Layer, inputs, activation):
     if x.numel() * layer.c_out * layer.kh * layer.kw // max(layer.groups, 1) > 1e8:
         return None
     cpu = [t.float().cpu().numpy() if t is not None else None for t in inputs]
-    y = plugin_lib.cpu_reference_conv(*cpu, stride=layer.stride, pads=layer.pads, dilation=layer.dilation,
-                                      groups=layer.groups, activation=activation)
+    y = plugin_lib.cpu_reference_conv(
+        *cpu, stride=layer.stride, pads=layer.pads, dilation=layer.dilation, groups=layer.groups, activation=activation
+    )
     return torch.from_numpy(y)
 
 
@@ -358,7 +440,12 @@ def check_correctness(layers, report: Report, seed: int, batches=(1, 3, 8), budg
             note(f"  correctness budget of {budget_s:.0f}s reached after {done} of {len(layers)} layers (partial)")
             break
         n = rng.choice(batches)
-        per_channel, bank, bias, activation = rng.random() < 0.7, rng.random() < 0.5, rng.random() < 0.5, rng.randrange(3)
+        per_channel, bank, bias, activation = (
+            rng.random() < 0.7,
+            rng.random() < 0.5,
+            rng.random() < 0.5,
+            rng.randrange(3),
+        )
         for dtype in (torch.float32, torch.float16):
             inputs = make_inputs(layer, n, dtype, device, gen, per_channel, bank, bias)
             ref = reference(layer, *inputs, activation)
@@ -415,8 +502,10 @@ def check_nan_propagation(report: Report, seed: int):
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cuda")
     results = []
-    for layer in (Layer("nan", 8, 16, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
-                  Layer("nan", 8, 8, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8)):
+    for layer in (
+        Layer("nan", 8, 16, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+        Layer("nan", 8, 8, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8),
+    ):
         for dtype in (torch.float32, torch.float16):
             for activation in (1, 2):
                 inputs = list(make_inputs(layer, 2, dtype, device, gen, True, False, True))
@@ -439,8 +528,10 @@ def check_nan_propagation(report: Report, seed: int):
                     ok = dropped == 0 and (extra == 0 or algo_name == "cudnn")
                     results.append(ok)
                     if not ok:
-                        report.fail(f"NaN propagation {layer.label} act={activation} {str(dtype)[6:]} {algo_name}: "
-                                    f"{dropped} NaN dropped, {extra} extra (PyTorch has {int(torch.isnan(ref).sum())})")
+                        report.fail(
+                            f"NaN propagation {layer.label} act={activation} {str(dtype)[6:]} {algo_name}: "
+                            f"{dropped} NaN dropped, {extra} extra (PyTorch has {int(torch.isnan(ref).sum())})"
+                        )
     note(f"  NaN through ReLU/ReLU6: {sum(results)}/{len(results)} tactic x dtype x activation cases keep every NaN")
 
 
@@ -451,8 +542,13 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
     picked = {}
     for layer in layers:  # one layer per kernel path
         cin_g = layer.c_in // layer.groups
-        path = "direct" if cin_g <= 8 else "pointwise" if (layer.kh, layer.kw, layer.stride) == (1, 1, (1, 1)) and \
-            not any(layer.pads) else "implicit_gemm"
+        path = (
+            "direct"
+            if cin_g <= 8
+            else "pointwise"
+            if (layer.kh, layer.kw, layer.stride) == (1, 1, (1, 1)) and not any(layer.pads)
+            else "implicit_gemm"
+        )
         picked.setdefault(path, layer)
     captured = 0
     for path, layer in picked.items():
@@ -483,7 +579,9 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
                 captured += 1
                 if not torch.equal(ours.out, eager):
                     report.fail(f"CUDA graph replay differs from eager ({path} {algo_name} {str(dtype)[6:]})")
-    note(f"  CUDA graph capture + replay: {captured} captures over paths {sorted(picked)} x fp32/fp16 x {list(algos())}")
+    note(
+        f"  CUDA graph capture + replay: {captured} captures over paths {sorted(picked)} x fp32/fp16 x {list(algos())}"
+    )
     # Malformed arguments: error codes, never a launch.
     lib = cuda_lib()
     p = plugin_lib.make_params((2, 16, 8, 8), (2, 32, 6), (6, 32, 16, 3, 3), pads=(1, 1, 1, 1))
@@ -492,7 +590,12 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
     cases = {
         "no workspace": (p, 0, plugin_lib.ERR_WORKSPACE, (a, a, a, None, None, a, None, 0)),
         "null x": (p, 0, plugin_lib.ERR_NULL_POINTER, (None, a, a, None, None, a, a, 1 << 20)),
-        "cuDNN without a plan": (p, plugin_lib.ALGO_CUDNN, plugin_lib.ERR_UNSUPPORTED, (a, a, a, None, None, a, a, 1 << 20)),
+        "cuDNN without a plan": (
+            p,
+            plugin_lib.ALGO_CUDNN,
+            plugin_lib.ERR_UNSUPPORTED,
+            (a, a, a, None, None, a, a, 1 << 20),
+        ),
     }
     bad = plugin_lib.make_params((2, 16, 8, 8), (2, 32, 6), (6, 32, 16, 3, 3))
     bad.groups = 3
@@ -526,8 +629,9 @@ def check_limit_shapes(report: Report, seed: int, budget_s: float):
         cin_g = layer.c_in // layer.groups
         x = torch.randn(n, layer.c_in, layer.h, layer.w, device="cuda", dtype=dtype, generator=gen)
         coeff = torch.rand(n, layer.c_out, layer.k, device="cuda", generator=gen).to(dtype)
-        weight = (torch.randn(layer.k, layer.c_out, cin_g, layer.kh, layer.kw, device="cuda", dtype=dtype,
-                              generator=gen) * (1.0 / math.sqrt(cin_g * layer.kh * layer.kw)))
+        weight = torch.randn(
+            layer.k, layer.c_out, cin_g, layer.kh, layer.kw, device="cuda", dtype=dtype, generator=gen
+        ) * (1.0 / math.sqrt(cin_g * layer.kh * layer.kw))
         inputs = (x, coeff, weight, None, None)
         ho = (layer.h + layer.pads[0] + layer.pads[2] - layer.dilation[0] * (layer.kh - 1) - 1) // layer.stride[0] + 1
         rows = [(0, min(4, ho)), (max(ho - 4, 0), ho)]
@@ -564,6 +668,7 @@ def check_limit_shapes(report: Report, seed: int, budget_s: float):
 
 # ---- timing ----------------------------------------------------------------------------------------------------
 
+
 def graph_runner(fn, reps: int):
     """A callable replaying `reps` calls of fn from one CUDA graph (eager loop when capture fails)."""
     for _ in range(3):
@@ -596,7 +701,7 @@ def time_interleaved(fns: dict, reps=20, trials=7) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for t in range(trials):
-        for name in names[t % len(names):] + names[:t % len(names)]:
+        for name in names[t % len(names) :] + names[: t % len(names)]:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             runners[name][0]()
@@ -625,9 +730,11 @@ def run_timing(layers, budget_s: float, seed: int):
     torch.backends.cudnn.benchmark = True
     tactics = [a for a in algos() if a != "auto"]
     rows = []
-    header = (f"{'model':12s} {'layer':30s} {'N':>3s} {'dtype':5s} "
-              + " ".join(f"{t[:8]:>8s}" for t in tactics)
-              + f" {'bag':>8s} {'static':>8s} {'best':>10s} {'best/stat':>9s} {'bag/best':>8s}")
+    header = (
+        f"{'model':12s} {'layer':30s} {'N':>3s} {'dtype':5s} "
+        + " ".join(f"{t[:8]:>8s}" for t in tactics)
+        + f" {'bag':>8s} {'static':>8s} {'best':>10s} {'best/stat':>9s} {'bag/best':>8s}"
+    )
     note(header)
     note("-" * len(header))
     for dtype, share in ((torch.float16, 0.6), (torch.float32, 0.4)):
@@ -651,14 +758,26 @@ def run_timing(layers, budget_s: float, seed: int):
                 ours = {k: v for k, v in t.items() if k in tactics}
                 best_name = min(ours, key=ours.get)
                 best = ours[best_name]
-                row = dict(model=layer.model, layer=layer.label, n=n, dtype=str(dtype)[6:], best=best,
-                           best_name=best_name, bag=t["bag"], static=t["static"], vs_static=best / t["static"],
-                           bag_speedup=t["bag"] / best, **{k: ours.get(k) for k in tactics})
+                row = dict(
+                    model=layer.model,
+                    layer=layer.label,
+                    n=n,
+                    dtype=str(dtype)[6:],
+                    best=best,
+                    best_name=best_name,
+                    bag=t["bag"],
+                    static=t["static"],
+                    vs_static=best / t["static"],
+                    bag_speedup=t["bag"] / best,
+                    **{k: ours.get(k) for k in tactics},
+                )
                 rows.append(row)
                 cells = " ".join(f"{ours[k]:8.4f}" if k in ours else f"{'n/a':>8s}" for k in tactics)
-                note(f"{layer.model[:12]:12s} {layer.label[:30]:30s} {n:3d} {row['dtype']:5s} {cells} "
-                     f"{t['bag']:8.4f} {t['static']:8.4f} {best_name[:10]:>10s} {row['vs_static']:9.2f} "
-                     f"{row['bag_speedup']:8.2f}")
+                note(
+                    f"{layer.model[:12]:12s} {layer.label[:30]:30s} {n:3d} {row['dtype']:5s} {cells} "
+                    f"{t['bag']:8.4f} {t['static']:8.4f} {best_name[:10]:>10s} {row['vs_static']:9.2f} "
+                    f"{row['bag_speedup']:8.2f}"
+                )
             else:
                 continue
             break
@@ -675,15 +794,20 @@ def summarize_goals(rows) -> bool:
     fastest: dict[str, int] = {}
     for r in rows:
         fastest[r["best_name"]] = fastest.get(r["best_name"], 0) + 1
-    note(f"goal best tactic <= 1.2x static cuDNN (fp16, N>=8): {ok_static}/{len(goal_rows)} rows; "
-         f"geo-mean ratio {math.exp(statistics.fmean(math.log(r['vs_static']) for r in goal_rows)):.2f}")
-    note(f"goal >= 2x faster than batch-as-groups (fp16, N>=8): {ok_bag}/{len(goal_rows)} rows; "
-         f"geo-mean speed-up {math.exp(statistics.fmean(math.log(r['bag_speedup']) for r in goal_rows)):.2f}")
+    note(
+        f"goal best tactic <= 1.2x static cuDNN (fp16, N>=8): {ok_static}/{len(goal_rows)} rows; "
+        f"geo-mean ratio {math.exp(statistics.fmean(math.log(r['vs_static']) for r in goal_rows)):.2f}"
+    )
+    note(
+        f"goal >= 2x faster than batch-as-groups (fp16, N>=8): {ok_bag}/{len(goal_rows)} rows; "
+        f"geo-mean speed-up {math.exp(statistics.fmean(math.log(r['bag_speedup']) for r in goal_rows)):.2f}"
+    )
     note(f"fastest tactic per row (what TensorRT would keep): {fastest}")
     return ok_static == len(goal_rows) and ok_bag == len(goal_rows)
 
 
 # ---- CPU dry run: the script's own references against the C++ reference --------------------------------------
+
 
 def cpu_dry_run(layers, seed: int) -> int:
     """Everything this script compares against, checked on the CPU: the float64 PyTorch reference and
@@ -707,7 +831,9 @@ def cpu_dry_run(layers, seed: int) -> int:
         rel_bag, _ = errors(batch_as_groups(layer, *inputs, activation), ref)
         worst = max(worst, rel)
         if rel > 1e-5 or rel_bag > 1e-4:
-            print(f"FAIL dry run {layer.model} {layer.label}: C++ reference rel {rel:.2e}, batch-as-groups {rel_bag:.2e}")
+            print(
+                f"FAIL dry run {layer.model} {layer.label}: C++ reference rel {rel:.2e}, batch-as-groups {rel_bag:.2e}"
+            )
             return 1
     # The crop reference (limit check) must equal the full reference on the rows it computes.
     for layer in SYNTHETIC_LAYERS[:3] + [dataclasses.replace(LIMIT_LAYERS[0][0], h=12, w=10)]:
@@ -723,8 +849,12 @@ def cpu_dry_run(layers, seed: int) -> int:
     msg = ctypes.create_string_buffer(256)
     for layer, what in LIMIT_LAYERS:
         cin_g = layer.c_in // layer.groups
-        p = plugin_lib.make_params((1, layer.c_in, layer.h, layer.w), (1, layer.c_out, layer.k),
-                                   (layer.k, layer.c_out, cin_g, layer.kh, layer.kw), pads=layer.pads)
+        p = plugin_lib.make_params(
+            (1, layer.c_in, layer.h, layer.w),
+            (1, layer.c_out, layer.k),
+            (layer.k, layer.c_out, cin_g, layer.kh, layer.kw),
+            pads=layer.pads,
+        )
         if lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)) != plugin_lib.OK:
             print(f"FAIL dry run: limit layer '{what}' is not valid: {msg.value.decode()}")
             return 1
@@ -732,21 +862,29 @@ def cpu_dry_run(layers, seed: int) -> int:
         if lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)) == plugin_lib.OK:
             print(f"FAIL dry run: limit layer '{what}' at N=2 should break the element limit")
             return 1
-    print(f"cpu dry run: references agree with the C++ CPU reference (worst rel {worst:.2e}) on "
-          f"{len(sample) - len(SYNTHETIC_LAYERS)} of {len(layers)} zoo layers and {len(SYNTHETIC_LAYERS)} synthetic "
-          "layers; crop reference exact; limit layers at the edge of the element limit; no GPU used")
+    print(
+        f"cpu dry run: references agree with the C++ CPU reference (worst rel {worst:.2e}) on "
+        f"{len(sample) - len(SYNTHETIC_LAYERS)} of {len(layers)} zoo layers and {len(SYNTHETIC_LAYERS)} synthetic "
+        "layers; crop reference exact; limit layers at the edge of the element limit; no GPU used"
+    )
     return 0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lib-dir", help="folder with libdynet_dynamic_conv_cuda.so (default: DYNET_DEPLOY_PLUGIN_DIR, build/)")
+    ap.add_argument(
+        "--lib-dir", help="folder with libdynet_dynamic_conv_cuda.so (default: DYNET_DEPLOY_PLUGIN_DIR, build/)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sanitize", action="store_true", help="small shapes, correctness only (for compute-sanitizer)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="no GPU: check this script's references on the CPU")
     ap.add_argument("--timing-budget", type=float, default=150.0, help="seconds for the timing table (default 150)")
-    ap.add_argument("--correctness-budget", type=float, default=120.0,
-                    help="seconds for the per-layer correctness part (default 120)")
+    ap.add_argument(
+        "--correctness-budget",
+        type=float,
+        default=120.0,
+        help="seconds for the per-layer correctness part (default 120)",
+    )
     ap.add_argument("--limit-budget", type=float, default=60.0, help="seconds for the 2^31-limit shapes (default 60)")
     ap.add_argument("--timing-layers", type=int, default=6, help="layers per model in the timing table (default 6)")
     ap.add_argument("--summary", help="write the short summary (correctness, limits, timing table, goals) here")
@@ -773,9 +911,11 @@ def main(argv=None) -> int:
     # TF32 would make PyTorch's own convs the less accurate side of the comparison.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    note(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}), "
-         f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN (torch) {torch.backends.cudnn.version()}, "
-         f"library {plugin_lib.cuda_library_path()}, tactics {list(algos())}")
+    note(
+        f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}), "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN (torch) {torch.backends.cudnn.version()}, "
+        f"library {plugin_lib.cuda_library_path()}, tactics {list(algos())}"
+    )
 
     report = Report()
     t0 = time.monotonic()
@@ -803,12 +943,16 @@ def main(argv=None) -> int:
         print(f"sanitize run: {report.checked} checks passed")
         return 0
 
-    note("[3/3] timing, ms per call (median of interleaved CUDA-graph replays); bag = batch-as-groups; "
-         "best = fastest tactic (TensorRT keeps it)")
+    note(
+        "[3/3] timing, ms per call (median of interleaved CUDA-graph replays); bag = batch-as-groups; "
+        "best = fastest tactic (TensorRT keeps it)"
+    )
     rows = run_timing(pick_timing_layers(layers, args.timing_layers), args.timing_budget, args.seed)
     goals_met = summarize_goals(rows)
-    note(f"gpu_check: correctness PASS ({report.checked} checks); performance goals "
-         f"{'met' if goals_met else 'NOT all met (see above)'}")
+    note(
+        f"gpu_check: correctness PASS ({report.checked} checks); performance goals "
+        f"{'met' if goals_met else 'NOT all met (see above)'}"
+    )
     return 1 if (args.strict_perf and not goals_met) else 0
 
 

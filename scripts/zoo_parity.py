@@ -35,7 +35,9 @@ def main() -> int:
     ap.add_argument("--exporter", default="torchscript", choices=("torchscript", "dynamo"))
     args = ap.parse_args()
     names = args.models or list_models()
-    print("| model | dyn convs (PyTorch) | form | candidates | fused | left | batches (H x W) | max-abs | relative | time s |")
+    print(
+        "| model | dyn convs (PyTorch) | form | candidates | fused | left | batches (H x W) | max-abs | relative | time s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         seg = model_info(name).task == "segmentation"
@@ -44,8 +46,13 @@ def main() -> int:
         t0 = time.perf_counter()
         path, _ = exported(name, "feature", args.exporter)
         rows = parity(OnnxruntimeRunner(path), name, (1, 4), sizes)
-        cases = ", ".join(sorted({f"{b}" for b, *_ in rows})) + (" (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")" if seg else "")
-        print(f"| {name} | {n_dyn} | feature, portable | - | - | - | {cases} | {worst(rows)[0]:.1e} | {worst(rows)[1]:.1e} | {time.perf_counter() - t0:.1f} |", flush=True)
+        cases = ", ".join(sorted({f"{b}" for b, *_ in rows})) + (
+            " (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")" if seg else ""
+        )
+        print(
+            f"| {name} | {n_dyn} | feature, portable | - | - | - | {cases} | {worst(rows)[0]:.1e} | {worst(rows)[1]:.1e} | {time.perf_counter() - t0:.1f} |",
+            flush=True,
+        )
         if not n_dyn:
             continue
         for form, batches in (("feature", (1, 4)), ("kernel", (1, 3, 5))):
@@ -53,8 +60,13 @@ def main() -> int:
             fpath, rep = fused(name, form, args.exporter)
             rows = parity(OnnxruntimeRunner(fpath), name, batches, sizes if form == "feature" else None, seed=1)
             label = f"{form}, fused" + (" (exported at batch 2)" if form == "kernel" else "")
-            cases = ", ".join(str(b) for b in batches) + (" (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")" if seg and form == "feature" else "")
-            print(f"| {name} | {n_dyn} | {label} | {rep.candidates} | {rep.matched} | {rep.left} | {cases} | {worst(rows)[0]:.1e} | {worst(rows)[1]:.1e} | {time.perf_counter() - t0:.1f} |", flush=True)
+            cases = ", ".join(str(b) for b in batches) + (
+                " (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")" if seg and form == "feature" else ""
+            )
+            print(
+                f"| {name} | {n_dyn} | {label} | {rep.candidates} | {rep.matched} | {rep.left} | {cases} | {worst(rows)[0]:.1e} | {worst(rows)[1]:.1e} | {time.perf_counter() - t0:.1f} |",
+                flush=True,
+            )
     return 0
 
 

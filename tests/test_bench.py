@@ -44,7 +44,10 @@ def test_latency_stats_on_known_numbers():
 def test_units_pair_each_dy_model_with_its_baseline_once():
     assert plan_units(["dy_resnet18"]) == [["dy_resnet18", "resnet18"]]
     assert plan_units(["resnet18", "dy_resnet18", "mobilenet_v2"]) == [["dy_resnet18", "resnet18"], ["mobilenet_v2"]]
-    assert plan_units(["dy_mobile", "dy_resnet50", "resnet50"]) == [["dy_mobile", "mobilenet_v2"], ["dy_resnet50", "resnet50"]]
+    assert plan_units(["dy_mobile", "dy_resnet50", "resnet50"]) == [
+        ["dy_mobile", "mobilenet_v2"],
+        ["dy_resnet50", "resnet50"],
+    ]
 
 
 def test_peak_memory_sees_an_allocation():
@@ -71,9 +74,13 @@ def test_config_rejects_bad_input():
 @pytest.mark.slow
 def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
     cfg = BenchConfig(
-        models=["dy_resnet18"], batch_sizes=[1, 2], threads=[1],
+        models=["dy_resnet18"],
+        batch_sizes=[1, 2],
+        threads=[1],
         backends=["torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-cuda", "tensorrt"],
-        input_size=(32, 32), repeats=3, warmup=1,
+        input_size=(32, 32),
+        repeats=3,
+        warmup=1,
         model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
     )
     logs: list[str] = []
@@ -109,8 +116,10 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
                     assert r.roofline_ms is None
                 else:  # the bound: parameters over bandwidth plus batch x multiply-adds over the GEMM peak
                     (p,) = result.peaks
-                    want = 1e3 * (r.param_mb * 1e6 / (p["bandwidth_gbs"] * 1e9)
-                                  + batch * r.mflops_with_overhead * 1e6 / (p["peak_gmacs"] * 1e9))
+                    want = 1e3 * (
+                        r.param_mb * 1e6 / (p["bandwidth_gbs"] * 1e9)
+                        + batch * r.mflops_with_overhead * 1e6 / (p["peak_gmacs"] * 1e9)
+                    )
                     assert r.roofline_ms == pytest.approx(want)
                     assert r.vs_roofline == pytest.approx(r.latency["median_ms"] / r.roofline_ms)
 
@@ -125,15 +134,39 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
     assert data["peaks"][0]["threads"] == 1 and data["peaks"][0]["bandwidth_gbs"] > 0 and data["busy"] == result.busy
     assert data["config"]["ort_spinning"] is False
     first = data["results"][0]
-    assert {"model", "backend", "batch", "graph", "latency", "throughput_ips", "peak_rss_mb", "rss_delta_mb",
-            "mflops", "speedup_vs_baseline", "flops_ratio_vs_baseline"} <= set(first)
+    assert {
+        "model",
+        "backend",
+        "batch",
+        "graph",
+        "latency",
+        "throughput_ips",
+        "peak_rss_mb",
+        "rss_delta_mb",
+        "mflops",
+        "speedup_vs_baseline",
+        "flops_ratio_vs_baseline",
+    } <= set(first)
     assert {"median_ms", "p90_ms"} <= set(first["latency"])
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = paths["table"].read_text()
     assert table == format_table(result) + "\n"
     header = table.splitlines()[0]
-    for column in ("model", "backend", "thr", "median ms", "p90 ms", "img/s", "peak MB", "MFLOPs", "roofline ms",
-                   "x roofline", "speedup", "FLOPs ratio", "load"):
+    for column in (
+        "model",
+        "backend",
+        "thr",
+        "median ms",
+        "p90 ms",
+        "img/s",
+        "peak MB",
+        "MFLOPs",
+        "roofline ms",
+        "x roofline",
+        "speedup",
+        "FLOPs ratio",
+        "load",
+    ):
         assert column in header
     assert sum(line.startswith("dy_resnet18") for line in table.splitlines()) == 2 * len(timed)
     assert any(line.startswith("timing dy_resnet18 vs resnet18") for line in logs)
@@ -150,22 +183,46 @@ def test_cli_reports_bad_arguments(capsys):
 
 @pytest.mark.slow
 def test_each_thread_count_is_a_pass_of_its_own():
-    cfg = BenchConfig(models=["dy_resnet18"], batch_sizes=[1], threads=[2, 1], backends=["onnxruntime-portable"],
-                      input_size=(32, 32), repeats=2, warmup=1, model_kwargs={"dy_resnet18": TINY, "resnet18": TINY})
+    cfg = BenchConfig(
+        models=["dy_resnet18"],
+        batch_sizes=[1],
+        threads=[2, 1],
+        backends=["onnxruntime-portable"],
+        input_size=(32, 32),
+        repeats=2,
+        warmup=1,
+        model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
+    )
     result = run_bench(cfg, log=lambda _: None)
-    assert [(r.model, r.threads) for r in result.rows] == [("resnet18", 2), ("dy_resnet18", 2), ("resnet18", 1),
-                                                            ("dy_resnet18", 1)]
+    assert [(r.model, r.threads) for r in result.rows] == [
+        ("resnet18", 2),
+        ("dy_resnet18", 2),
+        ("resnet18", 1),
+        ("dy_resnet18", 1),
+    ]
     assert sorted(p["threads"] for p in result.peaks) == [1, 2]
 
 
 def test_foreign_load_is_machine_cpu_minus_own_cpu_over_wall_time():
     readings = {"clock": iter([10.0, 12.0]), "machine": iter([100.0, 104.0]), "own": iter([5.0, 6.5])}
-    load = ForeignLoad(clock=lambda: next(readings["clock"]), machine_cpu=lambda: next(readings["machine"]),
-                       own_cpu=lambda: next(readings["own"])).start().stop()
+    load = (
+        ForeignLoad(
+            clock=lambda: next(readings["clock"]),
+            machine_cpu=lambda: next(readings["machine"]),
+            own_cpu=lambda: next(readings["own"]),
+        )
+        .start()
+        .stop()
+    )
     # 4 CPU-seconds busy machine-wide over 2 s, 1.5 of them this process's: others used 1.25 cores
     assert load.foreign_cores == pytest.approx(1.25) and load.busy
-    quiet = ForeignLoad(clock=iter([0.0, 1.0]).__next__, machine_cpu=iter([50.0, 51.1]).__next__,
-                        own_cpu=iter([3.0, 4.0]).__next__).start().stop()
+    quiet = (
+        ForeignLoad(
+            clock=iter([0.0, 1.0]).__next__, machine_cpu=iter([50.0, 51.1]).__next__, own_cpu=iter([3.0, 4.0]).__next__
+        )
+        .start()
+        .stop()
+    )
     assert quiet.foreign_cores == pytest.approx(0.1) and not quiet.busy
     assert ForeignLoad(machine_cpu=lambda: None).start().stop().foreign_cores is None
 

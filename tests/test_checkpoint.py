@@ -38,7 +38,11 @@ def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                values = torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var") else torch.randn(t.shape, generator=g) * 0.2
+                values = (
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if name.endswith("running_var")
+                    else torch.randn(t.shape, generator=g) * 0.2
+                )
                 t.copy_(values)
     return model.eval()
 
@@ -139,7 +143,9 @@ def test_foreign_safetensors_with_model_name(tmp_path):
 
     model = _small_static(5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "hub.safetensors"))
-    _assert_same_outputs(model, load_checkpoint(tmp_path / "hub.safetensors", "resnet18", SMALL_STATIC), in_chans=1, size=16)
+    _assert_same_outputs(
+        model, load_checkpoint(tmp_path / "hub.safetensors", "resnet18", SMALL_STATIC), in_chans=1, size=16
+    )
 
 
 def test_model_args_override_and_strict_false(tmp_path):
@@ -148,7 +154,13 @@ def test_model_args_override_and_strict_false(tmp_path):
     state["extra.weight"] = torch.randn(3)
     del state["fc.bias"]
     torch.save(state, tmp_path / "partial.pt")
-    _raises("1 missing key.*fc.bias.*1 unexpected key.*extra.weight", load_checkpoint, tmp_path / "partial.pt", "resnet18", SMALL_STATIC)
+    _raises(
+        "1 missing key.*fc.bias.*1 unexpected key.*extra.weight",
+        load_checkpoint,
+        tmp_path / "partial.pt",
+        "resnet18",
+        SMALL_STATIC,
+    )
     loaded = load_checkpoint(tmp_path / "partial.pt", "resnet18", SMALL_STATIC, strict=False)
     assert torch.equal(loaded.fc.weight, model.fc.weight)
 
@@ -166,11 +178,15 @@ def test_unknown_model_name_lists_close_names(tmp_path):
     config = json.loads((tmp_path / "c.json").read_text())
     config["model"] = "dyresnet18"
     (tmp_path / "c.json").write_text(json.dumps(config))
-    assert "did you mean dy_resnet18" in _raises("unknown model 'dyresnet18'", load_checkpoint, tmp_path / "c.safetensors")
+    assert "did you mean dy_resnet18" in _raises(
+        "unknown model 'dyresnet18'", load_checkpoint, tmp_path / "c.safetensors"
+    )
 
 
 def test_unknown_model_name_on_save(tmp_path):
-    _raises("unknown model 'resnet17'", save_checkpoint, _small_static(), tmp_path / "x.safetensors", model_name="resnet17")
+    _raises(
+        "unknown model 'resnet17'", save_checkpoint, _small_static(), tmp_path / "x.safetensors", model_name="resnet17"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -202,14 +218,22 @@ def test_misshaped_keys_named_with_shapes(tmp_path):
 
 def test_model_name_conflicting_with_config(tmp_path):
     save_checkpoint(_small_dy(), tmp_path / "c.safetensors")
-    _raises("is a 'dy_resnet18'.*model_name='resnet18'", load_checkpoint, tmp_path / "c.safetensors", model_name="resnet18")
+    _raises(
+        "is a 'dy_resnet18'.*model_name='resnet18'", load_checkpoint, tmp_path / "c.safetensors", model_name="resnet18"
+    )
 
 
 def test_truncated_safetensors(tmp_path):
     save_checkpoint(_small_dy(), tmp_path / "c.safetensors")
     data = (tmp_path / "c.safetensors").read_bytes()
     (tmp_path / "half.safetensors").write_bytes(data[: len(data) // 2])
-    _raises("truncated: its tensors end at byte", load_checkpoint, tmp_path / "half.safetensors", model_name="dy_resnet18", model_args=SMALL_DY)
+    _raises(
+        "truncated: its tensors end at byte",
+        load_checkpoint,
+        tmp_path / "half.safetensors",
+        model_name="dy_resnet18",
+        model_args=SMALL_DY,
+    )
     (tmp_path / "head.safetensors").write_bytes(data[:40])
     _raises("truncated: its safetensors header needs", read_state_dict, tmp_path / "head.safetensors")
 
@@ -341,7 +365,9 @@ def test_missing_config(tmp_path):
     assert "model_name" in msg
     _raises("checkpoint config .*c.json.* is missing", read_checkpoint_config, tmp_path / "c.safetensors")
     # naming the model is enough to load the weights alone
-    _assert_same_outputs(model, load_checkpoint(tmp_path / "c.safetensors", "dy_resnet18", SMALL_DY), in_chans=1, size=16)
+    _assert_same_outputs(
+        model, load_checkpoint(tmp_path / "c.safetensors", "dy_resnet18", SMALL_DY), in_chans=1, size=16
+    )
     # a plain state dict without a name says so too
     torch.save(model.state_dict(), tmp_path / "w.pt")
     _raises("model it belongs to is unknown", load_checkpoint, tmp_path / "w.pt")
@@ -361,10 +387,10 @@ def test_missing_weights_beside_config(tmp_path):
         (lambda c: c.update(version=2), "version 2, newer than"),
         (lambda c: c.update(version="1"), "has version '1'"),
         (lambda c: c.pop("model"), "no model name"),
-        (lambda c: c.update(model_args=["num_classes", 10]), "\"model_args\" must be an object"),
+        (lambda c: c.update(model_args=["num_classes", 10]), '"model_args" must be an object'),
         (lambda c: c["model_args"].update(num_clases=10), "num_clases"),
         (lambda c: c["model_args"].update(num_classes=7), "mis-shaped"),
-        (lambda c: c.update(metadata="x"), "\"metadata\" must be an object"),
+        (lambda c: c.update(metadata="x"), '"metadata" must be an object'),
         (lambda c: c.update(weights_sha256="abc"), "weights_sha256"),
     ],
 )
@@ -447,8 +473,16 @@ def test_cli_convert_and_inspect(tmp_path, capsys):
     model = _small_static(7)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "in.pt")
     rc, out, err = _cli(
-        capsys, "checkpoint", "convert", str(tmp_path / "in.pt"), "--model", "resnet18",
-        "--model-args", json.dumps(SMALL_STATIC), "-o", str(tmp_path / "out.safetensors"),
+        capsys,
+        "checkpoint",
+        "convert",
+        str(tmp_path / "in.pt"),
+        "--model",
+        "resnet18",
+        "--model-args",
+        json.dumps(SMALL_STATIC),
+        "-o",
+        str(tmp_path / "out.safetensors"),
     )
     assert rc == 0, err
     assert "module." in err  # the note about the stripped prefix
@@ -476,9 +510,27 @@ def test_cli_bad_input_exits_1_without_traceback(tmp_path, capsys):
         (["inspect", str(tmp_path / "evil.pt"), "--model", "resnet18"], "refused"),
         (["inspect", str(tmp_path / "text.pt"), "--model", "resnet18"], "is not a checkpoint"),
         (["inspect", str(tmp_path / "w.pt")], "model it belongs to is unknown"),
-        (["convert", str(tmp_path / "w.pt"), "--model", "resnet81", "-o", str(tmp_path / "o.safetensors")], "unknown model"),
-        (["convert", str(tmp_path / "w.pt"), "--model", "resnet18", "-o", str(tmp_path / "o.safetensors")], "mis-shaped"),
-        (["convert", str(tmp_path / "w.pt"), "--model", "resnet18", "--model-args", "{num_classes: 10}", "-o", str(tmp_path / "o.safetensors")], "not valid JSON"),
+        (
+            ["convert", str(tmp_path / "w.pt"), "--model", "resnet81", "-o", str(tmp_path / "o.safetensors")],
+            "unknown model",
+        ),
+        (
+            ["convert", str(tmp_path / "w.pt"), "--model", "resnet18", "-o", str(tmp_path / "o.safetensors")],
+            "mis-shaped",
+        ),
+        (
+            [
+                "convert",
+                str(tmp_path / "w.pt"),
+                "--model",
+                "resnet18",
+                "--model-args",
+                "{num_classes: 10}",
+                "-o",
+                str(tmp_path / "o.safetensors"),
+            ],
+            "not valid JSON",
+        ),
     ]
     for argv, match in cases:
         rc, out, err = _cli(capsys, "checkpoint", *argv)
@@ -496,7 +548,9 @@ def test_cli_entry_point_truncated_file(tmp_path):
     (tmp_path / "c.safetensors").write_bytes(data[: len(data) - 100])
     proc = subprocess.run(
         [sys.executable, "-m", "dynet_deploy.cli", "checkpoint", "inspect", str(tmp_path / "c.safetensors")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error (checkpoint): ") and "truncated" in proc.stderr
@@ -507,8 +561,16 @@ def test_cli_convert_carries_metadata_and_adds_to_it(tmp_path, capsys):
     model = _small_dy(3)
     meta = {"dataset": "digits", "input_size": [28, 28], "normalisation": {"mean": 0.3, "std": 0.3}, "test_top1": 0.9}
     save_checkpoint(model, tmp_path / "src.safetensors", metadata=meta)
-    rc, out, err = _cli(capsys, "checkpoint", "convert", str(tmp_path / "src.safetensors"), "-o", str(tmp_path / "dst.safetensors"),
-                        "--metadata", '{"note": "converted for serving", "test_top1": 0.91}')
+    rc, out, err = _cli(
+        capsys,
+        "checkpoint",
+        "convert",
+        str(tmp_path / "src.safetensors"),
+        "-o",
+        str(tmp_path / "dst.safetensors"),
+        "--metadata",
+        '{"note": "converted for serving", "test_top1": 0.91}',
+    )
     assert rc == 0, err
     got = read_checkpoint_config(tmp_path / "dst.json")["metadata"]
     assert got == {**meta, "converted_from": "src.safetensors", "note": "converted for serving", "test_top1": 0.91}
@@ -527,8 +589,13 @@ def test_cli_inspect_reports_non_finite_weights(tmp_path, capsys):
     assert "finite      NO: 4 NaN/Inf values in 2 tensors" in out
     assert err.startswith("error (checkpoint): ") and "holds NaN/Inf: 4 of" in err and err.count("\n") == 1
     rc, out, err = _cli(capsys, "checkpoint", "inspect", "--json", str(tmp_path / "bad.safetensors"))
-    assert rc == 1 and json.loads(out)["non_finite"] == {"tensors": 2, "values": 4, "names": sorted(
-        k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all())}
+    assert rc == 1 and json.loads(out)["non_finite"] == {
+        "tensors": 2,
+        "values": 4,
+        "names": sorted(
+            k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()
+        ),
+    }
     save_checkpoint(_small_dy(5), tmp_path / "good.safetensors")
     rc, out, err = _cli(capsys, "checkpoint", "inspect", str(tmp_path / "good.safetensors"))
     assert rc == 0 and "finite      yes" in out

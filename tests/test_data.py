@@ -32,8 +32,10 @@ def write_split(root, split="train", n_images=5, n_labels=None, gz=True, images_
     img_stem, lbl_stem = data.FASHION_MNIST_FILES[split]
     images = rng.integers(0, 256, size=(n_images, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=(n_labels,), dtype=np.uint8)
-    blobs = {img_stem: images_blob if images_blob is not None else idx_bytes(images),
-             lbl_stem: labels_blob if labels_blob is not None else idx_bytes(labels)}
+    blobs = {
+        img_stem: images_blob if images_blob is not None else idx_bytes(images),
+        lbl_stem: labels_blob if labels_blob is not None else idx_bytes(labels),
+    }
     for stem, blob in blobs.items():
         if gz:
             (root / f"{stem}.gz").write_bytes(gzip.compress(blob))
@@ -94,7 +96,9 @@ def test_wrong_magic_on_labels(tmp_path):
         data.load_fashion_mnist_raw("test", root=tmp_path)
 
 
-@pytest.mark.parametrize("keep", [3, 10, -1, -100], ids=["inside-magic", "inside-dims", "one-byte-short", "100-bytes-short"])
+@pytest.mark.parametrize(
+    "keep", [3, 10, -1, -100], ids=["inside-magic", "inside-dims", "one-byte-short", "100-bytes-short"]
+)
 def test_truncated_file(tmp_path, keep):
     full = idx_bytes(np.ones((4, 28, 28), np.uint8))
     write_split(tmp_path, "train", n_images=4, images_blob=full[:keep])

@@ -38,8 +38,17 @@ def deployed(tmp_path_factory):
 def test_deploy_writes_every_artifact(deployed):
     rc, out, report = deployed
     assert rc == 0 and report["passed"] is True
-    for name in ("model.onnx", "model.kernel.onnx", "model.plugin.onnx", "baseline.onnx", "recipe.json",
-                 "report.json", "report.txt", "validate/model/inputs.json", "validate/model.plugin/reference.json"):
+    for name in (
+        "model.onnx",
+        "model.kernel.onnx",
+        "model.plugin.onnx",
+        "baseline.onnx",
+        "recipe.json",
+        "report.json",
+        "report.txt",
+        "validate/model/inputs.json",
+        "validate/model.plugin/reference.json",
+    ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in out.parent.iterdir()) == ["out", "recipe.json"]  # no staging folder left
 
@@ -99,8 +108,9 @@ def test_triton_repository_configs_parse(deployed):
 
 @pytest.mark.slow
 def test_failing_check_writes_the_report_and_exits_1(tmp_path, capsys):
-    recipe = _recipe(tmp_path, precisions={"fp32": {"max_abs": 1e-12, "rel": 1e-12}},
-                     latency={"repeats": 1, "warmup": 0})
+    recipe = _recipe(
+        tmp_path, precisions={"fp32": {"max_abs": 1e-12, "rel": 1e-12}}, latency={"repeats": 1, "warmup": 0}
+    )
     recipe_data = json.loads(recipe.read_text())
     recipe_data.pop("dataset")
     recipe.write_text(json.dumps(recipe_data))
@@ -172,7 +182,9 @@ def test_triton_onnx_model_runs_with_the_library_its_config_names(deployed):
     _, out, report = deployed
     folder = out / "triton" / "dy_resnet18_fmnist_onnxruntime"
     cfg = parse_config((folder / "config.pbtxt").read_text())
-    libs = [find_library(name) for name in cfg.model_operations.op_library_filename]  # LD_LIBRARY_PATH's job on a server
+    libs = [
+        find_library(name) for name in cfg.model_operations.op_library_filename
+    ]  # LD_LIBRARY_PATH's job on a server
     if None in libs:
         pytest.skip(f"{list(cfg.model_operations.op_library_filename)} not built (make plugins)")
     so = ort.SessionOptions()

@@ -14,12 +14,12 @@ import onnx
 import pytest
 import torch
 
+from dynet_deploy.errors import ExportError
 from dynet_deploy.export.deploy_forms import export_deploy_onnx
 from dynet_deploy.export.nchwc import NCHWC_DOMAIN, nchwc_block_size, nchwc_dynamic_convs
-from dynet_deploy.nn.deploy_forms import MatMulFusionConv2d, SigmoidOnceCoefficientPredictor, to_deploy_form
-from dynet_deploy.errors import ExportError
 from dynet_deploy.models import create_model
 from dynet_deploy.nn import CoefficientPredictor, DyConv2d, DynamicConv2d
+from dynet_deploy.nn.deploy_forms import MatMulFusionConv2d, SigmoidOnceCoefficientPredictor, to_deploy_form
 
 ATOL = 1e-4
 RTOL = 1e-5
@@ -58,15 +58,29 @@ def _run_onnx(path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-@pytest.mark.parametrize("coeff_mode,groups,padding,bias_bank,batch", [
-    ("channel", 1, 1, False, 1),
-    ("channel", 2, (0, 1, 2, 1), True, 3),
-    ("expert", 1, (1, 0), True, 2),
-    ("expert", 4, 1, False, 1),
-])
+@pytest.mark.parametrize(
+    "coeff_mode,groups,padding,bias_bank,batch",
+    [
+        ("channel", 1, 1, False, 1),
+        ("channel", 2, (0, 1, 2, 1), True, 3),
+        ("expert", 1, (1, 0), True, 2),
+        ("expert", 4, 1, False, 1),
+    ],
+)
 def test_matmul_fusion_layer_matches_dynamic_conv(coeff_mode, groups, padding, bias_bank, batch):
     gen = torch.Generator().manual_seed(1)
-    conv = DynamicConv2d(8, 12, 3, stride=2, padding=padding, groups=groups, num_bases=5, coeff_mode=coeff_mode, bias_bank=bias_bank, bias=True)
+    conv = DynamicConv2d(
+        8,
+        12,
+        3,
+        stride=2,
+        padding=padding,
+        groups=groups,
+        num_bases=5,
+        coeff_mode=coeff_mode,
+        bias_bank=bias_bank,
+        bias=True,
+    )
     with torch.no_grad():
         conv.bias.copy_(torch.randn(12, generator=gen))
     x = torch.randn(batch, 8, 11, 9, generator=gen)
@@ -93,15 +107,24 @@ def test_to_deploy_form_replaces_every_dynamic_conv_and_keeps_the_source():
 TINY_RESNET = dict(width_mult=0.25, num_classes=10, small_input=True)
 
 
-@pytest.mark.parametrize("form,name,kwargs,size,batch", [
-    ("matmul", "dy_resnet18", TINY_RESNET, 32, 1),
-    pytest.param("matmul-nchwc", "dy_resnet18", TINY_RESNET, 32, 1, marks=needs_nchwc),
-    pytest.param("matmul-nchwc", "dy_resnet50", TINY_RESNET, 32, 1, marks=[needs_nchwc, pytest.mark.slow]),
-    pytest.param("matmul-nchwc", "dy_mobile", dict(width_mult=0.5, num_classes=10, small_input=True), 32, 1,
-                 marks=[needs_nchwc, pytest.mark.slow]),
-    # batch 2: the batch-as-groups conv (group = 2) stays on the plain kernel in the nchwc form
-    pytest.param("matmul", "dy_resnet18", TINY_RESNET, 24, 2, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "form,name,kwargs,size,batch",
+    [
+        ("matmul", "dy_resnet18", TINY_RESNET, 32, 1),
+        pytest.param("matmul-nchwc", "dy_resnet18", TINY_RESNET, 32, 1, marks=needs_nchwc),
+        pytest.param("matmul-nchwc", "dy_resnet50", TINY_RESNET, 32, 1, marks=[needs_nchwc, pytest.mark.slow]),
+        pytest.param(
+            "matmul-nchwc",
+            "dy_mobile",
+            dict(width_mult=0.5, num_classes=10, small_input=True),
+            32,
+            1,
+            marks=[needs_nchwc, pytest.mark.slow],
+        ),
+        # batch 2: the batch-as-groups conv (group = 2) stays on the plain kernel in the nchwc form
+        pytest.param("matmul", "dy_resnet18", TINY_RESNET, 24, 2, marks=pytest.mark.slow),
+    ],
+)
 def test_zoo_model_deploy_form_on_onnxruntime_matches_pytorch(tmp_path, form, name, kwargs, size, batch):
     gen = torch.Generator().manual_seed(7)
     torch.manual_seed(7)

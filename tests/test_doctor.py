@@ -12,8 +12,16 @@ def test_doctor_reports_every_piece(capsys):
     code = cli.main(["doctor"])
     out = capsys.readouterr().out
     assert code == 0  # base dependencies are installed in the test environment
-    for name in ("torch", "onnxruntime providers", "CUDA GPU", "nvcc", "CPU reference library",
-                 "CUDA kernel library", "TensorRT plugin library", "TensorRT (python)"):
+    for name in (
+        "torch",
+        "onnxruntime providers",
+        "CUDA GPU",
+        "nvcc",
+        "CPU reference library",
+        "CUDA kernel library",
+        "TensorRT plugin library",
+        "TensorRT (python)",
+    ):
         assert name in out
     cpu = plugin_lib.cpu_library_path()
     if cpu is not None:

@@ -14,8 +14,8 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 from dynet_deploy.build import engine as engine_build
-from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.errors import BuildError
+from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.op import spec
 
 PLUGIN_DOMAIN = spec.OP_DOMAIN
@@ -44,17 +44,28 @@ def plugin_model(c_in=8, c_out=12, k=6, bias_bank=True, bias=True, per_channel=T
         oh.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
         oh.make_node("Sigmoid", ["logits"], ["sig"]),
         oh.make_node("Reshape", ["sig", "coeff_shape"], ["coeff"]),
-        spec.make_node(conv_inputs, ["y"], name="dynamic_conv_0",
-                       **spec.attributes(pads=(1, 1, 1, 1), activation="relu", has_bias_bank=bias_bank, has_bias=bias)),
+        spec.make_node(
+            conv_inputs,
+            ["y"],
+            name="dynamic_conv_0",
+            **spec.attributes(pads=(1, 1, 1, 1), activation="relu", has_bias_bank=bias_bank, has_bias=bias),
+        ),
     ]
-    graph = oh.make_graph(nodes, "dyconv", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"])],
-                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, "H", "W"])], inits)
+    graph = oh.make_graph(
+        nodes,
+        "dyconv",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, "H", "W"])],
+        inits,
+    )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid(PLUGIN_DOMAIN, 1)])
     onnx.checker.check_model(model)
     return model
 
 
-@pytest.mark.parametrize("bias_bank, bias, per_channel", [(True, True, True), (False, False, False), (True, False, True)])
+@pytest.mark.parametrize(
+    "bias_bank, bias, per_channel", [(True, True, True), (False, False, False), (True, False, True)]
+)
 def test_fp16_conversion_keeps_the_plugin_node(tmp_path, bias_bank, bias, per_channel):
     model = plugin_model(bias_bank=bias_bank, bias=bias, per_channel=per_channel)
     dst = tmp_path / "model.plugin.fp16.onnx"
@@ -100,7 +111,10 @@ def test_profile_shapes():
     p = engine_build.Profile(batch=(1, 8, 32), height=(64, 128, 256), width=(64, 256, 512))
     assert p.shapes_for("x", (-1, 3, -1, -1)) == ((1, 3, 64, 64), (8, 3, 128, 256), (32, 3, 256, 512))
     assert engine_build.Profile(batch=(1, 4, 8)).shapes_for("x", (-1, 3, 32, 32)) == (
-        (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
+        (1, 3, 32, 32),
+        (4, 3, 32, 32),
+        (8, 3, 32, 32),
+    )
     with pytest.raises(BuildError, match="dynamic dim 2"):
         engine_build.Profile(batch=(1, 1, 1)).shapes_for("x", (-1, 3, -1, -1))
     with pytest.raises(BuildError, match="min <= opt <= max"):
@@ -149,6 +163,7 @@ def test_cli_build_help_lists_the_profile_options():
 
 # ---- TensorRT (where installed, on a GPU) -------------------------------------------------------------------
 
+
 @pytest.fixture
 def trt_env():
     present, reason = _has_tensorrt()
@@ -172,8 +187,13 @@ def test_engine_matches_cpu_reference(trt_env, tmp_path, fp16):
     onnx.save(model, str(onnx_path))
     engine = tmp_path / "model.engine"
     cache = tmp_path / "timing.cache"
-    res = engine_build.build_engine(onnx_path, engine, profile=engine_build.Profile(batch=(1, 4, 5),
-                                    height=(8, 16, 20), width=(8, 16, 20)), fp16=fp16, timing_cache=cache)
+    res = engine_build.build_engine(
+        onnx_path,
+        engine,
+        profile=engine_build.Profile(batch=(1, 4, 5), height=(8, 16, 20), width=(8, 16, 20)),
+        fp16=fp16,
+        timing_cache=cache,
+    )
     assert res.engine_path.is_file() and cache.is_file()
     runner = TensorRTRunner(engine)
     rng = np.random.default_rng(1)
@@ -183,7 +203,8 @@ def test_engine_matches_cpu_reference(trt_env, tmp_path, fp16):
     inits = {i.name: nh.to_array(i) for i in model.graph.initializer}
     logits = x.mean(axis=(2, 3)) @ inits["fc_w"].T + inits["fc_b"]
     coeff = (1 / (1 + np.exp(-logits))).reshape(3, 12, 6).astype(np.float32)
-    ref = plugin_lib.cpu_reference_conv(x, coeff, inits["weight"], inits["bias_bank"], inits["bias"],
-                                        pads=(1, 1, 1, 1), activation=1)
+    ref = plugin_lib.cpu_reference_conv(
+        x, coeff, inits["weight"], inits["bias_bank"], inits["bias"], pads=(1, 1, 1, 1), activation=1
+    )
     rel = np.linalg.norm(y.astype(np.float64) - ref) / np.linalg.norm(ref)
     assert rel <= (1e-2 if fp16 else 1e-5), f"relative error {rel:.2e}"

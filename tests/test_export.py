@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import onnx
 import pytest
+from zoo_exports import (
+    ATOL,
+    KERNEL_EXPORT_BATCH,
+    KERNEL_FORM_CI_MODELS,
+    RTOL,
+    SEG_SIZE,
+    SEG_SIZE_2,
+    exported,
+    parity,
+    slow_after_first,
+)
 
 from dynet_deploy.errors import ExportError
 from dynet_deploy.export import META_FORM, export_onnx, get_metadata
 from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import DyConv2d
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
-
-from zoo_exports import (
-    ATOL, KERNEL_EXPORT_BATCH, KERNEL_FORM_CI_MODELS, RTOL, SEG_SIZE, SEG_SIZE_2, exported, parity, slow_after_first,
-)
 
 ALL_MODELS = list_models()
 
@@ -57,7 +64,9 @@ def test_zoo_kernel_form_static_batch_matches_pytorch(name):
     assert not report.dynamic_batch
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == KERNEL_EXPORT_BATCH
     # The batch-as-groups Conv (group = batch * groups) is what makes the batch fixed.
-    assert any(n.op_type == "Conv" and n.input[1] not in {i.name for i in model.graph.initializer} for n in model.graph.node)
+    assert any(
+        n.op_type == "Conv" and n.input[1] not in {i.name for i in model.graph.initializer} for n in model.graph.node
+    )
     rows = parity(OnnxruntimeRunner(path), name, batches=(KERNEL_EXPORT_BATCH,))
     _assert_within(rows, name)
 
@@ -118,7 +127,22 @@ def test_cli_export_random_model(tmp_path, capsys):
     from dynet_deploy.cli import main
 
     out = tmp_path / "m.onnx"
-    code = main(["export", "--model", "dy_resnet18", "--model-args", SMALL_ARGS, "--input-size", "32", "32", "--batch", "2", "-o", str(out)])
+    code = main(
+        [
+            "export",
+            "--model",
+            "dy_resnet18",
+            "--model-args",
+            SMALL_ARGS,
+            "--input-size",
+            "32",
+            "32",
+            "--batch",
+            "2",
+            "-o",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and out.exists()
     assert "RANDOM weights" in text and "check output at batch 2" in text
@@ -134,10 +158,27 @@ def test_cli_export_checkpoint_and_mismatch(tmp_path, capsys):
     ckpt = save_checkpoint(model, tmp_path / "dy18.safetensors")
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["export", str(ckpt), "--form", "kernel", "--static", "--input-size", "32", "32", "-o", str(out / "k.onnx")]) == 0
+    assert (
+        main(
+            ["export", str(ckpt), "--form", "kernel", "--static", "--input-size", "32", "32", "-o", str(out / "k.onnx")]
+        )
+        == 0
+    )
     assert "RANDOM" not in capsys.readouterr().out
     # the checkpoint does not fit a model with 5 classes
-    code = main(["export", str(ckpt), "--model-args", '{"num_classes": 5}', "--input-size", "32", "32", "-o", str(out / "bad.onnx")])
+    code = main(
+        [
+            "export",
+            str(ckpt),
+            "--model-args",
+            '{"num_classes": 5}',
+            "--input-size",
+            "32",
+            "32",
+            "-o",
+            str(out / "bad.onnx"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "error (checkpoint)" in err and "fc" in err
     # not a checkpoint at all
@@ -146,6 +187,9 @@ def test_cli_export_checkpoint_and_mismatch(tmp_path, capsys):
     assert main(["export", str(junk), "--model", "dy_resnet18", "-o", str(out / "junk.onnx")]) == 1
     assert "error (checkpoint)" in capsys.readouterr().err
     # an output folder that does not exist
-    assert main(["export", "--model", "dy_resnet18", "--model-args", SMALL_ARGS, "-o", str(tmp_path / "nope" / "m.onnx")]) == 1
+    assert (
+        main(["export", "--model", "dy_resnet18", "--model-args", SMALL_ARGS, "-o", str(tmp_path / "nope" / "m.onnx")])
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["k.onnx"]

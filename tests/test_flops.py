@@ -51,7 +51,11 @@ def test_dynamic_conv_by_hand(cpm_hidden):
     assert rep.dynamic_overhead_macs == fusion + cpm
     assert rep.total_macs == conv + fusion + cpm
     assert {l.kind for l in rep.per_layer} == {"dynamic_conv", "cpm_linear"}
-    assert rep.params == count_params(layer) == 3 * 6 * 2 * 9 + 3 * 6 + (4 * 18 + 18 if cpm_hidden is None else 4 * 2 + 2 + 2 * 18 + 18)
+    assert (
+        rep.params
+        == count_params(layer)
+        == 3 * 6 * 2 * 9 + 3 * 6 + (4 * 18 + 18 if cpm_hidden is None else 4 * 2 + 2 + 2 * 18 + 18)
+    )
 
 
 def test_meta_device_counts_like_a_real_run_and_mode_is_restored():
@@ -63,10 +67,19 @@ def test_meta_device_counts_like_a_real_run_and_mode_is_restored():
     a = count_flops(real, (2, 3, 64, 48))
     b = count_flops(meta, (2, 3, 64, 48))
     assert real.training, "count_flops must restore training mode"
-    assert (a.conv_linear_macs, a.cpm_macs, a.fusion_macs, a.params) == (b.conv_linear_macs, b.cpm_macs, b.fusion_macs, b.params)
+    assert (a.conv_linear_macs, a.cpm_macs, a.fusion_macs, a.params) == (
+        b.conv_linear_macs,
+        b.cpm_macs,
+        b.fusion_macs,
+        b.params,
+    )
     # Batch scales every count linearly (the kernel fusion is per sample).
     c = count_flops(meta, (1, 3, 64, 48))
-    assert (2 * c.conv_linear_macs, 2 * c.cpm_macs, 2 * c.fusion_macs) == (a.conv_linear_macs, a.cpm_macs, a.fusion_macs)
+    assert (2 * c.conv_linear_macs, 2 * c.cpm_macs, 2 * c.fusion_macs) == (
+        a.conv_linear_macs,
+        a.cpm_macs,
+        a.fusion_macs,
+    )
 
 
 def test_conv_cost_scales_with_pixels_and_overhead_does_not():

@@ -12,8 +12,23 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import third_party_dynconv as tp
 import torch
 from torch import nn
+from zoo_exports import (
+    ATOL,
+    KERNEL_FORM_CI_MODELS,
+    RTOL,
+    SEG_SIZE,
+    SEG_SIZE_2,
+    compare,
+    exported,
+    fused,
+    parity,
+    randomize_batchnorms,
+    slow_after_first,
+    small_model,
+)
 
 from dynet_deploy.errors import FuseError, RuntimeBackendError
 from dynet_deploy.export import export_onnx
@@ -23,12 +38,6 @@ from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from dynet_deploy.op.spec import ATTRIBUTE_NAMES as INT_ATTRIBUTES
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
-
-import third_party_dynconv as tp
-from zoo_exports import (
-    slow_after_first,
-    ATOL, KERNEL_FORM_CI_MODELS, RTOL, SEG_SIZE, SEG_SIZE_2, compare, exported, fused, parity, randomize_batchnorms, small_model,
-)
 
 DYNAMIC_MODELS = list_models(dynamic=True)
 
@@ -54,11 +63,14 @@ def _check_fused_graph(path, expected_nodes):
         assert names == set(INT_ATTRIBUTES) | {"plugin_version", "plugin_namespace"}
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert len(n.input) == 3 + attrs["has_bias_bank"] + attrs["has_bias"]
-    assert not any(n.op_type == "Conv" and n.input[1] not in {i.name for i in model.graph.initializer} for n in model.graph.node)
+    assert not any(
+        n.op_type == "Conv" and n.input[1] not in {i.name for i in model.graph.initializer} for n in model.graph.node
+    )
     return model
 
 
 # ---- the zoo ------------------------------------------------------------------------------------------------
+
 
 def _dynamic_conv_count(name):
     return sum(isinstance(m, DynamicConv2d) for m in small_model(name).modules())
@@ -129,6 +141,7 @@ def test_static_model_is_copied_unchanged(tmp_path, capsys):
 
 
 # ---- single layers: every attribute, both forms, both exporters ----------------------------------------------
+
 
 class OneLayer(nn.Module):
     """CPM -> dynamic conv -> BN -> activation, plus a residual reader of the block input when shapes allow."""
@@ -212,7 +225,14 @@ def test_single_layer_torchscript(case, form, tmp_path):
 def test_single_layer_dynamo(case, form, tmp_path):
     model = _one_layer(case, seed=1)
     src = tmp_path / "m.onnx"
-    export_onnx(model, src, (2, model.block.conv.in_channels, 11, 13), form=form, dynamic_batch=form == "feature", exporter="dynamo")
+    export_onnx(
+        model,
+        src,
+        (2, model.block.conv.in_channels, 11, 13),
+        form=form,
+        dynamic_batch=form == "feature",
+        exporter="dynamo",
+    )
     report = fuse_dynamic_convs(src, tmp_path / "m.plugin.onnx")
     assert (report.matched, report.left) == (1, 0), report.details
     _check_fused_graph(tmp_path / "m.plugin.onnx", 1)
@@ -226,7 +246,14 @@ def test_dynamo_external_data_is_read(tmp_path):
     export_onnx(model, src, (2, 8, 11, 13), form="kernel", dynamic_batch=False)
     proto = onnx.load(str(src))
     ext = tmp_path / "ext.onnx"
-    onnx.save(proto, str(ext), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    onnx.save(
+        proto,
+        str(ext),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.onnx.data").exists()
     report = fuse_dynamic_convs(ext, tmp_path / "ext.plugin.onnx")
     assert report.matched == 1
@@ -236,8 +263,13 @@ def test_dynamo_external_data_is_read(tmp_path):
 # ---- third-party batch-as-groups modules -----------------------------------------------------------------------
 
 THIRD_PARTY = [
-    ("condconv", {}), ("condconv", {"groups": 2}), ("condconv", {"same_pad": True}),
-    ("dycnn", {}), ("dycnn", {"groups": 8}), ("odconv", {}), ("odconv", {"groups": 4}),
+    ("condconv", {}),
+    ("condconv", {"groups": 2}),
+    ("condconv", {"same_pad": True}),
+    ("dycnn", {}),
+    ("dycnn", {"groups": 8}),
+    ("odconv", {}),
+    ("odconv", {"groups": 4}),
 ]
 
 
@@ -250,14 +282,23 @@ def _third_party(style, kw):
     return randomize_batchnorms(tp.ThirdPartyNet(style, **kw), (8, 3, 16, 16)), (3, 16, 16)
 
 
-THIRD_PARTY_CASES = [(s, kw, "torchscript") for s, kw in THIRD_PARTY] + [(s, {}, "dynamo") for s in ("condconv", "dycnn", "odconv")]
+THIRD_PARTY_CASES = [(s, kw, "torchscript") for s, kw in THIRD_PARTY] + [
+    (s, {}, "dynamo") for s in ("condconv", "dycnn", "odconv")
+]
 
 
 @pytest.mark.parametrize(
     "style,kw,exporter",
-    [pytest.param(s, kw, e, marks=[pytest.mark.slow] if e == "dynamo" else [],
-                  id=f"{s}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'default'}-{e}")
-     for s, kw, e in THIRD_PARTY_CASES],
+    [
+        pytest.param(
+            s,
+            kw,
+            e,
+            marks=[pytest.mark.slow] if e == "dynamo" else [],
+            id=f"{s}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'default'}-{e}",
+        )
+        for s, kw, e in THIRD_PARTY_CASES
+    ],
 )
 def test_third_party_batch_as_groups(style, kw, exporter, tmp_path):
     model, chw = _third_party(style, kw)
@@ -269,7 +310,10 @@ def test_third_party_batch_as_groups(style, kw, exporter, tmp_path):
     assert report.batch.startswith("dynamic")
     fused_model = _check_fused_graph(tmp_path / "tp.plugin.onnx", expected)
     if not kw.get("same_pad"):
-        acts = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["activation"] for n in _fused_nodes(fused_model)]
+        acts = [
+            {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["activation"]
+            for n in _fused_nodes(fused_model)
+        ]
         assert acts == [1, 0, 2]  # relu folded, none before the residual Add, clamp(0, 6) folded
     else:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in _fused_nodes(fused_model)[0].attribute}
@@ -285,6 +329,7 @@ def test_third_party_batch_as_groups(style, kw, exporter, tmp_path):
 
 
 # ---- what is left alone -----------------------------------------------------------------------------------------
+
 
 class NotLinearInCoefficients(nn.Module):
     """A run-time weight that is not a coefficient-weighted sum of fixed bases (squared coefficients)."""
@@ -322,6 +367,7 @@ def test_unmatchable_subgraph_is_left_and_reported(tmp_path):
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------
+
 
 def test_not_onnx(tmp_path):
     bad = tmp_path / "bad.onnx"

@@ -23,20 +23,26 @@ def random_case(rng: random.Random):
         c_in, c_out = groups * base, groups * rng.choice([1, 2, 3])
     k = rng.choice([1, 3, 5])
     kw = rng.choice([k, 1, 3])
-    pads = rng.choice([0, k // 2, (k // 2, kw // 2), (rng.randint(0, 2), rng.randint(0, 2), rng.randint(0, 2), rng.randint(0, 2))])
-    return dict(
-        in_channels=c_in,
-        out_channels=c_out,
-        kernel_size=(k, kw),
-        stride=rng.choice([1, 2, (1, 2)]),
-        padding=pads,
-        dilation=rng.choice([1, 2]),
-        groups=groups,
-        num_bases=rng.choice([1, 3, 6]),
-        coeff_mode=rng.choice(["channel", "expert"]),
-        bias_bank=rng.random() < 0.5,
-        bias=rng.random() < 0.5,
-    ), rng.choice([1, 2, 3, 5]), (rng.randint(7, 13), rng.randint(7, 13))
+    pads = rng.choice(
+        [0, k // 2, (k // 2, kw // 2), (rng.randint(0, 2), rng.randint(0, 2), rng.randint(0, 2), rng.randint(0, 2))]
+    )
+    return (
+        dict(
+            in_channels=c_in,
+            out_channels=c_out,
+            kernel_size=(k, kw),
+            stride=rng.choice([1, 2, (1, 2)]),
+            padding=pads,
+            dilation=rng.choice([1, 2]),
+            groups=groups,
+            num_bases=rng.choice([1, 3, 6]),
+            coeff_mode=rng.choice(["channel", "expert"]),
+            bias_bank=rng.random() < 0.5,
+            bias=rng.random() < 0.5,
+        ),
+        rng.choice([1, 2, 3, 5]),
+        (rng.randint(7, 13), rng.randint(7, 13)),
+    )
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -28,7 +28,7 @@ def test_c_abi_attribute_table_equals_python_spec(cpu_library):
 
 def test_ctypes_params_mirror_carries_the_spec_attributes():
     names = [f[0] for f in native.DynetConvParams._fields_]
-    assert names[len(native.SHAPE_FIELDS):] == list(spec.ATTRIBUTE_NAMES)
+    assert names[len(native.SHAPE_FIELDS) :] == list(spec.ATTRIBUTE_NAMES)
 
 
 def test_params_init_takes_the_table_defaults(cpu_library):
@@ -37,10 +37,14 @@ def test_params_init_takes_the_table_defaults(cpu_library):
     assert {n: getattr(p, n) for n in spec.ATTRIBUTE_NAMES} == spec.DEFAULTS
 
 
-@pytest.mark.parametrize("name, value", [("stride_h", 0), ("groups", -1), ("activation", 3), ("has_bias", 2),
-                                         ("pad_right", -1), ("dilation_w", 0)])
+@pytest.mark.parametrize(
+    "name, value",
+    [("stride_h", 0), ("groups", -1), ("activation", 3), ("has_bias", 2), ("pad_right", -1), ("dilation_w", 0)],
+)
 def test_out_of_range_attribute_is_refused_by_both_sides(cpu_library, name, value):
-    with pytest.raises(ValueError, match=re.escape(f"attribute '{name}' = {value}: {spec.attribute(name).range_text()}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"attribute '{name}' = {value}: {spec.attribute(name).range_text()}")
+    ):
         spec.check_attributes({name: value})
     p = native.make_params((1, 4, 5, 5), (1, 4, 2), (2, 4, 4, 3, 3))
     setattr(p, name, value)
@@ -60,8 +64,9 @@ def test_unknown_and_non_int_attributes_are_refused():
 
 
 def test_make_node_and_read_attributes_round_trip():
-    attrs = spec.attributes(stride=(2, 1), pads=(1, 0, 2, 1), dilation=(1, 2), groups=2, activation="relu6",
-                            has_bias=True)
+    attrs = spec.attributes(
+        stride=(2, 1), pads=(1, 0, 2, 1), dilation=(1, 2), groups=2, activation="relu6", has_bias=True
+    )
     node = spec.make_node(["x", "c", "w", "b"], ["y"], name="n0", **attrs)
     assert node.op_type == spec.OP_TYPE and node.domain == spec.OP_DOMAIN
     names = {a.name for a in node.attribute}
@@ -79,17 +84,28 @@ def test_reference_numpy_front_matches_torch_layer_kernel_path():
     from dynet_deploy.nn import DynamicConv2d
 
     torch.manual_seed(0)
-    conv = DynamicConv2d(6, 8, 3, stride=2, padding=(1, 0, 2, 1), dilation=1, groups=2, num_bases=3, bias=True,
-                         bias_bank=True).eval()
+    conv = DynamicConv2d(
+        6, 8, 3, stride=2, padding=(1, 0, 2, 1), dilation=1, groups=2, num_bases=3, bias=True, bias_bank=True
+    ).eval()
     x = torch.randn(3, 6, 9, 8)
     coeff = torch.rand(3, 8, 3)
     with torch.no_grad():
         conv.mode = "loop"
         want = conv(x, coeff).numpy()
-    got = reference.dynamic_conv_numpy(x.numpy(), coeff.numpy(), conv.weight.detach().numpy(),
-                                       conv.bias_bank.detach().numpy(), conv.bias.detach().numpy(),
-                                       stride_h=2, stride_w=2, pad_top=1, pad_left=0, pad_bottom=2, pad_right=1,
-                                       groups=2)
+    got = reference.dynamic_conv_numpy(
+        x.numpy(),
+        coeff.numpy(),
+        conv.weight.detach().numpy(),
+        conv.bias_bank.detach().numpy(),
+        conv.bias.detach().numpy(),
+        stride_h=2,
+        stride_w=2,
+        pad_top=1,
+        pad_left=0,
+        pad_bottom=2,
+        pad_right=1,
+        groups=2,
+    )
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert rel <= 1e-5, rel
 

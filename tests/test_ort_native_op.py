@@ -38,7 +38,9 @@ CORPUS_SIZE = 220
 def native_library():
     path = onnxruntime_lib.library_path()
     if path is None:
-        pytest.skip(f"{onnxruntime_lib.ORT_LIBRARY} not built (no onnxruntime headers at build time; run 'make plugins')")
+        pytest.skip(
+            f"{onnxruntime_lib.ORT_LIBRARY} not built (no onnxruntime headers at build time; run 'make plugins')"
+        )
     plugin_lib.ensure_built()
     return path
 
@@ -86,9 +88,21 @@ def random_layer(seed: int) -> Layer:
         if h + pads[0] + pads[2] >= span_h and w + pads[1] + pads[3] >= span_w:
             break
     return Layer(
-        n=int(rng.integers(1, 4)), c_in=groups * cin_g, c_out=groups * cout_g, h=h, w=w, k=int(rng.integers(1, 7)),
-        kh=kh, kw=kw, groups=groups, per_channel=bool(rng.integers(0, 2)), bank=bool(rng.integers(0, 2)),
-        bias=bool(rng.integers(0, 2)), stride=stride, pads=pads, dilation=dilation,
+        n=int(rng.integers(1, 4)),
+        c_in=groups * cin_g,
+        c_out=groups * cout_g,
+        h=h,
+        w=w,
+        k=int(rng.integers(1, 7)),
+        kh=kh,
+        kw=kw,
+        groups=groups,
+        per_channel=bool(rng.integers(0, 2)),
+        bank=bool(rng.integers(0, 2)),
+        bias=bool(rng.integers(0, 2)),
+        stride=stride,
+        pads=pads,
+        dilation=dilation,
         activation=int(rng.integers(0, 3)),
     )
 
@@ -96,20 +110,26 @@ def random_layer(seed: int) -> Layer:
 def make_arrays(layer: Layer, rng: np.random.Generator):
     x = rng.standard_normal((layer.n, layer.c_in, layer.h, layer.w)).astype(np.float32)
     coeff = rng.uniform(0.05, 1.0, (layer.n, layer.c_out if layer.per_channel else 1, layer.k)).astype(np.float32)
-    weight = (rng.standard_normal((layer.k, layer.c_out, layer.c_in // layer.groups, layer.kh, layer.kw)) * 0.3)
+    weight = rng.standard_normal((layer.k, layer.c_out, layer.c_in // layer.groups, layer.kh, layer.kw)) * 0.3
     weight = weight.astype(np.float32)
     bank = rng.standard_normal((layer.k, layer.c_out)).astype(np.float32) if layer.bank else None
     bias = rng.standard_normal((layer.c_out,)).astype(np.float32) if layer.bias else None
     return x, coeff, weight, bank, bias
 
 
-def node_model(layer: Layer, weight, bank, bias, dtype=TensorProto.FLOAT, weight_as_input=False, attrs=None,
-               inputs=None):
+def node_model(
+    layer: Layer, weight, bank, bias, dtype=TensorProto.FLOAT, weight_as_input=False, attrs=None, inputs=None
+):
     """One DyNetDynamicConv2d node, x and coeff as graph inputs (dynamic N, H, W), the bank as initializers."""
-    names = ["x", "coeff", "weight"] + (["bias_bank"] if bank is not None else []) + (["bias"] if bias is not None else [])
+    names = (
+        ["x", "coeff", "weight"] + (["bias_bank"] if bank is not None else []) + (["bias"] if bias is not None else [])
+    )
     np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
-    inits = [numpy_helper.from_array(a.astype(np_dtype), name)
-             for name, a in (("weight", weight), ("bias_bank", bank), ("bias", bias)) if a is not None]
+    inits = [
+        numpy_helper.from_array(a.astype(np_dtype), name)
+        for name, a in (("weight", weight), ("bias_bank", bank), ("bias", bias))
+        if a is not None
+    ]
     graph_inputs = [
         helper.make_tensor_value_info("x", dtype, ["N", layer.c_in, "H", "W"]),
         helper.make_tensor_value_info("coeff", dtype, ["N", layer.c_out if layer.per_channel else 1, layer.k]),
@@ -118,16 +138,33 @@ def node_model(layer: Layer, weight, bank, bias, dtype=TensorProto.FLOAT, weight
         inits = [i for i in inits if i.name != "weight"]
         graph_inputs.append(helper.make_tensor_value_info("weight", dtype, list(weight.shape)))
     top, left, bottom, right = layer.pads
-    node_attrs = dict(stride_h=layer.stride[0], stride_w=layer.stride[1], pad_top=top, pad_left=left,
-                      pad_bottom=bottom, pad_right=right, dilation_h=layer.dilation[0], dilation_w=layer.dilation[1], groups=layer.groups,
-                      activation=layer.activation, has_bias_bank=int(bank is not None), has_bias=int(bias is not None),
-                      plugin_version="1", plugin_namespace="")
+    node_attrs = dict(
+        stride_h=layer.stride[0],
+        stride_w=layer.stride[1],
+        pad_top=top,
+        pad_left=left,
+        pad_bottom=bottom,
+        pad_right=right,
+        dilation_h=layer.dilation[0],
+        dilation_w=layer.dilation[1],
+        groups=layer.groups,
+        activation=layer.activation,
+        has_bias_bank=int(bank is not None),
+        has_bias=int(bias is not None),
+        plugin_version="1",
+        plugin_namespace="",
+    )
     node_attrs.update(attrs or {})
-    node = helper.make_node(OP_TYPE, inputs if inputs is not None else names, ["y"], domain=OP_DOMAIN, name="dynconv",
-                            **node_attrs)
-    graph = helper.make_graph([node], "one_dynamic_conv", graph_inputs,
-                              [helper.make_tensor_value_info("y", dtype, ["N", layer.c_out, None, None])],
-                              initializer=inits)
+    node = helper.make_node(
+        OP_TYPE, inputs if inputs is not None else names, ["y"], domain=OP_DOMAIN, name="dynconv", **node_attrs
+    )
+    graph = helper.make_graph(
+        [node],
+        "one_dynamic_conv",
+        graph_inputs,
+        [helper.make_tensor_value_info("y", dtype, ["N", layer.c_out, None, None])],
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(OP_DOMAIN, 1)])
 
 
@@ -150,8 +187,12 @@ def torch_reference(layer: Layer, x, coeff, weight, bank, bias):
         b = b + torch.from_numpy(np.asarray(bias, np.float64))
     top, left, bottom, right = layer.pads
     xp = F.pad(xt, (left, right, top, bottom))
-    y = torch.cat([F.conv2d(xp[i:i + 1], fused[i], b[i], stride=layer.stride, dilation=layer.dilation,
-                            groups=layer.groups) for i in range(layer.n)])
+    y = torch.cat(
+        [
+            F.conv2d(xp[i : i + 1], fused[i], b[i], stride=layer.stride, dilation=layer.dilation, groups=layer.groups)
+            for i in range(layer.n)
+        ]
+    )
     if layer.activation == 1:
         y = F.relu(y)
     elif layer.activation == 2:
@@ -185,8 +226,18 @@ def test_fp32_matches_cpp_reference_and_pytorch(seed):
     rng = np.random.default_rng(10_000 + seed)
     x, coeff, weight, bank, bias = make_arrays(layer, rng)
     y = session(node_model(layer, weight, bank, bias)).run(None, {"x": x, "coeff": coeff})[0]
-    cpp = plugin_lib.cpu_reference_conv(x, coeff, weight, bank, bias, stride=layer.stride, pads=layer.pads,
-                                        dilation=layer.dilation, groups=layer.groups, activation=layer.activation)
+    cpp = plugin_lib.cpu_reference_conv(
+        x,
+        coeff,
+        weight,
+        bank,
+        bias,
+        stride=layer.stride,
+        pads=layer.pads,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        activation=layer.activation,
+    )
     ref = torch_reference(layer, x, coeff, weight, bank, bias)
     assert y.dtype == np.float32 and y.shape == ref.shape == cpp.shape, (layer, y.shape, ref.shape)
     for name, target in (("C++ reference", cpp.astype(np.float64)), ("PyTorch float64", ref)):
@@ -311,18 +362,21 @@ def run_error(model, feeds):
     return str(info.value)
 
 
-@pytest.mark.parametrize("attrs, expected", [
-    ({"stride_h": -1}, "attribute 'stride_h' = -1: must be >= 1"),
-    ({"stride_w": 0}, "attribute 'stride_w' = 0: must be >= 1"),
-    ({"pad_left": -2}, "attribute 'pad_left' = -2: must be >= 0"),
-    ({"dilation_h": 0}, "attribute 'dilation_h' = 0: must be >= 1"),
-    ({"groups": 0}, "attribute 'groups' = 0: must be >= 1"),
-    ({"activation": 3}, "attribute 'activation' = 3: must be in [0, 2]"),
-    ({"has_bias": 2}, "attribute 'has_bias' = 2: must be 0 or 1"),
-    ({"stride_h": 2**40}, "attribute 'stride_h' = 1099511627776"),
-    ({"groups": 5}, "groups=5 must divide C_out=12"),
-    ({"stride_h": 1.5}, "attribute 'stride_h' must be a scalar int"),
-])
+@pytest.mark.parametrize(
+    "attrs, expected",
+    [
+        ({"stride_h": -1}, "attribute 'stride_h' = -1: must be >= 1"),
+        ({"stride_w": 0}, "attribute 'stride_w' = 0: must be >= 1"),
+        ({"pad_left": -2}, "attribute 'pad_left' = -2: must be >= 0"),
+        ({"dilation_h": 0}, "attribute 'dilation_h' = 0: must be >= 1"),
+        ({"groups": 0}, "attribute 'groups' = 0: must be >= 1"),
+        ({"activation": 3}, "attribute 'activation' = 3: must be in [0, 2]"),
+        ({"has_bias": 2}, "attribute 'has_bias' = 2: must be 0 or 1"),
+        ({"stride_h": 2**40}, "attribute 'stride_h' = 1099511627776"),
+        ({"groups": 5}, "groups=5 must divide C_out=12"),
+        ({"stride_h": 1.5}, "attribute 'stride_h' must be a scalar int"),
+    ],
+)
 def test_bad_attributes_fail_at_session_creation(attrs, expected):
     _, _, weight, bank, bias = small_arrays()
     message = creation_error(node_model(SMALL, weight, bank, bias, attrs=attrs))
@@ -348,7 +402,9 @@ def test_bad_constant_shapes_fail_at_session_creation():
     _, _, weight, _, _ = small_arrays()
     message = creation_error(node_model(SMALL, weight[0], None, None))
     assert "weight must be rank 5" in message, message
-    message = creation_error(node_model(Layer(**{**SMALL.__dict__, "bank": True}), weight, np.zeros((2, 12), np.float32), None))
+    message = creation_error(
+        node_model(Layer(**{**SMALL.__dict__, "bank": True}), weight, np.zeros((2, 12), np.float32), None)
+    )
     assert "bias_bank must be [K, C_out] = [3, 12], got [2, 12]" in message, message
     message = creation_error(node_model(SMALL, weight, None, np.zeros(11, np.float32)))
     assert "bias must be [C_out] = [12], got [11]" in message, message
@@ -408,11 +464,26 @@ def test_single_node_models_are_valid_onnx():
 
 # ---- through OnnxruntimeRunner (what validate, demo and bench use) ------------------------------------------------
 
+
 def module_layer(conv: DynamicConv2d, activation=0) -> Layer:
-    return Layer(n=1, c_in=conv.in_channels, c_out=conv.out_channels, h=1, w=1, k=conv.num_bases,
-                 kh=conv.weight.shape[3], kw=conv.weight.shape[4], groups=conv.groups,
-                 per_channel=conv.coeff_channels != 1, bank=conv.bias_bank is not None, bias=conv.bias is not None,
-                 stride=tuple(conv.stride), pads=tuple(conv.pads), dilation=tuple(conv.dilation), activation=activation)
+    return Layer(
+        n=1,
+        c_in=conv.in_channels,
+        c_out=conv.out_channels,
+        h=1,
+        w=1,
+        k=conv.num_bases,
+        kh=conv.weight.shape[3],
+        kw=conv.weight.shape[4],
+        groups=conv.groups,
+        per_channel=conv.coeff_channels != 1,
+        bank=conv.bias_bank is not None,
+        bias=conv.bias is not None,
+        stride=tuple(conv.stride),
+        pads=tuple(conv.pads),
+        dilation=tuple(conv.dilation),
+        activation=activation,
+    )
 
 
 def module_model(conv: DynamicConv2d, activation=0, dtype=TensorProto.FLOAT):
@@ -421,8 +492,16 @@ def module_model(conv: DynamicConv2d, activation=0, dtype=TensorProto.FLOAT):
     return node_model(layer, *arrays, dtype=dtype)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(coeff_mode="expert", bias_bank=True, bias=True), dict(bias=True),
-                                dict(groups=8, padding=1), dict(padding=(0, 1, 2, 1), dilation=2, bias_bank=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(coeff_mode="expert", bias_bank=True, bias=True),
+        dict(bias=True),
+        dict(groups=8, padding=1),
+        dict(padding=(0, 1, 2, 1), dilation=2, bias_bank=True),
+    ],
+)
 def test_runner_matches_dynamic_conv2d(kw):
     """The runner's fused graph against the PyTorch layer (loop form), 3/4/5-input nodes, batches 1, 3, 4."""
     torch.manual_seed(0)

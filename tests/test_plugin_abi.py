@@ -37,8 +37,15 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dynet_conv_params_attribute_data.restype = c.POINTER(c.c_int32)
     lib.dynet_conv_params_set_attribute.argtypes = [P, c.c_char_p, c.c_int64, c.c_char_p, c.c_size_t]
     lib.dynet_conv_params_set_attribute.restype = c.c_int32
-    lib.dynet_conv_params_set_shapes.argtypes = [P, c.c_int32, c.POINTER(c.c_int32), c.POINTER(c.c_int64), c.c_int32,
-                                                 c.c_char_p, c.c_size_t]
+    lib.dynet_conv_params_set_shapes.argtypes = [
+        P,
+        c.c_int32,
+        c.POINTER(c.c_int32),
+        c.POINTER(c.c_int64),
+        c.c_int32,
+        c.c_char_p,
+        c.c_size_t,
+    ]
     lib.dynet_conv_params_set_shapes.restype = c.c_int32
     lib.dynet_conv_attributes_key.argtypes = [P, c.c_char_p, c.c_size_t]
     lib.dynet_conv_attributes_key.restype = c.c_int32
@@ -46,8 +53,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 class AttributeInfo(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("default_value", ctypes.c_int32), ("min_value", ctypes.c_int32),
-                ("max_value", ctypes.c_int32)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("default_value", ctypes.c_int32),
+        ("min_value", ctypes.c_int32),
+        ("max_value", ctypes.c_int32),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +87,9 @@ def set_shapes(lib, p, shapes, allow_unknown=False):
     flat = [d for s in shapes for d in s]
     dims = (ctypes.c_int64 * max(len(flat), 1))(*flat)
     msg = ctypes.create_string_buffer(256)
-    status = lib.dynet_conv_params_set_shapes(ctypes.byref(p), len(shapes), ranks, dims, int(allow_unknown), msg,
-                                              len(msg))
+    status = lib.dynet_conv_params_set_shapes(
+        ctypes.byref(p), len(shapes), ranks, dims, int(allow_unknown), msg, len(msg)
+    )
     return status, msg.value.decode()
 
 
@@ -87,6 +99,7 @@ def validate(lib, p):
 
 
 # ---- attribute table: the plugin's fields come from here -----------------------------------------------------
+
 
 def test_attribute_data_points_at_the_named_field(cpu):
     names = attribute_names(cpu)
@@ -113,12 +126,19 @@ def test_plugin_sources_do_not_respell_the_attribute_names(cpu):
         for name in names:
             assert f'"{name}"' not in text, f"{path.name} spells attribute {name!r} itself"
     plugin = (PLUGIN_DIR / "dynetDynamicConvPlugin.cpp").read_text()
-    for call in ("dynet_conv_attribute(", "dynet_conv_params_attribute_data(", "dynet_conv_params_set_attribute(",
-                 "dynet_conv_validate_attributes(", "dynet_conv_params_set_shapes(", "dynet_conv_validate("):
+    for call in (
+        "dynet_conv_attribute(",
+        "dynet_conv_params_attribute_data(",
+        "dynet_conv_params_set_attribute(",
+        "dynet_conv_validate_attributes(",
+        "dynet_conv_params_set_shapes(",
+        "dynet_conv_validate(",
+    ):
         assert call in plugin, f"the plugin does not call {call}...)"
 
 
 # ---- configurePlugin's shape checks (defect 4) ---------------------------------------------------------------
+
 
 def dense_shapes(n, c_in, h, w, c_out, k=4, kh=3, kw=3, c_c=None, groups=1):
     return [[n, c_in, h, w], [n, c_out if c_c is None else c_c, k], [k, c_out, c_in // groups, kh, kw]]
@@ -180,10 +200,16 @@ H = 2**30
 LIMIT_CASES = {
     # tensor: (attributes, shapes with that tensor at exactly 2^31-1 elements, shapes with it just beyond)
     "x": ({}, dense_shapes(1, 1, LIMIT, 1, 1, k=1, kh=1, kw=1), dense_shapes(2, 1, H, 1, 1, k=1, kh=1, kw=1)),
-    "weight": ({}, dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1),
-               dense_shapes(1, 1, 1, 1, H, k=2, kh=1, kw=1, c_c=1)),
-    "fused kernels": ({}, dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1),
-                      dense_shapes(1, 2, 1, 1, H, k=1, kh=1, kw=1, c_c=1, groups=1)),
+    "weight": (
+        {},
+        dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1),
+        dense_shapes(1, 1, 1, 1, H, k=2, kh=1, kw=1, c_c=1),
+    ),
+    "fused kernels": (
+        {},
+        dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1),
+        dense_shapes(1, 2, 1, 1, H, k=1, kh=1, kw=1, c_c=1, groups=1),
+    ),
     "coeff": ({}, dense_shapes(1, 1, 1, 1, 1, k=LIMIT, kh=1, kw=1), dense_shapes(2, 1, 1, 1, 1, k=H, kh=1, kw=1)),
 }
 
@@ -223,6 +249,7 @@ def test_validation_products_saturate_instead_of_wrapping(cpu):
 
 # ---- timing-cache key (defect 7) -----------------------------------------------------------------------------
 
+
 def key(lib, p) -> str:
     n = lib.dynet_conv_attributes_key(ctypes.byref(p), None, 0)
     buf = ctypes.create_string_buffer(n + 1)
@@ -251,12 +278,13 @@ def test_attributes_key_is_equal_for_equal_attributes_and_differs_otherwise(cpu)
 
 def test_plugin_timing_cache_id_is_built_from_the_key():
     plugin = (PLUGIN_DIR / "dynetDynamicConvPlugin.cpp").read_text()
-    body = plugin[plugin.index("DyNetDynamicConv2dPlugin::getTimingCacheID"):]
-    body = body[:body.index("\n}\n")]
+    body = plugin[plugin.index("DyNetDynamicConv2dPlugin::getTimingCacheID") :]
+    body = body[: body.index("\n}\n")]
     assert "dynet_conv_attributes_key(&mAttrs" in body and "return mTimingCacheId.c_str()" in body
 
 
 # ---- NaN through the activations (defect 9) ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("activation", [1, 2])
 def test_reference_relu_propagates_nan_like_pytorch(cpu, activation):
@@ -289,8 +317,8 @@ def test_reference_relu_propagates_nan_like_pytorch(cpu, activation):
 def test_cuda_activation_has_no_nan_dropping_fmax():
     # fmaxf(NaN, 0) is 0; the CUDA epilogue must compare instead (the kernels themselves run in gpu_check).
     src = (PLUGIN_DIR / "dynetDynamicConvKernel.cu").read_text()
-    act = src[src.index("__device__ __forceinline__ float activate("):]
-    act = act[:act.index("\n}\n")]
+    act = src[src.index("__device__ __forceinline__ float activate(") :]
+    act = act[: act.index("\n}\n")]
     assert "fmax" not in act and "fmin" not in act
     assert "v < 0.F ? 0.F" in act
 
@@ -313,8 +341,15 @@ def cuda():
     lib.dynet_conv_cuda.argtypes = [P, c.c_int32, c.c_int32] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
     lib.dynet_conv_cuda.restype = c.c_int32
     lib.dynet_conv_cuda_has_cudnn.restype = c.c_int32
-    lib.dynet_conv_cuda_plan_create.argtypes = [P, c.c_int32, c.c_int32, c.c_size_t, c.POINTER(c.c_void_p),
-                                                c.c_char_p, c.c_size_t]
+    lib.dynet_conv_cuda_plan_create.argtypes = [
+        P,
+        c.c_int32,
+        c.c_int32,
+        c.c_size_t,
+        c.POINTER(c.c_void_p),
+        c.c_char_p,
+        c.c_size_t,
+    ]
     lib.dynet_conv_cuda_plan_create.restype = c.c_int32
     lib.dynet_conv_cuda_plan_workspace_size.argtypes = [c.c_void_p]
     lib.dynet_conv_cuda_plan_workspace_size.restype = c.c_size_t
@@ -368,7 +403,9 @@ def test_plans_of_the_kernel_algorithms_are_host_only(cuda):
         a = host.ctypes.data
         # The workspace check guards the plan too: the size passed is the caller's grant, not the plan's own.
         assert cuda.dynet_conv_cuda_plan_run(plan, a, a, a, None, None, a, a, ws - 1, None) == plugin_lib.ERR_WORKSPACE
-        assert cuda.dynet_conv_cuda_plan_run(plan, None, a, a, None, None, a, a, ws, None) == plugin_lib.ERR_NULL_POINTER
+        assert (
+            cuda.dynet_conv_cuda_plan_run(plan, None, a, a, None, None, a, a, ws, None) == plugin_lib.ERR_NULL_POINTER
+        )
     finally:
         cuda.dynet_conv_cuda_plan_destroy(plan)
     # A grant smaller than the algorithm needs is refused when the plan is made (onShapeChange), not in enqueue.
@@ -386,8 +423,10 @@ def test_cudnn_algorithm_needs_a_plan(cuda):
     assert set_shapes(cuda, p, dense_shapes(2, 16, 8, 8, 32))[0] == plugin_lib.OK
     host = np.zeros(1 << 16, np.uint8)
     a = host.ctypes.data
-    assert cuda.dynet_conv_cuda(ctypes.byref(p), 0, ALGO_CUDNN, a, a, a, None, None, a, a, host.size, None) \
+    assert (
+        cuda.dynet_conv_cuda(ctypes.byref(p), 0, ALGO_CUDNN, a, a, a, None, None, a, a, host.size, None)
         == plugin_lib.ERR_UNSUPPORTED
+    )
     # Asymmetric pads cannot be expressed in cuDNN: the plan says so, whatever the build.
     q = params(cuda, pad_bottom=1)
     assert set_shapes(cuda, q, dense_shapes(2, 16, 8, 8, 32))[0] == plugin_lib.OK
@@ -413,7 +452,9 @@ def test_cudnn_tactic_is_compiled_and_linked_when_cudnn_is_found(cuda):
         # The project's install brings cuDNN where nvcc is (make setup: the `cudnn` extra into .venv, which CMake
         # searches); with it installed there, CMake must find it, or CI would silently lose the tensor-core tactic.
         in_repo_venv = (plugin_lib.REPO_ROOT / ".venv") in Path(sys.executable).parents
-        has_pkg = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.cudnn") is not None
+        has_pkg = (
+            importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.cudnn") is not None
+        )
         assert not (in_repo_venv and has_pkg), "nvidia-cudnn is installed in .venv but CMake did not find it"
         pytest.skip("CMake found no cuDNN for build/ (pip install -e '.[cudnn]', or set CUDNN_ROOT)")
     assert cuda.dynet_conv_cuda_has_cudnn() == 1
@@ -426,6 +467,7 @@ def test_cudnn_tactic_is_compiled_and_linked_when_cudnn_is_found(cuda):
 
 
 # ---- the two TensorRT libraries' symbols (defects 6 and 8) ---------------------------------------------------
+
 
 def _trt_dirs() -> list[Path]:
     """Where CMake put the TensorRT libraries of build/: linked (libnvinfer found) or link-check (headers only)."""
@@ -477,10 +519,13 @@ def test_dynamic_library_exports_only_the_loadlibrary_entry_points(trt_dir):
 def test_trt_libraries_leave_only_libnvinfer_symbols_unresolved(trt_dir):
     # Unversioned undefined symbols are the ones no linked library provides: in the link-check build, exactly
     # libnvinfer's; nothing of the C ABI or cudart may be left to bind to another library's copy.
-    for name, allowed in ((plugin_lib.TRT_LIBRARY, {"getPluginRegistry", "getLogger"}),
-                          ("libdynet_dynamic_conv_trt_dynamic.so", {"getLogger"})):
-        out = subprocess.run(["nm", "-D", "--undefined-only", str(trt_dir / name)], capture_output=True, text=True,
-                             check=True).stdout
+    for name, allowed in (
+        (plugin_lib.TRT_LIBRARY, {"getPluginRegistry", "getLogger"}),
+        ("libdynet_dynamic_conv_trt_dynamic.so", {"getLogger"}),
+    ):
+        out = subprocess.run(
+            ["nm", "-D", "--undefined-only", str(trt_dir / name)], capture_output=True, text=True, check=True
+        ).stdout
         strong = {line.split()[-1] for line in out.splitlines() if line.split()[0] == "U" and "@" not in line}
         if trt_dir.name == "trt_link_check":
             assert strong == allowed, (name, strong)
@@ -501,7 +546,11 @@ def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
     assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
     passed = [line for line in lines if line.startswith("PASS ")]
     assert len(passed) >= 25, proc.stdout
-    for name in ("configurePlugin refuses a profile max beyond the element limit",
-                 "serialised workspace grant equals getWorkspaceSize", "the grant survives serialisation",
-                 "equal attributes give equal timing-cache IDs", "different attributes give different timing-cache IDs"):
+    for name in (
+        "configurePlugin refuses a profile max beyond the element limit",
+        "serialised workspace grant equals getWorkspaceSize",
+        "the grant survives serialisation",
+        "equal attributes give equal timing-cache IDs",
+        "different attributes give different timing-cache IDs",
+    ):
         assert f"PASS {name}" in lines, name

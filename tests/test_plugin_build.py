@@ -107,6 +107,7 @@ def test_cuda_launch_without_a_usable_device_reports_an_error(built):
 
 # ---- the prepared GPU check stays runnable -------------------------------------------------------------------
 
+
 def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
     # The GPU script's PyTorch reference and batch-as-groups baseline, checked on the CPU against the C++ reference,
     # so the script cannot rot on machines without a GPU.
@@ -114,8 +115,12 @@ def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
 
     from dynet_deploy.op.native import REPO_ROOT
 
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "gpu_check.py"), "--cpu-dry-run"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "gpu_check.py"), "--cpu-dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "references agree with the C++ CPU reference" in proc.stdout
 
@@ -128,8 +133,13 @@ def test_gpu_check_script_fails_loudly_without_a_gpu(tmp_path):
     if shutil.which("nvidia-smi"):
         pytest.skip("nvidia-smi is present: run scripts/gpu_check.sh itself on this machine")
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OUT": str(out)})
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OUT": str(out)},
+    )
     assert proc.returncode == 2
     assert "not a CUDA machine" in proc.stderr
     # The summary lands under $OUT, and the verdict is the last line printed.

@@ -34,8 +34,9 @@ def torch_reference(x, coeff, weight, bias_bank, bias, stride, pads, dilation, g
         return None if a is None else torch.from_numpy(a).double()
 
     with torch.no_grad():
-        return reference.dynamic_conv(t(x), t(coeff), t(weight), t(bias_bank), t(bias), stride, pads, dilation,
-                                      groups, activation).numpy()
+        return reference.dynamic_conv(
+            t(x), t(coeff), t(weight), t(bias_bank), t(bias), stride, pads, dilation, groups, activation
+        ).numpy()
 
 
 def make_case(rng, n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias):
@@ -49,8 +50,18 @@ def make_case(rng, n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, b
 
 def check(case, stride, pads, dilation, groups, activation):
     x, coeff, weight, bias_bank, bias = case
-    out = plugin_lib.cpu_reference_conv(x, coeff, weight, bias_bank, bias, stride=stride, pads=pads,
-                                        dilation=dilation, groups=groups, activation=activation)
+    out = plugin_lib.cpu_reference_conv(
+        x,
+        coeff,
+        weight,
+        bias_bank,
+        bias,
+        stride=stride,
+        pads=pads,
+        dilation=dilation,
+        groups=groups,
+        activation=activation,
+    )
     ref = torch_reference(x, coeff, weight, bias_bank, bias, stride, pads, dilation, groups, activation)
     assert out.shape == ref.shape
     max_abs = float(np.abs(out - ref).max())
@@ -101,9 +112,22 @@ def random_layer(draw):
     h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 12))
     w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 12))
     return dict(
-        n=draw(st.sampled_from([1, 2, 3, 5])), c_in=c_in, c_out=c_out, h=h, w=w, k=draw(st.integers(1, 6)),
-        kh=kh, kw=kw, groups=groups, per_channel=draw(st.booleans()), bank=draw(st.booleans()),
-        bias=draw(st.booleans()), stride=(sh, sw), pads=pads, dilation=(dh, dw), activation=draw(st.integers(0, 2)),
+        n=draw(st.sampled_from([1, 2, 3, 5])),
+        c_in=c_in,
+        c_out=c_out,
+        h=h,
+        w=w,
+        k=draw(st.integers(1, 6)),
+        kh=kh,
+        kw=kw,
+        groups=groups,
+        per_channel=draw(st.booleans()),
+        bank=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        stride=(sh, sw),
+        pads=pads,
+        dilation=(dh, dw),
+        activation=draw(st.integers(0, 2)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -112,12 +136,26 @@ def random_layer(draw):
 @given(random_layer())
 def test_random_shapes_match_pytorch(layer):
     rng = np.random.default_rng(layer["seed"])
-    case = make_case(rng, layer["n"], layer["c_in"], layer["c_out"], layer["h"], layer["w"], layer["k"],
-                     layer["kh"], layer["kw"], layer["groups"], layer["per_channel"], layer["bank"], layer["bias"])
+    case = make_case(
+        rng,
+        layer["n"],
+        layer["c_in"],
+        layer["c_out"],
+        layer["h"],
+        layer["w"],
+        layer["k"],
+        layer["kh"],
+        layer["kw"],
+        layer["groups"],
+        layer["per_channel"],
+        layer["bank"],
+        layer["bias"],
+    )
     check(case, layer["stride"], layer["pads"], layer["dilation"], layer["groups"], layer["activation"])
 
 
 # ---- malformed arguments: error codes with reasons, never a crash ----------------------------------------------
+
 
 def valid_params():
     return plugin_lib.make_params((2, 4, 6, 6), (2, 8, 3), (3, 8, 2, 3, 3), groups=2, pads=(1, 1, 1, 1))
@@ -181,8 +219,7 @@ def test_python_wrapper_raises_clear_errors():
     x = np.ones((1, 4, 5, 5), np.float32)
     weight = np.ones((2, 6, 2, 3, 3), np.float32)
     with pytest.raises(plugin_lib.DynamicConvCallError, match="groups=3 must divide"):
-        plugin_lib.cpu_reference_conv(x, np.ones((1, 6, 2), np.float32), np.ones((2, 6, 1, 3, 3), np.float32),
-                                      groups=3)
+        plugin_lib.cpu_reference_conv(x, np.ones((1, 6, 2), np.float32), np.ones((2, 6, 1, 3, 3), np.float32), groups=3)
     with pytest.raises(ValueError, match="does not match"):
         plugin_lib.cpu_reference_conv(x, np.ones((1, 6, 3), np.float32), weight, groups=2)
     with pytest.raises(ValueError, match="bias must be"):

@@ -61,9 +61,17 @@ def cases(draw):
     w = draw(st.integers(max(ext_w, 3), 12))
     return dict(
         layer=dict(
-            in_channels=c_in, out_channels=c_out, kernel_size=(kh, kw), stride=draw(st.sampled_from([1, 2, (2, 1)])),
-            padding=pads, dilation=dil, groups=groups, num_bases=draw(st.integers(1, 6)),
-            coeff_mode=draw(st.sampled_from(["channel", "expert"])), bias_bank=draw(st.booleans()), bias=draw(st.booleans()),
+            in_channels=c_in,
+            out_channels=c_out,
+            kernel_size=(kh, kw),
+            stride=draw(st.sampled_from([1, 2, (2, 1)])),
+            padding=pads,
+            dilation=dil,
+            groups=groups,
+            num_bases=draw(st.integers(1, 6)),
+            coeff_mode=draw(st.sampled_from(["channel", "expert"])),
+            bias_bank=draw(st.booleans()),
+            bias=draw(st.booleans()),
             cpm_hidden=draw(st.sampled_from([None, 4])),
         ),
         act=draw(st.sampled_from(["none", "relu", "relu6"])),
@@ -76,7 +84,12 @@ def cases(draw):
 
 
 @seed(20041069)
-@settings(max_examples=200, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(case=cases())
 @pytest.mark.slow
 def test_export_fuse_onnxruntime_matches_pytorch(case, tmp_path_factory):

@@ -62,42 +62,62 @@ def test_defaults_fill_optional_sections():
     assert r.name == "dy_resnet18_fmnist"
 
 
-@pytest.mark.parametrize("data, expected", [
-    (_with("profil", {"min": 1}), "unknown field 'profil'; did you mean 'profile'?"),
-    (_with("profile.mid", 2), "unknown field 'profile.mid'"),
-    (_with("dataset", {"name": "digits", "agrement": {}}), "unknown field 'dataset.agrement'; did you mean 'agreement'?"),
-    (_with("checkpoint", ...), "missing required field 'checkpoint'"),
-    (_with("profile.opt", ...), "missing required field 'profile.opt'"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (_with("profil", {"min": 1}), "unknown field 'profil'; did you mean 'profile'?"),
+        (_with("profile.mid", 2), "unknown field 'profile.mid'"),
+        (
+            _with("dataset", {"name": "digits", "agrement": {}}),
+            "unknown field 'dataset.agrement'; did you mean 'agreement'?",
+        ),
+        (_with("checkpoint", ...), "missing required field 'checkpoint'"),
+        (_with("profile.opt", ...), "missing required field 'profile.opt'"),
+    ],
+)
 def test_unknown_and_missing_fields(data, expected):
     assert expected in _error(data)
 
 
-@pytest.mark.parametrize("data, field, kind", [
-    (_with("profile.opt", "4"), "profile.opt", "must be an integer, got a string"),
-    (_with("profile.max", 8.0), "profile.max", "must be an integer, got a number"),
-    (_with("profile.min", True), "profile.min", "must be an integer, got a boolean"),
-    (_with("input_shape", "1x28x28"), "input_shape", "must be a list of integers"),
-    (_with("input_shape", [1, 28]), "input_shape", "must be [C, H, W]"),
-    (_with("input_shape", [1, 0, 28]), "input_shape[1]", "must be >= 1"),
-    (_with("checkpoint", 3), "checkpoint", "must be a string"),
-    (_with("precisions", [1e-4, 1e-5]), "precisions", "must be an object, got a list"),
-    (_with("export.portable.form", "features"), "export.portable.form", "unknown value 'features'; did you mean 'feature'?"),
-    (_with("export.fuse_from", {"form": "kernel", "batch": "dynamic"}), "export.fuse_from.batch", "cannot be \"dynamic\""),
-    (_with("export.opset", 13), "export.opset", "must be >= 17"),
-    (_with("validate.batch_sizes", [1, 16]), "validate.batch_sizes", "outside the profile's batch range 1..8"),
-    (_with("latency.batch", 9), "latency.batch", "outside the profile's batch range"),
-])
+@pytest.mark.parametrize(
+    "data, field, kind",
+    [
+        (_with("profile.opt", "4"), "profile.opt", "must be an integer, got a string"),
+        (_with("profile.max", 8.0), "profile.max", "must be an integer, got a number"),
+        (_with("profile.min", True), "profile.min", "must be an integer, got a boolean"),
+        (_with("input_shape", "1x28x28"), "input_shape", "must be a list of integers"),
+        (_with("input_shape", [1, 28]), "input_shape", "must be [C, H, W]"),
+        (_with("input_shape", [1, 0, 28]), "input_shape[1]", "must be >= 1"),
+        (_with("checkpoint", 3), "checkpoint", "must be a string"),
+        (_with("precisions", [1e-4, 1e-5]), "precisions", "must be an object, got a list"),
+        (
+            _with("export.portable.form", "features"),
+            "export.portable.form",
+            "unknown value 'features'; did you mean 'feature'?",
+        ),
+        (
+            _with("export.fuse_from", {"form": "kernel", "batch": "dynamic"}),
+            "export.fuse_from.batch",
+            'cannot be "dynamic"',
+        ),
+        (_with("export.opset", 13), "export.opset", "must be >= 17"),
+        (_with("validate.batch_sizes", [1, 16]), "validate.batch_sizes", "outside the profile's batch range 1..8"),
+        (_with("latency.batch", 9), "latency.batch", "outside the profile's batch range"),
+    ],
+)
 def test_wrong_types_and_ranges(data, field, kind):
     msg = _error(data)
     assert f"field {field!r}" in msg and kind in msg
 
 
-@pytest.mark.parametrize("profile, words", [
-    ({"min": 4, "opt": 2, "max": 8}, "min 4 > opt 2"),
-    ({"min": 1, "opt": 16, "max": 8}, "opt 16 > max 8"),
-    ({"min": 0, "opt": 1, "max": 8}, "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "profile, words",
+    [
+        ({"min": 4, "opt": 2, "max": 8}, "min 4 > opt 2"),
+        ({"min": 1, "opt": 16, "max": 8}, "opt 16 > max 8"),
+        ({"min": 0, "opt": 1, "max": 8}, "must be >= 1"),
+    ],
+)
 def test_profile_order(profile, words):
     msg = _error(_with("profile", profile))
     assert "'profile" in msg and words in msg

@@ -34,7 +34,9 @@ def _needs_native_op(graph: str) -> None:
     from dynet_deploy.op import onnxruntime_lib
 
     if graph.endswith(".plugin.onnx") and onnxruntime_lib.library_path() is None:
-        pytest.skip(f"{onnxruntime_lib.ORT_LIBRARY} not built (run 'make plugins'): fused graphs need it on onnxruntime")
+        pytest.skip(
+            f"{onnxruntime_lib.ORT_LIBRARY} not built (run 'make plugins'): fused graphs need it on onnxruntime"
+        )
 
 
 def _reference(model, x):
@@ -47,7 +49,18 @@ def test_run_npy_saves_outputs_matching_pytorch(graphs, tmp_path, capsys, graph)
     _needs_native_op(graph)
     x = np.random.default_rng().standard_normal((3, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    rc = main(["run", str(d / graph), "--inputs", str(tmp_path / "x.npy"), "--save-outputs", str(tmp_path / "y.npz"), "--repeats", "2"])
+    rc = main(
+        [
+            "run",
+            str(d / graph),
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--save-outputs",
+            str(tmp_path / "y.npz"),
+            "--repeats",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "output output: [3, 10] float32" in out and "latency median" in out
@@ -67,7 +80,18 @@ def test_run_polygraphy_json_runs_every_feed(graphs, tmp_path, capsys):
     rng = np.random.default_rng()
     feeds = [{"input": rng.standard_normal((b, 1, 28, 28)).astype(np.float32)} for b in (1, 2)]
     save_json(feeds, str(tmp_path / "inputs.json"))
-    rc = main(["run", str(d / "m.plugin.onnx"), "--inputs", str(tmp_path / "inputs.json"), "--save-outputs", str(tmp_path / "y.npz"), "--repeats", "1"])
+    rc = main(
+        [
+            "run",
+            str(d / "m.plugin.onnx"),
+            "--inputs",
+            str(tmp_path / "inputs.json"),
+            "--save-outputs",
+            str(tmp_path / "y.npz"),
+            "--repeats",
+            "1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     with np.load(tmp_path / "y.npz") as saved:
         assert sorted(saved.files) == ["output.0", "output.1"]
@@ -124,7 +148,9 @@ def _umask() -> int:
 def test_validate_fixed_batch_graph_runs_its_batch(graphs, tmp_path, capsys):
     d, model = graphs
     export_onnx(model, tmp_path / "fixed.onnx", (2, 1, 28, 28), form="kernel", dynamic_batch=False)
-    rc = main(["validate", str(d / "m.safetensors"), str(tmp_path / "fixed.onnx"), "--out-dir", str(tmp_path), "--json"])
+    rc = main(
+        ["validate", str(d / "m.safetensors"), str(tmp_path / "fixed.onnx"), "--out-dir", str(tmp_path), "--json"]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert json.loads(out[: out.rindex("}") + 1])["random_inputs"]["batch_sizes"] == [2]
@@ -134,14 +160,38 @@ def test_validate_fixed_batch_graph_runs_its_batch(graphs, tmp_path, capsys):
 def test_bench_takes_a_checkpoint_and_an_onnx_file(graphs, tmp_path, capsys):
     """Not a speed claim: one round, to check what is timed and how rows are labelled and paired."""
     d, _ = graphs
-    rc = main(["bench", "--checkpoint", str(d / "m.safetensors"), "--onnx", str(d / "m.onnx"), "--backends", "torch", "onnxruntime",
-               "--repeats", "1", "--warmup", "0", "--threads", "1", "--out-dir", str(tmp_path / "b")])
+    rc = main(
+        [
+            "bench",
+            "--checkpoint",
+            str(d / "m.safetensors"),
+            "--onnx",
+            str(d / "m.onnx"),
+            "--backends",
+            "torch",
+            "onnxruntime",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path / "b"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     rows = json.loads((tmp_path / "b" / "bench.json").read_text())
     got = {(r["model"], r["backend"]) for r in rows["results"]}
     # The Dy checkpoint is paired with resnet18 built with its arguments; the ONNX file has no PyTorch model.
-    assert got == {("m", "torch"), ("resnet18", "torch"), ("m", "onnxruntime"), ("resnet18", "onnxruntime"), ("m#2", "onnxruntime")}
+    assert got == {
+        ("m", "torch"),
+        ("resnet18", "torch"),
+        ("m", "onnxruntime"),
+        ("resnet18", "onnxruntime"),
+        ("m#2", "onnxruntime"),
+    }
     assert rows["config"]["input_size"] == [28, 28]  # from the checkpoint's metadata
     by = {(r["model"], r["backend"]): r for r in rows["results"]}
     assert by[("m#2", "onnxruntime")]["mflops"] is None and by[("m", "torch")]["mflops"] > 0

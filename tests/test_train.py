@@ -88,7 +88,10 @@ def test_checkpoint_and_report_round_trip(tiny_run, tmp_path):
 
     config = read_checkpoint_config(weights)
     assert config["model"] == "dy_resnet18" and config["metadata"]["dataset"] == "digits"
-    assert config["metadata"]["normalisation"] == {"mean": data.NORMALISATION["digits"][0], "std": data.NORMALISATION["digits"][1]}
+    assert config["metadata"]["normalisation"] == {
+        "mean": data.NORMALISATION["digits"][0],
+        "std": data.NORMALISATION["digits"][1],
+    }
     report = json.loads(report_path.read_text())
     assert report["test_top1"] == tiny_run.test_top1 and report["epochs"] == 1
     assert report["params"] == sum(p.numel() for p in tiny_run.model.parameters())
@@ -123,10 +126,31 @@ def test_augmentation_is_a_shift_and_optional_flip_of_each_image():
 
 def test_cli_trains_and_writes_checkpoint(tmp_path, capsys):
     out = tmp_path / "cli.safetensors"
-    rc = cli_main([
-        "train", "--model", "dy_resnet18", "--model-args", '{"width_mult": 0.0625}', "--dataset", "digits",
-        "--epochs", "1", "--batch-size", "64", "--train-limit", "128", "--test-limit", "64", "--seed", "1", "--threads", "1", "-o", str(out),
-    ])
+    rc = cli_main(
+        [
+            "train",
+            "--model",
+            "dy_resnet18",
+            "--model-args",
+            '{"width_mult": 0.0625}',
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--train-limit",
+            "128",
+            "--test-limit",
+            "64",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert out.exists() and out.with_suffix(".json").exists() and (tmp_path / "cli.report.json").exists()
     assert "test top-1" in capsys.readouterr().out
@@ -162,7 +186,9 @@ def test_unknown_bundled_checkpoint_is_a_clear_error():
 
 def _bundled_or_skip(name: str):
     if not HAVE_FASHION_MNIST:
-        pytest.skip(f"Fashion-MNIST not installed in {data.FASHION_MNIST_DEFAULT_ROOT} (apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not installed in {data.FASHION_MNIST_DEFAULT_ROOT} (apt-get install dataset-fashion-mnist)"
+        )
     path = bundled_checkpoint(name)
     config = read_checkpoint_config(path)
     meta = config["metadata"]
@@ -191,17 +217,40 @@ def test_training_restores_the_callers_thread_count():
 
 def test_diverging_training_stops_with_a_clear_error_and_saves_nothing(tmp_path, capsys):
     out = tmp_path / "d.safetensors"
-    rc = cli_main([
-        "train", "--model", "dy_resnet18", "--model-args", '{"width_mult": 0.0625}', "--dataset", "digits", "--epochs", "1",
-        "--batch-size", "32", "--train-limit", "96", "--test-limit", "16", "--threads", "1", "--lr", "1e30", "-o", str(out),
-    ])
+    rc = cli_main(
+        [
+            "train",
+            "--model",
+            "dy_resnet18",
+            "--model-args",
+            '{"width_mult": 0.0625}',
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--train-limit",
+            "96",
+            "--test-limit",
+            "16",
+            "--threads",
+            "1",
+            "--lr",
+            "1e30",
+            "-o",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("error (train): ") and "diverged, nothing was saved" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("field, value", [("lr", float("nan")), ("lr", float("inf")), ("lr", 0.0), ("batch_size", 0), ("threads", 0)])
+@pytest.mark.parametrize(
+    "field, value", [("lr", float("nan")), ("lr", float("inf")), ("lr", 0.0), ("batch_size", 0), ("threads", 0)]
+)
 def test_config_values_training_cannot_use_are_refused(field, value):
     from dynet_deploy.errors import TrainError
 

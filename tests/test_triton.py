@@ -63,12 +63,15 @@ def test_fixed_batch_graph_has_no_triton_batching():
     assert cfg.WhichOneof("scheduling_choice") is None
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(name="bad name"), "may hold only"),
-    (dict(backend="pytorch"), "unknown Triton backend"),
-    (dict(instance_kind="KIND_TPU"), "instance kind"),
-    (dict(max_batch_size=0), "max_batch_size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(name="bad name"), "may hold only"),
+        (dict(backend="pytorch"), "unknown Triton backend"),
+        (dict(instance_kind="KIND_TPU"), "instance kind"),
+        (dict(max_batch_size=0), "max_batch_size must be >= 1"),
+    ],
+)
 def test_config_arguments_are_checked(kw, words):
     args = dict(name="m", backend="onnxruntime", io=IO, max_batch_size=8, instance_kind="KIND_CPU") | kw
     with pytest.raises(TritonError, match=words):
@@ -111,8 +114,15 @@ def _parse_all(root):
 
 
 def test_repository_of_a_fused_graph(tmp_path, fused_graph):
-    repo = write_model_repository(tmp_path / "triton", "dyr18", fused_graph, None, max_batch_size=8,
-                                  preferred_batch_sizes=(8,), engine_skipped_reason="no TensorRT here")
+    repo = write_model_repository(
+        tmp_path / "triton",
+        "dyr18",
+        fused_graph,
+        None,
+        max_batch_size=8,
+        preferred_batch_sizes=(8,),
+        engine_skipped_reason="no TensorRT here",
+    )
     configs = _parse_all(tmp_path / "triton")
     assert list(configs) == ["dyr18_onnxruntime"] == list(repo.models)
     cfg = configs["dyr18_onnxruntime"]

@@ -71,7 +71,9 @@ def test_mismatched_checkpoint_fails_with_nonzero_exit(small_model, tmp_path, ca
 
 def test_cli_passes_and_reports(small_model, tmp_path, capsys):
     d, _, ckpt = small_model
-    rc = main(["validate", str(ckpt), str(d / "m.onnx"), "--out-dir", str(tmp_path), "--dataset", "digits", "--limit", "200"])
+    rc = main(
+        ["validate", str(ckpt), str(d / "m.onnx"), "--out-dir", str(tmp_path), "--dataset", "digits", "--limit", "200"]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "polygraphy run" in out and "agreement 100.000%" in out
@@ -123,10 +125,25 @@ def test_segmentation_miou_parity_on_generated_masks(tmp_path, capsys):
     model = create_model("dy_fcn_resnet50", num_classes=5, width_mult=0.125).eval()
     ckpt = save_checkpoint(model, tmp_path / "seg.safetensors")
     export_onnx(model, tmp_path / "seg.onnx", (1, 3, 32, 48), form="feature", dynamic_hw=True)
-    rc = main([
-        "validate", str(ckpt), str(tmp_path / "seg.onnx"), "--out-dir", str(tmp_path),
-        "--input-size", "40", "56", "--batch-sizes", "1", "2", "--dataset", "synthetic-seg", "--limit", "4",
-    ])
+    rc = main(
+        [
+            "validate",
+            str(ckpt),
+            str(tmp_path / "seg.onnx"),
+            "--out-dir",
+            str(tmp_path),
+            "--input-size",
+            "40",
+            "56",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--dataset",
+            "synthetic-seg",
+            "--limit",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     report = json.loads((tmp_path / "report.json").read_text())

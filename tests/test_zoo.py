@@ -28,15 +28,38 @@ TORCHVISION_PARAMS = {
 }
 # A few state-dict keys torchvision's models have (checkpoint compatibility).
 TORCHVISION_KEYS = {
-    "mobilenet_v2": ["features.0.0.weight", "features.1.conv.0.0.weight", "features.1.conv.1.weight",
-                     "features.2.conv.3.running_var", "features.18.1.bias", "classifier.1.weight"],
-    "shufflenet_v2_x1_0": ["conv1.0.weight", "stage2.0.branch1.0.weight", "stage2.0.branch2.6.running_mean",
-                           "stage4.3.branch2.5.weight", "conv5.1.weight", "fc.bias"],
-    "mobilenet_v3_large": ["features.0.1.weight", "features.1.block.0.0.weight", "features.4.block.2.fc1.weight",
-                           "features.4.block.3.1.running_mean", "features.16.0.weight", "classifier.3.weight"],
+    "mobilenet_v2": [
+        "features.0.0.weight",
+        "features.1.conv.0.0.weight",
+        "features.1.conv.1.weight",
+        "features.2.conv.3.running_var",
+        "features.18.1.bias",
+        "classifier.1.weight",
+    ],
+    "shufflenet_v2_x1_0": [
+        "conv1.0.weight",
+        "stage2.0.branch1.0.weight",
+        "stage2.0.branch2.6.running_mean",
+        "stage4.3.branch2.5.weight",
+        "conv5.1.weight",
+        "fc.bias",
+    ],
+    "mobilenet_v3_large": [
+        "features.0.1.weight",
+        "features.1.block.0.0.weight",
+        "features.4.block.2.fc1.weight",
+        "features.4.block.3.1.running_mean",
+        "features.16.0.weight",
+        "classifier.3.weight",
+    ],
     "mobilenet_v3_small": ["features.1.block.1.fc2.bias", "features.12.0.weight", "classifier.0.weight"],
-    "fcn_resnet50": ["backbone.conv1.weight", "backbone.layer4.2.conv3.weight", "classifier.0.weight",
-                     "classifier.1.running_var", "classifier.4.bias"],
+    "fcn_resnet50": [
+        "backbone.conv1.weight",
+        "backbone.layer4.2.conv3.weight",
+        "classifier.0.weight",
+        "classifier.1.running_var",
+        "classifier.4.bias",
+    ],
 }
 
 
@@ -75,8 +98,16 @@ def test_torchvision_state_dict_keys(name):
 
 def test_registry_pairs_every_dy_model_with_a_registered_baseline():
     dynamic = list_models(dynamic=True)
-    assert set(dynamic) >= {"dy_resnet18", "dy_resnet50", "dy_mobile", "dy_shufflenet_v2_x1_0", "dy_shufflenet_v2_x1_5",
-                            "dy_mobilenet_v3_small", "dy_mobilenet_v3_large", "dy_fcn_resnet50"}
+    assert set(dynamic) >= {
+        "dy_resnet18",
+        "dy_resnet50",
+        "dy_mobile",
+        "dy_shufflenet_v2_x1_0",
+        "dy_shufflenet_v2_x1_5",
+        "dy_mobilenet_v3_small",
+        "dy_mobilenet_v3_large",
+        "dy_fcn_resnet50",
+    }
     for name in dynamic:
         info = model_info(name)
         base = model_info(info.baseline)
@@ -189,7 +220,9 @@ def test_zoo_relative_differences_and_ratios_are_computed_right(zoo_json):
             base = rows[r["baseline"]]
             assert math.isclose(r["ratio_vs_baseline"], r["mflops"] / base["mflops"], rel_tol=1e-12)
             if base["paper_mflops"]:
-                assert math.isclose(r["paper_ratio_vs_baseline"], r["paper_mflops"] / base["paper_mflops"], rel_tol=1e-12)
+                assert math.isclose(
+                    r["paper_ratio_vs_baseline"], r["paper_mflops"] / base["paper_mflops"], rel_tol=1e-12
+                )
     assert rows["resnet50"]["params"] == TORCHVISION_PARAMS["resnet50"]
     assert rows["dy_mobile"]["dy_overhead_mflops"] > 0 and rows["mobilenet_v2"]["dy_overhead_mflops"] == 0
     assert math.isclose(rows["dy_mobilenet_v3_small"]["ratio_vs_baseline"], 1.0)
@@ -219,7 +252,9 @@ def test_zoo_cli_unknown_model_exits_1_without_traceback(capsys):
 def test_zoo_entry_point_runs():
     out = subprocess.run(
         [sys.executable, "-m", "dynet_deploy.cli", "zoo", "--json", "--model", "shufflenet_v2_x1_0"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)["models"]
@@ -246,7 +281,13 @@ def test_zoo_answers_from_its_cache_without_torch(tmp_path):
     seconds = float(second.stderr.split("SECONDS")[1])
     assert seconds < 2.0, f"cached zoo --model took {seconds:.2f} s"
     # An unknown name is still refused with suggestions from the cached list.
-    bad = subprocess.run([sys.executable, "-m", "dynet_deploy.cli", "zoo", "--model", "dy_resnt18"], capture_output=True, text=True, env=env, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dynet_deploy.cli", "zoo", "--model", "dy_resnt18"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "did you mean dy_resnet18" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -26,13 +26,17 @@ from torch import nn
 
 
 class CondConvStyle(nn.Module):
-    def __init__(self, in_ch, out_ch, k, stride=1, padding=0, dilation=1, groups=1, experts=4, bias=True, same_pad=False):
+    def __init__(
+        self, in_ch, out_ch, k, stride=1, padding=0, dilation=1, groups=1, experts=4, bias=True, same_pad=False
+    ):
         super().__init__()
         self.in_ch, self.out_ch, self.k, self.stride, self.padding = in_ch, out_ch, k, stride, padding
         self.dilation, self.groups, self.experts, self.same_pad = dilation, groups, experts, same_pad
         self.weight_shape = (out_ch, in_ch // groups, k, k)
         self.route = nn.Linear(in_ch, experts)
-        self.weight = nn.Parameter(torch.randn(experts, math.prod(self.weight_shape)) / math.sqrt(in_ch // groups * k * k))
+        self.weight = nn.Parameter(
+            torch.randn(experts, math.prod(self.weight_shape)) / math.sqrt(in_ch // groups * k * k)
+        )
         self.bias = nn.Parameter(torch.randn(experts, out_ch) * 0.1) if bias else None
 
     def forward(self, x):
@@ -52,7 +56,9 @@ class CondConvStyle(nn.Module):
 
 
 class DyCNNStyle(nn.Module):
-    def __init__(self, in_ch, out_ch, k, stride=1, padding=0, dilation=1, groups=1, K=4, temperature=30.0, bias=True, ratio=0.25):
+    def __init__(
+        self, in_ch, out_ch, k, stride=1, padding=0, dilation=1, groups=1, K=4, temperature=30.0, bias=True, ratio=0.25
+    ):
         super().__init__()
         hidden = max(4, int(in_ch * ratio))
         self.fc1 = nn.Conv2d(in_ch, hidden, 1, bias=False)
@@ -84,7 +90,9 @@ class ODConvStyle(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.fc = nn.Conv2d(in_ch, 8, 1, bias=False)
         self.kernel_fc = nn.Conv2d(8, kernel_num, 1)
-        self.weight = nn.Parameter(torch.randn(kernel_num, out_ch, in_ch // groups, k, k) / math.sqrt(in_ch // groups * k * k))
+        self.weight = nn.Parameter(
+            torch.randn(kernel_num, out_ch, in_ch // groups, k, k) / math.sqrt(in_ch // groups * k * k)
+        )
 
     def forward(self, x):
         b, c, h, w = x.size()

@@ -77,7 +77,14 @@ def exported(name: str, form: str, exporter: str = "torchscript"):
     if form == "feature":
         report = export_onnx(small_model(name), path, (1, 3, h, w), form="feature", dynamic_hw=seg, exporter=exporter)
     else:
-        report = export_onnx(small_model(name), path, (KERNEL_EXPORT_BATCH, 3, h, w), form="kernel", dynamic_batch=False, exporter=exporter)
+        report = export_onnx(
+            small_model(name),
+            path,
+            (KERNEL_EXPORT_BATCH, 3, h, w),
+            form="kernel",
+            dynamic_batch=False,
+            exporter=exporter,
+        )
     return path, report
 
 

@@ -14,24 +14,51 @@ from .timing import BUSY_FOREIGN_CORES
 
 
 def format_table(result: BenchResult) -> str:
-    header = ["model", "backend", "batch", "thr", "median ms", "p90 ms", "img/s", "peak MB", "+MB", "MFLOPs",
-              "roofline ms", "x roofline", "speedup", "FLOPs ratio", "load"]
+    header = [
+        "model",
+        "backend",
+        "batch",
+        "thr",
+        "median ms",
+        "p90 ms",
+        "img/s",
+        "peak MB",
+        "+MB",
+        "MFLOPs",
+        "roofline ms",
+        "x roofline",
+        "speedup",
+        "FLOPs ratio",
+        "load",
+    ]
     data = []
     for r in result.rows:
-        data.append([
-            r.model, r.backend, str(r.batch), str(r.threads), f"{r.latency['median_ms']:.2f}",
-            f"{r.latency['p90_ms']:.2f}", f"{r.throughput_ips:.1f}", f"{r.peak_rss_mb:.0f}", f"{r.rss_delta_mb:.0f}",
-            "-" if r.mflops is None else f"{r.mflops:.1f}", "-" if r.roofline_ms is None else f"{r.roofline_ms:.2f}",
-            "-" if r.vs_roofline is None else f"{r.vs_roofline:.2f}x",
-            "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x",
-            "-" if r.flops_ratio_vs_baseline is None else f"{r.flops_ratio_vs_baseline:.2f}x",
-            _load_cell(r),
-        ])
+        data.append(
+            [
+                r.model,
+                r.backend,
+                str(r.batch),
+                str(r.threads),
+                f"{r.latency['median_ms']:.2f}",
+                f"{r.latency['p90_ms']:.2f}",
+                f"{r.throughput_ips:.1f}",
+                f"{r.peak_rss_mb:.0f}",
+                f"{r.rss_delta_mb:.0f}",
+                "-" if r.mflops is None else f"{r.mflops:.1f}",
+                "-" if r.roofline_ms is None else f"{r.roofline_ms:.2f}",
+                "-" if r.vs_roofline is None else f"{r.vs_roofline:.2f}x",
+                "-" if r.speedup_vs_baseline is None else f"{r.speedup_vs_baseline:.2f}x",
+                "-" if r.flops_ratio_vs_baseline is None else f"{r.flops_ratio_vs_baseline:.2f}x",
+                _load_cell(r),
+            ]
+        )
     widths = [max(len(x) for x in col) for col in zip(header, *data)] if data else [len(h) for h in header]
     left = {0, 1}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in data]
     m = result.machine
@@ -48,11 +75,15 @@ def format_table(result: BenchResult) -> str:
         "the model; +MB: that minus the RSS before loading."
     )
     for p in result.peaks:
-        out.append(f"roofline, {p['threads']} thread(s): parameters / {p['bandwidth_gbs']:.1f} GB/s + batch x "
-                   f"multiply-adds / {p['peak_gmacs']:.1f} GMAC/s (both measured here with onnxruntime); x roofline: "
-                   "median / roofline")
-    out.append(f"load: 1-minute load average before -> after each pair's timing; '*': other processes used more than "
-               f"{BUSY_FOREIGN_CORES} of a core meanwhile, so the row is not a result")
+        out.append(
+            f"roofline, {p['threads']} thread(s): parameters / {p['bandwidth_gbs']:.1f} GB/s + batch x "
+            f"multiply-adds / {p['peak_gmacs']:.1f} GMAC/s (both measured here with onnxruntime); x roofline: "
+            "median / roofline"
+        )
+    out.append(
+        f"load: 1-minute load average before -> after each pair's timing; '*': other processes used more than "
+        f"{BUSY_FOREIGN_CORES} of a core meanwhile, so the row is not a result"
+    )
     if result.busy:
         out.append("THIS RUN WAS TAKEN ON A BUSY MACHINE: rows marked '*' must be re-measured on a quiet one.")
     load = m.get("load_average"), m.get("load_average_end")
@@ -87,7 +118,12 @@ def plot_png(result: BenchResult, path: str | Path) -> Path:
     path = check_output_path(path, BenchError)
     panels = sorted({(r.batch, r.threads) for r in result.rows}) or [(1, result.config["threads"][0])]
     backends = [b for b in BACKENDS if any(r.backend == b for r in result.rows)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.3 * len({r.model for r in result.rows}) + 3), 3.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(max(6.0, 1.3 * len({r.model for r in result.rows}) + 3), 3.6 * len(panels)),
+        squeeze=False,
+    )
     for ax, (batch, threads) in zip(axes[:, 0], panels):
         rows = [r for r in result.rows if r.batch == batch and r.threads == threads]
         models = list(dict.fromkeys(r.model for r in rows))
@@ -105,7 +141,13 @@ def plot_png(result: BenchResult, path: str | Path) -> Path:
             bars = ax.bar(xs, ys, width, yerr=[np.zeros(len(errs)), errs], label=backend, capsize=2)
             for bar, err, label in zip(bars, errs, labels):
                 if label:
-                    ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height() + err), ha="center", va="bottom", fontsize=7)
+                    ax.annotate(
+                        label,
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height() + err),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                    )
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("median latency (ms)")

@@ -61,8 +61,10 @@ def measure_peaks(threads: int, repeats: int = 7) -> MachinePeaks:
     big = numpy_helper.from_array(np.full(n, 0.5, np.float32), "big")  # values do not change a streaming read
     g = helper.make_graph(
         [helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0), helper.make_node("Add", ["s", "x"], ["y"])],
-        "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], initializer=[big],
+        "stream",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        initializer=[big],
     )
     sess = _session(g, threads, optimize=False)
     feeds = {"x": np.zeros((), np.float32)}
@@ -71,9 +73,11 @@ def measure_peaks(threads: int, repeats: int = 7) -> MachinePeaks:
     m = GEMM_SIZE
     w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((m, m), dtype=np.float32), "w")
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["c"])], "gemm",
+        [helper.make_node("MatMul", ["a", "w"], ["c"])],
+        "gemm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, m])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, m])], initializer=[w],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, m])],
+        initializer=[w],
     )
     sess = _session(g, threads, optimize=True)
     feeds = {"a": np.random.default_rng(2).standard_normal((m, m), dtype=np.float32)}

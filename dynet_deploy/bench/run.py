@@ -16,7 +16,6 @@ from ..errors import BenchError, DynetDeployError
 from .roofline import MachinePeaks, measure_peaks, roofline_ms
 from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
 
-
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-fused", "onnxruntime-cuda", "tensorrt")
 
 
@@ -248,7 +247,11 @@ class _Artefacts:
 
             c = read_graph_input(user.onnx).shape[1]
             return c if isinstance(c, int) and c > 0 else 3
-        kwargs = getattr(self.model(name), "zoo_kwargs", {}) if user is not None else self.cfg.model_kwargs.get(name or "", {})
+        kwargs = (
+            getattr(self.model(name), "zoo_kwargs", {})
+            if user is not None
+            else self.cfg.model_kwargs.get(name or "", {})
+        )
         return int(kwargs.get("in_chans", 3))
 
     def input_shape(self, batch: int, name: str | None = None) -> tuple[int, int, int, int]:
@@ -267,7 +270,13 @@ class _Artefacts:
             key = (name, "portable", 0)
             if key not in self._graphs:
                 path = self.workdir / f"{name}.portable.onnx"
-                export_onnx(self.model(name), path, self.input_shape(max(self.cfg.batch_sizes), name), form="feature", dynamic_batch=True)
+                export_onnx(
+                    self.model(name),
+                    path,
+                    self.input_shape(max(self.cfg.batch_sizes), name),
+                    form="feature",
+                    dynamic_batch=True,
+                )
                 self._graphs[key] = path
             return self._graphs[key], "standard export" + (" (feature form, dynamic batch)" if dynamic else "")
         if kind == "deploy":
@@ -328,7 +337,16 @@ def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, thread
     return _Runner(run, graph)
 
 
-def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, threads: int, kind: str, providers: list[str] | None, custom_op: bool) -> _Runner:
+def _open_onnxruntime(
+    art: _Artefacts,
+    name: str,
+    batch: int,
+    cfg: BenchConfig,
+    threads: int,
+    kind: str,
+    providers: list[str] | None,
+    custom_op: bool,
+) -> _Runner:
     """A session through :class:`~dynet_deploy.runtimes.onnxruntime_runtime.OnnxruntimeRunner` (threads, one
     inter-op thread, optimisation level "all") with the worker-spinning policy: interleaved sessions each keep their
     own pool, and the idle pool's spinning workers compete with the running one for the cores. The
@@ -339,8 +357,9 @@ def _open_onnxruntime(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, 
     path, graph = art.graph(name, kind, batch)
     x = _input(art.input_shape(batch, name))
     try:
-        runner = OnnxruntimeRunner(path, threads=threads, providers=providers,
-                                   spinning=None if custom_op else cfg.ort_spinning)
+        runner = OnnxruntimeRunner(
+            path, threads=threads, providers=providers, spinning=None if custom_op else cfg.ort_spinning
+        )
         feeds = {runner.input_names[0]: x}
         runner.check_inputs(feeds)
     except RuntimeBackendError as exc:
@@ -398,8 +417,13 @@ def _graph_kind(name: str, backend: str, cfg: BenchConfig | None = None) -> str 
         return "given"  # the file itself, whatever the backend
     if not art_is_dynamic(name, cfg):
         return "portable"  # a static model has one graph on every onnxruntime backend and TensorRT
-    return {"onnxruntime": "deploy", "onnxruntime-portable": "portable", "onnxruntime-cuda": "portable",
-            "onnxruntime-fused": "fused", "tensorrt": "fused"}[backend]
+    return {
+        "onnxruntime": "deploy",
+        "onnxruntime-portable": "portable",
+        "onnxruntime-cuda": "portable",
+        "onnxruntime-fused": "fused",
+        "tensorrt": "fused",
+    }[backend]
 
 
 def prepare(art: _Artefacts, name: str, backend: str, batch: int) -> None:
@@ -474,17 +498,27 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
             for unit in units:
                 for backend in cfg.backends:
                     for batch in cfg.batch_sizes:
-                        rows += _time_unit(art, cfg, unit, backend, batch, threads, peaks.get(threads), memory,
-                                           skipped, log)
+                        rows += _time_unit(
+                            art, cfg, unit, backend, batch, threads, peaks.get(threads), memory, skipped, log
+                        )
     machine["load_average_end"] = machine_info()["load_average"]
     config = asdict(cfg)
     config["input_size"] = list(cfg.input_size)
     return BenchResult(machine, config, rows, skipped, memory.method, [p.to_dict() for p in peaks.values()])
 
 
-def _time_unit(art: _Artefacts, cfg: BenchConfig, unit: list[str], backend: str, batch: int, threads: int,
-               peaks: MachinePeaks | None, memory: PeakMemory, skipped: list[dict[str, str]],
-               log: Callable[[str], None]) -> list[BenchRow]:
+def _time_unit(
+    art: _Artefacts,
+    cfg: BenchConfig,
+    unit: list[str],
+    backend: str,
+    batch: int,
+    threads: int,
+    peaks: MachinePeaks | None,
+    memory: PeakMemory,
+    skipped: list[dict[str, str]],
+    log: Callable[[str], None],
+) -> list[BenchRow]:
     """One pair (or single model) on one backend, batch and thread count: open, warm up, time interleaved."""
     runners: dict[str, _Runner] = {}
     mem: dict[str, tuple[float, float]] = {}
@@ -508,7 +542,9 @@ def _time_unit(art: _Artefacts, cfg: BenchConfig, unit: list[str], backend: str,
         runners.clear()
         gc.collect()
         return []
-    log(f"timing {' vs '.join(unit)} on {backend}, batch {batch}, {threads} thread(s): {cfg.repeats} interleaved rounds")
+    log(
+        f"timing {' vs '.join(unit)} on {backend}, batch {batch}, {threads} thread(s): {cfg.repeats} interleaved rounds"
+    )
     load = ForeignLoad().start()
     samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
     load.stop()
@@ -519,14 +555,30 @@ def _time_unit(art: _Artefacts, cfg: BenchConfig, unit: list[str], backend: str,
         stats = latency_stats(samples[name])
         fl = art.flops(name)  # None for a given ONNX file
         pbytes = art.param_bytes(name)
-        roof = None if peaks is None or backend == "torch" or fl is None else roofline_ms(pbytes, fl.total_macs, batch, peaks)
+        roof = (
+            None
+            if peaks is None or backend == "torch" or fl is None
+            else roofline_ms(pbytes, fl.total_macs, batch, peaks)
+        )
         unit_rows[name] = BenchRow(
-            model=name, backend=backend, batch=batch, graph=runners[name].graph, latency=stats,
-            throughput_ips=batch / (stats["median_ms"] / 1e3), peak_rss_mb=mem[name][0],
-            rss_delta_mb=mem[name][1], mflops=None if fl is None else fl.conv_linear_macs / 1e6,
-            mflops_with_overhead=None if fl is None else fl.total_macs / 1e6, threads=threads, param_mb=pbytes / 1e6, roofline_ms=roof,
-            vs_roofline=None if roof is None else stats["median_ms"] / roof, load_before=load.load_before,
-            load_after=load.load_after, foreign_cores=load.foreign_cores, busy=load.busy,
+            model=name,
+            backend=backend,
+            batch=batch,
+            graph=runners[name].graph,
+            latency=stats,
+            throughput_ips=batch / (stats["median_ms"] / 1e3),
+            peak_rss_mb=mem[name][0],
+            rss_delta_mb=mem[name][1],
+            mflops=None if fl is None else fl.conv_linear_macs / 1e6,
+            mflops_with_overhead=None if fl is None else fl.total_macs / 1e6,
+            threads=threads,
+            param_mb=pbytes / 1e6,
+            roofline_ms=roof,
+            vs_roofline=None if roof is None else stats["median_ms"] / roof,
+            load_before=load.load_before,
+            load_after=load.load_after,
+            foreign_cores=load.foreign_cores,
+            busy=load.busy,
         )
     runners.clear()
     gc.collect()

@@ -12,7 +12,6 @@ import numpy as np
 
 from ..errors import BenchError
 
-
 SEED = 0
 
 
@@ -176,9 +175,12 @@ class ForeignLoad:
     (which includes this benchmark's own threads). ``foreign_cores`` is None where /proc/stat is absent.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter,
-                 machine_cpu: Callable[[], float | None] = _busy_cpu_seconds,
-                 own_cpu: Callable[[], float] = _own_cpu_seconds) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.perf_counter,
+        machine_cpu: Callable[[], float | None] = _busy_cpu_seconds,
+        own_cpu: Callable[[], float] = _own_cpu_seconds,
+    ) -> None:
         self.load_before: float | None = None
         self.load_after: float | None = None
         self.foreign_cores: float | None = None

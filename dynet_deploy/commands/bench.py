@@ -30,32 +30,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "baseline, and its speedup is printed next to its FLOPs ratio. Writes bench.txt, bench.json and bench.png "
         "to --out-dir. Absent backends (CUDA, TensorRT) are skipped with the reason.",
     )
-    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
-                   help=f"zoo models (a Dy model brings its baseline); default: {' '.join(DEFAULT_MODELS)}, or none "
-                   "when --checkpoint or --onnx is given")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT",
-                   help="your own checkpoint (repeatable): timed on every backend like a zoo model; a Dy checkpoint is "
-                   "paired with its static baseline built with the same arguments")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"zoo models (a Dy model brings its baseline); default: {' '.join(DEFAULT_MODELS)}, or none "
+        "when --checkpoint or --onnx is given",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="CKPT",
+        help="your own checkpoint (repeatable): timed on every backend like a zoo model; a Dy checkpoint is "
+        "paired with its static baseline built with the same arguments",
+    )
     p.add_argument("--model-args", metavar="JSON", help="create_model keyword arguments for --checkpoint, as JSON")
-    p.add_argument("--onnx", action="append", default=[], metavar="FILE",
-                   help="your own ONNX graph, portable or fused (repeatable): timed on the onnxruntime backends and TensorRT")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1")
-    p.add_argument("--threads", type=int, nargs="+", default=[DEFAULT_THREADS], metavar="N",
-                   help=f"intra-op threads for every backend; several counts run one pass each, e.g. '2 1' "
-                   f"(default {DEFAULT_THREADS})")
-    p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS), choices=BACKENDS, metavar="BACKEND",
-                   help=f"from {', '.join(BACKENDS)}; default: {' '.join(DEFAULT_BACKENDS)}")
-    p.add_argument("--input-size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                   help="default: a --checkpoint's recorded input size, a --onnx graph's fixed size, else 224 224")
-    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed rounds per model (default {DEFAULT_REPEATS})")
-    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs per model first (default {DEFAULT_WARMUP})")
-    p.add_argument("--dy-form", default="auto", choices=["auto", "feature", "kernel", "matmul", "matmul-nchwc"],
-                   help="the graph the 'onnxruntime' backend runs for Dy models (default auto: the fastest, "
-                   "matmul-nchwc where onnxruntime has NCHWc kernels, else matmul)")
-    p.add_argument("--ort-spinning", action="store_true",
-                   help="let onnxruntime's idle worker threads spin (its default); off by default because the "
-                   "interleaved sessions' spinning workers take cores from each other")
-    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where bench.txt/json/png go (default {DEFAULT_OUT_DIR})")
+    p.add_argument(
+        "--onnx",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="your own ONNX graph, portable or fused (repeatable): timed on the onnxruntime backends and TensorRT",
+    )
+    p.add_argument(
+        "--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_THREADS],
+        metavar="N",
+        help=f"intra-op threads for every backend; several counts run one pass each, e.g. '2 1' "
+        f"(default {DEFAULT_THREADS})",
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(DEFAULT_BACKENDS),
+        choices=BACKENDS,
+        metavar="BACKEND",
+        help=f"from {', '.join(BACKENDS)}; default: {' '.join(DEFAULT_BACKENDS)}",
+    )
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("H", "W"),
+        help="default: a --checkpoint's recorded input size, a --onnx graph's fixed size, else 224 224",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed rounds per model (default {DEFAULT_REPEATS})"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=DEFAULT_WARMUP, help=f"untimed runs per model first (default {DEFAULT_WARMUP})"
+    )
+    p.add_argument(
+        "--dy-form",
+        default="auto",
+        choices=["auto", "feature", "kernel", "matmul", "matmul-nchwc"],
+        help="the graph the 'onnxruntime' backend runs for Dy models (default auto: the fastest, "
+        "matmul-nchwc where onnxruntime has NCHWc kernels, else matmul)",
+    )
+    p.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="let onnxruntime's idle worker threads spin (its default); off by default because the "
+        "interleaved sessions' spinning workers take cores from each other",
+    )
+    p.add_argument(
+        "--out-dir", default=DEFAULT_OUT_DIR, help=f"where bench.txt/json/png go (default {DEFAULT_OUT_DIR})"
+    )
     p.add_argument("--keep-onnx", metavar="DIR", help="keep the exported graphs in DIR (default: a temporary folder)")
     p.set_defaults(func=run)
 
@@ -79,7 +127,9 @@ def check_out_dir(out_dir: str, error=None) -> None:
     if not probe.is_dir():
         raise BenchError(f"--out-dir {out_dir!r} cannot be created: {str(probe)!r} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise BenchError(f"--out-dir {out_dir!r} is not writable ({str(probe)!r} is not writable); choose another folder")
+        raise BenchError(
+            f"--out-dir {out_dir!r} is not writable ({str(probe)!r} is not writable); choose another folder"
+        )
 
 
 def check_backends_present(backends: list[str]) -> None:
@@ -118,7 +168,9 @@ def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] |
         try:
             model_args = json.loads(args.model_args)
         except json.JSONDecodeError as exc:
-            raise BenchError(f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'") from None
+            raise BenchError(
+                f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'"
+            ) from None
         if not isinstance(model_args, dict):
             raise BenchError(f"--model-args must be a JSON object, got a {type(model_args).__name__}")
     users: dict = {}
@@ -161,8 +213,10 @@ def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] |
     size = None
     if sizes:
         if len(set(sizes)) > 1 and args.input_size is None:
-            raise BenchError(f"the given models take different input sizes ({sorted(set(sizes))}); pass --input-size H W "
-                             f"or bench them in separate runs")
+            raise BenchError(
+                f"the given models take different input sizes ({sorted(set(sizes))}); pass --input-size H W "
+                f"or bench them in separate runs"
+            )
         size = sizes[0]
     return users, baseline_kwargs, size
 
@@ -178,10 +232,18 @@ def run(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else (implied_size or (224, 224))
     models = list(args.models) if args.models is not None else ([] if users else list(DEFAULT_MODELS))
     cfg = BenchConfig(
-        models=models + list(users), batch_sizes=list(args.batch_sizes), threads=list(args.threads), backends=list(args.backends),
-        input_size=(size[0], size[1]), repeats=args.repeats, warmup=args.warmup,
-        dy_form=args.dy_form, ort_spinning=args.ort_spinning, keep_onnx_dir=args.keep_onnx,
-        model_kwargs=baseline_kwargs, user_models=users,
+        models=models + list(users),
+        batch_sizes=list(args.batch_sizes),
+        threads=list(args.threads),
+        backends=list(args.backends),
+        input_size=(size[0], size[1]),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dy_form=args.dy_form,
+        ort_spinning=args.ort_spinning,
+        keep_onnx_dir=args.keep_onnx,
+        model_kwargs=baseline_kwargs,
+        user_models=users,
     )
     cfg.validate()
     check_out_dir(args.out_dir)

@@ -26,8 +26,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("onnx", metavar="MODEL.plugin.onnx", help="fused ONNX from 'dynet-deploy fuse'")
     p.add_argument("-o", "--output", help="engine path (default: the ONNX name with .engine)")
-    p.add_argument("--recipe", metavar="RECIPE.json",
-                   help="take the batch profile from a deployment recipe (export/*.json); flags still override it")
+    p.add_argument(
+        "--recipe",
+        metavar="RECIPE.json",
+        help="take the batch profile from a deployment recipe (export/*.json); flags still override it",
+    )
     p.add_argument("--min-batch", type=int, default=None, help="default: the recipe's, else 1")
     p.add_argument("--opt-batch", type=int, default=None, help="default: the recipe's, else max-batch")
     p.add_argument("--max-batch", type=int, default=None, help="default: the recipe's, else 8")
@@ -35,8 +38,11 @@ def register(subparsers) -> None:
     p.add_argument("--opt-hw", type=_hw, help="opt HxW (default: max-hw)")
     p.add_argument("--max-hw", type=_hw, help="max HxW")
     p.add_argument("--fp16", action="store_true", help="fp16 engine via an fp16 ONNX conversion (plugin node kept)")
-    p.add_argument("--legacy-fp16-flag", action="store_true",
-                   help="TensorRT 10.x only: fp32 ONNX + BuilderFlag.FP16 instead of the fp16 ONNX")
+    p.add_argument(
+        "--legacy-fp16-flag",
+        action="store_true",
+        help="TensorRT 10.x only: fp32 ONNX + BuilderFlag.FP16 instead of the fp16 ONNX",
+    )
     p.add_argument("--save-fp16-onnx", metavar="PATH", help="also write the fp16 ONNX used for the build")
     p.add_argument("--plugin-lib", metavar="PATH", help="TensorRT plugin library (default: the one in build/)")
     p.add_argument("--timing-cache", metavar="PATH", help="timing cache to read and update")
@@ -101,20 +107,35 @@ def run(args: argparse.Namespace) -> int:
         raise BuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
     inputs = [onnx_path, args.plugin_lib]
     if args.save_fp16_onnx:
-        check_output_path(args.save_fp16_onnx, BuildError, inputs=[*inputs, args.timing_cache], suffixes=(".onnx",), why="an ONNX graph")
+        check_output_path(
+            args.save_fp16_onnx,
+            BuildError,
+            inputs=[*inputs, args.timing_cache],
+            suffixes=(".onnx",),
+            why="an ONNX graph",
+        )
     if args.timing_cache:
         check_output_path(args.timing_cache, BuildError, inputs=inputs)
     out = Path(args.output) if args.output else default_engine_path(onnx_path)
     check_output_path(out, BuildError, inputs=[*inputs, args.timing_cache, args.save_fp16_onnx])
     res = build_engine(
-        onnx_path, out, profile=profile, fp16=args.fp16, legacy_fp16_flag=args.legacy_fp16_flag,
-        plugin_library=args.plugin_lib, timing_cache=args.timing_cache, workspace_mib=args.workspace_mib,
-        save_fp16_onnx=args.save_fp16_onnx, verbose=args.verbose,
+        onnx_path,
+        out,
+        profile=profile,
+        fp16=args.fp16,
+        legacy_fp16_flag=args.legacy_fp16_flag,
+        plugin_library=args.plugin_lib,
+        timing_cache=args.timing_cache,
+        workspace_mib=args.workspace_mib,
+        save_fp16_onnx=args.save_fp16_onnx,
+        verbose=args.verbose,
     )
     precision = "fp16" if res.fp16 else "fp32"
     typing = "strongly typed" if res.strongly_typed else "weakly typed"
-    print(f"wrote {res.engine_path} (TensorRT {res.tensorrt_version}, {precision}, {typing}, "
-          f"batch {profile.batch}, plugin {res.plugin_library})")
+    print(
+        f"wrote {res.engine_path} (TensorRT {res.tensorrt_version}, {precision}, {typing}, "
+        f"batch {profile.batch}, plugin {res.plugin_library})"
+    )
     if res.timing_cache:
         print(f"timing cache: {res.timing_cache}")
     return 0

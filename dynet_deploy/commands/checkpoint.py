@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     )
     inspect.add_argument("ckpt", metavar="CKPT", help="NAME.safetensors, NAME.json, or a .pt/.pth state dict")
     inspect.add_argument("--model", help="zoo model name (needed for a state dict without a .json beside it)")
-    inspect.add_argument("--model-args", help='create_model keyword arguments as JSON, e.g. \'{"num_classes": 10}\'')
+    inspect.add_argument("--model-args", help="create_model keyword arguments as JSON, e.g. '{\"num_classes\": 10}'")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(func=run)
 
@@ -41,9 +41,12 @@ def register(subparsers) -> None:
     convert.add_argument("--model", help="zoo model name the weights belong to")
     convert.add_argument("--model-args", help="create_model keyword arguments as JSON")
     convert.add_argument("-o", "--output", required=True, metavar="OUT", help="output path, NAME.safetensors")
-    convert.add_argument("--metadata", metavar="JSON",
-                         help='entries to add to the metadata carried over from IN\'s config, as a JSON object, e.g. '
-                         '\'{"dataset": "fashion-mnist", "input_size": [28, 28]}\'')
+    convert.add_argument(
+        "--metadata",
+        metavar="JSON",
+        help="entries to add to the metadata carried over from IN's config, as a JSON object, e.g. "
+        '\'{"dataset": "fashion-mnist", "input_size": [28, 28]}\'',
+    )
     convert.set_defaults(func=run)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -55,7 +58,9 @@ def _parse_model_args(text: str | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'") from None
+        raise CheckpointError(
+            f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'"
+        ) from None
     if not isinstance(value, dict):
         raise CheckpointError(f"--model-args must be a JSON object of keyword arguments, got a {type(value).__name__}")
     return value
@@ -67,7 +72,9 @@ def _parse_metadata(text: str | None) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"--metadata is not valid JSON ({exc.msg}); give an object, e.g. '{{\"dataset\": \"fashion-mnist\"}}'") from None
+        raise CheckpointError(
+            f'--metadata is not valid JSON ({exc.msg}); give an object, e.g. \'{{"dataset": "fashion-mnist"}}\''
+        ) from None
     if not isinstance(value, dict):
         raise CheckpointError(f"--metadata must be a JSON object, got a {type(value).__name__}")
     try:
@@ -118,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.src, model_name=args.model, model_args=model_args)
         # Carry the source's metadata (data set, normalisation, input size, accuracy): export and validate read it.
         src_config_path = Path(args.src).with_suffix(".json") if Path(args.src).suffix != ".json" else Path(args.src)
-        metadata = dict(read_checkpoint_config(src_config_path).get("metadata") or {}) if src_config_path.is_file() else {}
+        metadata = (
+            dict(read_checkpoint_config(src_config_path).get("metadata") or {}) if src_config_path.is_file() else {}
+        )
         metadata.setdefault("converted_from", Path(args.src).name)
         metadata.update(extra)
         state = model.state_dict()
@@ -126,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise CheckpointError(_non_finite_message(args.src, bad, state) + "; nothing was written")
         out = save_checkpoint(model, args.output, metadata=metadata)
-        print(f"wrote {out} and {out.with_suffix('.json')} ({model.zoo_name}; metadata: {', '.join(sorted(metadata)) or 'none'})")
+        print(
+            f"wrote {out} and {out.with_suffix('.json')} ({model.zoo_name}; metadata: {', '.join(sorted(metadata)) or 'none'})"
+        )
         return 0
 
     from ..graph import check_readable_file
@@ -182,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
 def _non_finite_message(path, bad: dict[str, int], state: dict) -> str:
     total = sum(t.numel() for t in state.values() if t.is_floating_point())
     values = sum(bad.values())
-    names = ", ".join(sorted(bad, key=lambda k: -bad[k])[:5]) + (f", ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+    names = ", ".join(sorted(bad, key=lambda k: -bad[k])[:5]) + (
+        f", ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+    )
     return (
         f"checkpoint {str(path)!r} holds NaN/Inf: {values:,} of {total:,} floating-point values "
         f"({100 * values / max(total, 1):.1f} %) in {len(bad)} tensor{'s' if len(bad) != 1 else ''} ({names}); "

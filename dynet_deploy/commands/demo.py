@@ -14,7 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Fashion-MNIST) through 'dynet-deploy deploy' and prints the closing tables. Without Debian's "
         "dataset-fashion-mnist package it falls back to sklearn's digits and says so.",
     )
-    p.add_argument("--out-dir", default="out/demo", help="where the artifacts and report.json go (default: out/demo; a previous demo there is replaced)")
+    p.add_argument(
+        "--out-dir",
+        default="out/demo",
+        help="where the artifacts and report.json go (default: out/demo; a previous demo there is replaced)",
+    )
     p.add_argument("--dataset", choices=["auto", "fashion-mnist", "digits"], default="auto")
     p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and onnxruntime (default: 2)")
     p.add_argument("--limit", type=int, help="use only the first N test images")

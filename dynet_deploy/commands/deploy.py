@@ -19,13 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out-dir", help="output folder (default: out/<recipe name>); must be new or empty")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--triton", action="store_true", help="also write a Triton model repository (triton/)")
-    p.add_argument("--op-library-dir", metavar="DIR",
-                   help="with --triton: where the onnxruntime op library is installed on the server (default: "
-                   "name it bare, found on LD_LIBRARY_PATH)")
+    p.add_argument(
+        "--op-library-dir",
+        metavar="DIR",
+        help="with --triton: where the onnxruntime op library is installed on the server (default: "
+        "name it bare, found on LD_LIBRARY_PATH)",
+    )
     p.add_argument("--plugin-dir", metavar="DIR", help="with --triton: where the TensorRT plugin library is installed")
     p.add_argument("--dataset", choices=["fashion-mnist", "digits", "auto"], help="override the recipe's data set")
     p.add_argument("--limit", type=int, help="use only the first N samples of the data set")
-    p.add_argument("--threads", type=int, help="threads for PyTorch and onnxruntime (default: the recipe's latency.threads)")
+    p.add_argument(
+        "--threads", type=int, help="threads for PyTorch and onnxruntime (default: the recipe's latency.threads)"
+    )
     p.add_argument("--json", action="store_true", help="print report.json instead of report.txt")
     p.set_defaults(func=run)
 
@@ -45,9 +50,17 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise RecipeError(f"--threads must be >= 1, got {args.threads}")
     G_LOGGER.module_severity = G_LOGGER.ERROR
-    res = run_deploy(recipe, args.out_dir, triton=args.triton, force=args.force, dataset=args.dataset,
-                     limit=args.limit, threads=args.threads, op_library_dir=args.op_library_dir,
-                     plugin_library_dir=args.plugin_dir)
+    res = run_deploy(
+        recipe,
+        args.out_dir,
+        triton=args.triton,
+        force=args.force,
+        dataset=args.dataset,
+        limit=args.limit,
+        threads=args.threads,
+        op_library_dir=args.op_library_dir,
+        plugin_library_dir=args.plugin_dir,
+    )
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=float))
     else:

@@ -71,10 +71,19 @@ def collect() -> list[Check]:
                 names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
                 detail = f"CUDA {torch.version.cuda}: {names}"
             else:
-                detail = ("CPU-only PyTorch build" if torch.version.cuda is None
-                          else f"built for CUDA {torch.version.cuda}, but no usable GPU/driver")
-            checks.append(Check("CUDA GPU (torch.cuda)", cuda_ok, detail,
-                                "GPU runs: scripts/gpu_check.sh, the CUDA kernels, TensorRT engines"))
+                detail = (
+                    "CPU-only PyTorch build"
+                    if torch.version.cuda is None
+                    else f"built for CUDA {torch.version.cuda}, but no usable GPU/driver"
+                )
+            checks.append(
+                Check(
+                    "CUDA GPU (torch.cuda)",
+                    cuda_ok,
+                    detail,
+                    "GPU runs: scripts/gpu_check.sh, the CUDA kernels, TensorRT engines",
+                )
+            )
         except Exception as exc:  # a broken torch install should be reported, not crash the doctor
             checks.append(Check("CUDA GPU (torch.cuda)", False, f"torch import failed: {exc}", "GPU runs"))
     package("onnx", "export, fuse, fp16 conversion", required=True)
@@ -82,8 +91,11 @@ def collect() -> list[Check]:
         try:
             import onnxruntime as ort
 
-            checks.append(Check("onnxruntime providers", True, ", ".join(ort.get_available_providers()),
-                                "GPU execution providers"))
+            checks.append(
+                Check(
+                    "onnxruntime providers", True, ", ".join(ort.get_available_providers()), "GPU execution providers"
+                )
+            )
         except Exception as exc:
             checks.append(Check("onnxruntime providers", False, f"import failed: {exc}", "onnxruntime runs"))
     package("onnx-graphsurgeon", "fuse (DyNetDynamicConv2d rewrite)")
@@ -103,11 +115,17 @@ def collect() -> list[Check]:
     for label, path, disables in (
         ("CPU reference library", plugin_lib.cpu_library_path(), "the C++ reference checks (run 'make plugins')"),
         ("CUDA kernel library", plugin_lib.cuda_library_path(), "CUDA kernel checks and timings (needs nvcc)"),
-        ("onnxruntime op library", plugin_lib.find_library("libdynet_dynamic_conv_ort.so"),
-         "running fused (DyNetDynamicConv2d) graphs on onnxruntime (needs onnxruntime's headers at build time: "
-         "'make plugins' fetches them)"),
-        ("TensorRT plugin library", plugin_lib.tensorrt_plugin_path(),
-         "building and running engines with DyNetDynamicConv2d (needs TensorRT at build time: -DTensorRT_ROOT=...)"),
+        (
+            "onnxruntime op library",
+            plugin_lib.find_library("libdynet_dynamic_conv_ort.so"),
+            "running fused (DyNetDynamicConv2d) graphs on onnxruntime (needs onnxruntime's headers at build time: "
+            "'make plugins' fetches them)",
+        ),
+        (
+            "TensorRT plugin library",
+            plugin_lib.tensorrt_plugin_path(),
+            "building and running engines with DyNetDynamicConv2d (needs TensorRT at build time: -DTensorRT_ROOT=...)",
+        ),
     ):
         checks.append(Check(label, path is not None, str(path) if path else f"not built (looked in {where})", disables))
 
@@ -115,11 +133,23 @@ def collect() -> list[Check]:
     try:
         import tensorrt as trt
 
-        checks.append(Check("TensorRT (python)", True, f"{trt.__version__} at {trt.__file__}",
-                            "dynet-deploy build, validate/bench --backend tensorrt"))
+        checks.append(
+            Check(
+                "TensorRT (python)",
+                True,
+                f"{trt.__version__} at {trt.__file__}",
+                "dynet-deploy build, validate/bench --backend tensorrt",
+            )
+        )
     except ImportError as exc:
-        checks.append(Check("TensorRT (python)", False, f"import tensorrt failed: {exc}",
-                            "dynet-deploy build, validate/bench --backend tensorrt"))
+        checks.append(
+            Check(
+                "TensorRT (python)",
+                False,
+                f"import tensorrt failed: {exc}",
+                "dynet-deploy build, validate/bench --backend tensorrt",
+            )
+        )
     return checks
 
 

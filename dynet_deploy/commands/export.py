@@ -14,21 +14,54 @@ def register(subparsers) -> None:
         "any batch size; --form kernel: kernel fusion + batch-as-groups conv at a fixed batch, as public "
         "implementations export. Either form is what `dynet-deploy fuse` rewrites into DyNetDynamicConv2d nodes.",
     )
-    p.add_argument("ckpt", nargs="?", metavar="CKPT", help="NAME.safetensors / NAME.json checkpoint, or a .pt/.pth state dict")
+    p.add_argument(
+        "ckpt", nargs="?", metavar="CKPT", help="NAME.safetensors / NAME.json checkpoint, or a .pt/.pth state dict"
+    )
     p.add_argument("-o", "--output", required=True, help="output .onnx path (its folder must exist)")
     p.add_argument("--model", help="zoo model name: for a state dict without config, or alone for a random model")
-    p.add_argument("--model-args", help='create_model keyword arguments as JSON, e.g. \'{"num_classes": 10}\'')
-    p.add_argument("--form", choices=("feature", "kernel"), default="feature", help="export form of the dynamic convs (default: feature)")
-    p.add_argument("--batch", type=int, default=1, help="example batch; the fixed batch of a --static graph (default 1)")
+    p.add_argument("--model-args", help="create_model keyword arguments as JSON, e.g. '{\"num_classes\": 10}'")
+    p.add_argument(
+        "--form",
+        choices=("feature", "kernel"),
+        default="feature",
+        help="export form of the dynamic convs (default: feature)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="example batch; the fixed batch of a --static graph (default 1)"
+    )
     dyn = p.add_mutually_exclusive_group()
-    dyn.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=None, help="symbolic batch (default for --form feature)")
-    dyn.add_argument("--static", dest="dynamic_batch", action="store_false", help="fixed batch (default, and the only choice, for --form kernel)")
+    dyn.add_argument(
+        "--dynamic-batch",
+        dest="dynamic_batch",
+        action="store_true",
+        default=None,
+        help="symbolic batch (default for --form feature)",
+    )
+    dyn.add_argument(
+        "--static",
+        dest="dynamic_batch",
+        action="store_false",
+        help="fixed batch (default, and the only choice, for --form kernel)",
+    )
     hw = p.add_mutually_exclusive_group()
-    hw.add_argument("--dynamic-hw", dest="dynamic_hw", action="store_true", default=None, help="symbolic H and W (default for segmentation models)")
+    hw.add_argument(
+        "--dynamic-hw",
+        dest="dynamic_hw",
+        action="store_true",
+        default=None,
+        help="symbolic H and W (default for segmentation models)",
+    )
     hw.add_argument("--static-hw", dest="dynamic_hw", action="store_false", help="fixed H and W")
-    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript", help="torch.onnx exporter (default: torchscript)")
+    p.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="torch.onnx exporter (default: torchscript)",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (the dynamo exporter emits >= 18)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width (default: the zoo entry's)")
+    p.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width (default: the zoo entry's)"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check on a random input")
     p.set_defaults(func=run)
 
@@ -41,7 +74,9 @@ def _model_args(text: str | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ExportError(f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'") from None
+        raise ExportError(
+            f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"num_classes\": 10}}'"
+        ) from None
     if not isinstance(value, dict):
         raise ExportError(f"--model-args must be a JSON object, got a {type(value).__name__}")
     return value
@@ -66,7 +101,9 @@ def load_model(ckpt: str | None, model: str | None, model_args_json: str | None)
                 name = None
         return net, name, zoo_args, f"checkpoint {ckpt}"
     if not model:
-        raise ExportError("give a checkpoint (CKPT) or a zoo model name (--model NAME) to export a randomly initialised model")
+        raise ExportError(
+            "give a checkpoint (CKPT) or a zoo model name (--model NAME) to export a randomly initialised model"
+        )
     net = create_model(model, **(args or {})).eval()
     return net, model, args or {}, "randomly initialised weights (no checkpoint given)"
 
@@ -78,7 +115,9 @@ def _max_opset(exporter: str) -> int:
     except ImportError:  # torch moved it: let the exporter decide
         return 10**6
     if exporter == "torchscript":
-        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 10**6)))
+        return int(
+            getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 10**6))
+        )
     return int(getattr(_constants, "ONNX_MAX_OPSET", 10**6))
 
 
@@ -87,7 +126,9 @@ CHECK_REL_TOL = 1e-4
 CHECK_ABS_TOL = 1e-4
 
 
-def checkpoint_defaults(ckpt: str | None, name: str | None, zoo_args: dict | None) -> tuple[tuple[int, int] | None, int | None, str]:
+def checkpoint_defaults(
+    ckpt: str | None, name: str | None, zoo_args: dict | None
+) -> tuple[tuple[int, int] | None, int | None, str]:
     """(input H W, input channels, where they came from) recorded with a checkpoint, else (None, None, "")."""
     from ..checkpoint import read_checkpoint_config
     from ..data import dataset_info
@@ -128,7 +169,9 @@ def run(args) -> int:
     from ..models import model_info
 
     # Before loading anything: the output must be an .onnx file that is none of the inputs.
-    check_output_path(args.output, ExportError, inputs=checkpoint_input_paths(args.ckpt), suffixes=(".onnx",), why="an ONNX graph")
+    check_output_path(
+        args.output, ExportError, inputs=checkpoint_input_paths(args.ckpt), suffixes=(".onnx",), why="an ONNX graph"
+    )
     if args.batch < 1:
         raise ExportError(f"--batch must be >= 1, got {args.batch}")
     if args.input_size and min(args.input_size) < 1:
@@ -158,8 +201,16 @@ def run(args) -> int:
     from ..export import export_onnx
 
     report = export_onnx(
-        net, args.output, (args.batch, in_chans, *size), form=args.form, dynamic_batch=args.dynamic_batch,
-        dynamic_hw=dynamic_hw, exporter=args.exporter, opset=args.opset, model_name=name, model_args=zoo_args,
+        net,
+        args.output,
+        (args.batch, in_chans, *size),
+        form=args.form,
+        dynamic_batch=args.dynamic_batch,
+        dynamic_hw=dynamic_hw,
+        exporter=args.exporter,
+        opset=args.opset,
+        model_name=name,
+        model_args=zoo_args,
     )
     print(f"exported {name or 'model'} ({source})")
     print(report.summary())
@@ -185,8 +236,10 @@ def run(args) -> int:
             rel = float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-30))
             max_abs = float(diff.max()) if diff.size else 0.0
             ok = rel <= CHECK_REL_TOL or max_abs <= CHECK_ABS_TOL
-            print(f"check {out_name} at batch {args.batch}: onnxruntime vs PyTorch max-abs {max_abs:.2e}, relative {rel:.2e} "
-                  f"({'ok' if ok else 'MISMATCH'}: tolerance relative {CHECK_REL_TOL:g} or max-abs {CHECK_ABS_TOL:g})")
+            print(
+                f"check {out_name} at batch {args.batch}: onnxruntime vs PyTorch max-abs {max_abs:.2e}, relative {rel:.2e} "
+                f"({'ok' if ok else 'MISMATCH'}: tolerance relative {CHECK_REL_TOL:g} or max-abs {CHECK_ABS_TOL:g})"
+            )
             if not ok:
                 failures.append(f"output {out_name!r} differs from PyTorch (relative {rel:.2e} > {CHECK_REL_TOL:g})")
         if failures:

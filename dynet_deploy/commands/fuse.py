@@ -16,7 +16,9 @@ def register(subparsers) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="ONNX graph written by `dynet-deploy export` (or any exporter)")
     p.add_argument("-o", "--output", required=True, help="output path, e.g. model.plugin.onnx (its folder must exist)")
     p.add_argument("--keep-batch", action="store_true", help="keep a fixed export batch instead of making it dynamic")
-    p.add_argument("--verify", action="store_true", help="run both graphs on onnxruntime with a random input and compare")
+    p.add_argument(
+        "--verify", action="store_true", help="run both graphs on onnxruntime with a random input and compare"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run)
 
@@ -91,8 +93,10 @@ def verify(original: str, fused: str) -> None:
         rel = float(np.linalg.norm(diff) / max(np.linalg.norm(a[name]), 1e-30))
         max_abs = float(diff.max()) if diff.size else 0.0
         ok = rel <= VERIFY_REL_TOL or max_abs <= VERIFY_ABS_TOL
-        print(f"verify {name}: fused vs original on onnxruntime, max-abs {max_abs:.2e}, relative {rel:.2e} "
-              f"({'ok' if ok else 'MISMATCH'}: tolerance relative {VERIFY_REL_TOL:g} or max-abs {VERIFY_ABS_TOL:g})")
+        print(
+            f"verify {name}: fused vs original on onnxruntime, max-abs {max_abs:.2e}, relative {rel:.2e} "
+            f"({'ok' if ok else 'MISMATCH'}: tolerance relative {VERIFY_REL_TOL:g} or max-abs {VERIFY_ABS_TOL:g})"
+        )
         if not ok:
             failures.append(f"output {name!r} differs (relative {rel:.2e} > {VERIFY_REL_TOL:g})")
     if failures:

@@ -35,7 +35,9 @@ def register(subparsers) -> None:
         "inputs JSON (a list of feeds, run in turn). --save-outputs writes the outputs to an .npz (keys: output "
         "names; with several feeds, NAME.i for feed i).",
     )
-    p.add_argument("model", metavar="MODEL", help="ONNX graph (portable or fused), or with --backend tensorrt an engine")
+    p.add_argument(
+        "model", metavar="MODEL", help="ONNX graph (portable or fused), or with --backend tensorrt an engine"
+    )
     p.add_argument("--inputs", required=True, metavar="FILE", help="FILE.npy, FILE.npz or Polygraphy's inputs.json")
     p.add_argument("--save-outputs", metavar="OUT.npz", help="write the outputs here (atomically)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
@@ -69,10 +71,14 @@ def load_feeds(path: Path) -> list[dict[str, Any]]:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise RunError(f"--inputs {str(path)!r} holds Python objects (pickled); only numeric arrays are read") from None
+            raise RunError(
+                f"--inputs {str(path)!r} holds Python objects (pickled); only numeric arrays are read"
+            ) from None
         raise RunError(f"--inputs {str(path)!r} is not a readable {suffix} file: {exc}") from None
     except (OSError, EOFError) as exc:
-        raise RunError(f"--inputs {str(path)!r} is not a readable {suffix} file (truncated or not NumPy): {exc}") from None
+        raise RunError(
+            f"--inputs {str(path)!r} is not a readable {suffix} file (truncated or not NumPy): {exc}"
+        ) from None
     except Exception as exc:  # zipfile.BadZipFile and friends from a damaged .npz
         raise RunError(f"--inputs {str(path)!r} is not a readable {suffix} file: {type(exc).__name__}: {exc}") from None
     if isinstance(loaded, np.ndarray):
@@ -83,7 +89,9 @@ def load_feeds(path: Path) -> list[dict[str, Any]]:
         with loaded:
             feed = {name: loaded[name] for name in loaded.files}
     except ValueError:
-        raise RunError(f"--inputs {str(path)!r}: an array holds Python objects (pickled); only numeric arrays are read") from None
+        raise RunError(
+            f"--inputs {str(path)!r}: an array holds Python objects (pickled); only numeric arrays are read"
+        ) from None
     except Exception as exc:
         raise RunError(f"--inputs {str(path)!r} is a damaged .npz: {type(exc).__name__}: {exc}") from None
     if not feed:
@@ -114,9 +122,9 @@ def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
         for name, value in feed.items():
             if not isinstance(value, np.ndarray):
                 raise RunError(
-                f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: feed {i}, input {name!r} is a "
-                f"{type(value).__name__}, not an array (save inputs with 'polygraphy run --save-inputs')"
-            )
+                    f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: feed {i}, input {name!r} is a "
+                    f"{type(value).__name__}, not an array (save inputs with 'polygraphy run --save-inputs')"
+                )
     return [dict(f) for f in feeds]
 
 
@@ -151,7 +159,9 @@ def fused_node_problems(model_path: Path) -> list[str]:
         weight = shapes.get(node.input[2]) if len(node.input) > 2 else None
         if weight is not None:
             if len(weight) != 5:
-                problems.append(f"{label}: weight has shape {weight}; it must be [K, C_out, C_in/groups, kH, kW] (rank 5)")
+                problems.append(
+                    f"{label}: weight has shape {weight}; it must be [K, C_out, C_in/groups, kH, kW] (rank 5)"
+                )
             elif isinstance(attrs.get("groups"), int) and attrs["groups"] >= 1 and weight[1] % attrs["groups"]:
                 problems.append(f"{label}: groups={attrs['groups']} does not divide the weight's C_out={weight[1]}")
     return problems
@@ -217,15 +227,22 @@ def run(args: argparse.Namespace) -> int:
     model_path = check_readable_file(args.model, RunError, "model")
     inputs_path = check_readable_file(args.inputs, RunError, "--inputs")
     if args.save_outputs:
-        check_output_path(args.save_outputs, RunError, inputs=[model_path, inputs_path, args.plugin_lib],
-                          suffixes=(".npz",), why="NumPy's archive of the outputs")
+        check_output_path(
+            args.save_outputs,
+            RunError,
+            inputs=[model_path, inputs_path, args.plugin_lib],
+            suffixes=(".npz",),
+            why="NumPy's archive of the outputs",
+        )
     feeds = load_feeds(inputs_path)
     for i, feed in enumerate(feeds):
         for name, arr in feed.items():
             label = f"input {name!r}" if name is not None else "the input"
             if arr.size == 0:
-                raise RunError(f"{label}{f' of feed {i}' if len(feeds) > 1 else ''} has shape {list(arr.shape)}: "
-                               f"a zero-size dimension (batch 0?); every dimension must be >= 1")
+                raise RunError(
+                    f"{label}{f' of feed {i}' if len(feeds) > 1 else ''} has shape {list(arr.shape)}: "
+                    f"a zero-size dimension (batch 0?); every dimension must be >= 1"
+                )
             if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise RunError(f"{label} has dtype {arr.dtype}; give numeric arrays")
 
@@ -253,8 +270,10 @@ def run(args: argparse.Namespace) -> int:
         for feed in feeds:
             runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs
 
-    print(f"running {what}: {len(feeds)} feed{'s' if len(feeds) != 1 else ''} from {inputs_path.name}, "
-          f"{args.warmup} warm-up + {args.repeats} timed runs each")
+    print(
+        f"running {what}: {len(feeds)} feed{'s' if len(feeds) != 1 else ''} from {inputs_path.name}, "
+        f"{args.warmup} warm-up + {args.repeats} timed runs each"
+    )
     saved: dict[str, Any] = {}
     for i, feed in enumerate(feeds):
         label = f"feed {i}: " if len(feeds) > 1 else ""
@@ -272,8 +291,10 @@ def run(args: argparse.Namespace) -> int:
         for name, arr in outputs.items():
             print(f"  {label}output {name}: {_describe(arr)}")
             saved[name if len(feeds) == 1 else f"{name}.{i}"] = arr
-        print(f"  {label}latency median {statistics.median(times):.3f} ms, min {min(times):.3f} ms "
-              f"over {len(times)} runs (wall clock, host arrays in and out)")
+        print(
+            f"  {label}latency median {statistics.median(times):.3f} ms, min {min(times):.3f} ms "
+            f"over {len(times)} runs (wall clock, host arrays in and out)"
+        )
     if args.save_outputs:
         with atomic_path(args.save_outputs, RunError) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary name

@@ -16,9 +16,13 @@ def register(subparsers) -> None:
         "num_classes, in_chans and small_input are filled in from the data set unless given in --model-args.",
     )
     parser.add_argument("--model", default="dy_resnet18", help="zoo model name (default: dy_resnet18)")
-    parser.add_argument("--model-args", default="{}", help='create_model keyword arguments as JSON, e.g. \'{"width_mult": 0.25}\'')
+    parser.add_argument(
+        "--model-args", default="{}", help="create_model keyword arguments as JSON, e.g. '{\"width_mult\": 0.25}'"
+    )
     parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits", "auto"])
-    parser.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: $DYNET_DEPLOY_FASHION_MNIST or Debian's)")
+    parser.add_argument(
+        "--data-root", help="folder with the Fashion-MNIST IDX files (default: $DYNET_DEPLOY_FASHION_MNIST or Debian's)"
+    )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -27,7 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed, for reproducibility)")
-    parser.add_argument("--conv-mode", default="kernel", choices=["kernel", "feature"], help="dynamic-conv path while training")
+    parser.add_argument(
+        "--conv-mode", default="kernel", choices=["kernel", "feature"], help="dynamic-conv path while training"
+    )
     parser.add_argument("--train-limit", type=int, help="use the first N training images only")
     parser.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
     parser.add_argument("--log-every", type=int, default=100, help="progress line every N steps (0: per epoch only)")
@@ -48,7 +54,9 @@ def run(args) -> int:
     try:
         model_args = json.loads(args.model_args)
     except json.JSONDecodeError as exc:
-        raise ModelError(f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"width_mult\": 0.25}}'") from None
+        raise ModelError(
+            f"--model-args is not valid JSON ({exc.msg}); give an object, e.g. '{{\"width_mult\": 0.25}}'"
+        ) from None
     if not isinstance(model_args, dict):
         raise ModelError(f"--model-args must be a JSON object of keyword arguments, got a {type(model_args).__name__}")
     if args.epochs < 1:

@@ -18,14 +18,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and the `polygraphy run` command that replays the check is printed. With --dataset, top-1 (or mIoU) parity "
         "over a whole test set. Writes report.json and report.txt; exits 1 on a mismatch.",
     )
-    p.add_argument("checkpoint", help="the checkpoint the graph was exported from (.safetensors/.json, or .pt with --model)")
+    p.add_argument(
+        "checkpoint", help="the checkpoint the graph was exported from (.safetensors/.json, or .pt with --model)"
+    )
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
-    p.add_argument("--recipe", metavar="RECIPE.json", help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: the recipe's, else 1 4 3; a fixed-batch graph takes its own batch only)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="H W for graphs with a dynamic spatial size (default: the checkpoint's recorded input size)")
+    p.add_argument(
+        "--recipe",
+        metavar="RECIPE.json",
+        help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="B",
+        help="batch sizes to try where the graph's batch is dynamic (default: the recipe's, else 1 4 3; a fixed-batch graph takes its own batch only)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="H W for graphs with a dynamic spatial size (default: the checkpoint's recorded input size)",
+    )
     p.add_argument(
         "--dataset",
         choices=["fashion-mnist", "digits", "auto", "synthetic-seg"],
@@ -34,7 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N samples of the data set")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--out-dir", help="folder for inputs.json, reference.json, report.json, report.txt (must exist; default: MODEL's stem + .validate/ beside it)")
+    p.add_argument(
+        "--out-dir",
+        help="folder for inputs.json, reference.json, report.json, report.txt (must exist; default: MODEL's stem + .validate/ beside it)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--verbose", action="store_true", help="show Polygraphy's comparison log")
     p.set_defaults(func=run)
@@ -188,8 +209,16 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
         tolerance = Tolerance(spec.max_abs, spec.rel)
         batch_sizes = args.batch_sizes or list(recipe.validate.batch_sizes)
     report = validate_random(
-        model, model_path, args.backend, batch_sizes, input_size, args.seed, out_dir, args.threads,
-        tolerance=tolerance, model_name=name,
+        model,
+        model_path,
+        args.backend,
+        batch_sizes,
+        input_size,
+        args.seed,
+        out_dir,
+        args.threads,
+        tolerance=tolerance,
+        model_name=name,
     )
     payload: dict = {"random_inputs": report.to_dict()}
     text = [f"== {name}: {model_path.name} on {args.backend} ({report.precision}), random inputs", report.table()]
@@ -207,26 +236,53 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
             num_classes = int(getattr(model, "num_classes", 0) or 0) or None
             n = args.limit or 16
             images, masks = synthetic_segmentation(n, h, w, num_classes or 19, seed=args.seed)
-            ds_report = validate_dataset(model, model_path, images, masks, "synthetic-seg", args.backend, batch=4, threads=args.threads, progress=sys.stderr.isatty(), model_name=name)
+            ds_report = validate_dataset(
+                model,
+                model_path,
+                images,
+                masks,
+                "synthetic-seg",
+                args.backend,
+                batch=4,
+                threads=args.threads,
+                progress=sys.stderr.isatty(),
+                model_name=name,
+            )
         else:
             from ..data import load_dataset, resolve_dataset
 
             ds_name = resolve_dataset(args.dataset)
-            cfg = read_checkpoint_config(args.checkpoint) if Path(args.checkpoint).suffix in (".safetensors", ".json") else {}
+            cfg = (
+                read_checkpoint_config(args.checkpoint)
+                if Path(args.checkpoint).suffix in (".safetensors", ".json")
+                else {}
+            )
             trained_on = (cfg.get("metadata") or {}).get("dataset")
             images, labels = load_dataset(ds_name, "test", limit=args.limit)
             ds_report = validate_dataset(
-                model, model_path, images.numpy(), labels.numpy(), ds_name, args.backend, threads=args.threads,
-                progress=sys.stderr.isatty(), model_name=name,
+                model,
+                model_path,
+                images.numpy(),
+                labels.numpy(),
+                ds_name,
+                args.backend,
+                threads=args.threads,
+                progress=sys.stderr.isatty(),
+                model_name=name,
             )
             target = recipe.agreement(ds_report.precision) if recipe is not None else None
             if target is not None:
                 ds_report.target_agreement = target
             if trained_on and trained_on != ds_name:
-                note = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
+                note = (
+                    f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
+                )
                 ds_report.notes = "; ".join(n for n in (ds_report.notes, note) if n)
         payload["dataset"] = ds_report.to_dict()
-        text += [f"== {ds_report.dataset} ({ds_report.samples} {'images' if ds_report.task == 'classification' else 'pixels'})", ds_report.table()]
+        text += [
+            f"== {ds_report.dataset} ({ds_report.samples} {'images' if ds_report.task == 'classification' else 'pixels'})",
+            ds_report.table(),
+        ]
         if ds_report.notes:
             text.append("note: " + ds_report.notes)
 
@@ -237,8 +293,10 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
     if passed:
         text.append("PASSED")
     elif nan_ref:
-        text.append(f"FAILED: PyTorch's reference outputs NaN/Inf ({nan_ref} values): the checkpoint's weights hold NaN/Inf "
-                    f"(see 'dynet-deploy checkpoint inspect')")
+        text.append(
+            f"FAILED: PyTorch's reference outputs NaN/Inf ({nan_ref} values): the checkpoint's weights hold NaN/Inf "
+            f"(see 'dynet-deploy checkpoint inspect')"
+        )
     elif nan_out:
         text.append(f"FAILED: the deployed graph outputs NaN/Inf ({nan_out} values) where PyTorch's outputs are finite")
     else:

@@ -135,7 +135,18 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["model", "input", "params(M)", "MFLOPs", "Dy ovh", "paper", "vs paper", "Dy/base", "paper Dy/base", "note"]
+    header = [
+        "model",
+        "input",
+        "params(M)",
+        "MFLOPs",
+        "Dy ovh",
+        "paper",
+        "vs paper",
+        "Dy/base",
+        "paper Dy/base",
+        "note",
+    ]
     lines_data = []
     notes: list[str] = []
     for r in rows:
@@ -143,23 +154,27 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if r["notes"]:
             notes.append(r["notes"])
             mark = f"[{len(notes)}]"
-        lines_data.append([
-            r["name"],
-            "x".join(str(s) for s in r["input_size"]),
-            _fmt(r["params_m"], ".2f"),
-            _fmt(r["mflops"], ".1f"),
-            _fmt(r["dy_overhead_mflops"], ".1f") if r["dynamic"] else "-",
-            _fmt(r["paper_mflops"], ".1f"),
-            "-" if r["rel_diff"] is None else f"{100 * r['rel_diff']:+.1f}%",
-            _fmt(r["ratio_vs_baseline"], ".3f"),
-            _fmt(r["paper_ratio_vs_baseline"], ".3f"),
-            mark,
-        ])
+        lines_data.append(
+            [
+                r["name"],
+                "x".join(str(s) for s in r["input_size"]),
+                _fmt(r["params_m"], ".2f"),
+                _fmt(r["mflops"], ".1f"),
+                _fmt(r["dy_overhead_mflops"], ".1f") if r["dynamic"] else "-",
+                _fmt(r["paper_mflops"], ".1f"),
+                "-" if r["rel_diff"] is None else f"{100 * r['rel_diff']:+.1f}%",
+                _fmt(r["ratio_vs_baseline"], ".3f"),
+                _fmt(r["paper_ratio_vs_baseline"], ".3f"),
+                mark,
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines_data)]
     left = {0, 1, 9}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in lines_data]
     out.append("")
@@ -187,7 +202,9 @@ def _cache_key() -> str:
         h.update(metadata.version("torch").encode())
     except metadata.PackageNotFoundError:
         h.update(b"torch ?")
-    files = sorted([*(pkg / "models").glob("*.py"), *(pkg / "nn").glob("*.py"), pkg / "flops.py", Path(__file__).resolve()])
+    files = sorted(
+        [*(pkg / "models").glob("*.py"), *(pkg / "nn").glob("*.py"), pkg / "flops.py", Path(__file__).resolve()]
+    )
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -195,7 +212,9 @@ def _cache_key() -> str:
 
 
 def cache_path() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dynet-deploy")
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dynet-deploy"
+    )
     return Path(root) / f"zoo-{_cache_key()}.json"
 
 
@@ -204,7 +223,12 @@ def _read_cache(path: Path) -> dict | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("rows"), dict) or not isinstance(data.get("order"), list):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != CACHE_FORMAT
+        or not isinstance(data.get("rows"), dict)
+        or not isinstance(data.get("order"), list)
+    ):
         return None
     return data
 

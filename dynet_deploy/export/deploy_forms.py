@@ -9,7 +9,6 @@ from ..errors import ExportError
 from ..nn.deploy_forms import to_deploy_form
 from .nchwc import NCHWC_MIN_SHARE, nchwc_block_size, nchwc_dynamic_convs
 
-
 # Forms a Dy model can be exported in for timing: the two textbook forms of export_onnx, ours, and ours with
 # onnxruntime's blocked-layout convolution (onnxruntime CPU only, block size of the machine that writes it).
 DY_FORMS = ("feature", "kernel", "matmul", "matmul-nchwc")
@@ -34,15 +33,26 @@ def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul"
     """
     import onnx
 
-    from .exporter import export_onnx, get_metadata, set_metadata
     from ..fileio import atomic_path
+    from .exporter import export_onnx, get_metadata, set_metadata
 
     if form not in DY_FORMS:
         raise ExportError(f"unknown deploy form {form!r}; choose one of {', '.join(DY_FORMS)}")
     if form in ("feature", "kernel"):
-        return export_onnx(model, path, input_shape, form=form, dynamic_batch=False if form == "kernel" else None, opset=opset)
+        return export_onnx(
+            model, path, input_shape, form=form, dynamic_batch=False if form == "kernel" else None, opset=opset
+        )
     name, args = getattr(model, "zoo_name", None), getattr(model, "zoo_kwargs", None)
-    report = export_onnx(to_deploy_form(model), path, input_shape, form="kernel", dynamic_batch=False, opset=opset, model_name=name, model_args=args)
+    report = export_onnx(
+        to_deploy_form(model),
+        path,
+        input_shape,
+        form="kernel",
+        dynamic_batch=False,
+        opset=opset,
+        model_name=name,
+        model_args=args,
+    )
     proto = onnx.load(str(report.path))
     meta = {META_DEPLOY_FORM: form}
     if form == "matmul-nchwc":
@@ -51,7 +61,9 @@ def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul"
         if rewritten >= NCHWC_MIN_SHARE * total:
             proto = blocked
             meta["dynet_deploy.nchwc_block"] = str(nchwc_block_size())
-            report.notes.append(f"{rewritten} of {total} dynamic convs on onnxruntime's NCHWc kernel (block {nchwc_block_size()})")
+            report.notes.append(
+                f"{rewritten} of {total} dynamic convs on onnxruntime's NCHWc kernel (block {nchwc_block_size()})"
+            )
         else:
             form = meta[META_DEPLOY_FORM] = "matmul"
             report.notes.append(

@@ -87,6 +87,7 @@ class ExportReport:
 
 # ---- model preparation ---------------------------------------------------------------------------------------
 
+
 def count_dynamic_convs(model) -> int:
     from ..nn import DynamicConv2d
 
@@ -107,6 +108,7 @@ def prepare_for_export(model, form: str = DEFAULT_FORM):
 
 # ---- ONNX-level clean-up ---------------------------------------------------------------------------------------
 
+
 def fold_conv_batchnorms(model_proto):
     """Fold every ``Conv(constant W[, constant b]) -> BatchNormalization(constant stats)`` into the Conv.
 
@@ -122,7 +124,9 @@ def fold_conv_batchnorms(model_proto):
         conv = bn.inputs[0].inputs[0]
         if conv.op != "Conv" or len(conv.outputs[0].outputs) != 1 or conv.outputs[0] in graph.outputs:
             continue
-        if not isinstance(conv.inputs[1], gs.Constant) or (len(conv.inputs) > 2 and not isinstance(conv.inputs[2], gs.Constant)):
+        if not isinstance(conv.inputs[1], gs.Constant) or (
+            len(conv.inputs) > 2 and not isinstance(conv.inputs[2], gs.Constant)
+        ):
             continue
         if not all(isinstance(t, gs.Constant) for t in bn.inputs[1:5]):
             continue
@@ -157,6 +161,7 @@ def _non_standard_ops(model_proto) -> list[str]:
 
 
 # ---- the export ---------------------------------------------------------------------------------------------
+
 
 def _output_names(model, x) -> list[str]:
     import torch
@@ -193,7 +198,9 @@ def _quiet_exporters():
                 lg.setLevel(lvl)
 
 
-def _torch_export(model, x, tmp_file: Path, exporter: str, opset: int, output_names: list[str], dynamic_batch: bool, dynamic_hw: bool) -> None:
+def _torch_export(
+    model, x, tmp_file: Path, exporter: str, opset: int, output_names: list[str], dynamic_batch: bool, dynamic_hw: bool
+) -> None:
     import torch
 
     kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=output_names, opset_version=opset)
@@ -297,7 +304,9 @@ def export_onnx(
                 hint = " (try --exporter torchscript)"
             elif dynamic_batch or dynamic_hw:
                 hint = " (try --static)"
-            raise ExportError(f"torch.onnx.export ({exporter}, form {form}) failed: {type(exc).__name__}: {first}{hint}") from exc
+            raise ExportError(
+                f"torch.onnx.export ({exporter}, form {form}) failed: {type(exc).__name__}: {first}{hint}"
+            ) from exc
         try:
             proto = onnx.load(str(tmp_file), load_external_data=True)
         except Exception as exc:
@@ -306,7 +315,9 @@ def export_onnx(
     proto, folded = fold_conv_batchnorms(proto)
     extra = _non_standard_ops(proto)
     if extra:
-        raise ExportError(f"the exported graph uses non-standard ops {extra}; the portable graph must use standard ops only")
+        raise ExportError(
+            f"the exported graph uses non-standard ops {extra}; the portable graph must use standard ops only"
+        )
     meta = {
         META_FORM: form,
         META_EXPORTER: exporter,
@@ -315,7 +326,9 @@ def export_onnx(
     name = model_name or getattr(model, "zoo_name", None)
     if name:
         meta[META_MODEL] = str(name)
-        meta[META_MODEL_ARGS] = json.dumps(model_args if model_args is not None else getattr(model, "zoo_kwargs", {}), sort_keys=True)
+        meta[META_MODEL_ARGS] = json.dumps(
+            model_args if model_args is not None else getattr(model, "zoo_kwargs", {}), sort_keys=True
+        )
     set_metadata(proto, meta)
     proto.producer_name = "dynet-deploy"
     try:
@@ -328,10 +341,18 @@ def export_onnx(
     with atomic_path(path, ExportError) as tmp_path:
         onnx.save(proto, str(tmp_path))
     return ExportReport(
-        path=path, form=form, exporter=exporter, opset=opset_written, input_shape=shape,
-        dynamic_batch=bool(dynamic_batch), dynamic_hw=bool(dynamic_hw),
-        input_names=[i.name for i in proto.graph.input], output_names=[o.name for o in proto.graph.output],
-        dynamic_convs=dyn_convs, folded_conv_batchnorms=folded, notes=notes,
+        path=path,
+        form=form,
+        exporter=exporter,
+        opset=opset_written,
+        input_shape=shape,
+        dynamic_batch=bool(dynamic_batch),
+        dynamic_hw=bool(dynamic_hw),
+        input_names=[i.name for i in proto.graph.input],
+        output_names=[o.name for o in proto.graph.output],
+        dynamic_convs=dyn_convs,
+        folded_conv_batchnorms=folded,
+        notes=notes,
     )
 
 

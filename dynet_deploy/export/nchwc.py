@@ -12,7 +12,6 @@ import numpy as np
 
 from ..errors import ExportError
 
-
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
@@ -34,10 +33,14 @@ def nchwc_block_size() -> int | None:
 
         node = helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)
         graph = helper.make_graph(
-            [node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+            [node],
+            "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NCHWC_DOMAIN, 1)])
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NCHWC_DOMAIN, 1)]
+        )
         so = ort.SessionOptions()
         so.log_severity_level = 4
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -87,7 +90,9 @@ def _sole_activation(graph, t):
 def _blocked_filter(w: np.ndarray, block: int) -> np.ndarray:
     """OIHW -> the NCHWc kernel's ``[O/B, I/B, kH, kW, B_in, B_out]``, stored in a tensor of the OIHW shape."""
     o, i, kh, kw = w.shape
-    return np.ascontiguousarray(w.reshape(o // block, block, i // block, block, kh, kw).transpose(0, 2, 4, 5, 3, 1)).reshape(w.shape)
+    return np.ascontiguousarray(
+        w.reshape(o // block, block, i // block, block, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+    ).reshape(w.shape)
 
 
 class _NchwcRewriter:
@@ -126,15 +131,23 @@ class _NchwcRewriter:
     def to_blocked(self, t):
         if t.name not in self.blocked:
             self.blocked[t.name] = self.graph.layer(
-                op="ReorderInput", domain=NCHWC_DOMAIN, name=f"{t.name}_to_nchwc", inputs=[t], outputs=[self._var(f"{t.name}_nchwc")]
+                op="ReorderInput",
+                domain=NCHWC_DOMAIN,
+                name=f"{t.name}_to_nchwc",
+                inputs=[t],
+                outputs=[self._var(f"{t.name}_nchwc")],
             )[0]
         return self.blocked[t.name]
 
     def _publish(self, blocked, plain, channels: int) -> None:
         """``plain`` becomes a ReorderOutput of ``blocked``; later readers of ``plain`` may use ``blocked``."""
         self.graph.layer(
-            op="ReorderOutput", domain=NCHWC_DOMAIN, name=f"{plain.name}_from_nchwc", inputs=[blocked],
-            attrs={"channels": channels}, outputs=[plain],
+            op="ReorderOutput",
+            domain=NCHWC_DOMAIN,
+            name=f"{plain.name}_from_nchwc",
+            inputs=[blocked],
+            attrs={"channels": channels},
+            outputs=[plain],
         )
         self.blocked[plain.name] = blocked
         self.channels[blocked.name] = channels
@@ -158,7 +171,9 @@ class _NchwcRewriter:
         out = self._take_activation(conv.outputs[0], attrs)
         inputs = [self.to_blocked(conv.inputs[0]), weight] + ([conv.inputs[2]] if len(conv.inputs) > 2 else [])
         y = self._var(f"{out.name}_nchwc")
-        self.graph.layer(op="Conv", domain=NCHWC_DOMAIN, name=f"{conv.name}_nchwc", inputs=inputs, attrs=attrs, outputs=[y])
+        self.graph.layer(
+            op="Conv", domain=NCHWC_DOMAIN, name=f"{conv.name}_nchwc", inputs=inputs, attrs=attrs, outputs=[y]
+        )
         node = y.inputs[0]
         conv.outputs.clear()
         conv.inputs.clear()
@@ -170,7 +185,10 @@ class _NchwcRewriter:
 
         if len(conv.inputs) < 2 or isinstance(conv.inputs[1], gs.Constant) or int(conv.attrs.get("group", 1)) != 1:
             return False
-        if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or len(conv.attrs.get("kernel_shape", ())) != 2:
+        if (
+            conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
+            or len(conv.attrs.get("kernel_shape", ())) != 2
+        ):
             return False
         mm, chain = _fusion_matmul(conv.inputs[1])
         if mm is None:
@@ -187,9 +205,25 @@ class _NchwcRewriter:
         permuted = bank.reshape(c_out, k, c_in // block, block, kh, kw).transpose(0, 1, 2, 4, 5, 3).reshape(c_out, k, j)
         mm.inputs[1] = gs.Constant(f"{mm.inputs[1].name}_nchwc", np.ascontiguousarray(permuted))
         g = self.graph
-        rows = g.layer(op="Reshape", name=f"{name}_rows", inputs=[mm.outputs[0], gs.Constant(f"{name}_rows_shape", np.array([c_out // block, block, j], np.int64))], outputs=[self._var(f"{name}_rows")])[0]
-        moved = g.layer(op="Transpose", name=f"{name}_block_out", inputs=[rows], attrs={"perm": [0, 2, 1]}, outputs=[self._var(f"{name}_block_out")])[0]
-        weight = g.layer(op="Reshape", name=f"{name}_blocked_weight", inputs=[moved, gs.Constant(f"{name}_weight_shape", np.array([c_out, c_in, kh, kw], np.int64))], outputs=[self._var(f"{name}_blocked_weight")])[0]
+        rows = g.layer(
+            op="Reshape",
+            name=f"{name}_rows",
+            inputs=[mm.outputs[0], gs.Constant(f"{name}_rows_shape", np.array([c_out // block, block, j], np.int64))],
+            outputs=[self._var(f"{name}_rows")],
+        )[0]
+        moved = g.layer(
+            op="Transpose",
+            name=f"{name}_block_out",
+            inputs=[rows],
+            attrs={"perm": [0, 2, 1]},
+            outputs=[self._var(f"{name}_block_out")],
+        )[0]
+        weight = g.layer(
+            op="Reshape",
+            name=f"{name}_blocked_weight",
+            inputs=[moved, gs.Constant(f"{name}_weight_shape", np.array([c_out, c_in, kh, kw], np.int64))],
+            outputs=[self._var(f"{name}_blocked_weight")],
+        )[0]
         for node in chain:
             node.outputs.clear()
         self._emit_conv(conv, weight, c_out)
@@ -199,12 +233,22 @@ class _NchwcRewriter:
     def static_conv(self, conv) -> bool:
         import onnx_graphsurgeon as gs
 
-        if len(conv.inputs) < 2 or conv.inputs[0].name not in self.blocked or not isinstance(conv.inputs[1], gs.Constant):
+        if (
+            len(conv.inputs) < 2
+            or conv.inputs[0].name not in self.blocked
+            or not isinstance(conv.inputs[1], gs.Constant)
+        ):
             return False
         if len(conv.inputs) > 2 and not isinstance(conv.inputs[2], gs.Constant):
             return False
         w = np.asarray(conv.inputs[1].values)
-        if w.ndim != 4 or w.dtype != np.float32 or int(conv.attrs.get("group", 1)) != 1 or w.shape[0] % self.block or w.shape[1] % self.block:
+        if (
+            w.ndim != 4
+            or w.dtype != np.float32
+            or int(conv.attrs.get("group", 1)) != 1
+            or w.shape[0] % self.block
+            or w.shape[1] % self.block
+        ):
             return False
         if conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
             return False
@@ -246,7 +290,13 @@ class _NchwcRewriter:
         pooled = pool.outputs[0]
         pool.outputs.clear()
         pool.inputs.clear()
-        self.graph.layer(op="GlobalAveragePool", domain=NCHWC_DOMAIN, name=f"{pooled.name}_nchwc", inputs=[self.blocked[t.name]], outputs=[pooled])
+        self.graph.layer(
+            op="GlobalAveragePool",
+            domain=NCHWC_DOMAIN,
+            name=f"{pooled.name}_nchwc",
+            inputs=[self.blocked[t.name]],
+            outputs=[pooled],
+        )
         return True
 
     def spatial_mean(self, mean) -> bool:
@@ -265,10 +315,15 @@ class _NchwcRewriter:
         mean.outputs.clear()
         mean.inputs.clear()
         pooled4d = self.graph.layer(
-            op="GlobalAveragePool", domain=NCHWC_DOMAIN, name=f"{pooled.name}_nchwc", inputs=[self.blocked[t.name]],
+            op="GlobalAveragePool",
+            domain=NCHWC_DOMAIN,
+            name=f"{pooled.name}_nchwc",
+            inputs=[self.blocked[t.name]],
             outputs=[self._var(f"{pooled.name}_nchwc")],
         )[0]
-        self.graph.layer(op="Flatten", name=f"{pooled.name}_flatten", inputs=[pooled4d], attrs={"axis": 1}, outputs=[pooled])
+        self.graph.layer(
+            op="Flatten", name=f"{pooled.name}_flatten", inputs=[pooled4d], attrs={"axis": 1}, outputs=[pooled]
+        )
         return True
 
     def run(self) -> None:

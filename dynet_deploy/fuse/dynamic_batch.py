@@ -9,7 +9,6 @@ import numpy as np
 
 from .graph import infer_shapes
 
-
 BATCH_DIM_NAME = "N"
 
 
@@ -71,7 +70,10 @@ def make_batch_dynamic(proto, batch: int) -> tuple[Any, str]:
     fixed = 0
     for _ in range(64):
         inferred = infer_shapes(work)
-        shapes = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+        shapes = {
+            vi.name: vi
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+        }
         changed = 0
         for node in list(work.graph.node):
             if node.op_type == "Resize":

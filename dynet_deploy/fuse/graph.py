@@ -9,12 +9,35 @@ import numpy as np
 from ..errors import FuseError
 from ..op.spec import OP_TYPE, conv_arguments, read_attributes
 
-
 # Ops the weight/bias aggregation may be built from; the numerical check, not this list, decides.
 AGGREGATION_OPS = {
-    "Reshape", "Transpose", "MatMul", "Gemm", "Einsum", "Mul", "Add", "Sub", "Div", "Neg", "ReduceSum",
-    "Unsqueeze", "Squeeze", "Flatten", "Expand", "Identity", "Cast", "Concat", "Slice", "Gather", "Shape",
-    "Split", "Tile", "ConstantOfShape", "Equal", "Where", "Range",
+    "Reshape",
+    "Transpose",
+    "MatMul",
+    "Gemm",
+    "Einsum",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "Neg",
+    "ReduceSum",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+    "Expand",
+    "Identity",
+    "Cast",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Shape",
+    "Split",
+    "Tile",
+    "ConstantOfShape",
+    "Equal",
+    "Where",
+    "Range",
 }
 
 
@@ -46,11 +69,18 @@ def _shape_twin(proto):
         dims = list(w.dims)
         wname = f"{node.name}__shape_twin_w"
         twin.graph.initializer.append(numpy_helper.from_array(np.zeros(dims[1:], np.float32), wname))
-        nodes.append(helper.make_node(
-            "Conv", [node.input[0], wname], list(node.output), name=node.name + "__twin",
-            strides=list(conv["stride"]), pads=list(conv["pads"]), dilations=list(conv["dilation"]),
-            group=conv["groups"],
-        ))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [node.input[0], wname],
+                list(node.output),
+                name=node.name + "__twin",
+                strides=list(conv["stride"]),
+                pads=list(conv["pads"]),
+                dilations=list(conv["dilation"]),
+                group=conv["groups"],
+            )
+        )
     del twin.graph.node[:]
     twin.graph.node.extend(nodes)
     return twin

@@ -9,8 +9,17 @@ from typing import Any
 import numpy as np
 
 from .graph import (
-    RESHAPE_LIKE, _const, _int_shape, _ints, _is_memory_preserving_transpose, _NoMatch, _pad_spatial, _producer,
-    _relu_kind, _sole_reader, _walk_back,
+    RESHAPE_LIKE,
+    _const,
+    _int_shape,
+    _ints,
+    _is_memory_preserving_transpose,
+    _NoMatch,
+    _pad_spatial,
+    _producer,
+    _relu_kind,
+    _sole_reader,
+    _walk_back,
 )
 from .probe import _is_channel_vector, _measure_aggregation, _per_sample_bias
 
@@ -127,7 +136,13 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
     x = r.inputs[0]
     x_shape = _int_shape(x)
     t_shape = _int_shape(t)
-    if x_shape is None or len(x_shape) != 4 or t_shape is None or t_shape[1] != x_shape[0] * x_shape[1] or t_shape[2:] != x_shape[2:]:
+    if (
+        x_shape is None
+        or len(x_shape) != 4
+        or t_shape is None
+        or t_shape[1] != x_shape[0] * x_shape[1]
+        or t_shape[2:] != x_shape[2:]
+    ):
         raise _NoMatch(f"the reshape {x_shape} -> {t_shape} does not fold the batch into the channels")
     x, pads_before = _absorb_pads(x)
     extra = [a + b for a, b in zip(pads_after, pads_before)]
@@ -158,7 +173,11 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
     # (and any like it) so that a following activation is seen and folded.
     while True:
         reader = _sole_reader(y, graph)
-        if reader is None or reader.op not in ("Reshape", "Squeeze", "Unsqueeze") or _int_shape(reader.outputs[0]) != target:
+        if (
+            reader is None
+            or reader.op not in ("Reshape", "Squeeze", "Unsqueeze")
+            or _int_shape(reader.outputs[0]) != target
+        ):
             break
         y = reader.outputs[0]
     # the coefficients: the one run-time tensor the weight depends on
@@ -189,10 +208,14 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
             raise _NoMatch("a constant bias differs between samples")
         bias = v[0] if bias is None else bias + v[0]
     weight = bank.reshape(k, c_out, w_shape[1], kh, kw)
-    return _finish_match("kernel", x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias, g, stride, pads, dil, final, bn, act)
+    return _finish_match(
+        "kernel", x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias, g, stride, pads, dil, final, bn, act
+    )
 
 
-def _finish_match(form, x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias, groups, stride, pads, dil, final, bn, act) -> _Match:
+def _finish_match(
+    form, x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias, groups, stride, pads, dil, final, bn, act
+) -> _Match:
     weight = np.asarray(weight, dtype=np.float64)
     if bias_bank is not None and not np.any(bias_bank):
         bias_bank = None
@@ -205,11 +228,22 @@ def _finish_match(form, x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias
             bias_bank = bias_bank * scale.reshape(1, -1)
         bias = shift + (scale * bias if bias is not None else 0.0)
     return _Match(
-        form=form, x=x, leaf=leaf, layout=layout, num_bases=k, c_in=c_in, c_out=c_out,
+        form=form,
+        x=x,
+        leaf=leaf,
+        layout=layout,
+        num_bases=k,
+        c_in=c_in,
+        c_out=c_out,
         weight=weight.astype(np.float32),
         bias_bank=None if bias_bank is None else np.asarray(bias_bank, np.float32),
         bias=None if bias is None else np.asarray(bias, np.float32),
-        groups=groups, stride=stride, pads=pads, dilation=dil, output=final, activation=act,
+        groups=groups,
+        stride=stride,
+        pads=pads,
+        dilation=dil,
+        output=final,
+        activation=act,
         folded_batchnorm=bn is not None,
     )
 
@@ -281,8 +315,15 @@ def _match_feature_form(graph, conv, chain, opset_imports) -> _Match:
     group = int(conv.attrs.get("group", 1))
     c_in = int(w.shape[1]) * group
     x_shape = x.shape
-    if x_shape is not None and len(x_shape) == 4 and isinstance(x_shape[1], (int, np.integer)) and int(x_shape[1]) != c_in:
-        raise _NoMatch(f"feature form: weight {list(w.shape)} with {group} groups does not fit {x_shape[1]} input channels")
+    if (
+        x_shape is not None
+        and len(x_shape) == 4
+        and isinstance(x_shape[1], (int, np.integer))
+        and int(x_shape[1]) != c_in
+    ):
+        raise _NoMatch(
+            f"feature form: weight {list(w.shape)} with {group} groups does not fit {x_shape[1]} input channels"
+        )
     stride, pads, dil = _conv_geometry(conv, extra)
     kh, kw = w.shape[2], w.shape[3]
     j_shape = (w.shape[1], kh, kw)
@@ -313,7 +354,9 @@ def _match_feature_form(graph, conv, chain, opset_imports) -> _Match:
     bias_bank, bias = None, None
     if dyn_bias:
         probe_batch = int(batch) if batch else 2
-        _, _, _, bias_bank, bias = _measure_aggregation(graph, leaf, None, dyn_bias, probe_batch, c_out, 0, (layout,), opset_imports)
+        _, _, _, bias_bank, bias = _measure_aggregation(
+            graph, leaf, None, dyn_bias, probe_batch, c_out, 0, (layout,), opset_imports
+        )
     for cb in bias_ts:
         v = _const(cb)
         if v is not None:
@@ -323,4 +366,6 @@ def _match_feature_form(graph, conv, chain, opset_imports) -> _Match:
             bias = v[0] if bias is None else bias + v[0]
     if bias_bank0 is not None:
         bias_bank = bias_bank0 if bias_bank is None else bias_bank + bias_bank0
-    return _finish_match("feature", x, leaf, layout, k, c_in, c_out, bank, bias_bank, bias, group, stride, pads, dil, final, bn, act)
+    return _finish_match(
+        "feature", x, leaf, layout, k, c_in, c_out, bank, bias_bank, bias, group, stride, pads, dil, final, bn, act
+    )

@@ -9,7 +9,6 @@ import numpy as np
 
 from .graph import _default_opset, _int_shape, _NoMatch, _walk_back
 
-
 PROBE_RTOL = 1e-4
 
 
@@ -30,12 +29,16 @@ class _Probe:
         copies = []
         order = {id(n): i for i, n in enumerate(nodes)}
         for n in sorted(nodes, key=lambda n: order[id(n)]):
-            copies.append(gs.Node(
-                n.op, name=n.name, attrs=dict(n.attrs),
-                inputs=[self._map(t, mapping) for t in n.inputs],
-                outputs=[self._map(t, mapping) for t in n.outputs],
-                domain=n.domain,
-            ))
+            copies.append(
+                gs.Node(
+                    n.op,
+                    name=n.name,
+                    attrs=dict(n.attrs),
+                    inputs=[self._map(t, mapping) for t in n.inputs],
+                    outputs=[self._map(t, mapping) for t in n.outputs],
+                    domain=n.domain,
+                )
+            )
         g = gs.Graph(nodes=copies, inputs=[inp], outputs=outs, opset=_default_opset(opset_imports))
         g.cleanup().toposort()
         model = gs.export_onnx(g)
@@ -63,11 +66,13 @@ class _Probe:
         """``coeffs`` is ``[S, M]`` for any S; returns each output for each sample, stacked over S."""
         results: list[list[np.ndarray]] = [[] for _ in self.out_names]
         for start in range(0, coeffs.shape[0], self.batch):
-            chunk = coeffs[start:start + self.batch]
+            chunk = coeffs[start : start + self.batch]
             real = chunk.shape[0]
             if real < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - real, chunk.shape[1]), chunk.dtype)])
-            outs = self.session.run(self.out_names, {"probe_coefficients": chunk.reshape(self.batch, *self.sample_shape).astype(np.float32)})
+            outs = self.session.run(
+                self.out_names, {"probe_coefficients": chunk.reshape(self.batch, *self.sample_shape).astype(np.float32)}
+            )
             for i, o in enumerate(outs):
                 results[i].append((o, real))
         return results  # type: ignore[return-value]
@@ -99,7 +104,9 @@ def _per_sample_bias(arr: np.ndarray, samples: int, c_out: int) -> np.ndarray:
     raise _NoMatch(f"bias term of shape {list(a.shape)} does not fit {samples} samples x {c_out} channels")
 
 
-def _measure_aggregation(graph, leaf, weight_t, bias_ts, batch: int, c_out: int, j: int, layouts: Sequence[str], opset_imports):
+def _measure_aggregation(
+    graph, leaf, weight_t, bias_ts, batch: int, c_out: int, j: int, layouts: Sequence[str], opset_imports
+):
     """Read off the bank (and bias bank / static bias) by probing; verify on random coefficients.
 
     Returns (layout, K, weight bank [K, C_out, J] or None, bias_bank [K, C_out] or None, bias [C_out] or None).
@@ -112,7 +119,11 @@ def _measure_aggregation(graph, leaf, weight_t, bias_ts, batch: int, c_out: int,
     if leaf_shape is None:
         if weight_t is not None:
             raise _NoMatch(f"coefficient tensor {leaf.name!r} has no static shape")
-        leaf_shape = [batch] + [int(d) for d in leaf.shape[1:]] if leaf.shape and all(isinstance(d, int) for d in leaf.shape[1:]) else None
+        leaf_shape = (
+            [batch] + [int(d) for d in leaf.shape[1:]]
+            if leaf.shape and all(isinstance(d, int) for d in leaf.shape[1:])
+            else None
+        )
         if leaf_shape is None:
             raise _NoMatch(f"coefficient tensor {leaf.name!r} has unknown per-sample shape")
     if leaf_shape[0] != batch:
@@ -124,7 +135,9 @@ def _measure_aggregation(graph, leaf, weight_t, bias_ts, batch: int, c_out: int,
     try:
         probe = _Probe(sub_nodes, leaf, outputs, batch, sample, opset_imports)
     except Exception as exc:
-        raise _NoMatch(f"the aggregation subgraph does not run on its own ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise _NoMatch(
+            f"the aggregation subgraph does not run on its own ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
 
     def evaluate(coeffs: np.ndarray) -> list[np.ndarray]:
         raw = probe(coeffs)
@@ -197,9 +210,11 @@ def _measure_aggregation(graph, leaf, weight_t, bias_ts, batch: int, c_out: int,
         bank = results[0] if weight_t is not None else None
         bias_bank = None
         bias = None
-        for r in results[1 if weight_t is not None else 0:]:
+        for r in results[1 if weight_t is not None else 0 :]:
             d, zero = r
             bias_bank = d if bias_bank is None else bias_bank + d
             bias = zero if bias is None else bias + zero
         return layout, k, bank, bias_bank, bias
-    raise _NoMatch("; ".join(reasons) or f"coefficient tensor of {m} values per sample fits no layout for C_out={c_out}")
+    raise _NoMatch(
+        "; ".join(reasons) or f"coefficient tensor of {m} values per sample fits no layout for C_out={c_out}"
+    )

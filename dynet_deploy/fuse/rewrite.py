@@ -89,14 +89,30 @@ def _coefficients_for(graph, match: _Match, cache: dict):
     base = leaf.name
     if match.layout == "kt":
         mid = gs.Variable(f"{base}__as_NKC", dtype=np.float32, shape=[batch_dim, match.num_bases, c_c])
-        graph.nodes.append(gs.Node("Reshape", name=f"{base}__reshape_NKC", inputs=[leaf, gs.Constant(f"{base}__shape_NKC", np.array([-1, match.num_bases, c_c], np.int64))], outputs=[mid]))
+        graph.nodes.append(
+            gs.Node(
+                "Reshape",
+                name=f"{base}__reshape_NKC",
+                inputs=[leaf, gs.Constant(f"{base}__shape_NKC", np.array([-1, match.num_bases, c_c], np.int64))],
+                outputs=[mid],
+            )
+        )
         out = gs.Variable(f"{base}__as_NCK", dtype=np.float32, shape=[batch_dim, c_c, match.num_bases])
-        graph.nodes.append(gs.Node("Transpose", name=f"{base}__transpose_NCK", attrs={"perm": [0, 2, 1]}, inputs=[mid], outputs=[out]))
+        graph.nodes.append(
+            gs.Node("Transpose", name=f"{base}__transpose_NCK", attrs={"perm": [0, 2, 1]}, inputs=[mid], outputs=[out])
+        )
     elif shape is not None and len(shape) == 3 and list(shape[1:]) == [c_c, match.num_bases]:
         out = leaf
     else:
         out = gs.Variable(f"{base}__as_NCK", dtype=np.float32, shape=[batch_dim, c_c, match.num_bases])
-        graph.nodes.append(gs.Node("Reshape", name=f"{base}__reshape_NCK", inputs=[leaf, gs.Constant(f"{base}__shape_NCK", np.array([-1, c_c, match.num_bases], np.int64))], outputs=[out]))
+        graph.nodes.append(
+            gs.Node(
+                "Reshape",
+                name=f"{base}__reshape_NCK",
+                inputs=[leaf, gs.Constant(f"{base}__shape_NCK", np.array([-1, c_c, match.num_bases], np.int64))],
+                outputs=[out],
+            )
+        )
     cache[key] = out
     return out
 
@@ -110,25 +126,43 @@ def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedC
         inputs.append(gs.Constant(f"{name}_bias_bank", match.bias_bank))
     if match.bias is not None:
         inputs.append(gs.Constant(f"{name}_bias", match.bias))
-    attrs = gs_attributes(attributes(
-        stride=match.stride, pads=match.pads, dilation=match.dilation, groups=match.groups,
-        activation=match.activation, has_bias_bank=match.bias_bank is not None, has_bias=match.bias is not None,
-    ))
+    attrs = gs_attributes(
+        attributes(
+            stride=match.stride,
+            pads=match.pads,
+            dilation=match.dilation,
+            groups=match.groups,
+            activation=match.activation,
+            has_bias_bank=match.bias_bank is not None,
+            has_bias=match.bias is not None,
+        )
+    )
     out = match.output
     out.inputs.clear()  # detach only the subgraph's last node; every other reader keeps its tensors
     graph.nodes.append(gs.Node(OP_TYPE, name=name, domain=OP_DOMAIN, attrs=attrs, inputs=inputs, outputs=[out]))
     k, c_out = match.num_bases, match.c_out
     return FusedConv(
-        name=name, form=match.form, c_in=match.c_in, c_out=c_out, num_bases=k,
-        kernel=(int(match.weight.shape[3]), int(match.weight.shape[4])), groups=match.groups,
-        stride=tuple(match.stride), pads=tuple(match.pads), dilation=tuple(match.dilation),  # type: ignore[arg-type]
+        name=name,
+        form=match.form,
+        c_in=match.c_in,
+        c_out=c_out,
+        num_bases=k,
+        kernel=(int(match.weight.shape[3]), int(match.weight.shape[4])),
+        groups=match.groups,
+        stride=tuple(match.stride),
+        pads=tuple(match.pads),
+        dilation=tuple(match.dilation),  # type: ignore[arg-type]
         coeff_mode="expert" if match.layout == "expert" else "channel",
-        has_bias_bank=match.bias_bank is not None, has_bias=match.bias is not None,
-        activation=Activation(match.activation).name.lower(), folded_batchnorm=match.folded_batchnorm,
+        has_bias_bank=match.bias_bank is not None,
+        has_bias=match.bias is not None,
+        activation=Activation(match.activation).name.lower(),
+        folded_batchnorm=match.folded_batchnorm,
     )
 
 
-def fuse_dynamic_convs(model_or_path, out_path: str | Path | None = None, make_dynamic_batch: bool = True, verbose: bool = False):
+def fuse_dynamic_convs(
+    model_or_path, out_path: str | Path | None = None, make_dynamic_batch: bool = True, verbose: bool = False
+):
     """Fuse every recognised dynamic conv of ``model_or_path`` into one ``DyNetDynamicConv2d`` node.
 
     Writes ``out_path`` atomically (weights embedded) when given. Returns a :class:`FuseReport`; when
@@ -136,7 +170,6 @@ def fuse_dynamic_convs(model_or_path, out_path: str | Path | None = None, make_d
     """
     import onnx
     import onnx_graphsurgeon as gs
-
     import onnxruntime as ort
 
     if out_path is not None:
@@ -194,7 +227,9 @@ def fuse_dynamic_convs(model_or_path, out_path: str | Path | None = None, make_d
 
     report = FuseReport(matched=len(fused), left=left, details=details, candidates=len(candidates), fused=fused)
     if not candidates:
-        report.details.append("no dynamic convolution found: no Conv with a run-time weight and no feature-fusion pattern")
+        report.details.append(
+            "no dynamic convolution found: no Conv with a run-time weight and no feature-fusion pattern"
+        )
         if out_path is not None:
             report.path = _write_unchanged(model_or_path, original, out_path)
         report.model = original
@@ -233,7 +268,9 @@ def fuse_dynamic_convs(model_or_path, out_path: str | Path | None = None, make_d
 
 
 def _is_initializer(proto, name: str) -> bool:
-    return any(t.name == name for t in proto.graph.initializer) or any(n.op_type == "Constant" and n.output[0] == name for n in proto.graph.node)
+    return any(t.name == name for t in proto.graph.initializer) or any(
+        n.op_type == "Constant" and n.output[0] == name for n in proto.graph.node
+    )
 
 
 def _static_batch(proto) -> int | None:

@@ -40,15 +40,20 @@ class FCNHead(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
         inter = in_channels // 4
         super().__init__(
-            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
-            nn.Dropout(dropout), nn.Conv2d(inter, num_classes, 1),
+            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(inter, num_classes, 1),
         )
 
 
 class DyFCNHead(nn.Module):
     """FCNHead with a dynamic 3x3 conv (own CPM, BN folded); the 1x1 classifier stays static."""
 
-    def __init__(self, in_channels: int, inter_channels: int, num_classes: int, dropout: float = 0.1, num_bases: int = 6) -> None:
+    def __init__(
+        self, in_channels: int, inter_channels: int, num_classes: int, dropout: float = 0.1, num_bases: int = 6
+    ) -> None:
         super().__init__()
         self.cpm = CoefficientPredictor(in_channels, [inter_channels], num_bases, hidden=max(1, in_channels // 4))
         self.dyconv = DynamicConvBN(DynamicConv2d(in_channels, inter_channels, 3, 1, 1, num_bases=num_bases), "relu")
@@ -89,7 +94,9 @@ class FCN(nn.Module):
         return out
 
 
-def _fcn(dynamic: bool, num_classes: int = 19, in_chans: int = 3, aux_loss: bool = False, num_bases: int = 6, **kwargs) -> FCN:
+def _fcn(
+    dynamic: bool, num_classes: int = 19, in_chans: int = 3, aux_loss: bool = False, num_bases: int = 6, **kwargs
+) -> FCN:
     kwargs.setdefault("replace_stride_with_dilation", (False, True, True))
     if dynamic:
         backbone = dy_resnet50(in_chans=in_chans, num_bases=num_bases, **kwargs)
@@ -112,7 +119,11 @@ def fcn_resnet50(**kwargs) -> FCN:
 
 
 @register_model(
-    "dy_fcn_resnet50", task="segmentation", dynamic=True, baseline="fcn_resnet50", paper_mflops=95_600,
+    "dy_fcn_resnet50",
+    task="segmentation",
+    dynamic=True,
+    baseline="fcn_resnet50",
+    paper_mflops=95_600,
     input_size=PAPER_SEG_INPUT,
 )
 def dy_fcn_resnet50(**kwargs) -> FCN:

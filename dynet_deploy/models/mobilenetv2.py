@@ -31,7 +31,15 @@ from ..nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from .registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s), the MobileNetV2 paper's table 2.
-INVERTED_RESIDUAL_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+INVERTED_RESIDUAL_SETTING = [
+    [1, 16, 1, 1],
+    [6, 24, 2, 2],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -97,7 +105,9 @@ class DyMobileBlock(nn.Module):
         self.use_res_connect = stride == 1 and inp == oup
         self.cpm = CoefficientPredictor(inp, [mid, mid, oup], num_bases)
         self.dyconv1 = DynamicConvBN(DynamicConv2d(inp, mid, 1, num_bases=num_bases), "relu6")
-        self.dyconv2 = DynamicConvBN(DynamicConv2d(mid, mid, 3, stride, 1, groups=mid // group_width, num_bases=num_bases), "relu6")
+        self.dyconv2 = DynamicConvBN(
+            DynamicConv2d(mid, mid, 3, stride, 1, groups=mid // group_width, num_bases=num_bases), "relu6"
+        )
         self.dyconv3 = DynamicConvBN(DynamicConv2d(mid, oup, 1, num_bases=num_bases), "none")
         self.out_channels = oup
 

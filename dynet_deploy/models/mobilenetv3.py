@@ -53,19 +53,36 @@ def _configs(arch: str, width_mult: float) -> tuple[list[BneckConfig], int]:
 
     if arch == "large":
         cfg = [
-            c(16, 3, 16, 16, False, "RE", 1), c(16, 3, 64, 24, False, "RE", 2), c(24, 3, 72, 24, False, "RE", 1),
-            c(24, 5, 72, 40, True, "RE", 2), c(40, 5, 120, 40, True, "RE", 1), c(40, 5, 120, 40, True, "RE", 1),
-            c(40, 3, 240, 80, False, "HS", 2), c(80, 3, 200, 80, False, "HS", 1), c(80, 3, 184, 80, False, "HS", 1),
-            c(80, 3, 184, 80, False, "HS", 1), c(80, 3, 480, 112, True, "HS", 1), c(112, 3, 672, 112, True, "HS", 1),
-            c(112, 5, 672, 160, True, "HS", 2), c(160, 5, 960, 160, True, "HS", 1), c(160, 5, 960, 160, True, "HS", 1),
+            c(16, 3, 16, 16, False, "RE", 1),
+            c(16, 3, 64, 24, False, "RE", 2),
+            c(24, 3, 72, 24, False, "RE", 1),
+            c(24, 5, 72, 40, True, "RE", 2),
+            c(40, 5, 120, 40, True, "RE", 1),
+            c(40, 5, 120, 40, True, "RE", 1),
+            c(40, 3, 240, 80, False, "HS", 2),
+            c(80, 3, 200, 80, False, "HS", 1),
+            c(80, 3, 184, 80, False, "HS", 1),
+            c(80, 3, 184, 80, False, "HS", 1),
+            c(80, 3, 480, 112, True, "HS", 1),
+            c(112, 3, 672, 112, True, "HS", 1),
+            c(112, 5, 672, 160, True, "HS", 2),
+            c(160, 5, 960, 160, True, "HS", 1),
+            c(160, 5, 960, 160, True, "HS", 1),
         ]
         last_channel = make_divisible(1280 * width_mult)
     elif arch == "small":
         cfg = [
-            c(16, 3, 16, 16, True, "RE", 2), c(16, 3, 72, 24, False, "RE", 2), c(24, 3, 88, 24, False, "RE", 1),
-            c(24, 5, 96, 40, True, "HS", 2), c(40, 5, 240, 40, True, "HS", 1), c(40, 5, 240, 40, True, "HS", 1),
-            c(40, 5, 120, 48, True, "HS", 1), c(48, 5, 144, 48, True, "HS", 1), c(48, 5, 288, 96, True, "HS", 2),
-            c(96, 5, 576, 96, True, "HS", 1), c(96, 5, 576, 96, True, "HS", 1),
+            c(16, 3, 16, 16, True, "RE", 2),
+            c(16, 3, 72, 24, False, "RE", 2),
+            c(24, 3, 88, 24, False, "RE", 1),
+            c(24, 5, 96, 40, True, "HS", 2),
+            c(40, 5, 240, 40, True, "HS", 1),
+            c(40, 5, 240, 40, True, "HS", 1),
+            c(40, 5, 120, 48, True, "HS", 1),
+            c(48, 5, 144, 48, True, "HS", 1),
+            c(48, 5, 288, 96, True, "HS", 2),
+            c(96, 5, 576, 96, True, "HS", 1),
+            c(96, 5, 576, 96, True, "HS", 1),
         ]
         last_channel = make_divisible(1024 * width_mult)
     else:
@@ -104,7 +121,16 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if cnf.expanded_channels != cnf.input_channels:
             layers.append(cba(cnf.input_channels, cnf.expanded_channels, 1, activation=act))
-        layers.append(cba(cnf.expanded_channels, cnf.expanded_channels, cnf.kernel, cnf.stride, groups=cnf.expanded_channels, activation=act))
+        layers.append(
+            cba(
+                cnf.expanded_channels,
+                cnf.expanded_channels,
+                cnf.kernel,
+                cnf.stride,
+                groups=cnf.expanded_channels,
+                activation=act,
+            )
+        )
         if cnf.use_se:
             layers.append(SqueezeExcitation(cnf.expanded_channels, _se_channels(cnf.expanded_channels)))
         layers.append(cba(cnf.expanded_channels, cnf.out_channels, 1, activation=None))
@@ -175,7 +201,9 @@ class MobileNetV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = lastconv_out
         self.classifier = nn.Sequential(
-            nn.Linear(lastconv_out, last_channel), nn.Hardswish(inplace=True), nn.Dropout(dropout, inplace=True),
+            nn.Linear(lastconv_out, last_channel),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(dropout, inplace=True),
             nn.Linear(last_channel, num_classes),
         )
         init_static_layers(self)
@@ -198,7 +226,10 @@ def mobilenet_v3_small(**kwargs) -> MobileNetV3:
 
 
 @register_model(
-    "dy_mobilenet_v3_large", dynamic=True, baseline="mobilenet_v3_large", paper_mflops=219,
+    "dy_mobilenet_v3_large",
+    dynamic=True,
+    baseline="mobilenet_v3_large",
+    paper_mflops=219,
     notes="DyNet keeps the baseline's cost (+1.9 top-1); figure = baseline's",
 )
 def dy_mobilenet_v3_large(**kwargs) -> MobileNetV3:
@@ -206,7 +237,10 @@ def dy_mobilenet_v3_large(**kwargs) -> MobileNetV3:
 
 
 @register_model(
-    "dy_mobilenet_v3_small", dynamic=True, baseline="mobilenet_v3_small", paper_mflops=56,
+    "dy_mobilenet_v3_small",
+    dynamic=True,
+    baseline="mobilenet_v3_small",
+    paper_mflops=56,
     notes="DyNet keeps the baseline's cost (+2.9 top-1); figure = baseline's",
 )
 def dy_mobilenet_v3_small(**kwargs) -> MobileNetV3:

@@ -83,7 +83,9 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _dyconv(cin: int, cout: int, k: int, stride: int, num_bases: int, act: str) -> tuple[CoefficientPredictor, DynamicConvBN]:
+def _dyconv(
+    cin: int, cout: int, k: int, stride: int, num_bases: int, act: str
+) -> tuple[CoefficientPredictor, DynamicConvBN]:
     conv = DynamicConv2d(cin, cout, k, stride, k // 2, num_bases=num_bases)
     cpm = CoefficientPredictor(cin, [cout], num_bases, hidden=max(1, cin // 4))
     return cpm, DynamicConvBN(conv, act)
@@ -94,7 +96,9 @@ class DyBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, num_bases: int = 6) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, num_bases: int = 6
+    ) -> None:
         super().__init__()
         self.cpm1, self.dyconv1 = _dyconv(inplanes, planes, 3, stride, num_bases, "relu")
         self.cpm2, self.dyconv2 = _dyconv(planes, planes, 3, 1, num_bases, "none")
@@ -113,7 +117,9 @@ class DyBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, num_bases: int = 6) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, num_bases: int = 6
+    ) -> None:
         super().__init__()
         self.cpm1, self.dyconv1 = _dyconv(inplanes, planes, 1, 1, num_bases, "relu")
         self.cpm2, self.dyconv2 = _dyconv(planes, planes, 3, stride, num_bases, "relu")
@@ -171,7 +177,9 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int, dilate: bool, block_kwargs: dict) -> nn.Sequential:
+    def _make_layer(
+        self, block, planes: int, blocks: int, stride: int, dilate: bool, block_kwargs: dict
+    ) -> nn.Sequential:
         previous_dilation = self.dilation
         if dilate:
             # Dilated ResNet (output stride 8), as torchvision: keep resolution, grow dilation; the
@@ -180,7 +188,9 @@ class ResNet(nn.Module):
             stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
         layers = [block(self.inplanes, planes, stride, downsample, **block_kwargs)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, **block_kwargs) for _ in range(1, blocks)]

@@ -55,15 +55,23 @@ class InvertedResidual(nn.Module):
             raise ValueError(f"a stride-1 unit needs inp == oup (got {inp}, {oup})")
         if stride > 1:
             self.branch1 = nn.Sequential(
-                _depthwise(inp, stride), nn.BatchNorm2d(inp),
-                nn.Conv2d(inp, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+                _depthwise(inp, stride),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch, 1, bias=False),
+                nn.BatchNorm2d(branch),
+                nn.ReLU(inplace=True),
             )
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
-            nn.Conv2d(inp if stride > 1 else branch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
-            _depthwise(branch, stride), nn.BatchNorm2d(branch),
-            nn.Conv2d(branch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+            nn.Conv2d(inp if stride > 1 else branch, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
+            _depthwise(branch, stride),
+            nn.BatchNorm2d(branch),
+            nn.Conv2d(branch, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +90,9 @@ class DyRightBranch(nn.Module):
         super().__init__()
         self.cpm = CoefficientPredictor(inp, [width, width, width], num_bases)
         self.dyconv1 = DynamicConvBN(DynamicConv2d(inp, width, 1, num_bases=num_bases), "relu")
-        self.dyconv2 = DynamicConvBN(DynamicConv2d(width, width, 3, stride, 1, groups=width, num_bases=num_bases), "none")
+        self.dyconv2 = DynamicConvBN(
+            DynamicConv2d(width, width, 3, stride, 1, groups=width, num_bases=num_bases), "none"
+        )
         self.dyconv3 = DynamicConvBN(DynamicConv2d(width, width, 1, num_bases=num_bases), "relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +116,11 @@ class DyShuffleUnit(nn.Module):
             branch = oup // 2
             self.right_channels = branch
             self.branch1 = nn.Sequential(
-                _depthwise(inp, stride), nn.BatchNorm2d(inp),
-                nn.Conv2d(inp, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+                _depthwise(inp, stride),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch, 1, bias=False),
+                nn.BatchNorm2d(branch),
+                nn.ReLU(inplace=True),
             )
             self.branch2 = DyRightBranch(inp, branch, stride, num_bases)
 
@@ -132,12 +145,16 @@ class ShuffleNetV2(nn.Module):
         if len(stages_out_channels) != 5:
             raise ValueError("stages_out_channels needs 5 entries (stem, three stages, conv5)")
         c = stages_out_channels[0]
-        self.conv1 = nn.Sequential(nn.Conv2d(in_chans, c, 3, 1 if small_input else 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(in_chans, c, 3, 1 if small_input else 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)
+        )
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         inp = c
         for name, repeats, oup in zip(["stage2", "stage3", "stage4"], STAGES_REPEATS, stages_out_channels[1:4]):
             if dynamic:
-                units = [DyShuffleUnit(inp, oup, 2, num_bases)] + [DyShuffleUnit(oup, oup, 1, num_bases) for _ in range(repeats - 1)]
+                units = [DyShuffleUnit(inp, oup, 2, num_bases)] + [
+                    DyShuffleUnit(oup, oup, 1, num_bases) for _ in range(repeats - 1)
+                ]
             else:
                 units = [InvertedResidual(inp, oup, 2)] + [InvertedResidual(oup, oup, 1) for _ in range(repeats - 1)]
             setattr(self, name, nn.Sequential(*units))
@@ -184,7 +201,10 @@ def dy_shufflenet_v2_x1_0(width_mult: float = 1.0, **kwargs) -> ShuffleNetV2:
 
 
 @register_model(
-    "dy_shufflenet_v2_x1_5", dynamic=True, baseline="shufflenet_v2_x1_5", paper_mflops=None,
+    "dy_shufflenet_v2_x1_5",
+    dynamic=True,
+    baseline="shufflenet_v2_x1_5",
+    paper_mflops=None,
     notes="no paper FLOPs figure at 1.5x",
 )
 def dy_shufflenet_v2_x1_5(width_mult: float = 1.5, **kwargs) -> ShuffleNetV2:

@@ -104,8 +104,18 @@ class DyConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = DynamicConv2d(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, num_bases,
-            coeff_mode, bias_bank, bias, mode,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            num_bases,
+            coeff_mode,
+            bias_bank,
+            bias,
+            mode,
         )
         self.cpm = CoefficientPredictor(
             in_channels, [self.conv.coeff_channels], num_bases, cpm_hidden, cpm_activation, temperature

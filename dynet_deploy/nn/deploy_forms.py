@@ -25,7 +25,6 @@ from .cpm import CoefficientPredictor
 from .dynamic_conv import DynamicConv2d
 from .fold import fold_batchnorms
 
-
 DEPLOY_FORMS = ("matmul",)
 
 
@@ -55,7 +54,9 @@ class MatMulFusionConv2d(nn.Module):
         else:
             bank = w.reshape(k, -1).contiguous()  # [K, C_out*J]
         self.register_buffer("bank", bank)
-        self.register_buffer("bias_bank", None if conv.bias_bank is None else conv.bias_bank.detach().t().contiguous().unsqueeze(-1))
+        self.register_buffer(
+            "bias_bank", None if conv.bias_bank is None else conv.bias_bank.detach().t().contiguous().unsqueeze(-1)
+        )
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
     def extra_repr(self) -> str:
@@ -114,7 +115,9 @@ class MatMulFusionConv2d(nn.Module):
         bias = self.aggregated_bias(coeff, n)
         if n == 1:
             return F.conv2d(x, fused, bias, self.stride, pad, self.dilation, self.groups)
-        y = F.conv2d(x.reshape(1, -1, x.shape[-2], x.shape[-1]), fused, bias, self.stride, pad, self.dilation, self.groups * n)
+        y = F.conv2d(
+            x.reshape(1, -1, x.shape[-2], x.shape[-1]), fused, bias, self.stride, pad, self.dilation, self.groups * n
+        )
         return y.reshape(n, self.out_channels, y.shape[-2], y.shape[-1])
 
 

@@ -88,7 +88,9 @@ class DynamicConv2d(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {groups}")
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {groups}"
+            )
         if coeff_mode not in ("channel", "expert"):
             raise ValueError(f"coeff_mode must be 'channel' or 'expert', got {coeff_mode!r}")
         if num_bases < 1:
@@ -205,8 +207,9 @@ class DynamicConv2d(nn.Module):
 
     def forward_kernel(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
         # The op's own math (kernel fusion, then one batch-as-groups conv): this path is what gets deployed.
-        return reference.dynamic_conv(x, coeff, self.weight, self.bias_bank, self.bias, self.stride, self.pads,
-                                      self.dilation, self.groups)
+        return reference.dynamic_conv(
+            x, coeff, self.weight, self.bias_bank, self.bias, self.stride, self.pads, self.dilation, self.groups
+        )
 
     def forward_loop(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
         x, pad = self._pad_input(x)

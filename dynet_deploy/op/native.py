@@ -60,8 +60,12 @@ class DynetConvParams(ctypes.Structure):
 
 
 class DynetAttributeInfo(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("default_value", ctypes.c_int32), ("min_value", ctypes.c_int32),
-                ("max_value", ctypes.c_int32)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("default_value", ctypes.c_int32),
+        ("min_value", ctypes.c_int32),
+        ("max_value", ctypes.c_int32),
+    ]
 
 
 class DynamicConvCallError(ValueError):
@@ -73,6 +77,7 @@ class DynamicConvCallError(ValueError):
 
 
 # ---- locating the libraries -----------------------------------------------------------------------------------
+
 
 def search_dirs() -> list[Path]:
     dirs = []
@@ -166,7 +171,9 @@ def _declare_common(lib: ctypes.CDLL) -> None:
     lib.dynet_conv_attribute.argtypes = [ctypes.c_int32]
     version = lib.dynet_conv_abi_version()
     if version != ABI_VERSION:
-        raise BuildError(f"{lib._name} has ABI version {version}, this package expects {ABI_VERSION}; rebuild (make plugins)")
+        raise BuildError(
+            f"{lib._name} has ABI version {version}, this package expects {ABI_VERSION}; rebuild (make plugins)"
+        )
 
 
 def _load(name: str, path: Path | None, what: str) -> ctypes.CDLL:
@@ -197,13 +204,36 @@ def load_cuda_library() -> ctypes.CDLL:
     lib.dynet_conv_cuda_workspace_size.restype = ctypes.c_size_t
     lib.dynet_conv_cuda_workspace_size.argtypes = [ctypes.POINTER(DynetConvParams), ctypes.c_int32, ctypes.c_int32]
     lib.dynet_conv_cuda.restype = ctypes.c_int32
-    lib.dynet_conv_cuda.argtypes = [ctypes.POINTER(DynetConvParams), ctypes.c_int32, ctypes.c_int32,
-                                    vp, vp, vp, vp, vp, vp, vp, ctypes.c_size_t, vp]
+    lib.dynet_conv_cuda.argtypes = [
+        ctypes.POINTER(DynetConvParams),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        ctypes.c_size_t,
+        vp,
+    ]
     return lib
 
 
-def make_params(x_shape, coeff_shape, weight_shape, *, has_bias_bank=False, has_bias=False, stride=(1, 1),
-                pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, activation=0) -> DynetConvParams:
+def make_params(
+    x_shape,
+    coeff_shape,
+    weight_shape,
+    *,
+    has_bias_bank=False,
+    has_bias=False,
+    stride=(1, 1),
+    pads=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
+    activation=0,
+) -> DynetConvParams:
     """Build DynetConvParams from tensor shapes and attributes (pads are top, left, bottom, right)."""
     if len(x_shape) != 4 or len(coeff_shape) != 3 or len(weight_shape) != 5:
         raise ValueError(
@@ -264,17 +294,36 @@ def _f32(a, name: str) -> np.ndarray:
     return arr
 
 
-def cpu_reference_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1), pads=(0, 0, 0, 0),
-                       dilation=(1, 1), groups=1, activation=0) -> np.ndarray:
+def cpu_reference_conv(
+    x,
+    coeff,
+    weight,
+    bias_bank=None,
+    bias=None,
+    stride=(1, 1),
+    pads=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
+    activation=0,
+) -> np.ndarray:
     """Run the C++ CPU reference of DyNetDynamicConv2d on float32 arrays; ``pads`` = (top, left, bottom, right).
 
     Raises DynamicConvCallError (a ValueError) with the library's reason when the arguments break the op contract.
     """
     lib = load_cpu_library()
     x, coeff, weight = _f32(x, "x"), _f32(coeff, "coeff"), _f32(weight, "weight")
-    params = make_params(x.shape, coeff.shape, weight.shape, has_bias_bank=bias_bank is not None,
-                         has_bias=bias is not None, stride=stride, pads=pads, dilation=dilation, groups=groups,
-                         activation=activation)
+    params = make_params(
+        x.shape,
+        coeff.shape,
+        weight.shape,
+        has_bias_bank=bias_bank is not None,
+        has_bias=bias is not None,
+        stride=stride,
+        pads=pads,
+        dilation=dilation,
+        groups=groups,
+        activation=activation,
+    )
     if bias_bank is not None:
         bias_bank = _f32(bias_bank, "bias_bank")
         if bias_bank.shape != (params.k, params.c_out):
@@ -289,8 +338,9 @@ def cpu_reference_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1
     def ptr(a):
         return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
-    status = lib.dynet_conv_cpu_f32(ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank),
-                                    ptr(bias), ptr(y))
+    status = lib.dynet_conv_cpu_f32(
+        ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank), ptr(bias), ptr(y)
+    )
     if status != OK:
         raise _error(lib, status, params)
     return y
@@ -298,13 +348,27 @@ def cpu_reference_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1
 
 # ---- CUDA ABI from torch tensors -----------------------------------------------------------------------------
 
+
 def cuda_workspace_size(params: DynetConvParams, dtype: int = FLOAT32, algo: int = ALGO_AUTO) -> int:
     """Workspace bytes dynet_conv_cuda needs (host arithmetic only; no GPU needed)."""
     return int(load_cuda_library().dynet_conv_cuda_workspace_size(ctypes.byref(params), dtype, algo))
 
 
-def cuda_dynamic_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1), pads=(0, 0, 0, 0),
-                      dilation=(1, 1), groups=1, activation=0, algo: int = ALGO_AUTO, out=None, workspace=None):
+def cuda_dynamic_conv(
+    x,
+    coeff,
+    weight,
+    bias_bank=None,
+    bias=None,
+    stride=(1, 1),
+    pads=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
+    activation=0,
+    algo: int = ALGO_AUTO,
+    out=None,
+    workspace=None,
+):
     """Run the CUDA kernels on torch CUDA tensors (float32 or float16, contiguous) on the current stream.
 
     ``workspace`` (a uint8 CUDA tensor) is allocated here when not given; pass one to keep the call allocation-free.
@@ -321,9 +385,18 @@ def cuda_dynamic_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1)
             continue
         if not t.is_cuda or t.dtype != x.dtype or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous CUDA tensor of dtype {x.dtype}")
-    params = make_params(tuple(x.shape), tuple(coeff.shape), tuple(weight.shape), has_bias_bank=bias_bank is not None,
-                         has_bias=bias is not None, stride=stride, pads=pads, dilation=dilation, groups=groups,
-                         activation=activation)
+    params = make_params(
+        tuple(x.shape),
+        tuple(coeff.shape),
+        tuple(weight.shape),
+        has_bias_bank=bias_bank is not None,
+        has_bias=bias is not None,
+        stride=stride,
+        pads=pads,
+        dilation=dilation,
+        groups=groups,
+        activation=activation,
+    )
     h_out, w_out = output_hw(params, lib)
     if out is None:
         out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
@@ -337,8 +410,20 @@ def cuda_dynamic_conv(x, coeff, weight, bias_bank=None, bias=None, stride=(1, 1)
         return None if t is None else t.data_ptr()
 
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    status = lib.dynet_conv_cuda(ctypes.byref(params), dtype, algo, ptr(x), ptr(coeff), ptr(weight),
-                                 ptr(bias_bank), ptr(bias), ptr(out), ws_ptr, ws_size, stream)
+    status = lib.dynet_conv_cuda(
+        ctypes.byref(params),
+        dtype,
+        algo,
+        ptr(x),
+        ptr(coeff),
+        ptr(weight),
+        ptr(bias_bank),
+        ptr(bias),
+        ptr(out),
+        ws_ptr,
+        ws_size,
+        stream,
+    )
     if status != OK:
         raise _error(lib, status, params)
     return out

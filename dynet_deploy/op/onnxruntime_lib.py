@@ -43,7 +43,9 @@ def register(session_options, path: str | Path | None = None) -> Path:
     """
     lib = Path(path) if path is not None else require_library()
     if not lib.is_file():
-        raise MissingDependencyError(f"onnxruntime custom-op library {str(lib)!r} does not exist; build it with 'make plugins'")
+        raise MissingDependencyError(
+            f"onnxruntime custom-op library {str(lib)!r} does not exist; build it with 'make plugins'"
+        )
     try:
         session_options.register_custom_ops_library(str(lib))
     except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types

@@ -28,7 +28,9 @@ def fused_kernels(coeff: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return fused.reshape(coeff.shape[0], *weight.shape[1:])
 
 
-def aggregated_bias(coeff: torch.Tensor, bias_bank: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor | None:
+def aggregated_bias(
+    coeff: torch.Tensor, bias_bank: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor | None:
     """``sum_k coeff[n,t|0,k] bias_bank[k,t] + bias[t]`` as ``[N, C_out]`` (``[1, C_out]`` for bias alone), or None."""
     out = None
     if bias_bank is not None:
@@ -49,20 +51,31 @@ def activate(y: torch.Tensor, activation: int) -> torch.Tensor:
 
 
 def dynamic_conv(
-    x: torch.Tensor, coeff: torch.Tensor, weight: torch.Tensor, bias_bank: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None, stride: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
-    dilation: Sequence[int] = (1, 1), groups: int = 1, activation: int = 0,
+    x: torch.Tensor,
+    coeff: torch.Tensor,
+    weight: torch.Tensor,
+    bias_bank: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    stride: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    groups: int = 1,
+    activation: int = 0,
 ) -> torch.Tensor:
     """The op on torch tensors; ``pads`` = (top, left, bottom, right). Shapes are checked, not assumed."""
     n, c_in = x.shape[0], x.shape[1]
     k, c_out = weight.shape[0], weight.shape[1]
     if x.dim() != 4 or weight.dim() != 5:
-        raise ValueError(f"{OP_TYPE}: x must be [N, C_in, H, W] and weight [K, C_out, C_in/groups, kH, kW], "
-                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+        raise ValueError(
+            f"{OP_TYPE}: x must be [N, C_in, H, W] and weight [K, C_out, C_in/groups, kH, kW], "
+            f"got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
     if coeff.dim() != 3 or coeff.shape[0] != n or coeff.shape[2] != k or coeff.shape[1] not in (1, c_out):
         raise ValueError(f"{OP_TYPE}: coeff must be [N={n}, {c_out} or 1, K={k}], got {tuple(coeff.shape)}")
     if c_in != weight.shape[2] * groups:
-        raise ValueError(f"{OP_TYPE}: x has {c_in} channels, weight expects {weight.shape[2] * groups} (groups={groups})")
+        raise ValueError(
+            f"{OP_TYPE}: x has {c_in} channels, weight expects {weight.shape[2] * groups} (groups={groups})"
+        )
     top, left, bottom, right = pads
     if (top, left) != (bottom, right):
         x = F.pad(x, (left, right, top, bottom))
@@ -73,14 +86,19 @@ def dynamic_conv(
     b = aggregated_bias(coeff, bias_bank, bias)
     if b is not None:
         b = b.expand(n, c_out).reshape(-1)
-    y = F.conv2d(x.reshape(1, n * c_in, x.shape[2], x.shape[3]), fused, b, tuple(stride), pad, tuple(dilation),
-                 groups * n)
+    y = F.conv2d(
+        x.reshape(1, n * c_in, x.shape[2], x.shape[3]), fused, b, tuple(stride), pad, tuple(dilation), groups * n
+    )
     return activate(y.reshape(n, c_out, y.shape[2], y.shape[3]), activation)
 
 
 def dynamic_conv_numpy(
-    x: np.ndarray, coeff: np.ndarray, weight: np.ndarray, bias_bank: np.ndarray | None = None,
-    bias: np.ndarray | None = None, **attrs: int,
+    x: np.ndarray,
+    coeff: np.ndarray,
+    weight: np.ndarray,
+    bias_bank: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    **attrs: int,
 ) -> np.ndarray:
     """The op on float32 numpy arrays with the ONNX node's attributes (``has_*`` may be omitted)."""
     attrs.setdefault("has_bias_bank", int(bias_bank is not None))

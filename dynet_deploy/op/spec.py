@@ -90,16 +90,25 @@ OPTIONAL_INPUT_FLAGS = {"bias_bank": "has_bias_bank", "bias": "has_bias"}
 
 
 def attributes(
-    stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups: int = 1, activation: int | str = 0,
-    has_bias_bank: bool = False, has_bias: bool = False,
+    stride=(1, 1),
+    pads=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups: int = 1,
+    activation: int | str = 0,
+    has_bias_bank: bool = False,
+    has_bias: bool = False,
 ) -> dict[str, int]:
     """The attribute dict from conv-style arguments (``pads`` = top, left, bottom, right), checked."""
     if isinstance(activation, str):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
         activation = ACTIVATIONS[activation]
-    values = dict(zip(ATTRIBUTE_NAMES, (*stride, *pads, *dilation, groups, activation,
-                                        int(bool(has_bias_bank)), int(bool(has_bias)))))
+    values = dict(
+        zip(
+            ATTRIBUTE_NAMES,
+            (*stride, *pads, *dilation, groups, activation, int(bool(has_bias_bank)), int(bool(has_bias))),
+        )
+    )
     if len(values) != len(ATTRIBUTES):
         raise ValueError(f"expected 2 strides, 4 pads and 2 dilations, got {stride}, {pads}, {dilation}")
     return check_attributes(values)
@@ -137,10 +146,13 @@ def make_node(inputs, outputs, name: str | None = None, **attrs: Any):
     values = check_attributes(attrs)
     expected = 3 + values["has_bias_bank"] + values["has_bias"]
     if len(inputs) != expected:
-        raise ValueError(f"{OP_TYPE} with has_bias_bank={values['has_bias_bank']}, has_bias={values['has_bias']} "
-                         f"takes {expected} inputs, got {len(inputs)}")
-    return helper.make_node(OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN,
-                            **values, **PLUGIN_STRING_ATTRIBUTES)
+        raise ValueError(
+            f"{OP_TYPE} with has_bias_bank={values['has_bias_bank']}, has_bias={values['has_bias']} "
+            f"takes {expected} inputs, got {len(inputs)}"
+        )
+    return helper.make_node(
+        OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN, **values, **PLUGIN_STRING_ATTRIBUTES
+    )
 
 
 def gs_attributes(values: Mapping[str, Any]) -> dict[str, Any]:

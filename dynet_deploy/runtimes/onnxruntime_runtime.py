@@ -46,7 +46,14 @@ class OnnxruntimeRunner:
             their own pool, and the idle pool's spinning workers compete with the running one for the cores.
     """
 
-    def __init__(self, model, threads: int | None = None, graph_optimization_level: str = "all", providers: Sequence[str] | None = None, spinning: bool | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        threads: int | None = None,
+        graph_optimization_level: str = "all",
+        providers: Sequence[str] | None = None,
+        spinning: bool | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         proto = load_onnx(model, RuntimeBackendError)
@@ -56,7 +63,9 @@ class OnnxruntimeRunner:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         if graph_optimization_level not in GRAPH_OPT_LEVELS:
-            raise RuntimeBackendError(f"graph_optimization_level must be one of {GRAPH_OPT_LEVELS}, got {graph_optimization_level!r}")
+            raise RuntimeBackendError(
+                f"graph_optimization_level must be one of {GRAPH_OPT_LEVELS}, got {graph_optimization_level!r}"
+            )
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -112,13 +121,19 @@ class OnnxruntimeRunner:
                     f"{_shape_str(shape)}"
                 )
             if arr.dtype != dtype:
-                raise RuntimeBackendError(f"input {name!r} is {arr.dtype}; the graph expects {np.dtype(dtype).name} (cast it first)")
+                raise RuntimeBackendError(
+                    f"input {name!r} is {arr.dtype}; the graph expects {np.dtype(dtype).name} (cast it first)"
+                )
             for axis, (want, got) in enumerate(zip(shape, arr.shape)):
                 if isinstance(want, int) and want > 0 and want != got:
                     what = {0: "batch", 1: "channels"}.get(axis, f"dim {axis}")
                     raise RuntimeBackendError(
                         f"input {name!r} has {what} {got}; the graph expects {want} (shape {_shape_str(shape)}"
-                        + (", a fixed batch: export with a dynamic batch or run `dynet-deploy fuse`" if axis == 0 else "")
+                        + (
+                            ", a fixed batch: export with a dynamic batch or run `dynet-deploy fuse`"
+                            if axis == 0
+                            else ""
+                        )
                         + ")"
                     )
 

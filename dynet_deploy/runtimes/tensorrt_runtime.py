@@ -70,8 +70,14 @@ class TensorRTRunner:
 
     def _torch_dtype(self, name: str):
         trt, torch = self.trt, self.torch
-        mapping = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                   trt.int64: torch.int64, trt.int8: torch.int8, trt.bool: torch.bool}
+        mapping = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int64: torch.int64,
+            trt.int8: torch.int8,
+            trt.bool: torch.bool,
+        }
         if hasattr(trt, "bfloat16"):
             mapping[trt.bfloat16] = torch.bfloat16
         dtype = self.engine.get_tensor_dtype(name)

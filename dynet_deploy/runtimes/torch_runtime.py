@@ -16,7 +16,13 @@ class TorchRunner:
     graphs are compared with.
     """
 
-    def __init__(self, model, input_names: Sequence[str] = ("input",), output_names: Sequence[str] = ("output",), device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model,
+        input_names: Sequence[str] = ("input",),
+        output_names: Sequence[str] = ("output",),
+        device: str = "cpu",
+    ) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.input_names = list(input_names)
@@ -40,5 +46,7 @@ class TorchRunner:
         else:
             outs = list(out)
         if len(outs) != len(self.output_names):
-            raise RuntimeBackendError(f"the model returned {len(outs)} outputs, expected {len(self.output_names)} ({self.output_names})")
+            raise RuntimeBackendError(
+                f"the model returned {len(outs)} outputs, expected {len(self.output_names)} ({self.output_names})"
+            )
         return {name: t.detach().cpu().numpy() for name, t in zip(self.output_names, outs)}

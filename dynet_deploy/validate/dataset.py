@@ -60,7 +60,9 @@ def _batches(n: int, batch: int) -> Iterable[slice]:
         yield slice(s, min(n, s + batch))
 
 
-def _run_in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, fixed: bool, progress: bool, desc: str) -> np.ndarray:
+def _run_in_batches(
+    run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, fixed: bool, progress: bool, desc: str
+) -> np.ndarray:
     from tqdm import tqdm
 
     outs = []
@@ -146,7 +148,9 @@ def validate_dataset(
     return report
 
 
-def reference_outputs(model, images: np.ndarray, batch: int = 250, dtype=np.float32, progress: bool = False) -> np.ndarray:
+def reference_outputs(
+    model, images: np.ndarray, batch: int = 250, dtype=np.float32, progress: bool = False
+) -> np.ndarray:
     """PyTorch's first output on ``images`` in batches (inputs rounded through ``dtype`` as a backend sees them)."""
     import torch
 
@@ -170,7 +174,9 @@ def mean_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:
     return float(np.mean(ious)) if ious else 1.0
 
 
-def synthetic_segmentation(n: int, height: int, width: int, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_segmentation(
+    n: int, height: int, width: int, num_classes: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Generated images and masks: rectangles and ellipses of random classes, each class a colour plus noise.
 
     No segmentation data set can be downloaded here; these give a task with known masks so that mIoU

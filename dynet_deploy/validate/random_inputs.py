@@ -19,9 +19,6 @@ from ..runtimes import BackendSession
 from .compare import TOLERANCES, OutputCheck, Tolerance, errors, non_finite_count
 
 
-
-
-
 @dataclass
 class RandomReport:
     model: str
@@ -102,16 +99,15 @@ def read_graph_input(onnx_path: str | Path) -> GraphInput:
     return GraphInput(inputs[0].name, shape, dtype, [o.name for o in model.graph.output])
 
 
-
-
-
 def _reference_runner(model, graph: GraphInput):
     from ..runtimes.torch_runtime import TorchRunner
 
     return TorchRunner(model, [graph.name], graph.output_names)
 
 
-def replay_command(model_path: Path, backend: str, uses_plugin: bool, inputs_json: Path, ref_json: Path, tol: Tolerance) -> str:
+def replay_command(
+    model_path: Path, backend: str, uses_plugin: bool, inputs_json: Path, ref_json: Path, tol: Tolerance
+) -> str:
     """The ``polygraphy run`` command that replays the check by hand."""
     q = shlex.quote
     tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {tol.max_abs:g} --rtol {tol.rel:g}"
@@ -171,7 +167,9 @@ def validate_random(
         else:
             raise ValidationError(f"input {graph.name!r} has a dynamic {'HW'[axis - 2]}; pass --input-size H W")
     if input_size is not None and tuple(hw) != tuple(input_size):
-        raise ValidationError(f"the graph's input is fixed at {hw[0]}x{hw[1]}; --input-size {input_size[0]} {input_size[1]} does not fit")
+        raise ValidationError(
+            f"the graph's input is fixed at {hw[0]}x{hw[1]}; --input-size {input_size[0]} {input_size[1]} does not fit"
+        )
 
     session = BackendSession(backend, model_path, threads=threads)
     ref_runner = _reference_runner(model, graph)

@@ -298,36 +298,10 @@ def crop_reference(layer: Layer, inputs, o0: int, o1: int, activation: int, dtyp
 
 # ---- our kernels ------------------------------------------------------------------------------------------------
 
-_PLAN_API = False
-
 
 def cuda_lib():
-    """The CUDA library with the plan API declared (plugin_lib declares the stateless entry points)."""
-    global _PLAN_API
-    lib = plugin_lib.load_cuda_library()
-    if not _PLAN_API:
-        c, P = ctypes, ctypes.POINTER(plugin_lib.DynetConvParams)
-        lib.dynet_conv_cuda_has_cudnn.restype = c.c_int32
-        lib.dynet_conv_cuda_plan_create.argtypes = [
-            P,
-            c.c_int32,
-            c.c_int32,
-            c.c_size_t,
-            c.POINTER(c.c_void_p),
-            c.c_char_p,
-            c.c_size_t,
-        ]
-        lib.dynet_conv_cuda_plan_create.restype = c.c_int32
-        lib.dynet_conv_cuda_plan_workspace_size.argtypes = [c.c_void_p]
-        lib.dynet_conv_cuda_plan_workspace_size.restype = c.c_size_t
-        lib.dynet_conv_cuda_plan_algo.argtypes = [c.c_void_p]
-        lib.dynet_conv_cuda_plan_algo.restype = c.c_int32
-        lib.dynet_conv_cuda_plan_run.argtypes = [c.c_void_p] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
-        lib.dynet_conv_cuda_plan_run.restype = c.c_int32
-        lib.dynet_conv_cuda_plan_destroy.argtypes = [c.c_void_p]
-        lib.dynet_conv_cuda_plan_destroy.restype = None
-        _PLAN_API = True
-    return lib
+    """The CUDA library with its stateless entry points and the plan API declared (dynet_deploy.op.native)."""
+    return plugin_lib.load_cuda_library()
 
 
 def algos() -> dict[str, int]:

@@ -334,31 +334,7 @@ def cuda():
     path = plugin_lib.cuda_library_path()
     if path is None:
         pytest.skip("libdynet_dynamic_conv_cuda.so was not built (no nvcc)")
-    lib = _declare(ctypes.CDLL(str(path)))
-    c = ctypes
-    lib.dynet_conv_cuda_workspace_size.argtypes = [P, c.c_int32, c.c_int32]
-    lib.dynet_conv_cuda_workspace_size.restype = c.c_size_t
-    lib.dynet_conv_cuda.argtypes = [P, c.c_int32, c.c_int32] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
-    lib.dynet_conv_cuda.restype = c.c_int32
-    lib.dynet_conv_cuda_has_cudnn.restype = c.c_int32
-    lib.dynet_conv_cuda_plan_create.argtypes = [
-        P,
-        c.c_int32,
-        c.c_int32,
-        c.c_size_t,
-        c.POINTER(c.c_void_p),
-        c.c_char_p,
-        c.c_size_t,
-    ]
-    lib.dynet_conv_cuda_plan_create.restype = c.c_int32
-    lib.dynet_conv_cuda_plan_workspace_size.argtypes = [c.c_void_p]
-    lib.dynet_conv_cuda_plan_workspace_size.restype = c.c_size_t
-    lib.dynet_conv_cuda_plan_algo.argtypes = [c.c_void_p]
-    lib.dynet_conv_cuda_plan_algo.restype = c.c_int32
-    lib.dynet_conv_cuda_plan_run.argtypes = [c.c_void_p] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
-    lib.dynet_conv_cuda_plan_run.restype = c.c_int32
-    lib.dynet_conv_cuda_plan_destroy.argtypes = [c.c_void_p]
-    lib.dynet_conv_cuda_plan_destroy.restype = None
+    lib = _declare(plugin_lib.load_cuda_library())  # the binding declares the stateless and the plan API
     return lib
 
 

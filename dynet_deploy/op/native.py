@@ -218,6 +218,27 @@ def load_cuda_library() -> ctypes.CDLL:
         ctypes.c_size_t,
         vp,
     ]
+    # Plans (every algorithm, the cuDNN tactic included): made once per shape, run without allocating.
+    lib.dynet_conv_cuda_has_cudnn.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_has_cudnn.argtypes = []
+    lib.dynet_conv_cuda_plan_create.argtypes = [
+        ctypes.POINTER(DynetConvParams),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_size_t,
+        ctypes.POINTER(vp),
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
+    lib.dynet_conv_cuda_plan_create.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_plan_workspace_size.argtypes = [vp]
+    lib.dynet_conv_cuda_plan_workspace_size.restype = ctypes.c_size_t
+    lib.dynet_conv_cuda_plan_algo.argtypes = [vp]
+    lib.dynet_conv_cuda_plan_algo.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_plan_run.argtypes = [vp] + [vp] * 7 + [ctypes.c_size_t, vp]
+    lib.dynet_conv_cuda_plan_run.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_plan_destroy.argtypes = [vp]
+    lib.dynet_conv_cuda_plan_destroy.restype = None
     return lib
 
 

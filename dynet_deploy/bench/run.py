@@ -492,7 +492,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
         peaks: dict[int, MachinePeaks] = {}
         if any(b != "torch" for b in cfg.backends):
             for threads in cfg.threads:
-                log(f"measuring this machine's bandwidth and GEMM peak with onnxruntime, {threads} thread(s)")
+                log(f"measuring this machine's bandwidth and multiply-add peak with onnxruntime, {threads} thread(s)")
                 peaks[threads] = measure_peaks(threads)
         for threads in cfg.threads:
             for unit in units:

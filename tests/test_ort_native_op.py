@@ -508,3 +508,26 @@ def test_runner_without_the_library_says_how_to_build_it(monkeypatch):
     monkeypatch.setattr(onnxruntime_lib, "find_library", lambda name: None)
     with pytest.raises(RuntimeBackendError, match="make plugins"):
         OnnxruntimeRunner(module_model(DynamicConv2d(4, 4, 3, padding=1)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_cuda_execution_provider_matches_pytorch(dtype):
+    """The library's CUDA execution-provider kernels (built where nvcc was found) on onnxruntime-gpu."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (needs onnxruntime-gpu and a GPU)")
+    if plugin_lib.cuda_library_path() is None:
+        pytest.skip("the library was built without the CUDA kernels (no nvcc at build time)")
+    layer = big_layers()[0]
+    x, coeff, weight, bank, bias = make_arrays(layer, np.random.default_rng(5))
+    np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    arrays = [None if a is None else a.astype(np_dtype) for a in (x, coeff, weight, bank, bias)]
+    so = ort.SessionOptions()
+    onnxruntime_lib.register(so)
+    sess = ort.InferenceSession(node_model(layer, *arrays[2:], dtype=dtype).SerializeToString(), so,
+                                providers=["CUDAExecutionProvider"])
+    assert sess.get_providers()[0] == "CUDAExecutionProvider"
+    y = sess.run(None, {"x": arrays[0], "coeff": arrays[1]})[0]
+    max_abs, rel = errors(y, torch_reference(layer, *arrays))
+    record(f"CUDA EP {np.dtype(np_dtype).name} vs PyTorch float64", max_abs, rel)
+    assert rel <= (FP16_REL if dtype == TensorProto.FLOAT16 else FP32_REL), (max_abs, rel)

@@ -218,11 +218,15 @@ def big_layers():
         Layer(n=3, c_in=36, c_out=36, h=17, w=17, k=3, kh=3, kw=3, groups=6, stride=(2, 2), pads=(1, 0, 1, 2)),
         Layer(n=1, c_in=64, c_out=64, h=31, w=31, k=4, kh=3, kw=3, groups=64, pads=(1, 1, 1, 1), activation=1),
         Layer(n=4, c_in=24, c_out=17, h=9, w=35, k=2, kh=5, kw=3, dilation=(2, 1), pads=(4, 1, 3, 1)),
+        Layer(n=2, c_in=16, c_out=24, h=50, w=61, k=3, kh=3, kw=3, stride=(2, 2), pads=(1, 0, 1, 2), bias=True),
+        Layer(n=1, c_in=12, c_out=20, h=40, w=55, k=5, kh=3, kw=5, stride=(3, 2), dilation=(2, 1), pads=(2, 1, 0, 3),
+              per_channel=False, activation=2),
+        Layer(n=3, c_in=20, c_out=30, h=30, w=60, k=2, kh=1, kw=1, stride=(1, 2), groups=2, bank=True),
     ]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(len(big_layers())))
 def test_large_layers_and_thread_counts(index, threads):
     layer = big_layers()[index]
     x, coeff, weight, bank, bias = make_arrays(layer, np.random.default_rng(index))
@@ -262,7 +266,7 @@ def isa_subprocess(isa):
         "sys.path.insert(0, 'tests')\n"
         "import test_ort_native_op as t\n"
         "worst = 0.0\n"
-        "for seed in list(range(0, 220, 5)) + [-1, -2, -3, -4, -5]:\n"
+        f"for seed in list(range(0, 220, 5)) + list(range(-1, -{len(big_layers()) + 1}, -1)):\n"
         "    layer = t.random_layer(seed) if seed >= 0 else t.big_layers()[-seed - 1]\n"
         "    x, c, w, bb, b = t.make_arrays(layer, np.random.default_rng(abs(seed)))\n"
         "    y = t.session(t.node_model(layer, w, bb, b)).run(None, {'x': x, 'coeff': c})[0]\n"

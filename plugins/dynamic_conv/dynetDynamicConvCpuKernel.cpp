@@ -440,6 +440,12 @@ __attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* 
     storeTile(tile, 8, o);
 }
 
+// clamp(v, lo, hi); the zero-masked forms because GCC 12 warns about the plain ones' undefined pass-through.
+__attribute__((target("avx512f"))) inline __m512 clamp512(__m512 v, __m512 lo, __m512 hi)
+{
+    return _mm512_maskz_min_ps(0xffff, _mm512_maskz_max_ps(0xffff, v, lo), hi);
+}
+
 __attribute__((target("avx512f"))) void microAvx512(float const* a, float const* base, int64_t const* offs, int64_t r,
     TileOut const& o)
 {
@@ -475,8 +481,8 @@ __attribute__((target("avx512f"))) void microAvx512(float const* a, float const*
         {
             __m512 const bias = _mm512_set1_ps(o.bias[i]);
             float* yrow = o.y + i * o.ldy;
-            _mm512_mask_storeu_ps(yrow, m0, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][0], bias), lo), hi));
-            _mm512_mask_storeu_ps(yrow + 16, m1, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][1], bias), lo), hi));
+            _mm512_mask_storeu_ps(yrow, m0, clamp512(_mm512_add_ps(acc[i][0], bias), lo, hi));
+            _mm512_mask_storeu_ps(yrow + 16, m1, clamp512(_mm512_add_ps(acc[i][1], bias), lo, hi));
         }
     }
 }

@@ -535,3 +535,14 @@ def test_cuda_execution_provider_matches_pytorch(dtype):
     max_abs, rel = errors(y, torch_reference(layer, *arrays))
     record(f"CUDA EP {np.dtype(np_dtype).name} vs PyTorch float64", max_abs, rel)
     assert rel <= (FP16_REL if dtype == TensorProto.FLOAT16 else FP32_REL), (max_abs, rel)
+
+
+def test_absent_attributes_take_the_defaults():
+    """A node without attributes is stride 1, no padding, dilation 1, groups 1, no activation, no biases."""
+    layer = Layer(n=2, c_in=5, c_out=7, h=8, w=9, k=3, kh=3, kw=2)
+    x, coeff, weight, _, _ = make_arrays(layer, np.random.default_rng(11))
+    model = node_model(layer, weight, None, None)
+    del model.graph.node[0].attribute[:]
+    y = session(model).run(None, {"x": x, "coeff": coeff})[0]
+    assert y.shape == (2, 7, 6, 8)
+    assert errors(y, torch_reference(layer, x, coeff, weight, None, None))[1] <= FP32_REL

@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 BUILD  ?= build
 # torch is pinned to the CPU build first so that the package's torch range installs nothing more.
 TORCH_SPEC ?= torch==2.13.0
+CUDNN ?= 1
 
 .PHONY: setup venv data ort-headers plugins demo test zoo bench clean
 
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+	@# cuDNN + cuBLAS wheels (about 1 GB to download) only where nvcc builds the CUDA kernels, for their cuDNN
+	@# tactic; CUDNN=0 skips them (the CUDA library is then built without that tactic).
+	if [ "$(CUDNN)" != 0 ] && command -v nvcc >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[test,cudnn]"; fi
 	touch $@
 
 venv: $(VENV)/.installed
@@ -29,7 +33,7 @@ data:
 
 # onnxruntime's C/C++ API headers (MIT, API version 29) for the native onnxruntime op library, from the npm
 # package that ships them; fetched into an ignored cache folder, never committed. Override ORT_INCLUDE_DIR to use
-# the include/ folder of an onnxruntime release instead. Without npm, the same registry tarball is fetched by URL.
+# the include/ folder of an onnxruntime release instead.
 ORT_NPM_PACKAGE ?= com.github.asus4.onnxruntime
 ORT_NPM_VERSION ?= 0.4.9
 ORT_NPM_SHA256  ?= e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d
@@ -39,8 +43,7 @@ ORT_INCLUDE_DIR ?= .cache/onnxruntime/include
 $(ORT_INCLUDE_DIR)/onnxruntime_cxx_api.h:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	tgz="$$tmp/$(ORT_NPM_PACKAGE)-$(ORT_NPM_VERSION).tgz"; \
-	if command -v npm >/dev/null 2>&1; then (cd "$$tmp" && npm pack --silent "$(ORT_NPM_PACKAGE)@$(ORT_NPM_VERSION)" >/dev/null); \
-	else curl -fsSL -o "$$tgz" "https://registry.npmjs.org/$(ORT_NPM_PACKAGE)/-/$(ORT_NPM_PACKAGE)-$(ORT_NPM_VERSION).tgz"; fi; \
+	(cd "$$tmp" && npm pack --silent "$(ORT_NPM_PACKAGE)@$(ORT_NPM_VERSION)" >/dev/null); \
 	echo "$(ORT_NPM_SHA256)  $$tgz" | sha256sum -c --quiet -; \
 	tar -xzf "$$tgz" -C "$$tmp" "$(ORT_NPM_HEADERS)"; \
 	mkdir -p "$(ORT_INCLUDE_DIR)"; cp "$$tmp/$(ORT_NPM_HEADERS)"/*.h "$(ORT_INCLUDE_DIR)/"; \
@@ -49,7 +52,8 @@ $(ORT_INCLUDE_DIR)/onnxruntime_cxx_api.h:
 ort-headers: $(ORT_INCLUDE_DIR)/onnxruntime_cxx_api.h
 
 plugins: ort-headers
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_INCLUDE_DIR=$(abspath $(ORT_INCLUDE_DIR)) >/dev/null
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_INCLUDE_DIR=$(abspath $(ORT_INCLUDE_DIR)) \
+	  -DPython3_EXECUTABLE=$(abspath $(PY)) >/dev/null
 	cmake --build $(BUILD) -j2
 
 setup: venv data plugins

@@ -70,6 +70,25 @@ def _weights_path_for_save(path: str | os.PathLike) -> Path:
     )
 
 
+def checkpoint_output_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, config) that ``save_checkpoint(model, path)`` writes; refuses a path of another kind."""
+    weights = _weights_path_for_save(path)
+    return weights, weights.with_suffix(CONFIG_SUFFIX)
+
+
+def checkpoint_input_paths(path: str | os.PathLike | None) -> list[Path]:
+    """Every file reading checkpoint ``path`` may read: the path itself and its .json / weights partner."""
+    if path is None:
+        return []
+    p = Path(path)
+    found = [p]
+    if p.suffix == CONFIG_SUFFIX:
+        found += [p.with_suffix(s) for s in (WEIGHTS_SUFFIX, *TORCH_SUFFIXES)]
+    else:
+        found.append(p.with_suffix(CONFIG_SUFFIX))
+    return [f for f in found if f == p or f.exists()]
+
+
 def _config_path_of(path: Path) -> Path:
     return path if path.suffix == CONFIG_SUFFIX else path.with_suffix(CONFIG_SUFFIX)
 
@@ -87,10 +106,9 @@ def _weights_path_of_config(config_path: Path) -> Path:
 
 
 def _check_is_file(path: Path, what: str = "checkpoint") -> None:
-    if not path.exists():
-        raise CheckpointError(f"{what} {str(path)!r} does not exist; check the path")
-    if not path.is_file():
-        raise CheckpointError(f"{what} {str(path)!r} is not a file")
+    from .graph import check_readable_file
+
+    check_readable_file(path, CheckpointError, what)  # names a folder, a link loop, an unreadable file as such
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -136,7 +154,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     Fills in ``model_args`` and ``metadata`` as ``{}`` when absent.
     """
     config_path = _config_path_of(Path(path))
-    if not config_path.exists():
+    if not config_path.exists() and not config_path.is_symlink():
         raise CheckpointError(
             f"checkpoint config {str(config_path)!r} is missing; it names the model the weights belong to. "
             f"Copy it beside the weights, or pass the model name (model_name=..., CLI --model)"

@@ -15,6 +15,10 @@ class CheckpointError(DynetDeployError):
     stage = "checkpoint"
 
 
+class TrainError(DynetDeployError):
+    stage = "train"
+
+
 class ExportError(DynetDeployError):
     stage = "export"
 
@@ -43,7 +47,33 @@ class BenchError(DynetDeployError):
     stage = "bench"
 
 
+class DemoError(DynetDeployError):
+    stage = "demo"
+
+
+class RunError(DynetDeployError):
+    stage = "run"
+
+
 class MissingDependencyError(DynetDeployError):
     """An optional component (TensorRT, CUDA, the plugin library) is absent."""
 
     stage = "dependency"
+
+
+class RecipeError(DynetDeployError):
+    """A deployment recipe (export/*.json) is unreadable or has a wrong field."""
+
+    stage = "recipe"
+
+
+class TritonError(DynetDeployError):
+    """Writing a Triton Inference Server model repository failed."""
+
+    stage = "triton"
+
+
+class DeployError(DynetDeployError):
+    """``deploy`` itself (its output folder); each stage it runs raises its own error type."""
+
+    stage = "deploy"

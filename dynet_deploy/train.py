@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import dataset_info, load_dataset, resolve_dataset
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelError, TrainError
 from .fileio import atomic_write_text, check_output_path
 
 REPORT_FORMAT = "dynet-deploy-training-report"
@@ -79,6 +79,37 @@ class TrainResult:
     test_top1: float
     test_samples: int
     train_seconds: float
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse values training cannot use, before any data is read (TrainError naming the value)."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise TrainError(what)
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
+    need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
+    need(finite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive finite number, got {cfg.lr}")
+    need(finite(cfg.momentum) and 0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
+    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}")
+    need(finite(cfg.warmup_fraction) and 0 <= cfg.warmup_fraction <= 1, f"warmup_fraction must be in [0, 1], got {cfg.warmup_fraction}")
+    need(finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    need(isinstance(cfg.threads, int) and cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
+    need(cfg.optimizer in ("sgd", "adamw"), f"--optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    need(cfg.conv_mode in ("kernel", "feature"), f"--conv-mode must be 'kernel' or 'feature', got {cfg.conv_mode!r}")
+    for flag, value in (("--train-limit", cfg.train_limit), ("--test-limit", cfg.test_limit)):
+        need(value is None or (isinstance(value, int) and value >= 1), f"{flag} must be >= 1, got {value}")
+    need(isinstance(cfg.log_every, int) and cfg.log_every >= 0, f"--log-every must be >= 0, got {cfg.log_every}")
+    need(isinstance(cfg.pad, int) and cfg.pad >= 0, f"pad must be >= 0, got {cfg.pad}")
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding NaN or Inf."""
+    return [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def default_model_args(model_args: dict[str, Any], dataset: str) -> dict[str, Any]:
@@ -149,6 +180,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainR
 
     Runs with ``cfg.threads`` torch threads and restores the caller's thread count afterwards.
     """
+    check_config(cfg)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -162,10 +194,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
     from .nn import set_dynamic_conv_mode
 
     log = log or (lambda _msg: None)
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_config(cfg)
     model_info(cfg.model)  # an unknown name fails before the data is read
     dataset = resolve_dataset(cfg.dataset, cfg.data_root)
     torch.manual_seed(cfg.seed)
@@ -176,7 +205,12 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
     background = (0.0 - info.mean) / info.std  # a black pixel after normalisation
 
     args = default_model_args(cfg.model_args, dataset)
-    model = create_model(cfg.model, **args)
+    try:
+        model = create_model(cfg.model, **args)
+    except ModelError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError) as exc:
+        raise ModelError(f"{cfg.model!r} rejected model arguments {args}: {type(exc).__name__}: {exc}") from None
     set_dynamic_conv_mode(model, cfg.conv_mode)
     optimizer = _make_optimizer(model, cfg)
 
@@ -210,7 +244,10 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {b}; lower the learning rate")
+                raise TrainError(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {b + 1} (learning rate {lr:.3g}): training "
+                    f"diverged, nothing was saved; lower --lr (now {cfg.lr:g}) or the weight decay"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -220,6 +257,12 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
             seen += len(yb)
             if cfg.log_every and (b + 1) % cfg.log_every == 0 and b + 1 < steps_per_epoch:
                 log(f"  epoch {epoch} step {b + 1}/{steps_per_epoch}: loss {loss_sum / seen:.4f}, {time.perf_counter() - t0:.0f} s")
+        bad = non_finite_parameters(model)
+        if bad:  # the last step's update can overflow after a finite loss
+            raise TrainError(
+                f"after epoch {epoch}, {len(bad)} weight tensor(s) hold NaN/Inf ({', '.join(bad[:3])}): training "
+                f"diverged, nothing was saved; lower --lr (now {cfg.lr:g})"
+            )
         test_top1 = evaluate_top1(model, x_test, y_test)
         rec = EpochRecord(epoch, loss_sum / seen, correct / seen, test_top1, lr, time.perf_counter() - t0)
         history.append(rec)
@@ -275,8 +318,11 @@ def save_training_outputs(result: TrainResult, out_path: str | Path, report_path
     if report_path is None:
         stem = out_path.name[: -len(".safetensors")] if out_path.name.endswith(".safetensors") else out_path.name
         report_path = out_path.with_name(stem + ".report.json")
+    info = dataset_info(result.dataset)
     meta = {
         "dataset": result.dataset,
+        "input_size": list(info.image_size),
+        "in_chans": info.in_chans,
         "normalisation": report["normalisation"],
         "test_top1": result.test_top1,
         "test_samples": result.test_samples,
@@ -284,15 +330,24 @@ def save_training_outputs(result: TrainResult, out_path: str | Path, report_path
         "seed": result.config.seed,
         "trained_with": "dynet_deploy.train",
     }
+    bad = non_finite_parameters(result.model)
+    if bad:
+        raise TrainError(f"refusing to save: {len(bad)} weight tensor(s) hold NaN/Inf ({', '.join(bad[:3])})")
     weights = save_checkpoint(result.model, out_path, metadata=meta)
     report_path = Path(report_path)
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n", CheckpointError)
     return weights, report_path
 
 
-def check_outputs_writable(out_path: str | Path) -> None:
-    """Fail before a long run, not after it, when the output folder is missing."""
-    check_output_path(out_path, CheckpointError)
+def check_outputs_writable(out_path: str | Path, report_path: str | Path | None = None) -> None:
+    """Fail before a long run, not after it: a missing folder, a wrong suffix, the report on the checkpoint."""
+    from .checkpoint import checkpoint_output_paths
+
+    weights, config = checkpoint_output_paths(out_path)
+    check_output_path(weights, CheckpointError)
+    check_output_path(config, CheckpointError)
+    if report_path is not None:
+        check_output_path(report_path, CheckpointError, inputs=[weights, config])
 
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"

@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """The prepared GPU check of the DyNetDynamicConv2d CUDA kernels (run it through scripts/gpu_check.sh).
 
-1. Correctness: every distinct dynamic-conv layer of Dy-ResNet50 and Dy-mobile (read from the zoo, else a built-in
-   table), at a random batch in {1, 3, 8}, random coefficient form (per channel / per expert), random bias bank, bias
-   and activation, for fp32 and fp16 and for each algorithm (AUTO, TWO_STEP, ONE_KERNEL), against PyTorch in float64
-   on the same input values: relative error ||y - ref|| / ||ref|| <= 1e-5 (fp32), <= 1e-2 (fp16); max-abs printed.
-   Plus: the call is captured in a CUDA graph and replayed (proves no allocation or synchronisation in the enqueue),
-   and malformed arguments come back as error codes.
-2. Timing (CUDA events over CUDA-graph replays, warm-up first, median of trials) at batch 1, 8 and 32, fp32 and
-   fp16: ours (AUTO and both algorithms) vs (a) PyTorch batch-as-groups (aggregation + grouped conv) and (b) a static
-   cuDNN convolution of the same shape. Goals (printed, not enforced unless --strict-perf): fp16, batch >= 8:
-   ours <= 1.2x static, and batch-as-groups / ours >= 2.
+1. Correctness of every tactic (two-step, one-kernel, cuDNN; AUTO too) in fp32 and fp16, through the same plan API
+   the TensorRT plugin uses, on every distinct dynamic-conv layer of Dy-ResNet50 and Dy-mobile (read from the zoo,
+   else a built-in table) plus synthetic layers (dilation, asymmetric pads, depthwise, 5x5, groups of 6, 1x1 with
+   stride), random batch / coefficient form / bias bank / bias / activation, against PyTorch in float64 on the same
+   input values: relative error ||y - ref|| / ||ref|| <= 1e-5 (fp32), <= 1e-2 (fp16); max-abs printed. Small
+   layers are also compared with the C++ CPU reference. The tactics must agree with each other in fp16 (they all
+   convolve the same fp16-rounded fused kernels), NaN must pass through ReLU / ReLU6, each path must replay from a
+   CUDA graph bit-exactly, and malformed calls must come back as error codes.
+2. Shapes at the op's 2^31-1 element limit (output pixels; fused kernels of one sample), checked on crops.
+3. Timing (CUDA events over CUDA-graph replays, candidates interleaved trial by trial, median) at batch 1, 8, 32,
+   fp16 and fp32: every tactic vs (a) PyTorch batch-as-groups and (b) a static cuDNN convolution of the same shape.
+   Goals (printed, enforced only with --strict-perf): fp16, N >= 8: best tactic <= 1.2x static; batch-as-groups /
+   best >= 2.
 Modes: --sanitize (small shapes, no timing: what compute-sanitizer runs), --cpu-dry-run (no GPU: checks this
-script's own references against the C++ CPU reference, so the script cannot rot unnoticed).
-Needs only torch, numpy (through plugin_lib) and the built libraries (DYNET_DEPLOY_PLUGIN_DIR or --lib-dir).
+script's references, synthetic layers and crop arithmetic against the C++ CPU reference, so it cannot rot).
+--summary FILE writes the short summary there. Needs torch, numpy and the built libraries (--lib-dir).
 """
 
 from __future__ import annotations
@@ -38,8 +41,19 @@ import torch.nn.functional as F  # noqa: E402
 from dynet_deploy.op import native as plugin_lib  # noqa: E402  (numpy + ctypes only)
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
-ALGOS = {"auto": plugin_lib.ALGO_AUTO, "two_step": plugin_lib.ALGO_TWO_STEP, "one_kernel": plugin_lib.ALGO_ONE_KERNEL}
+AGREE_TOL = 2e-3  # fp16 tactics against each other: same fp16 fused kernels, different accumulation order
+ALGOS = {"auto": plugin_lib.ALGO_AUTO, "two_step": plugin_lib.ALGO_TWO_STEP, "one_kernel": plugin_lib.ALGO_ONE_KERNEL,
+         "cudnn": plugin_lib.ALGO_CUDNN}
 K_BASES = 6
+SUMMARY_PATH: Path | None = None  # --summary: the short summary, written line by line (survives a timeout)
+
+
+def note(line: str = "") -> None:
+    """Print a line and append it to the summary."""
+    print(line, flush=True)
+    if SUMMARY_PATH is not None:
+        with SUMMARY_PATH.open("a") as f:
+            f.write(line + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +100,21 @@ FALLBACK_LAYERS = [
           (66, 66, 28, 3, 2, 1, 11), (66, 66, 14, 1, 1, 0, 1), (66, 96, 14, 1, 1, 0, 1), (96, 96, 14, 3, 1, 1, 16),
           (96, 162, 14, 1, 1, 0, 1), (162, 162, 14, 3, 2, 1, 27), (162, 162, 7, 1, 1, 0, 1),
           (162, 318, 7, 1, 1, 0, 1)]),
+]
+
+
+# Shapes the zoo does not have: dilation, asymmetric pads, depthwise, 5x5, groups of 6, strided 1x1, odd sizes.
+SYNTHETIC_LAYERS = [
+    Layer("synthetic", 32, 48, 17, 23, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),        # dilation 2
+    Layer("synthetic", 24, 24, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1),        # asymmetric (TF "SAME")
+    Layer("synthetic", 16, 16, 13, 11, 3, 3, (1, 1), (1, 0, 2, 1), (1, 2), 1),        # asymmetric + dilation
+    Layer("synthetic", 64, 64, 28, 28, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 64),      # depthwise 3x3
+    Layer("synthetic", 32, 32, 19, 19, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 32),      # depthwise 5x5 / s2
+    Layer("synthetic", 48, 64, 14, 14, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),       # dense 5x5
+    Layer("synthetic", 36, 36, 14, 14, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),       # groups of 6 channels
+    Layer("synthetic", 60, 90, 9, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),         # 6 groups, C/g = 10
+    Layer("synthetic", 64, 128, 15, 15, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),      # strided 1x1
+    Layer("synthetic", 3, 8, 7, 7, 7, 3, (1, 2), (3, 1, 3, 1), (1, 1), 1, k=1),      # non-square kernel, K=1
 ]
 
 
@@ -195,13 +224,67 @@ def errors(out, ref) -> tuple[float, float]:
     return float(diff.norm() / ref.norm().clamp_min(1e-30)), float(diff.abs().max())
 
 
+def crop_reference(layer: Layer, inputs, o0: int, o1: int, activation: int, dtype=torch.float64):
+    """The op's output rows [o0, o1) computed from only the input rows they read (for shapes too large for a full
+    reference): the crop's missing context becomes explicit padding."""
+    x = inputs[0]
+    s, d, kh = layer.stride[0], layer.dilation[0], layer.kh
+    top, left, _bottom, right = layer.pads
+    first = o0 * s - top
+    last = (o1 - 1) * s - top + d * (kh - 1)  # inclusive, in unpadded input rows
+    lo, hi = max(first, 0), min(last, layer.h - 1)
+    crop = dataclasses.replace(layer, h=hi - lo + 1, pads=(lo - first, left, last - hi, right))
+    xs = x[:, :, lo:hi + 1]
+    rest = [t.to(dtype) if t is not None else None for t in inputs[1:]]
+    y = batch_as_groups(crop, xs.to(dtype), *rest, activation)
+    assert y.shape[2] == o1 - o0, (y.shape, o0, o1)
+    return y
+
+
 # ---- our kernels ------------------------------------------------------------------------------------------------
 
+_PLAN_API = False
+
+
+def cuda_lib():
+    """The CUDA library with the plan API declared (plugin_lib declares the stateless entry points)."""
+    global _PLAN_API
+    lib = plugin_lib.load_cuda_library()
+    if not _PLAN_API:
+        c, P = ctypes, ctypes.POINTER(plugin_lib.DynetConvParams)
+        lib.dynet_conv_cuda_has_cudnn.restype = c.c_int32
+        lib.dynet_conv_cuda_plan_create.argtypes = [P, c.c_int32, c.c_int32, c.c_size_t, c.POINTER(c.c_void_p),
+                                                    c.c_char_p, c.c_size_t]
+        lib.dynet_conv_cuda_plan_create.restype = c.c_int32
+        lib.dynet_conv_cuda_plan_workspace_size.argtypes = [c.c_void_p]
+        lib.dynet_conv_cuda_plan_workspace_size.restype = c.c_size_t
+        lib.dynet_conv_cuda_plan_algo.argtypes = [c.c_void_p]
+        lib.dynet_conv_cuda_plan_algo.restype = c.c_int32
+        lib.dynet_conv_cuda_plan_run.argtypes = [c.c_void_p] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
+        lib.dynet_conv_cuda_plan_run.restype = c.c_int32
+        lib.dynet_conv_cuda_plan_destroy.argtypes = [c.c_void_p]
+        lib.dynet_conv_cuda_plan_destroy.restype = None
+        _PLAN_API = True
+    return lib
+
+
+def algos() -> dict[str, int]:
+    """The tactics of this build (cuDNN only when the library was built with it)."""
+    if cuda_lib().dynet_conv_cuda_has_cudnn():
+        return dict(ALGOS)
+    return {k: v for k, v in ALGOS.items() if k != "cudnn"}
+
+
+class Unsupported(Exception):
+    """The plan refused this call (cuDNN: asymmetric pads, or no algorithm); not a failure of the kernels."""
+
+
 class Ours:
-    """Preallocated output and workspace, so each call is exactly one dynet_conv_cuda enqueue."""
+    """One plan (made here, outside any timing or capture), preallocated output and workspace: each call is exactly
+    one dynet_conv_cuda_plan_run enqueue, as in the TensorRT plugin's enqueue."""
 
     def __init__(self, layer: Layer, x, coeff, weight, bias_bank, bias, activation, algo):
-        self.lib = plugin_lib.load_cuda_library()
+        self.lib = cuda_lib()
         self.layer, self.algo = layer, algo
         self.args = (x, coeff, weight, bias_bank, bias)
         self.dtype = plugin_lib.FLOAT16 if x.dtype == torch.float16 else plugin_lib.FLOAT32
@@ -209,19 +292,33 @@ class Ours:
                                              has_bias_bank=bias_bank is not None, has_bias=bias is not None,
                                              stride=layer.stride, pads=layer.pads, dilation=layer.dilation,
                                              groups=layer.groups, activation=activation)
+        self.plan = ctypes.c_void_p()
+        msg = ctypes.create_string_buffer(512)
+        status = self.lib.dynet_conv_cuda_plan_create(ctypes.byref(self.params), self.dtype, algo, 0,
+                                                      ctypes.byref(self.plan), msg, len(msg))
+        if status == plugin_lib.ERR_UNSUPPORTED:
+            raise Unsupported(msg.value.decode())
+        if status != plugin_lib.OK:
+            raise RuntimeError(f"dynet_conv_cuda_plan_create returned {status}: {msg.value.decode()}")
         ho, wo = plugin_lib.output_hw(self.params, self.lib)
         self.out = torch.empty(x.shape[0], layer.c_out, ho, wo, dtype=x.dtype, device=x.device)
-        self.ws_bytes = plugin_lib.cuda_workspace_size(self.params, self.dtype, algo)
+        self.ws_bytes = self.lib.dynet_conv_cuda_plan_workspace_size(self.plan)
         self.ws = torch.empty(max(self.ws_bytes, 1), dtype=torch.uint8, device=x.device)
+
+    def __del__(self):
+        if getattr(self, "plan", None) and self.plan.value:
+            self.lib.dynet_conv_cuda_plan_destroy(self.plan)
+            self.plan = ctypes.c_void_p()
 
     def __call__(self):
         x, coeff, weight, bb, b = self.args
-        status = self.lib.dynet_conv_cuda(
-            ctypes.byref(self.params), self.dtype, self.algo, x.data_ptr(), coeff.data_ptr(), weight.data_ptr(),
+        status = self.lib.dynet_conv_cuda_plan_run(
+            self.plan, x.data_ptr(), coeff.data_ptr(), weight.data_ptr(),
             bb.data_ptr() if bb is not None else None, b.data_ptr() if b is not None else None,
             self.out.data_ptr(), self.ws.data_ptr(), self.ws_bytes, torch.cuda.current_stream().cuda_stream)
         if status != plugin_lib.OK:
-            raise RuntimeError(f"dynet_conv_cuda returned {status}: {self.lib.dynet_status_string(status).decode()}")
+            raise RuntimeError(f"dynet_conv_cuda_plan_run returned {status}: "
+                               f"{self.lib.dynet_status_string(status).decode()}")
         return self.out
 
 
@@ -231,42 +328,124 @@ class Report:
     def __init__(self):
         self.failures: list[str] = []
         self.checked = 0
+        self.unsupported: dict[str, int] = {}
 
     def fail(self, msg: str):
         self.failures.append(msg)
         print(f"  FAIL {msg}", flush=True)
 
 
-def check_correctness(layers, report: Report, seed: int, batches=(1, 3, 8), sanitize=False):
+def cpu_reference_of(layer: Layer, inputs, activation):
+    """The C++ CPU reference on the same (fp32) values, or None for layers too large to run it quickly."""
+    x = inputs[0]
+    if x.numel() * layer.c_out * layer.kh * layer.kw // max(layer.groups, 1) > 1e8:
+        return None
+    cpu = [t.float().cpu().numpy() if t is not None else None for t in inputs]
+    y = plugin_lib.cpu_reference_conv(*cpu, stride=layer.stride, pads=layer.pads, dilation=layer.dilation,
+                                      groups=layer.groups, activation=activation)
+    return torch.from_numpy(y)
+
+
+def check_correctness(layers, report: Report, seed: int, batches=(1, 3, 8), budget_s: float = float("inf")):
+    t0 = time.monotonic()
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cuda")
     worst: dict[tuple, tuple[float, float, str]] = {}
-    for layer in layers:
+    worst_cpu, worst_agree = 0.0, 0.0
+    for done, layer in enumerate(layers):
+        if time.monotonic() - t0 > budget_s:
+            note(f"  correctness budget of {budget_s:.0f}s reached after {done} of {len(layers)} layers (partial)")
+            break
         n = rng.choice(batches)
         per_channel, bank, bias, activation = rng.random() < 0.7, rng.random() < 0.5, rng.random() < 0.5, rng.randrange(3)
         for dtype in (torch.float32, torch.float16):
             inputs = make_inputs(layer, n, dtype, device, gen, per_channel, bank, bias)
             ref = reference(layer, *inputs, activation)
-            for algo_name, algo in ALGOS.items():
-                ours = Ours(layer, *inputs, activation, algo)
-                out = ours().clone()
-                torch.cuda.synchronize()
+            where = f"{layer.model} {layer.label} N={n} {str(dtype)[6:]}"
+            if dtype == torch.float32:
+                cpu = cpu_reference_of(layer, inputs, activation)
+                if cpu is not None:
+                    rel_cpu, _ = errors(cpu.to(device), ref)
+                    worst_cpu = max(worst_cpu, rel_cpu)
+                    report.checked += 1
+                    if not rel_cpu <= 1e-5:
+                        report.fail(f"{where}: C++ CPU reference vs PyTorch rel {rel_cpu:.2e}")
+            outs = {}
+            for algo_name, algo in algos().items():
+                try:
+                    ours = Ours(layer, *inputs, activation, algo)
+                except Unsupported:
+                    report.unsupported[algo_name] = report.unsupported.get(algo_name, 0) + 1
+                    continue
+                try:
+                    out = ours().clone()
+                    torch.cuda.synchronize()
+                except RuntimeError as exc:
+                    report.fail(f"{where} {algo_name}: {exc}")
+                    continue
+                outs[algo_name] = out
                 rel, max_abs = errors(out, ref)
                 report.checked += 1
-                key = (dtype, algo_name)
+                key = (str(dtype)[6:], algo_name)
                 if key not in worst or rel > worst[key][0]:
-                    worst[key] = (rel, max_abs, f"{layer.model} {layer.label} N={n}")
+                    worst[key] = (rel, max_abs, where)
                 if not (rel <= TOL[dtype]):  # also catches NaN
-                    report.fail(f"{layer.model} {layer.label} N={n} {str(dtype)[6:]} {algo_name}: rel {rel:.2e} "
-                                f"(tol {TOL[dtype]:.0e}) max-abs {max_abs:.2e}")
-    print("  worst relative error per dtype/algorithm (tolerance fp32 1e-5, fp16 1e-2):")
-    for (dtype, algo_name), (rel, max_abs, where) in sorted(worst.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        print(f"    {str(dtype)[6:]:8s} {algo_name:10s} rel {rel:.2e}  max-abs {max_abs:.2e}  ({where})")
+                    report.fail(f"{where} {algo_name}: rel {rel:.2e} (tol {TOL[dtype]:.0e}) max-abs {max_abs:.2e}")
+            # The tactics TensorRT picks between must agree: the same fused kernels, rounded to the I/O dtype.
+            names = [a for a in ("two_step", "one_kernel", "cudnn") if a in outs]
+            for other in names[1:]:
+                rel, _ = errors(outs[other], outs[names[0]].double())
+                worst_agree = max(worst_agree, rel)
+                report.checked += 1
+                tol = AGREE_TOL if dtype == torch.float16 else 2 * TOL[torch.float32]
+                if not rel <= tol:
+                    report.fail(f"{where}: {other} vs {names[0]} disagree, rel {rel:.2e} (tol {tol:.0e})")
+    note("  worst relative error per dtype/tactic vs PyTorch float64 (tolerance fp32 1e-5, fp16 1e-2):")
+    for (dt, algo_name), (rel, max_abs, where) in sorted(worst.items()):
+        note(f"    {dt:8s} {algo_name:10s} rel {rel:.2e}  max-abs {max_abs:.2e}  ({where})")
+    note(f"  C++ CPU reference vs PyTorch (fp32, small layers): worst rel {worst_cpu:.2e}")
+    note(f"  tactics against each other: worst rel {worst_agree:.2e} (fp16 tol {AGREE_TOL:.0e})")
+    if report.unsupported:
+        note(f"  refused by a plan (cuDNN cannot express asymmetric pads): {report.unsupported}")
+
+
+def check_nan_propagation(report: Report, seed: int):
+    """NaN in x must reach y through ReLU and ReLU6 in every tactic, as in PyTorch."""
+    gen = torch.Generator().manual_seed(seed)
+    device = torch.device("cuda")
+    results = []
+    for layer in (Layer("nan", 8, 16, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                  Layer("nan", 8, 8, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8)):
+        for dtype in (torch.float32, torch.float16):
+            for activation in (1, 2):
+                inputs = list(make_inputs(layer, 2, dtype, device, gen, True, False, True))
+                inputs[0][0, 0, 2, 2] = float("nan")
+                ref = reference(layer, *inputs, activation)
+                for algo_name, algo in algos().items():
+                    try:
+                        out = Ours(layer, *inputs, activation, algo)().clone()
+                        torch.cuda.synchronize()
+                    except Unsupported:
+                        continue
+                    except RuntimeError as exc:
+                        report.fail(f"NaN propagation {layer.label} {algo_name}: {exc}")
+                        continue
+                    report.checked += 1
+                    dropped = int((torch.isnan(ref) & ~torch.isnan(out)).sum())
+                    extra = int((~torch.isnan(ref) & torch.isnan(out)).sum())
+                    # Our kernels must match PyTorch's NaN positions exactly. cuDNN may pick a transform algorithm
+                    # (Winograd, FFT) that spreads a NaN over a tile, so only dropped NaN count against it.
+                    ok = dropped == 0 and (extra == 0 or algo_name == "cudnn")
+                    results.append(ok)
+                    if not ok:
+                        report.fail(f"NaN propagation {layer.label} act={activation} {str(dtype)[6:]} {algo_name}: "
+                                    f"{dropped} NaN dropped, {extra} extra (PyTorch has {int(torch.isnan(ref).sum())})")
+    note(f"  NaN through ReLU/ReLU6: {sum(results)}/{len(results)} tactic x dtype x activation cases keep every NaN")
 
 
 def check_graph_capture_and_errors(layers, report: Report, seed: int):
-    """One enqueue per path captured into a CUDA graph must replay to the eager result."""
+    """One enqueue per path and tactic captured into a CUDA graph must replay to the eager result."""
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cuda")
     picked = {}
@@ -275,12 +454,19 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
         path = "direct" if cin_g <= 8 else "pointwise" if (layer.kh, layer.kw, layer.stride) == (1, 1, (1, 1)) and \
             not any(layer.pads) else "implicit_gemm"
         picked.setdefault(path, layer)
+    captured = 0
     for path, layer in picked.items():
         for dtype in (torch.float32, torch.float16):
-            for algo_name, algo in ALGOS.items():
+            for algo_name, algo in algos().items():
                 inputs = make_inputs(layer, 3, dtype, device, gen, True, True, True)
-                ours = Ours(layer, *inputs, 1, algo)
-                eager = ours().clone()
+                try:
+                    ours = Ours(layer, *inputs, 2, algo)
+                    eager = ours().clone()
+                except Unsupported:
+                    continue
+                except RuntimeError as exc:
+                    report.fail(f"{path} {algo_name} {str(dtype)[6:]} before capture: {exc}")
+                    continue
                 ours.out.zero_()
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
@@ -294,37 +480,95 @@ def check_graph_capture_and_errors(layers, report: Report, seed: int):
                     report.fail(f"CUDA graph capture of {path} {algo_name} {str(dtype)[6:]}: {exc}")
                     continue
                 report.checked += 1
+                captured += 1
                 if not torch.equal(ours.out, eager):
                     report.fail(f"CUDA graph replay differs from eager ({path} {algo_name} {str(dtype)[6:]})")
-    print(f"  CUDA graph capture + replay: paths {sorted(picked)} x fp32/fp16 x {list(ALGOS)}")
+    note(f"  CUDA graph capture + replay: {captured} captures over paths {sorted(picked)} x fp32/fp16 x {list(algos())}")
     # Malformed arguments: error codes, never a launch.
-    lib = plugin_lib.load_cuda_library()
+    lib = cuda_lib()
     p = plugin_lib.make_params((2, 16, 8, 8), (2, 32, 6), (6, 32, 16, 3, 3), pads=(1, 1, 1, 1))
     buf = torch.empty(1 << 20, dtype=torch.uint8, device=device)
     a = buf.data_ptr()
     cases = {
-        "no workspace": (p, plugin_lib.ERR_WORKSPACE, (a, a, a, None, None, a, None, 0)),
-        "null x": (p, plugin_lib.ERR_NULL_POINTER, (None, a, a, None, None, a, a, 1 << 20)),
+        "no workspace": (p, 0, plugin_lib.ERR_WORKSPACE, (a, a, a, None, None, a, None, 0)),
+        "null x": (p, 0, plugin_lib.ERR_NULL_POINTER, (None, a, a, None, None, a, a, 1 << 20)),
+        "cuDNN without a plan": (p, plugin_lib.ALGO_CUDNN, plugin_lib.ERR_UNSUPPORTED, (a, a, a, None, None, a, a, 1 << 20)),
     }
     bad = plugin_lib.make_params((2, 16, 8, 8), (2, 32, 6), (6, 32, 16, 3, 3))
     bad.groups = 3
-    cases["groups=3"] = (bad, plugin_lib.ERR_INVALID_ARGUMENT, (a, a, a, None, None, a, a, 1 << 20))
-    for name, (params, expected, ptrs) in cases.items():
-        got = lib.dynet_conv_cuda(ctypes.byref(params), 0, 0, *ptrs, torch.cuda.current_stream().cuda_stream)
+    cases["groups=3"] = (bad, 0, plugin_lib.ERR_INVALID_ARGUMENT, (a, a, a, None, None, a, a, 1 << 20))
+    for name, (params, algo, expected, ptrs) in cases.items():
+        got = lib.dynet_conv_cuda(ctypes.byref(params), 0, algo, *ptrs, torch.cuda.current_stream().cuda_stream)
         report.checked += 1
         if got != expected:
             report.fail(f"malformed call '{name}' returned {got}, expected {expected}")
     torch.cuda.synchronize()
 
 
-# ---- timing --------------------------------------------------------------------------------------------------
+# Shapes at the element limit (2^31-1), where 32-bit grid-stride counters wrap. fp16 to halve the memory.
+LIMIT_LAYERS = [
+    # output pixels: 46340^2 = 2147395600 per plane (direct path, pixel loop)
+    (Layer("limit", 1, 1, 46340, 46340, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, k=2), "output pixels 46340^2"),
+    # fused kernels of one sample: C_out * R = 16384 * 14563 * 9 = 2147401728 (fuse loop, implicit GEMM, K = 1)
+    (Layer("limit", 14563, 16384, 3, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, k=1), "C_out*R = 2147401728"),
+]
 
-def time_fn(fn, reps=20, trials=7) -> float:
-    """Median milliseconds per call: CUDA-graph replays of `reps` calls (eager fallback), CUDA events."""
+
+def check_limit_shapes(report: Report, seed: int, budget_s: float):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    t0 = time.monotonic()
+    for layer, what in LIMIT_LAYERS:
+        if time.monotonic() - t0 > budget_s:
+            note(f"  limit shapes: budget of {budget_s:.0f}s reached before '{what}'")
+            return
+        dtype = torch.float16
+        n = 1
+        cin_g = layer.c_in // layer.groups
+        x = torch.randn(n, layer.c_in, layer.h, layer.w, device="cuda", dtype=dtype, generator=gen)
+        coeff = torch.rand(n, layer.c_out, layer.k, device="cuda", generator=gen).to(dtype)
+        weight = (torch.randn(layer.k, layer.c_out, cin_g, layer.kh, layer.kw, device="cuda", dtype=dtype,
+                              generator=gen) * (1.0 / math.sqrt(cin_g * layer.kh * layer.kw)))
+        inputs = (x, coeff, weight, None, None)
+        ho = (layer.h + layer.pads[0] + layer.pads[2] - layer.dilation[0] * (layer.kh - 1) - 1) // layer.stride[0] + 1
+        rows = [(0, min(4, ho)), (max(ho - 4, 0), ho)]
+        for algo_name, algo in algos().items():
+            try:
+                ours = Ours(layer, *inputs, 1, algo)
+            except Unsupported as exc:
+                note(f"  limit {what}: {algo_name} refused by its plan ({exc})")
+                continue
+            except RuntimeError as exc:
+                if algo_name != "cudnn":
+                    report.fail(f"limit {what} {algo_name}: {exc}")
+                else:  # cuDNN's own size limits are cuDNN's; our kernels are what this part checks
+                    note(f"  limit {what}: cuDNN could not plan it ({exc})")
+                continue
+            try:
+                out = ours()
+                torch.cuda.synchronize()
+            except RuntimeError as exc:
+                report.fail(f"limit {what} {algo_name}: {exc}")
+                continue
+            for o0, o1 in rows:
+                ref = crop_reference(layer, inputs, o0, o1, 1, dtype=torch.float32).double()
+                rel, max_abs = errors(out[:, :, o0:o1], ref)
+                report.checked += 1
+                if not rel <= TOL[dtype]:
+                    report.fail(f"limit {what} {algo_name} rows {o0}:{o1}: rel {rel:.2e} max-abs {max_abs:.2e}")
+            note(f"  limit {what}: {algo_name} checked on rows {rows} ({time.monotonic() - t0:.0f}s)")
+            del ours, out
+            torch.cuda.empty_cache()
+        del x, coeff, weight, inputs
+        torch.cuda.empty_cache()
+
+
+# ---- timing ----------------------------------------------------------------------------------------------------
+
+def graph_runner(fn, reps: int):
+    """A callable replaying `reps` calls of fn from one CUDA graph (eager loop when capture fails)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    run = None
     try:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -334,7 +578,7 @@ def time_fn(fn, reps=20, trials=7) -> float:
                 fn()
         graph.replay()
         torch.cuda.synchronize()
-        run = graph.replay
+        return graph.replay, graph
     except Exception:
         torch.cuda.synchronize()
 
@@ -342,15 +586,24 @@ def time_fn(fn, reps=20, trials=7) -> float:
             for _ in range(reps):
                 fn()
 
-    samples = []
-    for _ in range(trials):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / reps)
-    return statistics.median(samples)
+        return run, None
+
+
+def time_interleaved(fns: dict, reps=20, trials=7) -> dict[str, float]:
+    """Median ms per call of each candidate; trial t times every candidate once, in an order rotated per trial, so
+    clock and thermal drift fall on all of them alike."""
+    runners = {name: graph_runner(fn, reps) for name, fn in fns.items()}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for t in range(trials):
+        for name in names[t % len(names):] + names[:t % len(names)]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            runners[name][0]()
+            end.record()
+            end.synchronize()
+            samples[name].append(start.elapsed_time(end) / reps)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def pick_timing_layers(layers, per_model: int):
@@ -366,82 +619,122 @@ def pick_timing_layers(layers, per_model: int):
 
 
 def run_timing(layers, budget_s: float, seed: int):
+    """Rows of medians; per dtype its own share of the budget, so an fp32 table exists even when fp16 is slow."""
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
+    tactics = [a for a in algos() if a != "auto"]
     rows = []
-    t0 = time.monotonic()
-    header = (f"{'model':12s} {'layer':32s} {'N':>3s} {'dtype':5s} {'ours':>8s} {'2step':>8s} {'1kern':>8s} "
-              f"{'bag':>8s} {'static':>8s} {'ours/static':>11s} {'bag/ours':>8s}")
-    print(header)
-    print("-" * len(header))
-    for layer in layers:
-        for n in (1, 8, 32):
-            for dtype in (torch.float16, torch.float32):
-                if time.monotonic() - t0 > budget_s:
-                    print(f"  (timing budget of {budget_s:.0f}s reached: table is partial)")
-                    return rows
+    header = (f"{'model':12s} {'layer':30s} {'N':>3s} {'dtype':5s} "
+              + " ".join(f"{t[:8]:>8s}" for t in tactics)
+              + f" {'bag':>8s} {'static':>8s} {'best':>10s} {'best/stat':>9s} {'bag/best':>8s}")
+    note(header)
+    note("-" * len(header))
+    for dtype, share in ((torch.float16, 0.6), (torch.float32, 0.4)):
+        t0 = time.monotonic()
+        for layer in layers:
+            for n in (1, 8, 32):
+                if time.monotonic() - t0 > budget_s * share:
+                    note(f"  ({str(dtype)[6:]}: timing budget of {budget_s * share:.0f}s reached: table is partial)")
+                    break
                 x, coeff, weight, bb, b = make_inputs(layer, n, dtype, device, gen, True, False, False)
-                t_algo = {}
-                for algo_name, algo in ALGOS.items():
-                    t_algo[algo_name] = time_fn(Ours(layer, x, coeff, weight, bb, b, 1, algo))
-                t_bag = time_fn(lambda: batch_as_groups(layer, x, coeff, weight, bb, b, 1))
+                fns = {}
+                for name in tactics:
+                    try:
+                        fns[name] = Ours(layer, x, coeff, weight, bb, b, 1, ALGOS[name])
+                    except (Unsupported, RuntimeError) as exc:  # correctness already reported real failures
+                        print(f"  ({layer.label} N={n}: {name} not timed: {exc})")
+                fns["bag"] = lambda: batch_as_groups(layer, x, coeff, weight, bb, b, 1)  # noqa: B023
                 w_static = weight[0].contiguous()
-                t_static = time_fn(lambda: static_conv(layer, x, w_static, None, 1))
-                ours = t_algo["auto"]
-                row = dict(model=layer.model, layer=layer.label, n=n, dtype=str(dtype)[6:], ours=ours,
-                           two_step=t_algo["two_step"], one_kernel=t_algo["one_kernel"], bag=t_bag, static=t_static,
-                           vs_static=ours / t_static, bag_speedup=t_bag / ours)
+                fns["static"] = lambda: static_conv(layer, x, w_static, None, 1)  # noqa: B023
+                t = time_interleaved(fns)
+                ours = {k: v for k, v in t.items() if k in tactics}
+                best_name = min(ours, key=ours.get)
+                best = ours[best_name]
+                row = dict(model=layer.model, layer=layer.label, n=n, dtype=str(dtype)[6:], best=best,
+                           best_name=best_name, bag=t["bag"], static=t["static"], vs_static=best / t["static"],
+                           bag_speedup=t["bag"] / best, **{k: ours.get(k) for k in tactics})
                 rows.append(row)
-                print(f"{row['model']:12s} {row['layer']:32s} {n:3d} {row['dtype']:5s} {ours:8.4f} "
-                      f"{row['two_step']:8.4f} {row['one_kernel']:8.4f} {t_bag:8.4f} {t_static:8.4f} "
-                      f"{row['vs_static']:11.2f} {row['bag_speedup']:8.2f}", flush=True)
+                cells = " ".join(f"{ours[k]:8.4f}" if k in ours else f"{'n/a':>8s}" for k in tactics)
+                note(f"{layer.model[:12]:12s} {layer.label[:30]:30s} {n:3d} {row['dtype']:5s} {cells} "
+                     f"{t['bag']:8.4f} {t['static']:8.4f} {best_name[:10]:>10s} {row['vs_static']:9.2f} "
+                     f"{row['bag_speedup']:8.2f}")
+            else:
+                continue
+            break
     return rows
 
 
 def summarize_goals(rows) -> bool:
     goal_rows = [r for r in rows if r["dtype"] == "float16" and r["n"] >= 8]
     if not goal_rows:
-        print("goals: no fp16 batch>=8 rows timed")
+        note("goals: no fp16 batch>=8 rows timed")
         return False
     ok_static = sum(r["vs_static"] <= 1.2 for r in goal_rows)
     ok_bag = sum(r["bag_speedup"] >= 2.0 for r in goal_rows)
-    faster = {"two_step": 0, "one_kernel": 0}
+    fastest: dict[str, int] = {}
     for r in rows:
-        faster["two_step" if r["two_step"] <= r["one_kernel"] else "one_kernel"] += 1
-    print(f"goal fused <= 1.2x static cuDNN (fp16, N>=8): {ok_static}/{len(goal_rows)} rows; "
-          f"geo-mean ratio {math.exp(statistics.fmean(math.log(r['vs_static']) for r in goal_rows)):.2f}")
-    print(f"goal >= 2x faster than batch-as-groups (fp16, N>=8): {ok_bag}/{len(goal_rows)} rows; "
-          f"geo-mean speed-up {math.exp(statistics.fmean(math.log(r['bag_speedup']) for r in goal_rows)):.2f}")
-    print(f"faster algorithm per row: two-step {faster['two_step']}, one-kernel {faster['one_kernel']} "
-          "(AUTO picks one-kernel on the direct path, two-step on the GEMM paths)")
+        fastest[r["best_name"]] = fastest.get(r["best_name"], 0) + 1
+    note(f"goal best tactic <= 1.2x static cuDNN (fp16, N>=8): {ok_static}/{len(goal_rows)} rows; "
+         f"geo-mean ratio {math.exp(statistics.fmean(math.log(r['vs_static']) for r in goal_rows)):.2f}")
+    note(f"goal >= 2x faster than batch-as-groups (fp16, N>=8): {ok_bag}/{len(goal_rows)} rows; "
+         f"geo-mean speed-up {math.exp(statistics.fmean(math.log(r['bag_speedup']) for r in goal_rows)):.2f}")
+    note(f"fastest tactic per row (what TensorRT would keep): {fastest}")
     return ok_static == len(goal_rows) and ok_bag == len(goal_rows)
 
 
 # ---- CPU dry run: the script's own references against the C++ reference --------------------------------------
 
 def cpu_dry_run(layers, seed: int) -> int:
-    plugin_lib.load_cpu_library()
+    """Everything this script compares against, checked on the CPU: the float64 PyTorch reference and
+    batch-as-groups against the C++ reference on sampled zoo layers and every synthetic layer; the crop reference of
+    the limit check against the full reference; the limit layers' sizes against the C ABI's validation."""
+    lib = plugin_lib.load_cpu_library()
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     small = [dataclasses.replace(layer, h=min(layer.h, 9), w=min(layer.w, 9)) for layer in layers]
+    sample = rng.sample(small, min(len(small), 10)) + SYNTHETIC_LAYERS
     worst = 0.0
-    for layer in rng.sample(small, min(len(small), 10)):
+    for layer in sample:
         activation = rng.randrange(3)
         inputs = make_inputs(layer, 3, torch.float32, "cpu", gen, rng.random() < 0.5, True, True)
         ref = reference(layer, *inputs, activation)
-        cpu = plugin_lib.cpu_reference_conv(*[t.numpy() if t is not None else None for t in inputs],
-                                            stride=layer.stride, pads=layer.pads, dilation=layer.dilation,
-                                            groups=layer.groups, activation=activation)
-        rel, _ = errors(torch.from_numpy(cpu), ref)
-        bag = batch_as_groups(layer, *inputs, activation)
-        rel_bag, _ = errors(bag, ref)
+        cpu = cpu_reference_of(layer, inputs, activation)
+        if cpu is None:
+            print(f"FAIL dry run {layer.model} {layer.label}: too large for the CPU reference")
+            return 1
+        rel, _ = errors(cpu, ref)
+        rel_bag, _ = errors(batch_as_groups(layer, *inputs, activation), ref)
         worst = max(worst, rel)
         if rel > 1e-5 or rel_bag > 1e-4:
             print(f"FAIL dry run {layer.model} {layer.label}: C++ reference rel {rel:.2e}, batch-as-groups {rel_bag:.2e}")
             return 1
-    print(f"cpu dry run: references agree with the C++ CPU reference (worst rel {worst:.2e}) on {len(layers)} "
-          "zoo layers sampled; no GPU used")
+    # The crop reference (limit check) must equal the full reference on the rows it computes.
+    for layer in SYNTHETIC_LAYERS[:3] + [dataclasses.replace(LIMIT_LAYERS[0][0], h=12, w=10)]:
+        inputs = make_inputs(layer, 2, torch.float32, "cpu", gen, True, True, True)
+        full = reference(layer, *inputs, 1)
+        ho = full.shape[2]
+        for o0, o1 in ((0, min(4, ho)), (max(ho - 4, 0), ho), (ho // 2, ho // 2 + 1)):
+            crop = crop_reference(layer, inputs, o0, o1, 1)
+            if not torch.allclose(crop, full[:, :, o0:o1], rtol=1e-12, atol=1e-12):
+                print(f"FAIL dry run: crop reference rows {o0}:{o1} of {layer.label} differ from the full reference")
+                return 1
+    # The limit layers sit just inside the op's 2^31-1 element limit, and one step beyond it is refused.
+    msg = ctypes.create_string_buffer(256)
+    for layer, what in LIMIT_LAYERS:
+        cin_g = layer.c_in // layer.groups
+        p = plugin_lib.make_params((1, layer.c_in, layer.h, layer.w), (1, layer.c_out, layer.k),
+                                   (layer.k, layer.c_out, cin_g, layer.kh, layer.kw), pads=layer.pads)
+        if lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)) != plugin_lib.OK:
+            print(f"FAIL dry run: limit layer '{what}' is not valid: {msg.value.decode()}")
+            return 1
+        p.n = 2
+        if lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)) == plugin_lib.OK:
+            print(f"FAIL dry run: limit layer '{what}' at N=2 should break the element limit")
+            return 1
+    print(f"cpu dry run: references agree with the C++ CPU reference (worst rel {worst:.2e}) on "
+          f"{len(sample) - len(SYNTHETIC_LAYERS)} of {len(layers)} zoo layers and {len(SYNTHETIC_LAYERS)} synthetic "
+          "layers; crop reference exact; limit layers at the edge of the element limit; no GPU used")
     return 0
 
 
@@ -452,17 +745,25 @@ def main(argv=None) -> int:
     ap.add_argument("--sanitize", action="store_true", help="small shapes, correctness only (for compute-sanitizer)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="no GPU: check this script's references on the CPU")
     ap.add_argument("--timing-budget", type=float, default=150.0, help="seconds for the timing table (default 150)")
-    ap.add_argument("--timing-layers", type=int, default=8, help="layers per model in the timing table (default 8)")
+    ap.add_argument("--correctness-budget", type=float, default=120.0,
+                    help="seconds for the per-layer correctness part (default 120)")
+    ap.add_argument("--limit-budget", type=float, default=60.0, help="seconds for the 2^31-limit shapes (default 60)")
+    ap.add_argument("--timing-layers", type=int, default=6, help="layers per model in the timing table (default 6)")
+    ap.add_argument("--summary", help="write the short summary (correctness, limits, timing table, goals) here")
     ap.add_argument("--strict-perf", action="store_true", help="exit 1 when a performance goal is missed")
     args = ap.parse_args(argv)
     if args.lib_dir:
         os.environ[plugin_lib.ENV_PLUGIN_DIR] = args.lib_dir
 
     layers, source = zoo_layers()
-    print(f"layers: {len(layers)} distinct dynamic convs from {source}")
+    print(f"layers: {len(layers)} distinct dynamic convs from {source}; {len(SYNTHETIC_LAYERS)} synthetic")
     if args.cpu_dry_run:
         return cpu_dry_run(layers, args.seed)
 
+    if args.summary:
+        global SUMMARY_PATH
+        SUMMARY_PATH = Path(args.summary)
+        SUMMARY_PATH.write_text("")
     if not torch.cuda.is_available():
         print("gpu_check: FAIL: torch.cuda.is_available() is False; this check needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -472,34 +773,42 @@ def main(argv=None) -> int:
     # TF32 would make PyTorch's own convs the less accurate side of the comparison.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    print(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}), "
-          f"torch {torch.__version__}, CUDA {torch.version.cuda}, library {plugin_lib.cuda_library_path()}")
+    note(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}), "
+         f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN (torch) {torch.backends.cudnn.version()}, "
+         f"library {plugin_lib.cuda_library_path()}, tactics {list(algos())}")
 
     report = Report()
     t0 = time.monotonic()
     if args.sanitize:
         small = [dataclasses.replace(layer, h=min(layer.h, 10), w=min(layer.w, 10)) for layer in layers]
         distinct = list(dict.fromkeys(dataclasses.replace(layer, model="any") for layer in small))
-        sample = random.Random(args.seed).sample(distinct, min(len(distinct), 8))
+        sample = random.Random(args.seed).sample(distinct, min(len(distinct), 6)) + SYNTHETIC_LAYERS[:4]
         check_correctness(sample, report, args.seed, batches=(1, 3))
         check_graph_capture_and_errors(sample + small, report, args.seed)
     else:
-        print("[1/2] correctness against PyTorch (float64 reference)")
-        check_correctness(layers, report, args.seed)
-        check_graph_capture_and_errors(layers, report, args.seed)
-        print(f"  {report.checked} checks, {len(report.failures)} failures ({time.monotonic() - t0:.0f}s)")
+        note("[1/3] correctness of every tactic against PyTorch float64 and the C++ reference")
+        # Synthetic layers first: they carry the shapes the zoo lacks (dilation, asymmetric pads, 5x5, groups of 6).
+        check_correctness(SYNTHETIC_LAYERS + layers, report, args.seed, budget_s=args.correctness_budget)
+        check_nan_propagation(report, args.seed)
+        check_graph_capture_and_errors(layers + SYNTHETIC_LAYERS, report, args.seed)
+        note(f"  {report.checked} checks, {len(report.failures)} failures ({time.monotonic() - t0:.0f}s)")
+        note("[2/3] shapes at the 2^31-1 element limit (fp16, crops of the output against PyTorch)")
+        check_limit_shapes(report, args.seed, args.limit_budget)
+    for failure in report.failures[:20]:
+        note(f"  FAIL {failure}")
     if report.failures:
-        print(f"gpu_check: FAIL: {len(report.failures)} of {report.checked} checks failed", file=sys.stderr)
+        note(f"gpu_check: correctness FAIL: {len(report.failures)} of {report.checked} checks failed")
         return 1
     if args.sanitize:
         print(f"sanitize run: {report.checked} checks passed")
         return 0
 
-    print("[2/2] timing, ms per call (median of CUDA-graph replays); ours = AUTO; bag = batch-as-groups")
+    note("[3/3] timing, ms per call (median of interleaved CUDA-graph replays); bag = batch-as-groups; "
+         "best = fastest tactic (TensorRT keeps it)")
     rows = run_timing(pick_timing_layers(layers, args.timing_layers), args.timing_budget, args.seed)
     goals_met = summarize_goals(rows)
-    print(f"gpu_check: correctness PASS ({report.checked} checks); performance goals "
-          f"{'met' if goals_met else 'NOT all met (see above)'}")
+    note(f"gpu_check: correctness PASS ({report.checked} checks); performance goals "
+         f"{'met' if goals_met else 'NOT all met (see above)'}")
     return 1 if (args.strict_perf and not goals_met) else 0
 
 

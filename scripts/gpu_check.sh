@@ -1,26 +1,47 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the DyNetDynamicConv2d CUDA kernels (issue 4, part 4).
-# Needs: an NVIDIA GPU, PyTorch with CUDA, numpy, nvcc and cmake. No TensorRT, no network. About 3-5 minutes:
-#   1. builds the kernels for this GPU (cmake, CMAKE_CUDA_ARCHITECTURES=native unless CUDA_ARCHS is set);
-#   2. checks them against PyTorch on the zoo's Dy-ResNet50 / Dy-mobile layer shapes (fp32 rel <= 1e-5,
-#      fp16 rel <= 1e-2), CUDA-graph capture, malformed calls; then prints the timing table against
-#      batch-as-groups and a static cuDNN conv (scripts/gpu_check.py);
-#   3. runs compute-sanitizer memcheck and racecheck on small shapes, when compute-sanitizer is installed.
-# Exit status: 0 all checks passed, 1 a check failed, 2 not a CUDA machine / tools missing.
-# Extra arguments go to gpu_check.py (e.g. --strict-perf, --timing-budget 100).
+# The one prepared GPU check of the DyNetDynamicConv2d CUDA kernels: one run that fits a 10-minute command.
+# Needs: an NVIDIA GPU, PyTorch with CUDA (and its cuDNN), numpy, nvcc and cmake. No TensorRT, no network.
+#   1. builds the kernels for sm_90 (CUDA_ARCHS overrides), with the cuDNN tactic when CMake finds cuDNN (CUDNN_ROOT
+#      or the Python's nvidia-cudnn package, which a CUDA build of torch brings);
+#   2. scripts/gpu_check.py: every tactic in fp32 and fp16 against PyTorch float64 and the C++ reference on the zoo's
+#      layers plus synthetic ones, tactic agreement, NaN propagation, CUDA-graph capture, malformed calls, shapes at
+#      the 2^31-1 element limit, then timing against static cuDNN and batch-as-groups at N = 1, 8, 32;
+#   3. compute-sanitizer memcheck and racecheck on small shapes (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the
+#      sanitizer sees every allocation), when compute-sanitizer is installed.
+# Worst case by its timeouts: build 150 s, gpu_check.py 300 s (correctness 90 s, limit shapes 45 s, timing 100 s
+# budgets inside), sanitizers 2 x 70 s: under 10 minutes. Writes under $OUT (default: a fresh temporary folder): summary.txt (short: read it first) and logs/. Prints the
+# summary, then the verdict as the last line. Exit status: 0 pass, 1 a check failed, 2 not a CUDA machine / tools
+# missing. Extra arguments go to gpu_check.py (e.g. --strict-perf, --timing-budget 100).
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
+OUT=${OUT:-$(mktemp -d /tmp/dynet_gpu_check.XXXXXX)}
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
 START=$(date +%s)
 step() { echo; echo "== gpu_check: $* ($(( $(date +%s) - START ))s)"; }
-die() { echo "gpu_check: FAIL: $2" >&2; exit "$1"; }
+summ() { echo "$*" >>"$SUMMARY"; }
+finish() {  # finish STATUS VERDICT: print the summary, then the verdict last
+  summ ""
+  summ "verdict: $2 (exit $1, $(( $(date +%s) - START ))s; logs in $LOGS)"
+  echo
+  echo "================ summary ($SUMMARY) ================"
+  cat "$SUMMARY"
+  echo "gpu_check: $2"
+  exit "$1"
+}
+die() { echo "gpu_check: FAIL: $2" >&2; summ "FAIL: $2"; finish "$1" "FAIL: $2"; }
 
+summ "DyNetDynamicConv2d GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 step "environment"
 command -v nvidia-smi >/dev/null 2>&1 || die 2 "nvidia-smi not found: this is not a CUDA machine"
 nvidia-smi -L || die 2 "nvidia-smi lists no GPU"
+summ "gpu: $(nvidia-smi -L | head -n 1)"
 "$PYTHON" - <<'PY' || die 2 "PyTorch cannot use CUDA here ($PYTHON); install a CUDA build of torch"
 import sys, torch, numpy
 ok = torch.cuda.is_available()
@@ -32,53 +53,53 @@ if ! command -v nvcc >/dev/null 2>&1; then
 fi
 command -v nvcc >/dev/null 2>&1 || die 2 "nvcc not found (add the CUDA toolkit's bin/ to PATH)"
 command -v cmake >/dev/null 2>&1 || die 2 "cmake not found"
-nvcc --version | tail -n 2
+summ "nvcc: $(nvcc --version | tail -n 1)"
 
 step "build the CUDA kernels"
-BUILD=${DYNET_GPU_CHECK_BUILD:-$(mktemp -d /tmp/dynet_gpu_check.XXXXXX)/build}
-ARCHS=${CUDA_ARCHS:-native}
-configure() {
-  cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDYNET_BUILD_TENSORRT=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES="$1" >"$BUILD.configure.log" 2>&1
-}
-mkdir -p "$(dirname "$BUILD")"
-if ! configure "$ARCHS"; then
-  echo "configure with CUDA architectures '$ARCHS' failed; retrying with the project default"
-  rm -rf "$BUILD"
-  cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDYNET_BUILD_TENSORRT=OFF >"$BUILD.configure.log" 2>&1 \
-    || { cat "$BUILD.configure.log"; die 1 "cmake configure failed"; }
-fi
-grep "dynet:" "$BUILD.configure.log"
-timeout 240 cmake --build "$BUILD" -j"$(nproc)" || die 1 "the CUDA kernels do not build"
+# The build stays out of $OUT, which holds only the summary and logs (a runner may copy $OUT back).
+BUILD=${DYNET_GPU_CHECK_BUILD:-$(mktemp -d "${TMPDIR:-/tmp}/dynet_gpu_check_build.XXXXXX")}
+ARCHS=${CUDA_ARCHS:-90}
+cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDYNET_BUILD_TENSORRT=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DPython3_EXECUTABLE="$(command -v "$PYTHON")" >"$LOGS/configure.log" 2>&1 \
+  || { tail -n 20 "$LOGS/configure.log"; die 1 "cmake configure failed (log: $LOGS/configure.log)"; }
+grep "dynet:" "$LOGS/configure.log" | tee -a "$SUMMARY"
+timeout "${BUILD_TIMEOUT:-150}" cmake --build "$BUILD" -j"$(nproc)" >"$LOGS/build.log" 2>&1 \
+  || { tail -n 30 "$LOGS/build.log"; die 1 "the CUDA kernels do not build (log: $LOGS/build.log)"; }
 [ -f "$BUILD/libdynet_dynamic_conv_cuda.so" ] || die 1 "CMake did not build libdynet_dynamic_conv_cuda.so (was nvcc found?)"
 export DYNET_DEPLOY_PLUGIN_DIR="$BUILD"
 
-step "correctness and timing"
-timeout "${GPU_CHECK_TIMEOUT:-270}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" "$@"
-rc=$?
-[ $rc -eq 124 ] && die 1 "gpu_check.py timed out"
-[ $rc -ne 0 ] && die "$rc" "gpu_check.py reported failures (exit $rc)"
+step "correctness, limit shapes and timing"
+timeout "${GPU_CHECK_TIMEOUT:-300}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
+  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-100}" --limit-budget 45 --correctness-budget 90 "$@" \
+  2>&1 | tee "$LOGS/gpu_check.log"
+rc=${PIPESTATUS[0]}
+summ ""
+[ -f "$LOGS/gpu_check.summary.txt" ] && cat "$LOGS/gpu_check.summary.txt" >>"$SUMMARY"
+[ "$rc" -eq 124 ] && die 1 "gpu_check.py timed out (log: $LOGS/gpu_check.log)"
+[ "$rc" -ne 0 ] && die "$rc" "gpu_check.py reported failures (exit $rc; log: $LOGS/gpu_check.log)"
 
 step "compute-sanitizer"
 SAN=$(command -v compute-sanitizer || true)
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+summ ""
 if [ -z "$SAN" ]; then
-  echo "compute-sanitizer not found: memcheck/racecheck skipped (install the CUDA toolkit's compute-sanitizer)"
+  summ "compute-sanitizer not found: memcheck/racecheck skipped"
 else
   FILTER=()
   help=$("$SAN" --help 2>&1 || true)
-  # Instrument only our kernels (namespace dynet): PyTorch's own kernels are not under test and slow it down.
+  # Instrument only our kernels (namespace dynet): PyTorch's and cuDNN's own kernels are not under test.
   if grep -q -- "--kernel-name" <<<"$help"; then FILTER=(--kernel-name kns=dynet)
   elif grep -q -- "--kernel-regex" <<<"$help"; then FILTER=(--kernel-regex kns=dynet); fi
   for tool in memcheck racecheck; do
-    timeout 120 "$SAN" --tool "$tool" --error-exitcode 1 "${FILTER[@]}" \
-      "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" --sanitize > "$BUILD.$tool.log" 2>&1
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-70}" "$SAN" --tool "$tool" --error-exitcode 1 \
+      "${FILTER[@]}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" --sanitize >"$LOGS/$tool.log" 2>&1
     rc=$?
-    tail -n 5 "$BUILD.$tool.log"
-    if [ $rc -eq 124 ]; then echo "WARNING: compute-sanitizer $tool timed out after 120s (not counted as a failure)"
-    elif [ $rc -ne 0 ]; then die 1 "compute-sanitizer $tool found errors (log: $BUILD.$tool.log)"
-    else echo "compute-sanitizer $tool: clean"; fi
+    tail -n 5 "$LOGS/$tool.log"
+    if [ $rc -eq 124 ]; then summ "compute-sanitizer $tool: timed out (not counted as a failure; log $LOGS/$tool.log)"
+    elif [ $rc -ne 0 ]; then summ "compute-sanitizer $tool: ERRORS"; grep -m 5 "=========" "$LOGS/$tool.log" >>"$SUMMARY"
+      die 1 "compute-sanitizer $tool found errors (log: $LOGS/$tool.log)"
+    else summ "compute-sanitizer $tool: clean ($(grep -m1 "ERROR SUMMARY" "$LOGS/$tool.log" || echo no summary line))"; fi
   done
 fi
 
-step "PASS"
+finish 0 "PASS"

@@ -68,6 +68,7 @@ def test_config_rejects_bad_input():
         BenchConfig(dy_form="winograd").validate()
 
 
+@pytest.mark.slow
 def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
     cfg = BenchConfig(
         models=["dy_resnet18"], batch_sizes=[1, 2], threads=[1],
@@ -147,6 +148,7 @@ def test_cli_reports_bad_arguments(capsys):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_each_thread_count_is_a_pass_of_its_own():
     cfg = BenchConfig(models=["dy_resnet18"], batch_sizes=[1], threads=[2, 1], backends=["onnxruntime-portable"],
                       input_size=(32, 32), repeats=2, warmup=1, model_kwargs={"dy_resnet18": TINY, "resnet18": TINY})

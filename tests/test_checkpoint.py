@@ -234,7 +234,6 @@ def test_truncated_config(tmp_path):
 
 
 def _onnx_bytes() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -393,7 +392,7 @@ def test_weights_replaced_behind_the_configs_back(tmp_path):
 def test_missing_file_and_folder(tmp_path):
     _raises("does not exist", load_checkpoint, tmp_path / "nope.safetensors", model_name="resnet18")
     _raises("does not exist", load_checkpoint, tmp_path / "nope.pt")
-    _raises("is not a file", load_checkpoint, tmp_path, model_name="resnet18")
+    _raises("is a directory, not a file", load_checkpoint, tmp_path, model_name="resnet18")
 
 
 # ----------------------------------------------------------------------------------------------- saving safely
@@ -502,3 +501,44 @@ def test_cli_entry_point_truncated_file(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error (checkpoint): ") and "truncated" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_convert_carries_metadata_and_adds_to_it(tmp_path, capsys):
+    model = _small_dy(3)
+    meta = {"dataset": "digits", "input_size": [28, 28], "normalisation": {"mean": 0.3, "std": 0.3}, "test_top1": 0.9}
+    save_checkpoint(model, tmp_path / "src.safetensors", metadata=meta)
+    rc, out, err = _cli(capsys, "checkpoint", "convert", str(tmp_path / "src.safetensors"), "-o", str(tmp_path / "dst.safetensors"),
+                        "--metadata", '{"note": "converted for serving", "test_top1": 0.91}')
+    assert rc == 0, err
+    got = read_checkpoint_config(tmp_path / "dst.json")["metadata"]
+    assert got == {**meta, "converted_from": "src.safetensors", "note": "converted for serving", "test_top1": 0.91}
+    _assert_same_outputs(model, load_checkpoint(tmp_path / "dst.safetensors"), in_chans=1, size=16)
+
+
+def test_cli_inspect_reports_non_finite_weights(tmp_path, capsys):
+    model = _small_dy(4)
+    with torch.no_grad():
+        params = list(model.parameters())
+        params[0].view(-1)[:3] = float("nan")
+        params[1].view(-1)[0] = float("inf")
+    save_checkpoint(model, tmp_path / "bad.safetensors")
+    rc, out, err = _cli(capsys, "checkpoint", "inspect", str(tmp_path / "bad.safetensors"))
+    assert rc == 1
+    assert "finite      NO: 4 NaN/Inf values in 2 tensors" in out
+    assert err.startswith("error (checkpoint): ") and "holds NaN/Inf: 4 of" in err and err.count("\n") == 1
+    rc, out, err = _cli(capsys, "checkpoint", "inspect", "--json", str(tmp_path / "bad.safetensors"))
+    assert rc == 1 and json.loads(out)["non_finite"] == {"tensors": 2, "values": 4, "names": sorted(
+        k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all())}
+    save_checkpoint(_small_dy(5), tmp_path / "good.safetensors")
+    rc, out, err = _cli(capsys, "checkpoint", "inspect", str(tmp_path / "good.safetensors"))
+    assert rc == 0 and "finite      yes" in out
+
+
+def test_atomic_checkpoint_files_follow_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        save_checkpoint(_small_dy(), tmp_path / "c.safetensors")
+    finally:
+        os.umask(old)
+    for name in ("c.safetensors", "c.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o664, name

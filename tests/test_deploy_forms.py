@@ -96,10 +96,11 @@ TINY_RESNET = dict(width_mult=0.25, num_classes=10, small_input=True)
 @pytest.mark.parametrize("form,name,kwargs,size,batch", [
     ("matmul", "dy_resnet18", TINY_RESNET, 32, 1),
     pytest.param("matmul-nchwc", "dy_resnet18", TINY_RESNET, 32, 1, marks=needs_nchwc),
-    pytest.param("matmul-nchwc", "dy_resnet50", TINY_RESNET, 32, 1, marks=needs_nchwc),
-    pytest.param("matmul-nchwc", "dy_mobile", dict(width_mult=0.5, num_classes=10, small_input=True), 32, 1, marks=needs_nchwc),
+    pytest.param("matmul-nchwc", "dy_resnet50", TINY_RESNET, 32, 1, marks=[needs_nchwc, pytest.mark.slow]),
+    pytest.param("matmul-nchwc", "dy_mobile", dict(width_mult=0.5, num_classes=10, small_input=True), 32, 1,
+                 marks=[needs_nchwc, pytest.mark.slow]),
     # batch 2: the batch-as-groups conv (group = 2) stays on the plain kernel in the nchwc form
-    ("matmul", "dy_resnet18", TINY_RESNET, 24, 2),
+    pytest.param("matmul", "dy_resnet18", TINY_RESNET, 24, 2, marks=pytest.mark.slow),
 ])
 def test_zoo_model_deploy_form_on_onnxruntime_matches_pytorch(tmp_path, form, name, kwargs, size, batch):
     gen = torch.Generator().manual_seed(7)

@@ -16,7 +16,9 @@ from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import DyConv2d
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
-from zoo_exports import ATOL, KERNEL_EXPORT_BATCH, KERNEL_FORM_CI_MODELS, RTOL, SEG_SIZE, SEG_SIZE_2, exported, parity
+from zoo_exports import (
+    ATOL, KERNEL_EXPORT_BATCH, KERNEL_FORM_CI_MODELS, RTOL, SEG_SIZE, SEG_SIZE_2, exported, parity, slow_after_first,
+)
 
 ALL_MODELS = list_models()
 
@@ -35,7 +37,7 @@ def _standard_ops_only(path):
     return model
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", slow_after_first(ALL_MODELS))
 def test_zoo_feature_form_dynamic_batch_matches_pytorch(name):
     path, report = exported(name, "feature")
     model = _standard_ops_only(path)
@@ -48,7 +50,7 @@ def test_zoo_feature_form_dynamic_batch_matches_pytorch(name):
     _assert_within(rows, name)
 
 
-@pytest.mark.parametrize("name", KERNEL_FORM_CI_MODELS)
+@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS))
 def test_zoo_kernel_form_static_batch_matches_pytorch(name):
     path, report = exported(name, "kernel")
     model = _standard_ops_only(path)

@@ -19,13 +19,14 @@ from dynet_deploy.errors import FuseError, RuntimeBackendError
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import list_models, model_info
-from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN, fold_batchnorms
+from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from dynet_deploy.op.spec import ATTRIBUTE_NAMES as INT_ATTRIBUTES
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 import third_party_dynconv as tp
 from zoo_exports import (
+    slow_after_first,
     ATOL, KERNEL_FORM_CI_MODELS, RTOL, SEG_SIZE, SEG_SIZE_2, compare, exported, fused, parity, randomize_batchnorms, small_model,
 )
 
@@ -63,7 +64,7 @@ def _dynamic_conv_count(name):
     return sum(isinstance(m, DynamicConv2d) for m in small_model(name).modules())
 
 
-@pytest.mark.parametrize("name", DYNAMIC_MODELS)
+@pytest.mark.parametrize("name", slow_after_first(DYNAMIC_MODELS))
 def test_zoo_feature_form_fused(name):
     path, report = fused(name, "feature")
     n = _dynamic_conv_count(name)
@@ -74,7 +75,7 @@ def test_zoo_feature_form_fused(name):
     _assert_within(rows, f"{name} fused feature form")
 
 
-@pytest.mark.parametrize("name", KERNEL_FORM_CI_MODELS)
+@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS))
 def test_zoo_kernel_form_fused_takes_any_batch(name):
     """Exported at batch 2 (batch-as-groups), fused, then run at batches the export could not take."""
     path, report = fused(name, "kernel")

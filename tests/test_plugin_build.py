@@ -119,12 +119,19 @@ def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
     assert "references agree with the C++ CPU reference" in proc.stdout
 
 
-def test_gpu_check_script_fails_loudly_without_a_gpu():
+def test_gpu_check_script_fails_loudly_without_a_gpu(tmp_path):
+    import os
+
     from dynet_deploy.op.native import REPO_ROOT
 
     if shutil.which("nvidia-smi"):
         pytest.skip("nvidia-smi is present: run scripts/gpu_check.sh itself on this machine")
+    out = tmp_path / "out"
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, "OUT": str(out)})
     assert proc.returncode == 2
     assert "not a CUDA machine" in proc.stderr
+    # The summary lands under $OUT, and the verdict is the last line printed.
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert summary[-1].startswith("verdict: FAIL: nvidia-smi not found")
+    assert proc.stdout.splitlines()[-1].startswith("gpu_check: FAIL: nvidia-smi not found")

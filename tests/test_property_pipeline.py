@@ -78,6 +78,7 @@ def cases(draw):
 @seed(20041069)
 @settings(max_examples=200, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=cases())
+@pytest.mark.slow
 def test_export_fuse_onnxruntime_matches_pytorch(case, tmp_path_factory):
     tmp: Path = tmp_path_factory.mktemp("prop")
     torch.manual_seed(case["seed"])

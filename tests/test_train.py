@@ -186,3 +186,29 @@ def test_training_restores_the_callers_thread_count():
     before = torch.get_num_threads()
     train(TrainConfig(**{**TINY, "threads": before + 1, "train_limit": 64, "test_limit": 32}), log=None)
     assert torch.get_num_threads() == before
+
+
+def test_diverging_training_stops_with_a_clear_error_and_saves_nothing(tmp_path, capsys):
+    out = tmp_path / "d.safetensors"
+    rc = cli_main([
+        "train", "--model", "dy_resnet18", "--model-args", '{"width_mult": 0.0625}', "--dataset", "digits", "--epochs", "1",
+        "--batch-size", "32", "--train-limit", "96", "--test-limit", "16", "--threads", "1", "--lr", "1e30", "-o", str(out),
+    ])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("error (train): ") and "diverged, nothing was saved" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("field, value", [("lr", float("nan")), ("lr", float("inf")), ("lr", 0.0), ("batch_size", 0), ("threads", 0)])
+def test_config_values_training_cannot_use_are_refused(field, value):
+    from dynet_deploy.errors import TrainError
+
+    with pytest.raises(TrainError, match=field.replace("_", "-")):
+        train(TrainConfig(**{**TINY, field: value}), log=None)
+
+
+def test_checkpoint_records_input_size_and_channels(tiny_run, tmp_path):
+    weights, _ = save_training_outputs(tiny_run, tmp_path / "t.safetensors")
+    meta = read_checkpoint_config(weights)["metadata"]
+    assert meta["input_size"] == [28, 28] and meta["in_chans"] == 1 and meta["dataset"] == "digits"

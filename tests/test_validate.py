@@ -1,7 +1,6 @@
 """validate: Polygraphy comparison against PyTorch, data-set parity, reports, clear failures."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +117,7 @@ def test_mean_iou_and_synthetic_masks():
     assert 0.0 < mean_iou(shifted, masks, 5) < 1.0
 
 
+@pytest.mark.slow
 def test_segmentation_miou_parity_on_generated_masks(tmp_path, capsys):
     torch.manual_seed(3)
     model = create_model("dy_fcn_resnet50", num_classes=5, width_mult=0.125).eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -223,3 +224,38 @@ def test_zoo_entry_point_runs():
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)["models"]
     assert row["name"] == "shufflenet_v2_x1_0" and row["params"] == TORCHVISION_PARAMS["shufflenet_v2_x1_0"]
+
+
+def test_zoo_answers_from_its_cache_without_torch(tmp_path):
+    """A second `zoo --model` reads the counted rows from the cache (named by a hash of the code) and does
+    not import torch; what it prints equals a fresh count."""
+    env = {**os.environ, "DYNET_DEPLOY_CACHE": str(tmp_path)}
+    probe = (
+        "import sys, time; t = time.perf_counter(); from dynet_deploy.cli import main; "
+        "rc = main(['zoo', '--json', '--model', 'dy_resnet18']); "
+        "print('TORCH', 'torch' in sys.modules, 'SECONDS', time.perf_counter() - t, file=sys.stderr); sys.exit(rc)"
+    )
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "TORCH True" in first.stderr  # cold: counted
+    assert len(list(tmp_path.glob("zoo-*.json"))) == 1
+    second = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "TORCH False" in second.stderr, second.stderr
+    assert json.loads(second.stdout) == json.loads(first.stdout)
+    seconds = float(second.stderr.split("SECONDS")[1])
+    assert seconds < 2.0, f"cached zoo --model took {seconds:.2f} s"
+    # An unknown name is still refused with suggestions from the cached list.
+    bad = subprocess.run([sys.executable, "-m", "dynet_deploy.cli", "zoo", "--model", "dy_resnt18"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 1 and "did you mean dy_resnet18" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_zoo_cache_matches_a_fresh_count(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DYNET_DEPLOY_CACHE", str(tmp_path))
+    assert main(["zoo", "--json", "--model", "mobilenet_v2"]) == 0
+    cached_first = json.loads(capsys.readouterr().out)
+    assert main(["zoo", "--json", "--model", "mobilenet_v2"]) == 0
+    cached = json.loads(capsys.readouterr().out)
+    assert main(["zoo", "--json", "--no-cache", "--model", "mobilenet_v2"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert cached == fresh == cached_first

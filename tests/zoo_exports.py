@@ -109,3 +109,10 @@ def parity(runner, name: str, batches, sizes=None, seed: int = 0) -> list[tuple[
             assert out.shape == ref.shape, (out.shape, ref.shape)
             rows.append((b, tuple(hw), *compare(out, ref)))
     return rows
+
+
+def slow_after_first(names):
+    """Parametrize values with every one after the first marked ``slow``: the fast subset keeps one model per test."""
+    import pytest
+
+    return [n if i == 0 else pytest.param(n, marks=pytest.mark.slow) for i, n in enumerate(names)]

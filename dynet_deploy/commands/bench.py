@@ -43,6 +43,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_out_dir(out_dir: str, error=None) -> None:
+    """Before minutes of timing: the output folder is (or can be made) a writable folder."""
+    import os
+    from pathlib import Path
+
+    from ..errors import BenchError
+
+    BenchError = error or BenchError  # noqa: N806 (the caller's stage error)
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"--out-dir {out_dir!r} is a file, not a folder")
+    probe = path
+    while not probe.exists():  # the nearest existing folder is where it will be created
+        if probe.is_symlink():
+            raise BenchError(f"--out-dir {out_dir!r}: {str(probe)!r} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BenchError(f"--out-dir {out_dir!r} cannot be created: {str(probe)!r} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BenchError(f"--out-dir {out_dir!r} is not writable ({str(probe)!r} is not writable); choose another folder")
+
+
+def check_backends_present(backends: list[str]) -> None:
+    """Refuse a run in which no requested backend can run (an empty table is no result)."""
+    from ..bench import BackendUnavailable, check_backend
+    from ..errors import MissingDependencyError
+
+    reasons = {}
+    for backend in backends:
+        try:
+            check_backend(backend)
+        except BackendUnavailable as exc:
+            reasons[backend] = str(exc)
+    if reasons and len(reasons) == len(set(backends)):
+        raise MissingDependencyError(
+            "none of the requested backends can run here: "
+            + "; ".join(f"{b}: {why}" for b, why in reasons.items())
+            + " (see 'dynet-deploy doctor'; --backends onnxruntime runs everywhere)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, format_table, run_bench, write_outputs
 
@@ -52,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         dy_form=args.dy_form, ort_spinning=args.ort_spinning, keep_onnx_dir=args.keep_onnx,
     )
     cfg.validate()
+    check_out_dir(args.out_dir)
+    if args.keep_onnx:
+        check_out_dir(args.keep_onnx)
+    check_backends_present(cfg.backends)
     result = run_bench(cfg, log=lambda msg: print(msg, flush=True))
     paths = write_outputs(result, args.out_dir)
     print()

@@ -26,9 +26,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("onnx", metavar="MODEL.plugin.onnx", help="fused ONNX from 'dynet-deploy fuse'")
     p.add_argument("-o", "--output", help="engine path (default: the ONNX name with .engine)")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=None, help="default: max-batch")
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--recipe", metavar="RECIPE.json",
+                   help="take the batch profile from a deployment recipe (export/*.json); flags still override it")
+    p.add_argument("--min-batch", type=int, default=None, help="default: the recipe's, else 1")
+    p.add_argument("--opt-batch", type=int, default=None, help="default: the recipe's, else max-batch")
+    p.add_argument("--max-batch", type=int, default=None, help="default: the recipe's, else 8")
     p.add_argument("--min-hw", type=_hw, help="min HxW for inputs with dynamic H and W (segmentation)")
     p.add_argument("--opt-hw", type=_hw, help="opt HxW (default: max-hw)")
     p.add_argument("--max-hw", type=_hw, help="max HxW")
@@ -43,17 +45,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+# The batch profile without flags or a recipe; the bundled recipe states the same (a test holds them equal).
+DEFAULT_MIN_BATCH = 1
+DEFAULT_MAX_BATCH = 8
 
-    from ..build.engine import Profile, build_engine, default_engine_path
 
-    onnx_path = Path(args.onnx)
-    if not onnx_path.is_file():
-        raise BuildError(f"ONNX file {onnx_path} does not exist; create it with 'dynet-deploy fuse'")
-    if args.legacy_fp16_flag and not args.fp16:
-        raise BuildError("--legacy-fp16-flag needs --fp16")
-    opt_batch = args.opt_batch if args.opt_batch is not None else args.max_batch
+def profile_from_args(args: argparse.Namespace):
+    """The optimisation profile: flags, else the recipe's (``--recipe``), else min 1, opt = max, max 8; checked."""
+    from ..build.engine import Profile
+
+    recipe = None
+    if getattr(args, "recipe", None):
+        from ..recipe import load_recipe
+
+        recipe = load_recipe(args.recipe).profile
+    min_batch = args.min_batch if args.min_batch is not None else (recipe.min if recipe else DEFAULT_MIN_BATCH)
+    max_batch = args.max_batch if args.max_batch is not None else (recipe.max if recipe else DEFAULT_MAX_BATCH)
+    if args.opt_batch is not None:
+        opt_batch = args.opt_batch
+    elif recipe is not None and args.max_batch is None:
+        opt_batch = recipe.opt
+    else:
+        opt_batch = max_batch
+    if min(min_batch, opt_batch, max_batch) < 1 or not min_batch <= opt_batch <= max_batch:
+        raise BuildError(
+            f"batch sizes must be 1 <= --min-batch <= --opt-batch <= --max-batch, got {min_batch}, {opt_batch}, {max_batch}"
+        )
+    for flag, value in (("--min-hw", args.min_hw), ("--opt-hw", args.opt_hw), ("--max-hw", args.max_hw)):
+        if value is not None and min(value) < 1:
+            raise BuildError(f"{flag} must be positive, got {value[0]}x{value[1]}")
     hw = [args.min_hw, args.opt_hw or args.max_hw, args.max_hw]
     height = width = None
     if any(v is not None for v in hw):
@@ -61,8 +81,31 @@ def run(args: argparse.Namespace) -> int:
             raise BuildError("give both --min-hw and --max-hw (and optionally --opt-hw)")
         height = tuple(v[0] for v in hw)
         width = tuple(v[1] for v in hw)
-    profile = Profile(batch=(args.min_batch, opt_batch, args.max_batch), height=height, width=width)
+    return Profile(batch=(min_batch, opt_batch, max_batch), height=height, width=width)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..build.engine import build_engine, default_engine_path
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
+
+    if not Path(args.onnx).exists() and not Path(args.onnx).is_symlink():
+        raise BuildError(f"ONNX file {args.onnx} does not exist; create it with 'dynet-deploy fuse'")
+    onnx_path = check_readable_file(args.onnx, BuildError, "ONNX file")
+    if args.legacy_fp16_flag and not args.fp16:
+        raise BuildError("--legacy-fp16-flag needs --fp16")
+    profile = profile_from_args(args)
+    if args.workspace_mib is not None and args.workspace_mib < 1:
+        raise BuildError(f"--workspace-mib must be >= 1, got {args.workspace_mib}")
+    inputs = [onnx_path, args.plugin_lib]
+    if args.save_fp16_onnx:
+        check_output_path(args.save_fp16_onnx, BuildError, inputs=[*inputs, args.timing_cache], suffixes=(".onnx",), why="an ONNX graph")
+    if args.timing_cache:
+        check_output_path(args.timing_cache, BuildError, inputs=inputs)
     out = Path(args.output) if args.output else default_engine_path(onnx_path)
+    check_output_path(out, BuildError, inputs=[*inputs, args.timing_cache, args.save_fp16_onnx])
     res = build_engine(
         onnx_path, out, profile=profile, fp16=args.fp16, legacy_fp16_flag=args.legacy_fp16_flag,
         plugin_library=args.plugin_lib, timing_cache=args.timing_cache, workspace_mib=args.workspace_mib,

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     convert.add_argument("--model", help="zoo model name the weights belong to")
     convert.add_argument("--model-args", help="create_model keyword arguments as JSON")
     convert.add_argument("-o", "--output", required=True, metavar="OUT", help="output path, NAME.safetensors")
+    convert.add_argument("--metadata", metavar="JSON",
+                         help='entries to add to the metadata carried over from IN\'s config, as a JSON object, e.g. '
+                         '\'{"dataset": "fashion-mnist", "input_size": [28, 28]}\'')
     convert.set_defaults(func=run)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -56,6 +59,35 @@ def _parse_model_args(text: str | None) -> dict | None:
     if not isinstance(value, dict):
         raise CheckpointError(f"--model-args must be a JSON object of keyword arguments, got a {type(value).__name__}")
     return value
+
+
+def _parse_metadata(text: str | None) -> dict:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"--metadata is not valid JSON ({exc.msg}); give an object, e.g. '{{\"dataset\": \"fashion-mnist\"}}'") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"--metadata must be a JSON object, got a {type(value).__name__}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise CheckpointError("--metadata holds NaN or Infinity, which JSON configs cannot carry") from None
+    return value
+
+
+def non_finite_tensors(state: dict) -> dict[str, int]:
+    """``{tensor name: count of NaN/Inf values}`` for the floating-point tensors holding any."""
+    import torch
+
+    bad = {}
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            n = int(tensor.numel() - torch.isfinite(tensor).sum())
+            if n:
+                bad[key] = n
+    return bad
 
 
 def _notes_to_stderr() -> None:
@@ -74,12 +106,32 @@ def run(args: argparse.Namespace) -> int:
     _notes_to_stderr()
     model_args = _parse_model_args(args.model_args)
     if args.checkpoint_action == "convert":
+        from ..checkpoint import checkpoint_input_paths, checkpoint_output_paths
+        from ..fileio import check_output_path
+        from ..graph import check_readable_file
+
+        extra = _parse_metadata(args.metadata)
+        check_readable_file(args.src, CheckpointError, "checkpoint")
+        inputs = checkpoint_input_paths(args.src)
+        for out_path in checkpoint_output_paths(args.output):  # refuses a suffix other than .safetensors/.json
+            check_output_path(out_path, CheckpointError, inputs=inputs)
         model = load_checkpoint(args.src, model_name=args.model, model_args=model_args)
-        out = save_checkpoint(model, args.output, metadata={"converted_from": Path(args.src).name})
-        print(f"wrote {out} and {out.with_suffix('.json')} ({model.zoo_name})")
+        # Carry the source's metadata (data set, normalisation, input size, accuracy): export and validate read it.
+        src_config_path = Path(args.src).with_suffix(".json") if Path(args.src).suffix != ".json" else Path(args.src)
+        metadata = dict(read_checkpoint_config(src_config_path).get("metadata") or {}) if src_config_path.is_file() else {}
+        metadata.setdefault("converted_from", Path(args.src).name)
+        metadata.update(extra)
+        state = model.state_dict()
+        bad = non_finite_tensors(state)
+        if bad:
+            raise CheckpointError(_non_finite_message(args.src, bad, state) + "; nothing was written")
+        out = save_checkpoint(model, args.output, metadata=metadata)
+        print(f"wrote {out} and {out.with_suffix('.json')} ({model.zoo_name}; metadata: {', '.join(sorted(metadata)) or 'none'})")
         return 0
 
-    path = Path(args.ckpt)
+    from ..graph import check_readable_file
+
+    path = check_readable_file(args.ckpt, CheckpointError, "checkpoint")
     config_path = path if path.suffix == ".json" else path.with_suffix(".json")
     config = read_checkpoint_config(config_path) if config_path.exists() else None
     model = load_checkpoint(path, model_name=args.model, model_args=model_args)
@@ -105,8 +157,12 @@ def run(args: argparse.Namespace) -> int:
         "dtypes": dtypes,
         "loads": True,
     }
+    bad = non_finite_tensors(state)
+    summary["non_finite"] = {"tensors": len(bad), "values": int(sum(bad.values())), "names": sorted(bad)}
     if args.json:
         print(json.dumps(summary, indent=2))
+        if bad:
+            raise CheckpointError(_non_finite_message(path, bad, state))
         return 0
     print(f"checkpoint  {path}")
     print(f"config      {'none (model given on the command line)' if config is None else config_path}")
@@ -116,4 +172,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"tensors     {summary['tensors']} ({summary['elements']:,} elements, {summary['bytes'] / 2**20:.2f} MiB)")
     print(f"dtypes      {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
     print("loads       yes: every key and shape matches the model")
+    if bad:
+        print(f"finite      NO: {summary['non_finite']['values']:,} NaN/Inf values in {len(bad)} tensors")
+        raise CheckpointError(_non_finite_message(path, bad, state))
+    print("finite      yes: no NaN or Inf")
     return 0
+
+
+def _non_finite_message(path, bad: dict[str, int], state: dict) -> str:
+    total = sum(t.numel() for t in state.values() if t.is_floating_point())
+    values = sum(bad.values())
+    names = ", ".join(sorted(bad, key=lambda k: -bad[k])[:5]) + (f", ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (
+        f"checkpoint {str(path)!r} holds NaN/Inf: {values:,} of {total:,} floating-point values "
+        f"({100 * values / max(total, 1):.1f} %) in {len(bad)} tensor{'s' if len(bad) != 1 else ''} ({names}); "
+        f"it came from a diverged training run: retrain (e.g. with a lower --lr)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -70,25 +71,92 @@ def load_model(ckpt: str | None, model: str | None, model_args_json: str | None)
     return net, model, args or {}, "randomly initialised weights (no checkpoint given)"
 
 
+# The highest opset each torch exporter writes (torch.onnx's own limits; asking for more fails deep inside it).
+def _max_opset(exporter: str) -> int:
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # torch moved it: let the exporter decide
+        return 10**6
+    if exporter == "torchscript":
+        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 10**6)))
+    return int(getattr(_constants, "ONNX_MAX_OPSET", 10**6))
+
+
+# The export check's tolerance: fp32 PyTorch vs fp32 onnxruntime differ by summation order only.
+CHECK_REL_TOL = 1e-4
+CHECK_ABS_TOL = 1e-4
+
+
+def checkpoint_defaults(ckpt: str | None, name: str | None, zoo_args: dict | None) -> tuple[tuple[int, int] | None, int | None, str]:
+    """(input H W, input channels, where they came from) recorded with a checkpoint, else (None, None, "")."""
+    from ..checkpoint import read_checkpoint_config
+    from ..data import dataset_info
+    from ..errors import DynetDeployError
+
+    size = chans = None
+    source = ""
+    meta: dict = {}
+    if ckpt:
+        try:
+            meta = read_checkpoint_config(ckpt).get("metadata") or {}
+        except DynetDeployError:
+            meta = {}
+    recorded = meta.get("input_size")
+    if isinstance(recorded, list) and len(recorded) == 2 and all(isinstance(v, int) and v > 0 for v in recorded):
+        size, source = (recorded[0], recorded[1]), "the checkpoint's metadata (input_size)"
+    elif isinstance(meta.get("dataset"), str):
+        try:
+            info = dataset_info(meta["dataset"])
+        except DynetDeployError:
+            info = None
+        if info is not None:
+            size, source = info.image_size, f"the checkpoint's data set ({meta['dataset']})"
+            chans = info.in_chans
+    if isinstance(meta.get("in_chans"), int):
+        chans = meta["in_chans"]
+    if zoo_args and isinstance(zoo_args.get("in_chans"), int):
+        chans = zoo_args["in_chans"]
+    return size, chans, source
+
+
 def run(args) -> int:
     import numpy as np
 
+    from ..checkpoint import checkpoint_input_paths
     from ..errors import ExportError
-    from ..export import export_onnx
     from ..fileio import check_output_path
     from ..models import model_info
 
-    check_output_path(args.output, ExportError)  # before loading anything
+    # Before loading anything: the output must be an .onnx file that is none of the inputs.
+    check_output_path(args.output, ExportError, inputs=checkpoint_input_paths(args.ckpt), suffixes=(".onnx",), why="an ONNX graph")
+    if args.batch < 1:
+        raise ExportError(f"--batch must be >= 1, got {args.batch}")
+    if args.input_size and min(args.input_size) < 1:
+        raise ExportError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
+    if args.opset < 17:
+        raise ExportError(f"--opset {args.opset} is too old: DyNet graphs need opset >= 17")
+    if args.opset > _max_opset(args.exporter):
+        raise ExportError(
+            f"--opset {args.opset} is newer than the {args.exporter} exporter of this PyTorch writes "
+            f"(at most {_max_opset(args.exporter)}); use --opset 17 (the default)"
+        )
     net, name, zoo_args, source = load_model(args.ckpt, args.model, args.model_args)
     info = model_info(name) if name else None
     if source.startswith("randomly"):
         print(f"note: exporting {name} with RANDOM weights (no checkpoint given)")
-    if args.batch < 1:
-        raise ExportError(f"--batch must be >= 1, got {args.batch}")
-    size = tuple(args.input_size) if args.input_size else (info.input_size if info else (224, 224))
-    in_chans = int((zoo_args or {}).get("in_chans", 3))
+    meta_size, meta_chans, meta_source = checkpoint_defaults(args.ckpt, name, zoo_args)
+    if args.input_size:
+        size = tuple(args.input_size)
+    elif meta_size:
+        size = meta_size
+        print(f"input size {size[0]}x{size[1]} from {meta_source} (--input-size overrides)")
+    else:
+        size = info.input_size if info else (224, 224)
+    in_chans = int(meta_chans or (zoo_args or {}).get("in_chans", 3))
     seg = info is not None and info.task == "segmentation"
     dynamic_hw = seg if args.dynamic_hw is None else args.dynamic_hw
+    from ..export import export_onnx
+
     report = export_onnx(
         net, args.output, (args.batch, in_chans, *size), form=args.form, dynamic_batch=args.dynamic_batch,
         dynamic_hw=dynamic_hw, exporter=args.exporter, opset=args.opset, model_name=name, model_args=zoo_args,
@@ -96,17 +164,35 @@ def run(args) -> int:
     print(f"exported {name or 'model'} ({source})")
     print(report.summary())
     if not args.no_check:
-        import torch
-
         from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
         from ..runtimes.torch_runtime import TorchRunner
 
         x = np.random.default_rng().standard_normal((args.batch, in_chans, *size)).astype(np.float32)
         ort_out = OnnxruntimeRunner(report.path).run({report.input_names[0]: x})
         ref = TorchRunner(net, report.input_names, report.output_names).run({report.input_names[0]: x})
+        failures = []
         for out_name in report.output_names:
-            diff = np.abs(ort_out[out_name].astype(np.float64) - ref[out_name])
-            rel = np.linalg.norm(diff) / max(np.linalg.norm(ref[out_name]), 1e-30)
-            print(f"check {out_name} at batch {args.batch}: onnxruntime vs PyTorch max-abs {diff.max():.2e}, relative {rel:.2e}")
-        del torch
+            got, want = ort_out[out_name], ref[out_name]
+            bad_ref = int(np.size(want) - np.isfinite(want).sum())
+            bad_got = int(np.size(got) - np.isfinite(got).sum())
+            if bad_ref or bad_got:
+                failures.append(
+                    f"output {out_name!r} has non-finite values (NaN/Inf: {bad_got} from onnxruntime, {bad_ref} from "
+                    f"PyTorch); the weights hold NaN/Inf or overflow: check them with 'dynet-deploy checkpoint inspect'"
+                )
+                continue
+            diff = np.abs(got.astype(np.float64) - want)
+            rel = float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-30))
+            max_abs = float(diff.max()) if diff.size else 0.0
+            ok = rel <= CHECK_REL_TOL or max_abs <= CHECK_ABS_TOL
+            print(f"check {out_name} at batch {args.batch}: onnxruntime vs PyTorch max-abs {max_abs:.2e}, relative {rel:.2e} "
+                  f"({'ok' if ok else 'MISMATCH'}: tolerance relative {CHECK_REL_TOL:g} or max-abs {CHECK_ABS_TOL:g})")
+            if not ok:
+                failures.append(f"output {out_name!r} differs from PyTorch (relative {rel:.2e} > {CHECK_REL_TOL:g})")
+        if failures:
+            Path(report.path).unlink(missing_ok=True)  # a graph that fails its check is not an artifact
+            raise ExportError(
+                f"the exported graph failed its check and was removed: {'; '.join(failures)} "
+                f"(--no-check keeps an unchecked graph)"
+            )
     return 0

@@ -43,7 +43,7 @@ def run(args) -> int:
         # when the machine is idle. It must be set before torch loads libgomp; numerics are unchanged.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..errors import ModelError
-    from ..train import TrainConfig, check_outputs_writable, save_training_outputs, train
+    from ..train import TrainConfig, check_config, check_outputs_writable, save_training_outputs, train
 
     try:
         model_args = json.loads(args.model_args)
@@ -53,9 +53,7 @@ def run(args) -> int:
         raise ModelError(f"--model-args must be a JSON object of keyword arguments, got a {type(model_args).__name__}")
     if args.epochs < 1:
         raise ModelError(f"--epochs must be >= 1, got {args.epochs}")
-    check_outputs_writable(args.output)
-    if args.report:
-        check_outputs_writable(args.report)
+    check_outputs_writable(args.output, args.report)
     cfg = TrainConfig(
         model=args.model,
         model_args=model_args,
@@ -74,6 +72,7 @@ def run(args) -> int:
         data_root=args.data_root,
         log_every=args.log_every,
     )
+    check_config(cfg)
     result = train(cfg, log=lambda msg: print(msg, flush=True))
     weights, report_path = save_training_outputs(result, args.output, args.report)
     report = json.loads(report_path.read_text())

@@ -22,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 3], metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: 1 4 3)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="H W for graphs with a dynamic spatial size")
+    p.add_argument("--recipe", metavar="RECIPE.json", help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B", help="batch sizes to try where the graph's batch is dynamic (default: the recipe's, else 1 4 3; a fixed-batch graph takes its own batch only)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="H W for graphs with a dynamic spatial size (default: the checkpoint's recorded input size)")
     p.add_argument(
         "--dataset",
         choices=["fashion-mnist", "digits", "auto", "synthetic-seg"],
@@ -42,36 +44,152 @@ def _quiet_polygraphy(verbose: bool) -> None:
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+    # Polygraphy colours its log whenever the `colored` module is present; escape codes belong on terminals only.
+    G_LOGGER.colors = sys.stderr.isatty() and sys.stdout.isatty()
+
+
+REPORT_FILES = ("inputs.json", "reference.json", "report.json", "report.txt")
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    from ..errors import ValidationError
+
+    if args.batch_sizes is not None and min(args.batch_sizes) < 1:
+        raise ValidationError(f"--batch-sizes must be >= 1, got {' '.join(map(str, args.batch_sizes))}")
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise ValidationError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
+    if args.limit is not None and args.limit < 1:
+        raise ValidationError(f"--limit must be >= 1, got {args.limit}")
+    if args.threads is not None and args.threads < 1:
+        raise ValidationError(f"--threads must be >= 1, got {args.threads}")
+
+
+def _model_in_chans(model) -> int | None:
+    import torch
+
+    args = getattr(model, "zoo_kwargs", {}) or {}
+    if isinstance(args.get("in_chans"), int):
+        return args["in_chans"]
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return int(module.in_channels)
+    return None
+
+
+def _check_graph_fits(graph, model, args: argparse.Namespace, model_path: Path) -> None:
+    """A fixed-batch graph refuses other batch sizes; the graph's channels must be the checkpoint's."""
+    from ..errors import ValidationError
+
+    if graph.fixed_batch is not None and args.batch_sizes is not None:
+        other = [b for b in dict.fromkeys(args.batch_sizes) if b != graph.fixed_batch]
+        if other:
+            raise ValidationError(
+                f"{model_path.name} has a fixed batch of {graph.fixed_batch}: it cannot take batch size "
+                f"{', '.join(map(str, other))}; pass --batch-sizes {graph.fixed_batch}, or make the batch dynamic "
+                f"('dynet-deploy fuse' does, or export with --dynamic-batch)"
+            )
+    want = graph.shape[1]
+    have = _model_in_chans(model)
+    if isinstance(want, int) and want > 0 and have is not None and have != want:
+        raise ValidationError(
+            f"{model_path.name} takes {want}-channel images but the checkpoint's model takes {have}: they are not "
+            f"the same model; export the graph from this checkpoint ('dynet-deploy export CKPT -o MODEL.onnx')"
+        )
+
+
+def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> None:
+    """Before anything runs: a graph fixed at another size than the data set's images cannot take them."""
+    from ..data import dataset_info, resolve_dataset
+    from ..errors import ValidationError
+
+    ds_name = resolve_dataset(args.dataset)
+    hw = graph.shape[2:]
+    image = dataset_info(ds_name).image_size
+    if all(isinstance(d, int) and d > 0 for d in hw) and tuple(hw) != tuple(image):
+        raise ValidationError(
+            f"{model_path.name} takes {hw[0]}x{hw[1]} images but {ds_name} images are {image[0]}x{image[1]}; "
+            f"export the graph at the data set's size ('dynet-deploy export CKPT --input-size {image[0]} "
+            f"{image[1]} -o MODEL.onnx', the default for checkpoints that record it) or with --dynamic-hw"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, read_checkpoint_config
+    from ..checkpoint import checkpoint_input_paths, load_checkpoint
     from ..errors import ValidationError
+    from ..fileio import check_output_path
+    from ..graph import check_readable_file
     from ..models import model_info
-    from ..validate import require_backend, synthetic_segmentation, validate_dataset, validate_random, write_report
+    from ..validate import read_graph_input, require_backend
+    from .export import checkpoint_defaults
 
+    _check_values(args)
     _quiet_polygraphy(args.verbose)
     require_backend(args.backend)
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        raise ValidationError(f"model {str(model_path)!r} not found")
+    model_path = check_readable_file(args.model, ValidationError, "model")
+    check_readable_file(args.checkpoint, ValidationError, "checkpoint")
+    inputs = [model_path, *checkpoint_input_paths(args.checkpoint)]
     if args.out_dir:
         out_dir = Path(args.out_dir)
         if not out_dir.is_dir():
-            raise ValidationError(f"output folder {str(out_dir)!r} does not exist; create it first")
+            raise ValidationError(f"output folder {str(out_dir)!r} does not exist or is not a folder; create it first")
     else:
         out_dir = model_path.with_name(model_path.stem + ".validate")
-        out_dir.mkdir(exist_ok=True)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValidationError(f"{str(out_dir)!r} (the default output folder) is a file; pass --out-dir")
+    if out_dir.is_dir():
+        for fname in REPORT_FILES:  # before anything runs: no report may land on an input
+            check_output_path(out_dir / fname, ValidationError, inputs=inputs)
+    else:
+        check_output_path(out_dir, ValidationError)
 
     model = load_checkpoint(args.checkpoint, model_name=args.model_name)
     name = getattr(model, "zoo_name", None) or args.model_name or Path(args.checkpoint).stem
     task = model_info(name).task if getattr(model, "zoo_name", None) else "classification"
+    graph = None
+    if args.backend == "onnxruntime":
+        from .run import check_fused_nodes
+
+        graph = read_graph_input(model_path)
+        _check_graph_fits(graph, model, args, model_path)
+        check_fused_nodes(model_path, ValidationError)
+        if args.dataset in ("fashion-mnist", "digits", "auto") and task == "classification":
+            _check_dataset_size(graph, args, model_path)
     input_size = tuple(args.input_size) if args.input_size else None
+    if input_size is None and graph is not None and not all(isinstance(d, int) and d > 0 for d in graph.shape[2:]):
+        meta_size, _, meta_source = checkpoint_defaults(args.checkpoint, name, getattr(model, "zoo_kwargs", None))
+        if meta_size:
+            input_size = meta_size
+            print(f"input size {input_size[0]}x{input_size[1]} from {meta_source} (--input-size overrides)")
     if input_size is None and task == "segmentation":
         input_size = (64, 96)
+    created = not out_dir.exists()
+    out_dir.mkdir(exist_ok=True)
+    try:
+        return _validate(args, model, name, task, model_path, input_size, out_dir)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
 
+
+def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
+    from ..checkpoint import read_checkpoint_config
+    from ..errors import ValidationError
+    from ..validate import synthetic_segmentation, validate_dataset, validate_random, write_report
+
+    recipe = tolerance = None
+    batch_sizes = args.batch_sizes or [1, 4, 3]  # a fixed-batch graph runs its own batch whatever these are
+    if args.recipe:
+        from ..recipe import load_recipe
+        from ..validate import Tolerance, read_graph_input
+
+        recipe = load_recipe(args.recipe)
+        spec = recipe.tolerance(read_graph_input(model_path).precision)
+        tolerance = Tolerance(spec.max_abs, spec.rel)
+        batch_sizes = args.batch_sizes or list(recipe.validate.batch_sizes)
     report = validate_random(
-        model, model_path, args.backend, args.batch_sizes, input_size, args.seed, out_dir, args.threads, model_name=name
+        model, model_path, args.backend, batch_sizes, input_size, args.seed, out_dir, args.threads,
+        tolerance=tolerance, model_name=name,
     )
     payload: dict = {"random_inputs": report.to_dict()}
     text = [f"== {name}: {model_path.name} on {args.backend} ({report.precision}), random inputs", report.table()]
@@ -101,8 +219,12 @@ def run(args: argparse.Namespace) -> int:
                 model, model_path, images.numpy(), labels.numpy(), ds_name, args.backend, threads=args.threads,
                 progress=sys.stderr.isatty(), model_name=name,
             )
+            target = recipe.agreement(ds_report.precision) if recipe is not None else None
+            if target is not None:
+                ds_report.target_agreement = target
             if trained_on and trained_on != ds_name:
-                ds_report.notes = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
+                note = f"the checkpoint was trained on {trained_on}; accuracy on {ds_name} is not meaningful, agreement is"
+                ds_report.notes = "; ".join(n for n in (ds_report.notes, note) if n)
         payload["dataset"] = ds_report.to_dict()
         text += [f"== {ds_report.dataset} ({ds_report.samples} {'images' if ds_report.task == 'classification' else 'pixels'})", ds_report.table()]
         if ds_report.notes:
@@ -110,7 +232,17 @@ def run(args: argparse.Namespace) -> int:
 
     passed = report.passed and (ds_report is None or ds_report.passed)
     payload["passed"] = passed
-    text.append("PASSED" if passed else "FAILED: the deployed graph does not match the PyTorch reference")
+    nan_ref = sum(c.reference_non_finite for c in report.checks) + (ds_report.reference_non_finite if ds_report else 0)
+    nan_out = sum(c.non_finite for c in report.checks) + (ds_report.non_finite if ds_report else 0)
+    if passed:
+        text.append("PASSED")
+    elif nan_ref:
+        text.append(f"FAILED: PyTorch's reference outputs NaN/Inf ({nan_ref} values): the checkpoint's weights hold NaN/Inf "
+                    f"(see 'dynet-deploy checkpoint inspect')")
+    elif nan_out:
+        text.append(f"FAILED: the deployed graph outputs NaN/Inf ({nan_out} values) where PyTorch's outputs are finite")
+    else:
+        text.append("FAILED: the deployed graph does not match the PyTorch reference")
     write_report(out_dir / "report.json", payload)
     from ..fileio import atomic_write_text
 

@@ -1,15 +1,26 @@
 """``dynet-deploy zoo``: every zoo model's parameters and multiply-adds next to the DyNet paper's figures.
 
 Models are built on PyTorch's ``meta`` device and counted with :func:`dynet_deploy.flops.count_flops`, so the
-table costs shapes only (about a second per model, most of it building). Rows come in pairs: each static
-baseline, then the DyNet models compared with it.
+table costs shapes only; only the models asked for (and their baselines) are built. Rows come in pairs: each
+static baseline, then the DyNet models compared with it.
+
+Counts are a pure function of the model code, the counter and the torch release, so rows are kept in a cache
+file named by a hash of exactly those (``$DYNET_DEPLOY_CACHE`` or ``~/.cache/dynet-deploy``): a later call
+answers without importing torch, and any change to the code names a new cache. ``--no-cache`` recounts.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
+
+CACHE_ENV = "DYNET_DEPLOY_CACHE"
+CACHE_FORMAT = "dynet-deploy-zoo-cache"
 
 # Where our count and the paper's figure follow different conventions, or the figure comes from
 # elsewhere, the table says so next to the row.
@@ -39,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", action="append", metavar="NAME", help="only this model (repeatable)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
+    p.add_argument("--no-cache", action="store_true", help="count again instead of reading the cache of earlier counts")
     p.set_defaults(func=run)
 
 
@@ -160,8 +172,84 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# ---- the cache of counted rows ---------------------------------------------------------------------------------
+
+
+def _cache_key() -> str:
+    """A hash of everything a row depends on: the model code, the counter, this table's code, torch's release."""
+    from importlib import metadata
+
+    from .. import __version__
+
+    pkg = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(f"{CACHE_FORMAT} {__version__}".encode())
+    try:
+        h.update(metadata.version("torch").encode())
+    except metadata.PackageNotFoundError:
+        h.update(b"torch ?")
+    files = sorted([*(pkg / "models").glob("*.py"), *(pkg / "nn").glob("*.py"), pkg / "flops.py", Path(__file__).resolve()])
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def cache_path() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dynet-deploy")
+    return Path(root) / f"zoo-{_cache_key()}.json"
+
+
+def _read_cache(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("rows"), dict) or not isinstance(data.get("order"), list):
+        return None
+    return data
+
+
+def _write_cache(path: Path, order: list[str], rows: dict[str, dict]) -> None:
+    from ..fileio import atomic_write_text
+    from ..errors import DynetDeployError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "order": order, "rows": rows}) + "\n")
+    except (OSError, DynetDeployError):
+        pass  # a read-only home: the table is still right, only slower next time
+
+
+def cached_zoo_rows(names: list[str] | None, use_cache: bool = True) -> list[dict[str, Any]]:
+    """``zoo_rows(names)``, answered from the cache when it holds every row asked for."""
+    from ..errors import ModelError
+
+    path = cache_path() if use_cache else None
+    cache = _read_cache(path) if path is not None else None
+    if cache is not None:
+        known = cache["order"]
+        for n in names or []:
+            if n not in known:
+                close = difflib.get_close_matches(n, known, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ModelError(f"unknown model {n!r}{hint} (known: {', '.join(sorted(known))})")
+        wanted = list(dict.fromkeys(names)) if names else known
+        if all(n in cache["rows"] for n in wanted):
+            return [cache["rows"][n] for n in wanted]
+    rows = zoo_rows(names)
+    if path is not None:
+        from ..models import list_models
+
+        merged = dict(cache["rows"]) if cache is not None else {}
+        merged.update({r["name"]: r for r in rows})
+        order = _ordered_names(None)
+        assert set(order) == set(list_models())
+        _write_cache(path, order, merged)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
-    rows = zoo_rows(args.model)
+    rows = cached_zoo_rows(args.model, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps({"target_rel_diff": TARGET_REL_DIFF, "models": rows}, indent=2))
     else:

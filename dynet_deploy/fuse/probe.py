@@ -17,7 +17,6 @@ class _Probe:
     """Runs the subgraph ``leaf -> outputs`` on onnxruntime, ``batch`` samples at a time."""
 
     def __init__(self, nodes, leaf, outputs, batch: int, sample_shape: Sequence[int], opset_imports) -> None:
-        import onnx
         import onnx_graphsurgeon as gs
         import onnxruntime as ort
 

@@ -78,14 +78,33 @@ def model_info(name: str) -> ModelInfo:
         raise ModelError(f"unknown model {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})") from None
 
 
+def _check_common_args(name: str, args: dict[str, Any]) -> None:
+    """Values every zoo builder shares; a builder would otherwise clamp or crash on them."""
+    import math
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("num_classes", "in_chans"):
+        if key in args and not (is_int(args[key]) and args[key] >= 1):
+            raise ModelError(f"bad arguments for model {name!r}: {key} must be an integer >= 1, got {args[key]!r}")
+    if "width_mult" in args:
+        w = args["width_mult"]
+        if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0):
+            raise ModelError(f"bad arguments for model {name!r}: width_mult must be a positive number, got {w!r}")
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build zoo model ``name``; unknown names and arguments raise ModelError."""
     info = model_info(name)
     args = {**info.defaults, **kwargs}
+    _check_common_args(name, args)
     try:
         model = info.builder(**args)
     except TypeError as exc:
         raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
+    except (ValueError, ZeroDivisionError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
+        raise ModelError(f"bad arguments for model {name!r}: {type(exc).__name__}: {exc}") from None
     model.zoo_name = name  # type: ignore[attr-defined]
     model.zoo_kwargs = dict(kwargs)  # type: ignore[attr-defined]
     return model

@@ -31,6 +31,7 @@ ENV_PLUGIN_DIR = "DYNET_DEPLOY_PLUGIN_DIR"
 CPU_LIBRARY = "libdynet_dynamic_conv_cpu.so"
 CUDA_LIBRARY = "libdynet_dynamic_conv_cuda.so"
 TRT_LIBRARY = "libdynet_dynamic_conv_trt.so"
+ORT_LIBRARY = "libdynet_dynamic_conv_ort.so"
 
 ABI_VERSION = 1
 
@@ -48,6 +49,7 @@ FLOAT16 = 1
 ALGO_AUTO = 0
 ALGO_TWO_STEP = 1
 ALGO_ONE_KERNEL = 2
+ALGO_CUDNN = 3  # needs a plan (dynet_conv_cuda_plan_*), answered DYNET_ERR_UNSUPPORTED by dynet_conv_cuda
 
 # DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
@@ -95,6 +97,16 @@ def cpu_library_path() -> Path | None:
 
 def cuda_library_path() -> Path | None:
     return find_library(CUDA_LIBRARY)
+
+
+def ort_library_filename() -> str:
+    """File name of the native onnxruntime custom-op library (what Triton's model_operations names)."""
+    return ORT_LIBRARY
+
+
+def tensorrt_plugin_filename() -> str:
+    """File name of the TensorRT plugin library (what Triton's TensorRT backend preloads)."""
+    return TRT_LIBRARY
 
 
 def tensorrt_plugin_path() -> Path | None:

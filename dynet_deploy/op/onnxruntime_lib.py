@@ -5,7 +5,7 @@ are available (the Makefile fetches them). It registers the op (domain ``trt.plu
 execution provider in float32 and float16, and for the CUDA execution provider in builds with the CUDA kernels.
 Inputs 3 and 4 are optional in its definition, so fused graphs load unchanged (3, 4 or 5 inputs).
 
-The library is looked up like the other native libraries (:mod:`dynet_deploy.plugin_lib`): in
+The library is looked up like the other native libraries (:mod:`dynet_deploy.op.native`): in
 ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in ``build/`` at the repository root.
 """
 
@@ -15,9 +15,7 @@ import ctypes
 from pathlib import Path
 
 from ..errors import MissingDependencyError, RuntimeBackendError
-from .native import ENV_PLUGIN_DIR, find_library, search_dirs
-
-ORT_LIBRARY = "libdynet_dynamic_conv_ort.so"
+from .native import ENV_PLUGIN_DIR, ORT_LIBRARY, find_library, search_dirs
 
 
 def library_path() -> Path | None:

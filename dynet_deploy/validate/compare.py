@@ -38,6 +38,21 @@ class OutputCheck:
     max_abs: float
     rel: float
     passed: bool
+    non_finite: int = 0  # NaN/Inf values in the backend's output
+    reference_non_finite: int = 0  # NaN/Inf values in PyTorch's output
+
+    def verdict(self) -> str:
+        if self.reference_non_finite:
+            return f"NaN/Inf in PyTorch's output ({self.reference_non_finite} values): the weights hold NaN/Inf"
+        if self.non_finite:
+            return f"NaN/Inf in the output ({self.non_finite} values)"
+        return "ok" if self.passed else "MISMATCH"
+
+
+def non_finite_count(a: np.ndarray) -> int:
+    """NaN and Inf values in ``a`` (0 for integer arrays)."""
+    a = np.asarray(a)
+    return int(a.size - np.isfinite(a).sum()) if np.issubdtype(a.dtype, np.inexact) else 0
 
 
 def errors(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..runtimes import BackendSession
-from .compare import AGREEMENT_TARGETS
+from .compare import AGREEMENT_TARGETS, non_finite_count
 from .random_inputs import read_graph_input
 
 
@@ -29,10 +29,13 @@ class DatasetReport:
     target_agreement: float
     seconds: float = 0.0
     notes: str = ""
+    non_finite: int = 0  # NaN/Inf values in the backend's outputs
+    reference_non_finite: int = 0  # NaN/Inf values in PyTorch's outputs
 
     @property
     def passed(self) -> bool:
-        return self.agreement >= self.target_agreement
+        # Two NaN outputs "agree" under argmax; NaN is a failure whatever the agreement.
+        return self.agreement >= self.target_agreement and not self.non_finite and not self.reference_non_finite
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -83,14 +86,16 @@ def validate_dataset(
     model_name: str = "",
     num_classes: int | None = None,
     reference_logits: np.ndarray | None = None,
+    graph_onnx: str | Path | None = None,
 ) -> DatasetReport:
     """Top-1 (or mIoU for segmentation, where ``labels`` are masks) of PyTorch and the backend, and agreement.
 
     ``reference_logits``: PyTorch's outputs on ``images`` if already computed (several graphs of one model
     are checked against one reference run); they must come from :func:`reference_outputs` on the same images.
+    ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
     """
     model_path = Path(model_path)
-    graph = read_graph_input(model_path)
+    graph = read_graph_input(graph_onnx or model_path)
     session = BackendSession(backend, model_path, threads=threads)
     fixed = graph.fixed_batch is not None
     bs = graph.fixed_batch or batch
@@ -116,7 +121,13 @@ def validate_dataset(
     else:
         ref_metric, be_metric = float((ref_pred == labels).mean()), float((be_pred == labels).mean())
     agreement = float((ref_pred == be_pred).mean())
-    return DatasetReport(
+    bad_be, bad_ref = non_finite_count(be_logits), non_finite_count(ref_logits)
+    notes = []
+    if bad_ref:
+        notes.append(f"PyTorch's outputs hold NaN/Inf ({bad_ref} values): the checkpoint's weights hold NaN/Inf")
+    if bad_be:
+        notes.append(f"{backend}'s outputs hold NaN/Inf ({bad_be} values)")
+    report = DatasetReport(
         model_name or model_path.stem,
         backend,
         graph.precision,
@@ -128,7 +139,11 @@ def validate_dataset(
         agreement,
         AGREEMENT_TARGETS[graph.precision],
         time.perf_counter() - t0,
+        "; ".join(notes),
+        bad_be,
+        bad_ref,
     )
+    return report
 
 
 def reference_outputs(model, images: np.ndarray, batch: int = 250, dtype=np.float32, progress: bool = False) -> np.ndarray:

@@ -16,7 +16,7 @@ from ..errors import ValidationError
 from ..fileio import atomic_path
 from ..graph import load_onnx
 from ..runtimes import BackendSession
-from .compare import TOLERANCES, OutputCheck, Tolerance, errors
+from .compare import TOLERANCES, OutputCheck, Tolerance, errors, non_finite_count
 
 
 
@@ -49,8 +49,8 @@ class RandomReport:
         rows = [f"{'batch':>5}  {'output':<12} {'shape':<20} {'max-abs':>10} {'rel':>10}  result"]
         for c in self.checks:
             rows.append(
-                f"{c.batch:>5}  {c.output[:12]:<12} {str(c.shape):<20} {c.max_abs:>10.3e} {c.rel:>10.3e}  "
-                + ("ok" if c.passed else "MISMATCH")
+                f"{c.batch:>5}  {c.output[:12]:<12} {str(c.shape):<20} {_num(c.max_abs, c):>10} {_num(c.rel, c):>10}  "
+                + c.verdict()
             )
         t = self.tolerance
         rows.append(
@@ -58,6 +58,11 @@ class RandomReport:
             f"Polygraphy comparator: {'passed' if self.polygraphy_passed else 'FAILED' if self.polygraphy_passed is False else 'not run'}"
         )
         return "\n".join(rows)
+
+
+def _num(value: float, check: OutputCheck) -> str:
+    # errors() gives inf for a non-finite output; the table says NaN where NaN is what happened.
+    return "NaN" if (check.non_finite or check.reference_non_finite) else f"{value:.3e}"
 
 
 @dataclass
@@ -134,13 +139,17 @@ def validate_random(
     threads: int | None = None,
     tolerance: Tolerance | None = None,
     model_name: str = "",
+    graph_onnx: str | Path | None = None,
 ) -> RandomReport:
-    """Compare ``model`` (PyTorch, eval) with the graph at ``model_path`` on fresh random inputs."""
+    """Compare ``model`` (PyTorch, eval) with the graph at ``model_path`` on fresh random inputs.
+
+    ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
+    """
     from polygraphy import json as pjson
     from polygraphy.comparator import Comparator, CompareFunc, RunResults
 
     model_path = Path(model_path)
-    graph = read_graph_input(model_path)
+    graph = read_graph_input(graph_onnx or model_path)
     precision = graph.precision
     tol = tolerance or TOLERANCES[precision]
     if graph.fixed_batch is not None:
@@ -179,13 +188,19 @@ def validate_random(
     report = RandomReport(model_name or model_path.stem, backend, precision, tol, batches)
     reference = RunResults()
     reference.add(ref_outputs, runner_name="pytorch")
-    backend_results = Comparator.run([session.polygraphy_runner()], data_loader=feeds)
+    try:
+        backend_results = Comparator.run([session.polygraphy_runner()], data_loader=feeds)
+    except Exception as exc:  # the backend's own failure, passed up through Polygraphy's runner
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValidationError(f"{backend} failed to run {model_path.name}: {first[:400]}") from None
     for b, ref, it in zip(batches, ref_outputs, backend_results[0][1]):
         for name, r in ref.items():
             if name not in it:
                 raise ValidationError(f"backend output lacks {name!r}; it has {list(it.keys())}")
             max_abs, rel = errors(it[name], r)
-            report.checks.append(OutputCheck(b, name, list(r.shape), max_abs, rel, max_abs <= tol.max_abs and rel <= tol.rel))
+            bad_out, bad_ref = non_finite_count(it[name]), non_finite_count(r)
+            ok = max_abs <= tol.max_abs and rel <= tol.rel and not bad_out and not bad_ref
+            report.checks.append(OutputCheck(b, name, list(r.shape), max_abs, rel, ok, bad_out, bad_ref))
     combined = RunResults()
     combined.append(reference[0])
     combined.append(backend_results[0])

@@ -11,8 +11,9 @@
  *   bias      [C_out]                     optional (has_bias)
  *   y         [N, C_out, H_out, W_out]    H_out = (H + pad_top + pad_bottom - dilation_h*(kH-1) - 1) / stride_h + 1
  *
- * Every function validates its arguments and returns a status code instead of crashing; no function allocates
- * memory on the device, and the CUDA entry point neither allocates nor synchronises (graph-capturable).
+ * Every function validates its arguments and returns a status code instead of crashing. The enqueueing entry points
+ * (dynet_conv_cuda, dynet_conv_cuda_plan_run) neither allocate nor synchronise (graph-capturable); only
+ * dynet_conv_cuda_plan_create may allocate (the cuDNN handle), and it is meant to run outside any enqueue.
  * The full spec is plugins/dynamic_conv/README.md.
  */
 #ifndef DYNET_DYNAMIC_CONV_H
@@ -61,8 +62,16 @@ typedef enum DynetAlgo
 {
     DYNET_ALGO_AUTO = 0,       /* the default below, chosen from GPU measurements (README) */
     DYNET_ALGO_TWO_STEP = 1,   /* fuse the kernels of the whole batch into the workspace, then convolve */
-    DYNET_ALGO_ONE_KERNEL = 2  /* aggregate the kernel inside the convolution kernel; needs no workspace */
+    DYNET_ALGO_ONE_KERNEL = 2, /* aggregate the kernel inside the convolution kernel; needs no workspace */
+    DYNET_ALGO_CUDNN = 3       /* fuse kernels and biases of the batch into the workspace, then one cuDNN grouped
+                                  convolution (groups = N*groups, x and y viewed as [1, N*C, H, W]) with bias and
+                                  activation fused, tensor cores for fp16. Needs a plan (dynet_conv_cuda_plan_create)
+                                  and a library built with cuDNN (dynet_conv_cuda_has_cudnn) */
 } DynetAlgo;
+
+/* Every tensor of a call, the fused kernels of the batch included, has at most this many elements. The kernels
+ * index with 64-bit integers; the limit is the op's contract (and TensorRT's per-tensor volume limit). */
+#define DYNET_MAX_TENSOR_ELEMENTS 2147483647
 
 /* Shapes and attributes of one call. Attribute names follow the ONNX node (README, "Attributes"). */
 typedef struct DynetConvParams
@@ -132,6 +141,32 @@ DYNET_API int32_t dynet_conv_params_get_attribute(const DynetConvParams* p, cons
  */
 DYNET_API int32_t dynet_conv_validate_attributes(const DynetConvParams* p, char* msg, size_t msg_size);
 
+/*
+ * Address of the i-th attribute's field inside *p (the table's order), or NULL when p is NULL or i is out of range:
+ * what a caller needs to point a serialised field (e.g. a TensorRT PluginField) at the value without naming it.
+ */
+DYNET_API const int32_t* dynet_conv_params_attribute_data(const DynetConvParams* p, int32_t i);
+
+/*
+ * Fill the shape fields of p (n, c_in, h, w, c_out, k, coeff_channels, kh, kw) from the dims of the node's inputs
+ * and check that they agree with each other and with p's attributes (groups, has_bias_bank, has_bias).
+ *   nb_inputs  3 + has_bias_bank + has_bias (x, coeff, weight[, bias_bank][, bias])
+ *   ranks      the rank of each input (4, 3, 5[, 2][, 1])
+ *   dims       every input's dims, concatenated (int64, as ONNX and TensorRT give them)
+ * With allow_unknown != 0 a dim of -1 means "not known yet" (TensorRT's build-time dims): it is skipped by the
+ * checks and its field is set to -1. Dims above INT32_MAX are refused. Does not call dynet_conv_validate: a caller
+ * with every dim known validates the filled params (sizes, output extent) with it.
+ */
+DYNET_API int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_inputs, const int32_t* ranks,
+    const int64_t* dims, int32_t allow_unknown, char* msg, size_t msg_size);
+
+/*
+ * Write "name=value;..." for every attribute of p, in the table's order, into buf (NUL-terminated, truncated to
+ * size). Returns the length of the full text (excluding the NUL), like snprintf, or -1 when p is NULL. Equal
+ * attributes give equal text; the TensorRT plugin's timing-cache ID is built from it.
+ */
+DYNET_API int32_t dynet_conv_attributes_key(const DynetConvParams* p, char* buf, size_t size);
+
 /* Human-readable name of a status code (static string). */
 DYNET_API const char* dynet_status_string(int32_t status);
 
@@ -141,20 +176,61 @@ DYNET_API int32_t dynet_conv_cpu_f32(const DynetConvParams* p, const float* x, c
 
 /*
  * CUDA: bytes of workspace dynet_conv_cuda() needs for this call (0 when p is invalid or needs none).
- *   two-step: align256(N * C_out * (C_in/groups) * kH * kW * sizeof(dtype)); one-kernel: 0.
+ *   two-step: align256(N * C_out * (C_in/groups) * kH * kW * sizeof(dtype)); one-kernel: 0;
+ *   cuDNN:    the two-step size + align256(N * C_out * sizeof(dtype)) (the fused biases); cuDNN's own scratch
+ *             comes on top and is known only to a plan (dynet_conv_cuda_plan_workspace_size).
  *   algo = DYNET_ALGO_AUTO returns the size of the algorithm AUTO would pick, so a caller may size once with AUTO.
- * Pure host arithmetic: touches no device.
+ * Pure host arithmetic in 64 bits (size_t): touches no device.
  */
 DYNET_API size_t dynet_conv_cuda_workspace_size(const DynetConvParams* p, int32_t dtype, int32_t algo);
 
 /*
  * CUDA: enqueue the op on `stream` (a cudaStream_t; NULL is the legacy default stream). All pointers are device
  * pointers of `dtype` (DynetDataType). No allocation, no synchronisation: safe inside CUDA graph capture.
- * workspace may be NULL only when the chosen algorithm needs none.
+ * workspace may be NULL only when the chosen algorithm needs none. DYNET_ALGO_CUDNN needs a plan: this entry point
+ * returns DYNET_ERR_UNSUPPORTED for it (use dynet_conv_cuda_plan_*). Each launch is checked on its own and a failed
+ * launch stops the call (DYNET_ERR_CUDA); a launch error left pending by earlier, unrelated work is cleared on entry
+ * and not reported as this call's.
+ * Every algorithm rounds the fused kernels and fused biases to `dtype` before the convolution (as a cuDNN
+ * convolution on fused fp16 kernels must), so the tactics agree to accumulation order.
  */
 DYNET_API int32_t dynet_conv_cuda(const DynetConvParams* p, int32_t dtype, int32_t algo, const void* x,
     const void* coeff, const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace,
     size_t workspace_size, void* stream);
+
+/*
+ * CUDA plans: everything a call of one shape needs that must not happen inside an enqueue (cuDNN handle,
+ * descriptors and algorithm choice), made once per shape. A plan works for every algorithm; for
+ * DYNET_ALGO_CUDNN it holds the cuDNN state, for the others only a copy of the params.
+ */
+typedef struct DynetConvCudaPlan DynetConvCudaPlan;
+
+/* 1 when this library was built with the cuDNN tactic, else 0. */
+DYNET_API int32_t dynet_conv_cuda_has_cudnn(void);
+
+/*
+ * Make a plan for p, dtype and algo (AUTO resolves as in dynet_conv_cuda). workspace_limit caps the workspace the
+ * plan may need (cuDNN picks its fastest algorithm by heuristics among those that fit; 0 = no cap). For
+ * DYNET_ALGO_CUDNN this creates a cuDNN handle (on the current device) and may allocate; call it outside
+ * enqueue and graph capture. Returns DYNET_ERR_UNSUPPORTED (with the reason in msg) when the library has no cuDNN
+ * or cuDNN cannot express the call (asymmetric pads).
+ */
+DYNET_API int32_t dynet_conv_cuda_plan_create(const DynetConvParams* p, int32_t dtype, int32_t algo,
+    size_t workspace_limit, DynetConvCudaPlan** plan, char* msg, size_t msg_size);
+
+/* Bytes of workspace dynet_conv_cuda_plan_run needs (0 for a NULL plan). */
+DYNET_API size_t dynet_conv_cuda_plan_workspace_size(const DynetConvCudaPlan* plan);
+
+/* The algorithm the plan runs (never AUTO), or -1 for a NULL plan. */
+DYNET_API int32_t dynet_conv_cuda_plan_algo(const DynetConvCudaPlan* plan);
+
+/* Enqueue the planned call on stream: same contract as dynet_conv_cuda (no allocation, no synchronisation). */
+DYNET_API int32_t dynet_conv_cuda_plan_run(const DynetConvCudaPlan* plan, const void* x, const void* coeff,
+    const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace, size_t workspace_size,
+    void* stream);
+
+/* Free the plan (NULL is a no-op). */
+DYNET_API void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan);
 
 #ifdef __cplusplus
 }

@@ -7,11 +7,33 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 
 namespace
 {
-// Tensor sizes are bounded so that kernels may index elements with int32 and products below never overflow int64.
-constexpr int64_t kMaxElements = (int64_t{1} << 31) - 1;
+// Every tensor of a call is bounded (the op contract); the kernels index with int64 regardless.
+constexpr int64_t kMaxElements = DYNET_MAX_TENSOR_ELEMENTS;
+
+//! a*b for non-negative a, b, saturating at INT64_MAX instead of overflowing.
+int64_t satMul(int64_t a, int64_t b)
+{
+    if (a != 0 && b > INT64_MAX / a)
+    {
+        return INT64_MAX;
+    }
+    return a * b;
+}
+
+int64_t volume(std::initializer_list<int64_t> dims)
+{
+    int64_t v = 1;
+    for (int64_t d : dims)
+    {
+        v = satMul(v, d);
+    }
+    return v;
+}
 
 int32_t fail(char* msg, size_t msg_size, char const* fmt, ...)
 {
@@ -204,6 +226,159 @@ int32_t dynet_conv_validate_attributes(DynetConvParams const* p, char* msg, size
     return DYNET_OK;
 }
 
+int32_t const* dynet_conv_params_attribute_data(DynetConvParams const* p, int32_t i)
+{
+    if (p == nullptr || i < 0 || i >= kNbAttributes)
+    {
+        return nullptr;
+    }
+    return reinterpret_cast<int32_t const*>(reinterpret_cast<char const*>(p) + kAttributes[i].offset);
+}
+
+int32_t dynet_conv_attributes_key(DynetConvParams const* p, char* buf, size_t size)
+{
+    if (p == nullptr)
+    {
+        return -1;
+    }
+    std::string key;
+    for (AttributeSlot const& s : kAttributes)
+    {
+        key += s.info.name;
+        key += '=';
+        key += std::to_string(field(*p, s));
+        key += ';';
+    }
+    if (buf != nullptr && size > 0)
+    {
+        size_t const n = key.size() < size - 1 ? key.size() : size - 1;
+        std::memcpy(buf, key.data(), n);
+        buf[n] = '\0';
+    }
+    return static_cast<int32_t>(key.size());
+}
+
+int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_inputs, int32_t const* ranks,
+    int64_t const* dims, int32_t allow_unknown, char* msg, size_t msg_size)
+{
+    if (p == nullptr || ranks == nullptr || dims == nullptr)
+    {
+        fail(msg, msg_size, "params, ranks or dims pointer is NULL");
+        return DYNET_ERR_NULL_POINTER;
+    }
+    int32_t const attrStatus = dynet_conv_validate_attributes(p, msg, msg_size);
+    if (attrStatus != DYNET_OK)
+    {
+        return attrStatus;
+    }
+    int32_t const expected = 3 + p->has_bias_bank + p->has_bias;
+    if (nb_inputs != expected)
+    {
+        return fail(msg, msg_size, "expected %d inputs (x, coeff, weight%s%s), got %d", expected,
+            p->has_bias_bank ? ", bias_bank" : "", p->has_bias ? ", bias" : "", nb_inputs);
+    }
+    int32_t wantRanks[5] = {4, 3, 5, 0, 0};
+    char const* names[5] = {"x [N, C_in, H, W]", "coeff [N, C_c, K]", "weight [K, C_out, C_in/groups, kH, kW]",
+        nullptr, nullptr};
+    int32_t idx = 3;
+    int32_t bankIdx = -1;
+    int32_t biasIdx = -1;
+    if (p->has_bias_bank)
+    {
+        bankIdx = idx;
+        wantRanks[idx] = 2;
+        names[idx++] = "bias_bank [K, C_out]";
+    }
+    if (p->has_bias)
+    {
+        biasIdx = idx;
+        wantRanks[idx] = 1;
+        names[idx++] = "bias [C_out]";
+    }
+    int64_t const* d[5] = {};
+    int64_t const* cursor = dims;
+    for (int32_t i = 0; i < nb_inputs; ++i)
+    {
+        if (ranks[i] != wantRanks[i])
+        {
+            return fail(msg, msg_size, "input %d must be %d-D %s, got rank %d", i, wantRanks[i], names[i], ranks[i]);
+        }
+        d[i] = cursor;
+        for (int32_t j = 0; j < ranks[i]; ++j)
+        {
+            int64_t const v = cursor[j];
+            bool const unknown = allow_unknown != 0 && v == -1;
+            if (!unknown && (v < 1 || v > INT32_MAX))
+            {
+                return fail(msg, msg_size, "input %d (%s) has dim %d = %lld; dims must be in [1, 2^31-1]", i,
+                    names[i], j, static_cast<long long>(v));
+            }
+        }
+        cursor += ranks[i];
+    }
+    auto known = [](int64_t v) { return v != -1; };
+    int64_t const n = d[0][0];
+    int64_t const cIn = d[0][1];
+    int64_t const K = d[2][0];
+    int64_t const cOut = d[2][1];
+    int64_t const cinG = d[2][2];
+    if (known(cIn) && cIn % p->groups != 0)
+    {
+        return fail(msg, msg_size, "groups=%d does not divide C_in=%lld", p->groups, static_cast<long long>(cIn));
+    }
+    if (known(cOut) && cOut % p->groups != 0)
+    {
+        return fail(msg, msg_size, "groups=%d does not divide C_out=%lld", p->groups, static_cast<long long>(cOut));
+    }
+    if (known(cIn) && known(cinG) && cinG * p->groups != cIn)
+    {
+        return fail(msg, msg_size, "weight dim 2 is %lld but must be C_in/groups = %lld/%d",
+            static_cast<long long>(cinG), static_cast<long long>(cIn), p->groups);
+    }
+    if (known(cOut) && known(d[1][1]) && d[1][1] != cOut && d[1][1] != 1)
+    {
+        return fail(msg, msg_size, "coeff dim 1 is %lld; it must be C_out=%lld or 1", static_cast<long long>(d[1][1]),
+            static_cast<long long>(cOut));
+    }
+    if (known(K) && known(d[1][2]) && d[1][2] != K)
+    {
+        return fail(msg, msg_size, "coeff has K=%lld, weight has K=%lld", static_cast<long long>(d[1][2]),
+            static_cast<long long>(K));
+    }
+    if (known(n) && known(d[1][0]) && d[1][0] != n)
+    {
+        return fail(msg, msg_size, "x and coeff disagree on the batch: %lld vs %lld", static_cast<long long>(n),
+            static_cast<long long>(d[1][0]));
+    }
+    if (bankIdx >= 0
+        && ((known(d[bankIdx][0]) && known(K) && d[bankIdx][0] != K)
+            || (known(d[bankIdx][1]) && known(cOut) && d[bankIdx][1] != cOut)))
+    {
+        return fail(msg, msg_size, "bias_bank must be [K, C_out] = [%lld, %lld], got [%lld, %lld]",
+            static_cast<long long>(K), static_cast<long long>(cOut), static_cast<long long>(d[bankIdx][0]),
+            static_cast<long long>(d[bankIdx][1]));
+    }
+    if (biasIdx >= 0 && known(d[biasIdx][0]) && known(cOut) && d[biasIdx][0] != cOut)
+    {
+        return fail(msg, msg_size, "bias must be [C_out] = [%lld], got [%lld]", static_cast<long long>(cOut),
+            static_cast<long long>(d[biasIdx][0]));
+    }
+    p->n = static_cast<int32_t>(n);
+    p->c_in = static_cast<int32_t>(cIn);
+    p->h = static_cast<int32_t>(d[0][2]);
+    p->w = static_cast<int32_t>(d[0][3]);
+    p->coeff_channels = static_cast<int32_t>(d[1][1]);
+    p->k = static_cast<int32_t>(K);
+    p->c_out = static_cast<int32_t>(cOut);
+    p->kh = static_cast<int32_t>(d[2][3]);
+    p->kw = static_cast<int32_t>(d[2][4]);
+    if (msg != nullptr && msg_size > 0)
+    {
+        msg[0] = '\0';
+    }
+    return DYNET_OK;
+}
+
 char const* dynet_status_string(int32_t status)
 {
     switch (status)
@@ -258,19 +433,24 @@ int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size
             (p->kh - 1) * p->dilation_h + 1, (p->kw - 1) * p->dilation_w + 1);
     }
     int64_t const cinG = p->c_in / p->groups;
-    int64_t const sizes[] = {
-        int64_t{p->n} * p->c_in * p->h * p->w,                 // x
-        int64_t{p->n} * p->c_out * hOut * wOut,                // y
-        int64_t{p->k} * p->c_out * cinG * p->kh * p->kw,       // weight
-        int64_t{p->n} * p->c_out * cinG * p->kh * p->kw,       // fused kernels of the batch (workspace)
-        int64_t{p->n} * p->coeff_channels * p->k,              // coeff
-    };
-    for (int64_t s : sizes)
+    struct
     {
-        if (s > kMaxElements)
+        char const* name;
+        int64_t elements;
+    } const sizes[] = {
+        {"x", volume({p->n, p->c_in, p->h, p->w})},
+        {"y", volume({p->n, p->c_out, hOut, wOut})},
+        {"weight", volume({p->k, p->c_out, cinG, p->kh, p->kw})},
+        {"the fused kernels of the batch", volume({p->n, p->c_out, cinG, p->kh, p->kw})},
+        {"coeff", volume({p->n, p->coeff_channels, p->k})},
+    };
+    for (auto const& s : sizes)
+    {
+        if (s.elements > kMaxElements)
         {
-            return fail(msg, msg_size, "a tensor of this call has %lld elements; the limit is 2^31-1",
-                static_cast<long long>(s));
+            return fail(msg, msg_size, "%s of this call has %lld elements; the limit is 2^31-1 = %lld (lower the "
+                "batch or the spatial size, e.g. the optimisation profile's max)", s.name,
+                static_cast<long long>(s.elements), static_cast<long long>(kMaxElements));
         }
     }
     if (msg != nullptr && msg_size > 0)

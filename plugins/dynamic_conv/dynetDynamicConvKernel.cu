@@ -1,10 +1,16 @@
 // CUDA kernels of DyNetDynamicConv2d (NCHW, fp32 and fp16 with fp32 accumulation).
 //
-// Two algorithms (DynetAlgo):
+// Three algorithms (DynetAlgo):
 //   TWO_STEP   - fuseKernels: W~[n,t,:] = sum_k coeff[n,t|0,k] * weight[k,t,:] for the whole batch into the
 //                workspace (a [N*C_c, K] x [K, C_out*R] product, R = C_in/groups*kH*kW), then one convolution
 //                kernel that reads W~ like an ordinary per-sample weight.
 //   ONE_KERNEL - the convolution kernel aggregates the kernel tile it needs itself; no workspace, one launch.
+//   CUDNN      - fuseKernels writes the fused kernels and biases, then cuDNN runs one grouped convolution
+//                (dynetDynamicConvCudnn.cpp); needs a plan (dynet_conv_cuda_plan_create).
+// Every algorithm rounds the fused kernels and biases to the I/O dtype before convolving (a cuDNN convolution on
+// fp16 kernels must), so the tactics TensorRT chooses between differ only in accumulation order.
+// Sizes, offsets and loop counters are 64-bit: validation allows tensors of up to 2^31-1 elements, where 32-bit
+// grid-stride counters would wrap.
 // Three convolution paths (ConvPath): direct (depthwise / small groups), pointwise GEMM, implicit GEMM.
 // The fused bias sum_k coeff*bias_bank + bias is computed in the epilogue, together with the activation, so the
 // workspace holds the fused kernels only. Nothing here allocates or synchronises: every launch goes on the
@@ -16,6 +22,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <new>
 
 namespace dynet
 {
@@ -48,15 +56,23 @@ __device__ __forceinline__ float load(T const* p)
     return toFloat(__ldg(p));
 }
 
+//! The value a fused kernel or bias element has once stored in T (identity for fp32).
+template <typename T>
+__device__ __forceinline__ float roundTo(float v)
+{
+    return toFloat(fromFloat<T>(v));
+}
+
+//! ReLU / ReLU6 that propagate NaN like PyTorch (fmaxf(NaN, 0) would return 0).
 __device__ __forceinline__ float activate(float v, int32_t act)
 {
     if (act == DYNET_ACT_RELU)
     {
-        return fmaxf(v, 0.F);
+        return v < 0.F ? 0.F : v;
     }
     if (act == DYNET_ACT_RELU6)
     {
-        return fminf(fmaxf(v, 0.F), 6.F);
+        return v < 0.F ? 0.F : (v > 6.F ? 6.F : v);
     }
     return v;
 }
@@ -67,10 +83,10 @@ struct ConvArgs
     int32_t n, cIn, h, w, cOut, k, coeffChannels, kh, kw;
     int32_t strideH, strideW, padTop, padLeft, dilH, dilW;
     int32_t groups, cinG, coutG, act, hOut, wOut;
-    int32_t R;      // C_in/groups * kH * kW
-    int32_t khw;    // kH * kW
-    int32_t pixOut; // H_out * W_out
-    int32_t pixIn;  // H * W
+    int32_t khw;    // kH * kW (<= weight elements < 2^31)
+    int64_t R;      // C_in/groups * kH * kW
+    int64_t pixOut; // H_out * W_out
+    int64_t pixIn;  // H * W
 };
 
 //! coeff row of (n, t): [K] values; the per-expert form (C_c = 1) shares row 0.
@@ -100,7 +116,7 @@ __device__ __forceinline__ float fusedBias(
 //! One element of the fused kernel, aggregated on the fly: sum_k coeff[n,t|0,k] * weight[k,t,r].
 template <typename T>
 __device__ __forceinline__ float fusedWeight(ConvArgs const& a, T const* coeff, T const* weight, int64_t n, int32_t t,
-    int32_t r)
+    int64_t r)
 {
     T const* c = coeffRow(a, coeff, n, t);
     int64_t const plane = static_cast<int64_t>(a.cOut) * a.R;
@@ -110,7 +126,7 @@ __device__ __forceinline__ float fusedWeight(ConvArgs const& a, T const* coeff, 
     {
         acc = fmaf(load(c + k), load(w + k * plane), acc);
     }
-    return acc;
+    return roundTo<T>(acc);
 }
 
 // ---- step 1 of TWO_STEP: kernel fusion for the whole batch ------------------------------------------------------
@@ -122,11 +138,12 @@ template <typename T>
 __global__ void fuseKernelsKernel(ConvArgs a, T const* __restrict__ coeff, T const* __restrict__ weight,
     T* __restrict__ fused)
 {
-    int32_t const total = a.cOut * a.R;
+    int64_t const total = static_cast<int64_t>(a.cOut) * a.R;
     int64_t const plane = total;
-    for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride)
     {
-        int32_t const t = i / a.R;
+        int32_t const t = static_cast<int32_t>(i / a.R);
         float wreg[kFuseRegK];
 #pragma unroll
         for (int32_t k = 0; k < kFuseRegK; ++k)
@@ -154,6 +171,32 @@ __global__ void fuseKernelsKernel(ConvArgs a, T const* __restrict__ coeff, T con
     }
 }
 
+//! The fused biases b~[n, t] of the batch, in T (the cuDNN tactic's bias tensor [1, N*C_out, 1, 1]).
+template <typename T>
+__global__ void fuseBiasKernel(ConvArgs a, T const* __restrict__ coeff, T const* __restrict__ biasBank,
+    T const* __restrict__ bias, T* __restrict__ fusedBiasOut)
+{
+    int64_t const total = static_cast<int64_t>(a.n) * a.cOut;
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride)
+    {
+        int64_t const n = i / a.cOut;
+        int32_t const t = static_cast<int32_t>(i - n * a.cOut);
+        fusedBiasOut[i] = fromFloat<T>(fusedBias(a, coeff, biasBank, bias, n, t));
+    }
+}
+
+//! In place y = act(y) (the cuDNN tactic's ReLU6, which cuDNN's fused epilogue cannot express).
+template <typename T>
+__global__ void activateInPlaceKernel(T* __restrict__ y, int64_t count, int32_t act)
+{
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride)
+    {
+        y[i] = fromFloat<T>(activate(toFloat(y[i]), act));
+    }
+}
+
 // ---- direct path: depthwise and small groups ---------------------------------------------------------------------
 // Block = one (n, t) output plane (grid.x) times a strip of pixels (grid.y, grid-strided). The plane's fused
 // kernel (R <= kDirectMaxKernelElements values) and bias are staged in shared memory once per block.
@@ -171,11 +214,11 @@ __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T
     for (int32_t r = threadIdx.x; r < a.R; r += blockDim.x)
     {
         sKernel[r] = kOneKernel ? fusedWeight(a, coeff, weight, n, t, r)
-                                : load(fused + (n * a.cOut + t) * static_cast<int64_t>(a.R) + r);
+                                : load(fused + (n * a.cOut + t) * a.R + r);
     }
     if (threadIdx.x == 0)
     {
-        sKernel[a.R] = fusedBias(a, coeff, biasBank, bias, n, t);
+        sKernel[a.R] = roundTo<T>(fusedBias(a, coeff, biasBank, bias, n, t));
     }
     __syncthreads();
 
@@ -183,12 +226,13 @@ __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T
     T const* xg = x + (n * a.cIn + static_cast<int64_t>(g) * a.cinG) * a.pixIn;
     T* yp = y + plane * a.pixOut;
     float const b = sKernel[a.R];
-    for (int32_t p = blockIdx.y * blockDim.x + threadIdx.x; p < a.pixOut; p += gridDim.y * blockDim.x)
+    int64_t const pixStride = static_cast<int64_t>(gridDim.y) * blockDim.x;
+    for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < a.pixOut; p += pixStride)
     {
-        int32_t const oh = p / a.wOut;
-        int32_t const ow = p - oh * a.wOut;
-        int32_t const ih0 = oh * a.strideH - a.padTop;
-        int32_t const iw0 = ow * a.strideW - a.padLeft;
+        int64_t const oh = p / a.wOut;
+        int64_t const ow = p - oh * a.wOut;
+        int64_t const ih0 = oh * a.strideH - a.padTop;
+        int64_t const iw0 = ow * a.strideW - a.padLeft;
         float acc = b;
         for (int32_t ci = 0; ci < a.cinG; ++ci)
         {
@@ -196,15 +240,15 @@ __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T
             float const* kc = sKernel + ci * a.khw;
             for (int32_t i = 0; i < a.kh; ++i)
             {
-                int32_t const ih = ih0 + i * a.dilH;
+                int64_t const ih = ih0 + static_cast<int64_t>(i) * a.dilH;
                 if (ih < 0 || ih >= a.h)
                 {
                     continue;
                 }
-                T const* xr = xc + static_cast<int64_t>(ih) * a.w;
+                T const* xr = xc + ih * a.w;
                 for (int32_t j = 0; j < a.kw; ++j)
                 {
-                    int32_t const iw = iw0 + j * a.dilW;
+                    int64_t const iw = iw0 + static_cast<int64_t>(j) * a.dilW;
                     if (iw >= 0 && iw < a.w)
                     {
                         acc = fmaf(kc[i * a.kw + j], load(xr + iw), acc);
@@ -237,15 +281,18 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
     int32_t const tid = threadIdx.x;
     int32_t const tx = tid % (kTileN / 4); // 16 column groups of 4
     int32_t const ty = tid / (kTileN / 4); // 16 row groups of 4
-    int32_t const m0 = blockIdx.y * kTileM;
-    int32_t const p0 = blockIdx.x * kTileN;
+    int64_t const p0 = static_cast<int64_t>(blockIdx.x) * kTileN;
     int64_t const nz = static_cast<int64_t>(a.n) * a.groups;
+    int64_t const mTiles = (static_cast<int64_t>(a.coutG) + kTileM - 1) / kTileM;
 
+    // grid.y and grid.z are capped at 65535: both loops stride over what the grid does not cover.
     for (int64_t z = blockIdx.z; z < nz; z += gridDim.z)
+    for (int64_t mTile = blockIdx.y; mTile < mTiles; mTile += gridDim.y)
     {
+        int64_t const m0 = mTile * kTileM;
         int64_t const n = z / a.groups;
         int32_t const g = static_cast<int32_t>(z % a.groups);
-        int32_t const tBase = g * a.coutG;
+        int64_t const tBase = static_cast<int64_t>(g) * a.coutG;
         T const* xg = x + (n * a.cIn + static_cast<int64_t>(g) * a.cinG) * a.pixIn;
 
         float acc[4][4];
@@ -259,7 +306,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
             }
         }
 
-        for (int32_t r0 = 0; r0 < a.R; r0 += kTileK)
+        for (int64_t r0 = 0; r0 < a.R; r0 += kTileK)
         {
             // A tile: 64 rows (output channels) x 16 reduction elements; consecutive threads walk r.
 #pragma unroll
@@ -268,14 +315,13 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
                 int32_t const e = tid + l * kGemmThreads;
                 int32_t const mm = e / kTileK;
                 int32_t const kk = e % kTileK;
-                int32_t const m = m0 + mm;
-                int32_t const r = r0 + kk;
+                int64_t const m = m0 + mm;
+                int64_t const r = r0 + kk;
                 float v = 0.F;
                 if (m < a.coutG && r < a.R)
                 {
-                    int32_t const t = tBase + m;
-                    v = kOneKernel ? fusedWeight(a, coeff, weight, n, t, r)
-                                   : load(fused + (n * a.cOut + t) * static_cast<int64_t>(a.R) + r);
+                    int32_t const t = static_cast<int32_t>(tBase + m);
+                    v = kOneKernel ? fusedWeight(a, coeff, weight, n, t, r) : load(fused + (n * a.cOut + t) * a.R + r);
                 }
                 sA[kk][mm] = v;
             }
@@ -286,28 +332,28 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
                 int32_t const e = tid + l * kGemmThreads;
                 int32_t const kk = e / kTileN;
                 int32_t const pp = e % kTileN;
-                int32_t const r = r0 + kk;
-                int32_t const p = p0 + pp;
+                int64_t const r = r0 + kk;
+                int64_t const p = p0 + pp;
                 float v = 0.F;
                 if (r < a.R && p < a.pixOut)
                 {
                     if (kPointwise)
                     {
-                        v = load(xg + static_cast<int64_t>(r) * a.pixIn + p);
+                        v = load(xg + r * a.pixIn + p);
                     }
                     else
                     {
-                        int32_t const ci = r / a.khw;
-                        int32_t const rem = r - ci * a.khw;
+                        int64_t const ci = r / a.khw;
+                        int32_t const rem = static_cast<int32_t>(r - ci * a.khw);
                         int32_t const i = rem / a.kw;
                         int32_t const j = rem - i * a.kw;
-                        int32_t const oh = p / a.wOut;
-                        int32_t const ow = p - oh * a.wOut;
-                        int32_t const ih = oh * a.strideH - a.padTop + i * a.dilH;
-                        int32_t const iw = ow * a.strideW - a.padLeft + j * a.dilW;
+                        int64_t const oh = p / a.wOut;
+                        int64_t const ow = p - oh * a.wOut;
+                        int64_t const ih = oh * a.strideH - a.padTop + static_cast<int64_t>(i) * a.dilH;
+                        int64_t const iw = ow * a.strideW - a.padLeft + static_cast<int64_t>(j) * a.dilW;
                         if (ih >= 0 && ih < a.h && iw >= 0 && iw < a.w)
                         {
-                            v = load(xg + static_cast<int64_t>(ci) * a.pixIn + static_cast<int64_t>(ih) * a.w + iw);
+                            v = load(xg + ci * a.pixIn + ih * a.w + iw);
                         }
                     }
                 }
@@ -334,22 +380,22 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
             __syncthreads();
         }
 
-        // Epilogue: fused bias, activation, store.
+        // Epilogue: fused bias (rounded to T like the stored kernels), activation, store.
 #pragma unroll
         for (int32_t i = 0; i < 4; ++i)
         {
-            int32_t const m = m0 + ty * 4 + i;
+            int64_t const m = m0 + ty * 4 + i;
             if (m >= a.coutG)
             {
                 continue;
             }
-            int32_t const t = tBase + m;
-            float const b = fusedBias(a, coeff, biasBank, bias, n, t);
-            T* yr = y + (n * a.cOut + t) * static_cast<int64_t>(a.pixOut);
+            int32_t const t = static_cast<int32_t>(tBase + m);
+            float const b = roundTo<T>(fusedBias(a, coeff, biasBank, bias, n, t));
+            T* yr = y + (n * a.cOut + t) * a.pixOut;
 #pragma unroll
             for (int32_t j = 0; j < 4; ++j)
             {
-                int32_t const p = p0 + tx * 4 + j;
+                int64_t const p = p0 + tx * 4 + j;
                 if (p < a.pixOut)
                 {
                     yr[p] = fromFloat<T>(activate(acc[i][j] + b, a.act));
@@ -383,21 +429,31 @@ ConvArgs makeArgs(DynetConvParams const& p)
     a.act = p.activation;
     dynet_conv_output_hw(&p, &a.hOut, &a.wOut);
     a.khw = p.kh * p.kw;
-    a.R = a.cinG * a.khw;
-    a.pixOut = a.hOut * a.wOut;
-    a.pixIn = p.h * p.w;
+    a.R = static_cast<int64_t>(a.cinG) * a.khw;
+    a.pixOut = static_cast<int64_t>(a.hOut) * a.wOut;
+    a.pixIn = static_cast<int64_t>(p.h) * p.w;
     return a;
 }
 
-size_t fusedBytes(DynetConvParams const& p, int32_t dtype)
+size_t align(size_t bytes)
 {
-    size_t const elements = static_cast<size_t>(p.n) * p.c_out * (p.c_in / p.groups) * p.kh * p.kw;
-    size_t const bytes = elements * dtypeSize(dtype);
     return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
 }
 
+//! 1-D grid for a grid-stride loop over `total` elements.
+unsigned blocksFor(int64_t total, int32_t threads)
+{
+    return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((total + threads - 1) / threads, 65535)));
+}
+
+//! The launch error of the kernel just enqueued (cudaGetLastError also clears it).
+int32_t launchStatus()
+{
+    return cudaGetLastError() == cudaSuccess ? DYNET_OK : DYNET_ERR_CUDA;
+}
+
 template <typename T, bool kOneKernel>
-void launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff, T const* weight, T const* fused,
+int32_t launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff, T const* weight, T const* fused,
     T const* biasBank, T const* bias, T* y, cudaStream_t stream)
 {
     if (path == ConvPath::kDirect)
@@ -408,10 +464,10 @@ void launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff, T 
         size_t const smem = (static_cast<size_t>(a.R) + 1) * sizeof(float);
         directConvKernel<T, kOneKernel><<<dim3(planes, strips), kDirectThreads, smem, stream>>>(
             a, x, coeff, weight, fused, biasBank, bias, y);
-        return;
+        return launchStatus();
     }
     dim3 const grid(static_cast<unsigned>((a.pixOut + kTileN - 1) / kTileN),
-        static_cast<unsigned>((a.coutG + kTileM - 1) / kTileM),
+        static_cast<unsigned>(std::min<int64_t>((static_cast<int64_t>(a.coutG) + kTileM - 1) / kTileM, 65535)),
         static_cast<unsigned>(std::min<int64_t>(static_cast<int64_t>(a.n) * a.groups, 65535)));
     if (path == ConvPath::kPointwise)
     {
@@ -423,6 +479,16 @@ void launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff, T 
         gemmConvKernel<T, false, kOneKernel><<<grid, kGemmThreads, 0, stream>>>(
             a, x, coeff, weight, fused, biasBank, bias, y);
     }
+    return launchStatus();
+}
+
+template <typename T>
+int32_t launchFuseKernels(ConvArgs const& a, T const* coeff, T const* weight, T* fused, cudaStream_t stream)
+{
+    constexpr int32_t kThreads = 256;
+    fuseKernelsKernel<T><<<blocksFor(static_cast<int64_t>(a.cOut) * a.R, kThreads), kThreads, 0, stream>>>(
+        a, coeff, weight, fused);
+    return launchStatus();
 }
 
 template <typename T>
@@ -439,18 +505,42 @@ int32_t run(DynetConvParams const& p, int32_t algo, void const* xv, void const* 
     ConvPath const path = selectPath(p);
     if (algo == DYNET_ALGO_ONE_KERNEL)
     {
-        launchConv<T, true>(path, a, x, coeff, weight, nullptr, biasBank, bias, y, stream);
+        return launchConv<T, true>(path, a, x, coeff, weight, nullptr, biasBank, bias, y, stream);
     }
-    else
+    auto* fused = static_cast<T*>(workspace);
+    int32_t const status = launchFuseKernels<T>(a, coeff, weight, fused, stream);
+    if (status != DYNET_OK)
     {
-        auto* fused = static_cast<T*>(workspace);
-        int32_t const total = a.cOut * a.R;
-        int32_t const threads = 256;
-        unsigned const blocks = static_cast<unsigned>(std::min<int64_t>((total + threads - 1) / threads, 65535));
-        fuseKernelsKernel<T><<<blocks, threads, 0, stream>>>(a, coeff, weight, fused);
-        launchConv<T, false>(path, a, x, coeff, weight, fused, biasBank, bias, y, stream);
+        return status; // never launch the convolution on kernels that were not written
     }
-    return cudaGetLastError() == cudaSuccess ? DYNET_OK : DYNET_ERR_CUDA;
+    return launchConv<T, false>(path, a, x, coeff, weight, fused, biasBank, bias, y, stream);
+}
+
+template <typename T>
+int32_t fuseForCudnnT(DynetConvParams const& p, void const* coeffv, void const* weightv, void const* biasBankv,
+    void const* biasv, void* fusedWeights, void* fusedBiases, cudaStream_t stream)
+{
+    ConvArgs const a = makeArgs(p);
+    auto const* coeff = static_cast<T const*>(coeffv);
+    int32_t const status
+        = launchFuseKernels<T>(a, coeff, static_cast<T const*>(weightv), static_cast<T*>(fusedWeights), stream);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    constexpr int32_t kThreads = 256;
+    fuseBiasKernel<T><<<blocksFor(static_cast<int64_t>(a.n) * a.cOut, kThreads), kThreads, 0, stream>>>(a, coeff,
+        p.has_bias_bank ? static_cast<T const*>(biasBankv) : nullptr, p.has_bias ? static_cast<T const*>(biasv) : nullptr,
+        static_cast<T*>(fusedBiases));
+    return launchStatus();
+}
+
+template <typename T>
+int32_t activateT(void* y, int64_t count, int32_t act, cudaStream_t stream)
+{
+    constexpr int32_t kThreads = 256;
+    activateInPlaceKernel<T><<<blocksFor(count, kThreads), kThreads, 0, stream>>>(static_cast<T*>(y), count, act);
+    return launchStatus();
 }
 
 } // namespace
@@ -458,7 +548,7 @@ int32_t run(DynetConvParams const& p, int32_t algo, void const* xv, void const* 
 ConvPath selectPath(DynetConvParams const& p) noexcept
 {
     int32_t const cinG = p.c_in / p.groups;
-    if (cinG <= kDirectMaxCinPerGroup && cinG * p.kh * p.kw <= kDirectMaxKernelElements)
+    if (cinG <= kDirectMaxCinPerGroup && static_cast<int64_t>(cinG) * p.kh * p.kw <= kDirectMaxKernelElements)
     {
         return ConvPath::kDirect;
     }
@@ -484,30 +574,85 @@ size_t dtypeSize(int32_t dtype) noexcept
     return dtype == DYNET_FLOAT32 ? 4 : dtype == DYNET_FLOAT16 ? 2 : 0;
 }
 
-} // namespace dynet
-
-extern "C" {
-
-size_t dynet_conv_cuda_workspace_size(DynetConvParams const* p, int32_t dtype, int32_t algo)
+size_t fusedKernelBytes(DynetConvParams const& p, int32_t dtype) noexcept
 {
-    if (dynet_conv_validate(p, nullptr, 0) != DYNET_OK || dynet::dtypeSize(dtype) == 0
-        || algo < DYNET_ALGO_AUTO || algo > DYNET_ALGO_ONE_KERNEL)
-    {
-        return 0;
-    }
-    return dynet::resolveAlgo(*p, algo) == DYNET_ALGO_TWO_STEP ? dynet::fusedBytes(*p, dtype) : 0;
+    size_t const elements = static_cast<size_t>(p.n) * static_cast<size_t>(p.c_out)
+        * static_cast<size_t>(p.c_in / p.groups) * static_cast<size_t>(p.kh) * static_cast<size_t>(p.kw);
+    return align(elements * dtypeSize(dtype));
 }
 
-int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, void const* x, void const* coeff,
-    void const* weight, void const* bias_bank, void const* bias, void* y, void* workspace, size_t workspace_size,
-    void* stream)
+size_t fusedBiasBytes(DynetConvParams const& p, int32_t dtype) noexcept
+{
+    return align(static_cast<size_t>(p.n) * static_cast<size_t>(p.c_out) * dtypeSize(dtype));
+}
+
+int32_t fuseForCudnn(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
+    void const* biasBank, void const* bias, void* fusedWeights, void* fusedBiases, cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return fuseForCudnnT<float>(p, coeff, weight, biasBank, bias, fusedWeights, fusedBiases, stream);
+    }
+    return fuseForCudnnT<__half>(p, coeff, weight, biasBank, bias, fusedWeights, fusedBiases, stream);
+}
+
+int32_t activateInPlace(int32_t dtype, void* y, int64_t count, int32_t act, cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return activateT<float>(y, count, act, stream);
+    }
+    return activateT<__half>(y, count, act, stream);
+}
+
+#if !defined(DYNET_HAVE_CUDNN)
+// Built without cuDNN: the cuDNN tactic reports itself unsupported.
+int32_t cudnnPlanCreate(DynetConvParams const& /*p*/, int32_t /*dtype*/, size_t /*scratchLimit*/, CudnnPlan** plan,
+    size_t* scratchBytes, char* msg, size_t msgSize) noexcept
+{
+    *plan = nullptr;
+    *scratchBytes = 0;
+    if (msg != nullptr && msgSize > 0)
+    {
+        std::snprintf(msg, msgSize, "this library was built without cuDNN (configure with CUDNN_ROOT or install "
+            "the nvidia-cudnn-cu13 package)");
+    }
+    return DYNET_ERR_UNSUPPORTED;
+}
+
+int32_t cudnnPlanRun(CudnnPlan const* /*plan*/, void const* /*x*/, void const* /*fusedWeights*/,
+    void const* /*fusedBiases*/, void* /*y*/, void* /*scratch*/, size_t /*scratchBytes*/, cudaStream_t /*stream*/) noexcept
+{
+    return DYNET_ERR_UNSUPPORTED;
+}
+
+void cudnnPlanDestroy(CudnnPlan* /*plan*/) noexcept {}
+#endif
+
+} // namespace dynet
+
+// ---- plans ------------------------------------------------------------------------------------------------------
+
+struct DynetConvCudaPlan
+{
+    DynetConvParams params{};
+    int32_t dtype{DYNET_FLOAT32};
+    int32_t algo{DYNET_ALGO_TWO_STEP}; // resolved, never AUTO
+    size_t workspaceBytes{0};
+    dynet::CudnnPlan* cudnn{nullptr};   // DYNET_ALGO_CUDNN only
+};
+
+namespace
+{
+
+int32_t checkCall(DynetConvParams const* p, int32_t dtype, int32_t algo)
 {
     int32_t const status = dynet_conv_validate(p, nullptr, 0);
     if (status != DYNET_OK)
     {
         return status;
     }
-    if (algo < DYNET_ALGO_AUTO || algo > DYNET_ALGO_ONE_KERNEL)
+    if (algo < DYNET_ALGO_AUTO || algo > DYNET_ALGO_CUDNN)
     {
         return DYNET_ERR_INVALID_ARGUMENT;
     }
@@ -515,22 +660,209 @@ int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, v
     {
         return DYNET_ERR_UNSUPPORTED;
     }
+    return DYNET_OK;
+}
+
+int32_t checkPointers(DynetConvParams const& p, void const* x, void const* coeff, void const* weight,
+    void const* biasBank, void const* bias, void const* y)
+{
     if (x == nullptr || coeff == nullptr || weight == nullptr || y == nullptr
-        || (p->has_bias_bank && bias_bank == nullptr) || (p->has_bias && bias == nullptr))
+        || (p.has_bias_bank && biasBank == nullptr) || (p.has_bias && bias == nullptr))
     {
         return DYNET_ERR_NULL_POINTER;
     }
+    return DYNET_OK;
+}
+
+int32_t runResolved(DynetConvParams const& p, int32_t dtype, int32_t resolved, void const* x, void const* coeff,
+    void const* weight, void const* biasBank, void const* bias, void* y, void* workspace, cudaStream_t s)
+{
+    // A launch error left pending by earlier, unrelated work would otherwise be read back as this call's.
+    static_cast<void>(cudaGetLastError());
+    if (dtype == DYNET_FLOAT32)
+    {
+        return dynet::run<float>(p, resolved, x, coeff, weight, biasBank, bias, y, workspace, s);
+    }
+    return dynet::run<__half>(p, resolved, x, coeff, weight, biasBank, bias, y, workspace, s);
+}
+
+void writeMsg(char* msg, size_t size, char const* text)
+{
+    if (msg != nullptr && size > 0)
+    {
+        std::snprintf(msg, size, "%s", text);
+    }
+}
+
+} // namespace
+
+extern "C" {
+
+size_t dynet_conv_cuda_workspace_size(DynetConvParams const* p, int32_t dtype, int32_t algo)
+{
+    if (checkCall(p, dtype, algo) != DYNET_OK)
+    {
+        return 0;
+    }
     int32_t const resolved = dynet::resolveAlgo(*p, algo);
-    if (resolved == DYNET_ALGO_TWO_STEP && (workspace == nullptr || workspace_size < dynet::fusedBytes(*p, dtype)))
+    if (resolved == DYNET_ALGO_TWO_STEP)
+    {
+        return dynet::fusedKernelBytes(*p, dtype);
+    }
+    if (resolved == DYNET_ALGO_CUDNN)
+    {
+        return dynet::fusedKernelBytes(*p, dtype) + dynet::fusedBiasBytes(*p, dtype);
+    }
+    return 0;
+}
+
+int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, void const* x, void const* coeff,
+    void const* weight, void const* bias_bank, void const* bias, void* y, void* workspace, size_t workspace_size,
+    void* stream)
+{
+    int32_t status = checkCall(p, dtype, algo);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    status = checkPointers(*p, x, coeff, weight, bias_bank, bias, y);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    int32_t const resolved = dynet::resolveAlgo(*p, algo);
+    if (resolved == DYNET_ALGO_CUDNN)
+    {
+        return DYNET_ERR_UNSUPPORTED; // needs a plan: dynet_conv_cuda_plan_create
+    }
+    if (resolved == DYNET_ALGO_TWO_STEP
+        && (workspace == nullptr || workspace_size < dynet::fusedKernelBytes(*p, dtype)))
+    {
+        return DYNET_ERR_WORKSPACE;
+    }
+    return runResolved(*p, dtype, resolved, x, coeff, weight, bias_bank, bias, y, workspace,
+        static_cast<cudaStream_t>(stream));
+}
+
+int32_t dynet_conv_cuda_has_cudnn(void)
+{
+    return dynet::kHaveCudnn ? 1 : 0;
+}
+
+int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int32_t algo, size_t workspace_limit,
+    DynetConvCudaPlan** plan, char* msg, size_t msg_size)
+{
+    if (plan == nullptr)
+    {
+        writeMsg(msg, msg_size, "plan pointer is NULL");
+        return DYNET_ERR_NULL_POINTER;
+    }
+    *plan = nullptr;
+    if (p != nullptr && dynet_conv_validate(p, msg, msg_size) != DYNET_OK)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    int32_t const status = checkCall(p, dtype, algo);
+    if (status != DYNET_OK)
+    {
+        writeMsg(msg, msg_size, status == DYNET_ERR_UNSUPPORTED ? "unsupported dtype" : "invalid params or algorithm");
+        return status;
+    }
+    auto* made = new (std::nothrow) DynetConvCudaPlan{};
+    if (made == nullptr)
+    {
+        writeMsg(msg, msg_size, "out of host memory");
+        return DYNET_ERR_UNSUPPORTED;
+    }
+    made->params = *p;
+    made->dtype = dtype;
+    made->algo = dynet::resolveAlgo(*p, algo);
+    made->workspaceBytes = dynet_conv_cuda_workspace_size(p, dtype, made->algo);
+    if (made->algo == DYNET_ALGO_CUDNN)
+    {
+        size_t const own = made->workspaceBytes;
+        if (workspace_limit != 0 && workspace_limit < own)
+        {
+            writeMsg(msg, msg_size, "the workspace limit is smaller than the fused kernels and biases of the batch");
+            delete made;
+            return DYNET_ERR_WORKSPACE;
+        }
+        size_t const scratchLimit = workspace_limit == 0 ? SIZE_MAX : workspace_limit - own;
+        size_t scratch = 0;
+        int32_t const cs = dynet::cudnnPlanCreate(*p, dtype, scratchLimit, &made->cudnn, &scratch, msg, msg_size);
+        if (cs != DYNET_OK)
+        {
+            delete made;
+            return cs;
+        }
+        made->workspaceBytes = own + scratch;
+    }
+    else if (workspace_limit != 0 && made->workspaceBytes > workspace_limit)
+    {
+        writeMsg(msg, msg_size, "the workspace limit is smaller than the fused kernels of the batch");
+        delete made;
+        return DYNET_ERR_WORKSPACE;
+    }
+    *plan = made;
+    if (msg != nullptr && msg_size > 0)
+    {
+        msg[0] = '\0';
+    }
+    return DYNET_OK;
+}
+
+size_t dynet_conv_cuda_plan_workspace_size(DynetConvCudaPlan const* plan)
+{
+    return plan == nullptr ? 0 : plan->workspaceBytes;
+}
+
+int32_t dynet_conv_cuda_plan_algo(DynetConvCudaPlan const* plan)
+{
+    return plan == nullptr ? -1 : plan->algo;
+}
+
+int32_t dynet_conv_cuda_plan_run(DynetConvCudaPlan const* plan, void const* x, void const* coeff, void const* weight,
+    void const* bias_bank, void const* bias, void* y, void* workspace, size_t workspace_size, void* stream)
+{
+    if (plan == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    DynetConvParams const& p = plan->params;
+    int32_t const status = checkPointers(p, x, coeff, weight, bias_bank, bias, y);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    if (plan->workspaceBytes > 0 && (workspace == nullptr || workspace_size < plan->workspaceBytes))
     {
         return DYNET_ERR_WORKSPACE;
     }
     auto const s = static_cast<cudaStream_t>(stream);
-    if (dtype == DYNET_FLOAT32)
+    if (plan->algo != DYNET_ALGO_CUDNN)
     {
-        return dynet::run<float>(*p, resolved, x, coeff, weight, bias_bank, bias, y, workspace, s);
+        return runResolved(p, plan->dtype, plan->algo, x, coeff, weight, bias_bank, bias, y, workspace, s);
     }
-    return dynet::run<__half>(*p, resolved, x, coeff, weight, bias_bank, bias, y, workspace, s);
+    static_cast<void>(cudaGetLastError()); // see runResolved
+    auto* base = static_cast<char*>(workspace);
+    size_t const wBytes = dynet::fusedKernelBytes(p, plan->dtype);
+    size_t const bBytes = dynet::fusedBiasBytes(p, plan->dtype);
+    int32_t const fs = dynet::fuseForCudnn(p, plan->dtype, coeff, weight, bias_bank, bias, base, base + wBytes, s);
+    if (fs != DYNET_OK)
+    {
+        return fs;
+    }
+    return dynet::cudnnPlanRun(plan->cudnn, x, base, base + wBytes, y, base + wBytes + bBytes,
+        plan->workspaceBytes - wBytes - bBytes, s);
+}
+
+void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan)
+{
+    if (plan != nullptr)
+    {
+        dynet::cudnnPlanDestroy(plan->cudnn);
+        delete plan;
+    }
 }
 
 } // extern "C"

@@ -55,27 +55,6 @@ void logError(std::string const& message) noexcept
     logMessage(ILogger::Severity::kERROR, message);
 }
 
-// Attribute table: the ONNX attribute names, in the order getFieldNames and getFieldsToSerialize list them.
-struct AttributeSlot
-{
-    char const* name;
-    int32_t DynamicConvAttributes::*member;
-};
-constexpr AttributeSlot kAttributes[] = {
-    {"stride_h", &DynamicConvAttributes::stride_h},
-    {"stride_w", &DynamicConvAttributes::stride_w},
-    {"pad_top", &DynamicConvAttributes::pad_top},
-    {"pad_left", &DynamicConvAttributes::pad_left},
-    {"pad_bottom", &DynamicConvAttributes::pad_bottom},
-    {"pad_right", &DynamicConvAttributes::pad_right},
-    {"dilation_h", &DynamicConvAttributes::dilation_h},
-    {"dilation_w", &DynamicConvAttributes::dilation_w},
-    {"groups", &DynamicConvAttributes::groups},
-    {"activation", &DynamicConvAttributes::activation},
-    {"has_bias_bank", &DynamicConvAttributes::has_bias_bank},
-    {"has_bias", &DynamicConvAttributes::has_bias},
-};
-
 std::string dimsToString(Dims const& d)
 {
     std::string s = "[";
@@ -86,84 +65,36 @@ std::string dimsToString(Dims const& d)
     return s + "]";
 }
 
-bool known(int64_t v)
+//! Fill the shape fields of p from TensorRT dims through the C ABI (which checks them against each other and the
+//! attributes); false with the reason in `error`.
+bool setShapes(DynetConvParams& p, Dims const* dims, int32_t nbInputs, bool allowUnknown, std::string& error)
 {
-    return v >= 0;
-}
-
-//! Shape checks that need only the static dims (channels, kernel); -1 marks a dim not known yet.
-bool checkStaticShapes(DynamicConvAttributes const& a, Dims const* in, int32_t nbInputs, std::string& error)
-{
-    if (nbInputs != a.nbInputs())
+    if (nbInputs < 0 || nbInputs > 5)
     {
-        error = "expected " + std::to_string(a.nbInputs()) + " inputs (x, coeff, weight"
-            + (a.has_bias_bank ? ", bias_bank" : "") + (a.has_bias ? ", bias" : "") + "), got "
-            + std::to_string(nbInputs);
+        error = "expected 3 to 5 inputs, got " + std::to_string(nbInputs);
         return false;
     }
-    Dims const& x = in[0];
-    Dims const& coeff = in[1];
-    Dims const& w = in[2];
-    if (x.nbDims != 4 || coeff.nbDims != 3 || w.nbDims != 5)
+    int32_t ranks[5] = {};
+    int64_t flat[5 * Dims::MAX_DIMS] = {};
+    int32_t count = 0;
+    for (int32_t i = 0; i < nbInputs; ++i)
     {
-        error = "x must be 4-D [N, C_in, H, W], coeff 3-D [N, C_c, K], weight 5-D [K, C_out, C_in/groups, kH, kW]; got "
-            + dimsToString(x) + ", " + dimsToString(coeff) + ", " + dimsToString(w);
-        return false;
-    }
-    int64_t const cIn = x.d[1];
-    int64_t const K = w.d[0];
-    int64_t const cOut = w.d[1];
-    if (known(cIn) && cIn % a.groups != 0)
-    {
-        error = "groups=" + std::to_string(a.groups) + " does not divide C_in=" + std::to_string(cIn);
-        return false;
-    }
-    if (known(cOut) && cOut % a.groups != 0)
-    {
-        error = "groups=" + std::to_string(a.groups) + " does not divide C_out=" + std::to_string(cOut);
-        return false;
-    }
-    if (known(cIn) && known(w.d[2]) && w.d[2] * a.groups != cIn)
-    {
-        error = "weight " + dimsToString(w) + " does not match C_in=" + std::to_string(cIn) + " with groups="
-            + std::to_string(a.groups) + " (dim 2 must be C_in/groups)";
-        return false;
-    }
-    if (known(cOut) && known(coeff.d[1]) && coeff.d[1] != cOut && coeff.d[1] != 1)
-    {
-        error = "coeff " + dimsToString(coeff) + " must be [N, C_out, K] or [N, 1, K] with C_out=" + std::to_string(cOut);
-        return false;
-    }
-    if (known(K) && known(coeff.d[2]) && coeff.d[2] != K)
-    {
-        error = "coeff " + dimsToString(coeff) + " has K=" + std::to_string(coeff.d[2]) + ", weight has K="
-            + std::to_string(K);
-        return false;
-    }
-    if (known(x.d[0]) && known(coeff.d[0]) && x.d[0] != coeff.d[0])
-    {
-        error = "x and coeff disagree on the batch: " + dimsToString(x) + " vs " + dimsToString(coeff);
-        return false;
-    }
-    int32_t idx = 3;
-    if (a.has_bias_bank)
-    {
-        Dims const& bb = in[idx++];
-        if (bb.nbDims != 2 || (known(bb.d[0]) && known(K) && bb.d[0] != K)
-            || (known(bb.d[1]) && known(cOut) && bb.d[1] != cOut))
+        ranks[i] = dims[i].nbDims;
+        if (ranks[i] < 0 || ranks[i] > Dims::MAX_DIMS)
         {
-            error = "bias_bank must be [K, C_out], got " + dimsToString(bb);
+            error = "input " + std::to_string(i) + " has rank " + std::to_string(ranks[i]);
             return false;
         }
-    }
-    if (a.has_bias)
-    {
-        Dims const& b = in[idx];
-        if (b.nbDims != 1 || (known(b.d[0]) && known(cOut) && b.d[0] != cOut))
+        for (int32_t j = 0; j < ranks[i]; ++j)
         {
-            error = "bias must be [C_out], got " + dimsToString(b);
-            return false;
+            flat[count++] = dims[i].d[j];
         }
+    }
+    char msg[256];
+    if (dynet_conv_params_set_shapes(&p, nbInputs, ranks, flat, allowUnknown ? 1 : 0, msg, sizeof(msg)) != DYNET_OK)
+    {
+        error = msg;
+        return false;
     }
     return true;
 }
@@ -174,7 +105,7 @@ int32_t toDynetType(DataType t)
 }
 
 IDimensionExpr const* outputExtent(IExprBuilder& eb, IDimensionExpr const& in, IDimensionExpr const& kernel,
-    int32_t padSum, int32_t dilation, int32_t stride)
+    int64_t padSum, int64_t dilation, int64_t stride)
 {
     // floor((in + padSum - dilation*(kernel-1) - 1) / stride) + 1
     IDimensionExpr const* span = eb.operation(DimensionOperation::kPROD, *eb.constant(dilation), kernel);
@@ -188,10 +119,11 @@ IDimensionExpr const* outputExtent(IExprBuilder& eb, IDimensionExpr const& in, I
 
 // ---- plugin ---------------------------------------------------------------------------------------------------
 
-DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DynamicConvAttributes const& attrs)
+DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DynetConvParams const& attrs, int64_t workspaceBytes)
     : mAttrs(attrs)
+    , mWorkspaceBytes(workspaceBytes)
 {
-    dynet_conv_params_init(&mParams);
+    mParams = mAttrs;
 }
 
 DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin const& other)
@@ -200,10 +132,57 @@ DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin cons
     , IPluginV3OneBuild(other)
     , IPluginV3OneRuntime(other)
     , mAttrs(other.mAttrs)
+    , mWorkspaceBytes(other.mWorkspaceBytes)
     , mParams(other.mParams)
     , mDtype(other.mDtype)
     , mTactic(other.mTactic)
+    , mCudnnPlannable(other.mCudnnPlannable)
 {
+    // A plan owns a cuDNN handle, so a clone makes its own (clone and attachToContext run outside enqueue).
+    if (other.mPlan != nullptr)
+    {
+        makePlan();
+    }
+}
+
+DyNetDynamicConv2dPlugin::~DyNetDynamicConv2dPlugin()
+{
+    dynet_conv_cuda_plan_destroy(mPlan);
+}
+
+bool DyNetDynamicConv2dPlugin::makePlan() noexcept
+{
+    dynet_conv_cuda_plan_destroy(mPlan);
+    mPlan = nullptr;
+    mPlanTactic = -1;
+    if (mWorkspaceBytes <= 0 && dynet_conv_cuda_workspace_size(&mParams, mDtype, mTactic) > 0)
+    {
+        logError("tactic " + std::to_string(mTactic) + " needs a workspace but TensorRT's grant is unknown (an engine "
+            "without the " + kWorkspaceFieldName + " field: rebuild it with this plugin)");
+        return false;
+    }
+    char msg[256];
+    // The plan may use at most what TensorRT grants (a limit of 0 would mean "no cap": the grant is > 0 here
+    // whenever the tactic needs a workspace).
+    int32_t const status = dynet_conv_cuda_plan_create(&mParams, mDtype, mTactic,
+        static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)), &mPlan, msg, sizeof(msg));
+    if (status != DYNET_OK)
+    {
+        logError(std::string("tactic ") + std::to_string(mTactic) + " cannot run this shape within TensorRT's "
+            "workspace grant of " + std::to_string(mWorkspaceBytes) + " bytes: " + msg);
+        return false;
+    }
+    if (dynet_conv_cuda_plan_workspace_size(mPlan) > static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)))
+    {
+        logError("tactic " + std::to_string(mTactic) + " needs "
+            + std::to_string(dynet_conv_cuda_plan_workspace_size(mPlan)) + " bytes of workspace, TensorRT grants "
+            + std::to_string(mWorkspaceBytes));
+        dynet_conv_cuda_plan_destroy(mPlan);
+        mPlan = nullptr;
+        return false;
+    }
+    mPlanTactic = mTactic;
+    return true;
 }
 
 IPluginCapability* DyNetDynamicConv2dPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -273,13 +252,14 @@ int32_t DyNetDynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32
             logError("getOutputShapes: expected 1 output");
             return -1;
         }
-        if (nbInputs < 0 || nbInputs > 8)
+        if (nbInputs != expectedInputs())
         {
-            logError("getOutputShapes: unexpected number of inputs " + std::to_string(nbInputs));
+            logError("getOutputShapes: expected " + std::to_string(expectedInputs()) + " inputs, got "
+                + std::to_string(nbInputs));
             return -1;
         }
         // Static dims (channels, kernel) are constants here: check them now, at network build time.
-        Dims known[8];
+        Dims known[5];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             known[i].nbDims = std::min(inputs[i].nbDims, Dims::MAX_DIMS);
@@ -290,7 +270,8 @@ int32_t DyNetDynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32
             }
         }
         std::string error;
-        if (!checkStaticShapes(mAttrs, known, nbInputs, error))
+        DynetConvParams p = mAttrs;
+        if (!setShapes(p, known, nbInputs, true, error))
         {
             logError(error);
             return -1;
@@ -301,10 +282,10 @@ int32_t DyNetDynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32
         y.nbDims = 4;
         y.d[0] = x.d[0];
         y.d[1] = w.d[1];
-        y.d[2] = outputExtent(
-            exprBuilder, *x.d[2], *w.d[3], mAttrs.pad_top + mAttrs.pad_bottom, mAttrs.dilation_h, mAttrs.stride_h);
-        y.d[3] = outputExtent(
-            exprBuilder, *x.d[3], *w.d[4], mAttrs.pad_left + mAttrs.pad_right, mAttrs.dilation_w, mAttrs.stride_w);
+        y.d[2] = outputExtent(exprBuilder, *x.d[2], *w.d[3], int64_t{mAttrs.pad_top} + mAttrs.pad_bottom,
+            mAttrs.dilation_h, mAttrs.stride_h);
+        y.d[3] = outputExtent(exprBuilder, *x.d[3], *w.d[4], int64_t{mAttrs.pad_left} + mAttrs.pad_right,
+            mAttrs.dilation_w, mAttrs.stride_w);
         return 0;
     }
     catch (std::exception const& e)
@@ -336,26 +317,65 @@ bool DyNetDynamicConv2dPlugin::supportsFormatCombination(
 int32_t DyNetDynamicConv2dPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
-    // Build time: dims may be -1 (dynamic N/H/W); only static dims are checked. Real shapes arrive in onShapeChange.
-    if (in == nullptr || out == nullptr || nbOutputs != 1 || nbInputs < 0 || nbInputs > 8)
+    // Build time: desc dims may be -1 (dynamic N/H/W), so they get the static checks; the profile's max must pass the
+    // full contract (every tensor < 2^31 elements), else every large-shape enqueue would fail after a good build.
+    if (in == nullptr || out == nullptr || nbOutputs != 1 || nbInputs != expectedInputs())
     {
-        logError("configurePlugin: unexpected inputs/outputs");
+        logError("configurePlugin: expected " + std::to_string(expectedInputs()) + " inputs and 1 output");
         return -1;
     }
     try
     {
-        Dims dims[8];
+        Dims dims[5];
+        Dims maxDims[5];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             dims[i] = in[i].desc.dims;
+            maxDims[i] = in[i].max;
         }
         std::string error;
-        if (!checkStaticShapes(mAttrs, dims, nbInputs, error))
+        DynetConvParams p = mAttrs;
+        if (!setShapes(p, dims, nbInputs, true, error))
         {
-            logError(error);
+            logError("configurePlugin: " + error);
+            return -1;
+        }
+        DynetConvParams pMax = mAttrs;
+        if (!setShapes(pMax, maxDims, nbInputs, false, error))
+        {
+            logError("configurePlugin: the optimisation profile's max shapes: " + error);
+            return -1;
+        }
+        char msg[256];
+        if (dynet_conv_validate(&pMax, msg, sizeof(msg)) != DYNET_OK)
+        {
+            logError(std::string("configurePlugin: the optimisation profile's max shapes break the op contract: ") + msg);
             return -1;
         }
         mDtype = toDynetType(in[0].desc.type);
+        // The workspace TensorRT grants (getWorkspaceSize): enough for every tactic at the profile's max. The cuDNN
+        // tactic's scratch is cuDNN's for its preferred algorithm at the max, capped; smaller shapes choose among the
+        // algorithms that fit in the same grant (onShapeChange).
+        int64_t grant = static_cast<int64_t>(dynet_conv_cuda_workspace_size(&pMax, mDtype, DYNET_ALGO_TWO_STEP));
+        if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies())
+        {
+            DynetConvCudaPlan* plan = nullptr;
+            size_t const cap = dynet_conv_cuda_workspace_size(&pMax, mDtype, DYNET_ALGO_CUDNN) + kCudnnScratchCap;
+            if (dynet_conv_cuda_plan_create(&pMax, mDtype, DYNET_ALGO_CUDNN, cap, &plan, msg, sizeof(msg)) == DYNET_OK)
+            {
+                grant = std::max(grant, static_cast<int64_t>(dynet_conv_cuda_plan_workspace_size(plan)));
+                dynet_conv_cuda_plan_destroy(plan);
+                mCudnnPlannable = 1;
+            }
+            else
+            {
+                // Not offered for timing then (getValidTactics), rather than failing onShapeChange mid-build.
+                logMessage(ILogger::Severity::kINFO, std::string("cuDNN tactic not offered: no plan at the profile's "
+                    "max: ") + msg);
+                mCudnnPlannable = 0;
+            }
+        }
+        mWorkspaceBytes = grant;
         return 0;
     }
     catch (std::exception const& e)
@@ -365,92 +385,92 @@ int32_t DyNetDynamicConv2dPlugin::configurePlugin(
     return -1;
 }
 
-bool DyNetDynamicConv2dPlugin::paramsFromDims(
-    Dims const& x, Dims const& coeff, Dims const& weight, bool allowUnknown, DynetConvParams& p) const noexcept
-{
-    if (x.nbDims != 4 || coeff.nbDims != 3 || weight.nbDims != 5)
-    {
-        return false;
-    }
-    auto fits = [allowUnknown](int64_t v) {
-        return (v >= 1 || (allowUnknown && v == -1)) && v <= std::numeric_limits<int32_t>::max();
-    };
-    int64_t const vals[] = {x.d[0], x.d[1], x.d[2], x.d[3], coeff.d[1], weight.d[0], weight.d[1], weight.d[3],
-        weight.d[4]};
-    for (int64_t v : vals)
-    {
-        if (!fits(v))
-        {
-            return false;
-        }
-    }
-    dynet_conv_params_init(&p);
-    p.n = static_cast<int32_t>(x.d[0]);
-    p.c_in = static_cast<int32_t>(x.d[1]);
-    p.h = static_cast<int32_t>(x.d[2]);
-    p.w = static_cast<int32_t>(x.d[3]);
-    p.coeff_channels = static_cast<int32_t>(coeff.d[1]);
-    p.k = static_cast<int32_t>(weight.d[0]);
-    p.c_out = static_cast<int32_t>(weight.d[1]);
-    p.kh = static_cast<int32_t>(weight.d[3]);
-    p.kw = static_cast<int32_t>(weight.d[4]);
-    p.stride_h = mAttrs.stride_h;
-    p.stride_w = mAttrs.stride_w;
-    p.pad_top = mAttrs.pad_top;
-    p.pad_left = mAttrs.pad_left;
-    p.pad_bottom = mAttrs.pad_bottom;
-    p.pad_right = mAttrs.pad_right;
-    p.dilation_h = mAttrs.dilation_h;
-    p.dilation_w = mAttrs.dilation_w;
-    p.groups = mAttrs.groups;
-    p.activation = mAttrs.activation;
-    p.has_bias_bank = mAttrs.has_bias_bank;
-    p.has_bias = mAttrs.has_bias;
-    return true;
-}
-
-size_t DyNetDynamicConv2dPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+size_t DyNetDynamicConv2dPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
     DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
-    if (inputs == nullptr || nbInputs < 3)
+    // Computed in configurePlugin for the profile's max, and serialised (kWorkspaceFieldName): the runtime plugin
+    // hands exactly this grant to the library, whose own check then guards every enqueue.
+    return static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0));
+}
+
+bool DyNetDynamicConv2dPlugin::cudnnTacticApplies() const noexcept
+{
+    return mAttrs.pad_top == mAttrs.pad_bottom && mAttrs.pad_left == mAttrs.pad_right;
+}
+
+int32_t DyNetDynamicConv2dPlugin::tactics(int32_t* out, bool forTiming) const noexcept
+{
+    int32_t n = 0;
+    out[n++] = DYNET_ALGO_TWO_STEP;
+    out[n++] = DYNET_ALGO_ONE_KERNEL;
+    if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies() && !(forTiming && mCudnnPlannable == 0))
     {
-        return 0;
+        out[n++] = DYNET_ALGO_CUDNN;
     }
-    // Sized for the profile's largest shape and for the algorithm that needs the most (two-step), so every tactic
-    // fits: align256(N_max * C_out * C_in/groups * kH * kW * sizeof(dtype)).
-    DynetConvParams p{};
-    if (!paramsFromDims(inputs[0].max, inputs[1].max, inputs[2].max, false, p))
-    {
-        return 0;
-    }
-    return dynet_conv_cuda_workspace_size(&p, toDynetType(inputs[0].desc.type), DYNET_ALGO_TWO_STEP);
+    return n;
 }
 
 int32_t DyNetDynamicConv2dPlugin::getNbTactics() noexcept
 {
-    return 2;
+    int32_t buf[3];
+    return tactics(buf, true);
 }
 
-int32_t DyNetDynamicConv2dPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept
+int32_t DyNetDynamicConv2dPlugin::getValidTactics(int32_t* tacticsOut, int32_t nbTactics) noexcept
 {
-    // TensorRT times each tactic per format combination and keeps the faster: the algorithm is chosen by measurement.
-    if (tactics == nullptr || nbTactics != 2)
+    // TensorRT times every tactic per format combination and keeps the fastest: the algorithm is chosen by measurement.
+    int32_t buf[3];
+    int32_t const n = tactics(buf, true);
+    if (tacticsOut == nullptr || nbTactics != n)
     {
         return -1;
     }
-    tactics[0] = DYNET_ALGO_TWO_STEP;
-    tactics[1] = DYNET_ALGO_ONE_KERNEL;
+    std::copy(buf, buf + n, tacticsOut);
     return 0;
+}
+
+char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
+{
+    // TensorRT prefixes the I/O shapes and formats; the suffix carries what else decides the timings: the
+    // attributes (from the C ABI's table), the ABI version and the tactic set of this build.
+    try
+    {
+        char key[512];
+        if (dynet_conv_attributes_key(&mAttrs, key, sizeof(key)) < 0)
+        {
+            return nullptr;
+        }
+        int32_t buf[3];
+        int32_t const n = tactics(buf, false); // the build's tactic set: creation state only
+        std::string id = std::string(kPluginName) + "/abi" + std::to_string(dynet_conv_abi_version()) + "/tactics";
+        for (int32_t i = 0; i < n; ++i)
+        {
+            id += (i ? "," : "=") + std::to_string(buf[i]);
+        }
+        mTimingCacheId = id + "/" + key;
+        return mTimingCacheId.c_str();
+    }
+    catch (std::exception const&)
+    {
+    }
+    return nullptr; // disables timing caching for this plugin, which is always safe
 }
 
 int32_t DyNetDynamicConv2dPlugin::setTactic(int32_t tactic) noexcept
 {
-    if (tactic < DYNET_ALGO_AUTO || tactic > DYNET_ALGO_ONE_KERNEL)
+    int32_t buf[3];
+    int32_t const n = tactics(buf, false); // a deserialised plugin accepts every tactic this build has
+    if (tactic != DYNET_ALGO_AUTO && std::find(buf, buf + n, tactic) == buf + n)
     {
-        logError("setTactic: unknown tactic " + std::to_string(tactic));
+        logError("setTactic: tactic " + std::to_string(tactic) + " is not offered by this build");
         return -1;
     }
     mTactic = tactic; // 0 (TensorRT's default tactic) is DYNET_ALGO_AUTO
+    // A tactic set after the shape: re-plan now (outside enqueue) so enqueue runs the tactic being timed.
+    if (mPlan != nullptr && mPlanTactic != mTactic)
+    {
+        return makePlan() ? 0 : -1;
+    }
     return 0;
 }
 
@@ -459,33 +479,27 @@ int32_t DyNetDynamicConv2dPlugin::onShapeChange(
 {
     try
     {
-        if (in == nullptr || out == nullptr || nbOutputs != 1 || nbInputs != mAttrs.nbInputs())
+        if (in == nullptr || out == nullptr || nbOutputs != 1 || nbInputs != expectedInputs())
         {
-            logError("onShapeChange: expected " + std::to_string(mAttrs.nbInputs()) + " inputs and 1 output");
+            logError("onShapeChange: expected " + std::to_string(expectedInputs()) + " inputs and 1 output");
             return -1;
         }
-        Dims dims[8];
+        Dims dims[5];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             dims[i] = in[i].dims;
         }
         std::string error;
-        DynetConvParams p{};
-        if (!checkStaticShapes(mAttrs, dims, nbInputs, error))
+        DynetConvParams p = mAttrs;
+        if (!setShapes(p, dims, nbInputs, false, error))
         {
-            logError(error);
-            return -1;
-        }
-        if (!paramsFromDims(in[0].dims, in[1].dims, in[2].dims, false, p))
-        {
-            logError("onShapeChange: invalid shapes " + dimsToString(in[0].dims) + ", " + dimsToString(in[1].dims)
-                + ", " + dimsToString(in[2].dims));
+            logError("onShapeChange: " + error);
             return -1;
         }
         char msg[256];
         if (dynet_conv_validate(&p, msg, sizeof(msg)) != DYNET_OK)
         {
-            logError(msg);
+            logError(std::string("onShapeChange: ") + msg);
             return -1;
         }
         int32_t hOut = 0;
@@ -497,9 +511,14 @@ int32_t DyNetDynamicConv2dPlugin::onShapeChange(
             logError("onShapeChange: output " + dimsToString(y) + " does not match the computed shape");
             return -1;
         }
+        int32_t const dtype = toDynetType(in[0].type);
+        if (mPlan != nullptr && dtype == mDtype && std::memcmp(&p, &mParams, sizeof(p)) == 0 && mPlanTactic == mTactic)
+        {
+            return 0; // same shape and tactic: keep the plan (and its cuDNN handle)
+        }
         mParams = p;
-        mDtype = toDynetType(in[0].type);
-        return 0;
+        mDtype = dtype;
+        return makePlan() ? 0 : -1;
     }
     catch (std::exception const& e)
     {
@@ -512,17 +531,18 @@ int32_t DyNetDynamicConv2dPlugin::enqueue(PluginTensorDesc const* /*inputDesc*/,
     PluginTensorDesc const* /*outputDesc*/, void const* const* inputs, void* const* outputs, void* workspace,
     cudaStream_t stream) noexcept
 {
-    // No allocation, no synchronisation, no logging on the success path: safe under CUDA graph capture.
-    if (inputs == nullptr || outputs == nullptr)
+    // No allocation, no synchronisation, no logging on the success path: safe under CUDA graph capture. The plan
+    // (and any cuDNN state) was made in onShapeChange; the workspace size passed is TensorRT's grant, so the
+    // library's own check guards it.
+    if (inputs == nullptr || outputs == nullptr || mPlan == nullptr)
     {
         return -1;
     }
     int32_t idx = 3;
     void const* biasBank = mAttrs.has_bias_bank ? inputs[idx++] : nullptr;
     void const* bias = mAttrs.has_bias ? inputs[idx] : nullptr;
-    size_t const wsBytes = dynet_conv_cuda_workspace_size(&mParams, mDtype, mTactic);
-    int32_t const status = dynet_conv_cuda(&mParams, mDtype, mTactic, inputs[0], inputs[1], inputs[2], biasBank,
-        bias, outputs[0], workspace, wsBytes, static_cast<void*>(stream));
+    int32_t const status = dynet_conv_cuda_plan_run(mPlan, inputs[0], inputs[1], inputs[2], biasBank, bias,
+        outputs[0], workspace, static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)), static_cast<void*>(stream));
     if (status != DYNET_OK)
     {
         logError(std::string("enqueue failed: ") + dynet_status_string(status));
@@ -540,11 +560,15 @@ PluginFieldCollection const* DyNetDynamicConv2dPlugin::getFieldsToSerialize() no
 {
     try
     {
+        // Names and values through the C ABI's attribute table; the field data points into mAttrs.
         mFields.clear();
-        for (AttributeSlot const& slot : kAttributes)
+        int32_t const count = dynet_conv_attribute_count();
+        for (int32_t i = 0; i < count; ++i)
         {
-            mFields.emplace_back(slot.name, &(mAttrs.*slot.member), PluginFieldType::kINT32, 1);
+            mFields.emplace_back(dynet_conv_attribute(i)->name, dynet_conv_params_attribute_data(&mAttrs, i),
+                PluginFieldType::kINT32, 1);
         }
+        mFields.emplace_back(kWorkspaceFieldName, &mWorkspaceBytes, PluginFieldType::kINT64, 1);
         mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
         mFieldCollection.fields = mFields.data();
         return &mFieldCollection;
@@ -560,9 +584,11 @@ PluginFieldCollection const* DyNetDynamicConv2dPlugin::getFieldsToSerialize() no
 
 DyNetDynamicConv2dPluginCreator::DyNetDynamicConv2dPluginCreator()
 {
-    for (AttributeSlot const& slot : kAttributes)
+    // The field names are the C ABI's attribute table, in its order.
+    int32_t const count = dynet_conv_attribute_count();
+    for (int32_t i = 0; i < count; ++i)
     {
-        mFieldNames.emplace_back(slot.name, nullptr, PluginFieldType::kINT32, 1);
+        mFieldNames.emplace_back(dynet_conv_attribute(i)->name, nullptr, PluginFieldType::kINT32, 1);
     }
     mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
     mFieldCollection.fields = mFieldNames.data();
@@ -589,9 +615,10 @@ PluginFieldCollection const* DyNetDynamicConv2dPluginCreator::getFieldNames() no
 }
 
 bool DyNetDynamicConv2dPluginCreator::parseFields(
-    PluginFieldCollection const* fc, DynamicConvAttributes& attrs, std::string& error)
+    PluginFieldCollection const* fc, DynetConvParams& attrs, int64_t& workspaceBytes, std::string& error)
 {
-    attrs = DynamicConvAttributes{};
+    dynet_conv_params_init(&attrs);
+    workspaceBytes = 0;
     if (fc == nullptr)
     {
         return true; // every attribute at its default
@@ -609,15 +636,8 @@ bool DyNetDynamicConv2dPluginCreator::parseFields(
             error = "field " + std::to_string(i) + " has no name";
             return false;
         }
-        AttributeSlot const* slot = nullptr;
-        for (AttributeSlot const& s : kAttributes)
-        {
-            if (std::strcmp(s.name, f.name) == 0)
-            {
-                slot = &s;
-            }
-        }
-        if (slot == nullptr)
+        bool const isWorkspace = std::strcmp(f.name, kWorkspaceFieldName) == 0;
+        if (!isWorkspace && dynet_conv_attribute_index(f.name) < 0)
         {
             logMessage(ILogger::Severity::kWARNING, std::string("ignoring unknown attribute '") + f.name + "'");
             continue;
@@ -643,31 +663,29 @@ bool DyNetDynamicConv2dPluginCreator::parseFields(
                 + std::to_string(static_cast<int32_t>(f.type));
             return false;
         }
-        if (value < std::numeric_limits<int32_t>::min() || value > std::numeric_limits<int32_t>::max())
+        if (isWorkspace)
         {
-            error = std::string("attribute '") + f.name + "' = " + std::to_string(value) + " does not fit int32";
+            if (value < 0)
+            {
+                error = std::string(kWorkspaceFieldName) + " = " + std::to_string(value) + " must be >= 0";
+                return false;
+            }
+            workspaceBytes = value;
+            continue;
+        }
+        char msg[256];
+        if (dynet_conv_params_set_attribute(&attrs, f.name, value, msg, sizeof(msg)) != DYNET_OK)
+        {
+            error = msg; // range and int32 checks live in the C ABI's table
             return false;
         }
-        attrs.*(slot->member) = static_cast<int32_t>(value);
     }
-    auto bad = [&error](char const* what, int32_t v, char const* rule) {
-        error = std::string("attribute '") + what + "' = " + std::to_string(v) + ": " + rule;
+    char msg[256];
+    if (dynet_conv_validate_attributes(&attrs, msg, sizeof(msg)) != DYNET_OK)
+    {
+        error = msg;
         return false;
-    };
-    if (attrs.stride_h < 1) return bad("stride_h", attrs.stride_h, "must be >= 1");
-    if (attrs.stride_w < 1) return bad("stride_w", attrs.stride_w, "must be >= 1");
-    if (attrs.dilation_h < 1) return bad("dilation_h", attrs.dilation_h, "must be >= 1");
-    if (attrs.dilation_w < 1) return bad("dilation_w", attrs.dilation_w, "must be >= 1");
-    if (attrs.pad_top < 0) return bad("pad_top", attrs.pad_top, "must be >= 0");
-    if (attrs.pad_left < 0) return bad("pad_left", attrs.pad_left, "must be >= 0");
-    if (attrs.pad_bottom < 0) return bad("pad_bottom", attrs.pad_bottom, "must be >= 0");
-    if (attrs.pad_right < 0) return bad("pad_right", attrs.pad_right, "must be >= 0");
-    if (attrs.groups < 1) return bad("groups", attrs.groups, "must be >= 1");
-    if (attrs.activation < DYNET_ACT_NONE || attrs.activation > DYNET_ACT_RELU6)
-        return bad("activation", attrs.activation, "must be 0 (none), 1 (relu) or 2 (relu6)");
-    if (attrs.has_bias_bank != 0 && attrs.has_bias_bank != 1)
-        return bad("has_bias_bank", attrs.has_bias_bank, "must be 0 or 1");
-    if (attrs.has_bias != 0 && attrs.has_bias != 1) return bad("has_bias", attrs.has_bias, "must be 0 or 1");
+    }
     return true;
 }
 
@@ -676,14 +694,15 @@ IPluginV3* DyNetDynamicConv2dPluginCreator::createPlugin(
 {
     try
     {
-        DynamicConvAttributes attrs;
+        DynetConvParams attrs{};
+        int64_t workspaceBytes = 0;
         std::string error;
-        if (!parseFields(fc, attrs, error))
+        if (!parseFields(fc, attrs, workspaceBytes, error))
         {
             logError(std::string("node '") + (name != nullptr ? name : "?") + "': " + error);
             return nullptr;
         }
-        return new DyNetDynamicConv2dPlugin(attrs);
+        return new DyNetDynamicConv2dPlugin(attrs, workspaceBytes);
     }
     catch (std::exception const& e)
     {
@@ -692,41 +711,9 @@ IPluginV3* DyNetDynamicConv2dPluginCreator::createPlugin(
     return nullptr;
 }
 
+void setPluginLoggerFinder(ILoggerFinder* finder) noexcept
+{
+    gLoggerFinder.store(finder);
+}
+
 } // namespace dynet
-
-// ---- registration ---------------------------------------------------------------------------------------------
-// (1) Static: registers with the global registry whenever the library is loaded (ctypes, polygraphy --plugins,
-//     trtexec --staticPlugins).
-using dynet::DyNetDynamicConv2dPluginCreator;
-REGISTER_TENSORRT_PLUGIN(DyNetDynamicConv2dPluginCreator);
-
-// (2) IPluginRegistry::loadLibrary / trtexec --dynamicPlugins look these up by name.
-extern "C" {
-
-DYNET_API void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
-{
-    dynet::gLoggerFinder.store(finder);
-}
-
-DYNET_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
-{
-    static dynet::DyNetDynamicConv2dPluginCreator creator;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
-    // loadLibrary dlopens the library first, so (1) has already registered a creator of the same name, version and
-    // namespace, and the registry refuses a second one ("exists already"). Hand registration over to loadLibrary
-    // (which also makes the plugin serialisable into engines) by withdrawing the static one, if it is ours.
-    if (nvinfer1::IPluginRegistry* registry = getPluginRegistry())
-    {
-        nvinfer1::IPluginCreatorInterface* existing
-            = registry->getCreator(dynet::kPluginName, dynet::kPluginVersion, dynet::kPluginNamespace);
-        if (existing != nullptr && existing != &creator
-            && dynamic_cast<dynet::DyNetDynamicConv2dPluginCreator*>(existing) != nullptr)
-        {
-            registry->deregisterCreator(*existing);
-        }
-    }
-    nbCreators = 1;
-    return creators;
-}
-
-} // extern "C"

@@ -8,6 +8,7 @@
 #include "NvInferRuntime.h"
 #include "dynetDynamicConv.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,27 +20,15 @@ constexpr char const* kPluginName = "DyNetDynamicConv2d";
 constexpr char const* kPluginVersion = "1";
 constexpr char const* kPluginNamespace = "";
 
-//! The node's attributes (README, "Attributes"); defaults are the op's defaults.
-struct DynamicConvAttributes
-{
-    int32_t stride_h{1};
-    int32_t stride_w{1};
-    int32_t pad_top{0};
-    int32_t pad_left{0};
-    int32_t pad_bottom{0};
-    int32_t pad_right{0};
-    int32_t dilation_h{1};
-    int32_t dilation_w{1};
-    int32_t groups{1};
-    int32_t activation{0};
-    int32_t has_bias_bank{0};
-    int32_t has_bias{0};
+//! The plugin's one non-attribute field: the workspace TensorRT grants (getWorkspaceSize at build time), serialised
+//! with the engine so enqueue can hand the library the size it really has.
+constexpr char const* kWorkspaceFieldName = "dynet_workspace_size";
 
-    int32_t nbInputs() const noexcept
-    {
-        return 3 + has_bias_bank + has_bias;
-    }
-};
+//! Most scratch the cuDNN tactic may add to the workspace (its algorithms that need more are skipped).
+constexpr size_t kCudnnScratchCap = size_t{256} << 20;
+
+//! Route the plugin's log messages through the logger TensorRT hands a dynamically loaded library.
+void setPluginLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
 class DyNetDynamicConv2dPlugin : public nvinfer1::IPluginV3,
                                  public nvinfer1::IPluginV3OneCore,
@@ -47,10 +36,12 @@ class DyNetDynamicConv2dPlugin : public nvinfer1::IPluginV3,
                                  public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    explicit DyNetDynamicConv2dPlugin(DynamicConvAttributes const& attrs);
+    //! attrs: a DynetConvParams whose attributes are set (shapes unused); workspaceBytes: the serialised grant
+    //! (0 before the build has sized it).
+    DyNetDynamicConv2dPlugin(DynetConvParams const& attrs, int64_t workspaceBytes);
     DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin const& other);
     DyNetDynamicConv2dPlugin& operator=(DyNetDynamicConv2dPlugin const&) = delete;
-    ~DyNetDynamicConv2dPlugin() override = default;
+    ~DyNetDynamicConv2dPlugin() override;
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -76,6 +67,7 @@ public:
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
     int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
     int32_t getNbTactics() noexcept override;
+    char const* getTimingCacheID() noexcept override;
 
     // IPluginV3OneRuntime
     int32_t setTactic(int32_t tactic) noexcept override;
@@ -87,15 +79,28 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    //! Fill params from input dims; false (with a logged reason) when they break the op contract.
-    bool paramsFromDims(nvinfer1::Dims const& x, nvinfer1::Dims const& coeff, nvinfer1::Dims const& weight,
-        bool allowUnknown, DynetConvParams& params) const noexcept;
+    int32_t expectedInputs() const noexcept
+    {
+        return 3 + mAttrs.has_bias_bank + mAttrs.has_bias;
+    }
+    //! cuDNN expresses symmetric pads only.
+    bool cudnnTacticApplies() const noexcept;
+    //! The tactics this build has for these attributes (cuDNN only when linked and the pads are symmetric);
+    //! forTiming also drops cuDNN when configurePlugin could not plan it at the profile's max.
+    int32_t tactics(int32_t* out, bool forTiming) const noexcept;
+    //! Make mPlan for mParams / mDtype / mTactic; false with a logged reason.
+    bool makePlan() noexcept;
 
-    DynamicConvAttributes mAttrs;
-    // Per-shape state, set in onShapeChange and read by enqueue.
+    DynetConvParams mAttrs{};      // attributes only (from the C ABI's table); shape fields unused
+    int64_t mWorkspaceBytes{0};    // what TensorRT grants (getWorkspaceSize for the profile's max), serialised
+    // Per-shape state, made in onShapeChange (outside enqueue) and read by enqueue.
     DynetConvParams mParams{};
     int32_t mDtype{DYNET_FLOAT32};
     int32_t mTactic{0};
+    DynetConvCudaPlan* mPlan{nullptr};
+    int32_t mPlanTactic{-1};
+    int32_t mCudnnPlannable{-1}; // configurePlugin's cuDNN plan at the profile's max: -1 not tried, 0 failed, 1 made
+    std::string mTimingCacheId;
     // Storage behind getFieldsToSerialize.
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
@@ -114,8 +119,10 @@ public:
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
-    //! Parse and check the attribute fields; false (with the reason in `error`) on anything malformed.
-    static bool parseFields(nvinfer1::PluginFieldCollection const* fc, DynamicConvAttributes& attrs, std::string& error);
+    //! Parse the fields into attrs through the C ABI's attribute table and check them there; false (with the reason
+    //! in `error`) on anything malformed.
+    static bool parseFields(nvinfer1::PluginFieldCollection const* fc, DynetConvParams& attrs, int64_t& workspaceBytes,
+        std::string& error);
 
 private:
     std::vector<nvinfer1::PluginField> mFieldNames;

@@ -1,0 +1,483 @@
+"""A recipe end to end: export -> fuse -> build -> validate -> latency, every artifact in one folder.
+
+``run_deploy(recipe, out_dir)`` takes the recipe's checkpoint through each stage's library function (the ones
+behind ``dynet-deploy export|fuse|build|validate|bench``) and writes into ``out_dir``:
+
+- ``model.onnx`` (portable graph), ``model.kernel.onnx`` (the form ``fuse`` rewrites), ``model.plugin.onnx``
+  (fused); ``model.engine`` (and ``model.fp16.engine``) where TensorRT is present, else the step is skipped with
+  the reason; ``baseline.onnx`` when the recipe names a latency baseline;
+- ``validate/<graph>/inputs.json`` + ``reference.json`` (Polygraphy's formats, replayable by hand);
+- ``triton/`` with ``triton=True``: a Triton Inference Server model repository (:mod:`dynet_deploy.triton`);
+- ``recipe.json`` (the recipe with its defaults filled in), ``report.json`` and ``report.txt``.
+
+Everything is written into a hidden staging folder beside ``out_dir`` and renamed into place at the end, so an
+error in any stage leaves nothing half-written. Failed checks (a parity mismatch) still write the folder, with
+``passed: false`` in the report; the CLI then exits 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DataError, DeployError, MissingDependencyError
+from .fileio import atomic_write_text
+from .recipe import Recipe
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # "done" | "skipped" | "failed"
+    detail: str
+    seconds: float
+
+
+@dataclass
+class DeployResult:
+    recipe: Recipe
+    out_dir: Path
+    steps: list[Step] = field(default_factory=list)
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    dataset: str = ""
+    engines: dict[str, str] = field(default_factory=dict)  # precision -> engine file name
+    triton: dict[str, Any] | None = None
+    latency_load: dict[str, float | None] = field(default_factory=dict)  # 1-minute load average before/after
+    environment: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    passed: bool = True
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe.to_dict(),
+            "recipe_file": str(self.recipe.path) if self.recipe.path else None,
+            "out_dir": str(self.out_dir),
+            "passed": self.passed,
+            "seconds": round(self.seconds, 2),
+            "steps": [{"step": s.name, "status": s.status, "detail": s.detail, "seconds": round(s.seconds, 2)}
+                      for s in self.steps],
+            "parity": self.parity,
+            "dataset": self.dataset,
+            "latency": self.latency,
+            "latency_load_average": self.latency_load,
+            "engines": self.engines,
+            "triton": self.triton,
+            "artifacts": self.artifacts,
+            "environment": self.environment,
+            "notes": self.notes,
+        }
+
+
+def run_deploy(
+    recipe: Recipe,
+    out_dir: str | Path | None = None,
+    *,
+    triton: bool = False,
+    force: bool = False,
+    dataset: str | None = None,
+    limit: int | None = None,
+    threads: int | None = None,
+    op_library_dir: str | None = None,
+    plugin_library_dir: str | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> DeployResult:
+    """Run ``recipe`` end to end into ``out_dir`` (default ``out/<recipe name>``); see the module docstring.
+
+    ``dataset`` / ``limit`` override the recipe's data set and sample count; ``threads`` its latency threads
+    (also used for PyTorch and onnxruntime throughout). ``force`` replaces an existing non-empty ``out_dir``.
+    """
+    out = Path(out_dir) if out_dir is not None else Path("out") / recipe.name
+    _check_destination(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        result = _deploy_into(stage, out, recipe, triton=triton, dataset=dataset, limit=limit, threads=threads,
+                              op_library_dir=op_library_dir, plugin_library_dir=plugin_library_dir,
+                              progress=progress, log=log)
+        _publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return result
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DeployError(f"{out} exists and is not a folder; give another -o")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
+        if not (out / "report.json").is_file():
+            raise DeployError(f"{out} is not the folder of an earlier deploy (no report.json); --force replaces only "
+                              "those: give another -o")
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished staging folder onto ``out`` (replacing an old one only now that the new one is whole)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _deploy_into(stage: Path, out: Path, recipe: Recipe, *, triton: bool, dataset: str | None, limit: int | None,
+                 threads: int | None, op_library_dir: str | None, plugin_library_dir: str | None,
+                 progress: bool | None, log: Callable[[str], None]) -> DeployResult:
+    import numpy as np
+    import torch
+
+    from .bench import interleaved_latency, latency_stats, machine_info
+    from .checkpoint import load_checkpoint, read_checkpoint_config
+    from .export import count_dynamic_convs, export_onnx
+    from .fuse import fuse_dynamic_convs
+    from .nn import fold_batchnorms
+    from .runtimes.onnxruntime_runtime import OnnxruntimeRunner
+    from .validate import Tolerance, reference_outputs, validate_dataset, validate_random
+
+    threads = threads or recipe.latency.threads
+    torch.set_num_threads(threads)
+    progress = sys.stderr.isatty() if progress is None else progress
+    res = DeployResult(recipe, out, environment=machine_info())
+    total = 8 if triton else 7
+
+    def step(name: str, status: str, detail: str, t0: float) -> None:
+        res.steps.append(Step(name, status, detail, time.perf_counter() - t0))
+        log(f"[{len(res.steps)}/{total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
+            f"({time.perf_counter() - t0:.1f} s)")
+
+    # 1. checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)
+    t0 = time.perf_counter()
+    ckpt = recipe.checkpoint_path()
+    base_ckpt = None
+    if recipe.latency.baseline:
+        from .train import bundled_checkpoint
+
+        base_ckpt = bundled_checkpoint(recipe.latency.baseline)
+    model = load_checkpoint(ckpt)
+    cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
+    name = cfg.get("model") or getattr(model, "zoo_name", None) or recipe.name
+    in_chans = int((cfg.get("model_args") or {}).get("in_chans", 3))
+    if in_chans != recipe.input_shape[0]:
+        from .errors import RecipeError
+
+        raise RecipeError(f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
+                          f"checkpoint's model takes {in_chans}; fix 'input_shape'")
+    trained_on = (cfg.get("metadata") or {}).get("dataset")
+    atomic_write_text(stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
+    step("checkpoint", "done", f"{ckpt.name}: {name} {json.dumps(cfg.get('model_args', {}), sort_keys=True)}", t0)
+
+    # 2. export: the portable graph and the form that fuse rewrites
+    t0 = time.perf_counter()
+    c, h, w = recipe.input_shape
+    portable, kernel_form = stage / "model.onnx", stage / "model.kernel.onnx"
+    p, k = recipe.portable, recipe.fuse_from
+    export_onnx(model, portable, (p.batch or 1, c, h, w), form=p.form, dynamic_batch=p.dynamic, opset=recipe.opset,
+                model_name=name)
+    export_onnx(model, kernel_form, (k.batch or 1, c, h, w), form=k.form, dynamic_batch=k.dynamic,
+                opset=recipe.opset, model_name=name)
+    step("export", "done", f"{portable.name} ({p.form} form, batch {'dynamic' if p.dynamic else p.batch}), "
+         f"{kernel_form.name} ({k.form} form, batch {'dynamic' if k.dynamic else k.batch})", t0)
+
+    # 3. fuse
+    t0 = time.perf_counter()
+    fused = stage / "model.plugin.onnx"
+    report = fuse_dynamic_convs(kernel_form, fused)
+    expected = count_dynamic_convs(model)
+    ok = report.matched == expected and not report.left
+    step("fuse", "done" if ok else "failed",
+         f"{report.matched} dynamic convs -> DyNetDynamicConv2d, {report.left} left (model has {expected}); "
+         f"batch {report.batch}", t0)
+    if not ok:
+        res.passed = False
+        res.notes.append(f"fuse matched {report.matched} of {expected} dynamic convs")
+
+    # 4. build: TensorRT engines, one per precision of the recipe, where TensorRT and the plugin are present
+    t0 = time.perf_counter()
+    engines = _build_engines(stage, fused, recipe)
+    if isinstance(engines, str):
+        step("build", "skipped", engines, t0)
+        engine_skip_reason = engines
+        engines = {}
+    else:
+        res.engines = {prec: path.name for prec, path in engines.items()}
+        step("build", "done", ", ".join(f"{p.name} ({prec})" for prec, p in engines.items()), t0)
+        engine_skip_reason = ""
+
+    # 5. validation on random inputs: every graph (and engine) against PyTorch at the recipe's tolerance
+    t0 = time.perf_counter()
+    fp32 = recipe.tolerance("fp32")
+    targets = [(portable, "onnxruntime", "fp32"), (fused, "onnxruntime", "fp32")]
+    targets += [(path, "tensorrt", prec) for prec, path in engines.items()]
+    batches = "/".join(str(b) for b in recipe.validate.batch_sizes)
+    for graph, backend, prec in targets:
+        tol = recipe.tolerance(prec)
+        vdir = stage / "validate" / (graph.name[: -len(".onnx")] if graph.suffix == ".onnx" else graph.name)
+        vdir.mkdir(parents=True)
+        rep = validate_random(model, graph, backend, recipe.validate.batch_sizes, seed=recipe.validate.seed,
+                              out_dir=vdir, threads=threads, tolerance=Tolerance(tol.max_abs, tol.rel),
+                              model_name=name, graph_onnx=fused if backend == "tensorrt" else None)
+        res.parity.append({
+            "graph": graph.name, "backend": backend, "precision": prec, "check": f"random inputs, batches {batches}",
+            "max_abs": max(ch.max_abs for ch in rep.checks), "rel": max(ch.rel for ch in rep.checks),
+            "tolerance": {"max_abs": tol.max_abs, "rel": tol.rel}, "passed": rep.passed,
+            "replay": rep.replay_command.replace(str(stage), str(out)),
+        })
+        res.passed &= rep.passed
+    step("validate (random inputs)", "done" if all(p["passed"] for p in res.parity) else "failed",
+         "; ".join(f"{p['graph']}: max-abs {p['max_abs']:.2e}, rel {p['rel']:.2e}" for p in res.parity)
+         + f" (fp32 tolerance {fp32.max_abs:g} / {fp32.rel:g})", t0)
+
+    # 6. accuracy parity on the recipe's data set
+    t0 = time.perf_counter()
+    images = None
+    ds_spec = recipe.dataset
+    if ds_spec is None:
+        step("accuracy parity", "skipped", "the recipe names no data set", t0)
+    else:
+        from .data import fashion_mnist_available, load_dataset, resolve_dataset
+
+        wanted = dataset or ds_spec.name
+        ds = resolve_dataset(wanted)
+        if ds == "fashion-mnist" and not fashion_mnist_available():
+            if ds_spec.fallback is None or dataset is not None:
+                raise DataError("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); install it "
+                                "or give the recipe a 'fallback' data set")
+            res.notes.append(f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); parity runs on "
+                             f"{ds_spec.fallback}, where the model's accuracy means nothing but agreement still does")
+            ds = ds_spec.fallback
+        elif wanted == "auto" and ds != "fashion-mnist":
+            res.notes.append(f"Fashion-MNIST is not installed; parity runs on {ds}")
+        res.dataset = ds
+        if trained_on and trained_on != ds:
+            res.notes.append(f"the model was trained on {trained_on}; its accuracy on {ds} is not meaningful, "
+                             "agreement is")
+        x_t, y_t = load_dataset(ds, ds_spec.split, limit=limit or ds_spec.limit)
+        images, labels = x_t.numpy(), y_t.numpy()
+        if images.shape[1:] != tuple(recipe.input_shape):
+            raise DataError(f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is "
+                            f"{list(recipe.input_shape)}")
+        ref_logits = reference_outputs(model, images, batch=ds_spec.batch, progress=progress)
+        first = len(res.parity)
+        for graph, backend, prec in targets:
+            target = recipe.agreement(prec)
+            batch = ds_spec.batch if backend == "onnxruntime" else min(ds_spec.batch, recipe.profile.max)
+            d = validate_dataset(model, graph, images, labels, ds, backend, batch=batch, threads=threads,
+                                 progress=progress, model_name=name, reference_logits=ref_logits,
+                                 graph_onnx=fused if backend == "tensorrt" else None)
+            if target is not None:
+                d.target_agreement = target
+            res.parity.append({
+                "graph": graph.name, "backend": backend, "precision": prec,
+                "check": f"top-1 on {ds} {ds_spec.split} ({d.samples})", "pytorch": d.reference_metric,
+                "deployed": d.backend_metric, "agreement": d.agreement, "target": d.target_agreement,
+                "passed": d.passed,
+            })
+            res.passed &= d.passed
+        rows = res.parity[first:]
+        step("accuracy parity", "done" if all(p["passed"] for p in rows) else "failed",
+             "; ".join(f"{p['graph']}: agreement {p['agreement'] * 100:.2f}%" for p in rows), t0)
+
+    # 7. latency: PyTorch, onnxruntime portable and fused, engines, and the recipe's static baseline
+    t0 = time.perf_counter()
+    lat = recipe.latency
+    if images is not None and len(images) >= lat.batch:
+        sample = np.ascontiguousarray(images[: lat.batch])
+    else:
+        sample = np.random.default_rng(0).standard_normal((lat.batch, c, h, w), dtype=np.float32)
+    xt = torch.from_numpy(sample)
+    runners: dict[str, Callable[[], Any]] = {}
+
+    def torch_fn(m):
+        def f():
+            with torch.no_grad():
+                return m(xt)
+
+        return f
+
+    def ort_fn(path: Path):
+        sess = OnnxruntimeRunner(path, threads=threads)
+        feed = {sess.input_names[0]: sample}
+        return lambda: sess.run(feed)
+
+    runners[f"{name} pytorch"] = torch_fn(fold_batchnorms(load_checkpoint(ckpt)))
+    runners[f"{name} onnxruntime portable"] = ort_fn(portable)
+    runners[f"{name} onnxruntime fused"] = ort_fn(fused)
+    for prec, path in engines.items():
+        from .runtimes.tensorrt_runtime import TensorRTRunner
+
+        trt_runner = TensorRTRunner(path)
+        feed = {trt_runner.input_names[0]: sample}
+        runners[f"{name} tensorrt {prec}"] = lambda r=trt_runner, f=feed: r.run(f)
+    if base_ckpt is not None:
+        base = load_checkpoint(base_ckpt)
+        base_name = read_checkpoint_config(base_ckpt)["model"]
+        base_onnx = stage / "baseline.onnx"
+        export_onnx(base, base_onnx, (1, c, h, w), opset=recipe.opset, model_name=base_name)
+        runners[f"{base_name} pytorch"] = torch_fn(base)
+        runners[f"{base_name} onnxruntime"] = ort_fn(base_onnx)
+    load_before = _load_average()
+    samples = interleaved_latency(runners, repeats=lat.repeats, warmup=lat.warmup)
+    load_after = _load_average()
+    res.latency_load = {"before": load_before, "after": load_after}
+    busiest = max((v for v in (load_before, load_after) if v is not None), default=None)
+    if busiest is not None and busiest >= BUSY_LOAD:
+        res.notes.append(f"the machine was busy during the latency run (1-minute load average up to {busiest:.1f}); "
+                         "its times are inflated: re-run on a quiet machine before quoting them")
+    for key, v in samples.items():
+        stats = latency_stats(v)
+        res.latency.append({"runner": key, "batch": lat.batch, "median_ms": stats["median_ms"],
+                            "p90_ms": stats["p90_ms"], "runs": stats["n"]})
+    step(f"latency (batch {lat.batch})", "done",
+         f"{len(runners)} runners, interleaved, {lat.repeats} runs each, {threads} threads", t0)
+
+    # 8. Triton model repository
+    if triton:
+        from .triton import write_model_repository
+
+        t0 = time.perf_counter()
+        prefs = sorted({recipe.profile.opt, recipe.profile.max})
+        repo = write_model_repository(
+            stage / "triton", recipe.name, fused, engines.get("fp32"), max_batch_size=recipe.profile.max,
+            preferred_batch_sizes=prefs, engine_skipped_reason=engine_skip_reason or "no fp32 engine in the recipe",
+            op_library_dir=op_library_dir, plugin_library_dir=plugin_library_dir,
+        )
+        res.triton = {
+            "repository": "triton",
+            "models": sorted(repo.models),
+            "skipped": repo.skipped,
+            "op_library": repo.op_library,
+            "plugin_library": repo.plugin_library,
+            "launch": repo.launch_command.replace(str(stage), str(out)),
+        }
+        detail = ", ".join(sorted(repo.models))
+        if repo.skipped:
+            detail += "; " + "; ".join(f"{k} skipped: {v}" for k, v in repo.skipped.items())
+        step("triton repository", "done", detail, t0)
+
+    res.artifacts = _artifacts(stage)
+    atomic_write_text(stage / "report.json", json.dumps(res.to_dict(), indent=2, default=float) + "\n")
+    atomic_write_text(stage / "report.txt", format_report(res) + "\n")
+    return res
+
+
+BUSY_LOAD = 2.0  # 1-minute load average from which latency figures are marked as measured on a busy machine
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] | str:
+    """{precision: engine} for every precision of the recipe, or the reason the build was skipped."""
+    from .runtimes.tensorrt_runtime import tensorrt_available
+
+    ok, why = tensorrt_available()
+    if not ok:
+        return f"TensorRT is not installed ({why}); export, fuse and onnxruntime still run"
+    from .build import Profile, build_engine, load_plugin_library
+
+    try:
+        load_plugin_library()
+    except MissingDependencyError as exc:
+        return str(exc)
+    profile = Profile(batch=recipe.profile.as_tuple())
+    engines = {}
+    for prec in recipe.precisions:
+        path = stage / ("model.engine" if prec == "fp32" else f"model.{prec}.engine")
+        build_engine(fused, path, profile=profile, fp16=prec == "fp16")
+        engines[prec] = path
+    return engines
+
+
+def _artifacts(folder: Path) -> list[dict[str, Any]]:
+    """Every file under ``folder`` (reports excluded): path relative to it, size, sha256."""
+    rows = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name in ("report.json", "report.txt"):
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        rows.append({"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size, "sha256": h.hexdigest()})
+    return rows
+
+
+def format_tables(res: DeployResult) -> str:
+    """The parity and latency tables (what ``demo`` prints at the end)."""
+    lines = ["", "== parity against PyTorch"]
+    lines.append(f"{'graph':<22} {'check':<36} {'result':<42} ok")
+    for p in res.parity:
+        graph = p["graph"] if p["backend"] == "onnxruntime" else f"{p['graph']} (trt)"
+        if "max_abs" in p:
+            r = f"max-abs {p['max_abs']:.2e}  rel {p['rel']:.2e}"
+        else:
+            r = f"top-1 {p['pytorch'] * 100:.2f}% vs {p['deployed'] * 100:.2f}%  agree {p['agreement'] * 100:.2f}%"
+        lines.append(f"{graph:<22} {p['check']:<36} {r:<42} {'yes' if p['passed'] else 'NO'}")
+    if res.latency:
+        lines.append("")
+        load = res.latency_load
+        load_text = ""
+        if load.get("before") is not None and load.get("after") is not None:
+            load_text = f"; load average {load['before']:.2f} -> {load['after']:.2f}"
+        lines.append(f"== latency, batch {res.latency[0]['batch']} (interleaved; medians{load_text})")
+        base = res.latency[0]["median_ms"]
+        lines.append(f"{'runner':<40} {'median ms':>10} {'p90 ms':>8} {'vs first':>9}")
+        for r in res.latency:
+            lines.append(f"{r['runner']:<40} {r['median_ms']:>10.3f} {r['p90_ms']:>8.3f} {r['median_ms'] / base:>8.2f}x")
+    for n in res.notes:
+        lines.append(f"note: {n}")
+    lines.append(f"{'PASSED' if res.passed else 'FAILED'} in {res.seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def format_report(res: DeployResult) -> str:
+    """``report.txt``: the steps, the tables, the artifacts and (with Triton) how to serve them."""
+    src = res.recipe.path or res.recipe.name
+    lines = [f"dynet-deploy deploy {src} -> {res.out_dir}", "", "== steps"]
+    for s in res.steps:
+        lines.append(f"{s.name:<26} {s.status:<8} {s.seconds:>7.1f} s  {s.detail}")
+    lines.append(format_tables(res))
+    lines += ["", "== artifacts"]
+    for a in res.artifacts:
+        lines.append(f"{a['path']:<48} {a['bytes']:>12,d} B  sha256 {a['sha256'][:16]}")
+    replays = [p for p in res.parity if p.get("replay")]
+    if replays:
+        lines += ["", "== replay the random-input checks by hand (Polygraphy)"]
+        lines += [f"{p['graph']}: {p['replay']}" for p in replays]
+    if res.triton:
+        lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
+        lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]
+        lines.append(f"serve: {res.triton['launch']}")
+        bare = [lib for lib, used in ((res.triton["op_library"], True), (res.triton["plugin_library"], bool(res.engines)))
+                if used and "/" not in lib]
+        if bare:
+            lines.append(f"($DYNET_LIB_DIR: the folder holding {' and '.join(bare)} on the server)")
+    return "\n".join(lines)
+
+
+__all__ = ["DeployResult", "Step", "format_report", "format_tables", "run_deploy"]

@@ -1,0 +1,188 @@
+"""``dynet-deploy deploy RECIPE``: one run of a (shortened) bundled recipe end to end; the folder holds every
+artifact and a report that matches the files; a failing check still writes the folder and exits 1; an error leaves
+nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from dynet_deploy.cli import main
+from dynet_deploy.recipe import bundled_recipe_path, load_recipe
+from dynet_deploy.runtimes.tensorrt_runtime import tensorrt_available
+
+HAVE_TRT, TRT_WHY = tensorrt_available()
+
+
+def _recipe(tmp_path, **changes):
+    """The bundled recipe, shortened for a test (digits, fewer latency runs), with ``changes`` applied."""
+    d = json.loads(bundled_recipe_path().read_text())
+    d["dataset"] = {"name": "digits", "batch": 64, "agreement": {"fp32": 1.0}}
+    d["latency"] = {"batch": 1, "repeats": 3, "warmup": 1, "threads": 2, "baseline": "resnet18_fmnist"}
+    d.update(changes)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    out = tmp / "out"
+    rc = main(["deploy", str(_recipe(tmp)), "-o", str(out), "--triton", "--limit", "96"])
+    return rc, out, json.loads((out / "report.json").read_text())
+
+
+def test_deploy_writes_every_artifact(deployed):
+    rc, out, report = deployed
+    assert rc == 0 and report["passed"] is True
+    for name in ("model.onnx", "model.kernel.onnx", "model.plugin.onnx", "baseline.onnx", "recipe.json",
+                 "report.json", "report.txt", "validate/model/inputs.json", "validate/model.plugin/reference.json"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out", "recipe.json"]  # no staging folder left
+
+
+def test_report_lists_the_files_it_describes(deployed):
+    _, out, report = deployed
+    listed = {a["path"]: a for a in report["artifacts"]}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"report.json", "report.txt"}
+    assert set(listed) == on_disk
+    for path, a in listed.items():
+        data = (out / path).read_bytes()
+        assert a["bytes"] == len(data) and a["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_report_steps_and_checks(deployed):
+    _, out, report = deployed
+    steps = {s["step"]: s for s in report["steps"]}
+    assert [s["step"] for s in report["steps"]][:4] == ["checkpoint", "export", "fuse", "build"]
+    assert "16 dynamic convs -> DyNetDynamicConv2d, 0 left (model has 16)" in steps["fuse"]["detail"]
+    if HAVE_TRT:
+        assert steps["build"]["status"] in ("done", "skipped")
+    else:
+        assert steps["build"]["status"] == "skipped" and "TensorRT is not installed" in steps["build"]["detail"]
+        assert report["engines"] == {}
+    random_rows = [p for p in report["parity"] if "max_abs" in p]
+    data_rows = [p for p in report["parity"] if "agreement" in p]
+    assert {p["graph"] for p in random_rows} >= {"model.onnx", "model.plugin.onnx"}
+    for p in random_rows:
+        assert p["passed"] and p["max_abs"] <= 1e-4 and p["rel"] <= 1e-5
+        assert str(out) in p["replay"]  # the replay command names the final folder, not the staging one
+    assert {p["graph"] for p in data_rows} >= {"model.onnx", "model.plugin.onnx"}
+    for p in data_rows:
+        assert p["passed"] and p["agreement"] >= p["target"] == 1.0 and "(96)" in p["check"]
+    runners = [r["runner"] for r in report["latency"]]
+    assert runners[:3] == ["dy_resnet18 pytorch", "dy_resnet18 onnxruntime portable", "dy_resnet18 onnxruntime fused"]
+    assert "resnet18 onnxruntime" in runners and all(r["runs"] == 3 and r["median_ms"] > 0 for r in report["latency"])
+    assert report["recipe"]["profile"] == {"min": 1, "opt": 8, "max": 8}
+    assert set(report["latency_load_average"]) == {"before", "after"}
+    text = (out / "report.txt").read_text()
+    assert "== parity against PyTorch" in text and "== latency, batch 1" in text and "PASSED" in text
+
+
+def test_triton_repository_configs_parse(deployed):
+    pytest.importorskip("tritonclient", reason="tritonclient (the test extra) ships Triton's model_config protobuf")
+    from dynet_deploy.triton import parse_config
+
+    _, out, report = deployed
+    configs = {p.parent.name: parse_config(p.read_text()) for p in (out / "triton").glob("*/config.pbtxt")}
+    assert set(configs) == set(report["triton"]["models"])
+    cfg = configs["dy_resnet18_fmnist_onnxruntime"]
+    assert cfg.max_batch_size == report["recipe"]["profile"]["max"]
+    assert list(cfg.input[0].dims) == [1, 28, 28] and list(cfg.output[0].dims) == [10]
+    assert list(cfg.model_operations.op_library_filename) == ["libdynet_dynamic_conv_ort.so"]
+    if not report["engines"]:
+        assert "dy_resnet18_fmnist_tensorrt" in report["triton"]["skipped"]
+
+
+def test_failing_check_writes_the_report_and_exits_1(tmp_path, capsys):
+    recipe = _recipe(tmp_path, precisions={"fp32": {"max_abs": 1e-12, "rel": 1e-12}},
+                     latency={"repeats": 1, "warmup": 0})
+    recipe_data = json.loads(recipe.read_text())
+    recipe_data.pop("dataset")
+    recipe.write_text(json.dumps(recipe_data))
+    out = tmp_path / "out"
+    assert main(["deploy", str(recipe), "-o", str(out)]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    assert any(not p["passed"] for p in report["parity"])
+    assert "FAILED" in (out / "report.txt").read_text()
+    # the folder is not empty now: a second run needs --force
+    assert main(["deploy", str(recipe), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error (deploy): ") and "not empty" in err
+    (out / "stale.txt").write_text("from an older run")
+    assert main(["deploy", str(recipe), "-o", str(out), "--force"]) == 1  # replaced whole: the check still fails
+    assert not (out / "stale.txt").exists() and (out / "report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "recipe.json"]
+
+
+def test_force_replaces_only_a_deploy_folder(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a deploy")
+    assert main(["deploy", str(_recipe(tmp_path)), "-o", str(out), "--force"]) == 1
+    assert "not the folder of an earlier deploy" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_demo_is_the_bundled_recipe(tmp_path):
+    from dynet_deploy.demo import format_summary, run_demo
+
+    res = run_demo(tmp_path / "demo", limit=200)
+    assert res.passed and res.recipe.path == bundled_recipe_path()
+    text = format_summary(res)
+    assert "== parity against PyTorch" in text and "dy_resnet18 onnxruntime fused" in text and "PASSED" in text
+    assert (tmp_path / "demo" / "report.json").is_file() and (tmp_path / "demo" / "model.plugin.onnx").is_file()
+    assert run_demo(tmp_path / "demo", limit=50).passed  # a second demo replaces the first
+
+
+def test_unknown_baseline_stops_before_any_work(tmp_path, capsys):
+    recipe = _recipe(tmp_path, latency={"baseline": "resnet99_fmnist"})
+    assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr()
+    assert err.err.startswith("error (checkpoint): ") and "resnet99_fmnist" in err.err and "[2/" not in err.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
+def test_error_mid_run_leaves_nothing(tmp_path, capsys):
+    recipe = _recipe(tmp_path, input_shape=[3, 28, 28])  # the checkpoint's model takes 1 channel
+    assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error (recipe): ") and "1" in err and "input_shape" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
+
+
+def test_triton_onnx_model_runs_with_the_library_its_config_names(deployed):
+    """What Triton's onnxruntime backend does with the repository: register each op_library_filename of the config
+    on the session options, load 1/model.onnx, run a batch; the result matches the PyTorch model."""
+    pytest.importorskip("tritonclient", reason="tritonclient (the test extra) ships Triton's model_config protobuf")
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from dynet_deploy.checkpoint import load_checkpoint
+    from dynet_deploy.op.native import find_library
+    from dynet_deploy.triton import parse_config
+
+    _, out, report = deployed
+    folder = out / "triton" / "dy_resnet18_fmnist_onnxruntime"
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    libs = [find_library(name) for name in cfg.model_operations.op_library_filename]  # LD_LIBRARY_PATH's job on a server
+    if None in libs:
+        pytest.skip(f"{list(cfg.model_operations.op_library_filename)} not built (make plugins)")
+    so = ort.SessionOptions()
+    for lib in libs:
+        so.register_custom_ops_library(str(lib))
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    batch = cfg.max_batch_size
+    x = np.random.default_rng(3).standard_normal((batch, *cfg.input[0].dims), dtype=np.float32)
+    (y,) = sess.run([cfg.output[0].name], {cfg.input[0].name: x})
+    assert list(y.shape) == [batch, *cfg.output[0].dims]
+    with torch.no_grad():
+        ref = load_checkpoint(load_recipe(bundled_recipe_path()).checkpoint_path())(torch.from_numpy(x)).numpy()
+    rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert np.abs(y - ref).max() <= 1e-4 and rel <= 1e-5

@@ -1,0 +1,507 @@
+"""The C ABI the CUDA kernels and the TensorRT plugin share, checked on the CPU (no GPU, no TensorRT library).
+
+What the plugin decides through the ABI is tested here through the same functions: the attribute table and its
+field getter (the plugin's field names and serialised values), the shape checks of configurePlugin (the profile's
+max must fit the op's 2^31-1 element limit), the timing-cache key, 64-bit workspace arithmetic, the plan API of the
+CUDA library (including the cuDNN tactic's presence in the build), NaN through ReLU in the reference, and the
+exported / undefined symbols of both TensorRT libraries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynet_deploy.op import native as plugin_lib
+from dynet_deploy.op.native import DynetConvParams
+
+P = ctypes.POINTER(DynetConvParams)
+LIMIT = 2**31 - 1
+ALGO_CUDNN = 3
+PLUGIN_DIR = plugin_lib.REPO_ROOT / "plugins" / "dynamic_conv"
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    c = ctypes
+    lib.dynet_conv_params_init.argtypes = [P]
+    lib.dynet_conv_validate.argtypes = [P, c.c_char_p, c.c_size_t]
+    lib.dynet_conv_validate.restype = c.c_int32
+    lib.dynet_conv_attribute_count.restype = c.c_int32
+    lib.dynet_conv_params_attribute_data.argtypes = [P, c.c_int32]
+    lib.dynet_conv_params_attribute_data.restype = c.POINTER(c.c_int32)
+    lib.dynet_conv_params_set_attribute.argtypes = [P, c.c_char_p, c.c_int64, c.c_char_p, c.c_size_t]
+    lib.dynet_conv_params_set_attribute.restype = c.c_int32
+    lib.dynet_conv_params_set_shapes.argtypes = [P, c.c_int32, c.POINTER(c.c_int32), c.POINTER(c.c_int64), c.c_int32,
+                                                 c.c_char_p, c.c_size_t]
+    lib.dynet_conv_params_set_shapes.restype = c.c_int32
+    lib.dynet_conv_attributes_key.argtypes = [P, c.c_char_p, c.c_size_t]
+    lib.dynet_conv_attributes_key.restype = c.c_int32
+    return lib
+
+
+class AttributeInfo(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("default_value", ctypes.c_int32), ("min_value", ctypes.c_int32),
+                ("max_value", ctypes.c_int32)]
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    plugin_lib.ensure_built()
+    lib = _declare(ctypes.CDLL(str(plugin_lib.cpu_library_path())))
+    lib.dynet_conv_attribute.argtypes = [ctypes.c_int32]
+    lib.dynet_conv_attribute.restype = ctypes.POINTER(AttributeInfo)
+    return lib
+
+
+def attribute_names(lib) -> list[str]:
+    return [lib.dynet_conv_attribute(i).contents.name.decode() for i in range(lib.dynet_conv_attribute_count())]
+
+
+def params(lib, **attrs) -> DynetConvParams:
+    p = DynetConvParams()
+    lib.dynet_conv_params_init(ctypes.byref(p))
+    for name, value in attrs.items():
+        assert lib.dynet_conv_params_set_attribute(ctypes.byref(p), name.encode(), value, None, 0) == plugin_lib.OK
+    return p
+
+
+def set_shapes(lib, p, shapes, allow_unknown=False):
+    ranks = (ctypes.c_int32 * len(shapes))(*[len(s) for s in shapes])
+    flat = [d for s in shapes for d in s]
+    dims = (ctypes.c_int64 * max(len(flat), 1))(*flat)
+    msg = ctypes.create_string_buffer(256)
+    status = lib.dynet_conv_params_set_shapes(ctypes.byref(p), len(shapes), ranks, dims, int(allow_unknown), msg,
+                                              len(msg))
+    return status, msg.value.decode()
+
+
+def validate(lib, p):
+    msg = ctypes.create_string_buffer(256)
+    return lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)), msg.value.decode()
+
+
+# ---- attribute table: the plugin's fields come from here -----------------------------------------------------
+
+def test_attribute_data_points_at_the_named_field(cpu):
+    names = attribute_names(cpu)
+    assert len(names) == 12
+    p = params(cpu)
+    for i, name in enumerate(names):
+        setattr(p, name, 100 + i)  # the ctypes struct's field of the same name
+    for i, name in enumerate(names):
+        ptr = cpu.dynet_conv_params_attribute_data(ctypes.byref(p), i)
+        assert ptr[0] == 100 + i, name
+        offset = ctypes.cast(ptr, ctypes.c_void_p).value - ctypes.addressof(p)
+        assert offset == getattr(DynetConvParams, name).offset, name
+    assert not cpu.dynet_conv_params_attribute_data(ctypes.byref(p), 12)
+    assert not cpu.dynet_conv_params_attribute_data(ctypes.byref(p), -1)
+    assert not cpu.dynet_conv_params_attribute_data(None, 0)
+
+
+def test_plugin_sources_do_not_respell_the_attribute_names(cpu):
+    # RULES: every C/C++ caller takes names from the C ABI's table. A quoted attribute name in the plugin would be
+    # a second table that can drift.
+    names = attribute_names(cpu)
+    for path in sorted(PLUGIN_DIR.glob("dynetDynamicConvPlugin*")):
+        text = path.read_text()
+        for name in names:
+            assert f'"{name}"' not in text, f"{path.name} spells attribute {name!r} itself"
+    plugin = (PLUGIN_DIR / "dynetDynamicConvPlugin.cpp").read_text()
+    for call in ("dynet_conv_attribute(", "dynet_conv_params_attribute_data(", "dynet_conv_params_set_attribute(",
+                 "dynet_conv_validate_attributes(", "dynet_conv_params_set_shapes(", "dynet_conv_validate("):
+        assert call in plugin, f"the plugin does not call {call}...)"
+
+
+# ---- configurePlugin's shape checks (defect 4) ---------------------------------------------------------------
+
+def dense_shapes(n, c_in, h, w, c_out, k=4, kh=3, kw=3, c_c=None, groups=1):
+    return [[n, c_in, h, w], [n, c_out if c_c is None else c_c, k], [k, c_out, c_in // groups, kh, kw]]
+
+
+def test_set_shapes_fills_params_and_checks_consistency(cpu):
+    p = params(cpu, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+    status, msg = set_shapes(cpu, p, dense_shapes(2, 16, 9, 7, 32))
+    assert status == plugin_lib.OK, msg
+    assert (p.n, p.c_in, p.h, p.w, p.c_out, p.k, p.coeff_channels, p.kh, p.kw) == (2, 16, 9, 7, 32, 4, 32, 3, 3)
+    assert validate(cpu, p)[0] == plugin_lib.OK
+    bad = {
+        "groups": (dict(groups=3), dense_shapes(2, 16, 9, 9, 32), "groups=3"),
+        "coeff K": ({}, [[2, 16, 9, 9], [2, 32, 5], [4, 32, 16, 3, 3]], "K=5"),
+        "coeff rows": ({}, dense_shapes(2, 16, 9, 9, 32, c_c=7), "C_out=32 or 1"),
+        "batch": ({}, [[2, 16, 9, 9], [3, 32, 4], [4, 32, 16, 3, 3]], "batch"),
+        "rank": ({}, [[2, 16, 9], [2, 32, 4], [4, 32, 16, 3, 3]], "4-D"),
+        "inputs": (dict(has_bias=1), dense_shapes(2, 16, 9, 9, 32), "expected 4 inputs"),
+        "bias": (dict(has_bias=1), dense_shapes(2, 16, 9, 9, 32) + [[31]], "bias must be [C_out]"),
+        "bank": (dict(has_bias_bank=1), dense_shapes(2, 16, 9, 9, 32) + [[4, 31]], "bias_bank must be [K, C_out]"),
+        "too big": ({}, dense_shapes(2, 16, 2**31, 9, 32), "[1, 2^31-1]"),
+    }
+    for case, (attrs, shapes, text) in bad.items():
+        status, msg = set_shapes(cpu, params(cpu, **attrs), shapes)
+        assert status == plugin_lib.ERR_INVALID_ARGUMENT, case
+        assert text in msg, (case, msg)
+
+
+def test_set_shapes_with_unknown_dims_checks_what_is_known(cpu):
+    # TensorRT's build-time dims: -1 for the dynamic batch and spatial size.
+    p = params(cpu, has_bias=1)
+    status, msg = set_shapes(cpu, p, dense_shapes(-1, 16, -1, -1, 32) + [[32]], allow_unknown=True)
+    assert status == plugin_lib.OK, msg
+    assert (p.n, p.h, p.w, p.c_in, p.c_out) == (-1, -1, -1, 16, 32)
+    status, msg = set_shapes(cpu, params(cpu, groups=3), dense_shapes(-1, 16, -1, -1, 32), allow_unknown=True)
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT and "groups=3" in msg
+    # Without allow_unknown, -1 is a bad dim.
+    status, msg = set_shapes(cpu, params(cpu), dense_shapes(-1, 16, 9, 9, 32))
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT
+
+
+def test_profile_max_beyond_the_element_limit_is_refused(cpu):
+    # What configurePlugin does with the profile's max: set_shapes, then validate. A profile that lets y reach
+    # 2^31 elements must fail the build instead of producing an engine whose large-shape enqueues all fail.
+    c_out, h, w = 64, 256, 256  # y = N * 64 * 256 * 256 = N * 2^22
+    n_ok = LIMIT // (c_out * h * w)  # 511
+    for n, ok in ((n_ok, True), (n_ok + 1, False)):
+        p = params(cpu, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+        assert set_shapes(cpu, p, dense_shapes(n, 8, h, w, c_out, groups=1))[0] == plugin_lib.OK
+        status, msg = validate(cpu, p)
+        if ok:
+            assert status == plugin_lib.OK, msg
+        else:
+            assert status == plugin_lib.ERR_INVALID_ARGUMENT
+            assert msg.startswith("y of this call has") and "2^31-1" in msg and "profile" in msg, msg
+
+
+H = 2**30
+LIMIT_CASES = {
+    # tensor: (attributes, shapes with that tensor at exactly 2^31-1 elements, shapes with it just beyond)
+    "x": ({}, dense_shapes(1, 1, LIMIT, 1, 1, k=1, kh=1, kw=1), dense_shapes(2, 1, H, 1, 1, k=1, kh=1, kw=1)),
+    "weight": ({}, dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1),
+               dense_shapes(1, 1, 1, 1, H, k=2, kh=1, kw=1, c_c=1)),
+    "fused kernels": ({}, dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1),
+                      dense_shapes(1, 2, 1, 1, H, k=1, kh=1, kw=1, c_c=1, groups=1)),
+    "coeff": ({}, dense_shapes(1, 1, 1, 1, 1, k=LIMIT, kh=1, kw=1), dense_shapes(2, 1, 1, 1, 1, k=H, kh=1, kw=1)),
+}
+
+
+@pytest.mark.parametrize("tensor", sorted(LIMIT_CASES))
+def test_every_tensor_is_held_to_the_element_limit(cpu, tensor):
+    attrs, ok_shapes, bad_shapes = LIMIT_CASES[tensor]
+    p = params(cpu, **attrs)
+    assert set_shapes(cpu, p, ok_shapes)[0] == plugin_lib.OK
+    status, msg = validate(cpu, p)
+    assert status == plugin_lib.OK, msg
+    q = params(cpu, **attrs)
+    assert set_shapes(cpu, q, bad_shapes)[0] == plugin_lib.OK
+    status, msg = validate(cpu, q)
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT
+    assert re.search(r"has \d+ elements; the limit is 2\^31-1", msg), msg
+
+
+def test_output_is_held_to_the_element_limit(cpu):
+    # y grows with the padding of a 1x1 input: H_out = 1 + pad_bottom.
+    for pad, ok in ((LIMIT - 1, True), (LIMIT, False)):
+        p = params(cpu, pad_bottom=pad)
+        assert set_shapes(cpu, p, dense_shapes(1, 1, 1, 1, 1, k=1, kh=1, kw=1))[0] == plugin_lib.OK
+        status, msg = validate(cpu, p)
+        assert (status == plugin_lib.OK) is ok, msg
+        if not ok:
+            assert msg.startswith("y of this call has 2147483648 elements"), msg
+
+
+def test_validation_products_saturate_instead_of_wrapping(cpu):
+    # 2^16 ^ 4 = 2^64 wraps to 0 in int64 arithmetic; the validator must still see "too large".
+    p = params(cpu, stride_h=65536, stride_w=65536)
+    assert set_shapes(cpu, p, dense_shapes(65536, 65536, 65536, 65536, 1, k=1, kh=1, kw=1))[0] == plugin_lib.OK
+    status, msg = validate(cpu, p)
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT and "x of this call" in msg, msg
+
+
+# ---- timing-cache key (defect 7) -----------------------------------------------------------------------------
+
+def key(lib, p) -> str:
+    n = lib.dynet_conv_attributes_key(ctypes.byref(p), None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    assert lib.dynet_conv_attributes_key(ctypes.byref(p), buf, len(buf)) == n
+    return buf.value.decode()
+
+
+def test_attributes_key_is_equal_for_equal_attributes_and_differs_otherwise(cpu):
+    a, b = params(cpu, groups=2, activation=1), params(cpu, groups=2, activation=1)
+    a.n, b.n = 1, 32  # shapes are not part of the key (TensorRT prefixes the I/O shapes itself)
+    assert key(cpu, a) == key(cpu, b)
+    names = attribute_names(cpu)
+    assert key(cpu, a) == "".join(f"{name}={getattr(a, name)};" for name in names)
+    seen = {key(cpu, a)}
+    for name in names:
+        c = params(cpu, groups=2, activation=1)
+        setattr(c, name, getattr(c, name) + 1)
+        seen.add(key(cpu, c))
+    assert len(seen) == 1 + len(names)  # every attribute changes the key
+    # Truncation is snprintf-like: the full length is returned, the buffer stays NUL-terminated.
+    small = ctypes.create_string_buffer(8)
+    assert cpu.dynet_conv_attributes_key(ctypes.byref(a), small, 8) == len(key(cpu, a))
+    assert small.value.decode() == key(cpu, a)[:7]
+    assert cpu.dynet_conv_attributes_key(None, None, 0) == -1
+
+
+def test_plugin_timing_cache_id_is_built_from_the_key():
+    plugin = (PLUGIN_DIR / "dynetDynamicConvPlugin.cpp").read_text()
+    body = plugin[plugin.index("DyNetDynamicConv2dPlugin::getTimingCacheID"):]
+    body = body[:body.index("\n}\n")]
+    assert "dynet_conv_attributes_key(&mAttrs" in body and "return mTimingCacheId.c_str()" in body
+
+
+# ---- NaN through the activations (defect 9) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", [1, 2])
+def test_reference_relu_propagates_nan_like_pytorch(cpu, activation):
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan
+    coeff = rng.random((1, 3, 2)).astype(np.float32)
+    weight = rng.standard_normal((2, 3, 2, 1, 1)).astype(np.float32)
+    # The C entry point itself: the Python binding refuses non-finite inputs before they get here.
+    p = params(cpu, activation=activation)
+    assert set_shapes(cpu, p, [list(x.shape), list(coeff.shape), list(weight.shape)])[0] == plugin_lib.OK
+    y = np.zeros((1, 3, 4, 4), np.float32)
+    fp = ctypes.POINTER(ctypes.c_float)
+    f = cpu.dynet_conv_cpu_f32
+    f.argtypes = [P, fp, fp, fp, fp, fp, fp]
+    f.restype = ctypes.c_int32
+    ptr = lambda a: a.ctypes.data_as(fp)
+    assert f(ctypes.byref(p), ptr(x), ptr(coeff), ptr(weight), None, None, ptr(y)) == plugin_lib.OK
+    fused = np.einsum("ntk,ktcij->ntcij", coeff, weight)[0]
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(fused))
+    ref = (F.relu(ref) if activation == 1 else F.relu6(ref)).numpy()
+    assert np.isnan(ref[0, :, 1, 1]).all()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_activation_has_no_nan_dropping_fmax():
+    # fmaxf(NaN, 0) is 0; the CUDA epilogue must compare instead (the kernels themselves run in gpu_check).
+    src = (PLUGIN_DIR / "dynetDynamicConvKernel.cu").read_text()
+    act = src[src.index("__device__ __forceinline__ float activate("):]
+    act = act[:act.index("\n}\n")]
+    assert "fmax" not in act and "fmin" not in act
+    assert "v < 0.F ? 0.F" in act
+
+
+# ---- the CUDA library: workspace arithmetic and plans, host-side only ----------------------------------------
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found: the CUDA kernels are not built")
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    plugin_lib.ensure_built()
+    path = plugin_lib.cuda_library_path()
+    if path is None:
+        pytest.skip("libdynet_dynamic_conv_cuda.so was not built (no nvcc)")
+    lib = _declare(ctypes.CDLL(str(path)))
+    c = ctypes
+    lib.dynet_conv_cuda_workspace_size.argtypes = [P, c.c_int32, c.c_int32]
+    lib.dynet_conv_cuda_workspace_size.restype = c.c_size_t
+    lib.dynet_conv_cuda.argtypes = [P, c.c_int32, c.c_int32] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
+    lib.dynet_conv_cuda.restype = c.c_int32
+    lib.dynet_conv_cuda_has_cudnn.restype = c.c_int32
+    lib.dynet_conv_cuda_plan_create.argtypes = [P, c.c_int32, c.c_int32, c.c_size_t, c.POINTER(c.c_void_p),
+                                                c.c_char_p, c.c_size_t]
+    lib.dynet_conv_cuda_plan_create.restype = c.c_int32
+    lib.dynet_conv_cuda_plan_workspace_size.argtypes = [c.c_void_p]
+    lib.dynet_conv_cuda_plan_workspace_size.restype = c.c_size_t
+    lib.dynet_conv_cuda_plan_algo.argtypes = [c.c_void_p]
+    lib.dynet_conv_cuda_plan_algo.restype = c.c_int32
+    lib.dynet_conv_cuda_plan_run.argtypes = [c.c_void_p] + [c.c_void_p] * 7 + [c.c_size_t, c.c_void_p]
+    lib.dynet_conv_cuda_plan_run.restype = c.c_int32
+    lib.dynet_conv_cuda_plan_destroy.argtypes = [c.c_void_p]
+    lib.dynet_conv_cuda_plan_destroy.restype = None
+    return lib
+
+
+def align(b: int) -> int:
+    return (b + 255) // 256 * 256
+
+
+@needs_nvcc
+def test_workspace_arithmetic_is_64_bit_at_the_element_limit(cuda):
+    # Fused kernels of exactly 2^31-1 elements: 8 GiB in fp32, far beyond 32-bit byte counts.
+    p = params(cuda)
+    assert set_shapes(cuda, p, dense_shapes(1, 1, 1, 1, LIMIT, k=1, kh=1, kw=1, c_c=1))[0] == plugin_lib.OK
+    for dtype, size in ((plugin_lib.FLOAT32, 4), (plugin_lib.FLOAT16, 2)):
+        fused = align(LIMIT * size)
+        assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), dtype, plugin_lib.ALGO_TWO_STEP) == fused
+        assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), dtype, ALGO_CUDNN) == fused + align(LIMIT * size)
+        assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), dtype, plugin_lib.ALGO_ONE_KERNEL) == 0
+    assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), plugin_lib.FLOAT32, 4) == 0  # unknown algo
+    p.n = 2  # one element more than the limit: invalid, so no size
+    assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), plugin_lib.FLOAT32, plugin_lib.ALGO_TWO_STEP) == 0
+
+
+def make_plan(cuda, p, dtype, algo, limit=0):
+    plan = ctypes.c_void_p()
+    msg = ctypes.create_string_buffer(256)
+    status = cuda.dynet_conv_cuda_plan_create(ctypes.byref(p), dtype, algo, limit, ctypes.byref(plan), msg, len(msg))
+    return status, plan, msg.value.decode()
+
+
+@needs_nvcc
+def test_plans_of_the_kernel_algorithms_are_host_only(cuda):
+    p = params(cuda, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+    assert set_shapes(cuda, p, dense_shapes(3, 64, 14, 14, 128))[0] == plugin_lib.OK
+    ws = cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), plugin_lib.FLOAT16, plugin_lib.ALGO_TWO_STEP)
+    assert ws == align(3 * 128 * 64 * 9 * 2)
+    status, plan, msg = make_plan(cuda, p, plugin_lib.FLOAT16, plugin_lib.ALGO_AUTO)
+    assert status == plugin_lib.OK, msg
+    try:
+        assert cuda.dynet_conv_cuda_plan_algo(plan) == plugin_lib.ALGO_TWO_STEP  # AUTO resolved on the GEMM path
+        assert cuda.dynet_conv_cuda_plan_workspace_size(plan) == ws
+        host = np.zeros(1 << 16, np.uint8)
+        a = host.ctypes.data
+        # The workspace check guards the plan too: the size passed is the caller's grant, not the plan's own.
+        assert cuda.dynet_conv_cuda_plan_run(plan, a, a, a, None, None, a, a, ws - 1, None) == plugin_lib.ERR_WORKSPACE
+        assert cuda.dynet_conv_cuda_plan_run(plan, None, a, a, None, None, a, a, ws, None) == plugin_lib.ERR_NULL_POINTER
+    finally:
+        cuda.dynet_conv_cuda_plan_destroy(plan)
+    # A grant smaller than the algorithm needs is refused when the plan is made (onShapeChange), not in enqueue.
+    status, plan, msg = make_plan(cuda, p, plugin_lib.FLOAT16, plugin_lib.ALGO_TWO_STEP, limit=ws - 1)
+    assert status == plugin_lib.ERR_WORKSPACE and not plan.value and "workspace limit" in msg
+    status, plan, msg = make_plan(cuda, p, plugin_lib.FLOAT16, plugin_lib.ALGO_ONE_KERNEL, limit=1)
+    assert status == plugin_lib.OK and cuda.dynet_conv_cuda_plan_workspace_size(plan) == 0
+    cuda.dynet_conv_cuda_plan_destroy(plan)
+    cuda.dynet_conv_cuda_plan_destroy(None)  # no-op
+
+
+@needs_nvcc
+def test_cudnn_algorithm_needs_a_plan(cuda):
+    p = params(cuda)
+    assert set_shapes(cuda, p, dense_shapes(2, 16, 8, 8, 32))[0] == plugin_lib.OK
+    host = np.zeros(1 << 16, np.uint8)
+    a = host.ctypes.data
+    assert cuda.dynet_conv_cuda(ctypes.byref(p), 0, ALGO_CUDNN, a, a, a, None, None, a, a, host.size, None) \
+        == plugin_lib.ERR_UNSUPPORTED
+    # Asymmetric pads cannot be expressed in cuDNN: the plan says so, whatever the build.
+    q = params(cuda, pad_bottom=1)
+    assert set_shapes(cuda, q, dense_shapes(2, 16, 8, 8, 32))[0] == plugin_lib.OK
+    status, plan, msg = make_plan(cuda, q, plugin_lib.FLOAT16, ALGO_CUDNN)
+    assert status == plugin_lib.ERR_UNSUPPORTED and not plan.value
+    assert ("asymmetric" in msg) if cuda.dynet_conv_cuda_has_cudnn() else ("without cuDNN" in msg), msg
+
+
+def _cudnn_found_by_cmake() -> bool:
+    cache = plugin_lib.REPO_ROOT / "build" / "CMakeCache.txt"
+    if not cache.is_file():
+        return False
+    m = re.search(r"^CUDNN_LIBRARY:FILEPATH=(.*)$", cache.read_text(), re.MULTILINE)
+    return bool(m) and not m.group(1).endswith("NOTFOUND")
+
+
+@needs_nvcc
+def test_cudnn_tactic_is_compiled_and_linked_when_cudnn_is_found(cuda):
+    if not _cudnn_found_by_cmake():
+        import importlib.util
+        import sys
+
+        # The project's install brings cuDNN where nvcc is (make setup: the `cudnn` extra into .venv, which CMake
+        # searches); with it installed there, CMake must find it, or CI would silently lose the tensor-core tactic.
+        in_repo_venv = (plugin_lib.REPO_ROOT / ".venv") in Path(sys.executable).parents
+        has_pkg = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.cudnn") is not None
+        assert not (in_repo_venv and has_pkg), "nvidia-cudnn is installed in .venv but CMake did not find it"
+        pytest.skip("CMake found no cuDNN for build/ (pip install -e '.[cudnn]', or set CUDNN_ROOT)")
+    assert cuda.dynet_conv_cuda_has_cudnn() == 1
+    path = plugin_lib.cuda_library_path()
+    needed = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True).stdout
+    assert "libcudnn.so.9" in needed
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(path)], capture_output=True, text=True).stdout
+    assert "cudnnConvolutionBiasActivationForward" in undefined
+    assert "cudnnSetConvolutionGroupCount" in undefined
+
+
+# ---- the two TensorRT libraries' symbols (defects 6 and 8) ---------------------------------------------------
+
+def _trt_dirs() -> list[Path]:
+    """Where CMake put the TensorRT libraries of build/: linked (libnvinfer found) or link-check (headers only)."""
+    build = plugin_lib.REPO_ROOT / "build"
+    return [d for d in (build, build / "trt_link_check") if (d / plugin_lib.TRT_LIBRARY).is_file()]
+
+
+def _symbols(path: Path, *flags: str) -> list[str]:
+    out = subprocess.run(["nm", "-D", *flags, str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.split()[-1] for line in out.splitlines() if line.strip()]
+
+
+def _trt_headers_configured() -> bool:
+    cache = plugin_lib.REPO_ROOT / "build" / "CMakeCache.txt"
+    if not cache.is_file():
+        return False
+    m = re.search(r"^TensorRT_INCLUDE_DIR:PATH=(.*)$", cache.read_text(), re.MULTILINE)
+    return bool(m) and not m.group(1).endswith("NOTFOUND")
+
+
+@pytest.fixture(scope="module")
+def trt_dir():
+    plugin_lib.ensure_built()
+    dirs = _trt_dirs()
+    if not dirs:
+        if _trt_headers_configured() and shutil.which("nvcc"):
+            pytest.fail("CMake found the TensorRT headers and nvcc but built no TensorRT plugin library")
+        pytest.skip("build/ was configured without TensorRT headers (-DTensorRT_ROOT=...): no plugin library to check")
+    return dirs[0]
+
+
+def test_static_library_registers_statically_and_exports_nothing(trt_dir):
+    lib = trt_dir / plugin_lib.TRT_LIBRARY
+    exported = [s for s in _symbols(lib, "--defined-only") if not s.startswith("_")]
+    assert exported == [], exported  # no getCreators (never both mechanisms), no dynet_* C ABI
+    undefined = _symbols(lib, "--undefined-only")
+    assert "getPluginRegistry" in undefined  # REGISTER_TENSORRT_PLUGIN's static initializer
+
+
+def test_dynamic_library_exports_only_the_loadlibrary_entry_points(trt_dir):
+    lib = trt_dir / "libdynet_dynamic_conv_trt_dynamic.so"
+    assert lib.is_file()
+    exported = sorted(s for s in _symbols(lib, "--defined-only") if not s.startswith("_"))
+    assert exported == ["getCreators", "setLoggerFinder"]
+    # It never touches the registry itself (no static registration, no withdrawal from inside loadLibrary).
+    assert "getPluginRegistry" not in _symbols(lib, "--undefined-only")
+
+
+def test_trt_libraries_leave_only_libnvinfer_symbols_unresolved(trt_dir):
+    # Unversioned undefined symbols are the ones no linked library provides: in the link-check build, exactly
+    # libnvinfer's; nothing of the C ABI or cudart may be left to bind to another library's copy.
+    for name, allowed in ((plugin_lib.TRT_LIBRARY, {"getPluginRegistry", "getLogger"}),
+                          ("libdynet_dynamic_conv_trt_dynamic.so", {"getLogger"})):
+        out = subprocess.run(["nm", "-D", "--undefined-only", str(trt_dir / name)], capture_output=True, text=True,
+                             check=True).stdout
+        strong = {line.split()[-1] for line in out.splitlines() if line.split()[0] == "U" and "@" not in line}
+        if trt_dir.name == "trt_link_check":
+            assert strong == allowed, (name, strong)
+        else:
+            assert not any(s.startswith(("dynet_", "cuda")) for s in strong), (name, strong)
+
+
+def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
+    """The real plugin source run on the host (tests/native/dynetDynamicConvPluginHostTest.cpp): creator fields,
+    configurePlugin's profile-max check and workspace grant, serialisation round trip, tactics, timing-cache ID,
+    onShapeChange planning within the grant, setTactic re-planning."""
+    exe = plugin_lib.REPO_ROOT / "build" / "trt_link_check" / "dynet_dynamic_conv_trt_host_test"
+    if not exe.is_file():
+        pytest.skip("the host test is built only with TensorRT headers and no libnvinfer (headers-only configure)")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, check=False)
+    lines = proc.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
+    passed = [line for line in lines if line.startswith("PASS ")]
+    assert len(passed) >= 25, proc.stdout
+    for name in ("configurePlugin refuses a profile max beyond the element limit",
+                 "serialised workspace grant equals getWorkspaceSize", "the grant survives serialisation",
+                 "equal attributes give equal timing-cache IDs", "different attributes give different timing-cache IDs"):
+        assert f"PASS {name}" in lines, name

@@ -5,7 +5,9 @@ hooks), two single-node graphs run in onnxruntime with the same session settings
 kernels, per-channel coefficients, bank as initializers) and an ordinary ``Conv`` (weights and bias as
 initializers), the static baseline's layer. Runs are interleaved, ``--rounds`` each, and medians are reported
 with their ratio; per model, the per-layer medians are summed with each layer's multiplicity. The load average
-is printed before and after: publish figures only from a quiet run.
+is printed before and after, and every row carries the CPU other processes took while it was timed
+(``dynet_deploy.bench.timing.ForeignLoad``); rows where that exceeded a quarter of a core are marked ``*`` and
+are not results: publish figures only from a quiet run.
 
     PYTHONPATH=. python scripts/bench_ort_native_op.py --models dy_resnet18 --batches 1 8 --threads 2
 """
@@ -23,6 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from dynet_deploy.bench.timing import ForeignLoad
 from dynet_deploy.models.registry import create_model
 from dynet_deploy.nn import DynamicConv2d
 from dynet_deploy.op import onnxruntime_lib
@@ -105,6 +108,7 @@ def main() -> None:
     print(f"load before: {os.getloadavg()}; onnxruntime {ort.__version__}; threads {args.threads}; "
           f"kernel ISA {onnxruntime_lib.cpu_isa()}")
     rng = np.random.default_rng(0)
+    busy_rows = 0
     for name in args.models:
         layers = model_layers(name)
         for batch in args.batches:
@@ -123,17 +127,24 @@ def main() -> None:
                     run_dyn()
                     run_static()
                 td, ts = [], []
+                load = ForeignLoad().start()
                 for _ in range(args.rounds):
                     td.append(timed(run_dyn))
                     ts.append(timed(run_static))
+                load.stop()
+                busy_rows += load.busy
                 md, ms = statistics.median(td), statistics.median(ts)
                 total_dyn += md * count
                 total_static += ms * count
                 print(f"  {c_in:4d}->{c_out:4d} {h:3d}x{w:<3d} {kh}x{kw} /{stride[0]} g={groups:<3d} x{count:<2d} | "
-                      f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f}")
+                      f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f} | others {load.foreign_cores} cores"
+                      + (" *" if load.busy else ""))
             print(f"  sum over the model's dynamic layers: native {total_dyn:.2f} ms, static Conv {total_static:.2f} ms, "
                   f"ratio {total_dyn / total_static:.2f}")
     print(f"\nload after: {os.getloadavg()}")
+    if busy_rows:
+        print(f"{busy_rows} row(s) marked '*': other processes took more than a quarter of a core while they were "
+              "timed; re-measure them on a quiet machine")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For every distinct dynamic layer of the chosen zoo models at 224x224 (shapes read from the models with forward
 hooks), two single-node graphs run in onnxruntime with the same session settings: the native DyNet layer (K basis
 kernels, per-channel coefficients, bank as initializers) and an ordinary ``Conv`` (weights and bias as
-initializers), the static baseline's layer. Runs are interleaved, ``--rounds`` each, and medians are reported
+initializers), the static baseline's layer. Runs are interleaved, ``--rounds`` each (more where a row would take under ``--min-seconds``), and medians are reported
 with their ratio; per model, the per-layer medians are summed with each layer's multiplicity. The load average
 is printed before and after, and every row carries the CPU other processes took while it was timed
 (``dynet_deploy.bench.timing.ForeignLoad``); rows where that exceeded a quarter of a core are marked ``*`` and
@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=0.5, help="least timed seconds per row (more rounds)")
     args = ap.parse_args()
 
     print(f"load before: {os.getloadavg()}; onnxruntime {ort.__version__}; threads {args.threads}; "
@@ -126,9 +127,12 @@ def main() -> None:
                 for _ in range(args.warmup):
                     run_dyn()
                     run_static()
+                # At least --min-seconds per row, so the CPU-time counters (10 ms ticks) can tell a busy machine.
+                per_round = (timed(run_dyn) + timed(run_static)) / 1e3
+                rounds = max(args.rounds, int(args.min_seconds / max(per_round, 1e-6)) + 1)
                 td, ts = [], []
                 load = ForeignLoad().start()
-                for _ in range(args.rounds):
+                for _ in range(rounds):
                     td.append(timed(run_dyn))
                     ts.append(timed(run_static))
                 load.stop()

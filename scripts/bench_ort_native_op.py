@@ -3,9 +3,11 @@
 For every distinct dynamic layer of the chosen zoo models at 224x224 (shapes read from the models with forward
 hooks), two single-node graphs run in onnxruntime with the same session settings: the native DyNet layer (K basis
 kernels, per-channel coefficients, bank as initializers) and an ordinary ``Conv`` (weights and bias as
-initializers), the static baseline's layer. Runs are interleaved, ``--rounds`` each, and medians are reported
+initializers), the static baseline's layer. Runs are interleaved, ``--rounds`` each (more where a row would take under ``--min-seconds``), and medians are reported
 with their ratio; per model, the per-layer medians are summed with each layer's multiplicity. The load average
-is printed before and after: publish figures only from a quiet run.
+is printed before and after, and every row carries the CPU other processes took while it was timed
+(``dynet_deploy.bench.timing.ForeignLoad``); rows where that exceeded a quarter of a core are marked ``*`` and
+are not results: publish figures only from a quiet run.
 
     PYTHONPATH=. python scripts/bench_ort_native_op.py --models dy_resnet18 --batches 1 8 --threads 2
 """
@@ -23,6 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from dynet_deploy.bench.timing import ForeignLoad
 from dynet_deploy.models.registry import create_model
 from dynet_deploy.nn import DynamicConv2d
 from dynet_deploy.op import onnxruntime_lib
@@ -133,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=0.5, help="least timed seconds per row (more rounds)")
     args = ap.parse_args()
 
     print(
@@ -140,6 +144,7 @@ def main() -> None:
         f"kernel ISA {onnxruntime_lib.cpu_isa()}"
     )
     rng = np.random.default_rng(0)
+    busy_rows = 0
     for name in args.models:
         layers = model_layers(name)
         for batch in args.batches:
@@ -159,22 +164,34 @@ def main() -> None:
                 for _ in range(args.warmup):
                     run_dyn()
                     run_static()
+                # At least --min-seconds per row, so the CPU-time counters (10 ms ticks) can tell a busy machine.
+                per_round = (timed(run_dyn) + timed(run_static)) / 1e3
+                rounds = max(args.rounds, int(args.min_seconds / max(per_round, 1e-6)) + 1)
                 td, ts = [], []
-                for _ in range(args.rounds):
+                load = ForeignLoad().start()
+                for _ in range(rounds):
                     td.append(timed(run_dyn))
                     ts.append(timed(run_static))
+                load.stop()
+                busy_rows += load.busy
                 md, ms = statistics.median(td), statistics.median(ts)
                 total_dyn += md * count
                 total_static += ms * count
                 print(
                     f"  {c_in:4d}->{c_out:4d} {h:3d}x{w:<3d} {kh}x{kw} /{stride[0]} g={groups:<3d} x{count:<2d} | "
-                    f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f}"
+                    f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f} | others {load.foreign_cores} cores"
+                    + (" *" if load.busy else "")
                 )
             print(
                 f"  sum over the model's dynamic layers: native {total_dyn:.2f} ms, static Conv {total_static:.2f} ms, "
                 f"ratio {total_dyn / total_static:.2f}"
             )
     print(f"\nload after: {os.getloadavg()}")
+    if busy_rows:
+        print(
+            f"{busy_rows} row(s) marked '*': other processes took more than a quarter of a core while they were "
+            "timed; re-measure them on a quiet machine"
+        )
 
 
 if __name__ == "__main__":

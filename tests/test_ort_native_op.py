@@ -269,11 +269,28 @@ def big_layers():
         Layer(n=3, c_in=36, c_out=36, h=17, w=17, k=3, kh=3, kw=3, groups=6, stride=(2, 2), pads=(1, 0, 1, 2)),
         Layer(n=1, c_in=64, c_out=64, h=31, w=31, k=4, kh=3, kw=3, groups=64, pads=(1, 1, 1, 1), activation=1),
         Layer(n=4, c_in=24, c_out=17, h=9, w=35, k=2, kh=5, kw=3, dilation=(2, 1), pads=(4, 1, 3, 1)),
+        Layer(n=2, c_in=16, c_out=24, h=50, w=61, k=3, kh=3, kw=3, stride=(2, 2), pads=(1, 0, 1, 2), bias=True),
+        Layer(
+            n=1,
+            c_in=12,
+            c_out=20,
+            h=40,
+            w=55,
+            k=5,
+            kh=3,
+            kw=5,
+            stride=(3, 2),
+            dilation=(2, 1),
+            pads=(2, 1, 0, 3),
+            per_channel=False,
+            activation=2,
+        ),
+        Layer(n=3, c_in=20, c_out=30, h=30, w=60, k=2, kh=1, kw=1, stride=(1, 2), groups=2, bank=True),
     ]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(len(big_layers())))
 def test_large_layers_and_thread_counts(index, threads):
     layer = big_layers()[index]
     x, coeff, weight, bank, bias = make_arrays(layer, np.random.default_rng(index))
@@ -313,7 +330,7 @@ def isa_subprocess(isa):
         "sys.path.insert(0, 'tests')\n"
         "import test_ort_native_op as t\n"
         "worst = 0.0\n"
-        "for seed in list(range(0, 220, 5)) + [-1, -2, -3, -4, -5]:\n"
+        f"for seed in list(range(0, 220, 5)) + list(range(-1, -{len(big_layers()) + 1}, -1)):\n"
         "    layer = t.random_layer(seed) if seed >= 0 else t.big_layers()[-seed - 1]\n"
         "    x, c, w, bb, b = t.make_arrays(layer, np.random.default_rng(abs(seed)))\n"
         "    y = t.session(t.node_model(layer, w, bb, b)).run(None, {'x': x, 'coeff': c})[0]\n"
@@ -587,3 +604,38 @@ def test_runner_without_the_library_says_how_to_build_it(monkeypatch):
     monkeypatch.setattr(onnxruntime_lib, "find_library", lambda name: None)
     with pytest.raises(RuntimeBackendError, match="make plugins"):
         OnnxruntimeRunner(module_model(DynamicConv2d(4, 4, 3, padding=1)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_cuda_execution_provider_matches_pytorch(dtype):
+    """The library's CUDA execution-provider kernels (built where nvcc was found) on onnxruntime-gpu."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (needs onnxruntime-gpu and a GPU)")
+    if plugin_lib.cuda_library_path() is None:
+        pytest.skip("the library was built without the CUDA kernels (no nvcc at build time)")
+    layer = big_layers()[0]
+    x, coeff, weight, bank, bias = make_arrays(layer, np.random.default_rng(5))
+    np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    arrays = [None if a is None else a.astype(np_dtype) for a in (x, coeff, weight, bank, bias)]
+    so = ort.SessionOptions()
+    onnxruntime_lib.register(so)
+    sess = ort.InferenceSession(
+        node_model(layer, *arrays[2:], dtype=dtype).SerializeToString(), so, providers=["CUDAExecutionProvider"]
+    )
+    assert sess.get_providers()[0] == "CUDAExecutionProvider"
+    y = sess.run(None, {"x": arrays[0], "coeff": arrays[1]})[0]
+    max_abs, rel = errors(y, torch_reference(layer, *arrays))
+    record(f"CUDA EP {np.dtype(np_dtype).name} vs PyTorch float64", max_abs, rel)
+    assert rel <= (FP16_REL if dtype == TensorProto.FLOAT16 else FP32_REL), (max_abs, rel)
+
+
+def test_absent_attributes_take_the_defaults():
+    """A node without attributes is stride 1, no padding, dilation 1, groups 1, no activation, no biases."""
+    layer = Layer(n=2, c_in=5, c_out=7, h=8, w=9, k=3, kh=3, kw=2)
+    x, coeff, weight, _, _ = make_arrays(layer, np.random.default_rng(11))
+    model = node_model(layer, weight, None, None)
+    del model.graph.node[0].attribute[:]
+    y = session(model).run(None, {"x": x, "coeff": coeff})[0]
+    assert y.shape == (2, 7, 6, 8)
+    assert errors(y, torch_reference(layer, x, coeff, weight, None, None))[1] <= FP32_REL

@@ -349,26 +349,23 @@ def _open_onnxruntime(
 ) -> _Runner:
     """A session through :class:`~dynet_deploy.runtimes.onnxruntime_runtime.OnnxruntimeRunner` (threads, one
     inter-op thread, optimisation level "all") with the worker-spinning policy: interleaved sessions each keep their
-    own pool, and the idle pool's spinning workers compete with the running one for the cores. The
-    DyNetDynamicConv2d graph keeps onnxruntime's default spinning."""
+    own pool, and the idle pool's spinning workers compete with the running one for the cores. A
+    DyNetDynamicConv2d graph runs on the native op library, on the same pool and under the same policy."""
     from ..errors import RuntimeBackendError
     from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
     path, graph = art.graph(name, kind, batch)
     x = _input(art.input_shape(batch, name))
     try:
-        runner = OnnxruntimeRunner(
-            path, threads=threads, providers=providers, spinning=None if custom_op else cfg.ort_spinning
-        )
+        runner = OnnxruntimeRunner(path, threads=threads, providers=providers, spinning=cfg.ort_spinning)
         feeds = {runner.input_names[0]: x}
         runner.check_inputs(feeds)
     except RuntimeBackendError as exc:
         raise BenchError(f"{path.name}: {exc}") from None
     if custom_op:
         runner.run(feeds)  # runs the op once through the checked path; the timed loop calls the session directly
-        graph += ", onnxruntime default thread spinning"
-    else:
-        graph += ", worker spinning " + ("on" if cfg.ort_spinning else "off")
+        graph += ", native DyNetDynamicConv2d library"
+    graph += ", worker spinning " + ("on" if cfg.ort_spinning else "off")
     session = runner.session
 
     def run() -> Any:
@@ -461,12 +458,6 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
         return _Runner(lambda: runner.run(feeds), graph + ", TensorRT fp32 (timing includes host<->device copies)")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "onnxruntime-cuda" else None
     custom_op = backend == "onnxruntime-fused" or (kind == "given" and _uses_op(art.graph(name, kind, batch)[0]))
-    if kind == "fused" or (kind == "given" and custom_op):
-        # The DyNetDynamicConv2d op runs in Python through torch: with torch's OpenMP pool at N threads its idle
-        # workers spin against onnxruntime's threads and slow the baseline's interleaved runs (measured: 4-5x).
-        import torch
-
-        torch.set_num_threads(1)
     return _open_onnxruntime(art, name, batch, cfg, threads, kind, providers, custom_op=custom_op)
 
 

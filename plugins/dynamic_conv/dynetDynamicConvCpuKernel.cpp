@@ -261,10 +261,10 @@ struct GemmJob
     FuseJob const* fuse; // fusion inside the GEMM tasks (small images), else nullptr
     int64_t const* packedOffsets; // e * nr for e < R: rows of a packed column panel
 
-    // Implicit GEMM (stride 1, large images): B is read straight from the (padded) input, no unrolling.
+    // Implicit GEMM (large images): B is read straight from the padded, stride-decimated input, no unrolling.
     float const* src;    // padded input (or x itself for 1x1 convolutions without padding)
     int64_t srcStride;   // floats per (sample, group) in src
-    int64_t const* tapOffsets; // offset of tap e = (ci, i, j) in src: ci * Hp * Wp + i * dh * Wp + j * dw
+    int64_t const* tapOffsets; // offset of tap e = (ci, i, j) in src (its phase plane, row and column)
     int64_t rowsCount, rowPitch, rowLen, outRowPitch, rowsPerTask, rowBlocks;
     bool flat;           // 1x1 without padding: "rows" are chunks of the flattened image
 };
@@ -440,6 +440,12 @@ __attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* 
     storeTile(tile, 8, o);
 }
 
+// clamp(v, lo, hi); the zero-masked forms because GCC 12 warns about the plain ones' undefined pass-through.
+__attribute__((target("avx512f"))) inline __m512 clamp512(__m512 v, __m512 lo, __m512 hi)
+{
+    return _mm512_maskz_min_ps(0xffff, _mm512_maskz_max_ps(0xffff, v, lo), hi);
+}
+
 __attribute__((target("avx512f"))) void microAvx512(float const* a, float const* base, int64_t const* offs, int64_t r,
     TileOut const& o)
 {
@@ -475,8 +481,8 @@ __attribute__((target("avx512f"))) void microAvx512(float const* a, float const*
         {
             __m512 const bias = _mm512_set1_ps(o.bias[i]);
             float* yrow = o.y + i * o.ldy;
-            _mm512_mask_storeu_ps(yrow, m0, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][0], bias), lo), hi));
-            _mm512_mask_storeu_ps(yrow + 16, m1, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc[i][1], bias), lo), hi));
+            _mm512_mask_storeu_ps(yrow, m0, clamp512(_mm512_add_ps(acc[i][0], bias), lo, hi));
+            _mm512_mask_storeu_ps(yrow + 16, m1, clamp512(_mm512_add_ps(acc[i][1], bias), lo, hi));
         }
     }
 }
@@ -657,26 +663,52 @@ DYNET_INLINE void implicitTaskBody(GemmJob const& j, int64_t task)
     }
 }
 
-// Zero-padded copy of one input plane (sample, channel) for the implicit GEMM: Hp x Wp, pads top/left as given,
-// bottom/right as needed for the output size.
+// Zero-padded, stride-decimated copy of one input plane (sample, channel) for the implicit GEMM: sh * sw phase
+// planes of hq x wq, phase (ph, pw) holding padded[r * sh + ph][c * sw + pw] (padded = the input with its top/left
+// pads, zeros elsewhere). With stride 1 it is the plain padded plane.
 struct PadJob
 {
     Geometry const* g;
     float const* x;
     float* out;
-    int64_t hp, wp;
+    int64_t hq, wq;
 };
 
 DYNET_INLINE void padTaskBody(PadJob const& j, int64_t plane)
 {
     Geometry const& g = *j.g;
     float const* src = j.x + plane * g.hw;
-    float* dst = j.out + plane * j.hp * j.wp;
-    std::memset(dst, 0, static_cast<size_t>(j.hp * j.wp) * sizeof(float));
-    for (int64_t h = 0; h < g.h && h + g.pt < j.hp; ++h)
+    float* dst = j.out + plane * g.sh * g.sw * j.hq * j.wq;
+    std::memset(dst, 0, static_cast<size_t>(g.sh * g.sw * j.hq * j.wq) * sizeof(float));
+    for (int64_t ph = 0; ph < g.sh; ++ph)
     {
-        int64_t const cols = std::min(g.w, j.wp - g.pl);
-        std::memcpy(dst + (h + g.pt) * j.wp + g.pl, src + h * g.w, static_cast<size_t>(cols) * sizeof(float));
+        for (int64_t pw = 0; pw < g.sw; ++pw)
+        {
+            float* phase = dst + (ph * g.sw + pw) * j.hq * j.wq;
+            int64_t lo, hi; // columns c whose source column c * sw + pw - pl lies inside the input
+            validColumns(pw - g.pl, g.sw, g.w, j.wq, lo, hi);
+            for (int64_t r = 0; r < j.hq; ++r)
+            {
+                int64_t const h = r * g.sh + ph - g.pt;
+                if (h < 0 || h >= g.h)
+                {
+                    continue;
+                }
+                float const* srow = src + h * g.w + pw - g.pl;
+                float* drow = phase + r * j.wq;
+                if (g.sw == 1)
+                {
+                    std::memcpy(drow + lo, srow + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+                }
+                else
+                {
+                    for (int64_t c = lo; c < hi; ++c)
+                    {
+                        drow[c] = srow[c * g.sw];
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1081,11 +1113,13 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             shareColumns();
             parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
         }
-        else if (g.sh == 1 && g.sw == 1 && (g.wOut >= kImplicitMinWidth || (g.kh == 1 && g.kw == 1 && g.pt == 0
-                     && g.pl == 0 && g.hOut == g.h && g.wOut == g.w)))
+        else if (g.wOut >= kImplicitMinWidth || (g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0
+                     && g.pl == 0 && g.hOut == g.h && g.wOut == g.w))
         {
-            // Large images, stride 1: fuse the batch's kernels once, then an implicit GEMM that reads the
-            // (padded) input in place: output row oh, column ow, tap (ci, i, j) reads padded[ci][oh + i*dh][ow + j*dw].
+            // Large images: fuse the batch's kernels once, then an implicit GEMM that reads the padded input in
+            // place. Output (oh, ow), tap (ci, i, j) reads padded[ci][oh*sh + i*dh][ow*sw + j*dw]; with the input
+            // split into stride phases that is phase[ci][(i*dh) % sh][(j*dw) % sw][oh + (i*dh)/sh][ow + (j*dw)/sw],
+            // so every tap is one offset and consecutive outputs read consecutive floats.
             parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
             job.flat = g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h && g.wOut == g.w;
             thread_local std::vector<int64_t> tapOffsets;
@@ -1100,10 +1134,10 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             }
             else
             {
-                hp = g.hOut + (g.kh - 1) * g.dh; // rows the output reads: pad bottom as needed
-                wp = g.wOut + (g.kw - 1) * g.dw;
+                hp = g.hOut + (g.kh - 1) * g.dh / g.sh; // rows of a phase plane the output reads
+                wp = g.wOut + (g.kw - 1) * g.dw / g.sw;
                 thread_local std::vector<float> padStore;
-                size_t const padSize = static_cast<size_t>(g.n * g.cIn * hp * wp + 2 * kMaxNr);
+                size_t const padSize = static_cast<size_t>(g.n * g.cIn * g.sh * g.sw * hp * wp + 2 * kMaxNr);
                 if (padStore.size() < padSize)
                 {
                     padStore.resize(padSize);
@@ -1111,7 +1145,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 PadJob pad{&g, x, padStore.data(), hp, wp};
                 parallel(static_cast<size_t>(g.n * g.cIn), padTask, &pad);
                 job.src = padStore.data();
-                job.srcStride = g.cinG * hp * wp;
+                job.srcStride = g.cinG * g.sh * g.sw * hp * wp;
                 job.rowPitch = wp;
                 job.rowLen = g.wOut;
                 job.outRowPitch = g.wOut;
@@ -1122,7 +1156,12 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 int64_t const ci = e / (g.kh * g.kw);
                 int64_t const i = (e / g.kw) % g.kh;
                 int64_t const jj = e % g.kw;
-                tapOffsets[static_cast<size_t>(e)] = ci * hp * wp + i * g.dh * wp + jj * g.dw;
+                int64_t const rowTap = i * g.dh;
+                int64_t const colTap = jj * g.dw;
+                int64_t const phase = job.flat ? 0 : (ci * g.sh + rowTap % g.sh) * g.sw + colTap % g.sw;
+                tapOffsets[static_cast<size_t>(e)] = job.flat
+                    ? ci * hp * wp
+                    : phase * hp * wp + (rowTap / g.sh) * wp + colTap / g.sw;
             }
             job.tapOffsets = tapOffsets.data();
             // Rows per task: about kPixelBlock outputs, then fewer until the pool has enough tasks.

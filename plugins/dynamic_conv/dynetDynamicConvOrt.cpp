@@ -518,11 +518,12 @@ struct CudaKernel
         int32_t const dtype = std::is_same<T, float>::value ? DYNET_FLOAT32 : DYNET_FLOAT16;
         size_t const wsBytes = dynet_conv_cuda_workspace_size(&p, dtype, DYNET_ALGO_AUTO);
         void* workspace = nullptr;
-        Ort::MemoryInfo cudaMem("Cuda", OrtDeviceAllocator, 0, OrtMemTypeDefault);
         std::unique_ptr<void, std::function<void(void*)>> hold(nullptr, [](void*) {});
         if (wsBytes > 0)
         {
-            Ort::Allocator alloc = ctx.GetAllocator(*static_cast<OrtMemoryInfo const*>(cudaMem));
+            // The workspace comes from the allocator of the device x lives on (the session's CUDA device).
+            Ort::ConstMemoryInfo deviceMem = x.GetTensorMemoryInfo();
+            Ort::Allocator alloc = ctx.GetAllocator(*static_cast<OrtMemoryInfo const*>(deviceMem));
             workspace = alloc.Alloc(wsBytes);
             OrtAllocator* raw = alloc.release();
             hold = std::unique_ptr<void, std::function<void(void*)>>(workspace, [raw](void* ptr) {

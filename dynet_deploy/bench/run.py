@@ -19,20 +19,24 @@ from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-fused", "onnxruntime-cuda", "tensorrt")
 
 
-# The table: DyNet's three CPU pairs, batch 1, 2 threads, 224x224.
+# The default table: DyNet's three CPU pairs at 224x224, the fused graph (native op) and the fastest standard-op
+# form on onnxruntime, batch 1 and 8, 2 threads then 1.
 DEFAULT_MODELS = ("mobilenet_v2", "dy_mobile", "resnet18", "dy_resnet18", "resnet50", "dy_resnet50")
 
 
-DEFAULT_BACKENDS = ("torch", "onnxruntime")
+DEFAULT_BACKENDS = ("onnxruntime-fused", "onnxruntime")
 
 
-DEFAULT_BATCH_SIZES = (1,)
+DEFAULT_BATCH_SIZES = (1, 8)
 
 
 DEFAULT_THREADS = 2
 
 
-DEFAULT_REPEATS = 30
+DEFAULT_THREAD_COUNTS = (2, 1)
+
+
+DEFAULT_REPEATS = 20
 
 
 DEFAULT_WARMUP = 5
@@ -60,7 +64,7 @@ class UserModel:
 class BenchConfig:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
-    threads: list[int] = field(default_factory=lambda: [DEFAULT_THREADS])  # each count is a pass of its own
+    threads: list[int] = field(default_factory=lambda: list(DEFAULT_THREAD_COUNTS))  # each count is a pass of its own
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
     input_size: tuple[int, int] = (224, 224)
     repeats: int = DEFAULT_REPEATS

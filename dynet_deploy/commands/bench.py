@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         DEFAULT_MODELS,
         DEFAULT_OUT_DIR,
         DEFAULT_REPEATS,
-        DEFAULT_THREADS,
+        DEFAULT_THREAD_COUNTS,
         DEFAULT_WARMUP,
     )
 
@@ -55,16 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="your own ONNX graph, portable or fused (repeatable): timed on the onnxruntime backends and TensorRT",
     )
     p.add_argument(
-        "--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES), metavar="N", help="default: 1"
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=list(DEFAULT_BATCH_SIZES),
+        metavar="N",
+        help=f"default: {' '.join(map(str, DEFAULT_BATCH_SIZES))}",
     )
     p.add_argument(
         "--threads",
         type=int,
         nargs="+",
-        default=[DEFAULT_THREADS],
+        default=list(DEFAULT_THREAD_COUNTS),
         metavar="N",
-        help=f"intra-op threads for every backend; several counts run one pass each, e.g. '2 1' "
-        f"(default {DEFAULT_THREADS})",
+        help="intra-op threads for every backend; several counts run one pass each "
+        f"(default {' '.join(map(str, DEFAULT_THREAD_COUNTS))})",
     )
     p.add_argument(
         "--backends",

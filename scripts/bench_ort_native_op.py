@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dynet_deploy.bench.timing import ForeignLoad
 from dynet_deploy.models.registry import create_model
 from dynet_deploy.nn import DynamicConv2d
-from dynet_deploy.op import onnxruntime_lib
+from dynet_deploy.op import onnxruntime_lib, spec
 
 
 def model_layers(name: str, size: int = 224):
@@ -72,20 +72,8 @@ def options(threads: int) -> ort.SessionOptions:
 def dynamic_session(layer, threads: int, rng):
     c_in, c_out, _, _, k, kh, kw, stride, pads, groups, c_c = layer
     weight = (rng.standard_normal((k, c_out, c_in // groups, kh, kw)) * 0.1).astype(np.float32)
-    top, left, bottom, right = pads
-    node = helper.make_node(
-        "DyNetDynamicConv2d",
-        ["x", "coeff", "weight"],
-        ["y"],
-        domain="trt.plugins",
-        stride_h=stride[0],
-        stride_w=stride[1],
-        pad_top=top,
-        pad_left=left,
-        pad_bottom=bottom,
-        pad_right=right,
-        groups=groups,
-        activation=1,
+    node = spec.make_node(
+        ["x", "coeff", "weight"], ["y"], **spec.attributes(stride=stride, pads=pads, groups=groups, activation="relu")
     )
     graph = helper.make_graph(
         [node],
@@ -97,7 +85,9 @@ def dynamic_session(layer, threads: int, rng):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, None, None])],
         initializer=[numpy_helper.from_array(weight, "weight")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trt.plugins", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(spec.OP_DOMAIN, spec.OP_DOMAIN_VERSION)]
+    )
     so = options(threads)
     onnxruntime_lib.register(so)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dynet_deploy.op import native as plugin_lib  # noqa: E402  (numpy + ctypes only)
+from dynet_deploy.op import reference as op_reference  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 AGREE_TOL = 2e-3  # fp16 tactics against each other: same fp16 fused kernels, different accumulation order
@@ -218,42 +219,16 @@ def make_inputs(layer: Layer, n: int, dtype, device, gen: torch.Generator, per_c
     return x, coeff, weight, bb, b
 
 
-def fuse(coeff, weight, bias_bank, bias):
-    """Per-sample kernels [N, C_out, C_in/g, kH, kW] and biases [N, C_out] (the kernel-fusion step)."""
-    n, c_out = coeff.shape[0], weight.shape[1]
-    c = coeff.expand(n, c_out, coeff.shape[2])
-    fused = torch.einsum("ntk,ktcij->ntcij", c, weight)
-    b = torch.zeros(n, c_out, dtype=weight.dtype, device=weight.device)
-    if bias_bank is not None:
-        b = b + torch.einsum("ntk,kt->nt", c, bias_bank)
-    if bias is not None:
-        b = b + bias
-    return fused, b
-
-
 def act(y, activation):
-    return F.relu(y) if activation == 1 else F.relu6(y) if activation == 2 else y
+    return op_reference.activate(y, activation)
 
 
 def batch_as_groups(layer: Layer, x, coeff, weight, bias_bank, bias, activation):
-    """What public dynamic-conv code does: fuse, then one grouped conv with the batch folded into the groups."""
-    n = x.shape[0]
-    fused, b = fuse(coeff, weight, bias_bank, bias)
-    top, left, bottom, right = layer.pads
-    if (top, left) == (bottom, right):
-        xp, padding = x, (top, left)
-    else:
-        xp, padding = F.pad(x, (left, right, top, bottom)), (0, 0)
-    y = F.conv2d(
-        xp.reshape(1, n * layer.c_in, *xp.shape[2:]),
-        fused.reshape(n * layer.c_out, *fused.shape[2:]),
-        b.reshape(-1),
-        stride=layer.stride,
-        padding=padding,
-        dilation=layer.dilation,
-        groups=n * layer.groups,
+    """What public dynamic-conv code does, and the op's Python reference: fuse, then one grouped conv with the batch
+    folded into the groups (dynet_deploy.op.reference.dynamic_conv)."""
+    return op_reference.dynamic_conv(
+        x, coeff, weight, bias_bank, bias, layer.stride, layer.pads, layer.dilation, layer.groups, activation
     )
-    return act(y.reshape(n, layer.c_out, *y.shape[2:]), activation)
 
 
 def reference(layer: Layer, x, coeff, weight, bias_bank, bias, activation):

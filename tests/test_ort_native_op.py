@@ -18,13 +18,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from dynet_deploy.errors import MissingDependencyError, RuntimeBackendError
 from dynet_deploy.nn import DynamicConv2d
 from dynet_deploy.op import native as plugin_lib
-from dynet_deploy.op import onnxruntime_lib
+from dynet_deploy.op import onnxruntime_lib, reference
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
@@ -176,27 +175,24 @@ def session(model, threads=2):
 
 
 def torch_reference(layer: Layer, x, coeff, weight, bank, bias):
-    """The op contract in PyTorch, float64: per-sample kernel fusion, F.pad for asymmetric pads, F.conv2d."""
-    xt, ct, wt = (torch.from_numpy(np.asarray(a, np.float64)) for a in (x, coeff, weight))
-    c = ct.expand(layer.n, layer.c_out, layer.k)
-    fused = torch.einsum("ntk,ktcij->ntcij", c, wt)
-    b = torch.zeros(layer.n, layer.c_out, dtype=torch.float64)
-    if bank is not None:
-        b = b + torch.einsum("ntk,kt->nt", c, torch.from_numpy(np.asarray(bank, np.float64)))
-    if bias is not None:
-        b = b + torch.from_numpy(np.asarray(bias, np.float64))
-    top, left, bottom, right = layer.pads
-    xp = F.pad(xt, (left, right, top, bottom))
-    y = torch.cat(
-        [
-            F.conv2d(xp[i : i + 1], fused[i], b[i], stride=layer.stride, dilation=layer.dilation, groups=layer.groups)
-            for i in range(layer.n)
-        ]
-    )
-    if layer.activation == 1:
-        y = F.relu(y)
-    elif layer.activation == 2:
-        y = F.relu6(y)
+    """The op's Python reference (dynet_deploy.op.reference, PyTorch) in float64."""
+
+    def t(a):
+        return None if a is None else torch.from_numpy(np.asarray(a, np.float64))
+
+    with torch.no_grad():
+        y = reference.dynamic_conv(
+            t(x),
+            t(coeff),
+            t(weight),
+            t(bank),
+            t(bias),
+            layer.stride,
+            layer.pads,
+            layer.dilation,
+            layer.groups,
+            layer.activation,
+        )
     return y.numpy()
 
 

@@ -137,7 +137,7 @@ def test_plugin_sources_do_not_respell_the_attribute_names(cpu):
         assert call in plugin, f"the plugin does not call {call}...)"
 
 
-# ---- configurePlugin's shape checks (defect 4) ---------------------------------------------------------------
+# ---- configurePlugin's shape checks ----------------------------------------------------------------
 
 
 def dense_shapes(n, c_in, h, w, c_out, k=4, kh=3, kw=3, c_c=None, groups=1):
@@ -247,7 +247,7 @@ def test_validation_products_saturate_instead_of_wrapping(cpu):
     assert status == plugin_lib.ERR_INVALID_ARGUMENT and "x of this call" in msg, msg
 
 
-# ---- timing-cache key (defect 7) -----------------------------------------------------------------------------
+# ---- timing-cache key ------------------------------------------------------------------------------
 
 
 def key(lib, p) -> str:
@@ -283,7 +283,7 @@ def test_plugin_timing_cache_id_is_built_from_the_key():
     assert "dynet_conv_attributes_key(&mAttrs" in body and "return mTimingCacheId.c_str()" in body
 
 
-# ---- NaN through the activations (defect 9) ------------------------------------------------------------------
+# ---- NaN through the activations -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("activation", [1, 2])

@@ -62,7 +62,7 @@ def test_cuda_workspace_formula(built, dtype, size):
     assert plugin_lib.cuda_workspace_size(p, dtype, plugin_lib.ALGO_AUTO) == expected
     assert plugin_lib.cuda_workspace_size(p, dtype, plugin_lib.ALGO_TWO_STEP) == expected
     assert plugin_lib.cuda_workspace_size(p, dtype, plugin_lib.ALGO_ONE_KERNEL) == 0
-    assert expected <= fused + 255  # the bound: fused kernels of one batch plus a small constant
+    assert expected <= fused + 255  # the README's bound: fused kernels of one batch plus a small constant
     # Depthwise: AUTO aggregates inside the direct kernel and needs no workspace.
     dw = plugin_lib.make_params((3, 32, 14, 14), (3, 32, 6), (6, 32, 1, 3, 3), groups=32, pads=(1, 1, 1, 1))
     assert plugin_lib.cuda_workspace_size(dw, dtype, plugin_lib.ALGO_AUTO) == 0

@@ -252,6 +252,53 @@ OrtStatus* callParams(NodeConfig const& cfg, std::vector<int64_t> const& xs, std
     return nullptr;
 }
 
+// One call: the node's inputs, their shapes checked into the op's params (callParams) and the output allocated.
+struct Call
+{
+    Ort::ConstValue x{nullptr}, coeff{nullptr}, weight{nullptr}, biasBank{nullptr}, bias{nullptr};
+    std::vector<int64_t> xs, cs, ws;
+    DynetConvParams p{};
+    int64_t hOut = 0, wOut = 0;
+    Ort::UnownedValue y{nullptr};
+};
+
+OrtStatus* prepareCall(NodeConfig const& cfg, Ort::KernelContext& ctx, Call& call)
+{
+    call.x = ctx.GetInput(0);
+    call.coeff = ctx.GetInput(1);
+    call.weight = ctx.GetInput(2);
+    call.biasBank = cfg.biasBankInput >= 0 ? ctx.GetInput(cfg.biasBankInput) : Ort::ConstValue{nullptr};
+    call.bias = cfg.biasInput >= 0 ? ctx.GetInput(cfg.biasInput) : Ort::ConstValue{nullptr};
+    if (call.x == nullptr || call.coeff == nullptr || call.weight == nullptr
+        || (cfg.biasBankInput >= 0 && call.biasBank == nullptr) || (cfg.biasInput >= 0 && call.bias == nullptr))
+    {
+        return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "a required input is missing");
+    }
+    call.xs = call.x.GetTensorTypeAndShapeInfo().GetShape();
+    call.cs = call.coeff.GetTensorTypeAndShapeInfo().GetShape();
+    call.ws = call.weight.GetTensorTypeAndShapeInfo().GetShape();
+    std::vector<int64_t> bbs, bs;
+    if (call.biasBank != nullptr)
+    {
+        bbs = call.biasBank.GetTensorTypeAndShapeInfo().GetShape();
+    }
+    if (call.bias != nullptr)
+    {
+        bs = call.bias.GetTensorTypeAndShapeInfo().GetShape();
+    }
+    if (OrtStatus* s = callParams(cfg, call.xs, call.cs, call.ws, call.biasBank != nullptr ? &bbs : nullptr,
+            call.bias != nullptr ? &bs : nullptr, call.p))
+    {
+        return s;
+    }
+    int32_t hOut = 0, wOut = 0;
+    dynet_conv_output_hw(&call.p, &hOut, &wOut);
+    call.hOut = hOut;
+    call.wOut = wOut;
+    call.y = ctx.GetOutput(0, {call.xs[0], call.ws[1], call.hOut, call.wOut});
+    return nullptr;
+}
+
 // ---- CPU kernel ------------------------------------------------------------------------------------------------
 
 void runOnPool(void* context, void (*fn)(void*, size_t), size_t total, void* usr)
@@ -379,37 +426,17 @@ struct CpuKernel
     OrtStatus* compute(OrtKernelContext* context)
     {
         Ort::KernelContext ctx(context);
-        Ort::ConstValue x = ctx.GetInput(0);
-        Ort::ConstValue coeff = ctx.GetInput(1);
-        Ort::ConstValue weight = ctx.GetInput(2);
-        Ort::ConstValue biasBank = cfg.biasBankInput >= 0 ? ctx.GetInput(cfg.biasBankInput) : Ort::ConstValue{nullptr};
-        Ort::ConstValue bias = cfg.biasInput >= 0 ? ctx.GetInput(cfg.biasInput) : Ort::ConstValue{nullptr};
-        if (x == nullptr || coeff == nullptr || weight == nullptr || (cfg.biasBankInput >= 0 && biasBank == nullptr)
-            || (cfg.biasInput >= 0 && bias == nullptr))
-        {
-            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "a required input is missing");
-        }
-        std::vector<int64_t> const xs = x.GetTensorTypeAndShapeInfo().GetShape();
-        std::vector<int64_t> const cs = coeff.GetTensorTypeAndShapeInfo().GetShape();
-        std::vector<int64_t> const ws = weight.GetTensorTypeAndShapeInfo().GetShape();
-        std::vector<int64_t> bbs, bs;
-        if (biasBank != nullptr)
-        {
-            bbs = biasBank.GetTensorTypeAndShapeInfo().GetShape();
-        }
-        if (bias != nullptr)
-        {
-            bs = bias.GetTensorTypeAndShapeInfo().GetShape();
-        }
-        DynetConvParams p{};
-        if (OrtStatus* s = callParams(cfg, xs, cs, ws, biasBank != nullptr ? &bbs : nullptr,
-                bias != nullptr ? &bs : nullptr, p))
+        Call call;
+        if (OrtStatus* s = prepareCall(cfg, ctx, call))
         {
             return s;
         }
-        int32_t hOut = 0, wOut = 0;
-        dynet_conv_output_hw(&p, &hOut, &wOut);
-        Ort::UnownedValue y = ctx.GetOutput(0, {xs[0], ws[1], hOut, wOut});
+        Ort::ConstValue const &x = call.x, &coeff = call.coeff, &weight = call.weight, &biasBank = call.biasBank,
+                              &bias = call.bias;
+        std::vector<int64_t> const &xs = call.xs, &cs = call.cs, &ws = call.ws;
+        DynetConvParams const& p = call.p;
+        int64_t const hOut = call.hOut, wOut = call.wOut;
+        Ort::UnownedValue& y = call.y;
 
         dynet::PackedBank perCall;
         dynet::PackedBank const* bank = constantBank.get();
@@ -485,36 +512,15 @@ struct CudaKernel
     OrtStatus* compute(OrtKernelContext* context)
     {
         Ort::KernelContext ctx(context);
-        Ort::ConstValue x = ctx.GetInput(0);
-        Ort::ConstValue coeff = ctx.GetInput(1);
-        Ort::ConstValue weight = ctx.GetInput(2);
-        Ort::ConstValue biasBank = cfg.biasBankInput >= 0 ? ctx.GetInput(cfg.biasBankInput) : Ort::ConstValue{nullptr};
-        Ort::ConstValue bias = cfg.biasInput >= 0 ? ctx.GetInput(cfg.biasInput) : Ort::ConstValue{nullptr};
-        if (x == nullptr || coeff == nullptr || weight == nullptr)
-        {
-            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "a required input is missing");
-        }
-        std::vector<int64_t> const xs = x.GetTensorTypeAndShapeInfo().GetShape();
-        std::vector<int64_t> const cs = coeff.GetTensorTypeAndShapeInfo().GetShape();
-        std::vector<int64_t> const ws = weight.GetTensorTypeAndShapeInfo().GetShape();
-        std::vector<int64_t> bbs, bs;
-        if (biasBank != nullptr)
-        {
-            bbs = biasBank.GetTensorTypeAndShapeInfo().GetShape();
-        }
-        if (bias != nullptr)
-        {
-            bs = bias.GetTensorTypeAndShapeInfo().GetShape();
-        }
-        DynetConvParams p{};
-        if (OrtStatus* s = callParams(cfg, xs, cs, ws, biasBank != nullptr ? &bbs : nullptr,
-                bias != nullptr ? &bs : nullptr, p))
+        Call call;
+        if (OrtStatus* s = prepareCall(cfg, ctx, call))
         {
             return s;
         }
-        int32_t hOut = 0, wOut = 0;
-        dynet_conv_output_hw(&p, &hOut, &wOut);
-        Ort::UnownedValue y = ctx.GetOutput(0, {xs[0], ws[1], hOut, wOut});
+        Ort::ConstValue const &x = call.x, &coeff = call.coeff, &weight = call.weight, &biasBank = call.biasBank,
+                              &bias = call.bias;
+        DynetConvParams p = call.p;
+        Ort::UnownedValue& y = call.y;
         int32_t const dtype = std::is_same<T, float>::value ? DYNET_FLOAT32 : DYNET_FLOAT16;
         size_t const wsBytes = dynet_conv_cuda_workspace_size(&p, dtype, DYNET_ALGO_AUTO);
         void* workspace = nullptr;

@@ -41,6 +41,24 @@ OrtStatus* errorStatus(OrtErrorCode code, std::string const& node, std::string c
     return Ort::GetApi().CreateStatus(code, text.c_str());
 }
 
+// Run a kernel's compute: an exception becomes an error status naming the node (nothing may escape into onnxruntime).
+template <typename Fn>
+OrtStatus* statusOf(std::string const& node, Fn&& fn)
+{
+    try
+    {
+        return fn();
+    }
+    catch (Ort::Exception const& e)
+    {
+        return errorStatus(e.GetOrtErrorCode(), node, e.what());
+    }
+    catch (std::exception const& e)
+    {
+        return errorStatus(ORT_RUNTIME_EXCEPTION, node, e.what());
+    }
+}
+
 std::string shapeText(std::vector<int64_t> const& s)
 {
     std::string out = "[";
@@ -481,18 +499,7 @@ struct CpuKernel
 
     OrtStatusPtr ComputeV2(OrtKernelContext* context)
     {
-        try
-        {
-            return compute(context);
-        }
-        catch (Ort::Exception const& e)
-        {
-            return errorStatus(e.GetOrtErrorCode(), cfg.name, e.what());
-        }
-        catch (std::exception const& e)
-        {
-            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, e.what());
-        }
+        return statusOf(cfg.name, [&] { return compute(context); });
     }
 };
 
@@ -554,18 +561,7 @@ struct CudaKernel
 
     OrtStatusPtr ComputeV2(OrtKernelContext* context)
     {
-        try
-        {
-            return compute(context);
-        }
-        catch (Ort::Exception const& e)
-        {
-            return errorStatus(e.GetOrtErrorCode(), cfg.name, e.what());
-        }
-        catch (std::exception const& e)
-        {
-            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, e.what());
-        }
+        return statusOf(cfg.name, [&] { return compute(context); });
     }
 };
 #endif

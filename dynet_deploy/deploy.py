@@ -172,12 +172,12 @@ def _deploy_into(
     import numpy as np
     import torch
 
+    from .backends import get_backend
     from .bench import interleaved_latency, latency_stats, machine_info
     from .checkpoint import load_checkpoint, read_checkpoint_config
     from .export import count_dynamic_convs, export_onnx
     from .fuse import fuse_dynamic_convs
     from .nn import fold_batchnorms
-    from .runtimes.onnxruntime_runtime import OnnxruntimeRunner
     from .validate import Tolerance, reference_outputs, validate_dataset, validate_random
 
     threads = threads or recipe.latency.threads
@@ -296,7 +296,7 @@ def _deploy_into(
             threads=threads,
             tolerance=Tolerance(tol.max_abs, tol.rel),
             model_name=name,
-            graph_onnx=fused if backend == "tensorrt" else None,
+            graph_onnx=None if get_backend(backend).artifact_is_graph else fused,
         )
         res.parity.append(
             {
@@ -360,7 +360,7 @@ def _deploy_into(
         first = len(res.parity)
         for graph, backend, prec in targets:
             target = recipe.agreement(prec)
-            batch = ds_spec.batch if backend == "onnxruntime" else min(ds_spec.batch, recipe.profile.max)
+            batch = ds_spec.batch if get_backend(backend).artifact_is_graph else min(ds_spec.batch, recipe.profile.max)
             d = validate_dataset(
                 model,
                 graph,
@@ -373,7 +373,7 @@ def _deploy_into(
                 progress=progress,
                 model_name=name,
                 reference_logits=ref_logits,
-                graph_onnx=fused if backend == "tensorrt" else None,
+                graph_onnx=None if get_backend(backend).artifact_is_graph else fused,
             )
             if target is not None:
                 d.target_agreement = target
@@ -416,20 +416,18 @@ def _deploy_into(
 
         return f
 
+    def backend_fn(backend: str, path: Path):
+        runner = get_backend(backend).open_runner(path, threads=threads)
+        return runner.bound_run({runner.input_names[0]: sample})
+
     def ort_fn(path: Path):
-        sess = OnnxruntimeRunner(path, threads=threads)
-        feed = {sess.input_names[0]: sample}
-        return lambda: sess.run(feed)
+        return backend_fn("onnxruntime", path)
 
     runners[f"{name} pytorch"] = torch_fn(fold_batchnorms(load_checkpoint(ckpt)))
     runners[f"{name} onnxruntime portable"] = ort_fn(portable)
     runners[f"{name} onnxruntime fused"] = ort_fn(fused)
     for prec, path in engines.items():
-        from .runtimes.tensorrt_runtime import TensorRTRunner
-
-        trt_runner = TensorRTRunner(path)
-        feed = {trt_runner.input_names[0]: sample}
-        runners[f"{name} tensorrt {prec}"] = lambda r=trt_runner, f=feed: r.run(f)
+        runners[f"{name} tensorrt {prec}"] = backend_fn("tensorrt", path)
     if base_ckpt is not None:
         base = load_checkpoint(base_ckpt)
         base_name = read_checkpoint_config(base_ckpt)["model"]
@@ -513,23 +511,21 @@ def _load_average() -> float | None:
 
 def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] | str:
     """{precision: engine} for every precision of the recipe, or the reason the build was skipped."""
-    from .runtimes.tensorrt_runtime import tensorrt_available
+    from .backends import get_backend
+    from .backends.tensorrt import load_plugin_library, tensorrt_available
 
     ok, why = tensorrt_available()
     if not ok:
         return f"TensorRT is not installed ({why}); export, fuse and onnxruntime still run"
-    from .build import Profile, build_engine, load_plugin_library
-
     try:
         load_plugin_library()
     except MissingDependencyError as exc:
         return str(exc)
-    profile = Profile(batch=recipe.profile.as_tuple())
+    tensorrt = get_backend("tensorrt")
     engines = {}
     for prec in recipe.precisions:
         path = stage / ("model.engine" if prec == "fp32" else f"model.{prec}.engine")
-        build_engine(fused, path, profile=profile, fp16=prec == "fp16")
-        engines[prec] = path
+        engines[prec] = tensorrt.prepare(fused, path, batch=recipe.profile.as_tuple(), precision=prec)
     return engines
 
 

@@ -9,12 +9,12 @@ import onnx
 import pytest
 import torch
 
+from dynet_deploy.backends.torch_reference import TorchRunner
 from dynet_deploy.checkpoint import save_checkpoint
 from dynet_deploy.cli import main
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import create_model
-from dynet_deploy.runtimes.torch_runtime import TorchRunner
 
 SMALL = dict(num_classes=10, in_chans=1, small_input=True, width_mult=0.125)
 

@@ -58,7 +58,7 @@ DEFAULT_MAX_BATCH = 8
 
 def profile_from_args(args: argparse.Namespace):
     """The optimisation profile: flags, else the recipe's (``--recipe``), else min 1, opt = max, max 8; checked."""
-    from ..build.engine import Profile
+    from ..backends.tensorrt import Profile
 
     recipe = None
     if getattr(args, "recipe", None):
@@ -93,7 +93,7 @@ def profile_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..build.engine import build_engine, default_engine_path
+    from ..backends.tensorrt import build_engine, default_engine_path
     from ..fileio import check_output_path
     from ..graph import check_readable_file
 

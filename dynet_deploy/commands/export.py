@@ -215,8 +215,8 @@ def run(args) -> int:
     print(f"exported {name or 'model'} ({source})")
     print(report.summary())
     if not args.no_check:
-        from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
-        from ..runtimes.torch_runtime import TorchRunner
+        from ..backends.onnxruntime import OnnxruntimeRunner
+        from ..backends.torch_reference import TorchRunner
 
         x = np.random.default_rng().standard_normal((args.batch, in_chans, *size)).astype(np.float32)
         ort_out = OnnxruntimeRunner(report.path).run({report.input_names[0]: x})

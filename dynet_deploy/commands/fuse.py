@@ -71,8 +71,8 @@ def verify(original: str, fused: str) -> None:
     """Run both graphs on one fresh random input; FuseError on non-finite outputs or a mismatch."""
     import numpy as np
 
+    from ..backends.onnxruntime import OnnxruntimeRunner
     from ..errors import FuseError
-    from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
     ref = OnnxruntimeRunner(original)
     new = OnnxruntimeRunner(fused)

@@ -2,7 +2,7 @@
 inputs from files, print output shapes and timings, and optionally save the outputs.
 
 What ``polygraphy run --load-inputs/--save-outputs`` and trtexec's ``--loadInputs`` give their users, through
-this project's runners (:mod:`dynet_deploy.runtimes`), so fused graphs run with the DyNetDynamicConv2d op.
+this project's runners (:mod:`dynet_deploy.backends`), so fused graphs run with the DyNetDynamicConv2d op.
 
 Inputs:
 
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..backends import BACKENDS, get_backend
+
 INPUT_SUFFIXES = (".npy", ".npz", ".json")
 
 
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--inputs", required=True, metavar="FILE", help="FILE.npy, FILE.npz or Polygraphy's inputs.json")
     p.add_argument("--save-outputs", metavar="OUT.npz", help="write the outputs here (atomically)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per feed (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per feed first (default 2)")
@@ -246,17 +248,12 @@ def run(args: argparse.Namespace) -> int:
             if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise RunError(f"{label} has dtype {arr.dtype}; give numeric arrays")
 
-    if args.backend == "tensorrt":
-        from ..runtimes.tensorrt_runtime import TensorRTRunner
-
-        runner = TensorRTRunner(model_path, plugin_library=args.plugin_lib)
-        what = f"TensorRT engine {model_path.name}"
-    else:
-        from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
-
+    backend = get_backend(args.backend)
+    if backend.artifact_is_graph:
         check_fused_nodes(model_path, RunError)
-        runner = OnnxruntimeRunner(model_path, threads=args.threads)
-        what = f"{model_path.name} on onnxruntime" + (" (DyNetDynamicConv2d op)" if runner.uses_custom_op else "")
+    options = {"plugin_library": args.plugin_lib} if not backend.artifact_is_graph else {"threads": args.threads}
+    runner = backend.open_runner(model_path, **options)
+    what = f"{model_path.name} on {backend.describe(runner)}"
     feeds = [_bind_names(f, list(runner.input_names), inputs_path) for f in feeds]
     for i, feed in enumerate(feeds):
         missing = [n for n in runner.input_names if n not in feed]
@@ -266,9 +263,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--inputs {inputs_path.name}{f' (feed {i})' if len(feeds) > 1 else ''} holds arrays named {sorted(feed)}; "
                 f"the graph takes {list(runner.input_names)}: name the arrays like the graph's inputs"
             )
-    if args.backend == "onnxruntime":
-        for feed in feeds:
-            runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs
+    for feed in feeds:
+        runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs
 
     print(
         f"running {what}: {len(feeds)} feed{'s' if len(feeds) != 1 else ''} from {inputs_path.name}, "

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..backends import BackendSession
 from ..errors import ValidationError
-from ..runtimes import BackendSession
 from .compare import AGREEMENT_TARGETS, non_finite_count
 from .random_inputs import read_graph_input
 

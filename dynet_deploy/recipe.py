@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import RecipeError
+from .tolerance import Tolerance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "export"
@@ -70,12 +71,8 @@ class BatchProfile:
         return (self.min, self.opt, self.max)
 
 
-@dataclass(frozen=True)
-class PrecisionSpec:
-    """Tolerances of one precision: largest max-abs error and largest relative error ||out-ref|| / ||ref||."""
-
-    max_abs: float
-    rel: float
+# A precision's tolerances: largest max-abs error and largest relative error ||out-ref|| / ||ref||.
+PrecisionSpec = Tolerance
 
 
 @dataclass(frozen=True)

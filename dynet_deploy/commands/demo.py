@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from polygraphy.logger import G_LOGGER
 
     from ..errors import DemoError
-    from .bench import check_out_dir
+    from ..fileio import check_out_dir
 
     if args.threads < 1:
         raise DemoError(f"--threads must be >= 1, got {args.threads}")

@@ -137,13 +137,12 @@ def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import checkpoint_input_paths, load_checkpoint
+    from ..checkpoint import checkpoint_defaults, checkpoint_input_paths, load_checkpoint
     from ..errors import ValidationError
     from ..fileio import check_output_path
     from ..graph import check_readable_file
     from ..models import model_info
     from ..validate import read_graph_input, require_backend
-    from .export import checkpoint_defaults
 
     _check_values(args)
     _quiet_polygraphy(args.verbose)
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     task = model_info(name).task if getattr(model, "zoo_name", None) else "classification"
     graph = None
     if args.backend == "onnxruntime":
-        from .run import check_fused_nodes
+        from ..graph import check_fused_nodes
 
         graph = read_graph_input(model_path)
         _check_graph_fits(graph, model, args, model_path)

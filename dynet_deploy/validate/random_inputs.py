@@ -112,7 +112,8 @@ def replay_command(
     from ..backends import get_backend
 
     q = shlex.quote
-    tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {tol.max_abs:g} --rtol {tol.rel:g}"
+    atol, rtol = tol.polygraphy()
+    tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {atol:g} --rtol {rtol:g}"
     args, note = get_backend(backend).replay_args(uses_plugin)
     cmd = f"polygraphy run {q(str(model_path))} {' '.join(args)} {tail}"
     return cmd + (f"   # {note}" if note else "")
@@ -191,18 +192,19 @@ def validate_random(
                 raise ValidationError(f"backend output lacks {name!r}; it has {list(it.keys())}")
             max_abs, rel = errors(it[name], r)
             bad_out, bad_ref = non_finite_count(it[name]), non_finite_count(r)
-            ok = max_abs <= tol.max_abs and rel <= tol.rel and not bad_out and not bad_ref
+            ok = tol.allows(max_abs, rel) and not bad_out and not bad_ref
             report.checks.append(OutputCheck(b, name, list(r.shape), max_abs, rel, ok, bad_out, bad_ref))
     combined = RunResults()
     combined.append(reference[0])
     combined.append(backend_results[0])
-    # Polygraphy's check is element-wise: |out - ref| <= atol or |out - ref| / |ref| <= rtol.
+    # Polygraphy's check is element-wise: |out - ref| <= atol or |out - ref| / |ref| <= rtol (Tolerance.polygraphy).
     try:
         from polygraphy.comparator import SimpleCompareFunc as simple_compare
     except ImportError:  # Polygraphy < 0.50
         simple_compare = CompareFunc.simple
     accuracy = Comparator.compare_accuracy(
-        combined, compare_func=simple_compare(atol=tol.max_abs, rtol=tol.rel, check_error_stat="max")
+        combined,
+        compare_func=simple_compare(atol=tol.polygraphy()[0], rtol=tol.polygraphy()[1], check_error_stat="max"),
     )
     report.polygraphy_passed = bool(accuracy)
 

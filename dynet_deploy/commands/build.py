@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--recipe",
         metavar="RECIPE.json",
-        help="take the batch profile from a deployment recipe (export/*.json); flags still override it",
+        help="take the batch profile from a deployment recipe (dynet_deploy/recipes/*.json); flags still override it",
     )
     p.add_argument("--min-batch", type=int, default=None, help="default: the recipe's, else 1")
     p.add_argument("--opt-batch", type=int, default=None, help="default: the recipe's, else max-batch")

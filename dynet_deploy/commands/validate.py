@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recipe",
         metavar="RECIPE.json",
-        help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)",
+        help="take the tolerances, agreement targets and batch sizes from a deployment recipe (dynet_deploy/recipes/*.json)",
     )
     p.add_argument(
         "--batch-sizes",

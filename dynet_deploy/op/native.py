@@ -80,10 +80,15 @@ class DynamicConvCallError(ValueError):
 
 
 def search_dirs() -> list[Path]:
+    """Where the native libraries are looked for, in order: ``$DYNET_DEPLOY_PLUGIN_DIR``, the package's own
+    ``lib/`` (what an installed wheel carries), then ``build/`` of the checkout the package runs from."""
+    from ..resources import LIBRARY_DIR
+
     dirs = []
     env = os.environ.get(ENV_PLUGIN_DIR)
     if env:
         dirs.append(Path(env))
+    dirs.append(LIBRARY_DIR)
     dirs.append(REPO_ROOT / "build")
     return dirs
 

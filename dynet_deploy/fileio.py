@@ -151,11 +151,11 @@ def install_termination_handler() -> bool:
     return True
 
 
-def check_out_dir(out_dir: str, error=None) -> None:
+def check_out_dir(out_dir: str, error: type[Exception] | None = None) -> None:
     """Before minutes of timing: the output folder is (or can be made) a writable folder."""
-    from .errors import BenchError
+    from .errors import BenchError as DefaultError
 
-    BenchError = error or BenchError  # noqa: N806 (the caller's stage error)
+    BenchError = error or DefaultError  # noqa: N806 (the caller's stage error)
     path = Path(out_dir)
     if path.exists() and not path.is_dir():
         raise BenchError(f"--out-dir {out_dir!r} is a file, not a folder")

@@ -216,6 +216,7 @@ class _Artefacts:
             if user is not None:
                 from ..checkpoint import load_checkpoint
 
+                assert user.checkpoint is not None
                 self._models[name] = load_checkpoint(user.checkpoint, model_args=user.model_args or None).eval()
             else:
                 torch.manual_seed(SEED)
@@ -256,7 +257,7 @@ class _Artefacts:
             return c if isinstance(c, int) and c > 0 else 3
         kwargs = (
             getattr(self.model(name), "zoo_kwargs", {})
-            if user is not None
+            if user is not None and name
             else self.cfg.model_kwargs.get(name or "", {})
         )
         return int(kwargs.get("in_chans", 3))
@@ -406,7 +407,9 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
         return _open_torch(art, name, batch, cfg, threads)
     variant = bench_variants()[backend]
     impl = get_backend(variant.backend)
-    path, graph = art.graph(name, _graph_kind(name, backend, cfg), batch)
+    kind = _graph_kind(name, backend, cfg)
+    assert kind is not None
+    path, graph = art.graph(name, kind, batch)
     artifact = _artifact_path(art, path, variant, batch)
     options = variant.runner_options()
     if impl.artifact_is_graph:
@@ -535,6 +538,7 @@ def _time_unit(
         r = unit_rows[dy]
         r.baseline = base
         r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
-        r.flops_ratio_vs_baseline = unit_rows[base].mflops / r.mflops
+        base_mflops = unit_rows[base].mflops
+        r.flops_ratio_vs_baseline = None if base_mflops is None or not r.mflops else base_mflops / r.mflops
         return [unit_rows[base], r]
     return [unit_rows[unit[0]]]

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_feeds(path: Path) -> list[dict[str, Any]]:
+def load_feeds(path: Path) -> list[dict[Any, Any]]:
     """The feeds in ``path`` (.npy, .npz or Polygraphy JSON) as a list of ``{name or None: array}``."""
     import numpy as np
 

@@ -290,7 +290,7 @@ def export_onnx(
         raise
     except Exception as exc:
         raise ExportError(f"the model fails on an input of shape {list(x.shape)}: {type(exc).__name__}: {exc}") from exc
-    notes = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dynet-export-") as tmp:
         tmp_file = Path(tmp) / "model.onnx"
         try:

@@ -7,7 +7,7 @@ Its artifact is the graph itself (nothing to build). Bench times it on three kin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..base import Availability, BenchVariant, DoctorCheck
 from .runner import GRAPH_OPT_LEVELS, OnnxruntimeRunner, uses_dynamic_conv_op
@@ -23,10 +23,10 @@ BENCH_VARIANTS = (
 
 
 class OnnxruntimeBackend:
-    name = "onnxruntime"
-    triton_backend = "onnxruntime"
-    artifact_is_graph = True
-    bench_variants = BENCH_VARIANTS
+    name: str = "onnxruntime"
+    triton_backend: str = "onnxruntime"
+    artifact_is_graph: bool = True
+    bench_variants: Sequence[BenchVariant] = BENCH_VARIANTS
 
     def availability(self, variant: BenchVariant | None = None) -> Availability:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ...errors import MissingDependencyError
 from ..base import Availability, BenchVariant, DoctorCheck
@@ -28,10 +28,10 @@ BENCH_VARIANTS = (BenchVariant("tensorrt", "tensorrt", "fused"),)
 
 
 class TensorRTBackend:
-    name = "tensorrt"
-    triton_backend = "tensorrt"
-    artifact_is_graph = False
-    bench_variants = BENCH_VARIANTS
+    name: str = "tensorrt"
+    triton_backend: str = "tensorrt"
+    artifact_is_graph: bool = False
+    bench_variants: Sequence[BenchVariant] = BENCH_VARIANTS
 
     def availability(self, variant: BenchVariant | None = None) -> Availability:
         ok, why = tensorrt_available()

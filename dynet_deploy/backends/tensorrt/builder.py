@@ -107,7 +107,7 @@ class Profile:
 
     def shapes_for(self, name: str, dims: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) shapes for an input with ``dims`` (-1 where dynamic)."""
-        out = ([], [], [])
+        out: tuple[list[int], list[int], list[int]] = ([], [], [])
         for axis, d in enumerate(dims):
             if d >= 0:
                 for s in out:

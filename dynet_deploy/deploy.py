@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
 from .fileio import atomic_write_text
+from .progress import progress_enabled
 from .recipe import Recipe
 
 
@@ -259,7 +259,7 @@ def _deploy_into(
 
     threads = threads or recipe.latency.threads
     torch.set_num_threads(threads)
-    progress = sys.stderr.isatty() if progress is None else progress
+    progress = progress_enabled(progress)
     res = DeployResult(recipe, out, environment=machine_info())
     run = _Deployment(stage, out, recipe, res, threads, progress, log, 8 if triton else 7)
     _step_checkpoint(run)

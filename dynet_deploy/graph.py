@@ -14,6 +14,9 @@ from typing import Any
 
 from .errors import DynetDeployError
 
+# The lowest ONNX opset this project exports and accepts (recipes, export, the deploy forms).
+MIN_OPSET = 17
+
 
 def check_readable_file(
     path: str | os.PathLike, error: type[DynetDeployError], what: str = "file", hint: str = ""

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import RecipeError
+from .graph import MIN_OPSET
 from .resources import ASSETS_DIR, RECIPES_DIR
 from .tolerance import Tolerance
 
@@ -43,7 +44,6 @@ BUNDLED_RECIPE = "dy_resnet18_fmnist"
 FORMS = ("feature", "kernel")
 PRECISIONS = ("fp32", "fp16")
 SPLITS = ("test", "train")
-MIN_OPSET = 17
 
 
 @dataclass(frozen=True)

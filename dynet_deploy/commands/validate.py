@@ -246,7 +246,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 args.backend,
                 batch=4,
                 threads=args.threads,
-                progress=sys.stderr.isatty(),
+                progress=None,  # a bar where stderr is a terminal (dynet_deploy.progress)
                 model_name=name,
             )
         else:
@@ -268,7 +268,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 ds_name,
                 args.backend,
                 threads=args.threads,
-                progress=sys.stderr.isatty(),
+                progress=None,  # a bar where stderr is a terminal (dynet_deploy.progress)
                 model_name=name,
             )
             target = recipe.agreement(ds_report.precision) if recipe is not None else None

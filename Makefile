@@ -67,10 +67,12 @@ zoo: venv
 bench: setup
 	$(VENV)/bin/dynet-deploy bench
 
-# ruff (lint and format check), then the whole suite; `make test-fast` is the subset without the `slow` marker.
+# ruff (lint and format check) and mypy on the package (config in pyproject.toml), then the whole suite;
+# `make test-fast` is the subset without the `slow` marker.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(PY) -m pytest -q -rs

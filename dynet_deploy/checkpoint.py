@@ -609,3 +609,36 @@ __all__ = [
     "read_state_dict",
     "save_checkpoint",
 ]
+
+
+def checkpoint_defaults(
+    ckpt: str | None, name: str | None, zoo_args: dict | None
+) -> tuple[tuple[int, int] | None, int | None, str]:
+    """(input H W, input channels, where they came from) recorded with a checkpoint, else (None, None, "")."""
+    from .data import dataset_info
+    from .errors import DynetDeployError
+
+    size = chans = None
+    source = ""
+    meta: dict = {}
+    if ckpt:
+        try:
+            meta = read_checkpoint_config(ckpt).get("metadata") or {}
+        except DynetDeployError:
+            meta = {}
+    recorded = meta.get("input_size")
+    if isinstance(recorded, list) and len(recorded) == 2 and all(isinstance(v, int) and v > 0 for v in recorded):
+        size, source = (recorded[0], recorded[1]), "the checkpoint's metadata (input_size)"
+    elif isinstance(meta.get("dataset"), str):
+        try:
+            info = dataset_info(meta["dataset"])
+        except DynetDeployError:
+            info = None
+        if info is not None:
+            size, source = info.image_size, f"the checkpoint's data set ({meta['dataset']})"
+            chans = info.in_chans
+    if isinstance(meta.get("in_chans"), int):
+        chans = meta["in_chans"]
+    if zoo_args and isinstance(zoo_args.get("in_chans"), int):
+        chans = zoo_args["in_chans"]
+    return size, chans, source

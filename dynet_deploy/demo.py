@@ -1,4 +1,4 @@
-"""The main job on the bundled model: the bundled recipe (``export/dy_resnet18_fmnist.json``) through ``deploy``.
+"""The main job on the bundled model: the bundled recipe (``dynet_deploy/recipes/dy_resnet18_fmnist.json``) through ``deploy``.
 
 Checkpoint -> export -> fuse -> TensorRT build (where present) -> validation on random inputs -> top-1 parity on
 the test set -> latency, every artifact and report in ``out/demo``; the demo prints the closing tables. It runs on a

@@ -21,15 +21,15 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
 from .fileio import atomic_write_text
+from .progress import progress_enabled
 from .recipe import Recipe
 
 
@@ -46,7 +46,7 @@ class DeployResult:
     recipe: Recipe
     out_dir: Path
     steps: list[Step] = field(default_factory=list)
-    parity: list[dict[str, Any]] = field(default_factory=list)
+    parity: list[RandomParity | DatasetParity] = field(default_factory=list)
     latency: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     dataset: str = ""
@@ -75,7 +75,7 @@ class DeployResult:
                 {"step": s.name, "status": s.status, "detail": s.detail, "seconds": round(s.seconds, 2)}
                 for s in self.steps
             ],
-            "parity": self.parity,
+            "parity": [asdict(p) for p in self.parity],
             "dataset": self.dataset,
             "latency": self.latency,
             "latency_load_average": self.latency_load,
@@ -155,6 +155,90 @@ def _publish(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class RandomParity:
+    """One graph (or engine) against PyTorch on fresh random inputs, at the recipe's tolerance."""
+
+    graph: str
+    backend: str
+    precision: str
+    check: str
+    max_abs: float
+    rel: float
+    tolerance: dict[str, float]
+    passed: bool
+    replay: str
+
+    def describe(self) -> str:
+        return f"max-abs {self.max_abs:.2e}  rel {self.rel:.2e}"
+
+
+@dataclass
+class DatasetParity:
+    """One graph (or engine) against PyTorch on a data set: both top-1s and their agreement."""
+
+    graph: str
+    backend: str
+    precision: str
+    check: str
+    pytorch: float
+    deployed: float
+    agreement: float
+    target: float | None
+    passed: bool
+
+    def describe(self) -> str:
+        return f"top-1 {self.pytorch * 100:.2f}% vs {self.deployed * 100:.2f}%  agree {self.agreement * 100:.2f}%"
+
+
+@dataclass
+class _Deployment:
+    """What the steps of one deploy share: the staging folder, the recipe, the options and what earlier steps made."""
+
+    stage: Path
+    out: Path
+    recipe: Recipe
+    res: DeployResult
+    threads: int
+    progress: bool
+    log: Callable[[str], None]
+    total: int
+    model: Any = None
+    name: str = ""
+    ckpt: Path | None = None
+    base_ckpt: Path | None = None
+    trained_on: str | None = None
+    portable: Path | None = None
+    fused: Path | None = None
+    engines: dict[str, Path] = field(default_factory=dict)
+    engine_skip_reason: str = ""
+    images: Any = None
+    t0: float = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def step(self, name: str, status: str, detail: str) -> None:
+        seconds = time.perf_counter() - self.t0
+        self.res.steps.append(Step(name, status, detail, seconds))
+        self.log(
+            f"[{len(self.res.steps)}/{self.total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
+            f"({seconds:.1f} s)"
+        )
+
+    def targets(self) -> list[tuple[Path, str, str]]:
+        """(artifact, backend, precision) of every graph and engine that is checked against PyTorch."""
+        assert self.portable is not None and self.fused is not None
+        rows = [(self.portable, "onnxruntime", "fp32"), (self.fused, "onnxruntime", "fp32")]
+        return rows + [(path, "tensorrt", prec) for prec, path in self.engines.items()]
+
+    def graph_onnx(self, backend: str) -> Path | None:
+        """The ONNX a built artifact (an engine) came from: its input and output names and shapes."""
+        from .backends import get_backend
+
+        return None if get_backend(backend).artifact_is_graph else self.fused
+
+
 def _deploy_into(
     stage: Path,
     out: Path,
@@ -169,41 +253,44 @@ def _deploy_into(
     progress: bool | None,
     log: Callable[[str], None],
 ) -> DeployResult:
-    import numpy as np
     import torch
 
-    from .bench import interleaved_latency, latency_stats, machine_info
-    from .checkpoint import load_checkpoint, read_checkpoint_config
-    from .export import count_dynamic_convs, export_onnx
-    from .fuse import fuse_dynamic_convs
-    from .nn import fold_batchnorms
-    from .runtimes.onnxruntime_runtime import OnnxruntimeRunner
-    from .validate import Tolerance, reference_outputs, validate_dataset, validate_random
+    from .bench import machine_info
 
     threads = threads or recipe.latency.threads
     torch.set_num_threads(threads)
-    progress = sys.stderr.isatty() if progress is None else progress
+    progress = progress_enabled(progress)
     res = DeployResult(recipe, out, environment=machine_info())
-    total = 8 if triton else 7
+    run = _Deployment(stage, out, recipe, res, threads, progress, log, 8 if triton else 7)
+    _step_checkpoint(run)
+    _step_export(run)
+    _step_fuse(run)
+    _step_build(run)
+    _step_validate_random(run)
+    _step_accuracy_parity(run, dataset, limit)
+    _step_latency(run)
+    if triton:
+        _step_triton(run, op_library_dir, plugin_library_dir)
+    res.artifacts = _artifacts(stage)
+    atomic_write_text(stage / "report.json", json.dumps(res.to_dict(), indent=2, default=float) + "\n")
+    atomic_write_text(stage / "report.txt", format_report(res) + "\n")
+    return res
 
-    def step(name: str, status: str, detail: str, t0: float) -> None:
-        res.steps.append(Step(name, status, detail, time.perf_counter() - t0))
-        log(
-            f"[{len(res.steps)}/{total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
-            f"({time.perf_counter() - t0:.1f} s)"
-        )
 
-    # 1. checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)
-    t0 = time.perf_counter()
-    ckpt = recipe.checkpoint_path()
-    base_ckpt = None
+def _step_checkpoint(run: _Deployment) -> None:
+    """The checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)."""
+    from .checkpoint import load_checkpoint, read_checkpoint_config
+
+    run.start()
+    recipe = run.recipe
+    ckpt = run.ckpt = recipe.checkpoint_path()
     if recipe.latency.baseline:
         from .train import bundled_checkpoint
 
-        base_ckpt = bundled_checkpoint(recipe.latency.baseline)
-    model = load_checkpoint(ckpt)
+        run.base_ckpt = bundled_checkpoint(recipe.latency.baseline)
+    run.model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
-    name = cfg.get("model") or getattr(model, "zoo_name", None) or recipe.name
+    run.name = cfg.get("model") or getattr(run.model, "zoo_name", None) or recipe.name
     in_chans = int((cfg.get("model_args") or {}).get("in_chans", 3))
     if in_chans != recipe.input_shape[0]:
         from .errors import RecipeError
@@ -212,202 +299,218 @@ def _deploy_into(
             f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
             f"checkpoint's model takes {in_chans}; fix 'input_shape'"
         )
-    trained_on = (cfg.get("metadata") or {}).get("dataset")
-    atomic_write_text(stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
-    step("checkpoint", "done", f"{ckpt.name}: {name} {json.dumps(cfg.get('model_args', {}), sort_keys=True)}", t0)
+    run.trained_on = (cfg.get("metadata") or {}).get("dataset")
+    atomic_write_text(run.stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
+    args = json.dumps(cfg.get("model_args", {}), sort_keys=True)
+    run.step("checkpoint", "done", f"{ckpt.name}: {run.name} {args}")
 
-    # 2. export: the portable graph and the form that fuse rewrites
-    t0 = time.perf_counter()
+
+def _step_export(run: _Deployment) -> None:
+    """The portable graph and the form that fuse rewrites."""
+    from .export import export_onnx
+
+    run.start()
+    recipe = run.recipe
     c, h, w = recipe.input_shape
-    portable, kernel_form = stage / "model.onnx", stage / "model.kernel.onnx"
-    p, k = recipe.portable, recipe.fuse_from
-    export_onnx(
-        model,
-        portable,
-        (p.batch or 1, c, h, w),
-        form=p.form,
-        dynamic_batch=p.dynamic,
-        opset=recipe.opset,
-        model_name=name,
-    )
-    export_onnx(
-        model,
-        kernel_form,
-        (k.batch or 1, c, h, w),
-        form=k.form,
-        dynamic_batch=k.dynamic,
-        opset=recipe.opset,
-        model_name=name,
-    )
-    step(
-        "export",
-        "done",
-        f"{portable.name} ({p.form} form, batch {'dynamic' if p.dynamic else p.batch}), "
-        f"{kernel_form.name} ({k.form} form, batch {'dynamic' if k.dynamic else k.batch})",
-        t0,
-    )
+    run.portable = run.stage / "model.onnx"
+    kernel_form = run.stage / "model.kernel.onnx"
+    described = []
+    for path, form in ((run.portable, recipe.portable), (kernel_form, recipe.fuse_from)):
+        export_onnx(
+            run.model,
+            path,
+            (form.batch or 1, c, h, w),
+            form=form.form,
+            dynamic_batch=form.dynamic,
+            opset=recipe.opset,
+            model_name=run.name,
+        )
+        described.append(f"{path.name} ({form.form} form, batch {'dynamic' if form.dynamic else form.batch})")
+    run.step("export", "done", ", ".join(described))
 
-    # 3. fuse
-    t0 = time.perf_counter()
-    fused = stage / "model.plugin.onnx"
-    report = fuse_dynamic_convs(kernel_form, fused)
-    expected = count_dynamic_convs(model)
+
+def _step_fuse(run: _Deployment) -> None:
+    from .export import count_dynamic_convs
+    from .fuse import fuse_dynamic_convs
+
+    run.start()
+    run.fused = run.stage / "model.plugin.onnx"
+    report = fuse_dynamic_convs(run.stage / "model.kernel.onnx", run.fused)
+    expected = count_dynamic_convs(run.model)
     ok = report.matched == expected and not report.left
-    step(
+    run.step(
         "fuse",
         "done" if ok else "failed",
         f"{report.matched} dynamic convs -> DyNetDynamicConv2d, {report.left} left (model has {expected}); "
         f"batch {report.batch}",
-        t0,
     )
     if not ok:
-        res.passed = False
-        res.notes.append(f"fuse matched {report.matched} of {expected} dynamic convs")
+        run.res.passed = False
+        run.res.notes.append(f"fuse matched {report.matched} of {expected} dynamic convs")
 
-    # 4. build: TensorRT engines, one per precision of the recipe, where TensorRT and the plugin are present
-    t0 = time.perf_counter()
-    engines = _build_engines(stage, fused, recipe)
+
+def _step_build(run: _Deployment) -> None:
+    """TensorRT engines, one per precision of the recipe, where TensorRT and the plugin are present."""
+    run.start()
+    assert run.fused is not None
+    engines = _build_engines(run.stage, run.fused, run.recipe)
     if isinstance(engines, str):
-        step("build", "skipped", engines, t0)
-        engine_skip_reason = engines
-        engines = {}
-    else:
-        res.engines = {prec: path.name for prec, path in engines.items()}
-        step("build", "done", ", ".join(f"{p.name} ({prec})" for prec, p in engines.items()), t0)
-        engine_skip_reason = ""
+        run.engine_skip_reason = engines
+        run.step("build", "skipped", engines)
+        return
+    run.engines = engines
+    run.res.engines = {prec: path.name for prec, path in engines.items()}
+    run.step("build", "done", ", ".join(f"{p.name} ({prec})" for prec, p in engines.items()))
 
-    # 5. validation on random inputs: every graph (and engine) against PyTorch at the recipe's tolerance
-    t0 = time.perf_counter()
-    fp32 = recipe.tolerance("fp32")
-    targets = [(portable, "onnxruntime", "fp32"), (fused, "onnxruntime", "fp32")]
-    targets += [(path, "tensorrt", prec) for prec, path in engines.items()]
+
+def _step_validate_random(run: _Deployment) -> None:
+    """Every graph (and engine) against PyTorch on random inputs at the recipe's tolerance."""
+    from .validate import validate_random
+
+    run.start()
+    recipe, res = run.recipe, run.res
     batches = "/".join(str(b) for b in recipe.validate.batch_sizes)
-    for graph, backend, prec in targets:
+    rows: list[RandomParity] = []
+    for graph, backend, prec in run.targets():
         tol = recipe.tolerance(prec)
-        vdir = stage / "validate" / (graph.name[: -len(".onnx")] if graph.suffix == ".onnx" else graph.name)
+        vdir = run.stage / "validate" / (graph.name[: -len(".onnx")] if graph.suffix == ".onnx" else graph.name)
         vdir.mkdir(parents=True)
         rep = validate_random(
-            model,
+            run.model,
             graph,
             backend,
             recipe.validate.batch_sizes,
             seed=recipe.validate.seed,
             out_dir=vdir,
-            threads=threads,
-            tolerance=Tolerance(tol.max_abs, tol.rel),
-            model_name=name,
-            graph_onnx=fused if backend == "tensorrt" else None,
+            threads=run.threads,
+            tolerance=tol,
+            model_name=run.name,
+            graph_onnx=run.graph_onnx(backend),
         )
-        res.parity.append(
-            {
-                "graph": graph.name,
-                "backend": backend,
-                "precision": prec,
-                "check": f"random inputs, batches {batches}",
-                "max_abs": max(ch.max_abs for ch in rep.checks),
-                "rel": max(ch.rel for ch in rep.checks),
-                "tolerance": {"max_abs": tol.max_abs, "rel": tol.rel},
-                "passed": rep.passed,
-                "replay": rep.replay_command.replace(str(stage), str(out)),
-            }
+        rows.append(
+            RandomParity(
+                graph=graph.name,
+                backend=backend,
+                precision=prec,
+                check=f"random inputs, batches {batches}",
+                max_abs=max(ch.max_abs for ch in rep.checks),
+                rel=max(ch.rel for ch in rep.checks),
+                tolerance={"max_abs": tol.max_abs, "rel": tol.rel},
+                passed=rep.passed,
+                replay=rep.replay_command.replace(str(run.stage), str(run.out)),
+            )
         )
         res.passed &= rep.passed
-    step(
+    res.parity += rows
+    fp32 = recipe.tolerance("fp32")
+    run.step(
         "validate (random inputs)",
-        "done" if all(p["passed"] for p in res.parity) else "failed",
-        "; ".join(f"{p['graph']}: max-abs {p['max_abs']:.2e}, rel {p['rel']:.2e}" for p in res.parity)
+        "done" if all(p.passed for p in rows) else "failed",
+        "; ".join(f"{p.graph}: max-abs {p.max_abs:.2e}, rel {p.rel:.2e}" for p in rows)
         + f" (fp32 tolerance {fp32.max_abs:g} / {fp32.rel:g})",
-        t0,
     )
 
-    # 6. accuracy parity on the recipe's data set
-    t0 = time.perf_counter()
-    images = None
-    ds_spec = recipe.dataset
-    if ds_spec is None:
-        step("accuracy parity", "skipped", "the recipe names no data set", t0)
-    else:
-        from .data import fashion_mnist_available, load_dataset, resolve_dataset
 
-        wanted = dataset or ds_spec.name
-        ds = resolve_dataset(wanted)
-        if ds == "fashion-mnist" and not fashion_mnist_available():
-            if ds_spec.fallback is None or dataset is not None:
-                raise DataError(
-                    "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); install it "
-                    "or give the recipe a 'fallback' data set"
-                )
-            res.notes.append(
-                f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); parity runs on "
-                f"{ds_spec.fallback}, where the model's accuracy means nothing but agreement still does"
-            )
-            ds = ds_spec.fallback
-        elif wanted == "auto" and ds != "fashion-mnist":
-            res.notes.append(f"Fashion-MNIST is not installed; parity runs on {ds}")
-        res.dataset = ds
-        if trained_on and trained_on != ds:
-            res.notes.append(
-                f"the model was trained on {trained_on}; its accuracy on {ds} is not meaningful, agreement is"
-            )
-        x_t, y_t = load_dataset(ds, ds_spec.split, limit=limit or ds_spec.limit)
-        images, labels = x_t.numpy(), y_t.numpy()
-        if images.shape[1:] != tuple(recipe.input_shape):
+def _resolve_parity_dataset(run: _Deployment, dataset: str | None) -> str:
+    """The data set parity runs on: the override, else the recipe's, else its fallback (with a note)."""
+    from .data import fashion_mnist_available, resolve_dataset
+
+    ds_spec, res = run.recipe.dataset, run.res
+    assert ds_spec is not None
+    wanted = dataset or ds_spec.name
+    ds = resolve_dataset(wanted)
+    if ds == "fashion-mnist" and not fashion_mnist_available():
+        if ds_spec.fallback is None or dataset is not None:
             raise DataError(
-                f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is "
-                f"{list(recipe.input_shape)}"
+                "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); install it "
+                "or give the recipe a 'fallback' data set"
             )
-        ref_logits = reference_outputs(model, images, batch=ds_spec.batch, progress=progress)
-        first = len(res.parity)
-        for graph, backend, prec in targets:
-            target = recipe.agreement(prec)
-            batch = ds_spec.batch if backend == "onnxruntime" else min(ds_spec.batch, recipe.profile.max)
-            d = validate_dataset(
-                model,
-                graph,
-                images,
-                labels,
-                ds,
-                backend,
-                batch=batch,
-                threads=threads,
-                progress=progress,
-                model_name=name,
-                reference_logits=ref_logits,
-                graph_onnx=fused if backend == "tensorrt" else None,
-            )
-            if target is not None:
-                d.target_agreement = target
-            res.parity.append(
-                {
-                    "graph": graph.name,
-                    "backend": backend,
-                    "precision": prec,
-                    "check": f"top-1 on {ds} {ds_spec.split} ({d.samples})",
-                    "pytorch": d.reference_metric,
-                    "deployed": d.backend_metric,
-                    "agreement": d.agreement,
-                    "target": d.target_agreement,
-                    "passed": d.passed,
-                }
-            )
-            res.passed &= d.passed
-        rows = res.parity[first:]
-        step(
-            "accuracy parity",
-            "done" if all(p["passed"] for p in rows) else "failed",
-            "; ".join(f"{p['graph']}: agreement {p['agreement'] * 100:.2f}%" for p in rows),
-            t0,
+        res.notes.append(
+            f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); parity runs on "
+            f"{ds_spec.fallback}, where the model's accuracy means nothing but agreement still does"
         )
+        ds = ds_spec.fallback
+    elif wanted == "auto" and ds != "fashion-mnist":
+        res.notes.append(f"Fashion-MNIST is not installed; parity runs on {ds}")
+    if run.trained_on and run.trained_on != ds:
+        res.notes.append(
+            f"the model was trained on {run.trained_on}; its accuracy on {ds} is not meaningful, agreement is"
+        )
+    return ds
 
-    # 7. latency: PyTorch, onnxruntime portable and fused, engines, and the recipe's static baseline
-    t0 = time.perf_counter()
-    lat = recipe.latency
-    if images is not None and len(images) >= lat.batch:
-        sample = np.ascontiguousarray(images[: lat.batch])
-    else:
-        sample = np.random.default_rng(0).standard_normal((lat.batch, c, h, w), dtype=np.float32)
+
+def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | None) -> None:
+    """Top-1 of PyTorch and of every graph (and engine) on the recipe's data set, and their agreement."""
+    from .backends import get_backend
+    from .data import load_dataset
+    from .validate import reference_outputs, validate_dataset
+
+    run.start()
+    recipe, res, ds_spec = run.recipe, run.res, run.recipe.dataset
+    if ds_spec is None:
+        run.step("accuracy parity", "skipped", "the recipe names no data set")
+        return
+    ds = res.dataset = _resolve_parity_dataset(run, dataset)
+    x_t, y_t = load_dataset(ds, ds_spec.split, limit=limit or ds_spec.limit)
+    images, labels = x_t.numpy(), y_t.numpy()
+    if images.shape[1:] != tuple(recipe.input_shape):
+        raise DataError(
+            f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is {list(recipe.input_shape)}"
+        )
+    run.images = images
+    ref_logits = reference_outputs(run.model, images, batch=ds_spec.batch, progress=run.progress)
+    rows: list[DatasetParity] = []
+    for graph, backend, prec in run.targets():
+        target = recipe.agreement(prec)
+        batch = ds_spec.batch if get_backend(backend).artifact_is_graph else min(ds_spec.batch, recipe.profile.max)
+        d = validate_dataset(
+            run.model,
+            graph,
+            images,
+            labels,
+            ds,
+            backend,
+            batch=batch,
+            threads=run.threads,
+            progress=run.progress,
+            model_name=run.name,
+            reference_logits=ref_logits,
+            graph_onnx=run.graph_onnx(backend),
+        )
+        if target is not None:
+            d.target_agreement = target
+        rows.append(
+            DatasetParity(
+                graph=graph.name,
+                backend=backend,
+                precision=prec,
+                check=f"top-1 on {ds} {ds_spec.split} ({d.samples})",
+                pytorch=d.reference_metric,
+                deployed=d.backend_metric,
+                agreement=d.agreement,
+                target=d.target_agreement,
+                passed=d.passed,
+            )
+        )
+        res.passed &= d.passed
+    res.parity += rows
+    run.step(
+        "accuracy parity",
+        "done" if all(p.passed for p in rows) else "failed",
+        "; ".join(f"{p.graph}: agreement {p.agreement * 100:.2f}%" for p in rows),
+    )
+
+
+def _latency_runners(run: _Deployment, sample) -> dict[str, Callable[[], Any]]:
+    """PyTorch, onnxruntime portable and fused, the engines, and the recipe's static baseline, each on ``sample``."""
+    import torch
+
+    from .backends import get_backend
+    from .checkpoint import load_checkpoint, read_checkpoint_config
+    from .export import export_onnx
+    from .nn import fold_batchnorms
+
     xt = torch.from_numpy(sample)
-    runners: dict[str, Callable[[], Any]] = {}
 
     def torch_fn(m):
         def f():
@@ -416,27 +519,42 @@ def _deploy_into(
 
         return f
 
-    def ort_fn(path: Path):
-        sess = OnnxruntimeRunner(path, threads=threads)
-        feed = {sess.input_names[0]: sample}
-        return lambda: sess.run(feed)
+    def backend_fn(backend: str, path: Path):
+        runner = get_backend(backend).open_runner(path, threads=run.threads)
+        return runner.bound_run({runner.input_names[0]: sample})
 
-    runners[f"{name} pytorch"] = torch_fn(fold_batchnorms(load_checkpoint(ckpt)))
-    runners[f"{name} onnxruntime portable"] = ort_fn(portable)
-    runners[f"{name} onnxruntime fused"] = ort_fn(fused)
-    for prec, path in engines.items():
-        from .runtimes.tensorrt_runtime import TensorRTRunner
-
-        trt_runner = TensorRTRunner(path)
-        feed = {trt_runner.input_names[0]: sample}
-        runners[f"{name} tensorrt {prec}"] = lambda r=trt_runner, f=feed: r.run(f)
-    if base_ckpt is not None:
-        base = load_checkpoint(base_ckpt)
-        base_name = read_checkpoint_config(base_ckpt)["model"]
-        base_onnx = stage / "baseline.onnx"
-        export_onnx(base, base_onnx, (1, c, h, w), opset=recipe.opset, model_name=base_name)
+    assert run.ckpt is not None and run.portable is not None and run.fused is not None
+    name = run.name
+    runners: dict[str, Callable[[], Any]] = {
+        f"{name} pytorch": torch_fn(fold_batchnorms(load_checkpoint(run.ckpt))),
+        f"{name} onnxruntime portable": backend_fn("onnxruntime", run.portable),
+        f"{name} onnxruntime fused": backend_fn("onnxruntime", run.fused),
+    }
+    for prec, path in run.engines.items():
+        runners[f"{name} tensorrt {prec}"] = backend_fn("tensorrt", path)
+    if run.base_ckpt is not None:
+        base = load_checkpoint(run.base_ckpt)
+        base_name = read_checkpoint_config(run.base_ckpt)["model"]
+        base_onnx = run.stage / "baseline.onnx"
+        export_onnx(base, base_onnx, (1, *run.recipe.input_shape), opset=run.recipe.opset, model_name=base_name)
         runners[f"{base_name} pytorch"] = torch_fn(base)
-        runners[f"{base_name} onnxruntime"] = ort_fn(base_onnx)
+        runners[f"{base_name} onnxruntime"] = backend_fn("onnxruntime", base_onnx)
+    return runners
+
+
+def _step_latency(run: _Deployment) -> None:
+    """Every runner interleaved at the recipe's batch; a busy machine is noted."""
+    import numpy as np
+
+    from .bench import interleaved_latency, latency_stats
+
+    run.start()
+    lat, res = run.recipe.latency, run.res
+    if run.images is not None and len(run.images) >= lat.batch:
+        sample = np.ascontiguousarray(run.images[: lat.batch])
+    else:
+        sample = np.random.default_rng(0).standard_normal((lat.batch, *run.recipe.input_shape), dtype=np.float32)
+    runners = _latency_runners(run, sample)
     load_before = _load_average()
     samples = interleaved_latency(runners, repeats=lat.repeats, warmup=lat.warmup)
     load_after = _load_average()
@@ -458,47 +576,43 @@ def _deploy_into(
                 "runs": stats["n"],
             }
         )
-    step(
+    run.step(
         f"latency (batch {lat.batch})",
         "done",
-        f"{len(runners)} runners, interleaved, {lat.repeats} runs each, {threads} threads",
-        t0,
+        f"{len(runners)} runners, interleaved, {lat.repeats} runs each, {run.threads} threads",
     )
 
-    # 8. Triton model repository
-    if triton:
-        from .triton import write_model_repository
 
-        t0 = time.perf_counter()
-        prefs = sorted({recipe.profile.opt, recipe.profile.max})
-        repo = write_model_repository(
-            stage / "triton",
-            recipe.name,
-            fused,
-            engines.get("fp32"),
-            max_batch_size=recipe.profile.max,
-            preferred_batch_sizes=prefs,
-            engine_skipped_reason=engine_skip_reason or "no fp32 engine in the recipe",
-            op_library_dir=op_library_dir,
-            plugin_library_dir=plugin_library_dir,
-        )
-        res.triton = {
-            "repository": "triton",
-            "models": sorted(repo.models),
-            "skipped": repo.skipped,
-            "op_library": repo.op_library,
-            "plugin_library": repo.plugin_library,
-            "launch": repo.launch_command.replace(str(stage), str(out)),
-        }
-        detail = ", ".join(sorted(repo.models))
-        if repo.skipped:
-            detail += "; " + "; ".join(f"{k} skipped: {v}" for k, v in repo.skipped.items())
-        step("triton repository", "done", detail, t0)
+def _step_triton(run: _Deployment, op_library_dir: str | None, plugin_library_dir: str | None) -> None:
+    """A Triton Inference Server model repository of the fused graph (and the fp32 engine)."""
+    from .triton import write_model_repository
 
-    res.artifacts = _artifacts(stage)
-    atomic_write_text(stage / "report.json", json.dumps(res.to_dict(), indent=2, default=float) + "\n")
-    atomic_write_text(stage / "report.txt", format_report(res) + "\n")
-    return res
+    run.start()
+    recipe = run.recipe
+    assert run.fused is not None
+    repo = write_model_repository(
+        run.stage / "triton",
+        recipe.name,
+        run.fused,
+        run.engines.get("fp32"),
+        max_batch_size=recipe.profile.max,
+        preferred_batch_sizes=sorted({recipe.profile.opt, recipe.profile.max}),
+        engine_skipped_reason=run.engine_skip_reason or "no fp32 engine in the recipe",
+        op_library_dir=op_library_dir,
+        plugin_library_dir=plugin_library_dir,
+    )
+    run.res.triton = {
+        "repository": "triton",
+        "models": sorted(repo.models),
+        "skipped": repo.skipped,
+        "op_library": repo.op_library,
+        "plugin_library": repo.plugin_library,
+        "launch": repo.launch_command.replace(str(run.stage), str(run.out)),
+    }
+    detail = ", ".join(sorted(repo.models))
+    if repo.skipped:
+        detail += "; " + "; ".join(f"{k} skipped: {v}" for k, v in repo.skipped.items())
+    run.step("triton repository", "done", detail)
 
 
 BUSY_LOAD = 2.0  # 1-minute load average from which latency figures are marked as measured on a busy machine
@@ -513,23 +627,21 @@ def _load_average() -> float | None:
 
 def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] | str:
     """{precision: engine} for every precision of the recipe, or the reason the build was skipped."""
-    from .runtimes.tensorrt_runtime import tensorrt_available
+    from .backends import get_backend
+    from .backends.tensorrt import load_plugin_library, tensorrt_available
 
     ok, why = tensorrt_available()
     if not ok:
         return f"TensorRT is not installed ({why}); export, fuse and onnxruntime still run"
-    from .build import Profile, build_engine, load_plugin_library
-
     try:
         load_plugin_library()
     except MissingDependencyError as exc:
         return str(exc)
-    profile = Profile(batch=recipe.profile.as_tuple())
+    tensorrt = get_backend("tensorrt")
     engines = {}
     for prec in recipe.precisions:
         path = stage / ("model.engine" if prec == "fp32" else f"model.{prec}.engine")
-        build_engine(fused, path, profile=profile, fp16=prec == "fp16")
-        engines[prec] = path
+        engines[prec] = tensorrt.prepare(fused, path, batch=recipe.profile.as_tuple(), precision=prec)
     return engines
 
 
@@ -552,12 +664,8 @@ def format_tables(res: DeployResult) -> str:
     lines = ["", "== parity against PyTorch"]
     lines.append(f"{'graph':<22} {'check':<36} {'result':<42} ok")
     for p in res.parity:
-        graph = p["graph"] if p["backend"] == "onnxruntime" else f"{p['graph']} (trt)"
-        if "max_abs" in p:
-            r = f"max-abs {p['max_abs']:.2e}  rel {p['rel']:.2e}"
-        else:
-            r = f"top-1 {p['pytorch'] * 100:.2f}% vs {p['deployed'] * 100:.2f}%  agree {p['agreement'] * 100:.2f}%"
-        lines.append(f"{graph:<22} {p['check']:<36} {r:<42} {'yes' if p['passed'] else 'NO'}")
+        graph = p.graph if p.backend == "onnxruntime" else f"{p.graph} (trt)"
+        lines.append(f"{graph:<22} {p.check:<36} {p.describe():<42} {'yes' if p.passed else 'NO'}")
     if res.latency:
         lines.append("")
         load = res.latency_load
@@ -587,10 +695,10 @@ def format_report(res: DeployResult) -> str:
     lines += ["", "== artifacts"]
     for a in res.artifacts:
         lines.append(f"{a['path']:<48} {a['bytes']:>12,d} B  sha256 {a['sha256'][:16]}")
-    replays = [p for p in res.parity if p.get("replay")]
+    replays = [p for p in res.parity if isinstance(p, RandomParity) and p.replay]
     if replays:
         lines += ["", "== replay the random-input checks by hand (Polygraphy)"]
-        lines += [f"{p['graph']}: {p['replay']}" for p in replays]
+        lines += [f"{p.graph}: {p.replay}" for p in replays]
     if res.triton:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]

@@ -62,7 +62,7 @@ class MissingDependencyError(DynetDeployError):
 
 
 class RecipeError(DynetDeployError):
-    """A deployment recipe (export/*.json) is unreadable or has a wrong field."""
+    """A deployment recipe (dynet_deploy/recipes/*.json) is unreadable or has a wrong field."""
 
     stage = "recipe"
 

@@ -149,3 +149,24 @@ def install_termination_handler() -> bool:
         return False
     signal.signal(signal.SIGTERM, _on_sigterm)
     return True
+
+
+def check_out_dir(out_dir: str, error: type[Exception] | None = None) -> None:
+    """Before minutes of timing: the output folder is (or can be made) a writable folder."""
+    from .errors import BenchError as DefaultError
+
+    BenchError = error or DefaultError  # noqa: N806 (the caller's stage error)
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"--out-dir {out_dir!r} is a file, not a folder")
+    probe = path
+    while not probe.exists():  # the nearest existing folder is where it will be created
+        if probe.is_symlink():
+            raise BenchError(f"--out-dir {out_dir!r}: {str(probe)!r} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BenchError(f"--out-dir {out_dir!r} cannot be created: {str(probe)!r} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BenchError(
+            f"--out-dir {out_dir!r} is not writable ({str(probe)!r} is not writable); choose another folder"
+        )

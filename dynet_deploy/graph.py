@@ -14,6 +14,9 @@ from typing import Any
 
 from .errors import DynetDeployError
 
+# The lowest ONNX opset this project exports and accepts (recipes, export, the deploy forms).
+MIN_OPSET = 17
+
 
 def check_readable_file(
     path: str | os.PathLike, error: type[DynetDeployError], what: str = "file", hint: str = ""
@@ -68,3 +71,52 @@ def load_onnx(model_or_path: Any, error: type[DynetDeployError], *, external_dat
     if not proto.graph.node and not proto.graph.input:
         raise error(f"{str(path)!r} is not an ONNX model (no graph inside)")
     return proto
+
+
+def fused_node_problems(model_path: Path) -> list[str]:
+    """What makes a graph's DyNetDynamicConv2d nodes unrunnable, read from the file without running it.
+
+    Checked against the op spec before a session is made, so a node edited after fusion (stride 0, a 2-D weight)
+    is named with the attribute and its valid range, whichever backend would have met it first.
+    """
+    import onnx
+    from onnx import helper
+
+    from .op import spec
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return []  # not ONNX: the runner says so
+    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type != spec.OP_TYPE:
+            continue
+        label = node.name or spec.OP_TYPE
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in spec.ATTRIBUTE_NAMES}
+        for attribute in spec.ATTRIBUTES:
+            if attribute.name in attrs:
+                try:
+                    attribute.check(attrs[attribute.name])
+                except ValueError as exc:
+                    problems.append(f"{label}: {exc}")
+        weight = shapes.get(node.input[2]) if len(node.input) > 2 else None
+        if weight is not None:
+            if len(weight) != 5:
+                problems.append(
+                    f"{label}: weight has shape {weight}; it must be [K, C_out, C_in/groups, kH, kW] (rank 5)"
+                )
+            elif isinstance(attrs.get("groups"), int) and attrs["groups"] >= 1 and weight[1] % attrs["groups"]:
+                problems.append(f"{label}: groups={attrs['groups']} does not divide the weight's C_out={weight[1]}")
+    return problems
+
+
+def check_fused_nodes(model_path: Path, error) -> None:
+    problems = fused_node_problems(model_path)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise error(
+            f"{model_path.name} has DyNetDynamicConv2d node(s) that cannot run: {'; '.join(problems[:3])}{more}. "
+            f"The graph was edited or damaged after fusion; fuse the exported graph again"
+        )

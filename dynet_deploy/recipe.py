@@ -7,7 +7,7 @@ latency run. :func:`load_recipe` reads and checks every field (unknown field, wr
 whose min > opt or opt > max, an unknown data set) and returns a frozen :class:`Recipe` that the stages read.
 Every error names the file and the field (``profile.opt``) and says what would be accepted.
 
-The schema (``export/README.md`` documents it for users)::
+The schema (``dynet_deploy/recipes/README.md`` documents it for users)::
 
     {
       "name": "dy_resnet18_fmnist",                 optional; default: the file's stem
@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import RecipeError
+from .graph import MIN_OPSET
+from .resources import ASSETS_DIR, RECIPES_DIR
+from .tolerance import Tolerance
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES_DIR = REPO_ROOT / "export"
 BUNDLED_RECIPE = "dy_resnet18_fmnist"
 
 FORMS = ("feature", "kernel")
 PRECISIONS = ("fp32", "fp16")
 SPLITS = ("test", "train")
-MIN_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,8 @@ class BatchProfile:
         return (self.min, self.opt, self.max)
 
 
-@dataclass(frozen=True)
-class PrecisionSpec:
-    """Tolerances of one precision: largest max-abs error and largest relative error ||out-ref|| / ||ref||."""
-
-    max_abs: float
-    rel: float
+# A precision's tolerances: largest max-abs error and largest relative error ||out-ref|| / ||ref||.
+PrecisionSpec = Tolerance
 
 
 @dataclass(frozen=True)
@@ -133,8 +129,6 @@ class Recipe:
 
     def checkpoint_path(self) -> Path:
         """The checkpoint file: a bundled checkpoint by name, else a path relative to the recipe's folder."""
-        from .train import ASSETS_DIR
-
         bundled = ASSETS_DIR / f"{self.checkpoint}.safetensors"
         if "/" not in self.checkpoint and not Path(self.checkpoint).suffix and bundled.is_file():
             return bundled
@@ -183,7 +177,7 @@ def _form_dict(f: ExportForm) -> dict[str, Any]:
 def bundled_recipe_path(name: str = BUNDLED_RECIPE) -> Path:
     path = RECIPES_DIR / f"{name}.json"
     if not path.is_file():
-        raise RecipeError(f"no bundled recipe {path}; the recipes live in the repository's export/ folder")
+        raise RecipeError(f"no bundled recipe {path}; the bundled recipes live in the package's recipes/ folder")
     return path
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from .data import dataset_info, load_dataset, resolve_dataset
 from .errors import CheckpointError, ModelError, TrainError
 from .fileio import atomic_write_text, check_output_path
+from .resources import ASSETS_DIR
 
 REPORT_FORMAT = "dynet-deploy-training-report"
 
@@ -363,7 +364,6 @@ def check_outputs_writable(out_path: str | Path, report_path: str | Path | None 
         check_output_path(report_path, CheckpointError, inputs=[weights, config])
 
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 BUNDLED_MODEL = "dy_resnet18_fmnist"  # the demo's default model
 BUNDLED_BASELINE = "resnet18_fmnist"  # its static baseline, for latency comparisons
 

@@ -163,8 +163,10 @@ def model_config(
     """``config.pbtxt`` text for one model (``backend``: ``onnxruntime`` or ``tensorrt``)."""
     if not _NAME_RE.match(name):
         raise TritonError(f"Triton model name {name!r} may hold only letters, digits, '_', '-' and '.'")
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise TritonError(f"unknown Triton backend {backend!r}; this project writes onnxruntime and tensorrt models")
+    from .backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise TritonError(f"unknown Triton backend {backend!r}; this project writes {' and '.join(BACKENDS)} models")
     if instance_kind not in INSTANCE_KINDS:
         raise TritonError(f"instance kind {instance_kind!r} is not one of {', '.join(INSTANCE_KINDS)}")
     batched = io.batch_dynamic
@@ -172,7 +174,7 @@ def model_config(
         raise TritonError(f"max_batch_size must be >= 1 for a graph with a dynamic batch, got {max_batch_size}")
     lines = [
         f"name: {_q(name)}",
-        f"backend: {_q(backend)}",
+        f"backend: {_q(BACKENDS[backend].triton_backend)}",
         f"max_batch_size: {max_batch_size if batched else 0}",
         *_tensors("input", io.inputs),
         *_tensors("output", io.outputs),

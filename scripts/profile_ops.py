@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from dynet_deploy.backends.onnxruntime import uses_dynamic_conv_op
 from dynet_deploy.bench.timing import ForeignLoad
 from dynet_deploy.graph import load_onnx
 from dynet_deploy.op import onnxruntime_lib
-from dynet_deploy.runtimes.onnxruntime_runtime import uses_dynamic_conv_op
 
 
 class ProfileError(Exception):

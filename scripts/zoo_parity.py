@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from zoo_exports import SEG_SIZE, SEG_SIZE_2, exported, fused, parity, small_model  # noqa: E402
 
+from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner  # noqa: E402
 from dynet_deploy.models import list_models, model_info  # noqa: E402
 from dynet_deploy.nn import DynamicConv2d  # noqa: E402
-from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner  # noqa: E402
 
 
 def worst(rows):

@@ -28,12 +28,12 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL  # noqa: E402
 
 from dynet_deploy.checkpoint import load_checkpoint, save_checkpoint
 from dynet_deploy.cli import main
 from dynet_deploy.models import create_model
 
-SMALL = dict(num_classes=10, in_chans=1, small_input=True, width_mult=0.125)
 ERROR_LINE = re.compile(r"^error \(([a-z-]+)\): \S.*$")
 RESULTS: dict[str, dict] = {}
 # Permission cases: root reads and writes every file whatever its mode, so they run for other users only.

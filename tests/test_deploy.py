@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from dynet_deploy.backends.tensorrt import tensorrt_available
 from dynet_deploy.cli import main
 from dynet_deploy.recipe import bundled_recipe_path, load_recipe
-from dynet_deploy.runtimes.tensorrt_runtime import tensorrt_available
 
 HAVE_TRT, TRT_WHY = tensorrt_available()
 

@@ -13,7 +13,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from dynet_deploy.build import engine as engine_build
+from dynet_deploy.backends.tensorrt import builder as engine_build
 from dynet_deploy.errors import BuildError
 from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.op import spec
@@ -180,7 +180,7 @@ def trt_env():
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("fp16", [False, True])
 def test_engine_matches_cpu_reference(trt_env, tmp_path, fp16):
-    from dynet_deploy.runtimes.tensorrt_runtime import TensorRTRunner
+    from dynet_deploy.backends.tensorrt import TensorRTRunner
 
     model = plugin_model()
     onnx_path = tmp_path / "model.plugin.onnx"

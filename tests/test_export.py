@@ -21,11 +21,11 @@ from zoo_exports import (
     slow_after_first,
 )
 
+from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
 from dynet_deploy.errors import ExportError
 from dynet_deploy.export import META_FORM, export_onnx, get_metadata
 from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import DyConv2d
-from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 ALL_MODELS = list_models()
 

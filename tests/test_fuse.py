@@ -30,6 +30,7 @@ from zoo_exports import (
     small_model,
 )
 
+from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
 from dynet_deploy.errors import FuseError, RuntimeBackendError
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
@@ -37,7 +38,6 @@ from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from dynet_deploy.op.spec import ATTRIBUTE_NAMES as INT_ATTRIBUTES
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
-from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 DYNAMIC_MODELS = list_models(dynamic=True)
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
 from dynet_deploy.errors import MissingDependencyError, RuntimeBackendError
 from dynet_deploy.nn import DynamicConv2d
 from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.op import onnxruntime_lib, reference
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
-from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 ort = pytest.importorskip("onnxruntime")
 

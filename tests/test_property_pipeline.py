@@ -15,10 +15,10 @@ import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.nn import DyConv2d
-from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 from dynet_deploy.validate import errors
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +239,20 @@ def test_validate_takes_the_recipe_tolerance(tmp_path, bundled_onnx, capsys):
     assert main([*args, str(tight)]) == 1  # the same graph fails a tolerance it cannot meet
     report = json.loads((out / "report.json").read_text())["random_inputs"]
     assert report["tolerance"] == {"max_abs": 1e-12, "rel": 1e-12} and not report["passed"]
+
+
+def test_bundled_recipes_and_assets_are_found_through_the_package():
+    """What an installed wheel needs: the bundled recipe, its checkpoint and the native-library folder all resolve
+    inside the imported package (no path into the checkout around it)."""
+    import dynet_deploy
+    from dynet_deploy.op import native
+    from dynet_deploy.recipe import bundled_recipe_path, load_recipe
+
+    package = Path(dynet_deploy.__file__).resolve().parent
+    recipe_path = bundled_recipe_path()
+    assert recipe_path.resolve().parent == package / "recipes"
+    recipe = load_recipe(recipe_path)
+    assert recipe.checkpoint_path().resolve().parent == package / "assets"
+    dirs = native.search_dirs()
+    assert package / "lib" in dirs
+    assert dirs.index(package / "lib") < dirs.index(native.REPO_ROOT / "build")

@@ -8,19 +8,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import SMALL  # noqa: E402
 
+from dynet_deploy.backends.torch_reference import TorchRunner
 from dynet_deploy.checkpoint import save_checkpoint
 from dynet_deploy.cli import main
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import create_model
-from dynet_deploy.runtimes.torch_runtime import TorchRunner
-
-SMALL = dict(num_classes=10, in_chans=1, small_input=True, width_mult=0.125)
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
+def graphs(tmp_path_factory, ort_op_library):
     d = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     model = create_model("dy_resnet18", **SMALL).eval()

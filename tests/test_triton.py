@@ -163,12 +163,12 @@ def test_repository_needs_the_fused_graph(tmp_path):
 
 @pytest.mark.tensorrt
 def test_repository_with_a_real_engine(tmp_path, fused_graph):
-    from dynet_deploy.runtimes.tensorrt_runtime import tensorrt_available
+    from dynet_deploy.backends.tensorrt import tensorrt_available
 
     ok, why = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT is absent ({why}): no engine to put on Triton's tensorrt backend")
-    from dynet_deploy.build import Profile, build_engine
+    from dynet_deploy.backends.tensorrt import Profile, build_engine
     from dynet_deploy.op.native import tensorrt_plugin_path
 
     if tensorrt_plugin_path() is None:

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL  # noqa: E402
 
 from dynet_deploy.checkpoint import save_checkpoint
 from dynet_deploy.cli import main
 from dynet_deploy.export import export_onnx
 from dynet_deploy.models import create_model
 from dynet_deploy.validate import errors, mean_iou, synthetic_segmentation, validate_dataset, validate_random
-
-SMALL = dict(num_classes=10, in_chans=1, small_input=True, width_mult=0.125)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Every Dy zoo model through export -> fuse -> the native onnxruntime op, fp32 and fp16, at batches 1, 3 and 8.
 
-fp16: the fused graph converted with ``dynet_deploy.build.convert_onnx_to_fp16`` (inputs and outputs stay fp32, the
+fp16: the fused graph converted with ``dynet_deploy.backends.tensorrt.convert_onnx_to_fp16`` (inputs and outputs stay fp32, the
 op runs on fp16 tensors); tolerances as validate's: fp32 relative <= 1e-5, fp16 relative <= 1e-2 (||out - ref|| /
 ||ref|| against PyTorch's fp32 model; max-abs reported with it).
 """
@@ -11,9 +11,9 @@ import onnx
 import pytest
 from zoo_exports import fused, parity, slow_after_first
 
-from dynet_deploy.build import convert_onnx_to_fp16
+from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
+from dynet_deploy.backends.tensorrt import convert_onnx_to_fp16
 from dynet_deploy.models import list_models
-from dynet_deploy.runtimes.onnxruntime_runtime import OnnxruntimeRunner
 
 BATCHES = (1, 3, 8)
 REL = {"fp32": 1e-5, "fp16": 1e-2}

@@ -1,5 +1,5 @@
 """The benchmark: what to time (pairs and backends), the graphs each backend runs, opening them through
-:mod:`dynet_deploy.runtimes`, and the measured loop."""
+:mod:`dynet_deploy.backends` (whose bench variants name the columns), and the measured loop."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..backends import BenchVariant, bench_variants, get_backend
 from ..errors import BenchError, DynetDeployError
 from .roofline import MachinePeaks, measure_peaks, roofline_ms
 from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-portable", "onnxruntime-fused", "onnxruntime-cuda", "tensorrt")
+# The PyTorch model (the reference, eager) and every registered backend's variants.
+TORCH = "torch"
+BACKENDS = (TORCH, *bench_variants())
 
 
 # The default table: DyNet's three CPU pairs at 224x224, the fused graph (native op) and the fastest standard-op
@@ -213,6 +216,7 @@ class _Artefacts:
             if user is not None:
                 from ..checkpoint import load_checkpoint
 
+                assert user.checkpoint is not None
                 self._models[name] = load_checkpoint(user.checkpoint, model_args=user.model_args or None).eval()
             else:
                 torch.manual_seed(SEED)
@@ -253,7 +257,7 @@ class _Artefacts:
             return c if isinstance(c, int) and c > 0 else 3
         kwargs = (
             getattr(self.model(name), "zoo_kwargs", {})
-            if user is not None
+            if user is not None and name
             else self.cfg.model_kwargs.get(name or "", {})
         )
         return int(kwargs.get("in_chans", 3))
@@ -341,43 +345,6 @@ def _open_torch(art: _Artefacts, name: str, batch: int, cfg: BenchConfig, thread
     return _Runner(run, graph)
 
 
-def _open_onnxruntime(
-    art: _Artefacts,
-    name: str,
-    batch: int,
-    cfg: BenchConfig,
-    threads: int,
-    kind: str,
-    providers: list[str] | None,
-    custom_op: bool,
-) -> _Runner:
-    """A session through :class:`~dynet_deploy.runtimes.onnxruntime_runtime.OnnxruntimeRunner` (threads, one
-    inter-op thread, optimisation level "all") with the worker-spinning policy: interleaved sessions each keep their
-    own pool, and the idle pool's spinning workers compete with the running one for the cores. A
-    DyNetDynamicConv2d graph runs on the native op library, on the same pool and under the same policy."""
-    from ..errors import RuntimeBackendError
-    from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
-
-    path, graph = art.graph(name, kind, batch)
-    x = _input(art.input_shape(batch, name))
-    try:
-        runner = OnnxruntimeRunner(path, threads=threads, providers=providers, spinning=cfg.ort_spinning)
-        feeds = {runner.input_names[0]: x}
-        runner.check_inputs(feeds)
-    except RuntimeBackendError as exc:
-        raise BenchError(f"{path.name}: {exc}") from None
-    if custom_op:
-        runner.run(feeds)  # runs the op once through the checked path; the timed loop calls the session directly
-        graph += ", native DyNetDynamicConv2d library"
-    graph += ", worker spinning " + ("on" if cfg.ort_spinning else "off")
-    session = runner.session
-
-    def run() -> Any:
-        return session.run(None, feeds)
-
-    return _Runner(run, graph)
-
-
 def art_is_dynamic(name: str, cfg: BenchConfig | None = None) -> bool:
     info = _zoo_entry(name, cfg.user_models if cfg else None)
     return bool(info is not None and info.dynamic)
@@ -385,91 +352,80 @@ def art_is_dynamic(name: str, cfg: BenchConfig | None = None) -> bool:
 
 def check_backend(backend: str) -> None:
     """Raise :class:`BackendUnavailable` (with the reason) when ``backend`` cannot run on this machine."""
-    if backend == "onnxruntime-cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendUnavailable(
-                f"onnxruntime {ort.__version__} has no CUDAExecutionProvider here "
-                f"(providers: {', '.join(ort.get_available_providers())})"
-            )
-    elif backend == "tensorrt":
-        from ..runtimes.tensorrt_runtime import tensorrt_available
-
-        ok, why = tensorrt_available()
-        if not ok:
-            raise BackendUnavailable(f"TensorRT is not installed here ({why})")
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("TensorRT needs a CUDA GPU; torch.cuda.is_available() is False")
-    elif backend == "onnxruntime-fused":
-        try:
-            from .. import fuse  # noqa: F401
-        except ImportError as exc:
-            raise BackendUnavailable(f"the fuse pass is not available ({exc})") from None
+    if backend == TORCH:
+        return
+    variant = bench_variants()[backend]
+    available = get_backend(variant.backend).availability(variant)
+    if not available:
+        raise BackendUnavailable(available.detail)
 
 
 def _graph_kind(name: str, backend: str, cfg: BenchConfig | None = None) -> str | None:
-    if backend == "torch":
+    if backend == TORCH:
         return None
     user = cfg.user_models.get(name) if cfg else None
     if user is not None and user.onnx is not None:
         return "given"  # the file itself, whatever the backend
     if not art_is_dynamic(name, cfg):
         return "portable"  # a static model has one graph on every onnxruntime backend and TensorRT
-    return {
-        "onnxruntime": "deploy",
-        "onnxruntime-portable": "portable",
-        "onnxruntime-cuda": "portable",
-        "onnxruntime-fused": "fused",
-        "tensorrt": "fused",
-    }[backend]
+    return bench_variants()[backend].graph_kind
+
+
+def _artifact_path(art: _Artefacts, graph: Path, variant: BenchVariant, batch: int) -> Path:
+    if get_backend(variant.backend).artifact_is_graph:
+        return graph
+    return art.workdir / f"{graph.stem}.b{batch}.{variant.backend}"
 
 
 def prepare(art: _Artefacts, name: str, backend: str, batch: int) -> None:
     """Export (and fuse, build) what ``backend`` needs, before the memory of the run is measured."""
-    if backend == "torch":
+    if backend == TORCH:
         art.model(name)  # an ONNX file is skipped here, with the reason
     art.flops(name)
     kind = _graph_kind(name, backend, art.cfg)
     try:
-        if kind is not None:
-            art.graph(name, kind, batch)
-        if backend == "tensorrt":
-            from ..build.engine import Profile, build_engine
-
-            path, _ = art.graph(name, kind, batch)
-            engine = art.workdir / f"{path.stem}.b{batch}.engine"
-            if not engine.exists():
-                build_engine(path, engine, profile=Profile(batch=(batch, batch, batch)))
+        if kind is None:
+            return
+        graph, _ = art.graph(name, kind, batch)
+        variant = bench_variants()[backend]
+        artifact = _artifact_path(art, graph, variant, batch)
+        if artifact != graph and not artifact.exists():
+            get_backend(variant.backend).prepare(graph, artifact, batch=(batch, batch, batch))
     except DynetDeployError as exc:
-        if backend in ("onnxruntime-fused", "tensorrt"):
+        if backend != TORCH and bench_variants()[backend].graph_kind == "fused":
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from None
         raise
 
 
 def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: BenchConfig, threads: int) -> _Runner:
-    if backend == "torch":
+    """The backend's runner over the prepared artifact, bound to one seeded input. onnxruntime sessions run with
+    one inter-op thread, optimisation level "all" and the worker-spinning policy: interleaved sessions each keep their
+    own pool, and the idle pool's spinning workers compete with the running one for the cores."""
+    from ..errors import RuntimeBackendError
+
+    if backend == TORCH:
         return _open_torch(art, name, batch, cfg, threads)
+    variant = bench_variants()[backend]
+    impl = get_backend(variant.backend)
     kind = _graph_kind(name, backend, cfg)
-    if backend == "tensorrt":
-        from ..runtimes.tensorrt_runtime import TensorRTRunner
-
-        path, graph = art.graph(name, kind, batch)
-        runner = TensorRTRunner(art.workdir / f"{path.stem}.b{batch}.engine")
-        feeds = {runner.input_names[0]: _input(art.input_shape(batch, name))}
-        return _Runner(lambda: runner.run(feeds), graph + ", TensorRT fp32 (timing includes host<->device copies)")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "onnxruntime-cuda" else None
-    custom_op = backend == "onnxruntime-fused" or (kind == "given" and _uses_op(art.graph(name, kind, batch)[0]))
-    return _open_onnxruntime(art, name, batch, cfg, threads, kind, providers, custom_op=custom_op)
-
-
-def _uses_op(path: Path) -> bool:
-    from ..graph import load_onnx
-    from ..runtimes.onnxruntime_runtime import uses_dynamic_conv_op
-
-    return uses_dynamic_conv_op(load_onnx(path, BenchError, external_data=False))
+    assert kind is not None
+    path, graph = art.graph(name, kind, batch)
+    artifact = _artifact_path(art, path, variant, batch)
+    options = variant.runner_options()
+    if impl.artifact_is_graph:
+        options.update(threads=threads, spinning=cfg.ort_spinning)
+    try:
+        runner = impl.open_runner(artifact, **options)
+        call = runner.bound_run({runner.input_names[0]: _input(art.input_shape(batch, name))})
+    except RuntimeBackendError as exc:
+        raise BenchError(f"{path.name}: {exc}") from None
+    if impl.artifact_is_graph:
+        if impl.uses_plugin(runner):
+            graph += ", native DyNetDynamicConv2d library"
+        graph += ", worker spinning " + ("on" if cfg.ort_spinning else "off")
+    else:
+        graph += f", {impl.describe(runner)} fp32 (timing includes host<->device copies)"
+    return _Runner(call, graph)
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
@@ -485,7 +441,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
         workdir.mkdir(parents=True, exist_ok=True)
         art = _Artefacts(cfg, workdir)
         peaks: dict[int, MachinePeaks] = {}
-        if any(b != "torch" for b in cfg.backends):
+        if any(b != TORCH for b in cfg.backends):
             for threads in cfg.threads:
                 log(f"measuring this machine's bandwidth and multiply-add peak with onnxruntime, {threads} thread(s)")
                 peaks[threads] = measure_peaks(threads)
@@ -552,7 +508,7 @@ def _time_unit(
         pbytes = art.param_bytes(name)
         roof = (
             None
-            if peaks is None or backend == "torch" or fl is None
+            if peaks is None or backend == TORCH or fl is None
             else roofline_ms(pbytes, fl.total_macs, batch, peaks)
         )
         unit_rows[name] = BenchRow(
@@ -582,6 +538,7 @@ def _time_unit(
         r = unit_rows[dy]
         r.baseline = base
         r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
-        r.flops_ratio_vs_baseline = unit_rows[base].mflops / r.mflops
+        base_mflops = unit_rows[base].mflops
+        r.flops_ratio_vs_baseline = None if base_mflops is None or not r.mflops else base_mflops / r.mflops
         return [unit_rows[base], r]
     return [unit_rows[unit[0]]]

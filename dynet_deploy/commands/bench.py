@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..fileio import check_out_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..bench import (
@@ -113,30 +115,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_out_dir(out_dir: str, error=None) -> None:
-    """Before minutes of timing: the output folder is (or can be made) a writable folder."""
-    import os
-    from pathlib import Path
-
-    from ..errors import BenchError
-
-    BenchError = error or BenchError  # noqa: N806 (the caller's stage error)
-    path = Path(out_dir)
-    if path.exists() and not path.is_dir():
-        raise BenchError(f"--out-dir {out_dir!r} is a file, not a folder")
-    probe = path
-    while not probe.exists():  # the nearest existing folder is where it will be created
-        if probe.is_symlink():
-            raise BenchError(f"--out-dir {out_dir!r}: {str(probe)!r} is a dangling symbolic link")
-        probe = probe.parent
-    if not probe.is_dir():
-        raise BenchError(f"--out-dir {out_dir!r} cannot be created: {str(probe)!r} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BenchError(
-            f"--out-dir {out_dir!r} is not writable ({str(probe)!r} is not writable); choose another folder"
-        )
-
-
 def check_backends_present(backends: list[str]) -> None:
     """Refuse a run in which no requested backend can run (an empty table is no result)."""
     from ..bench import BackendUnavailable, check_backend
@@ -162,11 +140,10 @@ def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] |
     from pathlib import Path
 
     from ..bench.run import UserModel
-    from ..checkpoint import read_checkpoint_config
+    from ..checkpoint import checkpoint_defaults, read_checkpoint_config
     from ..errors import BenchError, DynetDeployError
     from ..graph import check_readable_file
     from ..validate import read_graph_input
-    from .export import checkpoint_defaults
 
     model_args: dict = {}
     if args.model_args is not None:

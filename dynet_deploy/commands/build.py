@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--recipe",
         metavar="RECIPE.json",
-        help="take the batch profile from a deployment recipe (export/*.json); flags still override it",
+        help="take the batch profile from a deployment recipe (dynet_deploy/recipes/*.json); flags still override it",
     )
     p.add_argument("--min-batch", type=int, default=None, help="default: the recipe's, else 1")
     p.add_argument("--opt-batch", type=int, default=None, help="default: the recipe's, else max-batch")
@@ -58,7 +58,7 @@ DEFAULT_MAX_BATCH = 8
 
 def profile_from_args(args: argparse.Namespace):
     """The optimisation profile: flags, else the recipe's (``--recipe``), else min 1, opt = max, max 8; checked."""
-    from ..build.engine import Profile
+    from ..backends.tensorrt import Profile
 
     recipe = None
     if getattr(args, "recipe", None):
@@ -93,7 +93,7 @@ def profile_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..build.engine import build_engine, default_engine_path
+    from ..backends.tensorrt import build_engine, default_engine_path
     from ..fileio import check_output_path
     from ..graph import check_readable_file
 

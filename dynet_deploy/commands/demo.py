@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the bundled recipe through deploy: export -> fuse -> build -> validation -> accuracy parity -> latency",
-        description="Runs the bundled recipe (export/dy_resnet18_fmnist.json: the Dy-ResNet18 trained on "
+        description="Runs the bundled recipe (dynet_deploy/recipes/dy_resnet18_fmnist.json: the Dy-ResNet18 trained on "
         "Fashion-MNIST) through 'dynet-deploy deploy' and prints the closing tables. Without Debian's "
         "dataset-fashion-mnist package it falls back to sklearn's digits and says so.",
     )
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from polygraphy.logger import G_LOGGER
 
     from ..errors import DemoError
-    from .bench import check_out_dir
+    from ..fileio import check_out_dir
 
     if args.threads < 1:
         raise DemoError(f"--threads must be >= 1, got {args.threads}")

@@ -9,13 +9,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "deploy",
         help="a recipe end to end: export -> fuse -> build -> validate -> latency, artifacts + report in one folder",
-        description="Reads a deployment recipe (export/*.json; fields in export/README.md), takes its checkpoint "
+        description="Reads a deployment recipe (dynet_deploy/recipes/*.json; fields in dynet_deploy/recipes/README.md), takes its checkpoint "
         "through export, fuse, the TensorRT build (skipped with the reason where TensorRT or the plugin library is "
         "absent), validation on random inputs and on the recipe's data set, and a short latency run. Writes every "
         "artifact, report.json and report.txt into one folder, renamed into place only when complete. --triton "
         "also writes a Triton Inference Server model repository. Exits 1 when a check fails.",
     )
-    p.add_argument("recipe", metavar="RECIPE.json", help="deployment recipe, e.g. export/dy_resnet18_fmnist.json")
+    p.add_argument(
+        "recipe", metavar="RECIPE.json", help="deployment recipe, e.g. dynet_deploy/recipes/dy_resnet18_fmnist.json"
+    )
     p.add_argument("-o", "--out-dir", help="output folder (default: out/<recipe name>); must be new or empty")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--triton", action="store_true", help="also write a Triton model repository (triton/)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..backends import BACKENDS
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -88,16 +90,7 @@ def collect() -> list[Check]:
             checks.append(Check("CUDA GPU (torch.cuda)", False, f"torch import failed: {exc}", "GPU runs"))
     package("onnx", "export, fuse, fp16 conversion", required=True)
     if package("onnxruntime", "running ONNX graphs on the CPU (validate/bench --backend onnxruntime)", required=True):
-        try:
-            import onnxruntime as ort
-
-            checks.append(
-                Check(
-                    "onnxruntime providers", True, ", ".join(ort.get_available_providers()), "GPU execution providers"
-                )
-            )
-        except Exception as exc:
-            checks.append(Check("onnxruntime providers", False, f"import failed: {exc}", "onnxruntime runs"))
+        checks += [Check(c.name, c.ok, c.detail, c.disables) for c in BACKENDS["onnxruntime"].doctor_checks()]
     package("onnx-graphsurgeon", "fuse (DyNetDynamicConv2d rewrite)")
     package("polygraphy", "validate (Polygraphy comparison)")
     package("onnxconverter-common", "fp16 engines (fp16 ONNX conversion)")
@@ -129,27 +122,10 @@ def collect() -> list[Check]:
     ):
         checks.append(Check(label, path is not None, str(path) if path else f"not built (looked in {where})", disables))
 
-    # TensorRT Python bindings.
-    try:
-        import tensorrt as trt
-
-        checks.append(
-            Check(
-                "TensorRT (python)",
-                True,
-                f"{trt.__version__} at {trt.__file__}",
-                "dynet-deploy build, validate/bench --backend tensorrt",
-            )
-        )
-    except ImportError as exc:
-        checks.append(
-            Check(
-                "TensorRT (python)",
-                False,
-                f"import tensorrt failed: {exc}",
-                "dynet-deploy build, validate/bench --backend tensorrt",
-            )
-        )
+    # Every other backend's own components (TensorRT's Python bindings, ...).
+    for backend in BACKENDS.values():
+        if backend.name != "onnxruntime":
+            checks += [Check(c.name, c.ok, c.detail, c.disables) for c in backend.doctor_checks()]
     return checks
 
 

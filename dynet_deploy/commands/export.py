@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tolerance import SUMMATION_ORDER, errors
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -121,45 +123,6 @@ def _max_opset(exporter: str) -> int:
     return int(getattr(_constants, "ONNX_MAX_OPSET", 10**6))
 
 
-# The export check's tolerance: fp32 PyTorch vs fp32 onnxruntime differ by summation order only.
-CHECK_REL_TOL = 1e-4
-CHECK_ABS_TOL = 1e-4
-
-
-def checkpoint_defaults(
-    ckpt: str | None, name: str | None, zoo_args: dict | None
-) -> tuple[tuple[int, int] | None, int | None, str]:
-    """(input H W, input channels, where they came from) recorded with a checkpoint, else (None, None, "")."""
-    from ..checkpoint import read_checkpoint_config
-    from ..data import dataset_info
-    from ..errors import DynetDeployError
-
-    size = chans = None
-    source = ""
-    meta: dict = {}
-    if ckpt:
-        try:
-            meta = read_checkpoint_config(ckpt).get("metadata") or {}
-        except DynetDeployError:
-            meta = {}
-    recorded = meta.get("input_size")
-    if isinstance(recorded, list) and len(recorded) == 2 and all(isinstance(v, int) and v > 0 for v in recorded):
-        size, source = (recorded[0], recorded[1]), "the checkpoint's metadata (input_size)"
-    elif isinstance(meta.get("dataset"), str):
-        try:
-            info = dataset_info(meta["dataset"])
-        except DynetDeployError:
-            info = None
-        if info is not None:
-            size, source = info.image_size, f"the checkpoint's data set ({meta['dataset']})"
-            chans = info.in_chans
-    if isinstance(meta.get("in_chans"), int):
-        chans = meta["in_chans"]
-    if zoo_args and isinstance(zoo_args.get("in_chans"), int):
-        chans = zoo_args["in_chans"]
-    return size, chans, source
-
-
 def run(args) -> int:
     import numpy as np
 
@@ -187,6 +150,8 @@ def run(args) -> int:
     info = model_info(name) if name else None
     if source.startswith("randomly"):
         print(f"note: exporting {name} with RANDOM weights (no checkpoint given)")
+    from ..checkpoint import checkpoint_defaults
+
     meta_size, meta_chans, meta_source = checkpoint_defaults(args.ckpt, name, zoo_args)
     if args.input_size:
         size = tuple(args.input_size)
@@ -215,8 +180,8 @@ def run(args) -> int:
     print(f"exported {name or 'model'} ({source})")
     print(report.summary())
     if not args.no_check:
-        from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
-        from ..runtimes.torch_runtime import TorchRunner
+        from ..backends.onnxruntime import OnnxruntimeRunner
+        from ..backends.torch_reference import TorchRunner
 
         x = np.random.default_rng().standard_normal((args.batch, in_chans, *size)).astype(np.float32)
         ort_out = OnnxruntimeRunner(report.path).run({report.input_names[0]: x})
@@ -232,16 +197,16 @@ def run(args) -> int:
                     f"PyTorch); the weights hold NaN/Inf or overflow: check them with 'dynet-deploy checkpoint inspect'"
                 )
                 continue
-            diff = np.abs(got.astype(np.float64) - want)
-            rel = float(np.linalg.norm(diff) / max(np.linalg.norm(want), 1e-30))
-            max_abs = float(diff.max()) if diff.size else 0.0
-            ok = rel <= CHECK_REL_TOL or max_abs <= CHECK_ABS_TOL
+            max_abs, rel = errors(got, want, ExportError)
+            ok = SUMMATION_ORDER.allows_either(max_abs, rel)
             print(
                 f"check {out_name} at batch {args.batch}: onnxruntime vs PyTorch max-abs {max_abs:.2e}, relative {rel:.2e} "
-                f"({'ok' if ok else 'MISMATCH'}: tolerance relative {CHECK_REL_TOL:g} or max-abs {CHECK_ABS_TOL:g})"
+                f"({'ok' if ok else 'MISMATCH'}: tolerance relative {SUMMATION_ORDER.rel:g} or max-abs {SUMMATION_ORDER.max_abs:g})"
             )
             if not ok:
-                failures.append(f"output {out_name!r} differs from PyTorch (relative {rel:.2e} > {CHECK_REL_TOL:g})")
+                failures.append(
+                    f"output {out_name!r} differs from PyTorch (relative {rel:.2e} > {SUMMATION_ORDER.rel:g})"
+                )
         if failures:
             Path(report.path).unlink(missing_ok=True)  # a graph that fails its check is not an artifact
             raise ExportError(

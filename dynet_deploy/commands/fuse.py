@@ -23,11 +23,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-# fuse --verify's tolerance: the fused op and the exported subgraph differ by summation order only.
-VERIFY_REL_TOL = 1e-4
-VERIFY_ABS_TOL = 1e-4
-
-
 def run(args) -> int:
     from ..errors import FuseError
     from ..fileio import check_output_path
@@ -58,46 +53,12 @@ def run(args) -> int:
         from ..errors import DynetDeployError
 
         try:
-            verify(args.model, str(report.path))
+            from ..fuse.verify import verify_fused
+
+            verify_fused(args.model, str(report.path), emit=print)
         except FuseError:
             Path(report.path).unlink(missing_ok=True)  # a fused graph that computes something else is no artifact
             raise
         except DynetDeployError as exc:  # the check could not run here (e.g. the op library is not built)
             raise FuseError(f"wrote {report.path}, but --verify could not run it: {exc}") from None
     return 0
-
-
-def verify(original: str, fused: str) -> None:
-    """Run both graphs on one fresh random input; FuseError on non-finite outputs or a mismatch."""
-    import numpy as np
-
-    from ..errors import FuseError
-    from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
-
-    ref = OnnxruntimeRunner(original)
-    new = OnnxruntimeRunner(fused)
-    feeds = {}
-    for name, (shape, dtype) in ref.input_spec().items():
-        # Symbolic dims: batch 2 (catches batch mix-ups), 64 for spatial dims.
-        dims = [d if isinstance(d, int) and d > 0 else (2 if axis == 0 else 64) for axis, d in enumerate(shape)]
-        feeds[name] = np.random.default_rng().standard_normal(dims).astype(dtype)
-    a, b = ref.run(feeds), new.run(feeds)
-    failures = []
-    for name in ref.output_names:
-        bad_a = int(np.size(a[name]) - np.isfinite(a[name]).sum())
-        bad_b = int(np.size(b[name]) - np.isfinite(b[name]).sum())
-        if bad_a or bad_b:
-            failures.append(f"output {name!r} has non-finite values (NaN/Inf: {bad_b} fused, {bad_a} original)")
-            continue
-        diff = np.abs(a[name].astype(np.float64) - b[name])
-        rel = float(np.linalg.norm(diff) / max(np.linalg.norm(a[name]), 1e-30))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        ok = rel <= VERIFY_REL_TOL or max_abs <= VERIFY_ABS_TOL
-        print(
-            f"verify {name}: fused vs original on onnxruntime, max-abs {max_abs:.2e}, relative {rel:.2e} "
-            f"({'ok' if ok else 'MISMATCH'}: tolerance relative {VERIFY_REL_TOL:g} or max-abs {VERIFY_ABS_TOL:g})"
-        )
-        if not ok:
-            failures.append(f"output {name!r} differs (relative {rel:.2e} > {VERIFY_REL_TOL:g})")
-    if failures:
-        raise FuseError(f"--verify failed, the fused graph was removed: {'; '.join(failures)}")

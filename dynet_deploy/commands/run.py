@@ -2,7 +2,7 @@
 inputs from files, print output shapes and timings, and optionally save the outputs.
 
 What ``polygraphy run --load-inputs/--save-outputs`` and trtexec's ``--loadInputs`` give their users, through
-this project's runners (:mod:`dynet_deploy.runtimes`), so fused graphs run with the DyNetDynamicConv2d op.
+this project's runners (:mod:`dynet_deploy.backends`), so fused graphs run with the DyNetDynamicConv2d op.
 
 Inputs:
 
@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..backends import BACKENDS, get_backend
+from ..graph import check_fused_nodes
+
 INPUT_SUFFIXES = (".npy", ".npz", ".json")
 
 
@@ -40,7 +43,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--inputs", required=True, metavar="FILE", help="FILE.npy, FILE.npz or Polygraphy's inputs.json")
     p.add_argument("--save-outputs", metavar="OUT.npz", help="write the outputs here (atomically)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per feed (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per feed first (default 2)")
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_feeds(path: Path) -> list[dict[str, Any]]:
+def load_feeds(path: Path) -> list[dict[Any, Any]]:
     """The feeds in ``path`` (.npy, .npz or Polygraphy JSON) as a list of ``{name or None: array}``."""
     import numpy as np
 
@@ -128,55 +131,6 @@ def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
     return [dict(f) for f in feeds]
 
 
-def fused_node_problems(model_path: Path) -> list[str]:
-    """What makes a graph's DyNetDynamicConv2d nodes unrunnable, read from the file without running it.
-
-    Checked against the op spec before a session is made, so a node edited after fusion (stride 0, a 2-D weight)
-    is named with the attribute and its valid range, whichever backend would have met it first.
-    """
-    import onnx
-    from onnx import helper
-
-    from ..op import spec
-
-    try:
-        proto = onnx.load(str(model_path), load_external_data=False)
-    except Exception:
-        return []  # not ONNX: the runner says so
-    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
-    problems = []
-    for node in proto.graph.node:
-        if node.op_type != spec.OP_TYPE:
-            continue
-        label = node.name or spec.OP_TYPE
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in spec.ATTRIBUTE_NAMES}
-        for attribute in spec.ATTRIBUTES:
-            if attribute.name in attrs:
-                try:
-                    attribute.check(attrs[attribute.name])
-                except ValueError as exc:
-                    problems.append(f"{label}: {exc}")
-        weight = shapes.get(node.input[2]) if len(node.input) > 2 else None
-        if weight is not None:
-            if len(weight) != 5:
-                problems.append(
-                    f"{label}: weight has shape {weight}; it must be [K, C_out, C_in/groups, kH, kW] (rank 5)"
-                )
-            elif isinstance(attrs.get("groups"), int) and attrs["groups"] >= 1 and weight[1] % attrs["groups"]:
-                problems.append(f"{label}: groups={attrs['groups']} does not divide the weight's C_out={weight[1]}")
-    return problems
-
-
-def check_fused_nodes(model_path: Path, error) -> None:
-    problems = fused_node_problems(model_path)
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise error(
-            f"{model_path.name} has DyNetDynamicConv2d node(s) that cannot run: {'; '.join(problems[:3])}{more}. "
-            f"The graph was edited or damaged after fusion; fuse the exported graph again"
-        )
-
-
 def _bind_names(feed: dict, input_names: list[str], source: Path) -> dict:
     from ..errors import RunError
 
@@ -246,17 +200,12 @@ def run(args: argparse.Namespace) -> int:
             if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
                 raise RunError(f"{label} has dtype {arr.dtype}; give numeric arrays")
 
-    if args.backend == "tensorrt":
-        from ..runtimes.tensorrt_runtime import TensorRTRunner
-
-        runner = TensorRTRunner(model_path, plugin_library=args.plugin_lib)
-        what = f"TensorRT engine {model_path.name}"
-    else:
-        from ..runtimes.onnxruntime_runtime import OnnxruntimeRunner
-
+    backend = get_backend(args.backend)
+    if backend.artifact_is_graph:
         check_fused_nodes(model_path, RunError)
-        runner = OnnxruntimeRunner(model_path, threads=args.threads)
-        what = f"{model_path.name} on onnxruntime" + (" (DyNetDynamicConv2d op)" if runner.uses_custom_op else "")
+    options = {"plugin_library": args.plugin_lib} if not backend.artifact_is_graph else {"threads": args.threads}
+    runner = backend.open_runner(model_path, **options)
+    what = f"{model_path.name} on {backend.describe(runner)}"
     feeds = [_bind_names(f, list(runner.input_names), inputs_path) for f in feeds]
     for i, feed in enumerate(feeds):
         missing = [n for n in runner.input_names if n not in feed]
@@ -266,9 +215,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--inputs {inputs_path.name}{f' (feed {i})' if len(feeds) > 1 else ''} holds arrays named {sorted(feed)}; "
                 f"the graph takes {list(runner.input_names)}: name the arrays like the graph's inputs"
             )
-    if args.backend == "onnxruntime":
-        for feed in feeds:
-            runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs
+    for feed in feeds:
+        runner.check_inputs(feed)  # shape and dtype mismatches named before anything runs
 
     print(
         f"running {what}: {len(feeds)} feed{'s' if len(feeds) != 1 else ''} from {inputs_path.name}, "

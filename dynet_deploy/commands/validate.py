@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..backends import BACKENDS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,12 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint", help="the checkpoint the graph was exported from (.safetensors/.json, or .pt with --model)"
     )
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
     p.add_argument(
         "--recipe",
         metavar="RECIPE.json",
-        help="take the tolerances, agreement targets and batch sizes from a deployment recipe (export/*.json)",
+        help="take the tolerances, agreement targets and batch sizes from a deployment recipe (dynet_deploy/recipes/*.json)",
     )
     p.add_argument(
         "--batch-sizes",
@@ -135,13 +137,12 @@ def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import checkpoint_input_paths, load_checkpoint
+    from ..checkpoint import checkpoint_defaults, checkpoint_input_paths, load_checkpoint
     from ..errors import ValidationError
     from ..fileio import check_output_path
     from ..graph import check_readable_file
     from ..models import model_info
     from ..validate import read_graph_input, require_backend
-    from .export import checkpoint_defaults
 
     _check_values(args)
     _quiet_polygraphy(args.verbose)
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     task = model_info(name).task if getattr(model, "zoo_name", None) else "classification"
     graph = None
     if args.backend == "onnxruntime":
-        from .run import check_fused_nodes
+        from ..graph import check_fused_nodes
 
         graph = read_graph_input(model_path)
         _check_graph_fits(graph, model, args, model_path)
@@ -245,7 +246,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 args.backend,
                 batch=4,
                 threads=args.threads,
-                progress=sys.stderr.isatty(),
+                progress=None,  # a bar where stderr is a terminal (dynet_deploy.progress)
                 model_name=name,
             )
         else:
@@ -267,7 +268,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 ds_name,
                 args.backend,
                 threads=args.threads,
-                progress=sys.stderr.isatty(),
+                progress=None,  # a bar where stderr is a terminal (dynet_deploy.progress)
                 model_name=name,
             )
             target = recipe.agreement(ds_report.precision) if recipe is not None else None

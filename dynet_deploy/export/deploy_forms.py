@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ExportError
+from ..graph import MIN_OPSET
 from ..nn.deploy_forms import to_deploy_form
 from .nchwc import NCHWC_MIN_SHARE, nchwc_block_size, nchwc_dynamic_convs
 
@@ -22,7 +23,7 @@ def best_dy_form() -> str:
     return "matmul-nchwc" if nchwc_block_size() else "matmul"
 
 
-def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul", opset: int = 17):
+def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul", opset: int = MIN_OPSET):
     """Export ``model`` in ``form`` (one of :data:`DY_FORMS`) to ``path``; returns the export report.
 
     ``feature``/``kernel`` are :func:`export_onnx`'s forms; ``matmul`` is :func:`to_deploy_form` exported with the

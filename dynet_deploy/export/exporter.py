@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..fileio import atomic_path, check_output_path
+from ..graph import MIN_OPSET
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ EXPORT_FORMS = ("feature", "kernel")
 DEFAULT_FORM = "feature"
 EXPORTERS = ("torchscript", "dynamo")
 DEFAULT_EXPORTER = "torchscript"
-MIN_OPSET = 17
 # The dynamo exporter's op implementations start at opset 18; asking for 17 makes it try (and fail) a
 # down-conversion, so it is asked for max(opset, 18).
 DYNAMO_MIN_OPSET = 18
@@ -290,7 +290,7 @@ def export_onnx(
         raise
     except Exception as exc:
         raise ExportError(f"the model fails on an input of shape {list(x.shape)}: {type(exc).__name__}: {exc}") from exc
-    notes = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dynet-export-") as tmp:
         tmp_file = Path(tmp) / "model.onnx"
         try:

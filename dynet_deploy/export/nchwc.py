@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
+from ..graph import MIN_OPSET
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
@@ -39,7 +40,7 @@ def nchwc_block_size() -> int | None:
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         )
         model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NCHWC_DOMAIN, 1)]
+            graph, opset_imports=[helper.make_opsetid("", MIN_OPSET), helper.make_opsetid(NCHWC_DOMAIN, 1)]
         )
         so = ort.SessionOptions()
         so.log_severity_level = 4

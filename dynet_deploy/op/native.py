@@ -80,10 +80,15 @@ class DynamicConvCallError(ValueError):
 
 
 def search_dirs() -> list[Path]:
+    """Where the native libraries are looked for, in order: ``$DYNET_DEPLOY_PLUGIN_DIR``, the package's own
+    ``lib/`` (what an installed wheel carries), then ``build/`` of the checkout the package runs from."""
+    from ..resources import LIBRARY_DIR
+
     dirs = []
     env = os.environ.get(ENV_PLUGIN_DIR)
     if env:
         dirs.append(Path(env))
+    dirs.append(LIBRARY_DIR)
     dirs.append(REPO_ROOT / "build")
     return dirs
 
@@ -137,12 +142,22 @@ def build_libraries(build_dir: str | os.PathLike | None = None, extra_args: Sequ
     return build
 
 
+def ort_include_dir() -> Path | None:
+    """onnxruntime's C/C++ API headers for the op library: ``$ONNXRUNTIME_INCLUDE_DIR``, else the folder
+    ``make ort-headers`` fetches them into (``.cache/onnxruntime/include`` in the checkout); None when absent."""
+    for d in (os.environ.get("ONNXRUNTIME_INCLUDE_DIR"), REPO_ROOT / ".cache" / "onnxruntime" / "include"):
+        if d and (Path(d) / "onnxruntime_cxx_api.h").is_file():
+            return Path(d)
+    return None
+
+
 def ensure_built() -> Path:
-    """Return the CPU reference library's path, building build/ with CMake first when it is missing."""
+    """Return the CPU reference library's path, building build/ with CMake first when a library this machine can
+    build is missing: the CPU reference always, the onnxruntime op library where onnxruntime's headers are present."""
+    headers = ort_include_dir()
+    if cpu_library_path() is None or (headers is not None and find_library(ORT_LIBRARY) is None):
+        build_libraries(extra_args=[f"-DONNXRUNTIME_INCLUDE_DIR={headers}"] if headers is not None else [])
     path = cpu_library_path()
-    if path is None:
-        build_libraries()
-        path = cpu_library_path()
     if path is None:
         raise BuildError(f"CMake finished but {CPU_LIBRARY} is not in {', '.join(map(str, search_dirs()))}")
     return path

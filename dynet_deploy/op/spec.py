@@ -134,11 +134,6 @@ def conv_arguments(attrs: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-def node_inputs(x: Any, coeff: Any, weight: Any, bias_bank: Any = None, bias: Any = None) -> list[Any]:
-    """The node's positional inputs: 3, 4 or 5 (absent optional inputs are left out, not padded)."""
-    return [t for t in (x, coeff, weight, bias_bank, bias) if t is not None]
-
-
 def make_node(inputs, outputs, name: str | None = None, **attrs: Any):
     """An ``onnx.NodeProto`` of the op with checked attributes and the plugin's string attributes."""
     from onnx import helper

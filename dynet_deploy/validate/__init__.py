@@ -11,8 +11,8 @@ Two checks, both against the PyTorch reference (BatchNorms unfolded: the model a
   test set (classification), or mIoU on generated images and masks (segmentation), and their agreement.
 """
 
+from ..backends import BACKENDS, require_backend
 from ..errors import DynetDeployError
-from ..runtimes import BACKENDS, require_backend
 from .compare import AGREEMENT_TARGETS, TOLERANCES, Tolerance, errors, write_report
 from .dataset import DatasetReport, mean_iou, reference_outputs, synthetic_segmentation, validate_dataset
 from .random_inputs import RandomReport, read_graph_input, validate_random

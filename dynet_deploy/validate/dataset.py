@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..backends import BackendSession
 from ..errors import ValidationError
-from ..runtimes import BackendSession
 from .compare import AGREEMENT_TARGETS, non_finite_count
 from .random_inputs import read_graph_input
 
@@ -61,12 +61,17 @@ def _batches(n: int, batch: int) -> Iterable[slice]:
 
 
 def _run_in_batches(
-    run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, fixed: bool, progress: bool, desc: str
+    run: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    batch: int,
+    fixed: bool,
+    progress: bool | None,
+    desc: str,
 ) -> np.ndarray:
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
 
     outs = []
-    for sl in tqdm(list(_batches(len(images), batch)), desc=desc, disable=not progress, leave=False, unit="batch"):
+    for sl in progress_bar(list(_batches(len(images), batch)), desc=desc, unit="batch", enabled=progress):
         chunk = images[sl]
         n = len(chunk)
         if fixed and n < batch:  # a fixed-batch graph: pad the last chunk, drop the padding's outputs
@@ -84,7 +89,7 @@ def validate_dataset(
     backend: str = "onnxruntime",
     batch: int = 250,
     threads: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     model_name: str = "",
     num_classes: int | None = None,
     reference_logits: np.ndarray | None = None,
@@ -149,7 +154,7 @@ def validate_dataset(
 
 
 def reference_outputs(
-    model, images: np.ndarray, batch: int = 250, dtype=np.float32, progress: bool = False
+    model, images: np.ndarray, batch: int = 250, dtype=np.float32, progress: bool | None = False
 ) -> np.ndarray:
     """PyTorch's first output on ``images`` in batches (inputs rounded through ``dtype`` as a backend sees them)."""
     import torch

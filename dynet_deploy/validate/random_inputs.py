@@ -12,10 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..backends import BackendSession
 from ..errors import ValidationError
 from ..fileio import atomic_path
 from ..graph import load_onnx
-from ..runtimes import BackendSession
 from .compare import TOLERANCES, OutputCheck, Tolerance, errors, non_finite_count
 
 
@@ -100,7 +100,7 @@ def read_graph_input(onnx_path: str | Path) -> GraphInput:
 
 
 def _reference_runner(model, graph: GraphInput):
-    from ..runtimes.torch_runtime import TorchRunner
+    from ..backends.torch_reference import TorchRunner
 
     return TorchRunner(model, [graph.name], graph.output_names)
 
@@ -109,19 +109,14 @@ def replay_command(
     model_path: Path, backend: str, uses_plugin: bool, inputs_json: Path, ref_json: Path, tol: Tolerance
 ) -> str:
     """The ``polygraphy run`` command that replays the check by hand."""
-    q = shlex.quote
-    tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {tol.max_abs:g} --rtol {tol.rel:g}"
-    if backend == "onnxruntime" and not uses_plugin:
-        return f"polygraphy run {q(str(model_path))} --onnxrt {tail}"
-    from ..op.native import tensorrt_plugin_path
+    from ..backends import get_backend
 
-    plugin = tensorrt_plugin_path()
-    plugin_arg = q(str(plugin)) if plugin else "$TensorRT_PLUGIN_LIB"
-    cmd = f"polygraphy run {q(str(model_path))} --trt --plugins {plugin_arg} {tail}"
-    if backend == "onnxruntime":
-        # Polygraphy's --onnxrt cannot load onnxruntime custom-op libraries; TensorRT replays the fused graph.
-        cmd += "   # fused graph: Polygraphy's --onnxrt cannot load custom ops, so this replays on TensorRT"
-    return cmd
+    q = shlex.quote
+    atol, rtol = tol.polygraphy()
+    tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {atol:g} --rtol {rtol:g}"
+    args, note = get_backend(backend).replay_args(uses_plugin)
+    cmd = f"polygraphy run {q(str(model_path))} {' '.join(args)} {tail}"
+    return cmd + (f"   # {note}" if note else "")
 
 
 def validate_random(
@@ -197,18 +192,19 @@ def validate_random(
                 raise ValidationError(f"backend output lacks {name!r}; it has {list(it.keys())}")
             max_abs, rel = errors(it[name], r)
             bad_out, bad_ref = non_finite_count(it[name]), non_finite_count(r)
-            ok = max_abs <= tol.max_abs and rel <= tol.rel and not bad_out and not bad_ref
+            ok = tol.allows(max_abs, rel) and not bad_out and not bad_ref
             report.checks.append(OutputCheck(b, name, list(r.shape), max_abs, rel, ok, bad_out, bad_ref))
     combined = RunResults()
     combined.append(reference[0])
     combined.append(backend_results[0])
-    # Polygraphy's check is element-wise: |out - ref| <= atol or |out - ref| / |ref| <= rtol.
+    # Polygraphy's check is element-wise: |out - ref| <= atol or |out - ref| / |ref| <= rtol (Tolerance.polygraphy).
     try:
         from polygraphy.comparator import SimpleCompareFunc as simple_compare
     except ImportError:  # Polygraphy < 0.50
         simple_compare = CompareFunc.simple
     accuracy = Comparator.compare_accuracy(
-        combined, compare_func=simple_compare(atol=tol.max_abs, rtol=tol.rel, check_error_stat="max")
+        combined,
+        compare_func=simple_compare(atol=tol.polygraphy()[0], rtol=tol.polygraphy()[1], check_error_stat="max"),
     )
     report.polygraphy_passed = bool(accuracy)
 

@@ -1,4 +1,4 @@
-"""Run a TensorRT engine on numpy inputs (used by validate and bench).
+"""Run a TensorRT engine on numpy inputs (every stage opens it through the tensorrt backend).
 
 TensorRT is imported lazily; the DyNetDynamicConv2d plugin library is loaded before the engine is deserialised
 (otherwise TensorRT reports "IPluginCreator not found in Plugin Registry"). Device memory comes from PyTorch's CUDA
@@ -7,13 +7,13 @@ allocator, so no extra CUDA Python package is needed.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import MissingDependencyError, RuntimeBackendError
+from ...errors import MissingDependencyError, RuntimeBackendError
+from .loader import import_tensorrt, load_plugin_library
 
 
 def _torch_cuda():
@@ -36,8 +36,6 @@ class TensorRTRunner:
     """
 
     def __init__(self, engine_path, plugin_library=None, device: int = 0, verbose: bool = False):
-        from ..build.engine import import_tensorrt, load_plugin_library
-
         self.trt = trt = import_tensorrt()
         self.torch = torch = _torch_cuda()
         engine_path = Path(engine_path)
@@ -85,19 +83,19 @@ class TensorRTRunner:
             raise RuntimeBackendError(f"tensor {name!r} has unsupported TensorRT dtype {dtype}")
         return mapping[dtype]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs, _ = self._run(feeds, timed=False)
-        return outputs
-
-    def run_timed(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        """Like run, also returning the GPU time of the enqueue in milliseconds (CUDA events)."""
-        return self._run(feeds, timed=True)
-
-    def _run(self, feeds, timed: bool):
-        torch = self.torch
+    def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise RuntimeBackendError(f"missing engine inputs {missing}; the engine takes {self.input_names}")
+
+    def bound_run(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        """A call that runs the engine on ``feeds`` (host arrays in and out), for timing loops."""
+        self.check_inputs(feeds)
+        return lambda: self.run(feeds)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        self.check_inputs(feeds)
         keep = []
         with torch.cuda.device(self.device):
             for name in self.input_names:
@@ -120,29 +118,7 @@ class TensorRTRunner:
                 self.context.set_tensor_address(name, t.data_ptr())
             # Inputs were copied on the current stream; make the engine's stream wait for them.
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            start = end = None
-            if timed:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record(self.stream)
-            t0 = time.perf_counter()
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeBackendError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-            if timed:
-                end.record(self.stream)
             self.stream.synchronize()
-            elapsed = start.elapsed_time(end) if timed else (time.perf_counter() - t0) * 1e3
-            return {name: t.cpu().numpy() for name, t in out.items()}, elapsed
-
-
-def run_engine(engine_path, feeds: Mapping[str, np.ndarray], plugin_library=None) -> dict[str, np.ndarray]:
-    """One-shot convenience: load the plugin and engine, run once."""
-    return TensorRTRunner(engine_path, plugin_library).run(feeds)
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """(available, version or reason) without raising."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        return False, f"import tensorrt failed: {exc}"
-    return True, str(trt.__version__)
+            return {name: t.cpu().numpy() for name, t in out.items()}

@@ -13,17 +13,17 @@ The fp16 conversion needs only onnx and onnxconverter-common; everything else ne
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import BuildError, MissingDependencyError
-from ..fileio import atomic_path, atomic_write_bytes
-from ..op.spec import OP_TYPE as PLUGIN_OP
-
+from ...errors import BuildError
+from ...fileio import atomic_path, atomic_write_bytes
+from ...op.spec import OP_TYPE as PLUGIN_OP
+from .loader import import_tensorrt, load_plugin_library, trt_major
 
 # ---- fp16 ONNX ------------------------------------------------------------------------------------------------
+
 
 def convert_onnx_to_fp16(src, dst=None, keep_io_types: bool = True):
     """Convert a plugin ONNX to fp16 with onnxconverter-common, keeping every DyNetDynamicConv2d node.
@@ -88,46 +88,6 @@ def check_plugin_inputs_fp16(model) -> None:
 
 # ---- TensorRT -------------------------------------------------------------------------------------------------
 
-def import_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: PLC0415 - optional, heavy
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "TensorRT is not installed (import tensorrt failed: "
-            f"{exc}). Building engines needs TensorRT 10.x or 11.x with its Python bindings on a CUDA machine; "
-            "export and fuse still work, and onnxruntime runs the plugin ONNX (see 'dynet-deploy doctor')."
-        ) from exc
-    return trt
-
-
-def trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
-_LOADED_PLUGIN_LIBS: dict[str, ctypes.CDLL] = {}
-
-
-def load_plugin_library(path=None) -> Path:
-    """Load the TensorRT plugin library with ctypes (its REGISTER_TENSORRT_PLUGIN registers the creator)."""
-    from ..op import native as plugin_lib
-
-    lib_path = Path(path) if path is not None else plugin_lib.tensorrt_plugin_path()
-    if lib_path is None:
-        raise MissingDependencyError(
-            f"the TensorRT plugin library {plugin_lib.TRT_LIBRARY} was not built: run "
-            "'cmake -S . -B build -DTensorRT_ROOT=/path/to/TensorRT && cmake --build build' "
-            f"or set {plugin_lib.ENV_PLUGIN_DIR}"
-        )
-    if not lib_path.is_file():
-        raise MissingDependencyError(f"plugin library {lib_path} does not exist")
-    key = str(lib_path.resolve())
-    if key not in _LOADED_PLUGIN_LIBS:
-        try:
-            _LOADED_PLUGIN_LIBS[key] = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            raise MissingDependencyError(f"could not load plugin library {lib_path}: {exc}") from exc
-    return lib_path
-
 
 @dataclasses.dataclass
 class Profile:
@@ -147,7 +107,7 @@ class Profile:
 
     def shapes_for(self, name: str, dims: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) shapes for an input with ``dims`` (-1 where dynamic)."""
-        out = ([], [], [])
+        out: tuple[list[int], list[int], list[int]] = ([], [], [])
         for axis, d in enumerate(dims):
             if d >= 0:
                 for s in out:
@@ -198,9 +158,19 @@ class _TrtLogger:
         self.logger = Logger()
 
 
-def build_engine(onnx_path, engine_path, *, profile: Profile, fp16: bool = False, legacy_fp16_flag: bool = False,
-                 plugin_library=None, timing_cache=None, workspace_mib: int | None = None,
-                 save_fp16_onnx=None, verbose: bool = False) -> EngineBuildResult:
+def build_engine(
+    onnx_path,
+    engine_path,
+    *,
+    profile: Profile,
+    fp16: bool = False,
+    legacy_fp16_flag: bool = False,
+    plugin_library=None,
+    timing_cache=None,
+    workspace_mib: int | None = None,
+    save_fp16_onnx=None,
+    verbose: bool = False,
+) -> EngineBuildResult:
     """Build and atomically write a TensorRT engine for a plugin ONNX. See the module docstring."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -240,8 +210,7 @@ def build_engine(onnx_path, engine_path, *, profile: Profile, fp16: bool = False
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         hint = ""
         if "Plugin not found" in errors or PLUGIN_OP in errors:
-            hint = (f" (is {lib_path} the plugin built for this TensorRT? name {PLUGIN_OP!r}, version '1', "
-                    "namespace '')")
+            hint = f" (is {lib_path} the plugin built for this TensorRT? name {PLUGIN_OP!r}, version '1', namespace '')"
         raise BuildError(f"TensorRT could not parse {onnx_path}: {errors}{hint}")
 
     config = builder.create_builder_config()
@@ -276,10 +245,3 @@ def default_engine_path(onnx_path) -> Path:
     p = Path(onnx_path)
     stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.stem
     return p.with_name(stem + ".engine")
-
-
-__all__ = [
-    "EngineBuildResult", "Profile", "build_engine", "check_plugin_inputs_fp16", "convert_onnx_to_fp16",
-    "default_engine_path", "import_tensorrt", "load_plugin_library",
-]
-

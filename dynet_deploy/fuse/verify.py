@@ -1,0 +1,42 @@
+"""``fuse --verify``: the fused graph and the graph it came from, run on onnxruntime on one fresh random input."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import FuseError
+from ..tolerance import SUMMATION_ORDER, errors, non_finite_count
+
+
+def verify_fused(original: str, fused: str, emit: Callable[[str], None] = print) -> None:
+    """Run both graphs on one fresh random input; ``emit`` one line per output; FuseError on non-finite outputs or
+    a mismatch beyond :data:`~dynet_deploy.tolerance.SUMMATION_ORDER` (the two differ by summation order only)."""
+    from ..backends.onnxruntime import OnnxruntimeRunner
+
+    tol = SUMMATION_ORDER
+    ref = OnnxruntimeRunner(original)
+    new = OnnxruntimeRunner(fused)
+    feeds = {}
+    for name, (shape, dtype) in ref.input_spec().items():
+        # Symbolic dims: batch 2 (catches batch mix-ups), 64 for spatial dims.
+        dims = [d if isinstance(d, int) and d > 0 else (2 if axis == 0 else 64) for axis, d in enumerate(shape)]
+        feeds[name] = np.random.default_rng().standard_normal(dims).astype(dtype)
+    a, b = ref.run(feeds), new.run(feeds)
+    failures = []
+    for name in ref.output_names:
+        bad_a, bad_b = non_finite_count(a[name]), non_finite_count(b[name])
+        if bad_a or bad_b:
+            failures.append(f"output {name!r} has non-finite values (NaN/Inf: {bad_b} fused, {bad_a} original)")
+            continue
+        max_abs, rel = errors(b[name], a[name], FuseError)
+        ok = tol.allows_either(max_abs, rel)
+        emit(
+            f"verify {name}: fused vs original on onnxruntime, max-abs {max_abs:.2e}, relative {rel:.2e} "
+            f"({'ok' if ok else 'MISMATCH'}: tolerance relative {tol.rel:g} or max-abs {tol.max_abs:g})"
+        )
+        if not ok:
+            failures.append(f"output {name!r} differs (relative {rel:.2e} > {tol.rel:g})")
+    if failures:
+        raise FuseError(f"--verify failed, the fused graph was removed: {'; '.join(failures)}")

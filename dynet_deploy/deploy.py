@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_output_folder, mark_output_folder
 from .recipe import Recipe
 
 
@@ -107,7 +107,7 @@ def run_deploy(
     (also used for PyTorch and onnxruntime throughout). ``force`` replaces an existing non-empty ``out_dir``.
     """
     out = Path(out_dir) if out_dir is not None else Path("out") / recipe.name
-    _check_destination(out, force)
+    _check_destination(out, force, recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -124,6 +124,7 @@ def run_deploy(
             progress=progress,
             log=log,
         )
+        mark_output_folder(stage, "deploy")
         _publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -131,17 +132,36 @@ def run_deploy(
     return result
 
 
-def _check_destination(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DeployError(f"{out} exists and is not a folder; give another -o")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
-        if not (out / "report.json").is_file():
-            raise DeployError(
-                f"{out} is not the folder of an earlier deploy (no report.json); --force replaces only "
-                "those: give another -o"
-            )
+def check_deploy_flags(recipe: Recipe, args: Any) -> None:
+    """The command line's flags against the recipe, before any stage: each given flag must apply, and be usable."""
+    from .errors import RecipeError
+    from .guards import check_library_dir, check_threads, refuse_unused_flags
+
+    if recipe.dataset is None:
+        refuse_unused_flags(
+            (("--dataset", args.dataset is not None), ("--limit", args.limit is not None)),
+            f"recipe {recipe.path or recipe.name} names no data set; add a 'dataset' to it for accuracy parity",
+            RecipeError,
+        )
+    if not args.triton:
+        refuse_unused_flags(
+            (("--op-library-dir", args.op_library_dir is not None), ("--plugin-dir", args.plugin_dir is not None)),
+            "library folders are written into the Triton repository only; add --triton",
+            RecipeError,
+        )
+    check_library_dir(args.op_library_dir, "--op-library-dir", RecipeError)
+    check_library_dir(args.plugin_dir, "--plugin-dir", RecipeError)
+    if args.threads is not None:
+        check_threads(args.threads, RecipeError, "--threads")
+    else:
+        check_threads(recipe.latency.threads, RecipeError, f"recipe {recipe.path or recipe.name}: latency.threads")
+
+
+def _check_destination(out: Path, force: bool, recipe: Recipe) -> None:
+    """Refuse, before any stage runs, an output folder whose replacement would harm (see check_output_folder)."""
+    ckpt = recipe.checkpoint_path()
+    inputs = [recipe.path, ckpt, ckpt.with_suffix(".json"), recipe.baseline_checkpoint_path()]
+    check_output_folder(out, force, inputs, DeployError, "-o")
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -196,11 +216,7 @@ def _deploy_into(
     # 1. checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)
     t0 = time.perf_counter()
     ckpt = recipe.checkpoint_path()
-    base_ckpt = None
-    if recipe.latency.baseline:
-        from .train import bundled_checkpoint
-
-        base_ckpt = bundled_checkpoint(recipe.latency.baseline)
+    base_ckpt = recipe.baseline_checkpoint_path()
     model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
     name = cfg.get("model") or getattr(model, "zoo_name", None) or recipe.name
@@ -605,4 +621,4 @@ def format_report(res: DeployResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DeployResult", "Step", "format_report", "format_tables", "run_deploy"]
+__all__ = ["DeployResult", "Step", "check_deploy_flags", "format_report", "format_tables", "run_deploy"]

@@ -197,8 +197,9 @@ def _check_values(args) -> None:
         raise RunError(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         raise RunError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        raise RunError(f"--threads must be >= 1, got {args.threads}")
+    from ..guards import check_threads
+
+    check_threads(args.threads, RunError)
 
 
 def _describe(arr) -> str:

@@ -111,6 +111,7 @@ def run_deploy(
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        mark_output_folder(stage, "deploy")  # a later --force may replace this folder, and only such folders
         result = _deploy_into(
             stage,
             out,
@@ -124,7 +125,6 @@ def run_deploy(
             progress=progress,
             log=log,
         )
-        mark_output_folder(stage, "deploy")
         _publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

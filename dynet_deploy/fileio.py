@@ -188,13 +188,13 @@ def check_output_folder(
     inputs = [i for i in inputs if i is not None]
     if not str(out).strip():
         raise error(f"{flag} is empty; give an output folder")
+    if len(os.fsencode(p.name)) > NAME_MAX:  # before any look-up: the OS refuses the name itself
+        raise error(f"{flag}: the folder name is {len(os.fsencode(p.name))} bytes; file systems allow {NAME_MAX}")
     if p.is_symlink():
         raise error(
             f"{flag} {str(p)!r} is a symbolic link; the output folder is replaced as a whole, so give the folder's "
             f"own path (e.g. {os.path.realpath(p)!r}) or a new name"
         )
-    if len(os.fsencode(p.name)) > NAME_MAX:
-        raise error(f"{flag}: the folder name is {len(os.fsencode(p.name))} bytes; file systems allow {NAME_MAX}")
     if p.exists() and not p.is_dir():
         raise error(f"{flag} {str(p)!r} exists and is not a folder; give another {flag}")
     here = Path.cwd()

@@ -29,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from polygraphy.logger import G_LOGGER
 
     from ..errors import DemoError
+    from ..guards import check_threads
     from .bench import check_out_dir
 
-    if args.threads < 1:
-        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads, DemoError)
     if args.limit is not None and args.limit < 1:
         raise DemoError(f"--limit must be >= 1, got {args.limit}")
     check_out_dir(args.out_dir, DemoError)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import resource
 import shutil
@@ -445,6 +446,33 @@ CASES = [
         _read_only_parent,
         marks=[NOT_ROOT],
     ),
+    # -- unclear messages ----------------------------------------------------------------------------------------
+    Case(
+        "inspect-text-pickle-is-not-a-text-file",
+        "messages",
+        lambda a, o: ["checkpoint", "inspect", str(o / "p0.safetensors")],
+        "checkpoint",
+        "a Python pickle in its text protocol .*it was not unpickled",
+        lambda a, o: (o / "p0.safetensors").write_bytes(pickle.dumps({"w": [1, 2]}, protocol=0)),
+    ),
+    Case(
+        "inspect-plain-pickle-names-it",
+        "messages",
+        lambda a, o: ["checkpoint", "inspect", str(o / "p2.pt")],
+        "checkpoint",
+        "it is a plain Python pickle, not a file torch.save wrote",
+        lambda a, o: (o / "p2.pt").write_bytes(pickle.dumps({"w": [1, 2]}, protocol=2)),
+    ),
+    Case(
+        "bench-checkpoint-without-config-suggests-no-missing-flag",
+        "messages",
+        lambda a, o: (
+            ["bench", "--checkpoint", str(o / "solo.safetensors"), "--backends", "onnxruntime"] + ["--out-dir", str(o)]
+        ),
+        "checkpoint",
+        r"copy the .json written with it beside it, or name the zoo model \(export and checkpoint take --model",
+        lambda a, o: shutil.copy(a / CK, o / "solo.safetensors"),
+    ),
     # -- leftovers -----------------------------------------------------------------------------------------------
     Case(
         "deploy-o-symlink-to-folder",
@@ -499,7 +527,7 @@ def test_bad_input_round3(case: Case, A: Path, tmp_path: Path, monkeypatch):  # 
 
 def test_round3_covers_every_family():
     families = {c.family for c in CASES}
-    assert families == {"harms", "paths", "recipe", "threads", "internal", "leftovers"}
+    assert families == {"harms", "paths", "recipe", "threads", "internal", "leftovers", "messages"}
     assert len({c.id for c in CASES}) == len(CASES)
 
 
@@ -546,3 +574,13 @@ def test_thread_bound_follows_the_process_limit(monkeypatch):
     with pytest.raises(RunError, match="between 1 and"):
         guards.check_threads(guards.THREADS_PER_CORE * 64 + 1, RunError)
     assert guards.check_threads(1, RunError) == 1
+
+
+def test_other_libraries_text_is_summarised_at_a_sentence_or_word():
+    from dynet_deploy.errors import summarise
+
+    text = "Weights only load failed. This file can still be loaded, to do so you have two options. " * 3
+    short = summarise(text, 120)
+    assert short.endswith(". (...)") and len(short) <= 127 and "weights_only=False" not in short
+    assert summarise("word " * 100, 50).endswith("word (...)")
+    assert summarise("one line\n  two", 100) == "one line two"

@@ -102,7 +102,7 @@ def load_feeds(path: Path) -> list[dict[str, Any]]:
 def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
     import numpy as np
 
-    from ..errors import RunError
+    from ..errors import RunError, summarise
 
     try:
         from polygraphy.json import load_json
@@ -111,7 +111,7 @@ def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
     try:
         data = load_json(str(path), description="input data")
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = summarise(str(exc).strip().splitlines()[0], 200) if str(exc).strip() else type(exc).__name__
         raise RunError(f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: {first}") from None
     feeds = [data] if isinstance(data, dict) else data
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) for f in feeds):

@@ -226,6 +226,13 @@ CASES = [
         recipe(),
     ),
     Case(
+        "validate-limit-without-dataset",
+        "harms",
+        lambda a, o: ["validate", str(a / CK), str(a / "m.onnx"), "--limit", "10", "--out-dir", str(o)],
+        "validate",
+        "--limit does not apply: it limits --dataset's check",
+    ),
+    Case(
         "deploy-op-library-dir-without-triton",
         "harms",
         deploy("--op-library-dir", "/opt/dynet/lib"),

@@ -81,6 +81,12 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ValidationError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
     if args.limit is not None and args.limit < 1:
         raise ValidationError(f"--limit must be >= 1, got {args.limit}")
+    if args.dataset is None:
+        from ..guards import refuse_unused_flags
+
+        refuse_unused_flags(
+            (("--limit", args.limit is not None),), "it limits --dataset's check; add --dataset", ValidationError
+        )
     from ..guards import check_threads
 
     check_threads(args.threads, ValidationError)

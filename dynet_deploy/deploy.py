@@ -161,7 +161,16 @@ def _check_destination(out: Path, force: bool, recipe: Recipe) -> None:
     """Refuse, before any stage runs, an output folder whose replacement would harm (see check_output_folder)."""
     ckpt = recipe.checkpoint_path()
     inputs = [recipe.path, ckpt, ckpt.with_suffix(".json"), recipe.baseline_checkpoint_path()]
-    check_output_folder(out, force, inputs, DeployError, "-o")
+    check_output_folder(out, force, inputs, DeployError, "-o", written_before_marker=_deploy_report_inside)
+
+
+def _deploy_report_inside(folder: Path) -> bool:
+    """A deploy folder from before the marker: its report.json is a deploy report (validate's has other keys)."""
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(report, dict) and {"recipe", "steps", "artifacts", "out_dir"} <= report.keys()
 
 
 def _publish(stage: Path, out: Path) -> None:

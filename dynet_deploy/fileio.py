@@ -22,7 +22,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import DynetDeployError
 
@@ -177,12 +177,14 @@ def check_output_folder(
     inputs: Iterable[PathLike | None] = (),
     error: type[DynetDeployError] = DynetDeployError,
     flag: str = "-o",
+    written_before_marker: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Check that ``out`` may be created (or, with ``force``, replaced) as a whole folder; before any work.
 
     Refused: a symbolic link (it would be replaced by a folder, not followed), a file, a name longer than the file
     system allows, a parent that cannot be created or written, a non-empty folder without ``force``, and with
     ``force`` a folder without :data:`OUTPUT_MARKER`, the current folder or one above it, or one holding an input.
+    ``written_before_marker`` recognises a folder the command wrote before it wrote markers.
     """
     p = Path(out)
     inputs = [i for i in inputs if i is not None]
@@ -207,7 +209,8 @@ def check_output_folder(
     if p.is_dir() and any(p.iterdir()):
         if not force:
             raise error(f"output folder {str(p)!r} is not empty; give another {flag}, or --force to replace it")
-        if not (p / OUTPUT_MARKER).is_file():
+        earlier = written_before_marker is not None and written_before_marker(p)
+        if not (p / OUTPUT_MARKER).is_file() and not earlier:
             raise error(
                 f"{str(p)!r} was not written by dynet-deploy (no {OUTPUT_MARKER} in it); --force replaces only "
                 f"folders this tool wrote: give another {flag}"

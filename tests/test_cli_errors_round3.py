@@ -591,3 +591,17 @@ def test_other_libraries_text_is_summarised_at_a_sentence_or_word():
     assert short.endswith(". (...)") and len(short) <= 127 and "weights_only=False" not in short
     assert summarise("word " * 100, 50).endswith("word (...)")
     assert summarise("one line\n  two", 100) == "one line two"
+
+
+def test_force_replaces_a_deploy_folder_from_before_the_marker(A, tmp_path, monkeypatch):  # noqa: F811
+    # A folder an earlier version of deploy wrote has no marker, but its report.json is a deploy report.
+    monkeypatch.setenv("ROUND3_A", str(A))
+    recipe_path = _small_recipe(tmp_path, "in")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "report.json").write_text(json.dumps({"recipe": {}, "steps": [], "artifacts": [], "out_dir": str(old)}))
+    (old / "model.onnx").write_bytes(b"stale")
+    rc, out, err = run_cli(["deploy", str(recipe_path), "-o", str(old), "--force"])
+    assert rc == 0, err[-2000:]
+    assert (old / OUTPUT_MARKER).is_file() and (old / "model.onnx").read_bytes() != b"stale"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "old"]  # nothing hidden left beside it

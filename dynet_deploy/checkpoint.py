@@ -193,6 +193,8 @@ def _describe_content(head: bytes, path: Path) -> str:
     if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8")):
         return "an image"
     sample = head[:512]
+    if _looks_like_text_pickle(sample):
+        return "a Python pickle in its text protocol (not a torch.save file; it was not unpickled)"
     if b"\x00" not in sample:
         try:
             sample.decode("utf-8")
@@ -201,6 +203,11 @@ def _describe_content(head: bytes, path: Path) -> str:
             if exc.start >= len(sample) - 3:  # cut in the middle of a character
                 return "a text file"
     return "binary data of unknown kind"
+
+
+def _looks_like_text_pickle(sample: bytes) -> bool:
+    """Pickle protocols 0 and 1 are printable: a dict, list or tuple mark, or a global, then a newline-ended op."""
+    return sample.startswith((b"(dp", b"(lp", b"(tp", b"(i", b"(c", b"c__builtin__\n", b"ccopy_reg\n", b"}q", b"]q"))
 
 
 def _content_kind(path: Path) -> tuple[str, bytes]:
@@ -325,6 +332,8 @@ def _read_torch_file(path: Path, kind: str) -> Any:
                 f"re-save just the weights: torch.save(model.state_dict(), path)"
             ) from None
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if kind == "pickle" and "magic number" in str(exc):
+            reason = "it is a plain Python pickle, not a file torch.save wrote (those start with torch's own header)"
         if "weights_only" in str(exc) or "Unsupported" in str(exc):
             reason = "it holds objects other than tensors and plain containers, or uses a pickle feature torch refuses"
         raise CheckpointError(
@@ -567,7 +576,8 @@ def load_checkpoint(
             read_state_dict(p)  # a file that is not a checkpoint at all says so first
             raise CheckpointError(
                 f"{str(p)!r} has no config {str(config_path)!r} beside it, so the model it belongs to is unknown; "
-                f"pass the zoo model name (model_name=..., CLI --model NAME) or copy the .json beside it"
+                f"copy the .json written with it beside it, or name the zoo model (export and checkpoint take --model NAME, "
+                f"validate --model-name NAME)"
             )
     source = str(weights_path)
 

@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from .errors import DynetDeployError
+from .errors import DynetDeployError, summarise
 
 DEBUG_ENV = "DYNET_DEPLOY_DEBUG"  # set to 1 to see the traceback of an unexpected exception
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(DEBUG_ENV):
             raise
         print(
-            f"error (internal): {type(exc).__name__}: {_one_line(exc)[:500]}. This is a bug in dynet-deploy; "
+            f"error (internal): {type(exc).__name__}: {summarise(exc, 500)}. This is a bug in dynet-deploy; "
             f"rerun with {DEBUG_ENV}=1 for the traceback and report it",
             file=sys.stderr,
         )

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_output_folder, mark_output_folder
 from .progress import progress_enabled
 from .recipe import Recipe
 
@@ -107,10 +107,11 @@ def run_deploy(
     (also used for PyTorch and onnxruntime throughout). ``force`` replaces an existing non-empty ``out_dir``.
     """
     out = Path(out_dir) if out_dir is not None else Path("out") / recipe.name
-    _check_destination(out, force)
+    _check_destination(out, force, recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        mark_output_folder(stage, "deploy")  # a later --force may replace this folder, and only such folders
         result = _deploy_into(
             stage,
             out,
@@ -131,17 +132,45 @@ def run_deploy(
     return result
 
 
-def _check_destination(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DeployError(f"{out} exists and is not a folder; give another -o")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise DeployError(f"output folder {out} is not empty; give another -o or --force to replace it")
-        if not (out / "report.json").is_file():
-            raise DeployError(
-                f"{out} is not the folder of an earlier deploy (no report.json); --force replaces only "
-                "those: give another -o"
-            )
+def check_deploy_flags(recipe: Recipe, args: Any) -> None:
+    """The command line's flags against the recipe, before any stage: each given flag must apply, and be usable."""
+    from .errors import RecipeError
+    from .guards import check_library_dir, check_threads, refuse_unused_flags
+
+    if recipe.dataset is None:
+        refuse_unused_flags(
+            (("--dataset", args.dataset is not None), ("--limit", args.limit is not None)),
+            f"recipe {recipe.path or recipe.name} names no data set; add a 'dataset' to it for accuracy parity",
+            RecipeError,
+        )
+    if not args.triton:
+        refuse_unused_flags(
+            (("--op-library-dir", args.op_library_dir is not None), ("--plugin-dir", args.plugin_dir is not None)),
+            "library folders are written into the Triton repository only; add --triton",
+            RecipeError,
+        )
+    check_library_dir(args.op_library_dir, "--op-library-dir", RecipeError)
+    check_library_dir(args.plugin_dir, "--plugin-dir", RecipeError)
+    if args.threads is not None:
+        check_threads(args.threads, RecipeError, "--threads")
+    else:
+        check_threads(recipe.latency.threads, RecipeError, f"recipe {recipe.path or recipe.name}: latency.threads")
+
+
+def _check_destination(out: Path, force: bool, recipe: Recipe) -> None:
+    """Refuse, before any stage runs, an output folder whose replacement would harm (see check_output_folder)."""
+    ckpt = recipe.checkpoint_path()
+    inputs = [recipe.path, ckpt, ckpt.with_suffix(".json"), recipe.baseline_checkpoint_path()]
+    check_output_folder(out, force, inputs, DeployError, "-o", written_before_marker=_deploy_report_inside)
+
+
+def _deploy_report_inside(folder: Path) -> bool:
+    """A deploy folder from before the marker: its report.json is a deploy report (validate's has other keys)."""
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(report, dict) and {"recipe", "steps", "artifacts", "out_dir"} <= report.keys()
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -284,10 +313,7 @@ def _step_checkpoint(run: _Deployment) -> None:
     run.start()
     recipe = run.recipe
     ckpt = run.ckpt = recipe.checkpoint_path()
-    if recipe.latency.baseline:
-        from .train import bundled_checkpoint
-
-        run.base_ckpt = bundled_checkpoint(recipe.latency.baseline)
+    run.base_ckpt = recipe.baseline_checkpoint_path()
     run.model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
     run.name = cfg.get("model") or getattr(run.model, "zoo_name", None) or recipe.name
@@ -713,4 +739,4 @@ def format_report(res: DeployResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DeployResult", "Step", "format_report", "format_tables", "run_deploy"]
+__all__ = ["DeployResult", "Step", "check_deploy_flags", "format_report", "format_tables", "run_deploy"]

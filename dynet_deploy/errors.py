@@ -1,6 +1,23 @@
 """One error type per stage. The CLI prints these without a traceback and exits non-zero."""
 
 
+def summarise(text: object, limit: int = 240) -> str:
+    """Another library's message on one line, at most ``limit`` characters, never cut mid-word or mid-sentence.
+
+    Where the text is longer, it keeps whole sentences (up to the last '. ' that fits), else whole words followed
+    by '...', so that what is left does not read as different advice than the library gave.
+    """
+    one = " ".join(str(text).split())
+    if len(one) <= limit:
+        return one
+    head = one[:limit]
+    end = head.rfind(". ")
+    if end >= limit // 3:
+        return head[: end + 1] + " (...)"
+    space = head.rfind(" ")
+    return (head[:space] if space > 0 else head).rstrip(",;:") + " (...)"
+
+
 class DynetDeployError(Exception):
     """Base class: the message says what was wrong and what to do."""
 

@@ -6,6 +6,10 @@
 * :func:`check_output_path` refuses an output that would overwrite one of the command's inputs (the same
   path, a symbolic link to it or a hard link of it) and, where a stage's outputs have one kind, a file
   name with the wrong suffix. It runs before anything is loaded or computed.
+* :func:`check_output_folder` decides whether a command may write a whole folder: ``--force`` replaces only a
+  folder this tool wrote (it holds :data:`OUTPUT_MARKER`, written by :func:`mark_output_folder`) and never one that
+  holds an input, the current folder or one above it; a symbolic link is refused rather than replaced.
+* :func:`refuse_existing` keeps a command from replacing files without ``--force``.
 * :func:`install_termination_handler` turns SIGTERM into an exception like Ctrl-C's, so the temporary
   file of an interrupted write is removed in both cases.
 """
@@ -18,7 +22,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import DynetDeployError
 
@@ -133,6 +137,107 @@ def atomic_write_bytes(path: PathLike, data: bytes, error: type[DynetDeployError
 
 def atomic_write_text(path: PathLike, text: str, error: type[DynetDeployError] = DynetDeployError) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), error)
+
+
+OUTPUT_MARKER = ".dynet-deploy-output"  # in every folder a command creates whole; --force replaces only those
+NAME_MAX = 255  # bytes in one path component on Linux's file systems
+
+
+def mark_output_folder(folder: PathLike, command: str) -> Path:
+    """Write the marker that lets a later ``--force`` replace ``folder`` (one line: which command wrote it)."""
+    return atomic_write_text(Path(folder) / OUTPUT_MARKER, f"written by dynet-deploy {command}\n")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        real, top = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    except (OSError, RuntimeError):
+        return False
+    return real == top or top in real.parents
+
+
+def refuse_folder_holding_inputs(
+    folder: PathLike,
+    inputs: Iterable[PathLike | None],
+    error: type[DynetDeployError] = DynetDeployError,
+    flag: str = "-o",
+) -> None:
+    """Raise ``error`` when one of ``inputs`` lies in ``folder`` (or is it): writing there could replace it."""
+    for given in inputs:
+        if given is not None and _inside(Path(given), Path(folder)):
+            raise error(
+                f"{flag} {str(folder)!r} holds the input {str(given)!r}; this command writes its files there and "
+                f"could replace it: give a {flag} folder that holds none of the inputs"
+            )
+
+
+def check_output_folder(
+    out: PathLike,
+    force: bool,
+    inputs: Iterable[PathLike | None] = (),
+    error: type[DynetDeployError] = DynetDeployError,
+    flag: str = "-o",
+    written_before_marker: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Check that ``out`` may be created (or, with ``force``, replaced) as a whole folder; before any work.
+
+    Refused: a symbolic link (it would be replaced by a folder, not followed), a file, a name longer than the file
+    system allows, a parent that cannot be created or written, a non-empty folder without ``force``, and with
+    ``force`` a folder without :data:`OUTPUT_MARKER`, the current folder or one above it, or one holding an input.
+    ``written_before_marker`` recognises a folder the command wrote before it wrote markers.
+    """
+    p = Path(out)
+    inputs = [i for i in inputs if i is not None]
+    if not str(out).strip():
+        raise error(f"{flag} is empty; give an output folder")
+    if len(os.fsencode(p.name)) > NAME_MAX:  # before any look-up: the OS refuses the name itself
+        raise error(f"{flag}: the folder name is {len(os.fsencode(p.name))} bytes; file systems allow {NAME_MAX}")
+    if p.is_symlink():
+        raise error(
+            f"{flag} {str(p)!r} is a symbolic link; the output folder is replaced as a whole, so give the folder's "
+            f"own path (e.g. {os.path.realpath(p)!r}) or a new name"
+        )
+    if p.exists() and not p.is_dir():
+        raise error(f"{flag} {str(p)!r} exists and is not a folder; give another {flag}")
+    here = Path.cwd()
+    if p.exists() and _inside(here, p):
+        raise error(
+            f"{flag} {str(p)!r} is the current folder or holds it; the output folder is replaced as a whole: "
+            f"give a new sub-folder, e.g. {flag} {str(p / 'deploy-out')!r}"
+        )
+    refuse_folder_holding_inputs(p, inputs, error, flag)
+    if p.is_dir() and any(p.iterdir()):
+        if not force:
+            raise error(f"output folder {str(p)!r} is not empty; give another {flag}, or --force to replace it")
+        earlier = written_before_marker is not None and written_before_marker(p)
+        if not (p / OUTPUT_MARKER).is_file() and not earlier:
+            raise error(
+                f"{str(p)!r} was not written by dynet-deploy (no {OUTPUT_MARKER} in it); --force replaces only "
+                f"folders this tool wrote: give another {flag}"
+            )
+    parent = p.parent if str(p.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise error(f"{str(existing)!r} is not a folder, so {flag} {str(p)!r} cannot be created there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"folder {str(existing)!r} is not writable, so {flag} {str(p)!r} cannot be created; choose another")
+    return p
+
+
+def refuse_existing(
+    paths: Iterable[PathLike], force: bool, error: type[DynetDeployError] = DynetDeployError, what: str = "output"
+) -> None:
+    """Raise ``error`` when any of ``paths`` exists and ``force`` is off: replacing it needs ``--force``."""
+    if force:
+        return
+    there = [str(p) for p in paths if os.path.lexists(p)]
+    if there:
+        raise error(
+            f"{what} {', '.join(repr(p) for p in there)} already exist{'s' if len(there) == 1 else ''}; "
+            "give another name, or --force to replace it"
+        )
 
 
 class Terminated(BaseException):

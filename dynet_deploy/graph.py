@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import DynetDeployError
+from .errors import DynetDeployError, summarise
 
 # The lowest ONNX opset this project exports and accepts (recipes, export, the deploy forms).
 MIN_OPSET = 17
@@ -67,7 +67,7 @@ def load_onnx(model_or_path: Any, error: type[DynetDeployError], *, external_dat
     try:
         proto = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:
-        raise error(f"{str(path)!r} is not an ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise error(f"{str(path)!r} is not an ONNX model ({type(exc).__name__}: {summarise(exc, 200)})") from None
     if not proto.graph.node and not proto.graph.input:
         raise error(f"{str(path)!r} is not an ONNX model (no graph inside)")
     return proto

@@ -10,7 +10,8 @@ Every error names the file and the field (``profile.opt``) and says what would b
 The schema (``dynet_deploy/recipes/README.md`` documents it for users)::
 
     {
-      "name": "dy_resnet18_fmnist",                 optional; default: the file's stem
+      "name": "dy_resnet18_fmnist",                 optional; default: the file's stem. One path component and a
+                                                  Triton model name: letters, digits, '_', '-', '.', <= 64 characters
       "checkpoint": "dy_resnet18_fmnist",           a bundled checkpoint's name, or a path (relative to the recipe)
       "input_shape": [1, 28, 28],                   C, H, W of one sample
       "export": {"portable": {"form": "feature", "batch": "dynamic"},
@@ -23,6 +24,10 @@ The schema (``dynet_deploy/recipes/README.md`` documents it for users)::
                   "batch": 500, "agreement": {"fp32": 1.0, "fp16": 0.999}},  optional
       "latency": {"batch": 1, "repeats": 50, "warmup": 5, "threads": 2, "baseline": "resnet18_fmnist"}  optional
     }
+
+``latency.baseline`` names a bundled checkpoint only; a checkpoint of one's own is ``latency.baseline_checkpoint``,
+a path relative to the recipe. ``input_shape`` holds at most :data:`MAX_SAMPLE_VALUES` values per sample and every
+batch size at most :data:`MAX_BATCH`, so that no stage is asked for an allocation no machine has.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,6 +50,9 @@ BUNDLED_RECIPE = "dy_resnet18_fmnist"
 FORMS = ("feature", "kernel")
 PRECISIONS = ("fp32", "fp16")
 SPLITS = ("test", "train")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # one path component and a valid Triton model name
+MAX_SAMPLE_VALUES = 1 << 26  # values in one input sample (C*H*W): 256 MB as fp32, e.g. 3x4096x4096 fits
+MAX_BATCH = 1 << 16  # largest batch in the profile: TensorRT and Triton hold batch sizes in 32-bit integers
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,8 @@ class LatencySpec:
     repeats: int = 50
     warmup: int = 5
     threads: int = 2
-    baseline: str | None = None
+    baseline: str | None = None  # a bundled checkpoint's name
+    baseline_checkpoint: str | None = None  # or a checkpoint path, relative to the recipe
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,21 @@ class Recipe:
                 f"{self._where()}: checkpoint {self.checkpoint!r} is neither a bundled checkpoint "
                 f"({', '.join(known) or 'none'}) nor a file ({p}); fix 'checkpoint'"
             )
+        return p
+
+    def baseline_checkpoint_path(self) -> Path | None:
+        """The latency baseline's checkpoint: a bundled one by name, or the recipe's path field; None without one."""
+        from .train import bundled_checkpoint
+
+        if self.latency.baseline is not None:
+            return bundled_checkpoint(self.latency.baseline)
+        if self.latency.baseline_checkpoint is None:
+            return None
+        p = Path(self.latency.baseline_checkpoint).expanduser()
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        if not p.is_file():
+            raise RecipeError(f"{self._where()}: latency.baseline_checkpoint {str(p)!r} is not a file; fix the field")
         return p
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,8 +213,10 @@ def load_recipe(path: str | Path) -> Recipe:
     p = Path(path)
     hint = f"bundled: {bundled_recipe_path()}" if RECIPES_DIR.is_dir() else ""
     check_readable_file(p, RecipeError, "recipe", hint)  # missing, a directory, a broken link, unreadable: said so
+    from .guards import loads_json
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = loads_json(p.read_text(encoding="utf-8"), RecipeError, f"recipe {p}")
     except UnicodeDecodeError:
         raise RecipeError(f"recipe {p} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -213,9 +240,23 @@ def load_recipe_dict(data: Any, path: Path | None = None) -> Recipe:
     name = (
         c.string(top["name"], "name") if "name" in top else (path.stem if path is not None else Path(checkpoint).stem)
     )
+    if not NAME_RE.match(name):
+        shown = f"{name[:80]!r}{'...' if len(name) > 80 else ''}"
+        c.fail(
+            "name",
+            f"is {shown}{'' if 'name' in top else ' (the file stem: the recipe has no name)'}: a recipe's name is its "
+            "output folder (out/<name>) and its Triton model name, so it must be 1-64 letters, digits, '_', '-' or "
+            "'.', starting with a letter or digit; fix 'name'",
+        )
     shape = c.int_list(top["input_shape"], "input_shape", minimum=1)
     if len(shape) != 3:
         c.fail("input_shape", f"must be [C, H, W] (3 integers), got {len(shape)}")
+    if math.prod(shape) > MAX_SAMPLE_VALUES:
+        c.fail(
+            "input_shape",
+            f"{shape} is {math.prod(shape):,} values per sample ({math.prod(shape) * 4 / 1e9:.1f} GB as fp32); "
+            f"the limit is {MAX_SAMPLE_VALUES:,} (e.g. [3, 4096, 4096]): give the size the model is deployed at",
+        )
 
     exp = c.obj(top.get("export", {}), "export", optional=("portable", "fuse_from", "opset"))
     portable = _export_form(c, exp.get("portable", {"form": "feature", "batch": "dynamic"}), "export.portable")
@@ -224,6 +265,13 @@ def load_recipe_dict(data: Any, path: Path | None = None) -> Recipe:
 
     prof = c.obj(top.get("profile", {"min": 1, "opt": 8, "max": 8}), "profile", required=("min", "opt", "max"))
     pmin, popt, pmax = (c.integer(prof[k], f"profile.{k}", minimum=1) for k in ("min", "opt", "max"))
+    for k, v in (("min", pmin), ("opt", popt), ("max", pmax)):
+        if v > MAX_BATCH:
+            c.fail(
+                f"profile.{k}",
+                f"is {v:,}, above the largest batch {MAX_BATCH:,} (TensorRT's profile and Triton's max_batch_size "
+                "are 32-bit, and a batch this large would not fit in memory); give a smaller batch",
+            )
     if pmin > popt:
         c.fail("profile", f"has min {pmin} > opt {popt}; TensorRT needs min <= opt <= max")
     if popt > pmax:
@@ -251,14 +299,26 @@ def load_recipe_dict(data: Any, path: Path | None = None) -> Recipe:
     if "dataset" in top and top["dataset"] is not None:
         dataset = _dataset(c, top["dataset"], precisions)
 
-    lat = c.obj(top.get("latency", {}), "latency", optional=("batch", "repeats", "warmup", "threads", "baseline"))
+    lat = c.obj(
+        top.get("latency", {}),
+        "latency",
+        optional=("batch", "repeats", "warmup", "threads", "baseline", "baseline_checkpoint"),
+    )
     baseline = lat.get("baseline")
+    if baseline is not None:
+        _bundled_name(c, baseline, "latency.baseline")
+    base_path = lat.get("baseline_checkpoint")
+    if base_path is not None and not c.string(base_path, "latency.baseline_checkpoint").strip():
+        c.fail("latency.baseline_checkpoint", "is empty; give a checkpoint path (relative to the recipe) or drop it")
+    if baseline is not None and base_path is not None:
+        c.fail("latency", "has both 'baseline' and 'baseline_checkpoint'; keep one")
     latency = LatencySpec(
         batch=c.integer(lat.get("batch", 1), "latency.batch", minimum=1),
         repeats=c.integer(lat.get("repeats", 50), "latency.repeats", minimum=1),
         warmup=c.integer(lat.get("warmup", 5), "latency.warmup", minimum=0),
         threads=c.integer(lat.get("threads", 2), "latency.threads", minimum=1),
-        baseline=None if baseline is None else c.string(baseline, "latency.baseline"),
+        baseline=baseline,
+        baseline_checkpoint=base_path,
     )
     if not profile.min <= latency.batch <= profile.max:
         c.fail("latency.batch", f"is {latency.batch}, outside the profile's batch range {profile.min}..{profile.max}")
@@ -284,6 +344,22 @@ def load_recipe_dict(data: Any, path: Path | None = None) -> Recipe:
         latency,
         path,
     )
+
+
+def _bundled_name(c: "_Checker", v: Any, where: str) -> str:
+    from .train import ASSETS_DIR
+
+    s = c.string(v, where)
+    known = sorted(q.name[: -len(".safetensors")] for q in ASSETS_DIR.glob("*.safetensors"))
+    if s not in known:
+        close = difflib.get_close_matches(s, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        c.fail(
+            where,
+            f"is {s!r}, not a bundled checkpoint ({', '.join(known) or 'none'}){hint}; for a checkpoint of your own "
+            "use 'latency.baseline_checkpoint' (a path relative to the recipe)",
+        )
+    return s
 
 
 def _export_form(c: "_Checker", raw: Any, where: str) -> ExportForm:

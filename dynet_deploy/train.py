@@ -115,6 +115,26 @@ def check_config(cfg: TrainConfig) -> None:
         need(value is None or (isinstance(value, int) and value >= 1), f"{flag} must be >= 1, got {value}")
     need(isinstance(cfg.log_every, int) and cfg.log_every >= 0, f"--log-every must be >= 0, got {cfg.log_every}")
     need(isinstance(cfg.pad, int) and cfg.pad >= 0, f"pad must be >= 0, got {cfg.pad}")
+    check_model_fits_data(cfg)
+
+
+def check_model_fits_data(cfg: TrainConfig) -> None:
+    """A classifier whose input channels match the data set's images, before any data is read."""
+    from .models import list_models, model_info
+
+    info = model_info(cfg.model)  # an unknown name says so, with close matches
+    if info.task != "classification":
+        raise TrainError(
+            f"--model {cfg.model} is a {info.task} model; train fits classifiers on image labels only "
+            f"({', '.join(list_models(task='classification'))})"
+        )
+    images = dataset_info("fashion-mnist" if cfg.dataset == "auto" else cfg.dataset)
+    chans = (cfg.model_args or {}).get("in_chans", images.in_chans)
+    if chans != images.in_chans:
+        raise TrainError(
+            f"--model-args in_chans {chans!r} does not match {images.name}'s images, which have {images.in_chans} "
+            f"channel(s); drop in_chans (it is filled in from the data set) or give {images.in_chans}"
+        )
 
 
 def non_finite_parameters(model: nn.Module) -> list[str]:
@@ -353,11 +373,14 @@ def save_training_outputs(
     return weights, report_path
 
 
-def check_outputs_writable(out_path: str | Path, report_path: str | Path | None = None) -> None:
-    """Fail before a long run, not after it: a missing folder, a wrong suffix, the report on the checkpoint."""
+def check_outputs_writable(out_path: str | Path, report_path: str | Path | None = None, force: bool = True) -> None:
+    """Fail before a long run, not after it: a missing folder, a wrong suffix, the report on the checkpoint, and
+    (``force`` off) a checkpoint that already exists."""
     from .checkpoint import checkpoint_output_paths
+    from .fileio import refuse_existing
 
     weights, config = checkpoint_output_paths(out_path)
+    refuse_existing([weights, config], force, CheckpointError, "checkpoint")
     check_output_path(weights, CheckpointError)
     check_output_path(config, CheckpointError)
     if report_path is not None:

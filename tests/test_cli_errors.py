@@ -1316,7 +1316,7 @@ CASES = [
         "paths",
         lambda a, o: ["deploy", str(o / "r.json"), "-o", str(o / "d"), "--force"],
         "deploy",
-        "not the folder of an earlier deploy",
+        "was not written by dynet-deploy",
         setup=_recipe_and_busy_folder,
     ),
     # -- NaN and Inf ---------------------------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_force_replaces_only_a_deploy_folder(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("not a deploy")
     assert main(["deploy", str(_recipe(tmp_path)), "-o", str(out), "--force"]) == 1
-    assert "not the folder of an earlier deploy" in capsys.readouterr().err
+    assert "was not written by dynet-deploy" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
@@ -155,7 +155,7 @@ def test_unknown_baseline_stops_before_any_work(tmp_path, capsys):
     recipe = _recipe(tmp_path, latency={"baseline": "resnet99_fmnist"})
     assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr()
-    assert err.err.startswith("error (checkpoint): ") and "resnet99_fmnist" in err.err and "[2/" not in err.out
+    assert err.err.startswith("error (recipe): ") and "resnet99_fmnist" in err.err and "[1/" not in err.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
 
 

@@ -228,12 +228,19 @@ def run(args: argparse.Namespace) -> int:
         user_models=users,
     )
     cfg.validate()
+    from ..guards import check_threads
+
+    for n in cfg.threads:
+        check_threads(n, BenchError)
     check_out_dir(args.out_dir)
-    if args.keep_onnx:
-        check_out_dir(args.keep_onnx)
     from pathlib import Path
 
     inputs = [u.checkpoint or u.onnx for u in users.values()]
+    if args.keep_onnx:
+        check_out_dir(args.keep_onnx)
+        from ..fileio import refuse_folder_holding_inputs
+
+        refuse_folder_holding_inputs(args.keep_onnx, inputs, BenchError, "--keep-onnx")
     if Path(args.out_dir).is_dir():
         for name in ("bench.txt", "bench.json", "bench.png"):  # before minutes of timing: no report lands on an input
             check_output_path(Path(args.out_dir) / name, BenchError, inputs=inputs)

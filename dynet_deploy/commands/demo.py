@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import DemoError
     from ..fileio import check_out_dir
+    from ..guards import check_threads
 
-    if args.threads < 1:
-        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads, DemoError)
     if args.limit is not None and args.limit < 1:
         raise DemoError(f"--limit must be >= 1, got {args.limit}")
     check_out_dir(args.out_dir, DemoError)

@@ -42,15 +42,14 @@ def run(args: argparse.Namespace) -> int:
 
     from polygraphy.logger import G_LOGGER
 
-    from ..deploy import format_report, run_deploy
+    from ..deploy import check_deploy_flags, format_report, run_deploy
     from ..errors import RecipeError
     from ..recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     if args.limit is not None and args.limit < 1:
         raise RecipeError(f"--limit must be >= 1, got {args.limit}")
-    if args.threads is not None and args.threads < 1:
-        raise RecipeError(f"--threads must be >= 1, got {args.threads}")
+    check_deploy_flags(recipe, args)
     G_LOGGER.module_severity = G_LOGGER.ERROR
     res = run_deploy(
         recipe,

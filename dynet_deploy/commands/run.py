@@ -105,7 +105,7 @@ def load_feeds(path: Path) -> list[dict[Any, Any]]:
 def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
     import numpy as np
 
-    from ..errors import RunError
+    from ..errors import RunError, summarise
 
     try:
         from polygraphy.json import load_json
@@ -114,7 +114,7 @@ def _load_polygraphy_json(path: Path) -> list[dict[str, Any]]:
     try:
         data = load_json(str(path), description="input data")
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = summarise(str(exc).strip().splitlines()[0], 200) if str(exc).strip() else type(exc).__name__
         raise RunError(f"--inputs {str(path)!r} is not a Polygraphy inputs JSON: {first}") from None
     feeds = [data] if isinstance(data, dict) else data
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) for f in feeds):
@@ -151,8 +151,9 @@ def _check_values(args) -> None:
         raise RunError(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         raise RunError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        raise RunError(f"--threads must be >= 1, got {args.threads}")
+    from ..guards import check_threads
+
+    check_threads(args.threads, RunError)
 
 
 def _describe(arr) -> str:

@@ -39,6 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--log-every", type=int, default=100, help="progress line every N steps (0: per epoch only)")
     parser.add_argument("--report", help="report path (default: OUT stem + .report.json)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint path, NAME.safetensors")
+    parser.add_argument("--force", action="store_true", help="replace an existing checkpoint (and its .json, report)")
     parser.set_defaults(func=run)
 
 
@@ -48,7 +49,7 @@ def run(args) -> int:
         # processes share the cores (measured: 2965 vs 762 ms per step); passive waiting costs nothing
         # when the machine is idle. It must be set before torch loads libgomp; numerics are unchanged.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..errors import ModelError
+    from ..errors import ModelError, TrainError
     from ..train import TrainConfig, check_config, check_outputs_writable, save_training_outputs, train
 
     try:
@@ -61,7 +62,10 @@ def run(args) -> int:
         raise ModelError(f"--model-args must be a JSON object of keyword arguments, got a {type(model_args).__name__}")
     if args.epochs < 1:
         raise ModelError(f"--epochs must be >= 1, got {args.epochs}")
-    check_outputs_writable(args.output, args.report)
+    from ..guards import check_threads
+
+    check_threads(args.threads, TrainError)
+    check_outputs_writable(args.output, args.report, force=args.force)
     cfg = TrainConfig(
         model=args.model,
         model_args=model_args,

@@ -83,8 +83,15 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ValidationError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
     if args.limit is not None and args.limit < 1:
         raise ValidationError(f"--limit must be >= 1, got {args.limit}")
-    if args.threads is not None and args.threads < 1:
-        raise ValidationError(f"--threads must be >= 1, got {args.threads}")
+    if args.dataset is None:
+        from ..guards import refuse_unused_flags
+
+        refuse_unused_flags(
+            (("--limit", args.limit is not None),), "it limits --dataset's check; add --dataset", ValidationError
+        )
+    from ..guards import check_threads
+
+    check_threads(args.threads, ValidationError)
 
 
 def _model_in_chans(model) -> int | None:
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ValidationError
     from ..fileio import check_output_path
     from ..graph import check_readable_file
+    from ..guards import check_dataset_for_task
     from ..models import model_info
     from ..validate import read_graph_input, require_backend
 
@@ -167,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint, model_name=args.model_name)
     name = getattr(model, "zoo_name", None) or args.model_name or Path(args.checkpoint).stem
     task = model_info(name).task if getattr(model, "zoo_name", None) else "classification"
+    check_dataset_for_task(args.dataset, task, ValidationError)  # before any file is written
     graph = None
     if args.backend == "onnxruntime":
         from ..graph import check_fused_nodes

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, summarise
 from ..fileio import atomic_path, check_output_path
 from ..graph import MIN_OPSET
 
@@ -298,12 +298,12 @@ def export_onnx(
         except ExportError:
             raise
         except Exception as exc:  # the exporters raise many types; name the stage and the way out
-            first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+            first = summarise(str(exc).strip().splitlines()[0], 400) if str(exc).strip() else type(exc).__name__
             hint = ""
             if exporter == "dynamo":
                 hint = " (try --exporter torchscript)"
             elif dynamic_batch or dynamic_hw:
-                hint = " (try --static)"
+                hint = " (a fixed batch and size may export: 'dynet-deploy export --static --static-hw')"
             raise ExportError(
                 f"torch.onnx.export ({exporter}, form {form}) failed: {type(exc).__name__}: {first}{hint}"
             ) from exc

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FuseError
+from ..errors import FuseError, summarise
 from ..fileio import atomic_path, check_output_path
 from ..graph import load_onnx
 from ..op.spec import OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, Activation, attributes, gs_attributes
@@ -179,7 +179,7 @@ def fuse_dynamic_convs(
     try:
         proto = infer_shapes(original)
     except Exception as exc:
-        raise FuseError(f"shape inference failed on the input graph: {str(exc)[:300]}") from None
+        raise FuseError(f"shape inference failed on the input graph: {summarise(exc, 300)}") from None
     graph = gs.import_onnx(proto)
     opset_imports = [o for o in proto.opset_import]
     # Shapes resolve in rounds: folding Shape ops gives Reshape targets, inference then gives more shapes.

@@ -10,8 +10,9 @@
    dense 1x1 and 3x3) that reaches the implicit-GEMM path of 224x224 models, fp32 and fp16 against PyTorch float64.
 
 Tolerances: fp32 rel ||out - ref|| / ||ref|| <= 1e-5; fp16 (inputs rounded to fp16, computed in fp32, the output
-rounded once) rel <= FP16_REL and max-abs <= FP16_ABS * max(1, max|ref|), the worst seen being about a quarter of
-each (printed at the end of the module).
+rounded once) rel <= 1e-3 and max-abs <= 1e-3 * max(1, max|ref|). Measured worst over the large corpus: rel 2.2e-4,
+max-abs 4.2e-4 of max(1, max|ref|) (rounding the output alone bounds that by 2^-11 = 4.9e-4); printed at the end of
+the module.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from test_ort_native_op import Layer, errors, make_arrays, node_model, session, 
 ort = pytest.importorskip("onnxruntime")
 
 FP32_REL = 1e-5
-FP16_REL, FP16_ABS = 2e-3, 2e-3
+FP16_REL, FP16_ABS = 1e-3, 1e-3
 ISAS = ["generic", "avx2", "avx512"]
 ACTIVATIONS = {0: "none", 1: "relu", 2: "relu6"}
 SPECIALS = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
@@ -182,7 +183,9 @@ def compare_special(y, ref, dtype: str) -> list[str]:
     for what, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
         want, got = test(ref), test(y)
         if not np.array_equal(want, got):
-            problems.append(f"{what}: {int(want.sum())} expected, {int(got.sum())} out, {int((want != got).sum())} differ")
+            problems.append(
+                f"{what}: {int(want.sum())} expected, {int(got.sum())} out, {int((want != got).sum())} differ"
+            )
     finite = np.isfinite(ref) & np.isfinite(y)
     if finite.any():
         max_abs, rel = errors(y[finite], ref[finite])
@@ -278,8 +281,10 @@ WORST = {}
 def report_worst():
     yield
     for key, (max_abs, rel, scaled) in sorted(WORST.items()):
-        print(f"\n[native large corpus] {key}: worst max-abs {max_abs:.3e} ({scaled:.3e} of max(1, max|ref|)), "
-              f"worst rel {rel:.3e}")
+        print(
+            f"\n[native large corpus] {key}: worst max-abs {max_abs:.3e} ({scaled:.3e} of max(1, max|ref|)), "
+            f"worst rel {rel:.3e}"
+        )
 
 
 def record(key, max_abs, rel, scaled):

@@ -3,8 +3,11 @@
 Parity on a property corpus of random layers (dense, grouped, depthwise, strides, dilations, asymmetric pads,
 coefficients [N, C_out, K] and [N, 1, K], K 1-6, bias bank, bias, activations, 3/4/5-input nodes) against the C++
 reference (build/libdynet_dynamic_conv_cpu.so) and PyTorch in float64, on fresh random inputs per layer:
-fp32 relative error ||out - ref|| / ||ref|| <= 1e-5, fp16 <= 1e-2 (max-abs reported with it). Bad attributes and
-shapes must come back as onnxruntime errors with a clear message, never abort the process.
+fp32 relative error ||out - ref|| / ||ref|| <= 1e-5 (max-abs reported with it); fp16 on the CPU kernel (fp16 inputs,
+fp32 compute, the output rounded once, so about half an fp16 ulp of error) relative <= 1e-3 and max-abs
+<= 1e-3 * max(1, max|ref|), the worst measured being 2.4e-4 and 4.4e-4 (rounding alone bounds the latter by
+2^-11 = 4.9e-4). Bad attributes and shapes must come back as onnxruntime errors with a clear message, never abort the
+process.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 
 ort = pytest.importorskip("onnxruntime")
 
-FP32_REL, FP16_REL = 1e-5, 1e-2
+FP32_REL = 1e-5
+FP16_REL, FP16_ABS = 1e-3, 1e-3  # CPU kernel; FP16_ABS scales with max(1, max|ref|)
+CUDA_FP16_REL = 1e-2  # the CUDA kernels' fp16 bound, not yet measured against the CPU kernel's
 CORPUS_SIZE = 220
 
 
@@ -253,8 +258,10 @@ def test_fp16_matches_pytorch(seed):
     assert y.dtype == np.float16
     ref = torch_reference(layer, *half)  # the fp16-rounded inputs, computed in float64
     max_abs, rel = errors(y, ref)
+    scaled = max_abs / max(1.0, float(np.abs(ref).max()))
     record("fp16 vs PyTorch float64", max_abs, rel)
-    assert rel <= FP16_REL, f"{layer}: rel {rel:.3e} > {FP16_REL} (max-abs {max_abs:.3e})"
+    record("fp16 vs PyTorch float64, max-abs / max(1, max|ref|)", scaled, rel)
+    assert rel <= FP16_REL and scaled <= FP16_ABS, f"{layer}: rel {rel:.3e}, max-abs {max_abs:.3e} ({scaled:.3e})"
 
 
 def big_layers():
@@ -325,32 +332,51 @@ def isa_subprocess(isa):
         "import numpy as np, sys\n"
         "sys.path.insert(0, 'tests')\n"
         "import test_ort_native_op as t\n"
-        "worst = 0.0\n"
+        "worst = []\n"
         f"for seed in list(range(0, 220, 5)) + list(range(-1, -{len(big_layers()) + 1}, -1)):\n"
         "    layer = t.random_layer(seed) if seed >= 0 else t.big_layers()[-seed - 1]\n"
         "    x, c, w, bb, b = t.make_arrays(layer, np.random.default_rng(abs(seed)))\n"
         "    y = t.session(t.node_model(layer, w, bb, b)).run(None, {'x': x, 'coeff': c})[0]\n"
-        "    worst = max(worst, t.errors(y, t.torch_reference(layer, x, c, w, bb, b))[1])\n"
+        "    worst.append(t.errors(y, t.torch_reference(layer, x, c, w, bb, b))[1])\n"
         "from dynet_deploy.op import onnxruntime_lib\n"
-        "print(onnxruntime_lib.cpu_isa(), worst)\n"
+        "print(onnxruntime_lib.cpu_isa(), np.max(worst))\n"  # np.max keeps a NaN error (max() would drop it)
     )
-    env = {**os.environ, "DYNET_CPU_ISA": isa}
+    env = {k: v for k, v in os.environ.items() if k != "DYNET_CPU_ISA"}
+    if isa is not None:
+        env["DYNET_CPU_ISA"] = isa
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=600)
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+ISA_ORDER = ["generic", "avx2", "avx512"]
+
+
+def best_cpu_isa():
+    """The kernel's ISA with DYNET_CPU_ISA unset: the best this CPU supports."""
+    env = {k: v for k, v in os.environ.items() if k != "DYNET_CPU_ISA"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    code = "from dynet_deploy.op import onnxruntime_lib; print(onnxruntime_lib.cpu_isa())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER)
 def test_every_isa_path_matches_pytorch(isa):
-    """The kernel picks its ISA once per process; DYNET_CPU_ISA lowers it (a request above the CPU is lowered)."""
+    """The kernel picks its ISA once per process; DYNET_CPU_ISA lowers it. An ISA the CPU lacks is skipped (the
+    kernel would run a lower one), and the test asserts the ISA that actually ran."""
+    best = best_cpu_isa()
+    if ISA_ORDER.index(isa) > ISA_ORDER.index(best):
+        pytest.skip(f"this CPU lacks {isa} (its best kernel ISA is {best}); the {isa} kernel cannot run here")
     proc = isa_subprocess(isa)
     assert proc.returncode == 0, proc.stderr[-2000:]
     used, worst = proc.stdout.strip().splitlines()[-1].split()
     worst = float(worst)
     print(f"\n[native op parity] DYNET_CPU_ISA={isa} (ran {used}): worst rel {worst:.3e}")
-    order = ["generic", "avx2", "avx512"]
-    assert order.index(used) <= order.index(isa), (isa, used)
-    assert worst <= FP32_REL, (used, worst)
+    assert used == isa, f"DYNET_CPU_ISA={isa} ran the {used} kernel"
+    assert worst <= FP32_REL, (used, worst)  # False for NaN too
 
 
 # ---- errors -------------------------------------------------------------------------------------------------------
@@ -623,7 +649,7 @@ def test_cuda_execution_provider_matches_pytorch(dtype):
     y = sess.run(None, {"x": arrays[0], "coeff": arrays[1]})[0]
     max_abs, rel = errors(y, torch_reference(layer, *arrays))
     record(f"CUDA EP {np.dtype(np_dtype).name} vs PyTorch float64", max_abs, rel)
-    assert rel <= (FP16_REL if dtype == TensorProto.FLOAT16 else FP32_REL), (max_abs, rel)
+    assert rel <= (CUDA_FP16_REL if dtype == TensorProto.FLOAT16 else FP32_REL), (max_abs, rel)
 
 
 def test_absent_attributes_take_the_defaults():

@@ -84,15 +84,33 @@ Geometry geometry(DynetConvParams const& prm, int32_t hOut, int32_t wOut)
     return g;
 }
 
+// Which loop nest convForward runs for a layer (gemm: the bank's path, usesGemmPath).
+CpuPath pathOf(Geometry const& g, bool gemm)
+{
+    if (!gemm)
+    {
+        return CpuPath::kDirect;
+    }
+    if (g.p <= kPixelBlock)
+    {
+        return CpuPath::kGemmSmall; // the batch's kernels fused inside the GEMM tasks
+    }
+    bool const flat1x1 = g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h
+        && g.wOut == g.w;
+    return g.wOut >= kImplicitMinWidth || flat1x1 ? CpuPath::kGemmImplicit : CpuPath::kGemmIm2col;
+}
+
+// ReLU / ReLU6 as PyTorch computes them: NaN stays NaN (every comparison with NaN is false, so NaN falls through to
+// v), relu(+inf) = +inf, relu6(+inf) = 6, -inf -> 0. Written so that the vectorised forms keep the NaN too.
 DYNET_INLINE float activate(float v, int32_t act)
 {
     if (act == DYNET_ACT_RELU)
     {
-        return v > 0.0f ? v : 0.0f;
+        return v < 0.0f ? 0.0f : v;
     }
     if (act == DYNET_ACT_RELU6)
     {
-        return v > 0.0f ? (v < 6.0f ? v : 6.0f) : 0.0f;
+        return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
     }
     return v;
 }
@@ -349,7 +367,9 @@ DYNET_INLINE void im2colPanels(Geometry const& g, float const* xg, int64_t p0, i
 
 // Where a micro-kernel writes: rows y + i * ldy (i < rows), columns [0, width), value clamp(acc + bias[i], lo, hi)
 // (lo = 0 for ReLU / ReLU6, hi = 6 for ReLU6, else +-infinity). A full tile (8 rows, nr columns) is stored from
-// registers; a partial one goes through a stack tile.
+// registers; a partial one goes through a stack tile. The clamp keeps NaN (as PyTorch's relu / clamp do): the x86
+// max / min instructions return their second operand when either is NaN, so the value goes second, max(lo, v) and
+// min(hi, .); the other order would turn NaN into lo (-inf without activation, 0 with ReLU / ReLU6).
 struct TileOut
 {
     float* y;
@@ -360,6 +380,7 @@ struct TileOut
     float lo, hi;
 };
 
+// NaN falls through both comparisons and stays NaN.
 DYNET_INLINE float clampTo(float v, float lo, float hi)
 {
     v = v < lo ? lo : v;
@@ -427,7 +448,7 @@ __attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* 
         for (int i = 0; i < kMr; ++i)
         {
             __m256 v = _mm256_add_ps(acc[i], _mm256_set1_ps(o.bias[i]));
-            _mm256_storeu_ps(o.y + i * o.ldy, _mm256_min_ps(_mm256_max_ps(v, lo), hi));
+            _mm256_storeu_ps(o.y + i * o.ldy, _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
         }
         return;
     }
@@ -440,10 +461,11 @@ __attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* 
     storeTile(tile, 8, o);
 }
 
-// clamp(v, lo, hi); the zero-masked forms because GCC 12 warns about the plain ones' undefined pass-through.
+// clamp(v, lo, hi) keeping NaN (v second, see TileOut); the zero-masked forms because GCC 12 warns about the plain
+// ones' undefined pass-through.
 __attribute__((target("avx512f"))) inline __m512 clamp512(__m512 v, __m512 lo, __m512 hi)
 {
-    return _mm512_maskz_min_ps(0xffff, _mm512_maskz_max_ps(0xffff, v, lo), hi);
+    return _mm512_maskz_min_ps(0xffff, hi, _mm512_maskz_max_ps(0xffff, lo, v));
 }
 
 __attribute__((target("avx512f"))) void microAvx512(float const* a, float const* base, int64_t const* offs, int64_t r,
@@ -945,6 +967,29 @@ bool usesGemmPath(int32_t cinPerGroup, int32_t coutPerGroup, int32_t kh, int32_t
     return coutPerGroup > kDirectMaxCoutG || int64_t{cinPerGroup} * kh * kw > kDirectMaxR;
 }
 
+CpuPath cpuPath(DynetConvParams const& prm)
+{
+    int32_t hOut = 0, wOut = 0;
+    if (dynet_conv_output_hw(&prm, &hOut, &wOut) != DYNET_OK || prm.groups < 1 || prm.c_in % prm.groups != 0)
+    {
+        return CpuPath::kInvalid;
+    }
+    Geometry const g = geometry(prm, hOut, wOut);
+    return pathOf(g, usesGemmPath(static_cast<int32_t>(g.cinG), static_cast<int32_t>(g.coutG), prm.kh, prm.kw));
+}
+
+char const* cpuPathName(CpuPath path)
+{
+    switch (path)
+    {
+    case CpuPath::kDirect: return "direct";
+    case CpuPath::kGemmSmall: return "gemm-small";
+    case CpuPath::kGemmImplicit: return "gemm-implicit";
+    case CpuPath::kGemmIm2col: return "gemm-im2col";
+    default: return "invalid";
+    }
+}
+
 int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float const* w, float const* bb,
     float const* b)
 {
@@ -1096,7 +1141,8 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             job.sharedCols = colsStore.data();
             parallel(blocks, tasks.im2colTask, &job);
         };
-        if (g.p <= kPixelBlock)
+        CpuPath const path = pathOf(g, true);
+        if (path == CpuPath::kGemmSmall)
         {
             // Small images: a sample's fused kernel serves few pixels, so it is fused inside the GEMM task that
             // uses it (never written to memory); tasks split the kernel panels, and the bank is read once.
@@ -1113,8 +1159,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             shareColumns();
             parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
         }
-        else if (g.wOut >= kImplicitMinWidth || (g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0
-                     && g.pl == 0 && g.hOut == g.h && g.wOut == g.w))
+        else if (path == CpuPath::kGemmImplicit)
         {
             // Large images: fuse the batch's kernels once, then an implicit GEMM that reads the padded input in
             // place. Output (oh, ow), tap (ci, i, j) reads padded[ci][oh*sh + i*dh][ow*sw + j*dw]; with the input

@@ -645,6 +645,13 @@ extern "C" DYNET_API char const* dynet_ort_cpu_isa(void)
     return dynet::isaName(dynet::selectedIsa());
 }
 
+// Which CPU loop nest a call with these parameters takes ("direct", "gemm-small", "gemm-implicit", "gemm-im2col";
+// "invalid" for parameters without an output size): for tests that must reach a given path.
+extern "C" DYNET_API char const* dynet_ort_cpu_path(DynetConvParams const* p)
+{
+    return dynet::cpuPathName(p == nullptr ? dynet::CpuPath::kInvalid : dynet::cpuPath(*p));
+}
+
 extern "C" DYNET_API OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, OrtApiBase const* apiBase)
 {
     if (apiBase == nullptr || options == nullptr)

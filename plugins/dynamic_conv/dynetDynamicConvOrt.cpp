@@ -534,10 +534,18 @@ struct CudaKernel
         std::unique_ptr<void, std::function<void(void*)>> hold(nullptr, [](void*) {});
         if (wsBytes > 0)
         {
-            // The workspace comes from the allocator of the device x lives on (the session's CUDA device).
+            // A scratch buffer of the device x lives on, allocated for this kernel's compute stream: onnxruntime's
+            // stream-aware arena hands a freed chunk to another stream only after that stream waits for this one, so
+            // freeing it right after the asynchronous launch below is safe.
             Ort::ConstMemoryInfo deviceMem = x.GetTensorMemoryInfo();
-            Ort::Allocator alloc = ctx.GetAllocator(*static_cast<OrtMemoryInfo const*>(deviceMem));
-            workspace = alloc.Alloc(wsBytes);
+            OrtMemoryInfo const* info = deviceMem;
+            Ort::Allocator alloc = ctx.GetAllocator(*info); // the allocator the buffer goes back to
+            Ort::ThrowOnError(Ort::GetApi().KernelContext_GetScratchBuffer(context, info, wsBytes, &workspace));
+            if (workspace == nullptr)
+            {
+                return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, "no workspace of " + std::to_string(wsBytes)
+                    + " bytes from onnxruntime's scratch buffer");
+            }
             OrtAllocator* raw = alloc.release();
             hold = std::unique_ptr<void, std::function<void(void*)>>(workspace, [raw](void* ptr) {
                 raw->Free(raw, ptr);
@@ -554,8 +562,7 @@ struct CudaKernel
             return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, std::string("dynet_conv_cuda: ")
                 + dynet_status_string(status));
         }
-        // The workspace goes back to onnxruntime's arena when `hold` ends; the next kernel that can receive it
-        // runs on the same compute stream, after this one, so no synchronisation is needed.
+        // The workspace goes back to onnxruntime's arena when `hold` ends, tagged with this compute stream.
         return nullptr;
     }
 

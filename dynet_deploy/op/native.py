@@ -307,7 +307,45 @@ def load_cuda_library() -> ctypes.CDLL:
         ctypes.c_char_p,
         ctypes.c_size_t,
     ]
+    lib.dynet_conv_cuda_cublas_gemm.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_cublas_gemm.argtypes = [
+        ctypes.POINTER(DynetConvParams),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.POINTER(ctypes.c_int64),
+    ]
     return lib
+
+
+GEMM_FIELDS = (
+    "m",
+    "n",
+    "k",
+    "batch",
+    "a_offset",
+    "lda",
+    "stride_a",
+    "b_offset",
+    "ldb",
+    "stride_b",
+    "c_offset",
+    "ldc",
+    "stride_c",
+)
+
+
+def cublas_gemm(params: DynetConvParams, algo: int, which: int, n0: int = 0, samples: int | None = None) -> dict:
+    """The column-major strided-batched GEMM a cuBLAS tactic enqueues (which 0: kernel fusion, 1: convolution of
+    samples [n0, n0 + samples)), as :data:`GEMM_FIELDS`; host arithmetic only."""
+    lib = load_cuda_library()
+    out = (ctypes.c_int64 * len(GEMM_FIELDS))()
+    count = params.n - n0 if samples is None else samples
+    status = lib.dynet_conv_cuda_cublas_gemm(ctypes.byref(params), algo, which, n0, count, out)
+    if status != OK:
+        raise DynamicConvCallError(status, f"dynet_conv_cuda_cublas_gemm: {lib.dynet_status_string(status).decode()}")
+    return dict(zip(GEMM_FIELDS, list(out)))
 
 
 def cuda_library_status(library: int) -> tuple[int, str]:

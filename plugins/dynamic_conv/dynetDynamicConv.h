@@ -293,6 +293,18 @@ DYNET_API int32_t dynet_conv_cuda_plan_run(const DynetConvCudaPlan* plan, const 
 /* Free the plan (NULL is a no-op). */
 DYNET_API void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan);
 
+/*
+ * The GEMMs a cuBLAS tactic enqueues, as host arithmetic (no device, no library): which = 0 the kernel fusion
+ * (A = weight, B = coeff, C = the fused kernels), which = 1 the convolution of samples [n0, n0 + samples) (A = x for
+ * DYNET_ALGO_CUBLAS_GEMM, the chunk's im2col columns [samples, C_in*kH*kW, H_out*W_out] for DYNET_ALGO_CUBLAS_IM2COL;
+ * B = the fused kernels; C = y). Each is column-major C_b = A_b * B_b for b < batch, X_b starting at element
+ * x_offset + b * stride_x of its tensor with leading dimension ld_x (A m x k, B k x n, C m x n). out receives 13
+ * values: m, n, k, batch, a_offset, lda, stride_a, b_offset, ldb, stride_b, c_offset, ldc, stride_c.
+ * DYNET_ERR_UNSUPPORTED when the algorithm cannot run p; for introspection and tests.
+ */
+DYNET_API int32_t dynet_conv_cuda_cublas_gemm(const DynetConvParams* p, int32_t algo, int32_t which, int32_t n0,
+    int32_t samples, int64_t* out);
+
 #ifdef __cplusplus
 }
 #endif

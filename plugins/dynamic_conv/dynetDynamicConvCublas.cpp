@@ -71,6 +71,39 @@ size_t cublasWorkspaceBytes(DynetConvParams const& p, int32_t dtype, int32_t alg
     return 0;
 }
 
+GemmDesc fusionGemm(DynetConvParams const& p) noexcept
+{
+    int64_t const R = static_cast<int64_t>(p.c_in / p.groups) * p.kh * p.kw;
+    int64_t const rowAll = static_cast<int64_t>(p.c_out) * R; // one sample's fused kernels, one basis kernel
+    if (p.coeff_channels == 1)
+    {
+        // fused^T [C_out*R, N] = weight^T [C_out*R, K] * coeff^T [K, N]
+        return GemmDesc{rowAll, p.n, p.k, 1, 0, rowAll, 0, 0, p.k, 0, 0, rowAll, 0};
+    }
+    // Per output channel t: fused_t^T [R, N] = weight_t^T [R, K] * coeff_t^T [K, N], batched over t.
+    return GemmDesc{R, p.n, p.k, p.c_out, 0, rowAll, R, 0, static_cast<int64_t>(p.coeff_channels) * p.k, p.k, 0, rowAll,
+        R};
+}
+
+GemmDesc convGemm(DynetConvParams const& p, int32_t algo, int32_t n0, int32_t samples) noexcept
+{
+    int32_t hOut = 0;
+    int32_t wOut = 0;
+    dynet_conv_output_hw(&p, &hOut, &wOut);
+    int64_t const cinG = p.c_in / p.groups;
+    int64_t const coutG = p.c_out / p.groups;
+    int64_t const R = cinG * p.kh * p.kw;
+    int64_t const pixOut = static_cast<int64_t>(hOut) * wOut;
+    int64_t const batch = static_cast<int64_t>(samples) * p.groups;
+    int64_t const bOffset = static_cast<int64_t>(n0) * p.c_out * R;
+    int64_t const cOffset = static_cast<int64_t>(n0) * p.c_out * pixOut;
+    // Per (n, g): y^T [P, C_out/g] = A^T [P, R] * fused^T [R, C_out/g]; x (pointwise: R = C_in/g, P = H*W) and the
+    // im2col columns are both [.., groups, R, P] per sample, so (n, g) is one uniform stride.
+    int64_t const aOffset = algo == DYNET_ALGO_CUBLAS_GEMM ? static_cast<int64_t>(n0) * p.c_in * pixOut : 0;
+    return GemmDesc{pixOut, coutG, R, batch, aOffset, pixOut, R * pixOut, bOffset, R, coutG * R, cOffset, pixOut,
+        coutG * pixOut};
+}
+
 #if defined(DYNET_HAVE_CUBLAS)
 namespace
 {
@@ -89,29 +122,9 @@ int32_t statusOf(cublasStatus_t s)
     return s == CUBLAS_STATUS_SUCCESS ? DYNET_OK : s == CUBLAS_STATUS_NOT_SUPPORTED ? DYNET_ERR_UNSUPPORTED : DYNET_ERR_CUDA;
 }
 
-//! Column-major C[m, n] (batch b) = A[m, k] (batch b) * B[k, n] (batch b); I/O in dtype, fp32 accumulation.
-int32_t gemmBatched(cublasHandle_t h, int32_t dtype, int64_t m, int64_t n, int64_t k, void const* a, int64_t lda,
-    int64_t strideA, void const* b, int64_t ldb, int64_t strideB, void* c, int64_t ldc, int64_t strideC, int64_t batch)
+char const* at(void const* base, int64_t elements, size_t elementBytes)
 {
-    cudaDataType_t const type = dtype == DYNET_FLOAT16 ? CUDA_R_16F : CUDA_R_32F;
-    float const one = 1.F;
-    float const zero = 0.F;
-    // Every extent fits int: each is bounded by a tensor's element count (< 2^31, dynet_conv_validate).
-    return statusOf(cublasApi().cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(m),
-        static_cast<int>(n), static_cast<int>(k), &one, a, type, static_cast<int>(lda), strideA, b, type,
-        static_cast<int>(ldb), strideB, &zero, c, type, static_cast<int>(ldc), strideC, static_cast<int>(batch),
-        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-int32_t gemm(cublasHandle_t h, int32_t dtype, int64_t m, int64_t n, int64_t k, void const* a, int64_t lda,
-    void const* b, int64_t ldb, void* c, int64_t ldc)
-{
-    cudaDataType_t const type = dtype == DYNET_FLOAT16 ? CUDA_R_16F : CUDA_R_32F;
-    float const one = 1.F;
-    float const zero = 0.F;
-    return statusOf(cublasApi().cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n),
-        static_cast<int>(k), &one, a, type, static_cast<int>(lda), b, type, static_cast<int>(ldb), &zero, c, type,
-        static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return static_cast<char const*>(base) + static_cast<size_t>(elements) * elementBytes;
 }
 
 char* at(void* base, size_t bytes)
@@ -119,9 +132,26 @@ char* at(void* base, size_t bytes)
     return static_cast<char*>(base) + bytes;
 }
 
-void const* at(void const* base, int64_t elements, size_t elementBytes)
+//! Enqueue one GemmDesc on tensors a, b, c (I/O in dtype, fp32 accumulation): one GEMM when batch is 1.
+int32_t run(cublasHandle_t h, int32_t dtype, GemmDesc const& g, void const* a, void const* b, void* c, size_t es)
 {
-    return static_cast<char const*>(base) + static_cast<size_t>(elements) * elementBytes;
+    cudaDataType_t const type = dtype == DYNET_FLOAT16 ? CUDA_R_16F : CUDA_R_32F;
+    float const one = 1.F;
+    float const zero = 0.F;
+    void const* pa = at(a, g.aOffset, es);
+    void const* pb = at(b, g.bOffset, es);
+    void* pc = at(c, static_cast<size_t>(g.cOffset) * es);
+    // Every extent fits int: each is bounded by a tensor's element count (< 2^31, dynet_conv_validate).
+    auto const i = [](int64_t v) { return static_cast<int>(v); };
+    CublasApi const& api = cublasApi();
+    if (g.batch == 1)
+    {
+        return statusOf(api.cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, i(g.m), i(g.n), i(g.k), &one, pa, type, i(g.lda),
+            pb, type, i(g.ldb), &zero, pc, type, i(g.ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return statusOf(api.cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, i(g.m), i(g.n), i(g.k), &one, pa, type,
+        i(g.lda), g.strideA, pb, type, i(g.ldb), g.strideB, &zero, pc, type, i(g.ldc), g.strideC, i(g.batch),
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 } // namespace
@@ -197,24 +227,10 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
     int32_t hOut = 0;
     int32_t wOut = 0;
     dynet_conv_output_hw(&p, &hOut, &wOut);
-    int64_t const cinG = p.c_in / p.groups;
-    int64_t const coutG = p.c_out / p.groups;
-    int64_t const R = cinG * p.kh * p.kw;
     int64_t const pixOut = static_cast<int64_t>(hOut) * wOut;
-    int64_t const pixIn = static_cast<int64_t>(p.h) * p.w;
-    int64_t const rowAll = static_cast<int64_t>(p.c_out) * R; // one sample's fused kernels, one basis kernel
 
-    // 1. kernel fusion. Column-major: fused^T [R, N] = weight_t^T [R, K] * coeff_t^T [K, N], batched over t.
-    int32_t status = DYNET_OK;
-    if (p.coeff_channels == 1)
-    {
-        status = gemm(h, dtype, rowAll, p.n, p.k, weight, rowAll, coeff, p.k, fused, rowAll);
-    }
-    else
-    {
-        status = gemmBatched(h, dtype, R, p.n, p.k, weight, rowAll, R, coeff, static_cast<int64_t>(p.coeff_channels)
-            * p.k, p.k, fused, rowAll, R, p.c_out);
-    }
+    // 1. kernel fusion (fusionGemm: per output channel, or one GEMM for per-expert coefficients).
+    int32_t status = run(h, dtype, fusionGemm(p), weight, coeff, fused, es);
     if (status != DYNET_OK)
     {
         return status;
@@ -229,11 +245,10 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
         }
     }
 
-    // 2. the convolution as batched GEMMs. Column-major per (n, g): y^T [P, C_out/g] = cols^T [P, R] * W~^T [R, C_out/g].
+    // 2. the convolution as batched GEMMs over (sample, group) (convGemm), per im2col chunk for the im2col tactic.
     if (!im2colAlgo)
     {
-        status = gemmBatched(h, dtype, pixIn, coutG, cinG, x, pixIn, cinG * pixIn, fused, cinG, coutG * cinG, y, pixIn,
-            coutG * pixIn, static_cast<int64_t>(p.n) * p.groups);
+        status = run(h, dtype, convGemm(p, algo, 0, p.n), x, fused, y, es);
     }
     else
     {
@@ -241,14 +256,10 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
         {
             int32_t const s = std::min(samplesPerChunk, p.n - n0);
             status = im2col(p, dtype, x, n0, s, cols, stream);
-            if (status != DYNET_OK)
+            if (status == DYNET_OK)
             {
-                break;
+                status = run(h, dtype, convGemm(p, algo, n0, s), cols, fused, y, es);
             }
-            status = gemmBatched(h, dtype, pixOut, coutG, R, cols, pixOut, R * pixOut,
-                at(fused, static_cast<int64_t>(n0) * rowAll, es), R, coutG * R,
-                static_cast<char*>(y) + static_cast<size_t>(static_cast<int64_t>(n0) * p.c_out * pixOut) * es, pixOut,
-                coutG * pixOut, static_cast<int64_t>(s) * p.groups);
         }
     }
     if (status != DYNET_OK)
@@ -286,3 +297,30 @@ int32_t cublasRun(void* /*handle*/, DynetConvParams const& /*p*/, int32_t /*dtyp
 #endif
 
 } // namespace dynet
+
+extern "C" int32_t dynet_conv_cuda_cublas_gemm(DynetConvParams const* p, int32_t algo, int32_t which, int32_t n0,
+    int32_t samples, int64_t* out)
+{
+    if (p == nullptr || out == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    if (dynet_conv_validate(p, nullptr, 0) != DYNET_OK || (which != 0 && which != 1) || n0 < 0 || samples < 1
+        || samples > p->n - n0)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    if ((algo != DYNET_ALGO_CUBLAS_GEMM && algo != DYNET_ALGO_CUBLAS_IM2COL)
+        || (algo == DYNET_ALGO_CUBLAS_GEMM && !dynet::isPointwise(*p)))
+    {
+        return DYNET_ERR_UNSUPPORTED;
+    }
+    dynet::GemmDesc const g = which == 0 ? dynet::fusionGemm(*p) : dynet::convGemm(*p, algo, n0, samples);
+    int64_t const values[13] = {g.m, g.n, g.k, g.batch, g.aOffset, g.lda, g.strideA, g.bOffset, g.ldb, g.strideB,
+        g.cOffset, g.ldc, g.strideC};
+    for (int32_t i = 0; i < 13; ++i)
+    {
+        out[i] = values[i];
+    }
+    return DYNET_OK;
+}

@@ -114,6 +114,23 @@ int32_t im2colSamplesPerChunk(DynetConvParams const& p, int32_t dtype, size_t co
 //! Workspace of a cuBLAS tactic with `samples` per im2col chunk (ignored by the GEMM tactic); 0 when it cannot run p.
 size_t cublasWorkspaceBytes(DynetConvParams const& p, int32_t dtype, int32_t algo, int32_t samples) noexcept;
 
+//! One column-major strided-batched GEMM of a cuBLAS tactic: C_b = A_b * B_b for b < batch, X_b starting at element
+//! xOffset + b * strideX of its tensor with leading dimension ldX; A is m x k, B k x n, C m x n.
+struct GemmDesc
+{
+    int64_t m, n, k, batch;
+    int64_t aOffset, lda, strideA;
+    int64_t bOffset, ldb, strideB;
+    int64_t cOffset, ldc, strideC;
+};
+
+//! The kernel fusion as a GEMM: A = weight, B = coeff, C = the fused kernels (batch 1 for per-expert coefficients).
+GemmDesc fusionGemm(DynetConvParams const& p) noexcept;
+
+//! The convolution of samples [n0, n0 + samples) as a GEMM: A = x (CUBLAS_GEMM) or the chunk's im2col columns
+//! (CUBLAS_IM2COL, offset 0), B = the fused kernels, C = y.
+GemmDesc convGemm(DynetConvParams const& p, int32_t algo, int32_t n0, int32_t samples) noexcept;
+
 //! A cuBLAS handle on the current device (loads libcublas first), fp32 math without TF32; outside enqueue.
 int32_t cublasHandleCreate(void** handle, char* msg, size_t msgSize) noexcept;
 void cublasHandleDestroy(void* handle) noexcept;

@@ -28,6 +28,7 @@ void writeMsg(char* msg, size_t size, std::string const& text)
     }
 }
 
+#if defined(DYNET_HAVE_CUDNN) || defined(DYNET_HAVE_CUBLAS)
 std::vector<std::string> searchFolders()
 {
     std::vector<std::string> folders;
@@ -94,6 +95,7 @@ bool resolve(void* handle, char const* name, Table& slot, std::string& error, ch
     slot = reinterpret_cast<Table>(sym);
     return true;
 }
+#endif
 
 #if defined(DYNET_HAVE_CUDNN)
 CudnnApi gCudnn;

@@ -50,6 +50,23 @@ ALGO_AUTO = 0
 ALGO_TWO_STEP = 1
 ALGO_ONE_KERNEL = 2
 ALGO_CUDNN = 3  # needs a plan (dynet_conv_cuda_plan_*), answered DYNET_ERR_UNSUPPORTED by dynet_conv_cuda
+ALGO_CUBLAS_GEMM = 4  # pointwise layers only; needs a plan and libcublas at run time
+ALGO_CUBLAS_IM2COL = 5  # any layer; needs a plan and libcublas at run time
+ALGO_LAST = ALGO_CUBLAS_IM2COL
+
+# DYNET_LIBRARY_* (dynet_conv_cuda_library_status)
+LIBRARY_CUDNN = 1
+LIBRARY_CUBLAS = 2
+
+# The workspace formula's constants (dynetDynamicConv.h, dynet_conv_cuda_workspace_size).
+WORKSPACE_ALIGNMENT = 256
+CUBLAS_SCRATCH_BYTES = 32 << 20
+IM2COL_CHUNK_BYTES = 256 << 20
+
+# cuDNN and cuBLAS are dlopened by the CUDA-carrying libraries when a plan needs them: by soname first, then in the
+# folders of this variable (':'-separated), which load_cuda_library / onnxruntime_lib.register set to the lib/
+# folders of the installed nvidia-* wheels when it is unset.
+ENV_CUDA_LIBRARY_PATH = "DYNET_CUDA_LIBRARY_PATH"
 
 # DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
@@ -99,6 +116,32 @@ def find_library(name: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def cuda_library_search_path() -> list[str]:
+    """The lib/ folders of the nvidia-cudnn-cu13 / nvidia-cublas wheels importable here (cuDNN's, then cuBLAS's)."""
+    import importlib.util
+
+    dirs = []
+    for package in ("nvidia.cudnn", "nvidia.cu13", "nvidia.cublas"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        for root in (spec.submodule_search_locations or []) if spec is not None else []:
+            lib = Path(root) / "lib"
+            if lib.is_dir() and str(lib) not in dirs:
+                dirs.append(str(lib))
+    return dirs
+
+
+def ensure_cuda_library_path() -> str | None:
+    """Set ``$DYNET_CUDA_LIBRARY_PATH`` to the wheels' folders when it is unset; return its value."""
+    if not os.environ.get(ENV_CUDA_LIBRARY_PATH):
+        dirs = cuda_library_search_path()
+        if dirs:
+            os.environ[ENV_CUDA_LIBRARY_PATH] = os.pathsep.join(dirs)
+    return os.environ.get(ENV_CUDA_LIBRARY_PATH)
 
 
 def cpu_library_path() -> Path | None:
@@ -214,6 +257,7 @@ def load_cpu_library() -> ctypes.CDLL:
 
 
 def load_cuda_library() -> ctypes.CDLL:
+    ensure_cuda_library_path()
     lib = _load(CUDA_LIBRARY, cuda_library_path(), "the CUDA kernel")
     vp = ctypes.c_void_p
     lib.dynet_conv_cuda_workspace_size.restype = ctypes.c_size_t
@@ -254,7 +298,77 @@ def load_cuda_library() -> ctypes.CDLL:
     lib.dynet_conv_cuda_plan_run.restype = ctypes.c_int32
     lib.dynet_conv_cuda_plan_destroy.argtypes = [vp]
     lib.dynet_conv_cuda_plan_destroy.restype = None
+    # Run-time libraries and contexts (handles made once, outside enqueue; plans made in a context borrow them).
+    lib.dynet_conv_cuda_has_cublas.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_has_cublas.argtypes = []
+    lib.dynet_conv_cuda_library_status.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_library_status.argtypes = [ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t]
+    lib.dynet_conv_cuda_context_create.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_context_create.argtypes = [ctypes.POINTER(vp)]
+    lib.dynet_conv_cuda_context_prepare.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_context_prepare.argtypes = [vp, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t]
+    lib.dynet_conv_cuda_context_ready.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_context_ready.argtypes = [vp, ctypes.c_int32]
+    lib.dynet_conv_cuda_context_destroy.restype = None
+    lib.dynet_conv_cuda_context_destroy.argtypes = [vp]
+    lib.dynet_conv_cuda_plan_create_in.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_plan_create_in.argtypes = [
+        vp,
+        ctypes.POINTER(DynetConvParams),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_size_t,
+        ctypes.POINTER(vp),
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
+    lib.dynet_conv_cuda_cublas_gemm.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_cublas_gemm.argtypes = [
+        ctypes.POINTER(DynetConvParams),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.c_int32,
+        ctypes.POINTER(ctypes.c_int64),
+    ]
     return lib
+
+
+GEMM_FIELDS = (
+    "m",
+    "n",
+    "k",
+    "batch",
+    "a_offset",
+    "lda",
+    "stride_a",
+    "b_offset",
+    "ldb",
+    "stride_b",
+    "c_offset",
+    "ldc",
+    "stride_c",
+)
+
+
+def cublas_gemm(params: DynetConvParams, algo: int, which: int, n0: int = 0, samples: int | None = None) -> dict:
+    """The column-major strided-batched GEMM a cuBLAS tactic enqueues (which 0: kernel fusion, 1: convolution of
+    samples [n0, n0 + samples)), as :data:`GEMM_FIELDS`; host arithmetic only."""
+    lib = load_cuda_library()
+    out = (ctypes.c_int64 * len(GEMM_FIELDS))()
+    count = params.n - n0 if samples is None else samples
+    status = lib.dynet_conv_cuda_cublas_gemm(ctypes.byref(params), algo, which, n0, count, out)
+    if status != OK:
+        raise DynamicConvCallError(status, f"dynet_conv_cuda_cublas_gemm: {lib.dynet_status_string(status).decode()}")
+    return dict(zip(GEMM_FIELDS, list(out)))
+
+
+def cuda_library_status(library: int) -> tuple[int, str]:
+    """(DynetStatus, message) of loading cuDNN (LIBRARY_CUDNN) or cuBLAS (LIBRARY_CUBLAS) in the CUDA library."""
+    lib = load_cuda_library()
+    msg = ctypes.create_string_buffer(1024)
+    status = lib.dynet_conv_cuda_library_status(library, msg, len(msg))
+    return status, msg.value.decode()
 
 
 def make_params(

@@ -15,7 +15,7 @@ import ctypes
 from pathlib import Path
 
 from ..errors import MissingDependencyError, RuntimeBackendError
-from .native import ENV_PLUGIN_DIR, ORT_LIBRARY, find_library, search_dirs
+from .native import ENV_PLUGIN_DIR, ORT_LIBRARY, ensure_cuda_library_path, find_library, search_dirs
 
 
 def library_path() -> Path | None:
@@ -46,6 +46,7 @@ def register(session_options, path: str | Path | None = None) -> Path:
         raise MissingDependencyError(
             f"onnxruntime custom-op library {str(lib)!r} does not exist; build it with 'make plugins'"
         )
+    ensure_cuda_library_path()  # where the CUDA kernel's cuDNN / cuBLAS tactics find the wheels' libraries
     try:
         session_options.register_custom_ops_library(str(lib))
     except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types

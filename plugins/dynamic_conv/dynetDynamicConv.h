@@ -13,7 +13,8 @@
  *
  * Every function validates its arguments and returns a status code instead of crashing. The enqueueing entry points
  * (dynet_conv_cuda, dynet_conv_cuda_plan_run) neither allocate nor synchronise (graph-capturable); only
- * dynet_conv_cuda_plan_create may allocate (the cuDNN handle), and it is meant to run outside any enqueue.
+ * dynet_conv_cuda_plan_create / dynet_conv_cuda_context_prepare may allocate (library handles), and they are meant
+ * to run outside any enqueue.
  * The full spec is plugins/dynamic_conv/README.md.
  */
 #ifndef DYNET_DYNAMIC_CONV_H
@@ -63,11 +64,24 @@ typedef enum DynetAlgo
     DYNET_ALGO_AUTO = 0,       /* the default below, chosen from GPU measurements (README) */
     DYNET_ALGO_TWO_STEP = 1,   /* fuse the kernels of the whole batch into the workspace, then convolve */
     DYNET_ALGO_ONE_KERNEL = 2, /* aggregate the kernel inside the convolution kernel; needs no workspace */
-    DYNET_ALGO_CUDNN = 3       /* fuse kernels and biases of the batch into the workspace, then one cuDNN grouped
+    DYNET_ALGO_CUDNN = 3,      /* fuse kernels and biases of the batch into the workspace, then one cuDNN grouped
                                   convolution (groups = N*groups, x and y viewed as [1, N*C, H, W]) with bias and
                                   activation fused, tensor cores for fp16. Needs a plan (dynet_conv_cuda_plan_create)
                                   and a library built with cuDNN (dynet_conv_cuda_has_cudnn) */
+    DYNET_ALGO_CUBLAS_GEMM = 4, /* pointwise layers (1x1, stride 1, no pads; any groups): kernel fusion as one cuBLAS
+                                  GEMM per output channel (strided-batched; one GEMM for per-expert coefficients),
+                                  then y[n,g] = W~[n,g] x[n,g] as one strided-batched GEMM over N*groups on the NCHW
+                                  planes, then one bias + activation kernel. Needs a plan and cuBLAS at run time */
+    DYNET_ALGO_CUBLAS_IM2COL = 5 /* any layer: the same fusion, then per chunk of samples an explicit im2col into the
+                                  workspace and one strided-batched GEMM over (sample, group). Needs a plan */
 } DynetAlgo;
+
+/* The largest DynetAlgo value of this ABI. */
+#define DYNET_ALGO_LAST DYNET_ALGO_CUBLAS_IM2COL
+
+/* The libraries a tactic loads at run time (dlopen), for dynet_conv_cuda_library_status. */
+#define DYNET_LIBRARY_CUDNN 1  /* libcudnn.so.9: DYNET_ALGO_CUDNN */
+#define DYNET_LIBRARY_CUBLAS 2 /* libcublasLt.so.13 + libcublas.so.13: DYNET_ALGO_CUBLAS_* */
 
 /* Every tensor of a call, the fused kernels of the batch included, has at most this many elements. The kernels
  * index with 64-bit integers; the limit is the op's contract (and TensorRT's per-tensor volume limit). */
@@ -175,10 +189,16 @@ DYNET_API int32_t dynet_conv_cpu_f32(const DynetConvParams* p, const float* x, c
     const float* bias_bank, const float* bias, float* y);
 
 /*
- * CUDA: bytes of workspace dynet_conv_cuda() needs for this call (0 when p is invalid or needs none).
- *   two-step: align256(N * C_out * (C_in/groups) * kH * kW * sizeof(dtype)); one-kernel: 0;
- *   cuDNN:    the two-step size + align256(N * C_out * sizeof(dtype)) (the fused biases); cuDNN's own scratch
- *             comes on top and is known only to a plan (dynet_conv_cuda_plan_workspace_size).
+ * CUDA: bytes of workspace a call of this algorithm needs (0 when p is invalid, the algorithm cannot run p, or it
+ * needs none). F = align256(N * C_out * (C_in/groups) * kH * kW * sizeof(dtype)) (the fused kernels),
+ * B = align256(N * C_out * sizeof(dtype)) (the fused biases), S_cublas = 32 MiB (cuBLAS's scratch, handed to it with
+ * cublasSetWorkspace so it never allocates):
+ *   two-step: F; one-kernel: 0;
+ *   cuDNN:    F + B; cuDNN's own scratch comes on top and is known only to a plan (dynet_conv_cuda_plan_workspace_size);
+ *   cuBLAS GEMM:   F + B + S_cublas (pointwise layers only; 0 for others);
+ *   cuBLAS im2col: F + B + align256(S * C_in * kH * kW * H_out * W_out * sizeof(dtype)) + S_cublas, S the samples per
+ *             im2col chunk: N when the columns of the whole batch fit in 256 MiB, else max(1, floor(256 MiB / the
+ *             columns of one sample)) (a plan with a smaller workspace limit takes fewer samples per chunk).
  *   algo = DYNET_ALGO_AUTO returns the size of the algorithm AUTO would pick, so a caller may size once with AUTO.
  * Pure host arithmetic in 64 bits (size_t): touches no device.
  */
@@ -187,8 +207,8 @@ DYNET_API size_t dynet_conv_cuda_workspace_size(const DynetConvParams* p, int32_
 /*
  * CUDA: enqueue the op on `stream` (a cudaStream_t; NULL is the legacy default stream). All pointers are device
  * pointers of `dtype` (DynetDataType). No allocation, no synchronisation: safe inside CUDA graph capture.
- * workspace may be NULL only when the chosen algorithm needs none. DYNET_ALGO_CUDNN needs a plan: this entry point
- * returns DYNET_ERR_UNSUPPORTED for it (use dynet_conv_cuda_plan_*). Each launch is checked on its own and a failed
+ * workspace may be NULL only when the chosen algorithm needs none. DYNET_ALGO_CUDNN and DYNET_ALGO_CUBLAS_* need a
+ * plan: this entry point returns DYNET_ERR_UNSUPPORTED for them (use dynet_conv_cuda_plan_*). Each launch is checked on its own and a failed
  * launch stops the call (DYNET_ERR_CUDA); a launch error left pending by earlier, unrelated work is cleared on entry
  * and not reported as this call's.
  * Every algorithm rounds the fused kernels and fused biases to `dtype` before the convolution (as a cuDNN
@@ -199,21 +219,61 @@ DYNET_API int32_t dynet_conv_cuda(const DynetConvParams* p, int32_t dtype, int32
     size_t workspace_size, void* stream);
 
 /*
- * CUDA plans: everything a call of one shape needs that must not happen inside an enqueue (cuDNN handle,
- * descriptors and algorithm choice), made once per shape. A plan works for every algorithm; for
- * DYNET_ALGO_CUDNN it holds the cuDNN state, for the others only a copy of the params.
+ * CUDA plans: everything a call of one shape needs that must not happen inside an enqueue (descriptors, algorithm
+ * choice, workspace layout), made once per shape. A plan works for every algorithm; for DYNET_ALGO_CUDNN it holds
+ * the cuDNN descriptors, for the cuBLAS tactics the GEMM shapes, for the others only a copy of the params.
+ * The library handles (cuDNN, cuBLAS) live in a context, made once per user (a TensorRT plugin instance, an
+ * onnxruntime kernel) and device, outside any enqueue; plans made in a context borrow its handles.
  */
 typedef struct DynetConvCudaPlan DynetConvCudaPlan;
+typedef struct DynetConvCudaContext DynetConvCudaContext;
 
-/* 1 when this library was built with the cuDNN tactic, else 0. */
+/* 1 when this library was built with the cuDNN tactic, else 0 (whether libcudnn loads: dynet_conv_cuda_library_status). */
 DYNET_API int32_t dynet_conv_cuda_has_cudnn(void);
+
+/* 1 when this library was built with the cuBLAS tactics, else 0. */
+DYNET_API int32_t dynet_conv_cuda_has_cublas(void);
+
+/*
+ * Load `library` (DYNET_LIBRARY_CUDNN / DYNET_LIBRARY_CUBLAS) now if not yet loaded: DYNET_OK, or
+ * DYNET_ERR_UNSUPPORTED with the reason in msg (absent: the sonames and folders tried; built without the tactic).
+ * Looked up by soname, then in each folder of $DYNET_CUDA_LIBRARY_PATH (':'-separated). Touches no device.
+ */
+DYNET_API int32_t dynet_conv_cuda_library_status(int32_t library, char* msg, size_t msg_size);
+
+/* An empty context (host memory only, no handle yet). */
+DYNET_API int32_t dynet_conv_cuda_context_create(DynetConvCudaContext** ctx);
+
+/*
+ * Make the handles `algo` needs (cuDNN for DYNET_ALGO_CUDNN, cuBLAS for DYNET_ALGO_CUBLAS_*; none for the others) on
+ * the current device, if the context has none yet: may load libraries, allocate and synchronise, so call it outside
+ * enqueue and graph capture. DYNET_ERR_UNSUPPORTED (reason in msg) when the library is absent; DYNET_ERR_INVALID_ARGUMENT
+ * when the context was prepared on another device.
+ */
+DYNET_API int32_t dynet_conv_cuda_context_prepare(DynetConvCudaContext* ctx, int32_t algo, char* msg, size_t msg_size);
+
+/* 1 when ctx has the handles `algo` needs (dynet_conv_cuda_plan_create_in will not refuse for want of them). */
+DYNET_API int32_t dynet_conv_cuda_context_ready(const DynetConvCudaContext* ctx, int32_t algo);
+
+/* Destroy the context's handles and the context (NULL is a no-op); every plan made in it must be destroyed first. */
+DYNET_API void dynet_conv_cuda_context_destroy(DynetConvCudaContext* ctx);
+
+/*
+ * Make a plan in ctx: like dynet_conv_cuda_plan_create, but creates no handle (pure host work plus the libraries'
+ * descriptor and heuristic calls), so it may run where a shape changes. DYNET_ERR_INVALID_ARGUMENT (reason in msg)
+ * when ctx was not prepared for the algorithm (dynet_conv_cuda_context_prepare).
+ */
+DYNET_API int32_t dynet_conv_cuda_plan_create_in(DynetConvCudaContext* ctx, const DynetConvParams* p, int32_t dtype,
+    int32_t algo, size_t workspace_limit, DynetConvCudaPlan** plan, char* msg, size_t msg_size);
 
 /*
  * Make a plan for p, dtype and algo (AUTO resolves as in dynet_conv_cuda). workspace_limit caps the workspace the
- * plan may need (cuDNN picks its fastest algorithm by heuristics among those that fit; 0 = no cap). For
- * DYNET_ALGO_CUDNN this creates a cuDNN handle (on the current device) and may allocate; call it outside
- * enqueue and graph capture. Returns DYNET_ERR_UNSUPPORTED (with the reason in msg) when the library has no cuDNN
- * or cuDNN cannot express the call (asymmetric pads).
+ * plan may need (cuDNN picks its fastest algorithm by heuristics among those that fit; the im2col tactic takes fewer
+ * samples per chunk; 0 = no cap). The plan owns a context of its own: for DYNET_ALGO_CUDNN / DYNET_ALGO_CUBLAS_* this
+ * creates a handle (on the current device) and may allocate; call it outside enqueue and graph capture (callers that
+ * plan per shape use a shared context: dynet_conv_cuda_plan_create_in). Returns DYNET_ERR_UNSUPPORTED (with the
+ * reason in msg) when the library is absent or cannot express the call (cuDNN: asymmetric pads; cuBLAS GEMM: a layer
+ * that is not pointwise).
  */
 DYNET_API int32_t dynet_conv_cuda_plan_create(const DynetConvParams* p, int32_t dtype, int32_t algo,
     size_t workspace_limit, DynetConvCudaPlan** plan, char* msg, size_t msg_size);
@@ -224,13 +284,26 @@ DYNET_API size_t dynet_conv_cuda_plan_workspace_size(const DynetConvCudaPlan* pl
 /* The algorithm the plan runs (never AUTO), or -1 for a NULL plan. */
 DYNET_API int32_t dynet_conv_cuda_plan_algo(const DynetConvCudaPlan* plan);
 
-/* Enqueue the planned call on stream: same contract as dynet_conv_cuda (no allocation, no synchronisation). */
+/* Enqueue the planned call on stream: same contract as dynet_conv_cuda (no allocation, no synchronisation). A plan
+ * made in a context uses its handles: plans of one context are run from one thread at a time. */
 DYNET_API int32_t dynet_conv_cuda_plan_run(const DynetConvCudaPlan* plan, const void* x, const void* coeff,
     const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace, size_t workspace_size,
     void* stream);
 
 /* Free the plan (NULL is a no-op). */
 DYNET_API void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan);
+
+/*
+ * The GEMMs a cuBLAS tactic enqueues, as host arithmetic (no device, no library): which = 0 the kernel fusion
+ * (A = weight, B = coeff, C = the fused kernels), which = 1 the convolution of samples [n0, n0 + samples) (A = x for
+ * DYNET_ALGO_CUBLAS_GEMM, the chunk's im2col columns [samples, C_in*kH*kW, H_out*W_out] for DYNET_ALGO_CUBLAS_IM2COL;
+ * B = the fused kernels; C = y). Each is column-major C_b = A_b * B_b for b < batch, X_b starting at element
+ * x_offset + b * stride_x of its tensor with leading dimension ld_x (A m x k, B k x n, C m x n). out receives 13
+ * values: m, n, k, batch, a_offset, lda, stride_a, b_offset, ldb, stride_b, c_offset, ldc, stride_c.
+ * DYNET_ERR_UNSUPPORTED when the algorithm cannot run p; for introspection and tests.
+ */
+DYNET_API int32_t dynet_conv_cuda_cublas_gemm(const DynetConvParams* p, int32_t algo, int32_t which, int32_t n0,
+    int32_t samples, int64_t* out);
 
 #ifdef __cplusplus
 }

@@ -4,13 +4,15 @@
 // bytes, no copy). cuDNN runs it with bias and activation fused (cudnnConvolutionBiasActivationForward), on tensor
 // cores for fp16 (CUDNN_TENSOR_OP_MATH) and without TF32 for fp32 (CUDNN_FMA_MATH), so fp32 keeps fp32 accuracy.
 //
-// Everything that may allocate or probe (handle, descriptors, algorithm choice, workspace query) happens in
-// cudnnPlanCreate, outside any enqueue; cudnnPlanRun only binds the stream and enqueues.
+// The handle is made once per context (cudnnHandleCreate, outside any enqueue) and borrowed by the plans; descriptors,
+// algorithm choice and workspace query happen in cudnnPlanCreate; cudnnPlanRun only binds the stream and enqueues.
+// Every cuDNN function is called through the table of dynetDynamicConvLibs.h (libcudnn is loaded, not linked).
 //
 // cuDNN's legacy fused call supports ReLU and identity; identity only with IMPLICIT_PRECOMP_GEMM. ReLU6 runs as
 // identity followed by the library's NaN-propagating in-place activation kernel. NaN propagation through ReLU is
 // requested with CUDNN_PROPAGATE_NAN.
 #include "dynetDynamicConvKernel.h"
+#include "dynetDynamicConvLibs.h"
 
 #include <cudnn.h>
 
@@ -22,7 +24,7 @@ namespace dynet
 
 struct CudnnPlan
 {
-    cudnnHandle_t handle{nullptr};
+    cudnnHandle_t handle{nullptr}; // borrowed from the context
     cudnnTensorDescriptor_t xDesc{nullptr};
     cudnnTensorDescriptor_t yDesc{nullptr};
     cudnnTensorDescriptor_t biasDesc{nullptr};
@@ -43,7 +45,7 @@ int32_t failWith(char* msg, size_t size, char const* what, cudnnStatus_t status)
 {
     if (msg != nullptr && size > 0)
     {
-        std::snprintf(msg, size, "cuDNN: %s failed: %s", what, cudnnGetErrorString(status));
+        std::snprintf(msg, size, "cuDNN: %s failed: %s", what, cudnnApi().cudnnGetErrorString(status));
     }
     return status == CUDNN_STATUS_NOT_SUPPORTED ? DYNET_ERR_UNSUPPORTED : DYNET_ERR_CUDA;
 }
@@ -66,11 +68,46 @@ bool isTensorOpMath(cudnnMathType_t m)
 
 } // namespace
 
-int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchLimit, CudnnPlan** out,
+int32_t cudnnHandleCreate(void** handle, char* msg, size_t msgSize) noexcept
+{
+    *handle = nullptr;
+    int32_t const loaded = loadCudaLibrary(DYNET_LIBRARY_CUDNN, msg, msgSize);
+    if (loaded != DYNET_OK)
+    {
+        return loaded;
+    }
+    cudnnHandle_t h = nullptr;
+    cudnnStatus_t const status = cudnnApi().cudnnCreate(&h);
+    if (status != CUDNN_STATUS_SUCCESS)
+    {
+        return failWith(msg, msgSize, "cudnnCreate", status);
+    }
+    *handle = h;
+    return DYNET_OK;
+}
+
+void cudnnHandleDestroy(void* handle) noexcept
+{
+    if (handle != nullptr)
+    {
+        cudnnApi().cudnnDestroy(static_cast<cudnnHandle_t>(handle));
+    }
+}
+
+int32_t cudnnPlanCreate(void* handle, DynetConvParams const& p, int32_t dtype, size_t scratchLimit, CudnnPlan** out,
     size_t* scratchBytes, char* msg, size_t msgSize) noexcept
 {
     *out = nullptr;
     *scratchBytes = 0;
+    if (handle == nullptr)
+    {
+        if (msg != nullptr && msgSize > 0)
+        {
+            std::snprintf(msg, msgSize, "cuDNN: no handle (prepare the context for the cuDNN tactic first)");
+        }
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    CudnnApi const& api = cudnnApi();
     if (p.pad_top != p.pad_bottom || p.pad_left != p.pad_right)
     {
         if (msg != nullptr && msgSize > 0)
@@ -100,29 +137,29 @@ int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchL
     plan->yElements = static_cast<int64_t>(nk) * hOut * wOut;
     cudnnDataType_t const type = dtype == DYNET_FLOAT16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
 
-    DYNET_CUDNN_TRY(cudnnCreate(&plan->handle), "cudnnCreate");
-    DYNET_CUDNN_TRY(cudnnCreateTensorDescriptor(&plan->xDesc), "cudnnCreateTensorDescriptor");
-    DYNET_CUDNN_TRY(cudnnCreateTensorDescriptor(&plan->yDesc), "cudnnCreateTensorDescriptor");
-    DYNET_CUDNN_TRY(cudnnCreateTensorDescriptor(&plan->biasDesc), "cudnnCreateTensorDescriptor");
-    DYNET_CUDNN_TRY(cudnnCreateFilterDescriptor(&plan->wDesc), "cudnnCreateFilterDescriptor");
-    DYNET_CUDNN_TRY(cudnnCreateConvolutionDescriptor(&plan->convDesc), "cudnnCreateConvolutionDescriptor");
-    DYNET_CUDNN_TRY(cudnnCreateActivationDescriptor(&plan->actDesc), "cudnnCreateActivationDescriptor");
+    plan->handle = static_cast<cudnnHandle_t>(handle);
+    DYNET_CUDNN_TRY(api.cudnnCreateTensorDescriptor(&plan->xDesc), "cudnnCreateTensorDescriptor");
+    DYNET_CUDNN_TRY(api.cudnnCreateTensorDescriptor(&plan->yDesc), "cudnnCreateTensorDescriptor");
+    DYNET_CUDNN_TRY(api.cudnnCreateTensorDescriptor(&plan->biasDesc), "cudnnCreateTensorDescriptor");
+    DYNET_CUDNN_TRY(api.cudnnCreateFilterDescriptor(&plan->wDesc), "cudnnCreateFilterDescriptor");
+    DYNET_CUDNN_TRY(api.cudnnCreateConvolutionDescriptor(&plan->convDesc), "cudnnCreateConvolutionDescriptor");
+    DYNET_CUDNN_TRY(api.cudnnCreateActivationDescriptor(&plan->actDesc), "cudnnCreateActivationDescriptor");
 
-    DYNET_CUDNN_TRY(cudnnSetTensor4dDescriptor(plan->xDesc, CUDNN_TENSOR_NCHW, type, 1, nc, p.h, p.w), "x descriptor");
-    DYNET_CUDNN_TRY(cudnnSetTensor4dDescriptor(plan->yDesc, CUDNN_TENSOR_NCHW, type, 1, nk, hOut, wOut),
+    DYNET_CUDNN_TRY(api.cudnnSetTensor4dDescriptor(plan->xDesc, CUDNN_TENSOR_NCHW, type, 1, nc, p.h, p.w), "x descriptor");
+    DYNET_CUDNN_TRY(api.cudnnSetTensor4dDescriptor(plan->yDesc, CUDNN_TENSOR_NCHW, type, 1, nk, hOut, wOut),
         "y descriptor");
-    DYNET_CUDNN_TRY(cudnnSetTensor4dDescriptor(plan->biasDesc, CUDNN_TENSOR_NCHW, type, 1, nk, 1, 1),
+    DYNET_CUDNN_TRY(api.cudnnSetTensor4dDescriptor(plan->biasDesc, CUDNN_TENSOR_NCHW, type, 1, nk, 1, 1),
         "bias descriptor");
-    DYNET_CUDNN_TRY(cudnnSetFilter4dDescriptor(plan->wDesc, type, CUDNN_TENSOR_NCHW, nk, p.c_in / p.groups, p.kh, p.kw),
+    DYNET_CUDNN_TRY(api.cudnnSetFilter4dDescriptor(plan->wDesc, type, CUDNN_TENSOR_NCHW, nk, p.c_in / p.groups, p.kh, p.kw),
         "filter descriptor");
-    DYNET_CUDNN_TRY(cudnnSetConvolution2dDescriptor(plan->convDesc, p.pad_top, p.pad_left, p.stride_h, p.stride_w,
+    DYNET_CUDNN_TRY(api.cudnnSetConvolution2dDescriptor(plan->convDesc, p.pad_top, p.pad_left, p.stride_h, p.stride_w,
                         p.dilation_h, p.dilation_w, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
         "convolution descriptor");
-    DYNET_CUDNN_TRY(cudnnSetConvolutionGroupCount(plan->convDesc, groups), "cudnnSetConvolutionGroupCount");
+    DYNET_CUDNN_TRY(api.cudnnSetConvolutionGroupCount(plan->convDesc, groups), "cudnnSetConvolutionGroupCount");
     cudnnMathType_t const math = dtype == DYNET_FLOAT16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
-    DYNET_CUDNN_TRY(cudnnSetConvolutionMathType(plan->convDesc, math), "cudnnSetConvolutionMathType");
+    DYNET_CUDNN_TRY(api.cudnnSetConvolutionMathType(plan->convDesc, math), "cudnnSetConvolutionMathType");
     bool const relu = p.activation == DYNET_ACT_RELU;
-    DYNET_CUDNN_TRY(cudnnSetActivationDescriptor(plan->actDesc,
+    DYNET_CUDNN_TRY(api.cudnnSetActivationDescriptor(plan->actDesc,
                         relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY, CUDNN_PROPAGATE_NAN, 0.0),
         "activation descriptor");
 
@@ -130,7 +167,7 @@ int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchL
     int dc = 0;
     int dh = 0;
     int dw = 0;
-    DYNET_CUDNN_TRY(cudnnGetConvolution2dForwardOutputDim(plan->convDesc, plan->xDesc, plan->wDesc, &dn, &dc, &dh, &dw),
+    DYNET_CUDNN_TRY(api.cudnnGetConvolution2dForwardOutputDim(plan->convDesc, plan->xDesc, plan->wDesc, &dn, &dc, &dh, &dw),
         "cudnnGetConvolution2dForwardOutputDim");
     if (dn != 1 || dc != nk || dh != hOut || dw != wOut)
     {
@@ -151,7 +188,7 @@ int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchL
         constexpr int kMaxAlgos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
         cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
         int returned = 0;
-        DYNET_CUDNN_TRY(cudnnGetConvolutionForwardAlgorithm_v7(plan->handle, plan->xDesc, plan->wDesc, plan->convDesc,
+        DYNET_CUDNN_TRY(api.cudnnGetConvolutionForwardAlgorithm_v7(plan->handle, plan->xDesc, plan->wDesc, plan->convDesc,
                             plan->yDesc, kMaxAlgos, &returned, perf),
             "cudnnGetConvolutionForwardAlgorithm_v7");
         for (int i = 0; i < returned && !found; ++i)
@@ -165,7 +202,7 @@ int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchL
             plan->scratchBytes = perf[i].memory;
             if (dtype == DYNET_FLOAT16)
             {
-                DYNET_CUDNN_TRY(cudnnSetConvolutionMathType(plan->convDesc, perf[i].mathType),
+                DYNET_CUDNN_TRY(api.cudnnSetConvolutionMathType(plan->convDesc, perf[i].mathType),
                     "cudnnSetConvolutionMathType");
             }
             found = true;
@@ -175,7 +212,7 @@ int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchL
     {
         // Identity activation: cuDNN's fused call supports it with IMPLICIT_PRECOMP_GEMM only.
         plan->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
-        DYNET_CUDNN_TRY(cudnnGetConvolutionForwardWorkspaceSize(plan->handle, plan->xDesc, plan->wDesc, plan->convDesc,
+        DYNET_CUDNN_TRY(api.cudnnGetConvolutionForwardWorkspaceSize(plan->handle, plan->xDesc, plan->wDesc, plan->convDesc,
                             plan->yDesc, plan->algo, &plan->scratchBytes),
             "cudnnGetConvolutionForwardWorkspaceSize");
         found = plan->scratchBytes <= scratchLimit;
@@ -202,14 +239,15 @@ int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeig
     {
         return plan == nullptr ? DYNET_ERR_NULL_POINTER : DYNET_ERR_WORKSPACE;
     }
-    if (cudnnSetStream(plan->handle, stream) != CUDNN_STATUS_SUCCESS)
+    CudnnApi const& api = cudnnApi();
+    if (api.cudnnSetStream(plan->handle, stream) != CUDNN_STATUS_SUCCESS)
     {
         return DYNET_ERR_CUDA;
     }
     float const one = 1.F;
     float const zero = 0.F;
     // alpha2 = 0: z (= y) contributes nothing; cuDNN still needs a descriptor and a pointer for it.
-    cudnnStatus_t const status = cudnnConvolutionBiasActivationForward(plan->handle, &one, plan->xDesc, x, plan->wDesc,
+    cudnnStatus_t const status = api.cudnnConvolutionBiasActivationForward(plan->handle, &one, plan->xDesc, x, plan->wDesc,
         fusedWeights, plan->convDesc, plan->algo, plan->scratchBytes > 0 ? scratch : nullptr, plan->scratchBytes, &zero,
         plan->yDesc, y, plan->biasDesc, fusedBiases, plan->actDesc, plan->yDesc, y);
     if (status != CUDNN_STATUS_SUCCESS)
@@ -229,36 +267,33 @@ void cudnnPlanDestroy(CudnnPlan* plan) noexcept
     {
         return;
     }
+    CudnnApi const& api = cudnnApi();
     // Destroying a NULL descriptor is not an error in cuDNN, but skip them to keep the intent plain.
     if (plan->actDesc != nullptr)
     {
-        cudnnDestroyActivationDescriptor(plan->actDesc);
+        api.cudnnDestroyActivationDescriptor(plan->actDesc);
     }
     if (plan->convDesc != nullptr)
     {
-        cudnnDestroyConvolutionDescriptor(plan->convDesc);
+        api.cudnnDestroyConvolutionDescriptor(plan->convDesc);
     }
     if (plan->wDesc != nullptr)
     {
-        cudnnDestroyFilterDescriptor(plan->wDesc);
+        api.cudnnDestroyFilterDescriptor(plan->wDesc);
     }
     if (plan->biasDesc != nullptr)
     {
-        cudnnDestroyTensorDescriptor(plan->biasDesc);
+        api.cudnnDestroyTensorDescriptor(plan->biasDesc);
     }
     if (plan->yDesc != nullptr)
     {
-        cudnnDestroyTensorDescriptor(plan->yDesc);
+        api.cudnnDestroyTensorDescriptor(plan->yDesc);
     }
     if (plan->xDesc != nullptr)
     {
-        cudnnDestroyTensorDescriptor(plan->xDesc);
+        api.cudnnDestroyTensorDescriptor(plan->xDesc);
     }
-    if (plan->handle != nullptr)
-    {
-        cudnnDestroy(plan->handle);
-    }
-    delete plan;
+    delete plan; // the handle is the context's
 }
 
 } // namespace dynet

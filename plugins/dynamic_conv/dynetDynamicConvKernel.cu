@@ -197,6 +197,51 @@ __global__ void activateInPlaceKernel(T* __restrict__ y, int64_t count, int32_t 
     }
 }
 
+//! y[plane, :] = act(y[plane, :] + b~[plane]) (the cuBLAS tactics' epilogue); fusedBias NULL: activation only.
+template <typename T>
+__global__ void biasActivateKernel(T* __restrict__ y, T const* __restrict__ fusedBias, int64_t planes, int64_t pixels,
+    int32_t act)
+{
+    int64_t const total = planes * pixels;
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride)
+    {
+        float const b = fusedBias != nullptr ? toFloat(fusedBias[i / pixels]) : 0.F;
+        y[i] = fromFloat<T>(activate(toFloat(y[i]) + b, act));
+    }
+}
+
+//! Explicit im2col of `samples` samples starting at n0: cols[s, ci*kH*kW + i*kW + j, p] (zero where the window is
+//! in the padding). Row r of sample s is channel ci = r / (kH*kW), so group g's rows are [g*R, (g+1)*R).
+template <typename T>
+__global__ void im2colKernel(ConvArgs a, T const* __restrict__ x, int32_t n0, int32_t samples, T* __restrict__ cols)
+{
+    int64_t const rows = static_cast<int64_t>(a.cIn) * a.khw;
+    int64_t const total = static_cast<int64_t>(samples) * rows * a.pixOut;
+    int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride)
+    {
+        int64_t const p = e % a.pixOut;
+        int64_t const rest = e / a.pixOut;
+        int64_t const r = rest % rows;
+        int64_t const s = rest / rows;
+        int64_t const ci = r / a.khw;
+        int32_t const rem = static_cast<int32_t>(r - ci * a.khw);
+        int32_t const i = rem / a.kw;
+        int32_t const j = rem - i * a.kw;
+        int64_t const oh = p / a.wOut;
+        int64_t const ow = p - oh * a.wOut;
+        int64_t const ih = oh * a.strideH - a.padTop + static_cast<int64_t>(i) * a.dilH;
+        int64_t const iw = ow * a.strideW - a.padLeft + static_cast<int64_t>(j) * a.dilW;
+        T v = fromFloat<T>(0.F);
+        if (ih >= 0 && ih < a.h && iw >= 0 && iw < a.w)
+        {
+            v = x[((static_cast<int64_t>(n0) + s) * a.cIn + ci) * a.pixIn + ih * a.w + iw];
+        }
+        cols[e] = v;
+    }
+}
+
 // ---- direct path: depthwise and small groups ---------------------------------------------------------------------
 // Block = one (n, t) output plane (grid.x) times a strip of pixels (grid.y, grid-strided). The plane's fused
 // kernel (R <= kDirectMaxKernelElements values) and bias are staged in shared memory once per block.
@@ -536,6 +581,38 @@ int32_t fuseForCudnnT(DynetConvParams const& p, void const* coeffv, void const* 
 }
 
 template <typename T>
+int32_t fuseBiasesT(DynetConvParams const& p, void const* coeff, void const* biasBank, void const* bias, void* out,
+    cudaStream_t stream)
+{
+    ConvArgs const a = makeArgs(p);
+    constexpr int32_t kThreads = 256;
+    fuseBiasKernel<T><<<blocksFor(static_cast<int64_t>(a.n) * a.cOut, kThreads), kThreads, 0, stream>>>(a,
+        static_cast<T const*>(coeff), p.has_bias_bank ? static_cast<T const*>(biasBank) : nullptr,
+        p.has_bias ? static_cast<T const*>(bias) : nullptr, static_cast<T*>(out));
+    return launchStatus();
+}
+
+template <typename T>
+int32_t biasActivateT(void* y, void const* fusedBias, int64_t planes, int64_t pixels, int32_t act, cudaStream_t stream)
+{
+    constexpr int32_t kThreads = 256;
+    biasActivateKernel<T><<<blocksFor(planes * pixels, kThreads), kThreads, 0, stream>>>(static_cast<T*>(y),
+        static_cast<T const*>(fusedBias), planes, pixels, act);
+    return launchStatus();
+}
+
+template <typename T>
+int32_t im2colT(DynetConvParams const& p, void const* x, int32_t n0, int32_t samples, void* cols, cudaStream_t stream)
+{
+    ConvArgs const a = makeArgs(p);
+    constexpr int32_t kThreads = 256;
+    int64_t const total = static_cast<int64_t>(samples) * a.cIn * a.khw * a.pixOut;
+    im2colKernel<T><<<blocksFor(total, kThreads), kThreads, 0, stream>>>(a, static_cast<T const*>(x), n0, samples,
+        static_cast<T*>(cols));
+    return launchStatus();
+}
+
+template <typename T>
 int32_t activateT(void* y, int64_t count, int32_t act, cudaStream_t stream)
 {
     constexpr int32_t kThreads = 256;
@@ -605,19 +682,57 @@ int32_t activateInPlace(int32_t dtype, void* y, int64_t count, int32_t act, cuda
     return activateT<__half>(y, count, act, stream);
 }
 
+size_t alignBytes(size_t bytes) noexcept
+{
+    return align(bytes);
+}
+
+int32_t fuseBiases(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* biasBank, void const* bias,
+    void* fusedBiases, cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return fuseBiasesT<float>(p, coeff, biasBank, bias, fusedBiases, stream);
+    }
+    return fuseBiasesT<__half>(p, coeff, biasBank, bias, fusedBiases, stream);
+}
+
+int32_t biasActivate(int32_t dtype, void* y, void const* fusedBiases, int64_t planes, int64_t pixels, int32_t act,
+    cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return biasActivateT<float>(y, fusedBiases, planes, pixels, act, stream);
+    }
+    return biasActivateT<__half>(y, fusedBiases, planes, pixels, act, stream);
+}
+
+int32_t im2col(DynetConvParams const& p, int32_t dtype, void const* x, int32_t n0, int32_t samples, void* cols,
+    cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return im2colT<float>(p, x, n0, samples, cols, stream);
+    }
+    return im2colT<__half>(p, x, n0, samples, cols, stream);
+}
+
 #if !defined(DYNET_HAVE_CUDNN)
 // Built without cuDNN: the cuDNN tactic reports itself unsupported.
-int32_t cudnnPlanCreate(DynetConvParams const& /*p*/, int32_t /*dtype*/, size_t /*scratchLimit*/, CudnnPlan** plan,
-    size_t* scratchBytes, char* msg, size_t msgSize) noexcept
+int32_t cudnnHandleCreate(void** handle, char* msg, size_t msgSize) noexcept
+{
+    *handle = nullptr;
+    return dynet_conv_cuda_library_status(DYNET_LIBRARY_CUDNN, msg, msgSize);
+}
+
+void cudnnHandleDestroy(void* /*handle*/) noexcept {}
+
+int32_t cudnnPlanCreate(void* /*handle*/, DynetConvParams const& /*p*/, int32_t /*dtype*/, size_t /*scratchLimit*/,
+    CudnnPlan** plan, size_t* scratchBytes, char* msg, size_t msgSize) noexcept
 {
     *plan = nullptr;
     *scratchBytes = 0;
-    if (msg != nullptr && msgSize > 0)
-    {
-        std::snprintf(msg, msgSize, "this library was built without cuDNN (configure with CUDNN_ROOT or install "
-            "the nvidia-cudnn-cu13 package)");
-    }
-    return DYNET_ERR_UNSUPPORTED;
+    return dynet_conv_cuda_library_status(DYNET_LIBRARY_CUDNN, msg, msgSize);
 }
 
 int32_t cudnnPlanRun(CudnnPlan const* /*plan*/, void const* /*x*/, void const* /*fusedWeights*/,
@@ -631,7 +746,14 @@ void cudnnPlanDestroy(CudnnPlan* /*plan*/) noexcept {}
 
 } // namespace dynet
 
-// ---- plans ------------------------------------------------------------------------------------------------------
+// ---- contexts and plans ---------------------------------------------------------------------------------------
+
+struct DynetConvCudaContext
+{
+    int device{-1};         // the device the handles were made on (-1: none yet)
+    void* cudnn{nullptr};   // cudnnHandle_t
+    void* cublas{nullptr};  // cublasHandle_t
+};
 
 struct DynetConvCudaPlan
 {
@@ -639,11 +761,19 @@ struct DynetConvCudaPlan
     int32_t dtype{DYNET_FLOAT32};
     int32_t algo{DYNET_ALGO_TWO_STEP}; // resolved, never AUTO
     size_t workspaceBytes{0};
-    dynet::CudnnPlan* cudnn{nullptr};   // DYNET_ALGO_CUDNN only
+    DynetConvCudaContext* ownedContext{nullptr}; // dynet_conv_cuda_plan_create's private context
+    DynetConvCudaContext* context{nullptr};      // the context whose handles the plan uses
+    dynet::CudnnPlan* cudnn{nullptr};            // DYNET_ALGO_CUDNN only
+    int32_t samplesPerChunk{0};                  // DYNET_ALGO_CUBLAS_IM2COL only
 };
 
 namespace
 {
+
+bool isCublasAlgo(int32_t algo)
+{
+    return algo == DYNET_ALGO_CUBLAS_GEMM || algo == DYNET_ALGO_CUBLAS_IM2COL;
+}
 
 int32_t checkCall(DynetConvParams const* p, int32_t dtype, int32_t algo)
 {
@@ -652,7 +782,7 @@ int32_t checkCall(DynetConvParams const* p, int32_t dtype, int32_t algo)
     {
         return status;
     }
-    if (algo < DYNET_ALGO_AUTO || algo > DYNET_ALGO_CUDNN)
+    if (algo < DYNET_ALGO_AUTO || algo > DYNET_ALGO_LAST)
     {
         return DYNET_ERR_INVALID_ARGUMENT;
     }
@@ -694,6 +824,27 @@ void writeMsg(char* msg, size_t size, char const* text)
     }
 }
 
+//! Whether the resolved algorithm can express p at all (checked before any library is loaded or handle made).
+int32_t checkApplicable(DynetConvParams const& p, int32_t resolved, char* msg, size_t size)
+{
+    if (resolved == DYNET_ALGO_CUDNN && (p.pad_top != p.pad_bottom || p.pad_left != p.pad_right))
+    {
+        if (msg != nullptr && size > 0)
+        {
+            std::snprintf(msg, size, "cuDNN: asymmetric pads (%d,%d,%d,%d) cannot be expressed; use the two-step, "
+                "one-kernel or cuBLAS im2col algorithm", p.pad_top, p.pad_left, p.pad_bottom, p.pad_right);
+        }
+        return DYNET_ERR_UNSUPPORTED;
+    }
+    if (resolved == DYNET_ALGO_CUBLAS_GEMM && !dynet::isPointwise(p))
+    {
+        writeMsg(msg, size, "the cuBLAS GEMM tactic runs pointwise layers only (1x1, stride 1, no pads); use "
+            "the cuBLAS im2col tactic");
+        return DYNET_ERR_UNSUPPORTED;
+    }
+    return DYNET_OK;
+}
+
 } // namespace
 
 extern "C" {
@@ -713,6 +864,11 @@ size_t dynet_conv_cuda_workspace_size(DynetConvParams const* p, int32_t dtype, i
     {
         return dynet::fusedKernelBytes(*p, dtype) + dynet::fusedBiasBytes(*p, dtype);
     }
+    if (isCublasAlgo(resolved))
+    {
+        int32_t const samples = dynet::im2colSamplesPerChunk(*p, dtype, dynet::kIm2colChunkBytes, false);
+        return dynet::cublasWorkspaceBytes(*p, dtype, resolved, samples);
+    }
     return 0;
 }
 
@@ -731,7 +887,7 @@ int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, v
         return status;
     }
     int32_t const resolved = dynet::resolveAlgo(*p, algo);
-    if (resolved == DYNET_ALGO_CUDNN)
+    if (resolved == DYNET_ALGO_CUDNN || isCublasAlgo(resolved))
     {
         return DYNET_ERR_UNSUPPORTED; // needs a plan: dynet_conv_cuda_plan_create
     }
@@ -749,12 +905,92 @@ int32_t dynet_conv_cuda_has_cudnn(void)
     return dynet::kHaveCudnn ? 1 : 0;
 }
 
-int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int32_t algo, size_t workspace_limit,
-    DynetConvCudaPlan** plan, char* msg, size_t msg_size)
+int32_t dynet_conv_cuda_has_cublas(void)
 {
-    if (plan == nullptr)
+    return dynet::kHaveCublas ? 1 : 0;
+}
+
+int32_t dynet_conv_cuda_context_create(DynetConvCudaContext** ctx)
+{
+    if (ctx == nullptr)
     {
-        writeMsg(msg, msg_size, "plan pointer is NULL");
+        return DYNET_ERR_NULL_POINTER;
+    }
+    *ctx = new (std::nothrow) DynetConvCudaContext{};
+    return *ctx == nullptr ? DYNET_ERR_UNSUPPORTED : DYNET_OK;
+}
+
+int32_t dynet_conv_cuda_context_ready(DynetConvCudaContext const* ctx, int32_t algo)
+{
+    if (ctx == nullptr)
+    {
+        return 0;
+    }
+    if (algo == DYNET_ALGO_CUDNN)
+    {
+        return ctx->cudnn != nullptr ? 1 : 0;
+    }
+    if (isCublasAlgo(algo))
+    {
+        return ctx->cublas != nullptr ? 1 : 0;
+    }
+    return 1;
+}
+
+int32_t dynet_conv_cuda_context_prepare(DynetConvCudaContext* ctx, int32_t algo, char* msg, size_t msg_size)
+{
+    if (ctx == nullptr)
+    {
+        writeMsg(msg, msg_size, "context is NULL");
+        return DYNET_ERR_NULL_POINTER;
+    }
+    writeMsg(msg, msg_size, "");
+    bool const cudnn = algo == DYNET_ALGO_CUDNN;
+    bool const cublas = isCublasAlgo(algo);
+    if ((!cudnn && !cublas) || dynet_conv_cuda_context_ready(ctx, algo) != 0)
+    {
+        return DYNET_OK;
+    }
+    int device = -1;
+    if (cudaGetDevice(&device) != cudaSuccess)
+    {
+        static_cast<void>(cudaGetLastError());
+        writeMsg(msg, msg_size, "no CUDA device");
+        return DYNET_ERR_CUDA;
+    }
+    if (ctx->device >= 0 && ctx->device != device)
+    {
+        writeMsg(msg, msg_size, "the context's handles were made on another device");
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    void* handle = nullptr;
+    int32_t const status = cudnn ? dynet::cudnnHandleCreate(&handle, msg, msg_size)
+                                 : dynet::cublasHandleCreate(&handle, msg, msg_size);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    (cudnn ? ctx->cudnn : ctx->cublas) = handle;
+    ctx->device = device;
+    return DYNET_OK;
+}
+
+void dynet_conv_cuda_context_destroy(DynetConvCudaContext* ctx)
+{
+    if (ctx != nullptr)
+    {
+        dynet::cudnnHandleDestroy(ctx->cudnn);
+        dynet::cublasHandleDestroy(ctx->cublas);
+        delete ctx;
+    }
+}
+
+int32_t dynet_conv_cuda_plan_create_in(DynetConvCudaContext* ctx, DynetConvParams const* p, int32_t dtype,
+    int32_t algo, size_t workspace_limit, DynetConvCudaPlan** plan, char* msg, size_t msg_size)
+{
+    if (plan == nullptr || ctx == nullptr)
+    {
+        writeMsg(msg, msg_size, plan == nullptr ? "plan pointer is NULL" : "context is NULL");
         return DYNET_ERR_NULL_POINTER;
     }
     *plan = nullptr;
@@ -768,6 +1004,18 @@ int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int
         writeMsg(msg, msg_size, status == DYNET_ERR_UNSUPPORTED ? "unsupported dtype" : "invalid params or algorithm");
         return status;
     }
+    int32_t const resolved = dynet::resolveAlgo(*p, algo);
+    int32_t const applicable = checkApplicable(*p, resolved, msg, msg_size);
+    if (applicable != DYNET_OK)
+    {
+        return applicable;
+    }
+    if (dynet_conv_cuda_context_ready(ctx, resolved) == 0)
+    {
+        writeMsg(msg, msg_size, "the context has no handle for this algorithm: call dynet_conv_cuda_context_prepare "
+            "first (outside enqueue)");
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
     auto* made = new (std::nothrow) DynetConvCudaPlan{};
     if (made == nullptr)
     {
@@ -776,7 +1024,8 @@ int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int
     }
     made->params = *p;
     made->dtype = dtype;
-    made->algo = dynet::resolveAlgo(*p, algo);
+    made->algo = resolved;
+    made->context = ctx;
     made->workspaceBytes = dynet_conv_cuda_workspace_size(p, dtype, made->algo);
     if (made->algo == DYNET_ALGO_CUDNN)
     {
@@ -789,7 +1038,8 @@ int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int
         }
         size_t const scratchLimit = workspace_limit == 0 ? SIZE_MAX : workspace_limit - own;
         size_t scratch = 0;
-        int32_t const cs = dynet::cudnnPlanCreate(*p, dtype, scratchLimit, &made->cudnn, &scratch, msg, msg_size);
+        int32_t const cs
+            = dynet::cudnnPlanCreate(ctx->cudnn, *p, dtype, scratchLimit, &made->cudnn, &scratch, msg, msg_size);
         if (cs != DYNET_OK)
         {
             delete made;
@@ -797,17 +1047,80 @@ int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int
         }
         made->workspaceBytes = own + scratch;
     }
+    else if (made->algo == DYNET_ALGO_CUBLAS_IM2COL)
+    {
+        // The formula's chunk; under a smaller limit, as many samples per chunk as the limit leaves room for.
+        made->samplesPerChunk = dynet::im2colSamplesPerChunk(*p, dtype, dynet::kIm2colChunkBytes, false);
+        if (workspace_limit != 0 && made->workspaceBytes > workspace_limit)
+        {
+            size_t const fixed
+                = dynet::fusedKernelBytes(*p, dtype) + dynet::fusedBiasBytes(*p, dtype) + dynet::kCublasScratchBytes;
+            made->samplesPerChunk = workspace_limit > fixed
+                ? dynet::im2colSamplesPerChunk(*p, dtype, (workspace_limit - fixed) / dynet::kWorkspaceAlignment
+                    * dynet::kWorkspaceAlignment, true)
+                : 0;
+            if (made->samplesPerChunk == 0)
+            {
+                writeMsg(msg, msg_size, "the workspace limit leaves no room for the im2col columns of one sample");
+                delete made;
+                return DYNET_ERR_WORKSPACE;
+            }
+            made->workspaceBytes = dynet::cublasWorkspaceBytes(*p, dtype, made->algo, made->samplesPerChunk);
+        }
+    }
     else if (workspace_limit != 0 && made->workspaceBytes > workspace_limit)
     {
-        writeMsg(msg, msg_size, "the workspace limit is smaller than the fused kernels of the batch");
+        writeMsg(msg, msg_size, "the workspace limit is smaller than what the algorithm needs for this shape");
         delete made;
         return DYNET_ERR_WORKSPACE;
     }
     *plan = made;
-    if (msg != nullptr && msg_size > 0)
+    writeMsg(msg, msg_size, "");
+    return DYNET_OK;
+}
+
+int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int32_t algo, size_t workspace_limit,
+    DynetConvCudaPlan** plan, char* msg, size_t msg_size)
+{
+    if (plan == nullptr)
     {
-        msg[0] = '\0';
+        writeMsg(msg, msg_size, "plan pointer is NULL");
+        return DYNET_ERR_NULL_POINTER;
     }
+    *plan = nullptr;
+    if (p != nullptr && dynet_conv_validate(p, msg, msg_size) != DYNET_OK)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    int32_t status = checkCall(p, dtype, algo);
+    if (status != DYNET_OK)
+    {
+        writeMsg(msg, msg_size, status == DYNET_ERR_UNSUPPORTED ? "unsupported dtype" : "invalid params or algorithm");
+        return status;
+    }
+    int32_t const resolved = dynet::resolveAlgo(*p, algo);
+    status = checkApplicable(*p, resolved, msg, msg_size);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    DynetConvCudaContext* ctx = nullptr;
+    if (dynet_conv_cuda_context_create(&ctx) != DYNET_OK)
+    {
+        writeMsg(msg, msg_size, "out of host memory");
+        return DYNET_ERR_UNSUPPORTED;
+    }
+    status = dynet_conv_cuda_context_prepare(ctx, resolved, msg, msg_size);
+    if (status == DYNET_OK)
+    {
+        status = dynet_conv_cuda_plan_create_in(ctx, p, dtype, algo, workspace_limit, plan, msg, msg_size);
+    }
+    if (status != DYNET_OK)
+    {
+        dynet_conv_cuda_context_destroy(ctx);
+        return status;
+    }
+    (*plan)->ownedContext = ctx;
     return DYNET_OK;
 }
 
@@ -839,11 +1152,16 @@ int32_t dynet_conv_cuda_plan_run(DynetConvCudaPlan const* plan, void const* x, v
         return DYNET_ERR_WORKSPACE;
     }
     auto const s = static_cast<cudaStream_t>(stream);
-    if (plan->algo != DYNET_ALGO_CUDNN)
+    if (plan->algo != DYNET_ALGO_CUDNN && !isCublasAlgo(plan->algo))
     {
         return runResolved(p, plan->dtype, plan->algo, x, coeff, weight, bias_bank, bias, y, workspace, s);
     }
     static_cast<void>(cudaGetLastError()); // see runResolved
+    if (isCublasAlgo(plan->algo))
+    {
+        return dynet::cublasRun(plan->context->cublas, p, plan->dtype, plan->algo, plan->samplesPerChunk, x, coeff,
+            weight, bias_bank, bias, y, workspace, plan->workspaceBytes, s);
+    }
     auto* base = static_cast<char*>(workspace);
     size_t const wBytes = dynet::fusedKernelBytes(p, plan->dtype);
     size_t const bBytes = dynet::fusedBiasBytes(p, plan->dtype);
@@ -861,6 +1179,7 @@ void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan)
     if (plan != nullptr)
     {
         dynet::cudnnPlanDestroy(plan->cudnn);
+        dynet_conv_cuda_context_destroy(plan->ownedContext);
         delete plan;
     }
 }

@@ -41,12 +41,28 @@ size_t fusedKernelBytes(DynetConvParams const& p, int32_t dtype) noexcept;
 //! align256(N * C_out * sizeof(dtype)): the fused biases of the batch (cuDNN tactic).
 size_t fusedBiasBytes(DynetConvParams const& p, int32_t dtype) noexcept;
 
+//! Round bytes up to kWorkspaceAlignment.
+size_t alignBytes(size_t bytes) noexcept;
+
 //! Enqueue the fusion of kernels ([N*C_out, C_in/groups, kH, kW]) and biases ([N*C_out]) in dtype.
 int32_t fuseForCudnn(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
     void const* biasBank, void const* bias, void* fusedWeights, void* fusedBiases, cudaStream_t stream) noexcept;
 
 //! Enqueue y = act(y) in place over `count` elements (NaN-propagating, like the kernels' epilogues).
 int32_t activateInPlace(int32_t dtype, void* y, int64_t count, int32_t act, cudaStream_t stream) noexcept;
+
+//! Enqueue the fused biases b~[n, t] ([N*C_out], dtype) alone.
+int32_t fuseBiases(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* biasBank, void const* bias,
+    void* fusedBiases, cudaStream_t stream) noexcept;
+
+//! Enqueue y[plane, :] = act(y[plane, :] + fusedBiases[plane]) over `planes` planes of `pixels` elements
+//! (fusedBiases may be NULL: activation only). NaN-propagating like the kernels' epilogues.
+int32_t biasActivate(int32_t dtype, void* y, void const* fusedBiases, int64_t planes, int64_t pixels, int32_t act,
+    cudaStream_t stream) noexcept;
+
+//! Enqueue the im2col of samples [n0, n0 + samples) of x into cols ([samples, C_in*kH*kW, H_out*W_out], dtype).
+int32_t im2col(DynetConvParams const& p, int32_t dtype, void const* x, int32_t n0, int32_t samples, void* cols,
+    cudaStream_t stream) noexcept;
 
 // ---- the cuDNN tactic (dynetDynamicConvCudnn.cpp; stubs returning DYNET_ERR_UNSUPPORTED without cuDNN) -----
 #if defined(DYNET_HAVE_CUDNN)
@@ -55,11 +71,15 @@ constexpr bool kHaveCudnn = true;
 constexpr bool kHaveCudnn = false;
 #endif
 
-//! cuDNN handle, descriptors and algorithm of one shape.
+//! cuDNN descriptors and algorithm of one shape (the handle is the context's).
 struct CudnnPlan;
 
-//! Make the cuDNN state for p (asymmetric pads: DYNET_ERR_UNSUPPORTED); *scratchBytes <= scratchLimit.
-int32_t cudnnPlanCreate(DynetConvParams const& p, int32_t dtype, size_t scratchLimit, CudnnPlan** plan,
+//! A cuDNN handle on the current device (loads libcudnn first); outside enqueue.
+int32_t cudnnHandleCreate(void** handle, char* msg, size_t msgSize) noexcept;
+void cudnnHandleDestroy(void* handle) noexcept;
+
+//! Make the cuDNN state for p with `handle` (asymmetric pads: DYNET_ERR_UNSUPPORTED); *scratchBytes <= scratchLimit.
+int32_t cudnnPlanCreate(void* handle, DynetConvParams const& p, int32_t dtype, size_t scratchLimit, CudnnPlan** plan,
     size_t* scratchBytes, char* msg, size_t msgSize) noexcept;
 
 //! Enqueue the grouped convolution with fused bias and activation on the fused kernels and biases.
@@ -67,6 +87,59 @@ int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeig
     void* scratch, size_t scratchBytes, cudaStream_t stream) noexcept;
 
 void cudnnPlanDestroy(CudnnPlan* plan) noexcept;
+
+// ---- the cuBLAS tactics (dynetDynamicConvCublas.cpp; stubs returning DYNET_ERR_UNSUPPORTED without cuBLAS) -------
+#if defined(DYNET_HAVE_CUBLAS)
+constexpr bool kHaveCublas = true;
+#else
+constexpr bool kHaveCublas = false;
+#endif
+
+//! cuBLAS's scratch inside the workspace (cublasSetWorkspace), so that it never allocates in an enqueue.
+constexpr size_t kCublasScratchBytes = size_t{32} << 20;
+//! The im2col columns of a chunk of samples take at most this much (unless one sample alone needs more).
+constexpr size_t kIm2colChunkBytes = size_t{256} << 20;
+
+//! DYNET_ALGO_CUBLAS_GEMM runs pointwise layers only: 1x1, stride 1, no pads.
+bool isPointwise(DynetConvParams const& p) noexcept;
+
+//! Bytes of the im2col columns of one sample: C_in * kH * kW * H_out * W_out * sizeof(dtype).
+size_t im2colSampleBytes(DynetConvParams const& p, int32_t dtype) noexcept;
+
+//! Samples per im2col chunk when the columns may take `columnBytes` (the formula's 256 MiB, or what a workspace limit
+//! leaves): min(N, max(1, columnBytes / im2colSampleBytes)); 0 when not even one sample fits and columnBytes was a
+//! limit (mustFit).
+int32_t im2colSamplesPerChunk(DynetConvParams const& p, int32_t dtype, size_t columnBytes, bool mustFit) noexcept;
+
+//! Workspace of a cuBLAS tactic with `samples` per im2col chunk (ignored by the GEMM tactic); 0 when it cannot run p.
+size_t cublasWorkspaceBytes(DynetConvParams const& p, int32_t dtype, int32_t algo, int32_t samples) noexcept;
+
+//! One column-major strided-batched GEMM of a cuBLAS tactic: C_b = A_b * B_b for b < batch, X_b starting at element
+//! xOffset + b * strideX of its tensor with leading dimension ldX; A is m x k, B k x n, C m x n.
+struct GemmDesc
+{
+    int64_t m, n, k, batch;
+    int64_t aOffset, lda, strideA;
+    int64_t bOffset, ldb, strideB;
+    int64_t cOffset, ldc, strideC;
+};
+
+//! The kernel fusion as a GEMM: A = weight, B = coeff, C = the fused kernels (batch 1 for per-expert coefficients).
+GemmDesc fusionGemm(DynetConvParams const& p) noexcept;
+
+//! The convolution of samples [n0, n0 + samples) as a GEMM: A = x (CUBLAS_GEMM) or the chunk's im2col columns
+//! (CUBLAS_IM2COL, offset 0), B = the fused kernels, C = y.
+GemmDesc convGemm(DynetConvParams const& p, int32_t algo, int32_t n0, int32_t samples) noexcept;
+
+//! A cuBLAS handle on the current device (loads libcublas first), fp32 math without TF32; outside enqueue.
+int32_t cublasHandleCreate(void** handle, char* msg, size_t msgSize) noexcept;
+void cublasHandleDestroy(void* handle) noexcept;
+
+//! Enqueue a cuBLAS tactic: fusion GEMM, fused biases, (im2col +) batched GEMM per chunk, bias + activation.
+//! The workspace holds [fused kernels | fused biases | cuBLAS scratch | columns] (cublasWorkspaceBytes).
+int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t algo, int32_t samplesPerChunk,
+    void const* x, void const* coeff, void const* weight, void const* biasBank, void const* bias, void* y,
+    void* workspace, size_t workspaceBytes, cudaStream_t stream) noexcept;
 
 } // namespace dynet
 

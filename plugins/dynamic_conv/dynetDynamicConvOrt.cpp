@@ -4,8 +4,10 @@
 //
 //   - CPU, float and float16 (fp16 tensors are computed in fp32 and rounded once), on the fast CPU kernel
 //     (dynetDynamicConvCpuKernel.h) running on onnxruntime's intra-op thread pool;
-//   - CUDA execution provider, float and float16, through the C ABI's dynet_conv_cuda on onnxruntime's compute
-//     stream (only in builds with the CUDA kernels, DYNET_ORT_WITH_CUDA).
+//   - CUDA execution provider, float and float16, through the C ABI's plans on onnxruntime's compute stream (only in
+//     builds with the CUDA kernels, DYNET_ORT_WITH_CUDA). The tactic is DYNET_CUDA_ALGO (a DynetAlgo number, read
+//     when the session is created; default 0 = AUTO): the library-backed ones (cuDNN 3, cuBLAS 4 and 5) get their
+//     handle once per kernel, at its first call, and a plan per shape.
 //
 // Inputs 3 and 4 are optional in the op definition, so a node has 3, 4 or 5 inputs as has_bias_bank / has_bias
 // say. Attribute names, defaults and ranges come from the C ABI's attribute table. Every error (attributes at
@@ -17,6 +19,7 @@
 #include "dynetDynamicConv.h"
 #include "dynetDynamicConvCpuKernel.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -506,14 +509,77 @@ struct CpuKernel
 #if defined(DYNET_ORT_WITH_CUDA)
 // ---- CUDA execution provider -----------------------------------------------------------------------------------
 
+//! The CUDA kernels' tactic: DYNET_CUDA_ALGO (0..DYNET_ALGO_LAST), else AUTO.
+int32_t cudaAlgoFromEnvironment()
+{
+    char const* env = std::getenv("DYNET_CUDA_ALGO");
+    if (env == nullptr || *env == '\0')
+    {
+        return DYNET_ALGO_AUTO;
+    }
+    char* end = nullptr;
+    long const v = std::strtol(env, &end, 10);
+    return (*end == '\0' && v >= DYNET_ALGO_AUTO && v <= DYNET_ALGO_LAST) ? static_cast<int32_t>(v) : -1;
+}
+
 template <typename T>
 struct CudaKernel
 {
     NodeConfig cfg;
+    int32_t algo = DYNET_ALGO_AUTO;
+    // The kernel's library handles and its plan for the last shape; calls of one kernel may come from several
+    // threads (concurrent Run), and a handle serves one stream at a time, so they are used under `lock`.
+    std::mutex lock;
+    DynetConvCudaContext* context = nullptr;
+    DynetConvCudaPlan* plan = nullptr;
+    DynetConvParams planParams{};
+
+    CudaKernel() = default;
+    CudaKernel(CudaKernel const&) = delete;
+    CudaKernel& operator=(CudaKernel const&) = delete;
+    ~CudaKernel()
+    {
+        dynet_conv_cuda_plan_destroy(plan);
+        dynet_conv_cuda_context_destroy(context);
+    }
 
     OrtStatus* init(OrtKernelInfo const* info)
     {
-        return readNode(info, cfg);
+        if (OrtStatus* s = readNode(info, cfg))
+        {
+            return s;
+        }
+        algo = cudaAlgoFromEnvironment();
+        if (algo < 0)
+        {
+            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "DYNET_CUDA_ALGO must be a tactic number 0.."
+                + std::to_string(DYNET_ALGO_LAST) + " (0 = AUTO)");
+        }
+        if (dynet_conv_cuda_context_create(&context) != DYNET_OK)
+        {
+            return errorStatus(ORT_FAIL, cfg.name, "out of host memory");
+        }
+        return nullptr;
+    }
+
+    //! The plan for p (the last one when the shape is unchanged); the handle is made at the kernel's first call.
+    OrtStatus* planFor(DynetConvParams const& p, int32_t dtype)
+    {
+        if (plan != nullptr && std::memcmp(&p, &planParams, sizeof(p)) == 0)
+        {
+            return nullptr;
+        }
+        dynet_conv_cuda_plan_destroy(plan);
+        plan = nullptr;
+        char msg[512];
+        if (dynet_conv_cuda_context_prepare(context, algo, msg, sizeof(msg)) != DYNET_OK
+            || dynet_conv_cuda_plan_create_in(context, &p, dtype, algo, 0, &plan, msg, sizeof(msg)) != DYNET_OK)
+        {
+            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, std::string("tactic ") + std::to_string(algo)
+                + " (DYNET_CUDA_ALGO) cannot run this shape: " + msg);
+        }
+        planParams = p;
+        return nullptr;
     }
 
     OrtStatus* compute(OrtKernelContext* context)
@@ -529,15 +595,28 @@ struct CudaKernel
         DynetConvParams p = call.p;
         Ort::UnownedValue& y = call.y;
         int32_t const dtype = std::is_same<T, float>::value ? DYNET_FLOAT32 : DYNET_FLOAT16;
-        size_t const wsBytes = dynet_conv_cuda_workspace_size(&p, dtype, DYNET_ALGO_AUTO);
+        std::lock_guard<std::mutex> guard(lock);
+        if (OrtStatus* s = planFor(p, dtype))
+        {
+            return s;
+        }
+        size_t const wsBytes = dynet_conv_cuda_plan_workspace_size(plan);
         void* workspace = nullptr;
         std::unique_ptr<void, std::function<void(void*)>> hold(nullptr, [](void*) {});
         if (wsBytes > 0)
         {
-            // The workspace comes from the allocator of the device x lives on (the session's CUDA device).
+            // A scratch buffer of the device x lives on, allocated for this kernel's compute stream: onnxruntime's
+            // stream-aware arena hands a freed chunk to another stream only after that stream waits for this one, so
+            // freeing it right after the asynchronous launch below is safe.
             Ort::ConstMemoryInfo deviceMem = x.GetTensorMemoryInfo();
-            Ort::Allocator alloc = ctx.GetAllocator(*static_cast<OrtMemoryInfo const*>(deviceMem));
-            workspace = alloc.Alloc(wsBytes);
+            OrtMemoryInfo const* info = deviceMem;
+            Ort::Allocator alloc = ctx.GetAllocator(*info); // the allocator the buffer goes back to
+            Ort::ThrowOnError(Ort::GetApi().KernelContext_GetScratchBuffer(context, info, wsBytes, &workspace));
+            if (workspace == nullptr)
+            {
+                return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, "no workspace of " + std::to_string(wsBytes)
+                    + " bytes from onnxruntime's scratch buffer");
+            }
             OrtAllocator* raw = alloc.release();
             hold = std::unique_ptr<void, std::function<void(void*)>>(workspace, [raw](void* ptr) {
                 raw->Free(raw, ptr);
@@ -545,17 +624,16 @@ struct CudaKernel
             });
         }
         void* stream = ctx.GetGPUComputeStream();
-        int32_t const status = dynet_conv_cuda(&p, dtype, DYNET_ALGO_AUTO, x.GetTensorRawData(),
-            coeff.GetTensorRawData(), weight.GetTensorRawData(), biasBank != nullptr ? biasBank.GetTensorRawData() : nullptr,
+        int32_t const status = dynet_conv_cuda_plan_run(plan, x.GetTensorRawData(), coeff.GetTensorRawData(),
+            weight.GetTensorRawData(), biasBank != nullptr ? biasBank.GetTensorRawData() : nullptr,
             bias != nullptr ? bias.GetTensorRawData() : nullptr, y.GetTensorMutableRawData(), workspace, wsBytes,
             stream);
         if (status != DYNET_OK)
         {
-            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, std::string("dynet_conv_cuda: ")
+            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, std::string("dynet_conv_cuda_plan_run: ")
                 + dynet_status_string(status));
         }
-        // The workspace goes back to onnxruntime's arena when `hold` ends; the next kernel that can receive it
-        // runs on the same compute stream, after this one, so no synchronisation is needed.
+        // The workspace goes back to onnxruntime's arena when `hold` ends, tagged with this compute stream.
         return nullptr;
     }
 

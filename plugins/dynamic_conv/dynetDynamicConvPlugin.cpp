@@ -21,7 +21,8 @@ namespace
 
 std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
 
-//! Log through the logger TensorRT handed us (loadLibrary path), else the library's global one, else stderr.
+//! Log through the logger TensorRT handed us (setLoggerFinder, the loadLibrary path), else (statically registered
+//! library only) libnvinfer's global one, else stderr.
 void logMessage(ILogger::Severity severity, std::string const& message) noexcept
 {
     try
@@ -32,10 +33,14 @@ void logMessage(ILogger::Severity severity, std::string const& message) noexcept
         {
             logger = finder->findLogger();
         }
+#if defined(DYNET_TRT_LOGGER_FALLBACK)
+        // The statically registered library links libnvinfer anyway (REGISTER_TENSORRT_PLUGIN); the dynamically
+        // loaded one logs only through the finder TensorRT hands it (setLoggerFinder) and needs no libnvinfer symbol.
         if (logger == nullptr)
         {
             logger = getLogger();
         }
+#endif
         if (logger != nullptr)
         {
             logger->log(severity, text.c_str());
@@ -136,9 +141,17 @@ DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin cons
     , mParams(other.mParams)
     , mDtype(other.mDtype)
     , mTactic(other.mTactic)
-    , mCudnnPlannable(other.mCudnnPlannable)
+    , mConfiguredMax(other.mConfiguredMax)
+    , mConfiguredDtype(other.mConfiguredDtype)
 {
-    // A plan owns a cuDNN handle, so a clone makes its own (clone and attachToContext run outside enqueue).
+    std::copy(std::begin(other.mPlannable), std::end(other.mPlannable), std::begin(mPlannable));
+    // Handles are per instance: a clone makes its own context (clone and attachToContext run outside enqueue) with the
+    // handle of its tactic, and its own plan in it.
+    char msg[256];
+    if (other.mContext != nullptr && !prepareContext(mTactic, msg, sizeof(msg)))
+    {
+        logMessage(ILogger::Severity::kWARNING, std::string("clone: ") + msg);
+    }
     if (other.mPlan != nullptr)
     {
         makePlan();
@@ -147,7 +160,18 @@ DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin cons
 
 DyNetDynamicConv2dPlugin::~DyNetDynamicConv2dPlugin()
 {
-    dynet_conv_cuda_plan_destroy(mPlan);
+    dynet_conv_cuda_plan_destroy(mPlan); // plans first: they borrow the context's handles
+    dynet_conv_cuda_context_destroy(mContext);
+}
+
+bool DyNetDynamicConv2dPlugin::prepareContext(int32_t tactic, char* msg, size_t msgSize) const noexcept
+{
+    if (mContext == nullptr && dynet_conv_cuda_context_create(&mContext) != DYNET_OK)
+    {
+        std::snprintf(msg, msgSize, "out of host memory");
+        return false;
+    }
+    return dynet_conv_cuda_context_prepare(mContext, tactic, msg, msgSize) == DYNET_OK;
 }
 
 bool DyNetDynamicConv2dPlugin::makePlan() noexcept
@@ -162,9 +186,20 @@ bool DyNetDynamicConv2dPlugin::makePlan() noexcept
         return false;
     }
     char msg[256];
+    if (dynet_conv_cuda_context_ready(mContext, mTactic) == 0)
+    {
+        // setTactic / attachToContext make the handle; reaching here without it means TensorRT skipped both.
+        logMessage(ILogger::Severity::kWARNING, "tactic " + std::to_string(mTactic) + ": no library handle made "
+            "before the first shape; making it now");
+        if (!prepareContext(mTactic, msg, sizeof(msg)))
+        {
+            logError("tactic " + std::to_string(mTactic) + ": " + msg);
+            return false;
+        }
+    }
     // The plan may use at most what TensorRT grants (a limit of 0 would mean "no cap": the grant is > 0 here
     // whenever the tactic needs a workspace).
-    int32_t const status = dynet_conv_cuda_plan_create(&mParams, mDtype, mTactic,
+    int32_t const status = dynet_conv_cuda_plan_create_in(mContext, &mParams, mDtype, mTactic,
         static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)), &mPlan, msg, sizeof(msg));
     if (status != DYNET_OK)
     {
@@ -353,28 +388,9 @@ int32_t DyNetDynamicConv2dPlugin::configurePlugin(
             return -1;
         }
         mDtype = toDynetType(in[0].desc.type);
-        // The workspace TensorRT grants (getWorkspaceSize): enough for every tactic at the profile's max. The cuDNN
-        // tactic's scratch is cuDNN's for its preferred algorithm at the max, capped; smaller shapes choose among the
-        // algorithms that fit in the same grant (onShapeChange).
-        int64_t grant = static_cast<int64_t>(dynet_conv_cuda_workspace_size(&pMax, mDtype, DYNET_ALGO_TWO_STEP));
-        if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies())
-        {
-            DynetConvCudaPlan* plan = nullptr;
-            size_t const cap = dynet_conv_cuda_workspace_size(&pMax, mDtype, DYNET_ALGO_CUDNN) + kCudnnScratchCap;
-            if (dynet_conv_cuda_plan_create(&pMax, mDtype, DYNET_ALGO_CUDNN, cap, &plan, msg, sizeof(msg)) == DYNET_OK)
-            {
-                grant = std::max(grant, static_cast<int64_t>(dynet_conv_cuda_plan_workspace_size(plan)));
-                dynet_conv_cuda_plan_destroy(plan);
-                mCudnnPlannable = 1;
-            }
-            else
-            {
-                // Not offered for timing then (getValidTactics), rather than failing onShapeChange mid-build.
-                logMessage(ILogger::Severity::kINFO, std::string("cuDNN tactic not offered: no plan at the profile's "
-                    "max: ") + msg);
-                mCudnnPlannable = 0;
-            }
-        }
+        int64_t const grant = workspaceFor(pMax, mDtype, true);
+        mConfiguredMax = pMax;
+        mConfiguredDtype = mDtype;
         mWorkspaceBytes = grant;
         return 0;
     }
@@ -385,12 +401,101 @@ int32_t DyNetDynamicConv2dPlugin::configurePlugin(
     return -1;
 }
 
-size_t DyNetDynamicConv2dPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
+int64_t DyNetDynamicConv2dPlugin::workspaceFor(DynetConvParams const& pMax, int32_t dtype, bool record) const noexcept
+{
+    // Enough for every offered tactic at the profile's max. The pure-arithmetic ones from the C ABI's formula; the
+    // library-backed ones (cuDNN's scratch is known only to a plan) from a plan at the max, capped; smaller shapes
+    // choose within the same grant (onShapeChange). A tactic that cannot be planned here is not offered for timing.
+    int64_t grant = static_cast<int64_t>(dynet_conv_cuda_workspace_size(&pMax, dtype, DYNET_ALGO_TWO_STEP));
+    int32_t offered[kMaxTactics];
+    int32_t const n = tactics(offered, false);
+    for (int32_t i = 0; i < n; ++i)
+    {
+        int32_t const t = offered[i];
+        if (t != DYNET_ALGO_CUDNN && t != DYNET_ALGO_CUBLAS_GEMM && t != DYNET_ALGO_CUBLAS_IM2COL)
+        {
+            continue;
+        }
+        char msg[256] = "";
+        bool ok = true;
+        size_t need = 0;
+        if (t == DYNET_ALGO_CUBLAS_IM2COL && pMax.kh == 1 && pMax.kw == 1 && pMax.stride_h == 1 && pMax.stride_w == 1
+            && pMax.pad_top == 0 && pMax.pad_left == 0 && pMax.pad_bottom == 0 && pMax.pad_right == 0)
+        {
+            ok = false; // a pointwise layer: the cuBLAS GEMM tactic runs it without the im2col copy
+            std::snprintf(msg, sizeof(msg), "pointwise layer (the cuBLAS GEMM tactic covers it)");
+        }
+        else if (t == DYNET_ALGO_CUDNN)
+        {
+            ok = prepareContext(t, msg, sizeof(msg));
+            DynetConvCudaPlan* plan = nullptr;
+            size_t const cap = dynet_conv_cuda_workspace_size(&pMax, dtype, t) + kCudnnScratchCap;
+            ok = ok && dynet_conv_cuda_plan_create_in(mContext, &pMax, dtype, t, cap, &plan, msg, sizeof(msg)) == DYNET_OK;
+            need = dynet_conv_cuda_plan_workspace_size(plan);
+            dynet_conv_cuda_plan_destroy(plan);
+        }
+        else
+        {
+            // The cuBLAS tactics' workspace is the C ABI's formula; the library must load and make a handle.
+            need = dynet_conv_cuda_workspace_size(&pMax, dtype, t);
+            ok = need > 0 && prepareContext(t, msg, sizeof(msg));
+            if (need == 0)
+            {
+                std::snprintf(msg, sizeof(msg), "not a pointwise layer (1x1, stride 1, no pads)");
+            }
+        }
+        if (ok)
+        {
+            grant = std::max(grant, static_cast<int64_t>(need));
+        }
+        else if (record)
+        {
+            logMessage(ILogger::Severity::kINFO, "tactic " + std::to_string(t) + " not offered: " + msg);
+        }
+        if (record)
+        {
+            mPlannable[t] = ok ? 1 : 0;
+        }
+    }
+    return grant;
+}
+
+size_t DyNetDynamicConv2dPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
-    // Computed in configurePlugin for the profile's max, and serialised (kWorkspaceFieldName): the runtime plugin
-    // hands exactly this grant to the library, whose own check then guards every enqueue.
-    return static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0));
+    // From the descs TensorRT asks about (their profile max and dtype), not from whatever configurePlugin saw last.
+    // For the configured max and dtype this is configurePlugin's grant, which is serialised (kWorkspaceFieldName):
+    // the runtime plugin hands exactly this grant to the library, whose own check then guards every enqueue.
+    try
+    {
+        if (inputs == nullptr || nbInputs != expectedInputs())
+        {
+            return static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0));
+        }
+        Dims maxDims[5];
+        for (int32_t i = 0; i < nbInputs; ++i)
+        {
+            maxDims[i] = inputs[i].max;
+        }
+        std::string error;
+        DynetConvParams pMax = mAttrs;
+        if (!setShapes(pMax, maxDims, nbInputs, false, error) || dynet_conv_validate(&pMax, nullptr, 0) != DYNET_OK)
+        {
+            logError("getWorkspaceSize: the profile's max shapes: " + (error.empty() ? "break the op contract" : error));
+            return 0;
+        }
+        int32_t const dtype = toDynetType(inputs[0].desc.type);
+        if (dtype == mConfiguredDtype && std::memcmp(&pMax, &mConfiguredMax, sizeof(pMax)) == 0)
+        {
+            return static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0));
+        }
+        return static_cast<size_t>(workspaceFor(pMax, dtype, false));
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string("getWorkspaceSize: ") + e.what());
+    }
+    return 0;
 }
 
 bool DyNetDynamicConv2dPlugin::cudnnTacticApplies() const noexcept
@@ -403,23 +508,34 @@ int32_t DyNetDynamicConv2dPlugin::tactics(int32_t* out, bool forTiming) const no
     int32_t n = 0;
     out[n++] = DYNET_ALGO_TWO_STEP;
     out[n++] = DYNET_ALGO_ONE_KERNEL;
-    if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies() && !(forTiming && mCudnnPlannable == 0))
+    auto const keep = [&](int32_t t) { return !(forTiming && mPlannable[t] == 0); };
+    if (dynet_conv_cuda_has_cudnn() != 0 && cudnnTacticApplies() && keep(DYNET_ALGO_CUDNN))
     {
         out[n++] = DYNET_ALGO_CUDNN;
+    }
+    bool const unitStride = mAttrs.stride_h == 1 && mAttrs.stride_w == 1 && mAttrs.pad_top == 0 && mAttrs.pad_left == 0
+        && mAttrs.pad_bottom == 0 && mAttrs.pad_right == 0;
+    if (dynet_conv_cuda_has_cublas() != 0 && unitStride && keep(DYNET_ALGO_CUBLAS_GEMM))
+    {
+        out[n++] = DYNET_ALGO_CUBLAS_GEMM;
+    }
+    if (dynet_conv_cuda_has_cublas() != 0 && keep(DYNET_ALGO_CUBLAS_IM2COL))
+    {
+        out[n++] = DYNET_ALGO_CUBLAS_IM2COL;
     }
     return n;
 }
 
 int32_t DyNetDynamicConv2dPlugin::getNbTactics() noexcept
 {
-    int32_t buf[3];
+    int32_t buf[kMaxTactics];
     return tactics(buf, true);
 }
 
 int32_t DyNetDynamicConv2dPlugin::getValidTactics(int32_t* tacticsOut, int32_t nbTactics) noexcept
 {
     // TensorRT times every tactic per format combination and keeps the fastest: the algorithm is chosen by measurement.
-    int32_t buf[3];
+    int32_t buf[kMaxTactics];
     int32_t const n = tactics(buf, true);
     if (tacticsOut == nullptr || nbTactics != n)
     {
@@ -440,7 +556,7 @@ char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
         {
             return nullptr;
         }
-        int32_t buf[3];
+        int32_t buf[kMaxTactics];
         int32_t const n = tactics(buf, false); // the build's tactic set: creation state only
         std::string id = std::string(kPluginName) + "/abi" + std::to_string(dynet_conv_abi_version()) + "/tactics";
         for (int32_t i = 0; i < n; ++i)
@@ -458,7 +574,7 @@ char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
 
 int32_t DyNetDynamicConv2dPlugin::setTactic(int32_t tactic) noexcept
 {
-    int32_t buf[3];
+    int32_t buf[kMaxTactics];
     int32_t const n = tactics(buf, false); // a deserialised plugin accepts every tactic this build has
     if (tactic != DYNET_ALGO_AUTO && std::find(buf, buf + n, tactic) == buf + n)
     {
@@ -466,6 +582,13 @@ int32_t DyNetDynamicConv2dPlugin::setTactic(int32_t tactic) noexcept
         return -1;
     }
     mTactic = tactic; // 0 (TensorRT's default tactic) is DYNET_ALGO_AUTO
+    // The tactic's library handle, made here (outside enqueue and onShapeChange) once per instance.
+    char msg[256];
+    if (!prepareContext(mTactic, msg, sizeof(msg)))
+    {
+        logError("setTactic: tactic " + std::to_string(tactic) + ": " + msg);
+        return -1;
+    }
     // A tactic set after the shape: re-plan now (outside enqueue) so enqueue runs the tactic being timed.
     if (mPlan != nullptr && mPlanTactic != mTactic)
     {
@@ -514,7 +637,7 @@ int32_t DyNetDynamicConv2dPlugin::onShapeChange(
         int32_t const dtype = toDynetType(in[0].type);
         if (mPlan != nullptr && dtype == mDtype && std::memcmp(&p, &mParams, sizeof(p)) == 0 && mPlanTactic == mTactic)
         {
-            return 0; // same shape and tactic: keep the plan (and its cuDNN handle)
+            return 0; // same shape and tactic: keep the plan
         }
         mParams = p;
         mDtype = dtype;
@@ -532,8 +655,8 @@ int32_t DyNetDynamicConv2dPlugin::enqueue(PluginTensorDesc const* /*inputDesc*/,
     cudaStream_t stream) noexcept
 {
     // No allocation, no synchronisation, no logging on the success path: safe under CUDA graph capture. The plan
-    // (and any cuDNN state) was made in onShapeChange; the workspace size passed is TensorRT's grant, so the
-    // library's own check guards it.
+    // (descriptors, GEMM shapes) was made in onShapeChange in this instance's context, whose handles were made
+    // before; the workspace size passed is TensorRT's grant, so the library's own check guards it.
     if (inputs == nullptr || outputs == nullptr || mPlan == nullptr)
     {
         return -1;

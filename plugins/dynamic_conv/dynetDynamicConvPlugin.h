@@ -27,6 +27,9 @@ constexpr char const* kWorkspaceFieldName = "dynet_workspace_size";
 //! Most scratch the cuDNN tactic may add to the workspace (its algorithms that need more are skipped).
 constexpr size_t kCudnnScratchCap = size_t{256} << 20;
 
+//! Most tactics a build offers (two-step, one-kernel, cuDNN, cuBLAS GEMM, cuBLAS im2col).
+constexpr int32_t kMaxTactics = DYNET_ALGO_LAST;
+
 //! Route the plugin's log messages through the logger TensorRT hands a dynamically loaded library.
 void setPluginLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
@@ -85,10 +88,17 @@ private:
     }
     //! cuDNN expresses symmetric pads only.
     bool cudnnTacticApplies() const noexcept;
-    //! The tactics this build has for these attributes (cuDNN only when linked and the pads are symmetric);
-    //! forTiming also drops cuDNN when configurePlugin could not plan it at the profile's max.
+    //! The tactics this build has for these attributes (cuDNN when built and the pads are symmetric; the cuBLAS GEMM
+    //! when built and stride 1, no pads; cuBLAS im2col when built); forTiming also drops those configurePlugin could
+    //! not plan at the profile's max (library absent, kernel not 1x1, ...).
     int32_t tactics(int32_t* out, bool forTiming) const noexcept;
-    //! Make mPlan for mParams / mDtype / mTactic; false with a logged reason.
+    //! Make the library handle `tactic` needs in mContext, if it has none yet (outside enqueue and onShapeChange:
+    //! configurePlugin, setTactic, attachToContext); false with the reason in msg.
+    bool prepareContext(int32_t tactic, char* msg, size_t msgSize) const noexcept;
+    //! The workspace every offered tactic needs at pMax in dtype (the library-backed ones through a plan at pMax);
+    //! with record, also notes which of them could be planned (mPlannable).
+    int64_t workspaceFor(DynetConvParams const& pMax, int32_t dtype, bool record) const noexcept;
+    //! Make mPlan for mParams / mDtype / mTactic in mContext; false with a logged reason.
     bool makePlan() noexcept;
 
     DynetConvParams mAttrs{};      // attributes only (from the C ABI's table); shape fields unused
@@ -99,7 +109,13 @@ private:
     int32_t mTactic{0};
     DynetConvCudaPlan* mPlan{nullptr};
     int32_t mPlanTactic{-1};
-    int32_t mCudnnPlannable{-1}; // configurePlugin's cuDNN plan at the profile's max: -1 not tried, 0 failed, 1 made
+    // The library handles (cuDNN, cuBLAS) of this instance, made outside enqueue and onShapeChange; plans borrow them.
+    mutable DynetConvCudaContext* mContext{nullptr};
+    // Per tactic: configurePlugin's plan at the profile's max: -1 not tried, 0 failed, 1 made.
+    mutable int32_t mPlannable[DYNET_ALGO_LAST + 1]{-1, -1, -1, -1, -1, -1};
+    // configurePlugin's profile max and dtype, whose grant is mWorkspaceBytes.
+    DynetConvParams mConfiguredMax{};
+    int32_t mConfiguredDtype{-1};
     std::string mTimingCacheId;
     // Storage behind getFieldsToSerialize.
     std::vector<nvinfer1::PluginField> mFields;

@@ -8,6 +8,7 @@
 // Prints one "PASS name" / "FAIL name: why" line per check; exit status 1 when any failed.
 #include "dynetDynamicConvPlugin.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -213,6 +214,24 @@ int main()
     check(twoStep == ((8 * 32 * 16 * 9 * 2 + 255) / 256) * 256, "two-step workspace formula at the profile max");
     check(grant >= twoStep, "the grant covers the two-step tactic at the profile max",
         std::to_string(grant) + " < " + std::to_string(twoStep));
+    // getWorkspaceSize answers for the descs it is given, not with the last configurePlugin's grant: the same profile
+    // in fp32 needs at least the fp32 two-step size (twice the fp16 one), a larger max at least its own.
+    {
+        auto in32 = profile(8, 32, 16, 32, DataType::kFLOAT);
+        auto out32 = outputDesc(DataType::kFLOAT);
+        size_t const twoStep32 = dynet_conv_cuda_workspace_size(&pMax, DYNET_FLOAT32, DYNET_ALGO_TWO_STEP);
+        size_t const asked32 = plugin->getWorkspaceSize(in32.data(), 3, &out32, 1);
+        check(asked32 >= twoStep32, "getWorkspaceSize sizes the dtype it is asked about (fp32 after an fp16 configure)",
+            std::to_string(asked32) + " < " + std::to_string(twoStep32));
+        auto in64 = profile(64, 32, 16, 32, DataType::kHALF);
+        DynetConvParams p64 = paramsAt(64, 32, 16, 32, 1);
+        size_t const twoStep64 = dynet_conv_cuda_workspace_size(&p64, DYNET_FLOAT16, DYNET_ALGO_TWO_STEP);
+        size_t const asked64 = plugin->getWorkspaceSize(in64.data(), 3, &out, 1);
+        check(asked64 >= twoStep64, "getWorkspaceSize sizes the profile max it is asked about (N=64 after N=8)",
+            std::to_string(asked64) + " < " + std::to_string(twoStep64));
+        check(plugin->getWorkspaceSize(in.data(), 3, &out, 1) == grant,
+            "getWorkspaceSize of the configured descs is configurePlugin's grant");
+    }
 
     // A profile whose max breaks the 2^31-1 element limit fails the build, with the reason.
     {
@@ -260,8 +279,9 @@ int main()
     // Tactics and the timing-cache ID.
     {
         int32_t const nb = plugin->getNbTactics();
-        // cuDNN is offered for timing when the build has it and configurePlugin could plan it at the profile's max
-        // (not on a machine without a GPU).
+        // A library-backed tactic is offered for timing when the build has it and configurePlugin could plan it at
+        // the profile's max (its library loads and a handle can be made: not on a machine without a GPU). This layer
+        // (3x3, pads 1) is no pointwise layer: no cuBLAS GEMM; cuBLAS im2col instead.
         DynetConvCudaPlan* probe = nullptr;
         DynetConvParams pAct = pMax;
         pAct.activation = 1;
@@ -271,20 +291,84 @@ int main()
                                    &probe, nullptr, 0)
             == DYNET_OK;
         dynet_conv_cuda_plan_destroy(probe);
-        std::printf("INFO cuDNN in this build: %d, plannable here: %d\n", dynet_conv_cuda_has_cudnn(),
-            plannable ? 1 : 0);
-        int32_t const expected = 2 + (plannable ? 1 : 0);
+        DynetConvCudaContext* ctx = nullptr;
+        dynet_conv_cuda_context_create(&ctx);
+        bool const cublasHandle = dynet_conv_cuda_context_prepare(ctx, DYNET_ALGO_CUBLAS_IM2COL, nullptr, 0) == DYNET_OK;
+        bool const cudnnHandle = dynet_conv_cuda_context_prepare(ctx, DYNET_ALGO_CUDNN, nullptr, 0) == DYNET_OK;
+        dynet_conv_cuda_context_destroy(ctx);
+        std::printf("INFO cuDNN in this build: %d, plannable here: %d; cuBLAS in this build: %d, handle here: %d\n",
+            dynet_conv_cuda_has_cudnn(), plannable ? 1 : 0, dynet_conv_cuda_has_cublas(), cublasHandle ? 1 : 0);
+        std::vector<int32_t> expected = {DYNET_ALGO_TWO_STEP, DYNET_ALGO_ONE_KERNEL};
+        if (plannable)
+        {
+            expected.push_back(DYNET_ALGO_CUDNN);
+        }
+        if (dynet_conv_cuda_has_cublas() != 0 && cublasHandle)
+        {
+            expected.push_back(DYNET_ALGO_CUBLAS_IM2COL);
+        }
         std::vector<int32_t> tactics(static_cast<size_t>(std::max(nb, 1)));
-        check(nb == expected && plugin->getValidTactics(tactics.data(), nb) == 0 && tactics[0] == DYNET_ALGO_TWO_STEP
-                && tactics[1] == DYNET_ALGO_ONE_KERNEL && (nb == 2 || tactics[2] == DYNET_ALGO_CUDNN),
-            "tactics timed: two-step, one-kernel, and cuDNN when built with it and plannable", std::to_string(nb));
-        check(plugin->setTactic(DYNET_ALGO_CUDNN) == (dynet_conv_cuda_has_cudnn() ? 0 : -1),
-            "setTactic accepts cuDNN exactly when the build has it");
+        check(nb == static_cast<int32_t>(expected.size()) && plugin->getValidTactics(tactics.data(), nb) == 0
+                && std::equal(expected.begin(), expected.end(), tactics.begin()),
+            "tactics timed: two-step, one-kernel, then cuDNN and cuBLAS im2col when built with them and plannable",
+            std::to_string(nb));
+        check(plugin->setTactic(DYNET_ALGO_CUDNN) == (dynet_conv_cuda_has_cudnn() && cudnnHandle ? 0 : -1),
+            "setTactic accepts cuDNN exactly when the build has it and its handle can be made (outside enqueue)");
+        check(plugin->setTactic(DYNET_ALGO_CUBLAS_GEMM) == -1, "setTactic refuses the cuBLAS GEMM for a padded layer");
         check(plugin->setTactic(DYNET_ALGO_TWO_STEP) == 0, "setTactic back to two-step");
+
+        // A pointwise layer (1x1, stride 1, no pads): the cuBLAS GEMM is in the build's set and timed when its handle
+        // can be made; cuBLAS im2col is in the set but never timed (the GEMM runs the layer without the copy).
+        Fields pw;
+        pw.add("activation", 2);
+        auto point = make(creator, pw);
+        auto inPw = profile(8, 16, 16, 32, DataType::kHALF);
+        for (auto* d : {&inPw[2].desc.dims, &inPw[2].min, &inPw[2].opt, &inPw[2].max})
+        {
+            d->d[3] = 1;
+            d->d[4] = 1;
+        }
+        check(point->configurePlugin(inPw.data(), 3, &out, 1) == 0, "configurePlugin of a pointwise layer");
+        std::vector<int32_t> expectedPw = {DYNET_ALGO_TWO_STEP, DYNET_ALGO_ONE_KERNEL};
+        if (dynet_conv_cuda_has_cublas() != 0 && cublasHandle)
+        {
+            expectedPw.push_back(DYNET_ALGO_CUBLAS_GEMM);
+        }
+        int32_t const nbPw = point->getNbTactics();
+        std::vector<int32_t> tPw(static_cast<size_t>(std::max(nbPw, 1)));
+        bool const cudnnPw = nbPw > 2 && point->getValidTactics(tPw.data(), nbPw) == 0 && tPw[2] == DYNET_ALGO_CUDNN;
+        if (cudnnPw)
+        {
+            expectedPw.insert(expectedPw.begin() + 2, DYNET_ALGO_CUDNN);
+        }
+        check(nbPw == static_cast<int32_t>(expectedPw.size()) && point->getValidTactics(tPw.data(), nbPw) == 0
+                && std::equal(expectedPw.begin(), expectedPw.end(), tPw.begin()),
+            "pointwise layer: cuBLAS GEMM timed when plannable, cuBLAS im2col not", std::to_string(nbPw));
+        std::string const idPw = point->getTimingCacheID() ? point->getTimingCacheID() : "";
+        std::string setPw = "tactics=1,2";
+        setPw += dynet_conv_cuda_has_cudnn() ? ",3" : "";
+        setPw += dynet_conv_cuda_has_cublas() ? ",4,5" : "";
+        check(idPw.find(setPw + "/") != std::string::npos, "the pointwise layer's build set names both cuBLAS tactics",
+            idPw);
+        if (dynet_conv_cuda_has_cublas() != 0)
+        {
+            // The grant covers the cuBLAS GEMM's formula only where it is offered; its formula itself:
+            DynetConvParams pPw = paramsAt(8, 16, 16, 32, 1);
+            pPw.kh = 1;
+            pPw.kw = 1;
+            pPw.pad_top = pPw.pad_left = pPw.pad_bottom = pPw.pad_right = 0;
+            size_t const f16 = ((8 * 32 * 16 * 2 + 255) / 256) * 256;
+            size_t const b16 = ((8 * 32 * 2 + 255) / 256) * 256;
+            check(dynet_conv_cuda_workspace_size(&pPw, DYNET_FLOAT16, DYNET_ALGO_CUBLAS_GEMM)
+                    == f16 + b16 + (size_t{32} << 20),
+                "cuBLAS GEMM workspace: fused kernels + fused biases + cuBLAS scratch");
+        }
+
         Fields asym = f;
         asym.values[2] = 0; // pad_bottom 0 != pad_top 1
         auto a = make(creator, asym);
-        check(a->getNbTactics() == 2, "no cuDNN tactic for asymmetric pads");
+        check(a->getNbTactics() == 2 + dynet_conv_cuda_has_cublas(),
+            "no cuDNN tactic for asymmetric pads (an unconfigured plugin lists cuBLAS im2col where built)");
         check(plugin->setTactic(7) == -1, "setTactic refuses an unknown tactic");
         check(a->setTactic(DYNET_ALGO_CUDNN) == -1, "setTactic refuses cuDNN where it is not offered");
 
@@ -299,8 +383,11 @@ int main()
         DynetConvParams withAct = pMax;
         withAct.activation = 1;
         dynet_conv_attributes_key(&withAct, key, sizeof(key));
-        check(id.find(key) != std::string::npos && id.find("tactics=1,2") != std::string::npos,
-            "the ID carries the attributes key and the tactic set", id);
+        std::string set = "tactics=1,2";
+        set += dynet_conv_cuda_has_cudnn() ? ",3" : "";
+        set += dynet_conv_cuda_has_cublas() ? ",5" : ""; // pads: no cuBLAS GEMM in the set
+        check(id.find(key) != std::string::npos && id.find(set + "/") != std::string::npos,
+            "the ID carries the attributes key and the build's tactic set", id);
         std::printf("INFO timing-cache ID: %s; workspace grant %zu bytes\n", id.c_str(), grant);
     }
 

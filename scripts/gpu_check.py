@@ -725,8 +725,9 @@ def graph_runner(fn, reps: int):
         graph.replay()
         torch.cuda.synchronize()
         return graph.replay, graph
-    except Exception:
+    except Exception as exc:
         torch.cuda.synchronize()
+        print(f"  (CUDA graph capture failed, timing eager calls instead: {type(exc).__name__}: {exc})", flush=True)
 
         def run():
             for _ in range(reps):

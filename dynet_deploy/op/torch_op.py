@@ -295,6 +295,9 @@ def _time_tactics(params, dtype: int, device: int, tensors, reps: int = 5) -> tu
             best, best_ms = tactic, ms
     if best is None:
         raise RuntimeError(f"{OP_TYPE}: every CUDA tactic refused this call ({_describe(params)})")
+    for tactic, _ in cuda_tactics():  # only the kept tactic's plan stays (a cuDNN plan holds a handle)
+        if tactic != best:
+            _PLANS.pop((_key(params), dtype, tactic, device), None)
     return best, times
 
 

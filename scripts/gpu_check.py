@@ -1291,10 +1291,12 @@ def main(argv=None) -> int:
             f"gpu_check: correctness {verdict}: {len(report.failures)} failures, {len(report.incomplete)} parts cut "
             f"short, of {report.checked} checks"
         )
-        return code
+    if report.failures:
+        return code  # a failure stops here; an INCOMPLETE run still times, and exits non-zero at the end
     if args.sanitize:
-        print(f"sanitize run: {report.checked} checks passed")
-        return 0
+        if not code:
+            print(f"sanitize run: {report.checked} checks passed")
+        return code
 
     note(
         "[3/4] per layer, ms per call (median of interleaved CUDA-graph replays); bag = batch-as-groups; "

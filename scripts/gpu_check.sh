@@ -13,8 +13,8 @@
 #      per-kernel profile of Dy-ResNet50 (torch.profiler; the full table in logs/profile_dy_resnet50.txt);
 #   3. compute-sanitizer memcheck and racecheck on small shapes (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the
 #      sanitizer sees every allocation), when compute-sanitizer is installed.
-# Worst case by its timeouts: build 100 s, gpu_check.py 300 s (budgets inside: correctness 60 s, limit shapes 40 s,
-# per-layer timing 50 s, model table 100 s), sanitizers 2 x 40 s: 8 minutes. Writes under $OUT (default: a fresh
+# Worst case by its timeouts: build 100 s, gpu_check.py 300 s (budgets inside: correctness 70 s, limit shapes 40 s,
+# per-layer timing 45 s, model table 100 s), sanitizers 2 x 40 s: 8 minutes. Writes under $OUT (default: a fresh
 # temporary folder): summary.txt (short: read it first) and logs/. Prints the summary, then the verdict as the last
 # line. Exit status: 0 pass, 1 a check failed, 2 not a CUDA machine / tools missing, 3 INCOMPLETE (a correctness or
 # limit-shape part cut by its time budget, or a tactic x dtype with fewer checks than its minimum). Extra arguments
@@ -77,8 +77,8 @@ export DYNET_DEPLOY_PLUGIN_DIR="$BUILD"
 
 step "correctness, limit shapes, per-layer and model-level timing, profile"
 timeout "${GPU_CHECK_TIMEOUT:-300}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
-  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-50}" --limit-budget 40 \
-  --correctness-budget 60 --model-budget "${MODEL_BUDGET:-100}" --profile-out "$LOGS/profile_dy_resnet50.txt" "$@" \
+  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-45}" --limit-budget 40 \
+  --correctness-budget 70 --model-budget "${MODEL_BUDGET:-100}" --profile-out "$LOGS/profile_dy_resnet50.txt" "$@" \
   2>&1 | tee "$LOGS/gpu_check.log"
 rc=${PIPESTATUS[0]}
 summ ""

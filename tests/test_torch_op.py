@@ -264,8 +264,10 @@ def test_cuda_parity_every_tactic(dtype):
         for tactic in [top.TACTIC_TIMED] + [t for t, _ in top.cuda_tactics()]:
             try:
                 y = run_op(tensors, conv, 2, tactic)
-            except top.PlanRefused as exc:
-                assert tactic == native.ALGO_CUDNN and exc.status == native.ERR_UNSUPPORTED, exc
+            except top.PlanRefused as exc:  # a library tactic may refuse a shape it cannot express, never the
+                # hand-written ones, and never with anything but DYNET_ERR_UNSUPPORTED
+                assert tactic not in (native.ALGO_TWO_STEP, native.ALGO_ONE_KERNEL), exc
+                assert exc.status == native.ERR_UNSUPPORTED, exc
                 continue
             rel, max_abs = errs(y, ref)
             assert rel <= tol, f"layer {i} tactic {tactic}: rel {rel:.2e} max-abs {max_abs:.2e}"

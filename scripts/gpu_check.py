@@ -867,6 +867,21 @@ MODEL_PAIRS = (("mobilenet_v2", "dy_mobile"), ("resnet18", "dy_resnet18"), ("res
 MODEL_TOL = {torch.float32: 1e-4, torch.float16: 5e-2}  # whole model vs the fp32 batch-as-groups model
 
 
+def randomize_batchnorm(model, seed: int = 0):
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh model's fold to zero biases, which would let a
+    kernel that drops the bias pass)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model
+
+
 def build_models(static_name: str, dy_name: str, device, dtype):
     """(static, bag, op, ref): the static model with BN folded into its convs (torch.fx fuse), channels-last; the Dy
     model with BN folded, as batch-as-groups (DynamicConv2d mode "kernel") and through torch.ops.dynet.dynamic_conv2d
@@ -879,9 +894,10 @@ def build_models(static_name: str, dy_name: str, device, dtype):
     from dynet_deploy.nn import fold_batchnorms, set_dynamic_conv_mode
 
     torch.manual_seed(0)
-    static = fuse(create_model(static_name).eval()).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    static = fuse(randomize_batchnorm(create_model(static_name).eval()))
+    static = static.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     torch.manual_seed(0)
-    ref = fold_batchnorms(create_model(dy_name).eval()).to(device=device)
+    ref = fold_batchnorms(randomize_batchnorm(create_model(dy_name).eval())).to(device=device)
     bag = copy.deepcopy(ref).to(dtype=dtype)
     op = set_dynamic_conv_mode(copy.deepcopy(bag), "native")
     for m in (static, ref, bag, op):

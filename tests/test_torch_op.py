@@ -231,7 +231,18 @@ def test_zoo_model_native_matches_default(name):
     from dynet_deploy.nn import fold_batchnorms
 
     torch.manual_seed(0)
-    model = fold_batchnorms(create_model(name).eval())
+    model = create_model(name).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the folded static biases are not zero
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    model = fold_batchnorms(model)
+    assert any(getattr(m, "bias", None) is not None and m.bias.abs().sum() > 0 for m in model.modules())
     x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = model(x)

@@ -877,7 +877,7 @@ def randomize_batchnorm(model, seed: int = 0):
                 c = m.num_features
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(m.running_var.sqrt() * (torch.rand(c, generator=g) * 0.4 + 0.8))  # scale ~1
                 m.bias.copy_(torch.randn(c, generator=g) * 0.1)
     return model
 

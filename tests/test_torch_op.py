@@ -239,7 +239,7 @@ def test_zoo_model_native_matches_default(name):
                 c = m.num_features
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(m.running_var.sqrt() * (torch.rand(c, generator=g) * 0.4 + 0.8))  # scale ~1
                 m.bias.copy_(torch.randn(c, generator=g) * 0.1)
     model = fold_batchnorms(model)
     assert any(getattr(m, "bias", None) is not None and m.bias.abs().sum() > 0 for m in model.modules())

@@ -12,10 +12,18 @@
 2. Shapes at the op's 2^31-1 element limit (output pixels; fused kernels of one sample), checked on crops.
 3. Timing (CUDA events over CUDA-graph replays, candidates interleaved trial by trial, median) at batch 1, 8, 32,
    fp16 and fp32: every tactic vs (a) PyTorch batch-as-groups and (b) a static cuDNN convolution of the same shape.
-   Goals (printed, enforced only with --strict-perf): fp16, N >= 8: best tactic <= 1.2x static; batch-as-groups /
-   best >= 2.
+   Goals (printed, enforced only with --strict-perf): fp16, N >= 8: best tactic <= 1.3x static; batch-as-groups /
+   best >= 2. Every timed tactic's output is checked too.
+4. Whole models: Dy-mobile, Dy-ResNet18, Dy-ResNet50 against MobileNetV2, ResNet18, ResNet50 (static: channels-last
+   cuDNN, BN folded; Dy: BN folded, as batch-as-groups and through torch.ops.dynet.dynamic_conv2d with the fastest
+   tactic per layer shape, timed as TensorRT does), fp16 and fp32, N = 1, 8, 32, interleaved CUDA-graph replays,
+   each op output checked against the fp32 Dy model; then a per-kernel profile of Dy-ResNet50 (torch.profiler).
+Verdict: FAIL (exit 1) on any failed check, an undocumented plan refusal included (only cuDNN's asymmetric pads are
+documented); INCOMPLETE (exit 3) when a correctness or limit-shape part is cut by its budget or a tactic x dtype ran
+fewer than MIN_CHECKS checks; else PASS. Outputs are pre-filled with NaN, so an unwritten element fails.
 Modes: --sanitize (small shapes, no timing: what compute-sanitizer runs), --cpu-dry-run (no GPU: checks this
-script's references, synthetic layers and crop arithmetic against the C++ CPU reference, so it cannot rot).
+script's references against the C++ CPU reference and a per-sample loop, its crop arithmetic, its judging logic on
+bad cases, and the model-level code through the custom op's CPU path, so it cannot rot).
 --summary FILE writes the short summary there. Needs torch, numpy and the built libraries (--lib-dir).
 """
 
@@ -844,13 +852,13 @@ def summarize_goals(rows) -> bool:
     if not goal_rows:
         note("goals: no fp16 batch>=8 rows timed")
         return False
-    ok_static = sum(r["vs_static"] <= 1.2 for r in goal_rows)
+    ok_static = sum(r["vs_static"] <= 1.3 for r in goal_rows)
     ok_bag = sum(r["bag_speedup"] >= 2.0 for r in goal_rows)
     fastest: dict[str, int] = {}
     for r in rows:
         fastest[r["best_name"]] = fastest.get(r["best_name"], 0) + 1
     note(
-        f"goal best tactic <= 1.2x static cuDNN (fp16, N>=8): {ok_static}/{len(goal_rows)} rows; "
+        f"goal best tactic <= 1.3x static cuDNN (fp16, N>=8): {ok_static}/{len(goal_rows)} rows; "
         f"geo-mean ratio {math.exp(statistics.fmean(math.log(r['vs_static']) for r in goal_rows)):.2f}"
     )
     note(

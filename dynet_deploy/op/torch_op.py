@@ -27,8 +27,8 @@ Where it runs:
 The op has no autograd formula: it is an inference op (use the module's ``"kernel"`` mode to train).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch.library.custom_op reads the op's schema from the real
+# annotations of dynamic_conv2d below.
 import ctypes
 import statistics
 import threading

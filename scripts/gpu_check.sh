@@ -3,15 +3,22 @@
 # Needs: an NVIDIA GPU, PyTorch with CUDA (and its cuDNN), numpy, nvcc and cmake. No TensorRT, no network.
 #   1. builds the kernels for sm_90 (CUDA_ARCHS overrides), with the cuDNN tactic when CMake finds cuDNN (CUDNN_ROOT
 #      or the Python's nvidia-cudnn package, which a CUDA build of torch brings);
-#   2. scripts/gpu_check.py: every tactic in fp32 and fp16 against PyTorch float64 and the C++ reference on the zoo's
-#      layers plus synthetic ones, tactic agreement, NaN propagation, CUDA-graph capture, malformed calls, shapes at
-#      the 2^31-1 element limit, then timing against static cuDNN and batch-as-groups at N = 1, 8, 32;
+#   2. scripts/gpu_check.py: every tactic the library lists, in fp32 and fp16, against PyTorch float64 and the C++
+#      reference on the zoo's layers plus synthetic ones at N = 1, 3, 8, 32 (outputs pre-filled with NaN), tactic
+#      agreement, NaN propagation, CUDA-graph capture, malformed calls, shapes at the 2^31-1 element limit (every
+#      output row), then per-layer timing against static cuDNN and batch-as-groups at N = 1, 8, 32 (each timed output
+#      checked), the model-level table (Dy-mobile, Dy-ResNet18, Dy-ResNet50 against MobileNetV2, ResNet18, ResNet50:
+#      static channels-last cuDNN with BN folded, the Dy model as batch-as-groups and through the custom op
+#      torch.ops.dynet.dynamic_conv2d with the fastest tactic per layer; fp16 and fp32, N = 1, 8, 32) and a
+#      per-kernel profile of Dy-ResNet50 (torch.profiler; the full table in logs/profile_dy_resnet50.txt);
 #   3. compute-sanitizer memcheck and racecheck on small shapes (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the
 #      sanitizer sees every allocation), when compute-sanitizer is installed.
-# Worst case by its timeouts: build 150 s, gpu_check.py 300 s (correctness 90 s, limit shapes 45 s, timing 100 s
-# budgets inside), sanitizers 2 x 70 s: under 10 minutes. Writes under $OUT (default: a fresh temporary folder): summary.txt (short: read it first) and logs/. Prints the
-# summary, then the verdict as the last line. Exit status: 0 pass, 1 a check failed, 2 not a CUDA machine / tools
-# missing. Extra arguments go to gpu_check.py (e.g. --strict-perf, --timing-budget 100).
+# Worst case by its timeouts: build 100 s, gpu_check.py 300 s (budgets inside: correctness 70 s, limit shapes 40 s,
+# per-layer timing 45 s, model table 100 s), sanitizers 2 x 40 s: 8 minutes. Writes under $OUT (default: a fresh
+# temporary folder): summary.txt (short: read it first) and logs/. Prints the summary, then the verdict as the last
+# line. Exit status: 0 pass, 1 a check failed, 2 not a CUDA machine / tools missing, 3 INCOMPLETE (a correctness or
+# limit-shape part cut by its time budget, or a tactic x dtype with fewer checks than its minimum). Extra arguments
+# go to gpu_check.py (e.g. --strict-perf, --timing-budget 100).
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,19 +70,24 @@ cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDYNET_BUILD_TENSORRT=O
   -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DPython3_EXECUTABLE="$(command -v "$PYTHON")" >"$LOGS/configure.log" 2>&1 \
   || { tail -n 20 "$LOGS/configure.log"; die 1 "cmake configure failed (log: $LOGS/configure.log)"; }
 grep "dynet:" "$LOGS/configure.log" | tee -a "$SUMMARY"
-timeout "${BUILD_TIMEOUT:-150}" cmake --build "$BUILD" -j"$(nproc)" >"$LOGS/build.log" 2>&1 \
+timeout "${BUILD_TIMEOUT:-100}" cmake --build "$BUILD" -j"$(nproc)" >"$LOGS/build.log" 2>&1 \
   || { tail -n 30 "$LOGS/build.log"; die 1 "the CUDA kernels do not build (log: $LOGS/build.log)"; }
 [ -f "$BUILD/libdynet_dynamic_conv_cuda.so" ] || die 1 "CMake did not build libdynet_dynamic_conv_cuda.so (was nvcc found?)"
 export DYNET_DEPLOY_PLUGIN_DIR="$BUILD"
 
-step "correctness, limit shapes and timing"
+step "correctness, limit shapes, per-layer and model-level timing, profile"
 timeout "${GPU_CHECK_TIMEOUT:-300}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
-  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-100}" --limit-budget 45 --correctness-budget 90 "$@" \
+  --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-45}" --limit-budget 40 \
+  --correctness-budget 70 --model-budget "${MODEL_BUDGET:-100}" --profile-out "$LOGS/profile_dy_resnet50.txt" "$@" \
   2>&1 | tee "$LOGS/gpu_check.log"
 rc=${PIPESTATUS[0]}
 summ ""
 [ -f "$LOGS/gpu_check.summary.txt" ] && cat "$LOGS/gpu_check.summary.txt" >>"$SUMMARY"
 [ "$rc" -eq 124 ] && die 1 "gpu_check.py timed out (log: $LOGS/gpu_check.log)"
+if [ "$rc" -eq 3 ]; then
+  summ "INCOMPLETE: a correctness or limit-shape part was cut short (see above)"
+  finish 3 "INCOMPLETE: gpu_check.py ran out of its time budget or ran too few checks (log: $LOGS/gpu_check.log)"
+fi
 [ "$rc" -ne 0 ] && die "$rc" "gpu_check.py reported failures (exit $rc; log: $LOGS/gpu_check.log)"
 
 step "compute-sanitizer"
@@ -91,7 +103,7 @@ else
   if grep -q -- "--kernel-name" <<<"$help"; then FILTER=(--kernel-name kns=dynet)
   elif grep -q -- "--kernel-regex" <<<"$help"; then FILTER=(--kernel-regex kns=dynet); fi
   for tool in memcheck racecheck; do
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-70}" "$SAN" --tool "$tool" --error-exitcode 1 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-40}" "$SAN" --tool "$tool" --error-exitcode 1 \
       "${FILTER[@]}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" --sanitize >"$LOGS/$tool.log" 2>&1
     rc=$?
     tail -n 5 "$LOGS/$tool.log"

@@ -123,6 +123,11 @@ def test_gpu_check_script_references_agree_with_the_cpu_reference(built):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "references agree with the C++ CPU reference" in proc.stdout
+    # Its judging logic (NaN, unwritten and wrong outputs fail; cut-short runs are INCOMPLETE) and its model-level
+    # code through the custom op's CPU path ran too.
+    assert "judging logic: NaN, unwritten, wrong and misshapen outputs FAIL" in proc.stdout
+    assert "model table through the custom op's CPU path" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "cpu dry run: PASS"
 
 
 def test_gpu_check_script_fails_loudly_without_a_gpu(tmp_path):

@@ -17,6 +17,8 @@ Three forward paths compute the same function:
                whole batch are computed first, then one grouped conv with the batch folded into the
                channels (the "batch-as-groups" trick). About one ordinary conv of FLOPs.
 ``"loop"``     the oracle: a plain Python loop over samples, one ``conv2d`` per sample.
+``"native"``   the op's native kernels through the PyTorch custom op ``torch.ops.dynet.dynamic_conv2d``
+               (:mod:`dynet_deploy.op.torch_op`: the fast CPU kernel, the CUDA tactics); inference only.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 from ..op import reference
 from ..op.spec import ACTIVATIONS  # noqa: F401  (re-exported: the activation names layers accept)
 
-FORWARD_MODES = ("feature", "kernel", "loop")
+FORWARD_MODES = ("feature", "kernel", "loop", "native")
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -66,7 +68,7 @@ class DynamicConv2d(nn.Module):
             (CondConv / DY-CNN: ``[N, K]`` or ``[N, 1, K]``, shared by all output channels).
         bias_bank: a ``[K, C_out]`` bias aggregated with the same coefficients (CondConv's routed bias).
         bias: a static ``[C_out]`` bias added as is (appears when a BatchNorm is folded in).
-        mode: the forward path, one of ``"feature"``, ``"kernel"``, ``"loop"``.
+        mode: the forward path, one of ``"feature"``, ``"kernel"``, ``"loop"``, ``"native"``.
 
     ``weight`` has shape ``[K, C_out, C_in/groups, kH, kW]``, the layout of the ``DyNetDynamicConv2d`` op.
     """
@@ -189,6 +191,8 @@ class DynamicConv2d(nn.Module):
             return self.forward_feature(x, coeff)
         if self.mode == "kernel":
             return self.forward_kernel(x, coeff)
+        if self.mode == "native":
+            return self.forward_native(x, coeff)
         return self.forward_loop(x, coeff)
 
     def forward_feature(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -210,6 +214,12 @@ class DynamicConv2d(nn.Module):
         return reference.dynamic_conv(
             x, coeff, self.weight, self.bias_bank, self.bias, self.stride, self.pads, self.dilation, self.groups
         )
+
+    def forward_native(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+        from ..op import torch_op  # registers torch.ops.dynet.dynamic_conv2d; the library loads on the first call
+
+        attrs = torch_op.op_arguments(self.stride, self.pads, self.dilation, self.groups)
+        return torch.ops.dynet.dynamic_conv2d(x, coeff, self.weight, self.bias_bank, self.bias, *attrs)
 
     def forward_loop(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
         x, pad = self._pad_input(x)

@@ -117,15 +117,7 @@ def test_cpu_parity_fp16(layer):
 @pytest.mark.parametrize(
     "tactic",
     [
-        pytest.param(
-            top.TACTIC_TIMED,
-            marks=[
-                needs_fast,
-                pytest.mark.xfail(
-                    strict=True, reason="the fast CPU kernel's ReLU clamps NaN to 0 (max/min intrinsics); being fixed"
-                ),
-            ],
-        ),
+        pytest.param(top.TACTIC_TIMED, marks=[needs_fast]),
         top.TACTIC_CPU_REFERENCE,
     ],
     ids=["fast", "c_reference"],

@@ -47,6 +47,12 @@ T ceilDiv(T a, T b)
     return (a + b - 1) / b;
 }
 
+//! a*b for non-negative a, b, saturating at INT64_MAX: scratch sizes compared with the call's scratch budget.
+int64_t satMul(int64_t a, int64_t b)
+{
+    return (a != 0 && b > INT64_MAX / a) ? INT64_MAX : a * b;
+}
+
 struct Geometry
 {
     int64_t n, cIn, h, w, hw, cOut, cinG, coutG, groups, kh, kw, r, k;
@@ -1033,12 +1039,17 @@ bool PackedBank::matches(DynetConvParams const& p) const
 int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff, float* y,
     ParallelFor const& parallel, CpuIsa isa)
 {
-    int32_t hOut = 0, wOut = 0;
-    int32_t const status = dynet_conv_output_hw(&prm, &hOut, &wOut);
+    // Sizes come from the validator; every buffer below beyond the fused kernels stays within sizes.scratch_budget
+    // (a path whose buffer would not fit is not taken).
+    DynetConvSizes sizes;
+    int32_t const status = dynet_conv_sizes(&prm, &sizes, nullptr, 0);
     if (status != DYNET_OK)
     {
         return status;
     }
+    int32_t const hOut = static_cast<int32_t>(sizes.h_out);
+    int32_t const wOut = static_cast<int32_t>(sizes.w_out);
+    int64_t const budget = sizes.scratch_budget;
     if (!bank.matches(prm))
     {
         return DYNET_ERR_INVALID_ARGUMENT;
@@ -1053,8 +1064,12 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     // Fused kernels and biases of the batch; kept per calling thread so repeated runs reuse the memory.
     thread_local std::vector<float> fusedStore;
     thread_local std::vector<float> biasStore;
-    size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(g.n * g.cOut * g.r)
-        : g.p <= kPixelBlock                      ? 0
+    // Small images fuse inside the GEMM tasks and share the unrolled input of the whole batch, if it fits the budget.
+    int64_t const smallBlock = ceilDiv<int64_t>(g.p, nrFor(isa)) * nrFor(isa);
+    bool const smallImage = bank.gemmPath() && g.p <= kPixelBlock
+        && satMul(satMul(g.n * g.groups, smallBlock), g.r) <= budget;
+    size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(sizes.fused_elements)
+        : smallImage                              ? 0
                                                   : static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr);
     if (fusedStore.size() < fusedSize)
     {
@@ -1085,6 +1100,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         }
         job.packedOffsets = packedOffsets.data();
         thread_local std::vector<float> colsStore;
+        auto columnsFit = [&] { return satMul(satMul(g.n * g.groups, job.pixelBlocks * job.pixelBlock), g.r) <= budget; };
         auto shareColumns = [&] {
             // Several tasks read each pixel block: unroll the input once, in its own parallel step.
             job.colsStride = job.pixelBlock * g.r;
@@ -1096,7 +1112,16 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             job.sharedCols = colsStore.data();
             parallel(blocks, tasks.im2colTask, &job);
         };
-        if (g.p <= kPixelBlock)
+        // The implicit GEMM's padded, stride-decimated copy of the input: n * C_in * (sh * hp) * (sw * wp) floats,
+        // hp and wp the rows and columns of a phase plane the output reads. Huge pads or dilations make it huge
+        // while the output stays small; then the pixel-block path below (bounded buffers) runs instead.
+        bool const flatCase = g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0
+            && g.hOut == g.h && g.wOut == g.w;
+        int64_t const hp = g.hOut + (g.kh - 1) * g.dh / g.sh;
+        int64_t const wp = g.wOut + (g.kw - 1) * g.dw / g.sw;
+        int64_t const padElements = satMul(satMul(g.n * g.cIn, g.sh * g.sw), satMul(hp, wp));
+        bool const padFits = padElements <= budget - 2 * kMaxNr;
+        if (smallImage)
         {
             // Small images: a sample's fused kernel serves few pixels, so it is fused inside the GEMM task that
             // uses it (never written to memory); tasks split the kernel panels, and the bank is read once.
@@ -1113,18 +1138,16 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             shareColumns();
             parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
         }
-        else if (g.wOut >= kImplicitMinWidth || (g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0
-                     && g.pl == 0 && g.hOut == g.h && g.wOut == g.w))
+        else if (flatCase || (g.wOut >= kImplicitMinWidth && padFits))
         {
             // Large images: fuse the batch's kernels once, then an implicit GEMM that reads the padded input in
             // place. Output (oh, ow), tap (ci, i, j) reads padded[ci][oh*sh + i*dh][ow*sw + j*dw]; with the input
             // split into stride phases that is phase[ci][(i*dh) % sh][(j*dw) % sw][oh + (i*dh)/sh][ow + (j*dw)/sw],
             // so every tap is one offset and consecutive outputs read consecutive floats.
             parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
-            job.flat = g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h && g.wOut == g.w;
+            job.flat = flatCase;
             thread_local std::vector<int64_t> tapOffsets;
             tapOffsets.resize(static_cast<size_t>(g.r));
-            int64_t hp = g.h, wp = g.w;
             if (job.flat)
             {
                 job.src = x;
@@ -1134,10 +1157,8 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             }
             else
             {
-                hp = g.hOut + (g.kh - 1) * g.dh / g.sh; // rows of a phase plane the output reads
-                wp = g.wOut + (g.kw - 1) * g.dw / g.sw;
                 thread_local std::vector<float> padStore;
-                size_t const padSize = static_cast<size_t>(g.n * g.cIn * g.sh * g.sw * hp * wp + 2 * kMaxNr);
+                size_t const padSize = static_cast<size_t>(padElements + 2 * kMaxNr);
                 if (padStore.size() < padSize)
                 {
                     padStore.resize(padSize);
@@ -1160,7 +1181,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 int64_t const colTap = jj * g.dw;
                 int64_t const phase = job.flat ? 0 : (ci * g.sh + rowTap % g.sh) * g.sw + colTap % g.sw;
                 tapOffsets[static_cast<size_t>(e)] = job.flat
-                    ? ci * hp * wp
+                    ? ci * g.hw
                     : phase * hp * wp + (rowTap / g.sh) * wp + colTap / g.sw;
             }
             job.tapOffsets = tapOffsets.data();
@@ -1203,7 +1224,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
             }
             size_t const nbTasks = count();
-            if (job.panelBlocks > 1)
+            if (job.panelBlocks > 1 && columnsFit())
             {
                 shareColumns();
             }

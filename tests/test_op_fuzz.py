@@ -12,6 +12,7 @@ output is too costly to compute in a test (more than WORK_LIMIT multiply-adds) a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
@@ -181,6 +182,32 @@ def test_crash_cases_end_with_a_status_not_a_signal(ort_library):
     counts, crashed, wrong = run_cases("ort", cases)
     assert not crashed, "died by a signal:\n" + "\n".join(crashed)
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    "attrs, named",
+    [
+        (CRASH_CASES[0], "pad_top"),
+        (dict(pad_left=2**30, pad_right=2**30), "pad_right"),
+        (dict(dilation_h=2**30), "dilation_h"),
+        (dict(dilation_w=MAX_INT), "dilation_w"),
+    ],
+)
+def test_derived_size_limits_are_a_status_naming_the_attribute(cpu_library, attrs, named):
+    lib = native.load_cpu_library()
+    a = dict(BASE, **attrs)
+    p = native.make_params(
+        [1, 8, 28, 28],
+        [1, 6, 6],
+        [6, 6, 8, 3, 3],
+        stride=(a["stride_h"], a["stride_w"]),
+        pads=(a["pad_top"], a["pad_left"], a["pad_bottom"], a["pad_right"]),
+        dilation=(a["dilation_h"], a["dilation_w"]),
+    )
+    msg = ctypes.create_string_buffer(256)
+    assert lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)) == native.ERR_LIMIT
+    assert named in msg.value.decode() and "2^31-1" in msg.value.decode(), msg.value
+    assert lib.dynet_status_string(native.ERR_LIMIT).decode() != "unknown status"
 
 
 def test_huge_pads_with_a_large_stride_need_no_huge_buffer(ort_library):

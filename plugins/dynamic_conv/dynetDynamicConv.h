@@ -43,7 +43,7 @@ typedef enum DynetStatus
     DYNET_ERR_CUDA = 4,             /* a CUDA launch failed (no device, bad pointer, ...) */
     DYNET_ERR_UNSUPPORTED = 5,      /* valid op, but this build/entry point does not support it (dtype, algo) */
     DYNET_ERR_LIMIT = 6             /* every attribute is in range, but a size derived from them (padded input,
-                                       dilated kernel) exceeds the op's limits (README, "Limits") */
+                                       dilated kernel) exceeds the op's limits (README, "Limitations") */
 } DynetStatus;
 
 typedef enum DynetDataType

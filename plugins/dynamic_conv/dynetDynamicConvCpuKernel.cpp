@@ -650,19 +650,34 @@ DYNET_INLINE void implicitTaskBody(GemmJob const& j, int64_t task)
                 float const* b = base + row * j.rowPitch + c0;
                 o.y = yPanel + row * j.outRowPitch + c0;
                 o.width = std::min<int64_t>(j.nr, len - c0);
+                int64_t const* offs = j.tapOffsets;
+                if (j.flat && o.width < j.nr)
+                {
+                    // The last columns of a flat image (x read in place): a full-width load would read past the end
+                    // of x, so the micro-kernel reads a zero-padded copy of them instead.
+                    thread_local std::vector<float> tail;
+                    tail.assign(static_cast<size_t>(g.r * j.nr), 0.0f);
+                    for (int64_t e = 0; e < g.r; ++e)
+                    {
+                        std::memcpy(tail.data() + e * j.nr, b + j.tapOffsets[e],
+                            static_cast<size_t>(o.width) * sizeof(float));
+                    }
+                    b = tail.data();
+                    offs = j.packedOffsets;
+                }
 #if DYNET_X86
                 if (j.isa == CpuIsa::kAvx512)
                 {
-                    microAvx512(a, b, j.tapOffsets, g.r, o);
+                    microAvx512(a, b, offs, g.r, o);
                 }
                 else if (j.isa == CpuIsa::kAvx2)
                 {
-                    microAvx2(a, b, j.tapOffsets, g.r, o);
+                    microAvx2(a, b, offs, g.r, o);
                 }
                 else
 #endif
                 {
-                    microGeneric8x8(a, b, j.tapOffsets, g.r, o);
+                    microGeneric8x8(a, b, offs, g.r, o);
                 }
             }
         }

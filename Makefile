@@ -79,7 +79,7 @@ test-fast: setup
 	$(PY) -m pytest -q -rs -m "not slow"
 
 clean:
-	rm -rf $(BUILD) .pytest_cache
+	rm -rf $(BUILD) $(SANITIZE_BUILD) .pytest_cache
 
 # The CPU reference and the onnxruntime op built with AddressSanitizer + UBSan into their own folder (no CUDA, no
 # TensorRT), then the native-op tests and the attribute fuzz run against them. Python itself is not instrumented, so

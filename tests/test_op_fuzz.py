@@ -147,7 +147,9 @@ def run_cases(mode: str, cases: list[dict]) -> tuple[Counter, list[str], list[st
         if proc.returncode != 0:
             if started is None or started in finished:
                 pytest.fail(f"fuzz worker exited {proc.returncode} outside a case: {proc.stderr[-2000:]}")
-            why = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            why = (
+                f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            )
             crashed.append(f"{why} on case {json.dumps(by_id[started])}; stderr tail: {proc.stderr[-600:]}")
             counts["crashed"] += 1
             rest = [c for c in batch if c["id"] not in finished and c["id"] != started]

@@ -9,7 +9,7 @@ BUILD  ?= build
 TORCH_SPEC ?= torch==2.13.0
 CUDNN ?= 1
 
-.PHONY: setup venv data ort-headers plugins demo test test-fast lint zoo bench clean
+.PHONY: setup venv data ort-headers plugins demo test test-fast test-sanitize lint zoo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,4 +81,20 @@ test-fast: setup
 	$(PY) -m pytest -q -rs -m "not slow"
 
 clean:
-	rm -rf $(BUILD) .pytest_cache
+	rm -rf $(BUILD) $(SANITIZE_BUILD) .pytest_cache
+
+# The CPU reference and the onnxruntime op built with AddressSanitizer + UBSan into their own folder (no CUDA, no
+# TensorRT), then the native-op tests and the attribute fuzz run against them. Python itself is not instrumented, so
+# the ASan runtime is preloaded (the compiler's libasan.so, and libstdc++ so that ASan finds the C++ throw it wraps)
+# and leak detection is off (the interpreter keeps memory at exit by design); any ASan or UBSan report fails.
+SANITIZE_BUILD ?= build-sanitize
+SANITIZE ?= address,undefined
+SANITIZE_TESTS ?= tests/test_op_fuzz.py tests/test_plugin_cpu_reference.py tests/test_ort_native_op.py
+test-sanitize: venv ort-headers
+	cmake -S . -B $(SANITIZE_BUILD) -DCMAKE_BUILD_TYPE=Release -DDYNET_SANITIZE=$(SANITIZE) \
+	  -DONNXRUNTIME_INCLUDE_DIR=$(abspath $(ORT_INCLUDE_DIR)) -DPython3_EXECUTABLE=$(abspath $(PY)) >/dev/null
+	cmake --build $(SANITIZE_BUILD) -j2
+	DYNET_DEPLOY_PLUGIN_DIR=$(abspath $(SANITIZE_BUILD)) \
+	  LD_PRELOAD="$$($${CXX:-c++} -print-file-name=libasan.so) $$($${CXX:-c++} -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(PY) -m pytest -q -rs -m "not slow" -p no:cacheprovider $(SANITIZE_TESTS)

@@ -229,14 +229,24 @@ def test_every_tensor_is_held_to_the_element_limit(cpu, tensor):
 
 
 def test_output_is_held_to_the_element_limit(cpu):
-    # y grows with the padding of a 1x1 input: H_out = 1 + pad_bottom.
+    # y grows with the padding of a 1x1 input: y = C_out * (1 + pad_bottom) with C_out = 2 (the padded height,
+    # 1 + pad_bottom, stays within its own limit of 2^31-1).
+    for pad, ok in ((2**30 - 2, True), (2**30 - 1, False)):
+        p = params(cpu, pad_bottom=pad)
+        assert set_shapes(cpu, p, dense_shapes(1, 1, 1, 1, 2, k=1, kh=1, kw=1))[0] == plugin_lib.OK
+        status, msg = validate(cpu, p)
+        assert (status == plugin_lib.OK) is ok, msg
+        if not ok:
+            assert status == plugin_lib.ERR_INVALID_ARGUMENT
+            assert msg.startswith("y of this call has 2147483648 elements"), msg
+    # A padded height beyond 2^31-1 is the padded-extent limit's refusal, whatever y would be.
     for pad, ok in ((LIMIT - 1, True), (LIMIT, False)):
         p = params(cpu, pad_bottom=pad)
         assert set_shapes(cpu, p, dense_shapes(1, 1, 1, 1, 1, k=1, kh=1, kw=1))[0] == plugin_lib.OK
         status, msg = validate(cpu, p)
         assert (status == plugin_lib.OK) is ok, msg
         if not ok:
-            assert msg.startswith("y of this call has 2147483648 elements"), msg
+            assert status == plugin_lib.ERR_LIMIT and "padded height of 2147483648" in msg, msg
 
 
 def test_validation_products_saturate_instead_of_wrapping(cpu):

@@ -42,6 +42,7 @@ ERR_INVALID_ARGUMENT = 2
 ERR_WORKSPACE = 3
 ERR_CUDA = 4
 ERR_UNSUPPORTED = 5
+ERR_LIMIT = 6  # a padded extent or dilated kernel beyond 2^31-1 (README, "Limitations")
 
 # DynetDataType / DynetAlgo
 FLOAT32 = 0

@@ -42,7 +42,9 @@ typedef enum DynetStatus
     DYNET_ERR_INVALID_ARGUMENT = 2, /* shapes or attributes violate the op contract */
     DYNET_ERR_WORKSPACE = 3,        /* workspace missing or smaller than dynet_conv_cuda_workspace_size() */
     DYNET_ERR_CUDA = 4,             /* a CUDA launch failed (no device, bad pointer, ...) */
-    DYNET_ERR_UNSUPPORTED = 5       /* valid op, but this build/entry point does not support it (dtype, algo) */
+    DYNET_ERR_UNSUPPORTED = 5,      /* valid op, but this build/entry point does not support it (dtype, algo) */
+    DYNET_ERR_LIMIT = 6             /* every attribute is in range, but a size derived from them (padded input,
+                                       dilated kernel) exceeds the op's limits (README, "Limitations") */
 } DynetStatus;
 
 typedef enum DynetDataType
@@ -87,6 +89,17 @@ typedef enum DynetAlgo
  * index with 64-bit integers; the limit is the op's contract (and TensorRT's per-tensor volume limit). */
 #define DYNET_MAX_TENSOR_ELEMENTS 2147483647
 
+/* The padded input extents (H + pad_top + pad_bottom, W + pad_left + pad_right) and the dilated kernel extents
+ * (dilation * (k - 1) + 1) are at most this; larger ones are refused with DYNET_ERR_LIMIT. Every index a kernel forms
+ * (an output position times the stride plus a tap times the dilation) then fits 64-bit arithmetic with room to spare. */
+#define DYNET_MAX_EXTENT 2147483647
+
+/* A backend's scratch memory beyond the fused kernels (padded input copies, unrolled im2col columns) is bounded by
+ * this many elements: DYNET_SCRATCH_FACTOR times the elements of x, y, weight and the fused kernels, plus
+ * DYNET_SCRATCH_FLOOR. A buffer that would exceed it is not allocated; the backend takes a path that needs less. */
+#define DYNET_SCRATCH_FACTOR 8
+#define DYNET_SCRATCH_FLOOR (16 * 1024 * 1024)
+
 /* Shapes and attributes of one call. Attribute names follow the ONNX node (README, "Attributes"). */
 typedef struct DynetConvParams
 {
@@ -113,8 +126,27 @@ DYNET_API void dynet_conv_params_init(DynetConvParams* p);
 /* Check p against the op contract. On failure, writes a one-line reason into msg (if msg != NULL, msg_size > 0). */
 DYNET_API int32_t dynet_conv_validate(const DynetConvParams* p, char* msg, size_t msg_size);
 
-/* Output spatial size; returns DYNET_ERR_INVALID_ARGUMENT when p is invalid. */
+/* Output spatial size; returns dynet_conv_validate's status when p is invalid. */
 DYNET_API int32_t dynet_conv_output_hw(const DynetConvParams* p, int32_t* h_out, int32_t* w_out);
+
+/* Every size a backend derives from a call, computed once, overflow-checked in 64 bits, by dynet_conv_sizes. */
+typedef struct DynetConvSizes
+{
+    int64_t h_out, w_out;           /* output extents */
+    int64_t h_padded, w_padded;     /* H + pad_top + pad_bottom, W + pad_left + pad_right (<= DYNET_MAX_EXTENT) */
+    int64_t kh_dilated, kw_dilated; /* dilation * (k - 1) + 1 (<= DYNET_MAX_EXTENT) */
+    int64_t x_elements, y_elements, weight_elements, coeff_elements;
+    int64_t fused_elements;         /* the fused kernels of the batch: N * C_out * C_in/groups * kH * kW */
+    int64_t kernel_elements;        /* R = C_in/groups * kH * kW, one output channel's kernel */
+    int64_t im2col_elements;        /* the whole batch unrolled: N * groups * R * H_out * W_out (saturates at INT64_MAX) */
+    int64_t scratch_budget;         /* elements of scratch a backend may allocate beyond the fused kernels */
+} DynetConvSizes;
+
+/*
+ * Validate p (dynet_conv_validate) and fill *sizes. Returns the validation status; *sizes is zeroed on failure.
+ * Backends take their buffer sizes from here rather than multiplying the params themselves.
+ */
+DYNET_API int32_t dynet_conv_sizes(const DynetConvParams* p, DynetConvSizes* sizes, char* msg, size_t msg_size);
 
 /*
  * The op's attributes, one table for every C/C++ caller (the TensorRT plugin, the onnxruntime op, the ctypes

@@ -389,15 +389,26 @@ char const* dynet_status_string(int32_t status)
     case DYNET_ERR_WORKSPACE: return "workspace missing or too small";
     case DYNET_ERR_CUDA: return "CUDA error";
     case DYNET_ERR_UNSUPPORTED: return "unsupported by this build or entry point";
+    case DYNET_ERR_LIMIT: return "a derived size (padded input or dilated kernel) exceeds the op's limits";
     default: return "unknown status";
     }
 }
 
 int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size)
 {
-    if (p == nullptr)
+    DynetConvSizes sizes;
+    return dynet_conv_sizes(p, &sizes, msg, msg_size);
+}
+
+int32_t dynet_conv_sizes(DynetConvParams const* p, DynetConvSizes* sizes, char* msg, size_t msg_size)
+{
+    if (sizes != nullptr)
     {
-        fail(msg, msg_size, "params pointer is NULL");
+        *sizes = DynetConvSizes{};
+    }
+    if (p == nullptr || sizes == nullptr)
+    {
+        fail(msg, msg_size, "params or sizes pointer is NULL");
         return DYNET_ERR_NULL_POINTER;
     }
     if (p->n < 1 || p->c_in < 1 || p->h < 1 || p->w < 1)
@@ -424,27 +435,59 @@ int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size
         return fail(msg, msg_size, "coeff must be [N, C_out, K] or [N, 1, K]: C_c=%d, C_out=%d", p->coeff_channels,
             p->c_out);
     }
+    // Every operand below is at most 2^31-1, so each sum of three and each product of two fits int64.
+    constexpr int64_t kMaxExtent = DYNET_MAX_EXTENT;
+    int64_t const hPadded = int64_t{p->h} + p->pad_top + p->pad_bottom;
+    int64_t const wPadded = int64_t{p->w} + p->pad_left + p->pad_right;
+    int64_t const khDilated = int64_t{p->dilation_h} * (p->kh - 1) + 1;
+    int64_t const kwDilated = int64_t{p->dilation_w} * (p->kw - 1) + 1;
+    if (hPadded > kMaxExtent)
+    {
+        fail(msg, msg_size, "pad_top=%d + pad_bottom=%d on an input of height %d give a padded height of %lld; the "
+            "limit is 2^31-1 (lower pad_top or pad_bottom)", p->pad_top, p->pad_bottom, p->h,
+            static_cast<long long>(hPadded));
+        return DYNET_ERR_LIMIT;
+    }
+    if (wPadded > kMaxExtent)
+    {
+        fail(msg, msg_size, "pad_left=%d + pad_right=%d on an input of width %d give a padded width of %lld; the "
+            "limit is 2^31-1 (lower pad_left or pad_right)", p->pad_left, p->pad_right, p->w,
+            static_cast<long long>(wPadded));
+        return DYNET_ERR_LIMIT;
+    }
+    if (khDilated > kMaxExtent)
+    {
+        fail(msg, msg_size, "dilation_h=%d with kH=%d spans %lld rows; the limit is 2^31-1 (lower dilation_h)",
+            p->dilation_h, p->kh, static_cast<long long>(khDilated));
+        return DYNET_ERR_LIMIT;
+    }
+    if (kwDilated > kMaxExtent)
+    {
+        fail(msg, msg_size, "dilation_w=%d with kW=%d spans %lld columns; the limit is 2^31-1 (lower dilation_w)",
+            p->dilation_w, p->kw, static_cast<long long>(kwDilated));
+        return DYNET_ERR_LIMIT;
+    }
     int64_t const hOut = outSize(p->h, p->pad_top, p->pad_bottom, p->dilation_h, p->kh, p->stride_h);
     int64_t const wOut = outSize(p->w, p->pad_left, p->pad_right, p->dilation_w, p->kw, p->stride_w);
     if (hOut < 1 || wOut < 1)
     {
         return fail(msg, msg_size, "empty output: input %dx%d with pads (%d,%d,%d,%d) is smaller than the dilated "
-            "kernel %dx%d", p->h, p->w, p->pad_top, p->pad_left, p->pad_bottom, p->pad_right,
-            (p->kh - 1) * p->dilation_h + 1, (p->kw - 1) * p->dilation_w + 1);
+            "kernel %lldx%lld", p->h, p->w, p->pad_top, p->pad_left, p->pad_bottom, p->pad_right,
+            static_cast<long long>(khDilated), static_cast<long long>(kwDilated));
     }
     int64_t const cinG = p->c_in / p->groups;
     struct
     {
         char const* name;
         int64_t elements;
-    } const sizes[] = {
+    } const limited[] = {
         {"x", volume({p->n, p->c_in, p->h, p->w})},
         {"y", volume({p->n, p->c_out, hOut, wOut})},
         {"weight", volume({p->k, p->c_out, cinG, p->kh, p->kw})},
         {"the fused kernels of the batch", volume({p->n, p->c_out, cinG, p->kh, p->kw})},
         {"coeff", volume({p->n, p->coeff_channels, p->k})},
     };
-    for (auto const& s : sizes)
+    for (auto const& s : limited)
     {
         if (s.elements > kMaxElements)
         {
@@ -453,6 +496,23 @@ int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size
                 static_cast<long long>(s.elements), static_cast<long long>(kMaxElements));
         }
     }
+    DynetConvSizes& z = *sizes;
+    z.h_out = hOut;
+    z.w_out = wOut;
+    z.h_padded = hPadded;
+    z.w_padded = wPadded;
+    z.kh_dilated = khDilated;
+    z.kw_dilated = kwDilated;
+    z.x_elements = limited[0].elements;
+    z.y_elements = limited[1].elements;
+    z.weight_elements = limited[2].elements;
+    z.fused_elements = limited[3].elements;
+    z.coeff_elements = limited[4].elements;
+    z.kernel_elements = volume({cinG, p->kh, p->kw});
+    z.im2col_elements = volume({p->n, p->groups, z.kernel_elements, hOut, wOut});
+    // Four tensors of at most 2^31-1 elements each: the sum and the product below stay far from INT64_MAX.
+    z.scratch_budget = DYNET_SCRATCH_FACTOR * (z.x_elements + z.y_elements + z.weight_elements + z.fused_elements)
+        + DYNET_SCRATCH_FLOOR;
     if (msg != nullptr && msg_size > 0)
     {
         msg[0] = '\0';
@@ -462,7 +522,8 @@ int32_t dynet_conv_validate(DynetConvParams const* p, char* msg, size_t msg_size
 
 int32_t dynet_conv_output_hw(DynetConvParams const* p, int32_t* h_out, int32_t* w_out)
 {
-    int32_t const status = dynet_conv_validate(p, nullptr, 0);
+    DynetConvSizes sizes;
+    int32_t const status = dynet_conv_sizes(p, &sizes, nullptr, 0);
     if (status != DYNET_OK)
     {
         return status;
@@ -471,8 +532,9 @@ int32_t dynet_conv_output_hw(DynetConvParams const* p, int32_t* h_out, int32_t* 
     {
         return DYNET_ERR_NULL_POINTER;
     }
-    *h_out = static_cast<int32_t>(outSize(p->h, p->pad_top, p->pad_bottom, p->dilation_h, p->kh, p->stride_h));
-    *w_out = static_cast<int32_t>(outSize(p->w, p->pad_left, p->pad_right, p->dilation_w, p->kw, p->stride_w));
+    // y has at most 2^31-1 elements, so each extent fits int32.
+    *h_out = static_cast<int32_t>(sizes.h_out);
+    *w_out = static_cast<int32_t>(sizes.w_out);
     return DYNET_OK;
 }
 

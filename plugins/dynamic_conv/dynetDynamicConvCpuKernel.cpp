@@ -47,6 +47,12 @@ T ceilDiv(T a, T b)
     return (a + b - 1) / b;
 }
 
+//! a*b for non-negative a, b, saturating at INT64_MAX: scratch sizes compared with the call's scratch budget.
+int64_t satMul(int64_t a, int64_t b)
+{
+    return (a != 0 && b > INT64_MAX / a) ? INT64_MAX : a * b;
+}
+
 struct Geometry
 {
     int64_t n, cIn, h, w, hw, cOut, cinG, coutG, groups, kh, kw, r, k;
@@ -84,20 +90,51 @@ Geometry geometry(DynetConvParams const& prm, int32_t hOut, int32_t wOut)
     return g;
 }
 
-// Which loop nest convForward runs for a layer (gemm: the bank's path, usesGemmPath).
-CpuPath pathOf(Geometry const& g, bool gemm)
+// 1x1, stride 1, unpadded, same size: the implicit GEMM reads x in place.
+bool flatCase(Geometry const& g)
+{
+    return g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h
+        && g.wOut == g.w;
+}
+
+// Rows and columns of one stride-phase plane of the implicit GEMM's padded input copy.
+int64_t phaseRows(Geometry const& g)
+{
+    return g.hOut + (g.kh - 1) * g.dh / g.sh;
+}
+
+int64_t phaseCols(Geometry const& g)
+{
+    return g.wOut + (g.kw - 1) * g.dw / g.sw;
+}
+
+// Elements of the implicit GEMM's padded, stride-decimated copy: n * C_in * (sh * hp) * (sw * wp), saturating.
+int64_t padElements(Geometry const& g)
+{
+    return satMul(satMul(g.n * g.cIn, g.sh * g.sw), satMul(phaseRows(g), phaseCols(g)));
+}
+
+// Which loop nest convForward runs for a layer (gemm: the bank's path, usesGemmPath; nr: the ISA's tile width;
+// budget: the call's scratch budget in elements, from dynet_conv_sizes). A path whose buffer would exceed the budget
+// is not taken: huge pads or dilations make the implicit GEMM's padded copy huge while the output stays small, and
+// the im2col path's pixel-block buffers stay bounded.
+CpuPath pathOf(Geometry const& g, bool gemm, int64_t nr, int64_t budget)
 {
     if (!gemm)
     {
         return CpuPath::kDirect;
     }
-    if (g.p <= kPixelBlock)
+    int64_t const smallBlock = ceilDiv<int64_t>(g.p, nr) * nr;
+    if (g.p <= kPixelBlock && satMul(satMul(g.n * g.groups, smallBlock), g.r) <= budget)
     {
         return CpuPath::kGemmSmall; // the batch's kernels fused inside the GEMM tasks
     }
-    bool const flat1x1 = g.sh == 1 && g.sw == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h
-        && g.wOut == g.w;
-    return g.wOut >= kImplicitMinWidth || flat1x1 ? CpuPath::kGemmImplicit : CpuPath::kGemmIm2col;
+    if (flatCase(g))
+    {
+        return CpuPath::kGemmImplicit; // reads x in place: no copy
+    }
+    return g.wOut >= kImplicitMinWidth && padElements(g) <= budget - 2 * kMaxNr ? CpuPath::kGemmImplicit
+                                                                               : CpuPath::kGemmIm2col;
 }
 
 // ReLU / ReLU6 as PyTorch computes them: NaN stays NaN (every comparison with NaN is false, so NaN falls through to
@@ -666,19 +703,34 @@ DYNET_INLINE void implicitTaskBody(GemmJob const& j, int64_t task)
                 float const* b = base + row * j.rowPitch + c0;
                 o.y = yPanel + row * j.outRowPitch + c0;
                 o.width = std::min<int64_t>(j.nr, len - c0);
+                int64_t const* offs = j.tapOffsets;
+                if (j.flat && o.width < j.nr)
+                {
+                    // The last columns of a flat image (x read in place): a full-width load would read past the end
+                    // of x, so the micro-kernel reads a zero-padded copy of them instead.
+                    thread_local std::vector<float> tail;
+                    tail.assign(static_cast<size_t>(g.r * j.nr), 0.0f);
+                    for (int64_t e = 0; e < g.r; ++e)
+                    {
+                        std::memcpy(tail.data() + e * j.nr, b + j.tapOffsets[e],
+                            static_cast<size_t>(o.width) * sizeof(float));
+                    }
+                    b = tail.data();
+                    offs = j.packedOffsets;
+                }
 #if DYNET_X86
                 if (j.isa == CpuIsa::kAvx512)
                 {
-                    microAvx512(a, b, j.tapOffsets, g.r, o);
+                    microAvx512(a, b, offs, g.r, o);
                 }
                 else if (j.isa == CpuIsa::kAvx2)
                 {
-                    microAvx2(a, b, j.tapOffsets, g.r, o);
+                    microAvx2(a, b, offs, g.r, o);
                 }
                 else
 #endif
                 {
-                    microGeneric8x8(a, b, j.tapOffsets, g.r, o);
+                    microGeneric8x8(a, b, offs, g.r, o);
                 }
             }
         }
@@ -969,13 +1021,14 @@ bool usesGemmPath(int32_t cinPerGroup, int32_t coutPerGroup, int32_t kh, int32_t
 
 CpuPath cpuPath(DynetConvParams const& prm)
 {
-    int32_t hOut = 0, wOut = 0;
-    if (dynet_conv_output_hw(&prm, &hOut, &wOut) != DYNET_OK || prm.groups < 1 || prm.c_in % prm.groups != 0)
+    DynetConvSizes sizes;
+    if (dynet_conv_sizes(&prm, &sizes, nullptr, 0) != DYNET_OK)
     {
         return CpuPath::kInvalid;
     }
-    Geometry const g = geometry(prm, hOut, wOut);
-    return pathOf(g, usesGemmPath(static_cast<int32_t>(g.cinG), static_cast<int32_t>(g.coutG), prm.kh, prm.kw));
+    Geometry const g = geometry(prm, static_cast<int32_t>(sizes.h_out), static_cast<int32_t>(sizes.w_out));
+    bool const gemm = usesGemmPath(static_cast<int32_t>(g.cinG), static_cast<int32_t>(g.coutG), prm.kh, prm.kw);
+    return pathOf(g, gemm, nrFor(selectedIsa()), sizes.scratch_budget);
 }
 
 char const* cpuPathName(CpuPath path)
@@ -1078,12 +1131,17 @@ bool PackedBank::matches(DynetConvParams const& p) const
 int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff, float* y,
     ParallelFor const& parallel, CpuIsa isa)
 {
-    int32_t hOut = 0, wOut = 0;
-    int32_t const status = dynet_conv_output_hw(&prm, &hOut, &wOut);
+    // Sizes come from the validator; every buffer below beyond the fused kernels stays within sizes.scratch_budget
+    // (a path whose buffer would not fit is not taken).
+    DynetConvSizes sizes;
+    int32_t const status = dynet_conv_sizes(&prm, &sizes, nullptr, 0);
     if (status != DYNET_OK)
     {
         return status;
     }
+    int32_t const hOut = static_cast<int32_t>(sizes.h_out);
+    int32_t const wOut = static_cast<int32_t>(sizes.w_out);
+    int64_t const budget = sizes.scratch_budget;
     if (!bank.matches(prm))
     {
         return DYNET_ERR_INVALID_ARGUMENT;
@@ -1098,8 +1156,11 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     // Fused kernels and biases of the batch; kept per calling thread so repeated runs reuse the memory.
     thread_local std::vector<float> fusedStore;
     thread_local std::vector<float> biasStore;
-    size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(g.n * g.cOut * g.r)
-        : g.p <= kPixelBlock                      ? 0
+    // Small images fuse inside the GEMM tasks and share the unrolled input of the whole batch, if it fits the budget.
+    CpuPath const path = pathOf(g, bank.gemmPath(), nrFor(isa), budget); // the one decision, as cpuPath reports
+    bool const smallImage = path == CpuPath::kGemmSmall;
+    size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(sizes.fused_elements)
+        : smallImage                              ? 0
                                                   : static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr);
     if (fusedStore.size() < fusedSize)
     {
@@ -1130,6 +1191,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         }
         job.packedOffsets = packedOffsets.data();
         thread_local std::vector<float> colsStore;
+        auto columnsFit = [&] { return satMul(satMul(g.n * g.groups, job.pixelBlocks * job.pixelBlock), g.r) <= budget; };
         auto shareColumns = [&] {
             // Several tasks read each pixel block: unroll the input once, in its own parallel step.
             job.colsStride = job.pixelBlock * g.r;
@@ -1141,7 +1203,9 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             job.sharedCols = colsStore.data();
             parallel(blocks, tasks.im2colTask, &job);
         };
-        CpuPath const path = pathOf(g, true);
+        bool const flat = flatCase(g);
+        int64_t const hp = phaseRows(g);
+        int64_t const wp = phaseCols(g);
         if (path == CpuPath::kGemmSmall)
         {
             // Small images: a sample's fused kernel serves few pixels, so it is fused inside the GEMM task that
@@ -1166,10 +1230,9 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             // split into stride phases that is phase[ci][(i*dh) % sh][(j*dw) % sw][oh + (i*dh)/sh][ow + (j*dw)/sw],
             // so every tap is one offset and consecutive outputs read consecutive floats.
             parallel(static_cast<size_t>(g.groups * bank.panels), tasks.fusePanel, &fuse);
-            job.flat = g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.hOut == g.h && g.wOut == g.w;
+            job.flat = flat;
             thread_local std::vector<int64_t> tapOffsets;
             tapOffsets.resize(static_cast<size_t>(g.r));
-            int64_t hp = g.h, wp = g.w;
             if (job.flat)
             {
                 job.src = x;
@@ -1179,10 +1242,8 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             }
             else
             {
-                hp = g.hOut + (g.kh - 1) * g.dh / g.sh; // rows of a phase plane the output reads
-                wp = g.wOut + (g.kw - 1) * g.dw / g.sw;
                 thread_local std::vector<float> padStore;
-                size_t const padSize = static_cast<size_t>(g.n * g.cIn * g.sh * g.sw * hp * wp + 2 * kMaxNr);
+                size_t const padSize = static_cast<size_t>(padElements(g) + 2 * kMaxNr);
                 if (padStore.size() < padSize)
                 {
                     padStore.resize(padSize);
@@ -1205,7 +1266,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 int64_t const colTap = jj * g.dw;
                 int64_t const phase = job.flat ? 0 : (ci * g.sh + rowTap % g.sh) * g.sw + colTap % g.sw;
                 tapOffsets[static_cast<size_t>(e)] = job.flat
-                    ? ci * hp * wp
+                    ? ci * g.hw
                     : phase * hp * wp + (rowTap / g.sh) * wp + colTap / g.sw;
             }
             job.tapOffsets = tapOffsets.data();
@@ -1248,7 +1309,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                 job.panelsPerTask = ceilDiv<int64_t>(job.panelsPerTask, 2);
             }
             size_t const nbTasks = count();
-            if (job.panelBlocks > 1)
+            if (job.panelBlocks > 1 && columnsFit())
             {
                 shareColumns();
             }

@@ -117,12 +117,14 @@ int32_t cudnnPlanCreate(void* handle, DynetConvParams const& p, int32_t dtype, s
         }
         return DYNET_ERR_UNSUPPORTED;
     }
-    int32_t hOut = 0;
-    int32_t wOut = 0;
-    if (dynet_conv_output_hw(&p, &hOut, &wOut) != DYNET_OK)
+    // The validator's checked sizes: the padded extents and dilated kernel fit int32 (cuDNN's descriptor fields).
+    DynetConvSizes sizes;
+    if (int32_t const status = dynet_conv_sizes(&p, &sizes, msg, msgSize); status != DYNET_OK)
     {
-        return DYNET_ERR_INVALID_ARGUMENT;
+        return status;
     }
+    int32_t const hOut = static_cast<int32_t>(sizes.h_out);
+    int32_t const wOut = static_cast<int32_t>(sizes.w_out);
     auto* plan = new (std::nothrow) CudnnPlan{};
     if (plan == nullptr)
     {

@@ -472,7 +472,10 @@ ConvArgs makeArgs(DynetConvParams const& p)
     a.cinG = p.c_in / p.groups;
     a.coutG = p.c_out / p.groups;
     a.act = p.activation;
-    dynet_conv_output_hw(&p, &a.hOut, &a.wOut);
+    DynetConvSizes sizes; // p is validated by the caller: the output extents fit int32 (y has < 2^31 elements)
+    dynet_conv_sizes(&p, &sizes, nullptr, 0);
+    a.hOut = static_cast<int32_t>(sizes.h_out);
+    a.wOut = static_cast<int32_t>(sizes.w_out);
     a.khw = p.kh * p.kw;
     a.R = static_cast<int64_t>(a.cinG) * a.khw;
     a.pixOut = static_cast<int64_t>(a.hOut) * a.wOut;
@@ -653,9 +656,13 @@ size_t dtypeSize(int32_t dtype) noexcept
 
 size_t fusedKernelBytes(DynetConvParams const& p, int32_t dtype) noexcept
 {
-    size_t const elements = static_cast<size_t>(p.n) * static_cast<size_t>(p.c_out)
-        * static_cast<size_t>(p.c_in / p.groups) * static_cast<size_t>(p.kh) * static_cast<size_t>(p.kw);
-    return align(elements * dtypeSize(dtype));
+    // The validator's checked count (at most 2^31-1 elements); 0 for params it refuses.
+    DynetConvSizes sizes;
+    if (dynet_conv_sizes(&p, &sizes, nullptr, 0) != DYNET_OK)
+    {
+        return 0;
+    }
+    return align(static_cast<size_t>(sizes.fused_elements) * dtypeSize(dtype));
 }
 
 size_t fusedBiasBytes(DynetConvParams const& p, int32_t dtype) noexcept

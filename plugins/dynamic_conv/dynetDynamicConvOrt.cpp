@@ -312,10 +312,10 @@ OrtStatus* prepareCall(NodeConfig const& cfg, Ort::KernelContext& ctx, Call& cal
     {
         return s;
     }
-    int32_t hOut = 0, wOut = 0;
-    dynet_conv_output_hw(&call.p, &hOut, &wOut);
-    call.hOut = hOut;
-    call.wOut = wOut;
+    DynetConvSizes sizes; // callParams validated p: the output extents come from the validator's checked sizes
+    dynet_conv_sizes(&call.p, &sizes, nullptr, 0);
+    call.hOut = sizes.h_out;
+    call.wOut = sizes.w_out;
     call.y = ctx.GetOutput(0, {call.xs[0], call.ws[1], call.hOut, call.wOut});
     return nullptr;
 }

@@ -362,7 +362,7 @@ def test_missing_config(tmp_path):
     save_checkpoint(model, tmp_path / "c.safetensors")
     (tmp_path / "c.json").unlink()
     msg = _raises("has no config .*c.json", load_checkpoint, tmp_path / "c.safetensors")
-    assert "model_name" in msg
+    assert "--model NAME" in msg  # names the flag that exists on the commands that load checkpoints
     _raises("checkpoint config .*c.json.* is missing", read_checkpoint_config, tmp_path / "c.safetensors")
     # naming the model is enough to load the weights alone
     _assert_same_outputs(

@@ -6,7 +6,8 @@ Three libraries, all optional at import time:
 - ``libdynet_dynamic_conv_cuda.so``: the CUDA kernels (same C ABI), built when nvcc is found;
 - ``libdynet_dynamic_conv_trt.so``: the TensorRT plugin, built when TensorRT is found.
 
-They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in ``build/`` at the repository root.
+They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in the package's ``lib/`` (where an installed wheel
+has them), then in ``build/`` at the repository root (a checkout built with ``make plugins``).
 The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynetDynamicConv.h``: its
 attribute fields are the spec's (:mod:`dynet_deploy.op.spec`), which a test holds equal to the C ABI's table.
 """
@@ -26,6 +27,7 @@ from ..errors import BuildError, MissingDependencyError
 from .spec import ACTIVATIONS, ATTRIBUTE_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_LIB_DIR = Path(__file__).resolve().parents[1] / "lib"  # dynet_deploy/lib/: the wheel's libraries
 ENV_PLUGIN_DIR = "DYNET_DEPLOY_PLUGIN_DIR"
 
 CPU_LIBRARY = "libdynet_dynamic_conv_cpu.so"
@@ -84,6 +86,7 @@ def search_dirs() -> list[Path]:
     env = os.environ.get(ENV_PLUGIN_DIR)
     if env:
         dirs.append(Path(env))
+    dirs.append(PACKAGE_LIB_DIR)
     dirs.append(REPO_ROOT / "build")
     return dirs
 

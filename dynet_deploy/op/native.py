@@ -87,7 +87,8 @@ def search_dirs() -> list[Path]:
     if env:
         dirs.append(Path(env))
     dirs.append(PACKAGE_LIB_DIR)
-    dirs.append(REPO_ROOT / "build")
+    if (REPO_ROOT / "CMakeLists.txt").is_file():  # a checkout (an installed package has no build/ beside it)
+        dirs.append(REPO_ROOT / "build")
     return dirs
 
 

@@ -29,7 +29,7 @@ function(dynet_fetch_onnxruntime_headers dest)
   file(REMOVE_RECURSE "${work}")
   file(MAKE_DIRECTORY "${work}/pack" "${work}/include")
   message(STATUS "dynet: fetching onnxruntime headers (npm ${DYNET_ORT_NPM_PACKAGE}@${DYNET_ORT_NPM_VERSION})")
-  execute_process(COMMAND ${DYNET_NPM} pack --silent "${DYNET_ORT_NPM_PACKAGE}@${DYNET_ORT_NPM_VERSION}"
+  execute_process(COMMAND ${DYNET_NPM} pack --loglevel=error "${DYNET_ORT_NPM_PACKAGE}@${DYNET_ORT_NPM_VERSION}"
     WORKING_DIRECTORY "${work}/pack" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   set(tgz "${work}/pack/${DYNET_ORT_NPM_PACKAGE}-${DYNET_ORT_NPM_VERSION}.tgz")
   if(NOT rc EQUAL 0 OR NOT EXISTS "${tgz}")

@@ -57,7 +57,10 @@ for lib in "$WORK"/wheel-libs/dynet_deploy/lib/*.so; do
     "$(printf '%s\n' "$dyn" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | paste -sd' ')" "${runpath:-none}"
   if printf '%s\n' "$dyn" | grep -q '(RPATH)'; then echo "wheel_check: $lib has an RPATH" >&2; exit 1; fi
   for dir in ${runpath//:/ }; do
-    case "$dir" in '$ORIGIN'|'$ORIGIN/'*) ;; *) echo "wheel_check: $lib has a non-relative RUNPATH entry $dir" >&2; exit 1 ;; esac
+    case "$dir" in
+      '$ORIGIN' | '$ORIGIN/'*) ;;
+      *) echo "wheel_check: $lib has a non-relative RUNPATH entry $dir" >&2; exit 1 ;;
+    esac
   done
   # A library linked against cuDNN needs the cudnn extra (nvidia-cudnn-cu13, found through its relative RUNPATH).
   if printf '%s\n' "$dyn" | grep -q 'NEEDED.*libcudnn'; then extra="[cudnn]"; fi
@@ -103,7 +106,8 @@ step "doctor"
 show dynet-deploy doctor
 
 step "export -> fuse -> run -> validate (bundled Dy-ResNet18 checkpoint)"
-CKPT=$(python -c "import dynet_deploy, pathlib; print(pathlib.Path(dynet_deploy.__file__).parent / 'assets' / 'dy_resnet18_fmnist.safetensors')")
+PKG=$(python -c "import dynet_deploy, pathlib; print(pathlib.Path(dynet_deploy.__file__).parent)")
+CKPT=$PKG/assets/dy_resnet18_fmnist.safetensors
 echo "checkpoint: $CKPT" | sed "s|$WORK|\$WORK|g"
 show dynet-deploy export "$CKPT" -o model.onnx
 show dynet-deploy fuse model.onnx -o model.plugin.onnx -q
@@ -113,8 +117,8 @@ mkdir validate
 show dynet-deploy validate "$CKPT" model.plugin.onnx --batch-sizes 1 3 --out-dir validate
 
 step "deploy (the bundled recipe)"
-RECIPE=$(python -c "import dynet_deploy, pathlib; p = pathlib.Path(dynet_deploy.__file__).parent / 'recipes' / 'dy_resnet18_fmnist.json'; print(p if p.is_file() else '')")
-if [ -z "$RECIPE" ]; then
+RECIPE=$PKG/recipes/dy_resnet18_fmnist.json
+if [ ! -f "$RECIPE" ]; then
   # The recipes are not package data yet: the checkout's export/ holds them; the file is copied out, the checkpoint
   # it names is the wheel's.
   cp "$ROOT/export/dy_resnet18_fmnist.json" recipe.json
@@ -126,6 +130,6 @@ show dynet-deploy deploy "$RECIPE" -o deploy --limit 1000
 step "what the processes imported and loaded"
 sort -u "$WORK/loaded.txt" | sed "s|$WORK|\$WORK|g"
 if grep -q "$ROOT" "$WORK/loaded.txt"; then echo "wheel_check: something came from the checkout" >&2; exit 1; fi
-grep -q "loaded $VENV/lib/python[0-9.]*/site-packages/dynet_deploy/lib/libdynet_dynamic_conv_ort.so" "$WORK/loaded.txt" ||
+grep -q "loaded $PKG/lib/libdynet_dynamic_conv_ort.so" "$WORK/loaded.txt" ||
   { echo "wheel_check: no step loaded the wheel's onnxruntime op library" >&2; exit 1; }
 step "wheel check passed"

@@ -121,7 +121,8 @@ Tensor readNpy(std::string const& path)
     size_t offset = 0;
     if (major == 1)
     {
-        headerLen = static_cast<unsigned char>(bytes[8]) | (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
+        headerLen = static_cast<unsigned char>(bytes[8])
+            | (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
         offset = 10;
     }
     else if ((major == 2 || major == 3) && bytes.size() >= 12)

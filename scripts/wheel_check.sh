@@ -66,8 +66,6 @@ for lib in "$WORK"/wheel-libs/dynet_deploy/lib/*.so; do
   if printf '%s\n' "$dyn" | grep -q 'NEEDED.*libcudnn'; then extra="[cudnn]"; fi
 done
 show "$VENV/bin/python" -m pip install -q "$WHEEL$extra"
-show "$VENV/bin/python" -c "from dynet_deploy.op import native; native.load_cpu_library(); \
-native.cuda_library_path() and native.load_cuda_library(); print('native libraries load')"
 
 # The guard: every Python process of the steps below imports it (sitecustomize on PYTHONPATH) and checks at exit.
 mkdir -p "$WORK/guard" "$WORK/run"
@@ -102,8 +100,10 @@ export PYTHONPATH="$WORK/guard"
 unset DYNET_DEPLOY_PLUGIN_DIR
 PATH="$VENV/bin:$PATH"
 
-step "doctor"
+step "doctor; the native libraries load (the CUDA one where built: no GPU is needed to load it)"
 show dynet-deploy doctor
+show python -c "from dynet_deploy.op import native; native.load_cpu_library(); \
+native.cuda_library_path() and native.load_cuda_library(); print('native libraries load')"
 
 step "export -> fuse -> run -> validate (bundled Dy-ResNet18 checkpoint)"
 PKG=$(python -c "import dynet_deploy, pathlib; print(pathlib.Path(dynet_deploy.__file__).parent)")

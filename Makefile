@@ -31,23 +31,14 @@ data:
 	  echo "note: could not install dataset-fashion-mnist; the demo falls back to sklearn's digits"; \
 	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST; falling back to sklearn's digits"; fi
 
-# onnxruntime's C/C++ API headers (MIT, API version 29) for the native onnxruntime op library, from the npm
-# package that ships them; fetched into an ignored cache folder, never committed. Override ORT_INCLUDE_DIR to use
-# the include/ folder of an onnxruntime release instead.
-ORT_NPM_PACKAGE ?= com.github.asus4.onnxruntime
-ORT_NPM_VERSION ?= 0.4.9
-ORT_NPM_SHA256  ?= e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d
-ORT_NPM_HEADERS := package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64_x86_64-simulator/onnxruntime.framework/Headers
+# onnxruntime's C/C++ API headers (MIT, API version 29) for the native onnxruntime op library, from the npm package
+# that ships them (pinned and checksum-verified in cmake/onnxruntime_headers.cmake, which the wheel build uses too);
+# fetched into an ignored cache folder, never committed. Override ORT_INCLUDE_DIR to use the include/ folder of an
+# onnxruntime release instead.
 ORT_INCLUDE_DIR ?= .cache/onnxruntime/include
 
 $(ORT_INCLUDE_DIR)/onnxruntime_cxx_api.h:
-	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	tgz="$$tmp/$(ORT_NPM_PACKAGE)-$(ORT_NPM_VERSION).tgz"; \
-	(cd "$$tmp" && npm pack --silent "$(ORT_NPM_PACKAGE)@$(ORT_NPM_VERSION)" >/dev/null); \
-	echo "$(ORT_NPM_SHA256)  $$tgz" | sha256sum -c --quiet -; \
-	tar -xzf "$$tgz" -C "$$tmp" "$(ORT_NPM_HEADERS)"; \
-	mkdir -p "$(ORT_INCLUDE_DIR)"; cp "$$tmp/$(ORT_NPM_HEADERS)"/*.h "$(ORT_INCLUDE_DIR)/"; \
-	echo "onnxruntime headers -> $(ORT_INCLUDE_DIR)"
+	cmake -DDEST=$(ORT_INCLUDE_DIR) -P cmake/onnxruntime_headers.cmake
 
 ort-headers: $(ORT_INCLUDE_DIR)/onnxruntime_cxx_api.h
 

@@ -6,7 +6,8 @@ Three libraries, all optional at import time:
 - ``libdynet_dynamic_conv_cuda.so``: the CUDA kernels (same C ABI), built when nvcc is found;
 - ``libdynet_dynamic_conv_trt.so``: the TensorRT plugin, built when TensorRT is found.
 
-They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in ``build/`` at the repository root.
+They are looked up in ``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in the package's ``lib/`` (where an installed wheel
+has them), then in ``build/`` at the repository root (a checkout built with ``make plugins``).
 The ctypes mirror of ``DynetConvParams`` below must match ``plugins/dynamic_conv/dynetDynamicConv.h``: its
 attribute fields are the spec's (:mod:`dynet_deploy.op.spec`), which a test holds equal to the C ABI's table.
 """
@@ -107,7 +108,8 @@ def search_dirs() -> list[Path]:
     if env:
         dirs.append(Path(env))
     dirs.append(LIBRARY_DIR)
-    dirs.append(REPO_ROOT / "build")
+    if (REPO_ROOT / "CMakeLists.txt").is_file():  # a checkout (an installed package has no build/ beside it)
+        dirs.append(REPO_ROOT / "build")
     return dirs
 
 

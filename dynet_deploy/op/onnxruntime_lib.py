@@ -6,7 +6,7 @@ execution provider in float32 and float16, and for the CUDA execution provider i
 Inputs 3 and 4 are optional in its definition, so fused graphs load unchanged (3, 4 or 5 inputs).
 
 The library is looked up like the other native libraries (:mod:`dynet_deploy.op.native`): in
-``$DYNET_DEPLOY_PLUGIN_DIR`` first, then in the package's ``lib/``, then in ``build/`` at the repository root.
+``$DYNET_DEPLOY_PLUGIN_DIR``, the package's ``lib/`` (an installed wheel), ``build/`` at the repository root.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Runs DyNetDynamicConv2d fuzz cases for tests/test_op_fuzz.py, one process per batch.
 
 Reads a JSON list of cases on stdin; for each case prints ``start <id>`` before it runs it and ``done <id> <outcome>
-<detail>`` after, flushing each line (and the process's peak resident memory, ``maxrss_kb <n>``, at the end), so that a parent seeing the process die by a signal knows which case did it.
+<detail>`` after, flushing each line (and the process's peak resident memory of its own image, ``maxrss_kb <n>``, at the end), so that a parent seeing the process die by a signal knows which case did it.
 Outcomes: ``refused`` (the library returned an error status), ``correct`` (an output that matches the oracle),
 ``wrong`` (an output that does not, or an error where the oracle computes one, or an output where it refuses).
 
@@ -20,6 +20,22 @@ MAX_INT = 2**31 - 1
 # Cases whose padded input is at most this many elements are also held to dynet_deploy.op.reference (torch).
 TORCH_PADDED_LIMIT = 1 << 20
 REL_TOL = 1e-5
+
+
+def peak_rss_kb() -> int:
+    """This process image's peak resident memory in KiB.
+
+    Linux's VmHWM belongs to the address space execve created, so it counts this worker only; getrusage's ru_maxrss
+    also keeps the peak of the process that spawned it (the kernel carries it across execve), which inside a large
+    pytest process is that process's size, not the worker's.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def expected_refusal(c: dict) -> str | None:
@@ -166,7 +182,7 @@ def main() -> int:
         elif outcome != "refused" and want is not None:
             outcome, detail = "wrong", f"computed a case the contract refuses ({want}): {detail}"
         print(f"done {c['id']} {outcome} {detail}", flush=True)
-    print(f"maxrss_kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
+    print(f"maxrss_kb {peak_rss_kb()}", flush=True)
     return 0
 
 

@@ -462,6 +462,10 @@ def test_bad_runtime_shapes_are_errors_not_crashes():
     assert "coeff must be [N, C_out, K] or [N, 1, K]: C_c=5, C_out=12" in message, message
     message = run_error(model, {"x": x[:, :5], "coeff": coeff})
     assert "expects C_in = 8 * groups 1 = 8 input channels" in message, message
+    assert "needs groups" not in message, message  # 5 channels: no groups value explains it
+    # twice the weight's channels: the shapes of a grouped layer whose node lost its groups attribute
+    message = run_error(model, {"x": np.concatenate([x, x], axis=1), "coeff": coeff})
+    assert "x [2, 16, " in message and "needs groups=2 (the node's groups is 1, the default)" in message, message
     message = run_error(model, {"x": x[0], "coeff": coeff})
     assert "x must be rank 4" in message, message
     tiny = node_model(Layer(**{**SMALL.__dict__, "pads": (0, 0, 0, 0)}), weight, bank, bias)

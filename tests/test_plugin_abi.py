@@ -160,6 +160,9 @@ def test_set_shapes_fills_params_and_checks_consistency(cpu):
         "bias": (dict(has_bias=1), dense_shapes(2, 16, 9, 9, 32) + [[31]], "bias must be [C_out]"),
         "bank": (dict(has_bias_bank=1), dense_shapes(2, 16, 9, 9, 32) + [[4, 31]], "bias_bank must be [K, C_out]"),
         "too big": ({}, dense_shapes(2, 16, 2**31, 9, 32), "[1, 2^31-1]"),
+        # a grouped layer whose node lost its groups attribute: the message names the groups the shapes call for
+        "groups absent": ({}, dense_shapes(2, 16, 9, 9, 32, groups=4), "needs groups=4 (the node's groups is 1, the"),
+        "groups wrong": (dict(groups=2), dense_shapes(2, 16, 9, 9, 32, groups=4), "needs groups=4 (the node's groups is 2)"),
     }
     for case, (attrs, shapes, text) in bad.items():
         status, msg = set_shapes(cpu, params(cpu, **attrs), shapes)

@@ -332,6 +332,15 @@ int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_inputs, int3
     }
     if (known(cIn) && known(cinG) && cinG * p->groups != cIn)
     {
+        if (cinG > 0 && cIn % cinG == 0)
+        {
+            // The usual cause: a grouped layer whose node lacks its groups attribute (absent means 1).
+            return fail(msg, msg_size,
+                "weight dim 2 is %lld but must be C_in/groups = %lld/%d; a grouped layer with these shapes needs "
+                "groups=%lld (the node's groups is %d%s)",
+                static_cast<long long>(cinG), static_cast<long long>(cIn), p->groups,
+                static_cast<long long>(cIn / cinG), p->groups, p->groups == 1 ? ", the default" : "");
+        }
         return fail(msg, msg_size, "weight dim 2 is %lld but must be C_in/groups = %lld/%d",
             static_cast<long long>(cinG), static_cast<long long>(cIn), p->groups);
     }

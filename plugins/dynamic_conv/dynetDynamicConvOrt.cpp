@@ -257,9 +257,17 @@ OrtStatus* callParams(NodeConfig const& cfg, std::vector<int64_t> const& xs, std
     }
     if (ws[2] * p.groups != xs[1])
     {
+        std::string hint;
+        if (ws[2] > 0 && xs[1] % ws[2] == 0 && xs[1] / ws[2] != p.groups)
+        {
+            // The usual cause: a grouped layer whose node lacks its groups attribute (absent means 1).
+            hint = "; a grouped layer with these shapes needs groups=" + std::to_string(xs[1] / ws[2])
+                + " (the node's groups is " + std::to_string(p.groups) + (p.groups == 1 ? ", the default" : "")
+                + ")";
+        }
         return bad("weight " + shapeText(ws) + " expects C_in = " + std::to_string(ws[2]) + " * groups "
             + std::to_string(p.groups) + " = " + std::to_string(ws[2] * p.groups) + " input channels, x "
-            + shapeText(xs) + " has " + std::to_string(xs[1]));
+            + shapeText(xs) + " has " + std::to_string(xs[1]) + hint);
     }
     if (bbs != nullptr && (bbs->size() != 2 || (*bbs)[0] != ws[0] || (*bbs)[1] != ws[1]))
     {

@@ -162,7 +162,11 @@ def test_set_shapes_fills_params_and_checks_consistency(cpu):
         "too big": ({}, dense_shapes(2, 16, 2**31, 9, 32), "[1, 2^31-1]"),
         # a grouped layer whose node lost its groups attribute: the message names the groups the shapes call for
         "groups absent": ({}, dense_shapes(2, 16, 9, 9, 32, groups=4), "needs groups=4 (the node's groups is 1, the"),
-        "groups wrong": (dict(groups=2), dense_shapes(2, 16, 9, 9, 32, groups=4), "needs groups=4 (the node's groups is 2)"),
+        "groups wrong": (
+            dict(groups=2),
+            dense_shapes(2, 16, 9, 9, 32, groups=4),
+            "needs groups=4 (the node's groups is 2)",
+        ),
     }
     for case, (attrs, shapes, text) in bad.items():
         status, msg = set_shapes(cpu, params(cpu, **attrs), shapes)

@@ -54,6 +54,7 @@ class DeployResult:
     triton: dict[str, Any] | None = None
     latency_load: dict[str, float | None] = field(default_factory=dict)  # 1-minute load average before/after
     environment: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # dynet_deploy.provenance.provenance()
     notes: list[str] = field(default_factory=list)
     passed: bool = True
 
@@ -83,6 +84,7 @@ class DeployResult:
             "triton": self.triton,
             "artifacts": self.artifacts,
             "environment": self.environment,
+            "provenance": self.provenance,
             "notes": self.notes,
         }
 
@@ -235,6 +237,7 @@ class _Deployment:
     model: Any = None
     name: str = ""
     ckpt: Path | None = None
+    ckpt_config: dict[str, Any] = field(default_factory=dict)
     base_ckpt: Path | None = None
     trained_on: str | None = None
     portable: Path | None = None
@@ -301,6 +304,7 @@ def _deploy_into(
     if triton:
         _step_triton(run, op_library_dir, plugin_library_dir)
     res.artifacts = _artifacts(stage)
+    res.provenance = _provenance(run)
     atomic_write_text(stage / "report.json", json.dumps(res.to_dict(), indent=2, default=float) + "\n")
     atomic_write_text(stage / "report.txt", format_report(res) + "\n")
     return res
@@ -325,6 +329,7 @@ def _step_checkpoint(run: _Deployment) -> None:
             f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
             f"checkpoint's model takes {in_chans}; fix 'input_shape'"
         )
+    run.ckpt_config = cfg
     run.trained_on = (cfg.get("metadata") or {}).get("dataset")
     atomic_write_text(run.stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
     args = json.dumps(cfg.get("model_args", {}), sort_keys=True)
@@ -334,10 +339,12 @@ def _step_checkpoint(run: _Deployment) -> None:
 def _step_export(run: _Deployment) -> None:
     """The portable graph and the form that fuse rewrites."""
     from .export import export_onnx
+    from .model_card import serving_metadata
 
     run.start()
     recipe = run.recipe
     c, h, w = recipe.input_shape
+    serving = serving_metadata(run.ckpt_config, run.model)
     run.portable = run.stage / "model.onnx"
     kernel_form = run.stage / "model.kernel.onnx"
     described = []
@@ -350,6 +357,7 @@ def _step_export(run: _Deployment) -> None:
             dynamic_batch=form.dynamic,
             opset=recipe.opset,
             model_name=run.name,
+            metadata=serving,
         )
         described.append(f"{path.name} ({form.form} form, batch {'dynamic' if form.dynamic else form.batch})")
     run.step("export", "done", ", ".join(described))
@@ -669,6 +677,15 @@ def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] 
         path = stage / ("model.engine" if prec == "fp32" else f"model.{prec}.engine")
         engines[prec] = tensorrt.prepare(fused, path, batch=recipe.profile.as_tuple(), precision=prec)
     return engines
+
+
+def _provenance(run: _Deployment) -> dict[str, Any]:
+    """The tool, the checkpoint, the deployed graphs and engines (at their final paths), the op library, runtimes."""
+    from .provenance import provenance
+
+    assert run.portable is not None and run.fused is not None
+    files = [run.portable, run.fused, *run.engines.values()]
+    return provenance(run.ckpt, [(p, run.out / p.relative_to(run.stage)) for p in files])
 
 
 def _artifacts(folder: Path) -> list[dict[str, Any]]:

@@ -111,6 +111,11 @@ class TritonOptions:
                 "--copy-op-library puts the op library inside the repository and --op-library-dir names where it is "
                 "installed on the server: give one of them"
             )
+        if self.gpu_accelerator == "tensorrt" and "/" not in _plugin_library(self):
+            raise TritonError(
+                f"onnxruntime's TensorRT accelerator loads the TensorRT plugin library, and {_plugin_library(self)} "
+                "was not built here; give --plugin-dir with the absolute folder where it is installed on the server"
+            )
         if self.served_path is not None and not self.copy_op_library:
             raise TritonError("the repository's path on the server is only written with --copy-op-library; add it")
         for value, flag in (
@@ -144,10 +149,7 @@ class TritonRepository:
     def launch_command(self) -> str:
         """How to start Triton on this repository (the libraries' folder goes where they are installed)."""
         q = shlex.quote
-        parts = []
-        if "/" not in self.op_library:
-            parts.append("LD_LIBRARY_PATH=$DYNET_LIB_DIR:$LD_LIBRARY_PATH")
-        parts.append(f"tritonserver --model-repository={q(str(self.root))}")
+        parts = [f"tritonserver --model-repository={q(str(self.root))}"]  # the op library's path is in the config
         if any(n.endswith("_tensorrt") for n in self.models):
             plugin = self.plugin_library if "/" in self.plugin_library else f"$DYNET_LIB_DIR/{self.plugin_library}"
             parts.append(f"--backend-config=tensorrt,plugins={plugin}")

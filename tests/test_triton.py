@@ -272,6 +272,17 @@ def test_options_a_server_cannot_use_are_refused(tmp_path, fused_graph, options,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tensorrt_accelerator_needs_the_plugins_absolute_path(tmp_path, fused_graph):
+    from dynet_deploy.op.native import tensorrt_plugin_path
+
+    if tensorrt_plugin_path() is not None:
+        pytest.skip("the TensorRT plugin library is built here: the config names its absolute path")
+    opts = TritonOptions(instance_kind="gpu", gpu_accelerator="tensorrt")
+    with pytest.raises(TritonError, match="give --plugin-dir with the absolute folder"):
+        write_model_repository(tmp_path / "t", "m", fused_graph, max_batch_size=8, options=opts)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_gpu_instances_name_the_tensorrt_plugin_for_onnxruntimes_tensorrt_accelerator(tmp_path, fused_graph):
     opts = TritonOptions(instance_kind="gpu", gpu_accelerator="tensorrt", plugin_library_dir="/opt/trt")
     write_model_repository(tmp_path / "t", "m", fused_graph, max_batch_size=8, options=opts)
@@ -333,7 +344,7 @@ def test_every_repository_serves_as_written_as_another_user(fused_graph, op_libr
         "copied": TritonOptions(copy_op_library=True),
         "installed": TritonOptions(op_library_dir=str(installed)),
         "gpu-cuda": TritonOptions(instance_kind="gpu"),
-        "gpu-tensorrt": TritonOptions(instance_kind="gpu", gpu_accelerator="tensorrt"),
+        "gpu-tensorrt": TritonOptions(instance_kind="gpu", gpu_accelerator="tensorrt", plugin_library_dir="/opt/trt"),
     }
     x = np.random.default_rng(5).standard_normal((4, 3, 32, 32), dtype=np.float32)
     with torch.no_grad():

@@ -25,12 +25,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
-from .fileio import atomic_write_text, check_output_folder, mark_output_folder
+from .fileio import _umask, atomic_write_text, check_output_folder, mark_output_folder
 from .progress import progress_enabled
 from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .triton import TritonOptions
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DeployResult:
     triton: dict[str, Any] | None = None
     latency_load: dict[str, float | None] = field(default_factory=dict)  # 1-minute load average before/after
     environment: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # dynet_deploy.provenance.provenance()
     notes: list[str] = field(default_factory=list)
     passed: bool = True
 
@@ -83,6 +87,7 @@ class DeployResult:
             "triton": self.triton,
             "artifacts": self.artifacts,
             "environment": self.environment,
+            "provenance": self.provenance,
             "notes": self.notes,
         }
 
@@ -96,8 +101,7 @@ def run_deploy(
     dataset: str | None = None,
     limit: int | None = None,
     threads: int | None = None,
-    op_library_dir: str | None = None,
-    plugin_library_dir: str | None = None,
+    triton_options: TritonOptions | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> DeployResult:
@@ -105,12 +109,14 @@ def run_deploy(
 
     ``dataset`` / ``limit`` override the recipe's data set and sample count; ``threads`` its latency threads
     (also used for PyTorch and onnxruntime throughout). ``force`` replaces an existing non-empty ``out_dir``.
+    ``triton_options``: how the Triton repository is served (:class:`dynet_deploy.triton.TritonOptions`).
     """
     out = Path(out_dir) if out_dir is not None else Path("out") / recipe.name
     _check_destination(out, force, recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        os.chmod(stage, 0o777 & ~_umask())  # the folder is read by other users and services, as any the user makes
         mark_output_folder(stage, "deploy")  # a later --force may replace this folder, and only such folders
         result = _deploy_into(
             stage,
@@ -120,8 +126,7 @@ def run_deploy(
             dataset=dataset,
             limit=limit,
             threads=threads,
-            op_library_dir=op_library_dir,
-            plugin_library_dir=plugin_library_dir,
+            triton_options=triton_options,
             progress=progress,
             log=log,
         )
@@ -145,16 +150,42 @@ def check_deploy_flags(recipe: Recipe, args: Any) -> None:
         )
     if not args.triton:
         refuse_unused_flags(
-            (("--op-library-dir", args.op_library_dir is not None), ("--plugin-dir", args.plugin_dir is not None)),
-            "library folders are written into the Triton repository only; add --triton",
+            (
+                ("--op-library-dir", args.op_library_dir is not None),
+                ("--plugin-dir", args.plugin_dir is not None),
+                ("--copy-op-library", bool(getattr(args, "copy_op_library", False))),
+                ("--instance-kind", getattr(args, "instance_kind", None) is not None),
+                ("--gpu-accelerator", getattr(args, "gpu_accelerator", None) is not None),
+            ),
+            "these flags shape the Triton repository only; add --triton",
             RecipeError,
         )
     check_library_dir(args.op_library_dir, "--op-library-dir", RecipeError)
     check_library_dir(args.plugin_dir, "--plugin-dir", RecipeError)
+    if args.triton:
+        from .errors import TritonError
+
+        try:
+            triton_options(args).check()
+        except TritonError as exc:
+            raise RecipeError(str(exc)) from None
     if args.threads is not None:
         check_threads(args.threads, RecipeError, "--threads")
     else:
         check_threads(recipe.latency.threads, RecipeError, f"recipe {recipe.path or recipe.name}: latency.threads")
+
+
+def triton_options(args: Any) -> TritonOptions:
+    """The command line's Triton flags as TritonOptions."""
+    from .triton import TritonOptions
+
+    return TritonOptions(
+        op_library_dir=args.op_library_dir,
+        plugin_library_dir=args.plugin_dir,
+        copy_op_library=bool(getattr(args, "copy_op_library", False)),
+        instance_kind=getattr(args, "instance_kind", None) or "cpu",
+        gpu_accelerator=getattr(args, "gpu_accelerator", None) or "cuda",
+    )
 
 
 def _check_destination(out: Path, force: bool, recipe: Recipe) -> None:
@@ -235,6 +266,7 @@ class _Deployment:
     model: Any = None
     name: str = ""
     ckpt: Path | None = None
+    ckpt_config: dict[str, Any] = field(default_factory=dict)
     base_ckpt: Path | None = None
     trained_on: str | None = None
     portable: Path | None = None
@@ -277,8 +309,7 @@ def _deploy_into(
     dataset: str | None,
     limit: int | None,
     threads: int | None,
-    op_library_dir: str | None,
-    plugin_library_dir: str | None,
+    triton_options: TritonOptions | None,
     progress: bool | None,
     log: Callable[[str], None],
 ) -> DeployResult:
@@ -299,8 +330,9 @@ def _deploy_into(
     _step_accuracy_parity(run, dataset, limit)
     _step_latency(run)
     if triton:
-        _step_triton(run, op_library_dir, plugin_library_dir)
+        _step_triton(run, triton_options)
     res.artifacts = _artifacts(stage)
+    res.provenance = _provenance(run)
     atomic_write_text(stage / "report.json", json.dumps(res.to_dict(), indent=2, default=float) + "\n")
     atomic_write_text(stage / "report.txt", format_report(res) + "\n")
     return res
@@ -325,6 +357,7 @@ def _step_checkpoint(run: _Deployment) -> None:
             f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
             f"checkpoint's model takes {in_chans}; fix 'input_shape'"
         )
+    run.ckpt_config = cfg
     run.trained_on = (cfg.get("metadata") or {}).get("dataset")
     atomic_write_text(run.stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
     args = json.dumps(cfg.get("model_args", {}), sort_keys=True)
@@ -334,10 +367,12 @@ def _step_checkpoint(run: _Deployment) -> None:
 def _step_export(run: _Deployment) -> None:
     """The portable graph and the form that fuse rewrites."""
     from .export import export_onnx
+    from .model_card import serving_metadata
 
     run.start()
     recipe = run.recipe
     c, h, w = recipe.input_shape
+    serving = serving_metadata(run.ckpt_config, run.model)
     run.portable = run.stage / "model.onnx"
     kernel_form = run.stage / "model.kernel.onnx"
     described = []
@@ -350,6 +385,7 @@ def _step_export(run: _Deployment) -> None:
             dynamic_batch=form.dynamic,
             opset=recipe.opset,
             model_name=run.name,
+            metadata=serving,
         )
         described.append(f"{path.name} ({form.form} form, batch {'dynamic' if form.dynamic else form.batch})")
     run.step("export", "done", ", ".join(described))
@@ -609,29 +645,36 @@ def _step_latency(run: _Deployment) -> None:
     )
 
 
-def _step_triton(run: _Deployment, op_library_dir: str | None, plugin_library_dir: str | None) -> None:
+def _step_triton(run: _Deployment, options: TritonOptions | None) -> None:
     """A Triton Inference Server model repository of the fused graph (and the fp32 engine)."""
-    from .triton import write_model_repository
+    import dataclasses
+
+    from .triton import TritonOptions, write_model_repository
 
     run.start()
     recipe = run.recipe
     assert run.fused is not None
+    options = options or TritonOptions()
+    if options.copy_op_library and options.served_path is None:  # the config names the copy where it will be
+        options = dataclasses.replace(options, served_path=os.path.abspath(run.out / "triton"))
     repo = write_model_repository(
         run.stage / "triton",
         recipe.name,
         run.fused,
         run.engines.get("fp32"),
         max_batch_size=recipe.profile.max,
-        preferred_batch_sizes=sorted({recipe.profile.opt, recipe.profile.max}),
         engine_skipped_reason=run.engine_skip_reason or "no fp32 engine in the recipe",
-        op_library_dir=op_library_dir,
-        plugin_library_dir=plugin_library_dir,
+        options=options,
     )
     run.res.triton = {
         "repository": "triton",
         "models": sorted(repo.models),
         "skipped": repo.skipped,
         "op_library": repo.op_library,
+        "op_library_copied": repo.op_library_copied,
+        "instance_kind": options.instance_kind,
+        "gpu_accelerator": options.gpu_accelerator if options.instance_kind == "gpu" else None,
+        "parameters": repo.parameters,
         "plugin_library": repo.plugin_library,
         "launch": repo.launch_command.replace(str(run.stage), str(run.out)),
     }
@@ -669,6 +712,15 @@ def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] 
         path = stage / ("model.engine" if prec == "fp32" else f"model.{prec}.engine")
         engines[prec] = tensorrt.prepare(fused, path, batch=recipe.profile.as_tuple(), precision=prec)
     return engines
+
+
+def _provenance(run: _Deployment) -> dict[str, Any]:
+    """The tool, the checkpoint, the deployed graphs and engines (at their final paths), the op library, runtimes."""
+    from .provenance import provenance
+
+    assert run.portable is not None and run.fused is not None
+    files = [run.portable, run.fused, *run.engines.values()]
+    return provenance(run.ckpt, [(p, run.out / p.relative_to(run.stage)) for p in files])
 
 
 def _artifacts(folder: Path) -> list[dict[str, Any]]:
@@ -728,6 +780,8 @@ def format_report(res: DeployResult) -> str:
     if res.triton:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]
+        copied = " (a copy inside the repository)" if res.triton.get("op_library_copied") else ""
+        lines.append(f"op library: {res.triton['op_library']}{copied}")
         lines.append(f"serve: {res.triton['launch']}")
         bare = [
             lib
@@ -739,4 +793,12 @@ def format_report(res: DeployResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DeployResult", "Step", "check_deploy_flags", "format_report", "format_tables", "run_deploy"]
+__all__ = [
+    "DeployResult",
+    "Step",
+    "check_deploy_flags",
+    "format_report",
+    "format_tables",
+    "run_deploy",
+    "triton_options",
+]

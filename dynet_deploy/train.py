@@ -368,6 +368,9 @@ def save_training_outputs(
     if bad:
         raise TrainError(f"refusing to save: {len(bad)} weight tensor(s) hold NaN/Inf ({', '.join(bad[:3])})")
     weights = save_checkpoint(result.model, out_path, metadata=meta)
+    from .provenance import provenance
+
+    report["provenance"] = provenance(weights)
     report_path = Path(report_path)
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n", CheckpointError)
     return weights, report_path

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 
+import onnx
 import pytest
+from triton_serving import shared_folder
 
+from dynet_deploy import __version__
 from dynet_deploy.backends.tensorrt import tensorrt_available
 from dynet_deploy.cli import main
 from dynet_deploy.recipe import bundled_recipe_path, load_recipe
@@ -28,11 +33,18 @@ def _recipe(tmp_path, **changes):
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("deploy")
+def deployed():
+    # in a folder a server running as another user can enter (pytest's own are 0700), with the op library copied
+    # into the Triton repository
+    tmp = shared_folder("dynet-deploy-tests-")
     out = tmp / "out"
-    rc = main(["deploy", str(_recipe(tmp)), "-o", str(out), "--triton", "--limit", "96"])
-    return rc, out, json.loads((out / "report.json").read_text())
+    old = os.umask(0o022)
+    try:
+        rc = main(["deploy", str(_recipe(tmp)), "-o", str(out), "--triton", "--copy-op-library", "--limit", "96"])
+    finally:
+        os.umask(old)
+    yield rc, out, json.loads((out / "report.json").read_text())
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_deploy_writes_every_artifact(deployed):
@@ -101,9 +113,79 @@ def test_triton_repository_configs_parse(deployed):
     cfg = configs["dy_resnet18_fmnist_onnxruntime"]
     assert cfg.max_batch_size == report["recipe"]["profile"]["max"]
     assert list(cfg.input[0].dims) == [1, 28, 28] and list(cfg.output[0].dims) == [10]
-    assert list(cfg.model_operations.op_library_filename) == ["libdynet_dynamic_conv_ort.so"]
+    copy = out / "triton" / "dy_resnet18_fmnist_onnxruntime" / "libdynet_dynamic_conv_ort.so"
+    assert list(cfg.model_operations.op_library_filename) == [str(copy.absolute())] == [report["triton"]["op_library"]]
+    assert copy.is_file() and report["triton"]["op_library_copied"] is True
+    assert list(cfg.dynamic_batching.preferred_batch_size) == []  # Triton's documented defaults
+    assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_CPU
     if not report["engines"]:
         assert "dy_resnet18_fmnist_tensorrt" in report["triton"]["skipped"]
+    # the bundled checkpoint's normalisation and classes, in the configs and in the graph the repository serves
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert json.loads(params["dynet_deploy.mean"]) == [0.286] and json.loads(params["dynet_deploy.std"]) == [0.353]
+    assert json.loads(params["dynet_deploy.classes"])[:2] == ["T-shirt/top", "Trouser"]
+    assert params["dynet_deploy.num_classes"] == "10" and params["dynet_deploy.dataset"] == "fashion-mnist"
+    assert params == report["triton"]["parameters"]
+    graph = onnx.load(str(out / "triton" / "dy_resnet18_fmnist_onnxruntime" / "1" / "model.onnx"))
+    assert {p.key: p.value for p in graph.metadata_props if p.key in params} == params
+    assert graph.producer_name == "dynet-deploy" and graph.producer_version == __version__
+
+
+def test_report_provenance(deployed):
+    """The tool, the checkpoint and the deployed graphs with their sha256, the op library with its sha256 and ABI
+    version, the runtimes; and every ONNX in the folder names the tool as its producer."""
+    import onnxruntime
+    import torch
+
+    from dynet_deploy.op.native import ABI_VERSION, ORT_LIBRARY, find_library
+
+    _, out, report = deployed
+    prov = report["provenance"]
+    assert prov["tool"] == {"name": "dynet-deploy", "version": __version__}
+    ckpt = load_recipe(bundled_recipe_path()).checkpoint_path()
+    assert prov["checkpoint"]["path"] == str(ckpt.absolute())
+    assert prov["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert prov["checkpoint"]["config"]["sha256"] == hashlib.sha256(ckpt.with_suffix(".json").read_bytes()).hexdigest()
+    models = {m["path"]: m["sha256"] for m in prov["models"]}
+    expected = ["model.onnx", "model.plugin.onnx", *report["engines"].values()]
+    assert models == {str((out / n).absolute()): hashlib.sha256((out / n).read_bytes()).hexdigest() for n in expected}
+    lib = find_library(ORT_LIBRARY)
+    assert prov["op_library"]["path"] == str(lib.resolve()) and prov["op_library"]["abi_version"] == ABI_VERSION
+    assert prov["op_library"]["sha256"] == hashlib.sha256(lib.read_bytes()).hexdigest()
+    assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["onnxruntime"] == onnxruntime.__version__
+    for path in out.rglob("*.onnx"):
+        m = onnx.load(str(path), load_external_data=False)
+        assert (m.producer_name, m.producer_version) == ("dynet-deploy", __version__), path
+
+
+def test_deploy_folder_gets_the_umasks_permissions(deployed):
+    _, out, _ = deployed
+    for p in [out, *out.rglob("*")]:
+        mode = p.stat().st_mode & 0o777
+        if p.is_dir():
+            assert mode == 0o755, p
+        elif p.suffix != ".so":
+            assert mode == 0o644, p
+
+
+def test_deploy_triton_repository_serves_as_written_as_another_user(deployed):
+    """The repository deploy wrote, loaded as Triton's onnxruntime backend does by another user (see
+    tests/triton_serving.py): a batch of max_batch_size matches the PyTorch model."""
+    import numpy as np
+    import torch
+    from triton_serving import other_user_command, serve_as_written
+
+    from dynet_deploy.checkpoint import load_checkpoint
+
+    prefix, why = other_user_command()
+    if prefix is None:
+        pytest.skip(f"cannot run the server's side as another user: {why}")
+    _, out, report = deployed
+    x = np.random.default_rng(4).standard_normal((report["recipe"]["profile"]["max"], 1, 28, 28), dtype=np.float32)
+    y = serve_as_written(out / "triton" / "dy_resnet18_fmnist_onnxruntime", x)
+    with torch.no_grad():
+        ref = load_checkpoint(load_recipe(bundled_recipe_path()).checkpoint_path())(torch.from_numpy(x)).numpy()
+    assert y.shape == ref.shape and float(np.abs(y - ref).max()) <= 1e-4
 
 
 @pytest.mark.slow
@@ -176,20 +258,14 @@ def test_triton_onnx_model_runs_with_the_library_its_config_names(deployed):
     import torch
 
     from dynet_deploy.checkpoint import load_checkpoint
-    from dynet_deploy.op.native import find_library
     from dynet_deploy.triton import parse_config
 
     _, out, report = deployed
     folder = out / "triton" / "dy_resnet18_fmnist_onnxruntime"
     cfg = parse_config((folder / "config.pbtxt").read_text())
-    libs = [
-        find_library(name) for name in cfg.model_operations.op_library_filename
-    ]  # LD_LIBRARY_PATH's job on a server
-    if None in libs:
-        pytest.skip(f"{list(cfg.model_operations.op_library_filename)} not built (make plugins)")
     so = ort.SessionOptions()
-    for lib in libs:
-        so.register_custom_ops_library(str(lib))
+    for lib in cfg.model_operations.op_library_filename:
+        so.register_custom_ops_library(lib)  # as written: the backend resolves nothing
     sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), so, providers=["CPUExecutionProvider"])
     batch = cfg.max_batch_size
     x = np.random.default_rng(3).standard_normal((batch, *cfg.input[0].dims), dtype=np.float32)
@@ -199,3 +275,22 @@ def test_triton_onnx_model_runs_with_the_library_its_config_names(deployed):
         ref = load_checkpoint(load_recipe(bundled_recipe_path()).checkpoint_path())(torch.from_numpy(x)).numpy()
     rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
     assert np.abs(y - ref).max() <= 1e-4 and rel <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--copy-op-library"], "--copy-op-library does not apply: .* add --triton"),
+        (["--instance-kind", "gpu"], "--instance-kind does not apply: .* add --triton"),
+        (["--triton", "--gpu-accelerator", "tensorrt"], "runs on GPU instances; add --instance-kind gpu"),
+        (["--triton", "--copy-op-library", "--op-library-dir", "/opt/lib"], "give one of them"),
+        (["--triton", "--plugin-dir", "trt/lib"], "--plugin-dir 'trt/lib' is relative"),
+    ],
+)
+def test_triton_flags_are_checked_before_any_work(tmp_path, capsys, flags, words):
+    import re
+
+    rc = main(["deploy", str(_recipe(tmp_path)), "-o", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error (recipe): ") and re.search(words, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]

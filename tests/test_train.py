@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -96,6 +97,10 @@ def test_checkpoint_and_report_round_trip(tiny_run, tmp_path):
     assert report["test_top1"] == tiny_run.test_top1 and report["epochs"] == 1
     assert report["params"] == sum(p.numel() for p in tiny_run.model.parameters())
     assert report["mflops_total"] > report["mflops_conv_linear"] > 0  # the Dy model has CPM + fusion overhead
+    prov = report["provenance"]  # what made the checkpoint, and the checkpoint's own sha256
+    assert prov["tool"]["name"] == "dynet-deploy" and prov["versions"]["torch"] == torch.__version__
+    assert prov["checkpoint"]["path"] == str(weights.absolute())
+    assert prov["checkpoint"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_one_cycle_schedule_warms_up_then_decays_to_zero():

@@ -24,10 +24,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--op-library-dir",
         metavar="DIR",
-        help="with --triton: where the onnxruntime op library is installed on the server (default: "
-        "name it bare, found on LD_LIBRARY_PATH)",
+        help="with --triton: the absolute folder where the onnxruntime op library is installed on the server "
+        "(default: the library's absolute path on this machine)",
     )
-    p.add_argument("--plugin-dir", metavar="DIR", help="with --triton: where the TensorRT plugin library is installed")
+    p.add_argument(
+        "--copy-op-library",
+        action="store_true",
+        help="with --triton: copy the op library into the onnxruntime model's folder and name that copy, at the "
+        "repository's absolute path, in config.pbtxt",
+    )
+    p.add_argument(
+        "--plugin-dir",
+        metavar="DIR",
+        help="with --triton: the absolute folder where the TensorRT plugin library is installed on the server",
+    )
+    p.add_argument(
+        "--instance-kind",
+        choices=("cpu", "gpu"),
+        help="with --triton: run the onnxruntime model on CPU instances (default) or GPU instances",
+    )
+    p.add_argument(
+        "--gpu-accelerator",
+        choices=("cuda", "tensorrt"),
+        help="with --instance-kind gpu: onnxruntime's CUDA execution provider (default) or its TensorRT one, "
+        "which loads the TensorRT plugin library",
+    )
     p.add_argument("--dataset", choices=["fashion-mnist", "digits", "auto"], help="override the recipe's data set")
     p.add_argument("--limit", type=int, help="use only the first N samples of the data set")
     p.add_argument(
@@ -42,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from polygraphy.logger import G_LOGGER
 
-    from ..deploy import check_deploy_flags, format_report, run_deploy
+    from ..deploy import check_deploy_flags, format_report, run_deploy, triton_options
     from ..errors import RecipeError
     from ..recipe import load_recipe
 
@@ -59,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         limit=args.limit,
         threads=args.threads,
-        op_library_dir=args.op_library_dir,
-        plugin_library_dir=args.plugin_dir,
+        triton_options=triton_options(args) if args.triton else None,
     )
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=float))

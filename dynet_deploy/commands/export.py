@@ -65,6 +65,15 @@ def register(subparsers) -> None:
         "--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width (default: the zoo entry's)"
     )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check on a random input")
+    p.add_argument(
+        "--save-checkpoint",
+        metavar="PATH",
+        help="with --model and no CKPT: also save the random weights as PATH (.safetensors, its .json beside it), the "
+        "checkpoint validate and deploy read, so the exported graph can be validated; written after the check passes",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --save-checkpoint: replace an existing checkpoint at PATH"
+    )
     p.set_defaults(func=run)
 
 
@@ -146,6 +155,7 @@ def run(args) -> int:
             f"--opset {args.opset} is newer than the {args.exporter} exporter of this PyTorch writes "
             f"(at most {_max_opset(args.exporter)}); use --opset 17 (the default)"
         )
+    _check_save_checkpoint(args)
     net, name, zoo_args, source = load_model(args.ckpt, args.model, args.model_args)
     info = model_info(name) if name else None
     if source.startswith("randomly"):
@@ -176,6 +186,7 @@ def run(args) -> int:
         opset=args.opset,
         model_name=name,
         model_args=zoo_args,
+        metadata=_serving_metadata(args.ckpt, net, zoo_args),
     )
     print(f"exported {name or 'model'} ({source})")
     print(report.summary())
@@ -213,4 +224,52 @@ def run(args) -> int:
                 f"the exported graph failed its check and was removed: {'; '.join(failures)} "
                 f"(--no-check keeps an unchecked graph)"
             )
+    if args.save_checkpoint:
+        from ..checkpoint import save_checkpoint
+
+        meta = {"weights": "random (dynet-deploy export --model)", "input_size": list(size), "in_chans": in_chans}
+        weights = save_checkpoint(net, args.save_checkpoint, model_name=name, model_args=zoo_args, metadata=meta)
+        print(f"saved the random weights: {weights} and {weights.with_suffix('.json')}")
     return 0
+
+
+def _check_save_checkpoint(args) -> None:
+    """Before anything is loaded: --save-checkpoint applies to random weights only, and replaces only with --force."""
+    from ..errors import ExportError
+    from ..guards import refuse_unused_flags
+
+    if not args.save_checkpoint:
+        refuse_unused_flags((("--force", args.force),), "it replaces the checkpoint of --save-checkpoint", ExportError)
+        return
+    if args.ckpt:
+        raise ExportError(
+            f"--save-checkpoint saves randomly initialised weights, and {args.ckpt!r} already holds this model's "
+            "weights; drop --save-checkpoint (or CKPT, to export random weights)"
+        )
+    from ..checkpoint import checkpoint_output_paths
+    from ..errors import CheckpointError
+    from ..fileio import refuse_overwriting_inputs
+    from ..train import check_outputs_writable
+
+    try:
+        check_outputs_writable(args.save_checkpoint, None, force=args.force)
+    except CheckpointError as exc:
+        raise ExportError(f"--save-checkpoint: {exc}") from None
+    for path in checkpoint_output_paths(args.save_checkpoint):
+        refuse_overwriting_inputs(args.output, [path], ExportError, "-o")
+
+
+def _serving_metadata(ckpt: str | None, net, zoo_args: dict | None) -> dict[str, str]:
+    """The normalisation and classes the checkpoint records, for the graph's metadata (dynet_deploy.model_card)."""
+    from ..checkpoint import read_checkpoint_config
+    from ..errors import DynetDeployError
+    from ..model_card import serving_metadata
+
+    config: dict = {}
+    if ckpt:
+        try:
+            config = dict(read_checkpoint_config(ckpt))
+        except DynetDeployError:
+            config = {}
+    config["model_args"] = zoo_args or config.get("model_args") or {}
+    return serving_metadata(config, net)

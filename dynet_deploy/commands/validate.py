@@ -298,6 +298,9 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
 
     passed = report.passed and (ds_report is None or ds_report.passed)
     payload["passed"] = passed
+    from ..provenance import provenance
+
+    payload["provenance"] = provenance(args.checkpoint, [model_path])
     nan_ref = sum(c.reference_non_finite for c in report.checks) + (ds_report.reference_non_finite if ds_report else 0)
     nan_out = sum(c.non_finite for c in report.checks) + (ds_report.non_finite if ds_report else 0)
     if passed:

@@ -35,6 +35,7 @@ def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul"
     import onnx
 
     from ..fileio import atomic_path
+    from ..provenance import stamp_producer
     from .exporter import export_onnx, get_metadata, set_metadata
 
     if form not in DY_FORMS:
@@ -72,6 +73,7 @@ def export_deploy_onnx(model: nn.Module, path, input_shape, form: str = "matmul"
                 "kept the matmul form, where isolated blocked convs cost more in layout changes than they save"
             )
     set_metadata(proto, {**get_metadata(proto), **meta})
+    stamp_producer(proto)
     with atomic_path(report.path, ExportError) as tmp:
         onnx.save(proto, str(tmp))
     report.form = form

@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import ExportError, summarise
 from ..fileio import atomic_path, check_output_path
 from ..graph import MIN_OPSET
+from ..provenance import stamp_producer
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ def export_onnx(
     opset: int = MIN_OPSET,
     model_name: str | None = None,
     model_args: dict | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``path`` (weights embedded, written atomically).
 
@@ -254,6 +256,8 @@ def export_onnx(
         dynamic_hw: symbolic H and W (segmentation models).
         exporter: ``"torchscript"`` (``dynamo=False``) or ``"dynamo"``.
         opset: at least 17; the dynamo exporter emits at least 18.
+        metadata: more ``metadata_props`` entries (the normalisation and classes of
+            :func:`dynet_deploy.model_card.serving_metadata`).
     """
     import onnx
     import torch
@@ -329,8 +333,9 @@ def export_onnx(
         meta[META_MODEL_ARGS] = json.dumps(
             model_args if model_args is not None else getattr(model, "zoo_kwargs", {}), sort_keys=True
         )
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     set_metadata(proto, meta)
-    proto.producer_name = "dynet-deploy"
+    stamp_producer(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:

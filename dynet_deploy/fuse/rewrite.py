@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from ..errors import FuseError, summarise
 from ..fileio import atomic_path, check_output_path
 from ..graph import load_onnx
 from ..op.spec import OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, Activation, attributes, gs_attributes
+from ..provenance import stamp_producer
 from .dynamic_batch import _dim0, make_batch_dynamic
 from .graph import _const, _NoMatch, infer_shapes
 from .matchers import _feature_form_chain, _Match, _match_feature_form, _match_kernel_form
@@ -260,6 +260,7 @@ def fuse_dynamic_convs(
     except Exception as exc:
         raise FuseError(f"the fused graph fails onnx.checker / shape inference: {str(exc)[:400]}") from None
     if out_path is not None:
+        stamp_producer(out)
         with atomic_path(out_path, FuseError) as tmp:
             onnx.save(out, str(tmp))
         report.path = Path(out_path)
@@ -282,13 +283,10 @@ def _static_batch(proto) -> int | None:
 
 
 def _write_unchanged(model_or_path, proto, out_path) -> Path:
+    """A graph without dynamic convs, written as it was read (weights embedded), naming this tool its producer."""
     import onnx
 
-    src = None if not isinstance(model_or_path, (str, Path)) else Path(model_or_path)
-    uses_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     with atomic_path(out_path, FuseError) as tmp:
-        if src is not None and not uses_external and src.resolve() != Path(out_path).resolve():
-            shutil.copyfile(src, tmp)
-        else:
-            onnx.save(proto, str(tmp))
+        stamp_producer(proto)
+        onnx.save(proto, str(tmp))
     return Path(out_path)

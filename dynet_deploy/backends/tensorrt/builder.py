@@ -20,6 +20,7 @@ from typing import Sequence
 from ...errors import BuildError
 from ...fileio import atomic_path, atomic_write_bytes
 from ...op.spec import OP_TYPE as PLUGIN_OP
+from ...provenance import stamp_producer
 from .loader import import_tensorrt, load_plugin_library, trt_major
 
 # ---- fp16 ONNX ------------------------------------------------------------------------------------------------
@@ -52,6 +53,7 @@ def convert_onnx_to_fp16(src, dst=None, keep_io_types: bool = True):
     except onnx.checker.ValidationError as exc:
         raise BuildError(f"the fp16 ONNX does not pass onnx.checker: {exc}") from exc
     if dst is not None:
+        stamp_producer(converted)
         atomic_write_bytes(dst, converted.SerializeToString(), BuildError)
     return converted
 

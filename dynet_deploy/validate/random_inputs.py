@@ -68,15 +68,14 @@ class GraphInput:
     shape: list[int | str | None]  # str/None: symbolic
     dtype: np.dtype
     output_names: list[str]
+    # The precision the graph computes in (dynet_deploy.precision.graph_precision): fp16 for an fp16-math graph
+    # with fp32 inputs and outputs too.
+    precision: str = "fp32"
 
     @property
     def fixed_batch(self) -> int | None:
         d = self.shape[0]
         return d if isinstance(d, int) and d > 0 else None
-
-    @property
-    def precision(self) -> str:
-        return "fp16" if self.dtype == np.float16 else "fp32"
 
 
 def read_graph_input(onnx_path: str | Path) -> GraphInput:
@@ -96,7 +95,9 @@ def read_graph_input(onnx_path: str | Path) -> GraphInput:
     if len(shape) != 4:
         raise ValidationError(f"input {inputs[0].name!r} has rank {len(shape)}; an NCHW image input has rank 4")
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
-    return GraphInput(inputs[0].name, shape, dtype, [o.name for o in model.graph.output])
+    from ..precision import graph_precision
+
+    return GraphInput(inputs[0].name, shape, dtype, [o.name for o in model.graph.output], graph_precision(model))
 
 
 def _reference_runner(model, graph: GraphInput):
@@ -131,17 +132,22 @@ def validate_random(
     tolerance: Tolerance | None = None,
     model_name: str = "",
     graph_onnx: str | Path | None = None,
+    precision: str | None = None,
 ) -> RandomReport:
     """Compare ``model`` (PyTorch, eval) with the graph at ``model_path`` on fresh random inputs.
 
     ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
+    ``precision``: the precision whose tolerance applies when ``tolerance`` is None (default: the graph's own,
+    :func:`dynet_deploy.precision.graph_precision`).
     """
     from polygraphy import json as pjson
     from polygraphy.comparator import Comparator, CompareFunc, RunResults
 
     model_path = Path(model_path)
     graph = read_graph_input(graph_onnx or model_path)
-    precision = graph.precision
+    precision = precision or graph.precision
+    if precision not in TOLERANCES:
+        raise ValidationError(f"precision {precision!r}: choose one of {', '.join(TOLERANCES)}")
     tol = tolerance or TOLERANCES[precision]
     if graph.fixed_batch is not None:
         batches = [graph.fixed_batch]

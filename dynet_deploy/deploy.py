@@ -196,7 +196,8 @@ class RandomParity:
     rel: float
     tolerance: dict[str, float]
     passed: bool
-    replay: str
+    replay: str  # a command that replays the check on this machine
+    replay_tensorrt: str = ""  # the same check on TensorRT, where it is present
 
     def describe(self) -> str:
         return f"max-abs {self.max_abs:.2e}  rel {self.rel:.2e}"
@@ -424,6 +425,7 @@ def _step_validate_random(run: _Deployment) -> None:
                 tolerance={"max_abs": tol.max_abs, "rel": tol.rel},
                 passed=rep.passed,
                 replay=rep.replay_command.replace(str(run.stage), str(run.out)),
+                replay_tensorrt=rep.replay_tensorrt.replace(str(run.stage), str(run.out)),
             )
         )
         res.passed &= rep.passed
@@ -723,8 +725,11 @@ def format_report(res: DeployResult) -> str:
         lines.append(f"{a['path']:<48} {a['bytes']:>12,d} B  sha256 {a['sha256'][:16]}")
     replays = [p for p in res.parity if isinstance(p, RandomParity) and p.replay]
     if replays:
-        lines += ["", "== replay the random-input checks by hand (Polygraphy)"]
-        lines += [f"{p.graph}: {p.replay}" for p in replays]
+        lines += ["", "== replay the random-input checks by hand"]
+        for p in replays:
+            lines.append(f"{p.graph}: {p.replay}")
+            if p.replay_tensorrt:
+                lines.append(f"{p.graph} (TensorRT): {p.replay_tensorrt}")
     if res.triton:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]

@@ -241,6 +241,8 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
     text = [f"== {name}: {model_path.name} on {args.backend} ({report.precision}), random inputs", report.table()]
     if report.replay_command:
         text.append("replay by hand:\n  " + report.replay_command)
+    if report.replay_tensorrt:
+        text.append("  " + report.replay_tensorrt)
 
     ds_report = None
     if args.dataset:

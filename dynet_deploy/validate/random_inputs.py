@@ -28,7 +28,8 @@ class RandomReport:
     batch_sizes: list[int]
     checks: list[OutputCheck] = field(default_factory=list)
     polygraphy_passed: bool | None = None
-    replay_command: str = ""
+    replay_command: str = ""  # runs on this machine
+    replay_tensorrt: str = ""  # the same check on TensorRT, where TensorRT and its plugin library are present
     files: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -106,18 +107,42 @@ def _reference_runner(model, graph: GraphInput):
     return TorchRunner(model, [graph.name], graph.output_names)
 
 
-def replay_command(
+def replay_commands(
     model_path: Path, backend: str, uses_plugin: bool, inputs_json: Path, ref_json: Path, tol: Tolerance
-) -> str:
-    """The ``polygraphy run`` command that replays the check by hand."""
+) -> list[str]:
+    """Commands that replay the check by hand; the first runs on this machine.
+
+    A portable graph replays in ``polygraphy run --onnxrt``, an engine in ``polygraphy run --trt --plugins``. A fused
+    graph on onnxruntime replays in ``dynet-deploy run --load-outputs`` (Polygraphy's --onnxrt cannot load the op
+    library), at the same max-abs and relative bounds as the check; where TensorRT and its plugin library are present,
+    a second command replays it on TensorRT.
+    """
     from ..backends import get_backend
 
     q = shlex.quote
     atol, rtol = tol.polygraphy()
     tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {atol:g} --rtol {rtol:g}"
-    args, note = get_backend(backend).replay_args(uses_plugin)
-    cmd = f"polygraphy run {q(str(model_path))} {' '.join(args)} {tail}"
-    return cmd + (f"   # {note}" if note else "")
+    impl = get_backend(backend)
+    commands = []
+    args, note = impl.replay_args(uses_plugin)
+    if args:
+        commands.append(
+            f"polygraphy run {q(str(model_path))} {' '.join(args)} {tail}" + (f"   # {note}" if note else "")
+        )
+    elif impl.artifact_is_graph:
+        commands.append(
+            f"dynet-deploy run {q(str(model_path))} --inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} "
+            f"--atol {tol.max_abs:g} --rtol {tol.rel:g}"
+        )
+    if impl.artifact_is_graph and uses_plugin:
+        trt = get_backend("tensorrt")
+        if trt.availability():
+            trt_args, _ = trt.replay_args(True)
+            if trt_args:
+                commands.append(
+                    f"polygraphy run {q(str(model_path))} {' '.join(trt_args)} {tail}   # the same graph on TensorRT"
+                )
+    return commands
 
 
 def validate_random(
@@ -224,5 +249,7 @@ def validate_random(
         with atomic_path(ref_json, ValidationError) as tmp:
             reference.save(str(tmp))
         report.files = {"inputs": str(inputs_json), "reference": str(ref_json)}
-        report.replay_command = replay_command(model_path, backend, session.uses_plugin, inputs_json, ref_json, tol)
+        commands = replay_commands(model_path, backend, session.uses_plugin, inputs_json, ref_json, tol)
+        report.replay_command = commands[0] if commands else ""
+        report.replay_tensorrt = next((c for c in commands[1:] if " --trt " in c), "")
     return report

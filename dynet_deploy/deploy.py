@@ -4,7 +4,8 @@
 behind ``dynet-deploy export|fuse|build|validate|bench``) and writes into ``out_dir``:
 
 - ``model.onnx`` (portable graph), ``model.kernel.onnx`` (the form ``fuse`` rewrites), ``model.plugin.onnx``
-  (fused); ``model.engine`` (and ``model.fp16.engine``) where TensorRT is present, else the step is skipped with
+  (fused), ``model.plugin.fp16.onnx`` (fused, fp16 math, fp32 I/O; checked on onnxruntime) where the recipe lists
+  fp16; ``model.engine`` (and ``model.fp16.engine``) where TensorRT is present, else the step is skipped with
   the reason; ``baseline.onnx`` when the recipe names a latency baseline;
 - ``validate/<graph>/inputs.json`` + ``reference.json`` (Polygraphy's formats, replayable by hand);
 - ``triton/`` with ``triton=True``: a Triton Inference Server model repository (:mod:`dynet_deploy.triton`);
@@ -240,6 +241,7 @@ class _Deployment:
     trained_on: str | None = None
     portable: Path | None = None
     fused: Path | None = None
+    fused_fp16: Path | None = None  # the fused graph in fp16 (fp32 I/O), where the recipe lists fp16
     engines: dict[str, Path] = field(default_factory=dict)
     engine_skip_reason: str = ""
     images: Any = None
@@ -260,6 +262,8 @@ class _Deployment:
         """(artifact, backend, precision) of every graph and engine that is checked against PyTorch."""
         assert self.portable is not None and self.fused is not None
         rows = [(self.portable, "onnxruntime", "fp32"), (self.fused, "onnxruntime", "fp32")]
+        if self.fused_fp16 is not None:
+            rows.append((self.fused_fp16, "onnxruntime", "fp16"))
         return rows + [(path, "tensorrt", prec) for prec, path in self.engines.items()]
 
     def graph_onnx(self, backend: str) -> Path | None:
@@ -365,15 +369,35 @@ def _step_fuse(run: _Deployment) -> None:
     report = fuse_dynamic_convs(run.stage / "model.kernel.onnx", run.fused)
     expected = count_dynamic_convs(run.model)
     ok = report.matched == expected and not report.left
+    fp16 = _fuse_fp16(run) if "fp16" in run.recipe.precisions else ""
     run.step(
         "fuse",
         "done" if ok else "failed",
         f"{report.matched} dynamic convs -> DyNetDynamicConv2d, {report.left} left (model has {expected}); "
-        f"batch {report.batch}",
+        f"batch {report.batch}" + (f"; {fp16}" if fp16 else ""),
     )
     if not ok:
         run.res.passed = False
         run.res.notes.append(f"fuse matched {report.matched} of {expected} dynamic convs")
+
+
+def _fuse_fp16(run: _Deployment) -> str:
+    """The recipe's fp16 on onnxruntime: the fused graph in fp16 math with fp32 I/O (`fuse --precision fp16`).
+
+    Returns what was done, or why it was skipped (also a note in the report)."""
+    from .errors import DynetDeployError
+    from .precision import convert_to_fp16
+
+    assert run.fused is not None
+    path = run.stage / "model.plugin.fp16.onnx"
+    try:
+        convert_to_fp16(run.fused, path, keep_io_types=True, error=DeployError)
+    except DynetDeployError as exc:
+        path.unlink(missing_ok=True)
+        run.res.notes.append(f"fp16 on onnxruntime skipped: {exc}")
+        return f"fp16 on onnxruntime skipped: {exc}"
+    run.fused_fp16 = path
+    return f"{path.name} (fp16, fp32 inputs and outputs) for onnxruntime"
 
 
 def _step_build(run: _Deployment) -> None:
@@ -413,6 +437,7 @@ def _step_validate_random(run: _Deployment) -> None:
             tolerance=tol,
             model_name=run.name,
             graph_onnx=run.graph_onnx(backend),
+            precision=prec,
         )
         rows.append(
             RandomParity(
@@ -430,12 +455,11 @@ def _step_validate_random(run: _Deployment) -> None:
         )
         res.passed &= rep.passed
     res.parity += rows
-    fp32 = recipe.tolerance("fp32")
+    tols = ", ".join(f"{prec} {t.max_abs:g} / {t.rel:g}" for prec, t in recipe.precisions.items())
     run.step(
         "validate (random inputs)",
         "done" if all(p.passed for p in rows) else "failed",
-        "; ".join(f"{p.graph}: max-abs {p.max_abs:.2e}, rel {p.rel:.2e}" for p in rows)
-        + f" (fp32 tolerance {fp32.max_abs:g} / {fp32.rel:g})",
+        "; ".join(f"{p.graph}: max-abs {p.max_abs:.2e}, rel {p.rel:.2e}" for p in rows) + f" (tolerance {tols})",
     )
 
 
@@ -504,6 +528,7 @@ def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | No
             model_name=run.name,
             reference_logits=ref_logits,
             graph_onnx=run.graph_onnx(backend),
+            precision=prec,
         )
         if target is not None:
             d.target_agreement = target
@@ -558,6 +583,8 @@ def _latency_runners(run: _Deployment, sample) -> dict[str, Callable[[], Any]]:
         f"{name} onnxruntime portable": backend_fn("onnxruntime", run.portable),
         f"{name} onnxruntime fused": backend_fn("onnxruntime", run.fused),
     }
+    if run.fused_fp16 is not None:
+        runners[f"{name} onnxruntime fused fp16"] = backend_fn("onnxruntime", run.fused_fp16)
     for prec, path in run.engines.items():
         runners[f"{name} tensorrt {prec}"] = backend_fn("tensorrt", path)
     if run.base_ckpt is not None:

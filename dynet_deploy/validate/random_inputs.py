@@ -1,7 +1,8 @@
 """Random inputs: fresh random inputs per batch size through PyTorch and the backend, compared with Polygraphy.
 
-Inputs and reference outputs are saved in Polygraphy's JSON formats so that the printed
-``polygraphy run ... --load-inputs ... --load-outputs ...`` command replays the check by hand."""
+Inputs and reference outputs are saved in Polygraphy's JSON formats so that the printed command
+(:func:`replay_commands`: ``polygraphy run ... --load-inputs ... --load-outputs ...``, or ``dynet-deploy run ...
+--load-outputs ...`` for a fused graph) replays the check by hand."""
 
 from __future__ import annotations
 

@@ -87,3 +87,13 @@ def test_validate_judges_an_fp16_graph_at_fp16_tolerance(fp16_graphs, tmp_path, 
     # asked for fp32's tolerance, the same graph fails
     assert main(["validate", str(ckpt), str(d / graph), "--out-dir", str(tmp_path), "--precision", "fp32"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_fuse_fp16_converts_an_already_fused_graph(fp16_graphs, tmp_path, capsys):
+    d, _, _ = fp16_graphs
+    assert main(["fuse", str(d / "m.onnx"), "-o", str(tmp_path / "m.plugin.onnx"), "-q"]) == 0
+    capsys.readouterr()
+    rc = main(["fuse", str(tmp_path / "m.plugin.onnx"), "-o", str(tmp_path / "m16.onnx"), "--precision", "fp16"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "already fused" in out and "converted as it is" in out
+    assert graph_precision(onnx.load(str(tmp_path / "m16.onnx"))) == "fp16"

@@ -4,7 +4,8 @@
 behind ``dynet-deploy export|fuse|build|validate|bench``) and writes into ``out_dir``:
 
 - ``model.onnx`` (portable graph), ``model.kernel.onnx`` (the form ``fuse`` rewrites), ``model.plugin.onnx``
-  (fused); ``model.engine`` (and ``model.fp16.engine``) where TensorRT is present, else the step is skipped with
+  (fused), ``model.plugin.fp16.onnx`` (fused, fp16 math, fp32 I/O; checked on onnxruntime) where the recipe lists
+  fp16; ``model.engine`` (and ``model.fp16.engine``) where TensorRT is present, else the step is skipped with
   the reason; ``baseline.onnx`` when the recipe names a latency baseline;
 - ``validate/<graph>/inputs.json`` + ``reference.json`` (Polygraphy's formats, replayable by hand);
 - ``triton/`` with ``triton=True``: a Triton Inference Server model repository (:mod:`dynet_deploy.triton`);
@@ -227,7 +228,8 @@ class RandomParity:
     rel: float
     tolerance: dict[str, float]
     passed: bool
-    replay: str
+    replay: str  # a command that replays the check on this machine
+    replay_tensorrt: str = ""  # the same check on TensorRT, where it is present
 
     def describe(self) -> str:
         return f"max-abs {self.max_abs:.2e}  rel {self.rel:.2e}"
@@ -271,6 +273,7 @@ class _Deployment:
     trained_on: str | None = None
     portable: Path | None = None
     fused: Path | None = None
+    fused_fp16: Path | None = None  # the fused graph in fp16 (fp32 I/O), where the recipe lists fp16
     engines: dict[str, Path] = field(default_factory=dict)
     engine_skip_reason: str = ""
     images: Any = None
@@ -291,6 +294,8 @@ class _Deployment:
         """(artifact, backend, precision) of every graph and engine that is checked against PyTorch."""
         assert self.portable is not None and self.fused is not None
         rows = [(self.portable, "onnxruntime", "fp32"), (self.fused, "onnxruntime", "fp32")]
+        if self.fused_fp16 is not None:
+            rows.append((self.fused_fp16, "onnxruntime", "fp16"))
         return rows + [(path, "tensorrt", prec) for prec, path in self.engines.items()]
 
     def graph_onnx(self, backend: str) -> Path | None:
@@ -400,15 +405,35 @@ def _step_fuse(run: _Deployment) -> None:
     report = fuse_dynamic_convs(run.stage / "model.kernel.onnx", run.fused)
     expected = count_dynamic_convs(run.model)
     ok = report.matched == expected and not report.left
+    fp16 = _fuse_fp16(run) if "fp16" in run.recipe.precisions else ""
     run.step(
         "fuse",
         "done" if ok else "failed",
         f"{report.matched} dynamic convs -> DyNetDynamicConv2d, {report.left} left (model has {expected}); "
-        f"batch {report.batch}",
+        f"batch {report.batch}" + (f"; {fp16}" if fp16 else ""),
     )
     if not ok:
         run.res.passed = False
         run.res.notes.append(f"fuse matched {report.matched} of {expected} dynamic convs")
+
+
+def _fuse_fp16(run: _Deployment) -> str:
+    """The recipe's fp16 on onnxruntime: the fused graph in fp16 math with fp32 I/O (`fuse --precision fp16`).
+
+    Returns what was done, or why it was skipped (also a note in the report)."""
+    from .errors import DynetDeployError
+    from .precision import convert_to_fp16
+
+    assert run.fused is not None
+    path = run.stage / "model.plugin.fp16.onnx"
+    try:
+        convert_to_fp16(run.fused, path, keep_io_types=True, error=DeployError)
+    except DynetDeployError as exc:
+        path.unlink(missing_ok=True)
+        run.res.notes.append(f"fp16 on onnxruntime skipped: {exc}")
+        return f"fp16 on onnxruntime skipped: {exc}"
+    run.fused_fp16 = path
+    return f"{path.name} (fp16, fp32 inputs and outputs) for onnxruntime"
 
 
 def _step_build(run: _Deployment) -> None:
@@ -448,6 +473,7 @@ def _step_validate_random(run: _Deployment) -> None:
             tolerance=tol,
             model_name=run.name,
             graph_onnx=run.graph_onnx(backend),
+            precision=prec,
         )
         rows.append(
             RandomParity(
@@ -460,16 +486,16 @@ def _step_validate_random(run: _Deployment) -> None:
                 tolerance={"max_abs": tol.max_abs, "rel": tol.rel},
                 passed=rep.passed,
                 replay=rep.replay_command.replace(str(run.stage), str(run.out)),
+                replay_tensorrt=rep.replay_tensorrt.replace(str(run.stage), str(run.out)),
             )
         )
         res.passed &= rep.passed
     res.parity += rows
-    fp32 = recipe.tolerance("fp32")
+    tols = ", ".join(f"{prec} {t.max_abs:g} / {t.rel:g}" for prec, t in recipe.precisions.items())
     run.step(
         "validate (random inputs)",
         "done" if all(p.passed for p in rows) else "failed",
-        "; ".join(f"{p.graph}: max-abs {p.max_abs:.2e}, rel {p.rel:.2e}" for p in rows)
-        + f" (fp32 tolerance {fp32.max_abs:g} / {fp32.rel:g})",
+        "; ".join(f"{p.graph}: max-abs {p.max_abs:.2e}, rel {p.rel:.2e}" for p in rows) + f" (tolerance {tols})",
     )
 
 
@@ -538,6 +564,7 @@ def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | No
             model_name=run.name,
             reference_logits=ref_logits,
             graph_onnx=run.graph_onnx(backend),
+            precision=prec,
         )
         if target is not None:
             d.target_agreement = target
@@ -592,6 +619,8 @@ def _latency_runners(run: _Deployment, sample) -> dict[str, Callable[[], Any]]:
         f"{name} onnxruntime portable": backend_fn("onnxruntime", run.portable),
         f"{name} onnxruntime fused": backend_fn("onnxruntime", run.fused),
     }
+    if run.fused_fp16 is not None:
+        runners[f"{name} onnxruntime fused fp16"] = backend_fn("onnxruntime", run.fused_fp16)
     for prec, path in run.engines.items():
         runners[f"{name} tensorrt {prec}"] = backend_fn("tensorrt", path)
     if run.base_ckpt is not None:
@@ -775,8 +804,11 @@ def format_report(res: DeployResult) -> str:
         lines.append(f"{a['path']:<48} {a['bytes']:>12,d} B  sha256 {a['sha256'][:16]}")
     replays = [p for p in res.parity if isinstance(p, RandomParity) and p.replay]
     if replays:
-        lines += ["", "== replay the random-input checks by hand (Polygraphy)"]
-        lines += [f"{p.graph}: {p.replay}" for p in replays]
+        lines += ["", "== replay the random-input checks by hand"]
+        for p in replays:
+            lines.append(f"{p.graph}: {p.replay}")
+            if p.replay_tensorrt:
+                lines.append(f"{p.graph} (TensorRT): {p.replay_tensorrt}")
     if res.triton:
         lines += ["", "== Triton Inference Server", f"models: {', '.join(res.triton['models'])}"]
         lines += [f"{k}: skipped ({v})" for k, v in res.triton["skipped"].items()]

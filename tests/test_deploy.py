@@ -60,6 +60,8 @@ def test_deploy_writes_every_artifact(deployed):
         "report.txt",
         "validate/model/inputs.json",
         "validate/model.plugin/reference.json",
+        "model.plugin.fp16.onnx",  # the recipe lists fp16: run on onnxruntime
+        "validate/model.plugin.fp16/reference.json",
     ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in out.parent.iterdir()) == ["out", "recipe.json"]  # no staging folder left
@@ -87,15 +89,27 @@ def test_report_steps_and_checks(deployed):
         assert report["engines"] == {}
     random_rows = [p for p in report["parity"] if "max_abs" in p]
     data_rows = [p for p in report["parity"] if "agreement" in p]
-    assert {p["graph"] for p in random_rows} >= {"model.onnx", "model.plugin.onnx"}
+    assert {p["graph"] for p in random_rows} >= {"model.onnx", "model.plugin.onnx", "model.plugin.fp16.onnx"}
     for p in random_rows:
-        assert p["passed"] and p["max_abs"] <= 1e-4 and p["rel"] <= 1e-5
+        tol = report["recipe"]["precisions"][p["precision"]]
+        assert p["tolerance"] == tol and p["passed"] and p["max_abs"] <= tol["max_abs"] and p["rel"] <= tol["rel"]
         assert str(out) in p["replay"]  # the replay command names the final folder, not the staging one
-    assert {p["graph"] for p in data_rows} >= {"model.onnx", "model.plugin.onnx"}
+        assert "$" not in p["replay"] + p["replay_tensorrt"]  # no variable the user would have to define
+        if p["backend"] == "onnxruntime" and ".plugin" in p["graph"]:
+            assert p["replay"].startswith("dynet-deploy run ")  # runs here: Polygraphy's --onnxrt lacks the op
+    fp16 = next(p for p in random_rows if p["graph"] == "model.plugin.fp16.onnx")
+    assert fp16["backend"] == "onnxruntime" and fp16["precision"] == "fp16" and fp16["rel"] > 1e-5
+    assert {p["graph"] for p in data_rows} >= {"model.onnx", "model.plugin.onnx", "model.plugin.fp16.onnx"}
     for p in data_rows:
-        assert p["passed"] and p["agreement"] >= p["target"] == 1.0 and "(96)" in p["check"]
+        target = {"fp32": 1.0, "fp16": 0.999}[p["precision"]]  # the recipe's fp32 target, validate's fp16 default
+        assert p["passed"] and p["agreement"] >= p["target"] == target and "(96)" in p["check"]
     runners = [r["runner"] for r in report["latency"]]
-    assert runners[:3] == ["dy_resnet18 pytorch", "dy_resnet18 onnxruntime portable", "dy_resnet18 onnxruntime fused"]
+    assert runners[:4] == [
+        "dy_resnet18 pytorch",
+        "dy_resnet18 onnxruntime portable",
+        "dy_resnet18 onnxruntime fused",
+        "dy_resnet18 onnxruntime fused fp16",
+    ]
     assert "resnet18 onnxruntime" in runners and all(r["runs"] == 3 and r["median_ms"] > 0 for r in report["latency"])
     assert report["recipe"]["profile"] == {"min": 1, "opt": 8, "max": 8}
     assert set(report["latency_load_average"]) == {"before", "after"}

@@ -92,6 +92,8 @@ class Backend(Protocol):
     def polygraphy_runner(self, runner: Runner) -> Any: ...
 
     def replay_args(self, uses_plugin: bool) -> tuple[list[str], str]:
-        """``polygraphy run`` arguments that select this backend, and a note ("" when none) on what they replay."""
+        """``polygraphy run`` arguments that select this backend, and a note ("" when none) on what they replay.
+
+        No arguments (``[]``) where Polygraphy cannot replay it here; the note then says why."""
 
     def doctor_checks(self) -> list[DoctorCheck]: ...

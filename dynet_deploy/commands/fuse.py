@@ -11,13 +11,27 @@ def register(subparsers) -> None:
         help="fuse each dynamic-conv subgraph into one DyNetDynamicConv2d node (onnx-graphsurgeon) and make the batch dynamic",
         description="Recognises our exports (both forms, both torch exporters) and the batch-as-groups conv of public "
         "implementations (CondConv, DY-CNN, ODConv-style). Subgraphs it cannot prove to be a dynamic conv are left "
-        "untouched and listed. A graph with no dynamic conv is copied unchanged.",
+        "untouched and listed. A graph with no dynamic conv is copied unchanged. --precision fp16 writes the fused graph "
+        "in fp16 (fp32 inputs and outputs unless --io-dtype fp16); an already fused graph is converted as it is.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="ONNX graph written by `dynet-deploy export` (or any exporter)")
     p.add_argument("-o", "--output", required=True, help="output path, e.g. model.plugin.onnx (its folder must exist)")
     p.add_argument("--keep-batch", action="store_true", help="keep a fixed export batch instead of making it dynamic")
     p.add_argument(
         "--verify", action="store_true", help="run both graphs on onnxruntime with a random input and compare"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: convert the fused graph to fp16 math (weights and every DyNetDynamicConv2d input fp16, "
+        "onnxconverter-common); onnxruntime runs it with the op library's fp16 kernel (default fp32)",
+    )
+    p.add_argument(
+        "--io-dtype",
+        choices=["fp32", "fp16"],
+        help="with --precision fp16: the graph's input and output dtype (default fp32: Casts at the edges, so it "
+        "takes the same arrays as the fp32 graph)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run)
@@ -30,32 +44,51 @@ def run(args) -> int:
 
     check_readable_file(args.model, FuseError, "ONNX model")
     check_output_path(args.output, FuseError, inputs=[args.model], suffixes=(".onnx",), why="an ONNX graph")
+    fp16 = args.precision == "fp16"
+    if args.io_dtype is not None and not fp16:
+        from ..guards import refuse_unused_flags
+
+        refuse_unused_flags(
+            (("--io-dtype", True),), "an fp32 graph takes and returns fp32; add --precision fp16", FuseError
+        )
     from ..fuse import fuse_dynamic_convs
 
-    report = fuse_dynamic_convs(args.model, args.output, make_dynamic_batch=not args.keep_batch)
+    report = fuse_dynamic_convs(args.model, None if fp16 else args.output, make_dynamic_batch=not args.keep_batch)
+    if fp16:
+        from ..precision import convert_to_fp16
+
+        keep_io = (args.io_dtype or "fp32") == "fp32"
+        report.model = convert_to_fp16(report.model, args.output, keep_io_types=keep_io, error=FuseError)
+        report.path = Path(args.output)
+    from ..op.spec import OP_TYPE
+
     already = 0
     if report.candidates == 0 and report.model is not None:
-        from ..op.spec import OP_TYPE
-
         already = sum(n.op_type == OP_TYPE for n in report.model.graph.node)
     if not args.quiet and not already:
         for line in report.details:
             print(line)
     if already:
-        print(f"the graph is already fused ({already} {OP_TYPE} node{'s' if already != 1 else ''}); nothing to fuse")
+        print(
+            f"the graph is already fused ({already} {OP_TYPE} node{'s' if already != 1 else ''}); "
+            + ("converted as it is" if fp16 else "nothing to fuse")
+        )
     else:
         print(report.summary())
-    if report.candidates == 0:
+    if fp16:
+        io = "fp32 inputs and outputs" if keep_io else "fp16 inputs and outputs"
+        print(f"wrote {report.path} (fp16: weights and {OP_TYPE} inputs fp16, {io})")
+    elif report.candidates == 0:
         print(f"wrote an unchanged copy to {report.path}")
     else:
         print(f"wrote {report.path}")
-    if args.verify and report.matched:
+    if args.verify and (report.matched or fp16):
         from ..errors import DynetDeployError
 
         try:
             from ..fuse.verify import verify_fused
 
-            verify_fused(args.model, str(report.path), emit=print)
+            verify_fused(args.model, str(report.path), emit=print, precision=args.precision)
         except FuseError:
             Path(report.path).unlink(missing_ok=True)  # a fused graph that computes something else is no artifact
             raise

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare an exported/fused graph (or engine) with the PyTorch reference",
         description="Runs the checkpoint's PyTorch model and MODEL on the chosen backend. Random inputs: fresh per "
         "batch size, compared with Polygraphy's comparator at the precision's tolerance (fp32: max-abs <= 1e-4 and "
-        "relative <= 1e-5; fp16: 5e-2 and 1e-2); inputs and reference outputs are saved in Polygraphy's JSON formats "
+        "relative <= 1e-5; fp16: 5e-2 and 1e-2; the graph's own precision unless --precision); inputs and reference outputs are saved in Polygraphy's JSON formats "
         "and the `polygraphy run` command that replays the check is printed. With --dataset, top-1 (or mIoU) parity "
         "over a whole test set. Writes report.json and report.txt; exits 1 on a mismatch.",
     )
@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
     p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        help="judge at this precision's tolerance and agreement target (default: the graph's own: fp16 for a graph "
+        "written by `fuse --precision fp16`, whatever its input dtype; with --backend tensorrt, fp32)",
+    )
     p.add_argument(
         "--recipe",
         metavar="RECIPE.json",
@@ -215,7 +221,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
         from ..validate import Tolerance, read_graph_input
 
         recipe = load_recipe(args.recipe)
-        spec = recipe.tolerance(read_graph_input(model_path).precision)
+        spec = recipe.tolerance(args.precision or read_graph_input(model_path).precision)
         tolerance = Tolerance(spec.max_abs, spec.rel)
         batch_sizes = args.batch_sizes or list(recipe.validate.batch_sizes)
     report = validate_random(
@@ -229,11 +235,14 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
         args.threads,
         tolerance=tolerance,
         model_name=name,
+        precision=args.precision,
     )
     payload: dict = {"random_inputs": report.to_dict()}
     text = [f"== {name}: {model_path.name} on {args.backend} ({report.precision}), random inputs", report.table()]
     if report.replay_command:
         text.append("replay by hand:\n  " + report.replay_command)
+    if report.replay_tensorrt:
+        text.append("  " + report.replay_tensorrt)
 
     ds_report = None
     if args.dataset:
@@ -257,6 +266,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 threads=args.threads,
                 progress=None,  # a bar where stderr is a terminal (dynet_deploy.progress)
                 model_name=name,
+                precision=args.precision,
             )
         else:
             from ..data import load_dataset, resolve_dataset
@@ -279,6 +289,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 threads=args.threads,
                 progress=None,  # a bar where stderr is a terminal (dynet_deploy.progress)
                 model_name=name,
+                precision=args.precision,
             )
             target = recipe.agreement(ds_report.precision) if recipe is not None else None
             if target is not None:

@@ -7,15 +7,16 @@ from typing import Callable
 import numpy as np
 
 from ..errors import FuseError
-from ..tolerance import SUMMATION_ORDER, errors, non_finite_count
+from ..tolerance import SUMMATION_ORDER, TOLERANCES, errors, non_finite_count
 
 
-def verify_fused(original: str, fused: str, emit: Callable[[str], None] = print) -> None:
+def verify_fused(original: str, fused: str, emit: Callable[[str], None] = print, precision: str = "fp32") -> None:
     """Run both graphs on one fresh random input; ``emit`` one line per output; FuseError on non-finite outputs or
-    a mismatch beyond :data:`~dynet_deploy.tolerance.SUMMATION_ORDER` (the two differ by summation order only)."""
+    a mismatch beyond :data:`~dynet_deploy.tolerance.SUMMATION_ORDER` (the two differ by summation order only), or
+    for an fp16 fused graph beyond the fp16 tolerance."""
     from ..backends.onnxruntime import OnnxruntimeRunner
 
-    tol = SUMMATION_ORDER
+    tol = SUMMATION_ORDER if precision == "fp32" else TOLERANCES[precision]
     ref = OnnxruntimeRunner(original)
     new = OnnxruntimeRunner(fused)
     feeds = {}
@@ -23,14 +24,16 @@ def verify_fused(original: str, fused: str, emit: Callable[[str], None] = print)
         # Symbolic dims: batch 2 (catches batch mix-ups), 64 for spatial dims.
         dims = [d if isinstance(d, int) and d > 0 else (2 if axis == 0 else 64) for axis, d in enumerate(shape)]
         feeds[name] = np.random.default_rng().standard_normal(dims).astype(dtype)
-    a, b = ref.run(feeds), new.run(feeds)
+    new_spec = new.input_spec()
+    a = ref.run(feeds)
+    b = new.run({n: x.astype(new_spec[n][1]) if n in new_spec else x for n, x in feeds.items()})
     failures = []
     for name in ref.output_names:
         bad_a, bad_b = non_finite_count(a[name]), non_finite_count(b[name])
         if bad_a or bad_b:
             failures.append(f"output {name!r} has non-finite values (NaN/Inf: {bad_b} fused, {bad_a} original)")
             continue
-        max_abs, rel = errors(b[name], a[name], FuseError)
+        max_abs, rel = errors(b[name].astype(np.float32), a[name], FuseError)
         ok = tol.allows_either(max_abs, rel)
         emit(
             f"verify {name}: fused vs original on onnxruntime, max-abs {max_abs:.2e}, relative {rel:.2e} "

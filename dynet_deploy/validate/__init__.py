@@ -6,7 +6,8 @@ Two checks, both against the PyTorch reference (BatchNorms unfolded: the model a
   through PyTorch and through the backend with Polygraphy's ``Comparator``; max-abs and relative error
   (``||out - ref|| / ||ref||``) are measured per output and held to tolerances stated per precision
   (:mod:`.compare`). Inputs and reference outputs are saved in Polygraphy's JSON formats so that the printed
-  ``polygraphy run ... --load-inputs ... --load-outputs ...`` command replays the check by hand.
+  command replays the check by hand on this machine (``polygraphy run ... --load-inputs ... --load-outputs ...``,
+  or ``dynet-deploy run ... --load-outputs ...`` for a fused graph, which Polygraphy's --onnxrt cannot load).
 * **A data set** (:func:`validate_dataset`, :mod:`.dataset`): top-1 of PyTorch and of the backend over a whole
   test set (classification), or mIoU on generated images and masks (segmentation), and their agreement.
 """

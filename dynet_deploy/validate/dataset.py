@@ -94,15 +94,20 @@ def validate_dataset(
     num_classes: int | None = None,
     reference_logits: np.ndarray | None = None,
     graph_onnx: str | Path | None = None,
+    precision: str | None = None,
 ) -> DatasetReport:
     """Top-1 (or mIoU for segmentation, where ``labels`` are masks) of PyTorch and the backend, and agreement.
 
     ``reference_logits``: PyTorch's outputs on ``images`` if already computed (several graphs of one model
     are checked against one reference run); they must come from :func:`reference_outputs` on the same images.
     ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
+    ``precision``: whose agreement target applies (default: the graph's own precision).
     """
     model_path = Path(model_path)
     graph = read_graph_input(graph_onnx or model_path)
+    precision = precision or graph.precision
+    if precision not in AGREEMENT_TARGETS:
+        raise ValidationError(f"precision {precision!r}: choose one of {', '.join(AGREEMENT_TARGETS)}")
     session = BackendSession(backend, model_path, threads=threads)
     fixed = graph.fixed_batch is not None
     bs = graph.fixed_batch or batch
@@ -137,14 +142,14 @@ def validate_dataset(
     report = DatasetReport(
         model_name or model_path.stem,
         backend,
-        graph.precision,
+        precision,
         dataset,
         int(ref_pred.size if segmentation else len(labels)),
         "segmentation" if segmentation else "classification",
         ref_metric,
         be_metric,
         agreement,
-        AGREEMENT_TARGETS[graph.precision],
+        AGREEMENT_TARGETS[precision],
         time.perf_counter() - t0,
         "; ".join(notes),
         bad_be,

@@ -1,7 +1,8 @@
 """Random inputs: fresh random inputs per batch size through PyTorch and the backend, compared with Polygraphy.
 
-Inputs and reference outputs are saved in Polygraphy's JSON formats so that the printed
-``polygraphy run ... --load-inputs ... --load-outputs ...`` command replays the check by hand."""
+Inputs and reference outputs are saved in Polygraphy's JSON formats so that the printed command
+(:func:`replay_commands`: ``polygraphy run ... --load-inputs ... --load-outputs ...``, or ``dynet-deploy run ...
+--load-outputs ...`` for a fused graph) replays the check by hand."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class RandomReport:
     batch_sizes: list[int]
     checks: list[OutputCheck] = field(default_factory=list)
     polygraphy_passed: bool | None = None
-    replay_command: str = ""
+    replay_command: str = ""  # runs on this machine
+    replay_tensorrt: str = ""  # the same check on TensorRT, where TensorRT and its plugin library are present
     files: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,15 +70,14 @@ class GraphInput:
     shape: list[int | str | None]  # str/None: symbolic
     dtype: np.dtype
     output_names: list[str]
+    # The precision the graph computes in (dynet_deploy.precision.graph_precision): fp16 for an fp16-math graph
+    # with fp32 inputs and outputs too.
+    precision: str = "fp32"
 
     @property
     def fixed_batch(self) -> int | None:
         d = self.shape[0]
         return d if isinstance(d, int) and d > 0 else None
-
-    @property
-    def precision(self) -> str:
-        return "fp16" if self.dtype == np.float16 else "fp32"
 
 
 def read_graph_input(onnx_path: str | Path) -> GraphInput:
@@ -96,7 +97,9 @@ def read_graph_input(onnx_path: str | Path) -> GraphInput:
     if len(shape) != 4:
         raise ValidationError(f"input {inputs[0].name!r} has rank {len(shape)}; an NCHW image input has rank 4")
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
-    return GraphInput(inputs[0].name, shape, dtype, [o.name for o in model.graph.output])
+    from ..precision import graph_precision
+
+    return GraphInput(inputs[0].name, shape, dtype, [o.name for o in model.graph.output], graph_precision(model))
 
 
 def _reference_runner(model, graph: GraphInput):
@@ -105,18 +108,42 @@ def _reference_runner(model, graph: GraphInput):
     return TorchRunner(model, [graph.name], graph.output_names)
 
 
-def replay_command(
+def replay_commands(
     model_path: Path, backend: str, uses_plugin: bool, inputs_json: Path, ref_json: Path, tol: Tolerance
-) -> str:
-    """The ``polygraphy run`` command that replays the check by hand."""
+) -> list[str]:
+    """Commands that replay the check by hand; the first runs on this machine.
+
+    A portable graph replays in ``polygraphy run --onnxrt``, an engine in ``polygraphy run --trt --plugins``. A fused
+    graph on onnxruntime replays in ``dynet-deploy run --load-outputs`` (Polygraphy's --onnxrt cannot load the op
+    library), at the same max-abs and relative bounds as the check; where TensorRT and its plugin library are present,
+    a second command replays it on TensorRT.
+    """
     from ..backends import get_backend
 
     q = shlex.quote
     atol, rtol = tol.polygraphy()
     tail = f"--load-inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} --atol {atol:g} --rtol {rtol:g}"
-    args, note = get_backend(backend).replay_args(uses_plugin)
-    cmd = f"polygraphy run {q(str(model_path))} {' '.join(args)} {tail}"
-    return cmd + (f"   # {note}" if note else "")
+    impl = get_backend(backend)
+    commands = []
+    args, note = impl.replay_args(uses_plugin)
+    if args:
+        commands.append(
+            f"polygraphy run {q(str(model_path))} {' '.join(args)} {tail}" + (f"   # {note}" if note else "")
+        )
+    elif impl.artifact_is_graph:
+        commands.append(
+            f"dynet-deploy run {q(str(model_path))} --inputs {q(str(inputs_json))} --load-outputs {q(str(ref_json))} "
+            f"--atol {tol.max_abs:g} --rtol {tol.rel:g}"
+        )
+    if impl.artifact_is_graph and uses_plugin:
+        trt = get_backend("tensorrt")
+        if trt.availability():
+            trt_args, _ = trt.replay_args(True)
+            if trt_args:
+                commands.append(
+                    f"polygraphy run {q(str(model_path))} {' '.join(trt_args)} {tail}   # the same graph on TensorRT"
+                )
+    return commands
 
 
 def validate_random(
@@ -131,17 +158,22 @@ def validate_random(
     tolerance: Tolerance | None = None,
     model_name: str = "",
     graph_onnx: str | Path | None = None,
+    precision: str | None = None,
 ) -> RandomReport:
     """Compare ``model`` (PyTorch, eval) with the graph at ``model_path`` on fresh random inputs.
 
     ``graph_onnx``: for a TensorRT engine, the ONNX it was built from (its input and output names and shapes).
+    ``precision``: the precision whose tolerance applies when ``tolerance`` is None (default: the graph's own,
+    :func:`dynet_deploy.precision.graph_precision`).
     """
     from polygraphy import json as pjson
     from polygraphy.comparator import Comparator, CompareFunc, RunResults
 
     model_path = Path(model_path)
     graph = read_graph_input(graph_onnx or model_path)
-    precision = graph.precision
+    precision = precision or graph.precision
+    if precision not in TOLERANCES:
+        raise ValidationError(f"precision {precision!r}: choose one of {', '.join(TOLERANCES)}")
     tol = tolerance or TOLERANCES[precision]
     if graph.fixed_batch is not None:
         batches = [graph.fixed_batch]
@@ -218,5 +250,7 @@ def validate_random(
         with atomic_path(ref_json, ValidationError) as tmp:
             reference.save(str(tmp))
         report.files = {"inputs": str(inputs_json), "reference": str(ref_json)}
-        report.replay_command = replay_command(model_path, backend, session.uses_plugin, inputs_json, ref_json, tol)
+        commands = replay_commands(model_path, backend, session.uses_plugin, inputs_json, ref_json, tol)
+        report.replay_command = commands[0] if commands else ""
+        report.replay_tensorrt = next((c for c in commands[1:] if " --trt " in c), "")
     return report

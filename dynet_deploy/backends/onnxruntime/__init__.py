@@ -70,11 +70,9 @@ class OnnxruntimeBackend:
     def replay_args(self, uses_plugin: bool) -> tuple[list[str], str]:
         if not uses_plugin:
             return ["--onnxrt"], ""
-        from ..tensorrt import TensorRTBackend
-
-        args, _ = TensorRTBackend().replay_args(True)
-        # Polygraphy's --onnxrt cannot load onnxruntime custom-op libraries; TensorRT replays the fused graph.
-        return args, "fused graph: Polygraphy's --onnxrt cannot load custom ops, so this replays on TensorRT"
+        # Polygraphy's --onnxrt cannot register onnxruntime custom-op libraries: `dynet-deploy run --load-outputs`
+        # replays a fused graph on onnxruntime instead (validate.random_inputs.replay_commands).
+        return [], "Polygraphy's --onnxrt cannot load the DyNetDynamicConv2d op library"
 
     def doctor_checks(self) -> list[DoctorCheck]:
         try:

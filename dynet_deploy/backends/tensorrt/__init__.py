@@ -68,10 +68,12 @@ class TensorRTBackend:
         return runner.polygraphy_runner()
 
     def replay_args(self, uses_plugin: bool) -> tuple[list[str], str]:
-        from ...op.native import tensorrt_plugin_path
+        from ...op.native import TRT_LIBRARY, tensorrt_plugin_path
 
         plugin = tensorrt_plugin_path()
-        return ["--trt", "--plugins", shlex.quote(str(plugin)) if plugin else "$TensorRT_PLUGIN_LIB"], ""
+        if plugin is None:
+            return [], f"the TensorRT plugin library ({TRT_LIBRARY}) is not built here; `make plugins` builds it"
+        return ["--trt", "--plugins", shlex.quote(str(plugin))], ""
 
     def doctor_checks(self) -> list[DoctorCheck]:
         disables = "dynet-deploy build, validate/bench --backend tensorrt"

@@ -20,72 +20,26 @@ from typing import Sequence
 from ...errors import BuildError
 from ...fileio import atomic_path, atomic_write_bytes
 from ...op.spec import OP_TYPE as PLUGIN_OP
-from ...provenance import stamp_producer
+from ...precision import check_op_inputs_fp16, convert_to_fp16
+from ...precision import tensor_elem_types as tensor_elem_types  # re-exported: the fp16 tests read it here
 from .loader import import_tensorrt, load_plugin_library, trt_major
 
 # ---- fp16 ONNX ------------------------------------------------------------------------------------------------
 
 
 def convert_onnx_to_fp16(src, dst=None, keep_io_types: bool = True):
-    """Convert a plugin ONNX to fp16 with onnxconverter-common, keeping every DyNetDynamicConv2d node.
+    """Convert a plugin ONNX to fp16, keeping every DyNetDynamicConv2d node (:func:`dynet_deploy.precision.convert_to_fp16`).
 
-    ``src`` is a path or ModelProto; returns the converted ModelProto, also written atomically to ``dst`` if given.
     The converter treats an op it does not know as fp16-capable: it casts the node's float inputs to fp16 and
     converts the constant weight, bias_bank and bias initializers, which is what the plugin's fp16 mode expects.
     With ``keep_io_types`` the graph's inputs and outputs stay fp32 (Casts are inserted), so callers feed the same
     arrays as for the fp32 model. Raises BuildError if a plugin node is lost or left with a non-fp16 input.
     """
-    import onnx
-    from onnxconverter_common import float16
-
-    model = onnx.load(str(src)) if not isinstance(src, onnx.ModelProto) else src
-    before = [n.name for n in model.graph.node if n.op_type == PLUGIN_OP]
-    try:
-        converted = float16.convert_float_to_float16(model, keep_io_types=keep_io_types)
-    except Exception as exc:  # the converter raises plain exceptions of several kinds
-        raise BuildError(f"fp16 conversion failed: {exc}") from exc
-    after = [n for n in converted.graph.node if n.op_type == PLUGIN_OP]
-    if len(after) != len(before):
-        raise BuildError(f"fp16 conversion changed the number of {PLUGIN_OP} nodes ({len(before)} -> {len(after)})")
-    check_plugin_inputs_fp16(converted)
-    try:
-        onnx.checker.check_model(converted)
-    except onnx.checker.ValidationError as exc:
-        raise BuildError(f"the fp16 ONNX does not pass onnx.checker: {exc}") from exc
-    if dst is not None:
-        stamp_producer(converted)
-        atomic_write_bytes(dst, converted.SerializeToString(), BuildError)
-    return converted
-
-
-def tensor_elem_types(model) -> dict[str, int]:
-    """Element type of every tensor whose type the graph states (initializers, inputs, outputs, value_info)."""
-    types = {init.name: init.data_type for init in model.graph.initializer}
-    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
-    for node in model.graph.node:
-        if node.op_type == "Cast":
-            for attr in node.attribute:
-                if attr.name == "to":
-                    types[node.output[0]] = attr.i
-    return types
+    return convert_to_fp16(src, dst, keep_io_types=keep_io_types, error=BuildError)
 
 
 def check_plugin_inputs_fp16(model) -> None:
-    from onnx import TensorProto
-
-    types = tensor_elem_types(model)
-    for node in model.graph.node:
-        if node.op_type != PLUGIN_OP:
-            continue
-        for name in node.input:
-            t = types.get(name)
-            if name and t is not None and t != TensorProto.FLOAT16:
-                raise BuildError(
-                    f"{PLUGIN_OP} node {node.name!r}: input {name!r} is {TensorProto.DataType.Name(t)} after the fp16 "
-                    "conversion; the plugin needs all its inputs in one dtype"
-                )
+    check_op_inputs_fp16(model, BuildError)
 
 
 # ---- TensorRT -------------------------------------------------------------------------------------------------

@@ -1455,7 +1455,7 @@ install_termination_handler()
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"partial")
     print("writing", flush=True)
-    time.sleep(60)
+    time.sleep(120)  # longer than the wait below: a signal without effect finds the writer alive
 """
 
 
@@ -1469,7 +1469,21 @@ def test_signal_during_a_write_leaves_no_temporary(tmp_path, sig, rc):
     assert proc.stdout.readline().strip() == "writing"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the temporary exists mid-write
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Say why the signal did nothing: blocked (SigBlk), ignored (SigIgn) or caught without effect (SigCgt).
+        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        proc.kill()
+        proc.communicate()
+        pytest.fail(
+            f"{signal.Signals(sig).name} did not end the writer: "
+            + "; ".join(
+                line
+                for line in status
+                if line.split(":")[0] in ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+            )
+        )
     assert proc.returncode == rc, err  # the exception ended the script (Terminated / KeyboardInterrupt)
     assert list(tmp_path.iterdir()) == [], f"left behind: {list(tmp_path.iterdir())}"
     RESULTS[f"signal-{signal.Signals(sig).name}-atomic-write"] = {

@@ -173,7 +173,7 @@ def check_deploy_flags(recipe: Recipe, args: Any) -> None:
     if args.threads is not None:
         check_threads(args.threads, RecipeError, "--threads")
     else:
-        check_threads(recipe.latency.threads, RecipeError, f"recipe {recipe.path or recipe.name}: latency.threads")
+        check_threads(recipe.latency.threads, RecipeError, "latency.threads", f"recipe {recipe.path or recipe.name}: ")
 
 
 def triton_options(args: Any) -> TritonOptions:

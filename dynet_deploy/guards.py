@@ -53,20 +53,25 @@ def max_threads() -> int:
 
 
 def check_threads(
-    value: int | None, error: type[DynetDeployError] = DynetDeployError, flag: str = "--threads"
+    value: int | None, error: type[DynetDeployError] = DynetDeployError, flag: str = "--threads", where: str = ""
 ) -> int | None:
-    """Return ``value`` (None: the library's default) after checking it is a usable thread count."""
+    """Return ``value`` (None: the library's default) after checking it is a usable thread count.
+
+    ``flag`` names the option or field; ``where`` (e.g. ``"recipe r.json: "``) prefixes the message only.
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise error(f"{flag} must be >= 1, got {value}")
+        raise error(f"{where}{flag} must be >= 1, got {value}")
     cores, room = usable_cores(), _thread_limit_room()
     bound = max_threads()
     if value > bound:
         why = f"{THREADS_PER_CORE} x the {cores} usable core(s)"
         if room is not None and room < THREADS_PER_CORE * cores:
             why = f"the process's thread limit (ulimit -u) leaves room for about {room} more"
-        raise error(f"{flag} {value} is more than this machine can use ({why}); give {flag} between 1 and {bound}")
+        raise error(
+            f"{where}{flag} {value} is more than this machine can use ({why}); give {flag} between 1 and {bound}"
+        )
     return value
 
 

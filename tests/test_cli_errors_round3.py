@@ -380,7 +380,7 @@ CASES = [
         "threads",
         deploy(),
         "recipe",
-        "latency.threads 2000 is more",
+        r"r\.json: latency\.threads 2000 is more .*; give latency\.threads between 1 and \d+$",
         recipe(latency={"threads": 2000}),
     ),
     Case(

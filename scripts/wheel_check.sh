@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The wheel as a user gets it: build it (`pip wheel`, the CMake build of the native libraries included), install it
 # into a fresh virtualenv outside the checkout, and from a folder outside the checkout run `dynet-deploy doctor`,
-# export -> fuse -> run -> validate of the bundled Dy-ResNet18 checkpoint, and `deploy` of the bundled recipe.
+# export -> fuse -> run -> validate of the bundled Dy-ResNet18 checkpoint, `deploy --triton --copy-op-library` of the
+# bundled recipe, and its Triton repository loaded as another user the way Triton's onnxruntime backend does.
 # Every Python process of those steps checks at exit that no module and no loaded dynet library came from the
 # checkout, and that the libraries it loaded are the wheel's (dynet_deploy/lib/ in the virtualenv); it fails if not.
 #
@@ -116,16 +117,46 @@ show dynet-deploy run model.plugin.onnx --inputs x.npy --save-outputs y.npz --re
 mkdir validate
 show dynet-deploy validate "$CKPT" model.plugin.onnx --batch-sizes 1 3 --out-dir validate
 
-step "deploy (the bundled recipe)"
+step "deploy (the bundled recipe) with a Triton repository that carries its op library"
 RECIPE=$PKG/recipes/dy_resnet18_fmnist.json
-if [ ! -f "$RECIPE" ]; then
-  # The recipes are not package data yet: the checkout's export/ holds them; the file is copied out, the checkpoint
-  # it names is the wheel's.
-  cp "$ROOT/export/dy_resnet18_fmnist.json" recipe.json
-  RECIPE=recipe.json
-  echo "recipe: export/dy_resnet18_fmnist.json copied from the checkout (not in the wheel)"
-fi
-show dynet-deploy deploy "$RECIPE" -o deploy --limit 1000
+[ -f "$RECIPE" ] || { echo "wheel_check: the wheel has no bundled recipe ($RECIPE)" >&2; exit 1; }
+show dynet-deploy deploy "$RECIPE" -o deploy --limit 1000 --triton --copy-op-library
+ls -l deploy/triton/*/ deploy/triton/*/1 | sed "s|$WORK|\$WORK|g"
+
+step "Triton: the repository loaded as another user, the way Triton's onnxruntime backend does"
+# tritonclient only for its model_config protobuf (the backend's config parser); the loader is the test suite's,
+# copied out so that nothing is imported from the checkout.
+show "$VENV/bin/python" -m pip install -q tritonclient
+chmod 755 "$WORK" "$WORK/run"
+cp "$ROOT/tests/triton_serving.py" "$WORK/run/triton_serving.py"
+show python - "$RECIPE" <<'PYEOF'
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, ".")
+from triton_serving import other_user_command, serve_as_written  # noqa: E402
+
+from dynet_deploy.checkpoint import load_checkpoint  # noqa: E402
+from dynet_deploy.recipe import load_recipe  # noqa: E402
+
+prefix, why = other_user_command()
+if prefix is None:
+    print(f"skipped: {why}")
+    sys.exit(0)
+recipe = load_recipe(Path(sys.argv[1]))
+folder = Path("deploy/triton") / f"{recipe.name}_onnxruntime"
+print((folder / "config.pbtxt").read_text())
+x = np.random.default_rng(0).standard_normal((recipe.profile.max, 1, 28, 28), dtype=np.float32)
+y = serve_as_written(folder.resolve(), x)
+with torch.no_grad():
+    ref = load_checkpoint(recipe.checkpoint_path())(torch.from_numpy(x)).numpy()
+err = float(np.abs(y - ref).max())
+print(f"served as {' '.join(prefix)}: output {list(y.shape)}, max-abs vs PyTorch {err:.2e}")
+sys.exit(0 if y.shape == ref.shape and err <= 1e-4 else 1)
+PYEOF
 
 step "what the processes imported and loaded"
 sort -u "$WORK/loaded.txt" | sed "s|$WORK|\$WORK|g"

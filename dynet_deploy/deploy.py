@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
 from .fileio import atomic_write_text, check_output_folder, mark_output_folder
+from .input_size import InputSize
 from .progress import progress_enabled
 from .recipe import Recipe
 
@@ -236,6 +237,7 @@ class _Deployment:
     name: str = ""
     ckpt: Path | None = None
     base_ckpt: Path | None = None
+    size: InputSize | None = None  # the recipe's input_shape, checked against the checkpoint
     trained_on: str | None = None
     portable: Path | None = None
     fused: Path | None = None
@@ -309,6 +311,8 @@ def _deploy_into(
 def _step_checkpoint(run: _Deployment) -> None:
     """The checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)."""
     from .checkpoint import load_checkpoint, read_checkpoint_config
+    from .errors import RecipeError
+    from .input_size import resolve_input_size
 
     run.start()
     recipe = run.recipe
@@ -317,14 +321,9 @@ def _step_checkpoint(run: _Deployment) -> None:
     run.model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
     run.name = cfg.get("model") or getattr(run.model, "zoo_name", None) or recipe.name
-    in_chans = int((cfg.get("model_args") or {}).get("in_chans", 3))
-    if in_chans != recipe.input_shape[0]:
-        from .errors import RecipeError
-
-        raise RecipeError(
-            f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
-            f"checkpoint's model takes {in_chans}; fix 'input_shape'"
-        )
+    run.size = resolve_input_size(
+        recipe.input_shape, checkpoint=ckpt, given_by=f"recipe {recipe.name!r}: input_shape", error=RecipeError
+    )
     run.trained_on = (cfg.get("metadata") or {}).get("dataset")
     atomic_write_text(run.stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
     args = json.dumps(cfg.get("model_args", {}), sort_keys=True)
@@ -337,7 +336,7 @@ def _step_export(run: _Deployment) -> None:
 
     run.start()
     recipe = run.recipe
-    c, h, w = recipe.input_shape
+    assert run.size is not None
     run.portable = run.stage / "model.onnx"
     kernel_form = run.stage / "model.kernel.onnx"
     described = []
@@ -345,7 +344,7 @@ def _step_export(run: _Deployment) -> None:
         export_onnx(
             run.model,
             path,
-            (form.batch or 1, c, h, w),
+            run.size.shape(form.batch or 1),
             form=form.form,
             dynamic_batch=form.dynamic,
             opset=recipe.opset,
@@ -479,7 +478,8 @@ def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | No
     ds = res.dataset = _resolve_parity_dataset(run, dataset)
     x_t, y_t = load_dataset(ds, ds_spec.split, limit=limit or ds_spec.limit)
     images, labels = x_t.numpy(), y_t.numpy()
-    if images.shape[1:] != tuple(recipe.input_shape):
+    assert run.size is not None
+    if images.shape[1:] != run.size.shape(1)[1:]:
         raise DataError(
             f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is {list(recipe.input_shape)}"
         )
@@ -562,7 +562,8 @@ def _latency_runners(run: _Deployment, sample) -> dict[str, Callable[[], Any]]:
         base = load_checkpoint(run.base_ckpt)
         base_name = read_checkpoint_config(run.base_ckpt)["model"]
         base_onnx = run.stage / "baseline.onnx"
-        export_onnx(base, base_onnx, (1, *run.recipe.input_shape), opset=run.recipe.opset, model_name=base_name)
+        assert run.size is not None
+        export_onnx(base, base_onnx, run.size.shape(1), opset=run.recipe.opset, model_name=base_name)
         runners[f"{base_name} pytorch"] = torch_fn(base)
         runners[f"{base_name} onnxruntime"] = backend_fn("onnxruntime", base_onnx)
     return runners
@@ -579,7 +580,8 @@ def _step_latency(run: _Deployment) -> None:
     if run.images is not None and len(run.images) >= lat.batch:
         sample = np.ascontiguousarray(run.images[: lat.batch])
     else:
-        sample = np.random.default_rng(0).standard_normal((lat.batch, *run.recipe.input_shape), dtype=np.float32)
+        assert run.size is not None
+        sample = np.random.default_rng(0).standard_normal(run.size.shape(lat.batch), dtype=np.float32)
     runners = _latency_runners(run, sample)
     load_before = _load_average()
     samples = interleaved_latency(runners, repeats=lat.repeats, warmup=lat.warmup)

@@ -154,7 +154,8 @@ def default_model_args(model_args: dict[str, Any], dataset: str) -> dict[str, An
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     # Decay conv/linear weights (and basis kernels) only; BatchNorm scales and biases are 1-D.
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)

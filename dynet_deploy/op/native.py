@@ -72,10 +72,11 @@ ENV_CUDA_LIBRARY_PATH = "DYNET_CUDA_LIBRARY_PATH"
 
 # DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
+PARAM_FIELDS: tuple[str, ...] = (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)  # every DynetConvParams field, in struct order
 
 
 class DynetConvParams(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int32) for name in (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)]
+    _fields_ = [(name, ctypes.c_int32) for name in PARAM_FIELDS]
 
 
 class DynetAttributeInfo(ctypes.Structure):

@@ -7,13 +7,12 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import SMALL
 
 from dynet_deploy.checkpoint import save_checkpoint
 from dynet_deploy.errors import BenchError, DynetDeployError, RecipeError, ValidationError
 from dynet_deploy.input_size import GIVEN, GRAPH, resolve_input_size
 from dynet_deploy.models import create_model
-
-from conftest import SMALL
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--inputs", required=True, metavar="FILE", help="FILE.npy, FILE.npz or Polygraphy's inputs.json")
     p.add_argument("--save-outputs", metavar="OUT.npz", help="write the outputs here (atomically)")
-    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="onnxruntime",
+        help="runtime that runs MODEL: onnxruntime (an ONNX graph) or tensorrt (an engine); default: onnxruntime",
+    )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per feed (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per feed first (default 2)")

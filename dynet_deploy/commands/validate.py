@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint", help="the checkpoint the graph was exported from (.safetensors/.json, or .pt with --model)"
     )
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
-    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="onnxruntime",
+        help="runtime that runs MODEL: onnxruntime (an ONNX graph) or tensorrt (an engine); default: onnxruntime",
+    )
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
     p.add_argument(
         "--recipe",

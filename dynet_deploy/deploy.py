@@ -30,8 +30,10 @@ from typing import Any, Callable
 from .errors import DataError, DeployError, MissingDependencyError
 from .fileio import atomic_write_text, check_output_folder, mark_output_folder
 from .input_size import InputSize
-from .progress import progress_enabled
+from .progress import get_logger, progress_enabled
 from .recipe import Recipe
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -100,9 +102,11 @@ def run_deploy(
     op_library_dir: str | None = None,
     plugin_library_dir: str | None = None,
     progress: bool | None = None,
-    log: Callable[[str], None] = print,
 ) -> DeployResult:
     """Run ``recipe`` end to end into ``out_dir`` (default ``out/<recipe name>``); see the module docstring.
+
+    Each step is announced on the ``dynet_deploy.deploy`` logger when it starts and when it ends
+    (:mod:`dynet_deploy.progress`); ``progress`` draws bars over the data-set passes (None: where stderr is a terminal).
 
     ``dataset`` / ``limit`` override the recipe's data set and sample count; ``threads`` its latency threads
     (also used for PyTorch and onnxruntime throughout). ``force`` replaces an existing non-empty ``out_dir``.
@@ -124,7 +128,6 @@ def run_deploy(
             op_library_dir=op_library_dir,
             plugin_library_dir=plugin_library_dir,
             progress=progress,
-            log=log,
         )
         _publish(stage, out)
     except BaseException:
@@ -231,7 +234,6 @@ class _Deployment:
     res: DeployResult
     threads: int
     progress: bool
-    log: Callable[[str], None]
     total: int
     model: Any = None
     name: str = ""
@@ -246,13 +248,15 @@ class _Deployment:
     images: Any = None
     t0: float = 0.0
 
-    def start(self) -> None:
+    def start(self, what: str) -> None:
+        """Announce the next step (``what`` it does) and start its clock."""
+        log.info(f"[{len(self.res.steps) + 1}/{self.total}] {what} ...")
         self.t0 = time.perf_counter()
 
     def step(self, name: str, status: str, detail: str) -> None:
         seconds = time.perf_counter() - self.t0
         self.res.steps.append(Step(name, status, detail, seconds))
-        self.log(
+        log.info(
             f"[{len(self.res.steps)}/{self.total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
             f"({seconds:.1f} s)"
         )
@@ -282,7 +286,6 @@ def _deploy_into(
     op_library_dir: str | None,
     plugin_library_dir: str | None,
     progress: bool | None,
-    log: Callable[[str], None],
 ) -> DeployResult:
     import torch
 
@@ -292,7 +295,7 @@ def _deploy_into(
     torch.set_num_threads(threads)
     progress = progress_enabled(progress)
     res = DeployResult(recipe, out, environment=machine_info())
-    run = _Deployment(stage, out, recipe, res, threads, progress, log, 8 if triton else 7)
+    run = _Deployment(stage, out, recipe, res, threads, progress, 8 if triton else 7)
     _step_checkpoint(run)
     _step_export(run)
     _step_fuse(run)
@@ -314,7 +317,7 @@ def _step_checkpoint(run: _Deployment) -> None:
     from .errors import RecipeError
     from .input_size import resolve_input_size
 
-    run.start()
+    run.start(f"checkpoint: loading {run.recipe.checkpoint_path().name}")
     recipe = run.recipe
     ckpt = run.ckpt = recipe.checkpoint_path()
     run.base_ckpt = recipe.baseline_checkpoint_path()
@@ -334,7 +337,7 @@ def _step_export(run: _Deployment) -> None:
     """The portable graph and the form that fuse rewrites."""
     from .export import export_onnx
 
-    run.start()
+    run.start("export: the portable graph and the kernel form (torch.onnx)")
     recipe = run.recipe
     assert run.size is not None
     run.portable = run.stage / "model.onnx"
@@ -358,7 +361,7 @@ def _step_fuse(run: _Deployment) -> None:
     from .export import count_dynamic_convs
     from .fuse import fuse_dynamic_convs
 
-    run.start()
+    run.start("fuse: every dynamic conv -> DyNetDynamicConv2d")
     run.fused = run.stage / "model.plugin.onnx"
     report = fuse_dynamic_convs(run.stage / "model.kernel.onnx", run.fused)
     expected = count_dynamic_convs(run.model)
@@ -376,7 +379,7 @@ def _step_fuse(run: _Deployment) -> None:
 
 def _step_build(run: _Deployment) -> None:
     """TensorRT engines, one per precision of the recipe, where TensorRT and the plugin are present."""
-    run.start()
+    run.start(f"build: TensorRT engines ({', '.join(run.recipe.precisions)}) where TensorRT is present")
     assert run.fused is not None
     engines = _build_engines(run.stage, run.fused, run.recipe)
     if isinstance(engines, str):
@@ -392,7 +395,7 @@ def _step_validate_random(run: _Deployment) -> None:
     """Every graph (and engine) against PyTorch on random inputs at the recipe's tolerance."""
     from .validate import validate_random
 
-    run.start()
+    run.start(f"validate: {len(run.targets())} graph(s) against PyTorch on random inputs")
     recipe, res = run.recipe, run.res
     batches = "/".join(str(b) for b in recipe.validate.batch_sizes)
     rows: list[RandomParity] = []
@@ -464,13 +467,22 @@ def _resolve_parity_dataset(run: _Deployment, dataset: str | None) -> str:
     return ds
 
 
+def _parity_announcement(run: _Deployment, dataset: str | None, limit: int | None) -> str:
+    ds = run.recipe.dataset
+    if ds is None:
+        return "accuracy parity: the recipe names no data set"
+    n = limit or ds.limit
+    images = f"the first {n} images" if n else "every image"
+    return f"accuracy parity: PyTorch and {len(run.targets())} graph(s) on {dataset or ds.name} {ds.split}, {images}"
+
+
 def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | None) -> None:
     """Top-1 of PyTorch and of every graph (and engine) on the recipe's data set, and their agreement."""
     from .backends import get_backend
     from .data import load_dataset
     from .validate import reference_outputs, validate_dataset
 
-    run.start()
+    run.start(_parity_announcement(run, dataset, limit))
     recipe, res, ds_spec = run.recipe, run.res, run.recipe.dataset
     if ds_spec is None:
         run.step("accuracy parity", "skipped", "the recipe names no data set")
@@ -575,7 +587,9 @@ def _step_latency(run: _Deployment) -> None:
 
     from .bench import interleaved_latency, latency_stats
 
-    run.start()
+    run.start(
+        f"latency: every runner interleaved, {run.recipe.latency.repeats} runs each at batch {run.recipe.latency.batch}"
+    )
     lat, res = run.recipe.latency, run.res
     if run.images is not None and len(run.images) >= lat.batch:
         sample = np.ascontiguousarray(run.images[: lat.batch])
@@ -615,7 +629,7 @@ def _step_triton(run: _Deployment, op_library_dir: str | None, plugin_library_di
     """A Triton Inference Server model repository of the fused graph (and the fp32 engine)."""
     from .triton import write_model_repository
 
-    run.start()
+    run.start("triton repository: the fused graph (and the fp32 engine)")
     recipe = run.recipe
     assert run.fused is not None
     repo = write_model_repository(

@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ("bench.txt", "bench.json", "bench.png"):  # before minutes of timing: no report lands on an input
             check_output_path(Path(args.out_dir) / name, BenchError, inputs=inputs)
     check_backends_present(cfg.backends)
-    result = run_bench(cfg, log=lambda msg: print(msg, flush=True))
+    result = run_bench(cfg)
     paths = write_outputs(result, args.out_dir)
     print()
     print(format_table(result))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +97,9 @@ def non_finite_tensors(state: dict) -> dict[str, int]:
     return bad
 
 
-def _notes_to_stderr() -> None:
-    # The library logs notes (a stripped "module." prefix, an unwrapped training checkpoint); show them plainly.
-    logger = logging.getLogger("dynet_deploy.checkpoint")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, read_checkpoint_config, read_state_dict, save_checkpoint
 
-    _notes_to_stderr()
     model_args = _parse_model_args(args.model_args)
     if args.checkpoint_action == "convert":
         from ..checkpoint import checkpoint_input_paths, checkpoint_output_paths

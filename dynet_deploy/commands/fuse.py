@@ -55,7 +55,7 @@ def run(args) -> int:
         try:
             from ..fuse.verify import verify_fused
 
-            verify_fused(args.model, str(report.path), emit=print)
+            print("\n".join(verify_fused(args.model, str(report.path))))
         except FuseError:
             Path(report.path).unlink(missing_ok=True)  # a fused graph that computes something else is no artifact
             raise

@@ -53,7 +53,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--train-limit", type=int, help="use the first N training images only")
     parser.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
-    parser.add_argument("--log-every", type=int, default=100, help="progress line every N steps (0: per epoch only)")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a progress line every N steps within an epoch (default: about four per epoch; 0, or N of an epoch or "
+        "more: only the line after each epoch, with a note)",
+    )
     parser.add_argument("--report", help="report path (default: OUT stem + .report.json)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint path, NAME.safetensors")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint (and its .json, report)")
@@ -102,7 +109,7 @@ def run(args) -> int:
         log_every=args.log_every,
     )
     check_config(cfg)
-    result = train(cfg, log=lambda msg: print(msg, flush=True))
+    result = train(cfg)
     weights, report_path = save_training_outputs(result, args.output, args.report)
     report = json.loads(report_path.read_text())
     print(

@@ -14,12 +14,14 @@ The fp16 conversion needs only onnx and onnxconverter-common; everything else ne
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence
 
 from ...errors import BuildError
 from ...fileio import atomic_path, atomic_write_bytes
 from ...op.spec import OP_TYPE as PLUGIN_OP
+from ...progress import get_logger
 from .loader import import_tensorrt, load_plugin_library, trt_major
 
 # ---- fp16 ONNX ------------------------------------------------------------------------------------------------
@@ -152,8 +154,9 @@ class _TrtLogger:
                 sev = trt.ILogger.Severity
                 if severity in (sev.INTERNAL_ERROR, sev.ERROR):
                     inner.errors.append(msg)
-                if verbose or severity in (sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING):
-                    print(f"[TensorRT] {msg}")
+                serious = severity in (sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING)
+                if verbose or serious:
+                    get_logger(__name__).log(logging.WARNING if serious else logging.INFO, f"[TensorRT] {msg}")
 
         self.logger = Logger()
 

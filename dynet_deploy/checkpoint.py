@@ -285,10 +285,10 @@ def _pickle_globals(data: bytes) -> list[str]:
                     found.append(f"{recent[-2]}.{recent[-1]}")
                 if op.name == "MEMOIZE" and recent:
                     memo[len(memo)] = recent[-1]
-                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent:
-                    memo[int(arg)] = recent[-1]
-                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
-                    recent.append(memo.get(int(arg)))
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent and isinstance(arg, int):
+                    memo[arg] = recent[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int):
+                    recent.append(memo.get(arg))
                 elif isinstance(arg, str):
                     recent.append(arg)
                 elif op.name != "FRAME":
@@ -619,36 +619,3 @@ __all__ = [
     "read_state_dict",
     "save_checkpoint",
 ]
-
-
-def checkpoint_defaults(
-    ckpt: str | None, name: str | None, zoo_args: dict | None
-) -> tuple[tuple[int, int] | None, int | None, str]:
-    """(input H W, input channels, where they came from) recorded with a checkpoint, else (None, None, "")."""
-    from .data import dataset_info
-    from .errors import DynetDeployError
-
-    size = chans = None
-    source = ""
-    meta: dict = {}
-    if ckpt:
-        try:
-            meta = read_checkpoint_config(ckpt).get("metadata") or {}
-        except DynetDeployError:
-            meta = {}
-    recorded = meta.get("input_size")
-    if isinstance(recorded, list) and len(recorded) == 2 and all(isinstance(v, int) and v > 0 for v in recorded):
-        size, source = (recorded[0], recorded[1]), "the checkpoint's metadata (input_size)"
-    elif isinstance(meta.get("dataset"), str):
-        try:
-            info = dataset_info(meta["dataset"])
-        except DynetDeployError:
-            info = None
-        if info is not None:
-            size, source = info.image_size, f"the checkpoint's data set ({meta['dataset']})"
-            chans = info.in_chans
-    if isinstance(meta.get("in_chans"), int):
-        chans = meta["in_chans"]
-    if zoo_args and isinstance(zoo_args.get("in_chans"), int):
-        chans = zoo_args["in_chans"]
-    return size, chans, source

@@ -67,6 +67,7 @@ def _one_line(text: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from .fileio import Terminated, install_termination_handler
+    from .progress import configure_cli_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: one line and SystemExit(2), from _Parser.error
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     install_termination_handler()
+    configure_cli_logging()  # the package's messages and progress lines on stderr (dynet_deploy.progress)
     try:
         return int(args.func(args) or 0)
     except DynetDeployError as exc:

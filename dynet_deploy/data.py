@@ -20,10 +20,14 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 FASHION_MNIST_ENV = "DYNET_DEPLOY_FASHION_MNIST"
 FASHION_MNIST_DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -157,6 +161,7 @@ def load_fashion_mnist_raw(split: str, root: str | os.PathLike | None = None) ->
     if missing:
         raise DataError(f"Fashion-MNIST not found in {r}: missing {', '.join(missing)}; {INSTALL_HINT}")
     img_path, lbl_path = paths[img_stem], paths[lbl_stem]
+    assert img_path is not None and lbl_path is not None  # checked just above
     images = read_idx(img_path, IDX_IMAGES_MAGIC)
     labels = read_idx(lbl_path, IDX_LABELS_MAGIC)
     if images.shape[1:] != (28, 28):
@@ -210,7 +215,7 @@ def load_dataset(
     split: str = "test",
     root: str | os.PathLike | None = None,
     limit: int | None = None,
-) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images float32 ``[N, 1, 28, 28]`` (normalised) and labels int64 ``[N]`` of one split.
 
     ``name``: ``"fashion-mnist"``, ``"digits"`` or ``"auto"`` (Fashion-MNIST if present, else digits).

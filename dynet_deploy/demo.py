@@ -8,7 +8,6 @@ the test set -> latency, every artifact and report in ``out/demo``; the demo pri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from .deploy import DeployResult, format_tables, run_deploy
 from .recipe import bundled_recipe_path, load_recipe
@@ -20,7 +19,6 @@ def run_demo(
     threads: int = 2,
     limit: int | None = None,
     progress: bool | None = None,
-    log: Callable[[str], None] = print,
 ) -> DeployResult:
     """Deploy the bundled recipe into ``out_dir`` (a previous demo's folder there is replaced).
 
@@ -36,7 +34,6 @@ def run_demo(
         limit=limit,
         threads=threads,
         progress=progress,
-        log=log,
     )
 
 

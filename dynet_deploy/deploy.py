@@ -30,11 +30,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DataError, DeployError, MissingDependencyError
 from .fileio import _umask, atomic_write_text, check_output_folder, mark_output_folder
-from .progress import progress_enabled
+from .input_size import InputSize
+from .progress import get_logger, progress_enabled
 from .recipe import Recipe
 
 if TYPE_CHECKING:
     from .triton import TritonOptions
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -104,9 +107,11 @@ def run_deploy(
     threads: int | None = None,
     triton_options: TritonOptions | None = None,
     progress: bool | None = None,
-    log: Callable[[str], None] = print,
 ) -> DeployResult:
     """Run ``recipe`` end to end into ``out_dir`` (default ``out/<recipe name>``); see the module docstring.
+
+    Each step is announced on the ``dynet_deploy.deploy`` logger when it starts and when it ends
+    (:mod:`dynet_deploy.progress`); ``progress`` draws bars over the data-set passes (None: where stderr is a terminal).
 
     ``dataset`` / ``limit`` override the recipe's data set and sample count; ``threads`` its latency threads
     (also used for PyTorch and onnxruntime throughout). ``force`` replaces an existing non-empty ``out_dir``.
@@ -129,7 +134,6 @@ def run_deploy(
             threads=threads,
             triton_options=triton_options,
             progress=progress,
-            log=log,
         )
         _publish(stage, out)
     except BaseException:
@@ -263,13 +267,13 @@ class _Deployment:
     res: DeployResult
     threads: int
     progress: bool
-    log: Callable[[str], None]
     total: int
     model: Any = None
     name: str = ""
     ckpt: Path | None = None
     ckpt_config: dict[str, Any] = field(default_factory=dict)
     base_ckpt: Path | None = None
+    size: InputSize | None = None  # the recipe's input_shape, checked against the checkpoint
     trained_on: str | None = None
     portable: Path | None = None
     fused: Path | None = None
@@ -279,13 +283,15 @@ class _Deployment:
     images: Any = None
     t0: float = 0.0
 
-    def start(self) -> None:
+    def start(self, what: str) -> None:
+        """Announce the next step (``what`` it does) and start its clock."""
+        log.info(f"[{len(self.res.steps) + 1}/{self.total}] {what} ...")
         self.t0 = time.perf_counter()
 
     def step(self, name: str, status: str, detail: str) -> None:
         seconds = time.perf_counter() - self.t0
         self.res.steps.append(Step(name, status, detail, seconds))
-        self.log(
+        log.info(
             f"[{len(self.res.steps)}/{self.total}] {name}: {'' if status == 'done' else status + ': '}{detail} "
             f"({seconds:.1f} s)"
         )
@@ -316,7 +322,6 @@ def _deploy_into(
     threads: int | None,
     triton_options: TritonOptions | None,
     progress: bool | None,
-    log: Callable[[str], None],
 ) -> DeployResult:
     import torch
 
@@ -326,7 +331,7 @@ def _deploy_into(
     torch.set_num_threads(threads)
     progress = progress_enabled(progress)
     res = DeployResult(recipe, out, environment=machine_info())
-    run = _Deployment(stage, out, recipe, res, threads, progress, log, 8 if triton else 7)
+    run = _Deployment(stage, out, recipe, res, threads, progress, 8 if triton else 7)
     _step_checkpoint(run)
     _step_export(run)
     _step_fuse(run)
@@ -346,22 +351,19 @@ def _deploy_into(
 def _step_checkpoint(run: _Deployment) -> None:
     """The checkpoint (and the latency baseline's, so that a wrong name stops the run before any work)."""
     from .checkpoint import load_checkpoint, read_checkpoint_config
+    from .errors import RecipeError
+    from .input_size import resolve_input_size
 
-    run.start()
+    run.start(f"checkpoint: loading {run.recipe.checkpoint_path().name}")
     recipe = run.recipe
     ckpt = run.ckpt = recipe.checkpoint_path()
     run.base_ckpt = recipe.baseline_checkpoint_path()
     run.model = load_checkpoint(ckpt)
     cfg = read_checkpoint_config(ckpt) if ckpt.suffix in (".safetensors", ".json") else {}
     run.name = cfg.get("model") or getattr(run.model, "zoo_name", None) or recipe.name
-    in_chans = int((cfg.get("model_args") or {}).get("in_chans", 3))
-    if in_chans != recipe.input_shape[0]:
-        from .errors import RecipeError
-
-        raise RecipeError(
-            f"recipe {recipe.name!r}: input_shape has {recipe.input_shape[0]} channels, the "
-            f"checkpoint's model takes {in_chans}; fix 'input_shape'"
-        )
+    run.size = resolve_input_size(
+        recipe.input_shape, checkpoint=ckpt, given_by=f"recipe {recipe.name!r}: input_shape", error=RecipeError
+    )
     run.ckpt_config = cfg
     run.trained_on = (cfg.get("metadata") or {}).get("dataset")
     atomic_write_text(run.stage / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
@@ -374,9 +376,9 @@ def _step_export(run: _Deployment) -> None:
     from .export import export_onnx
     from .model_card import serving_metadata
 
-    run.start()
+    run.start("export: the portable graph and the kernel form (torch.onnx)")
     recipe = run.recipe
-    c, h, w = recipe.input_shape
+    assert run.size is not None
     serving = serving_metadata(run.ckpt_config, run.model)
     run.portable = run.stage / "model.onnx"
     kernel_form = run.stage / "model.kernel.onnx"
@@ -385,7 +387,7 @@ def _step_export(run: _Deployment) -> None:
         export_onnx(
             run.model,
             path,
-            (form.batch or 1, c, h, w),
+            run.size.shape(form.batch or 1),
             form=form.form,
             dynamic_batch=form.dynamic,
             opset=recipe.opset,
@@ -400,7 +402,7 @@ def _step_fuse(run: _Deployment) -> None:
     from .export import count_dynamic_convs
     from .fuse import fuse_dynamic_convs
 
-    run.start()
+    run.start("fuse: every dynamic conv -> DyNetDynamicConv2d")
     run.fused = run.stage / "model.plugin.onnx"
     report = fuse_dynamic_convs(run.stage / "model.kernel.onnx", run.fused)
     expected = count_dynamic_convs(run.model)
@@ -438,7 +440,7 @@ def _fuse_fp16(run: _Deployment) -> str:
 
 def _step_build(run: _Deployment) -> None:
     """TensorRT engines, one per precision of the recipe, where TensorRT and the plugin are present."""
-    run.start()
+    run.start(f"build: TensorRT engines ({', '.join(run.recipe.precisions)}) where TensorRT is present")
     assert run.fused is not None
     engines = _build_engines(run.stage, run.fused, run.recipe)
     if isinstance(engines, str):
@@ -454,7 +456,7 @@ def _step_validate_random(run: _Deployment) -> None:
     """Every graph (and engine) against PyTorch on random inputs at the recipe's tolerance."""
     from .validate import validate_random
 
-    run.start()
+    run.start(f"validate: {len(run.targets())} graph(s) against PyTorch on random inputs")
     recipe, res = run.recipe, run.res
     batches = "/".join(str(b) for b in recipe.validate.batch_sizes)
     rows: list[RandomParity] = []
@@ -527,13 +529,22 @@ def _resolve_parity_dataset(run: _Deployment, dataset: str | None) -> str:
     return ds
 
 
+def _parity_announcement(run: _Deployment, dataset: str | None, limit: int | None) -> str:
+    ds = run.recipe.dataset
+    if ds is None:
+        return "accuracy parity: the recipe names no data set"
+    n = limit or ds.limit
+    images = f"the first {n} images" if n else "every image"
+    return f"accuracy parity: PyTorch and {len(run.targets())} graph(s) on {dataset or ds.name} {ds.split}, {images}"
+
+
 def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | None) -> None:
     """Top-1 of PyTorch and of every graph (and engine) on the recipe's data set, and their agreement."""
     from .backends import get_backend
     from .data import load_dataset
     from .validate import reference_outputs, validate_dataset
 
-    run.start()
+    run.start(_parity_announcement(run, dataset, limit))
     recipe, res, ds_spec = run.recipe, run.res, run.recipe.dataset
     if ds_spec is None:
         run.step("accuracy parity", "skipped", "the recipe names no data set")
@@ -541,7 +552,8 @@ def _step_accuracy_parity(run: _Deployment, dataset: str | None, limit: int | No
     ds = res.dataset = _resolve_parity_dataset(run, dataset)
     x_t, y_t = load_dataset(ds, ds_spec.split, limit=limit or ds_spec.limit)
     images, labels = x_t.numpy(), y_t.numpy()
-    if images.shape[1:] != tuple(recipe.input_shape):
+    assert run.size is not None
+    if images.shape[1:] != run.size.shape(1)[1:]:
         raise DataError(
             f"data set {ds} has images {list(images.shape[1:])}, the recipe's input_shape is {list(recipe.input_shape)}"
         )
@@ -627,7 +639,8 @@ def _latency_runners(run: _Deployment, sample) -> dict[str, Callable[[], Any]]:
         base = load_checkpoint(run.base_ckpt)
         base_name = read_checkpoint_config(run.base_ckpt)["model"]
         base_onnx = run.stage / "baseline.onnx"
-        export_onnx(base, base_onnx, (1, *run.recipe.input_shape), opset=run.recipe.opset, model_name=base_name)
+        assert run.size is not None
+        export_onnx(base, base_onnx, run.size.shape(1), opset=run.recipe.opset, model_name=base_name)
         runners[f"{base_name} pytorch"] = torch_fn(base)
         runners[f"{base_name} onnxruntime"] = backend_fn("onnxruntime", base_onnx)
     return runners
@@ -639,12 +652,15 @@ def _step_latency(run: _Deployment) -> None:
 
     from .bench import interleaved_latency, latency_stats
 
-    run.start()
+    run.start(
+        f"latency: every runner interleaved, {run.recipe.latency.repeats} runs each at batch {run.recipe.latency.batch}"
+    )
     lat, res = run.recipe.latency, run.res
     if run.images is not None and len(run.images) >= lat.batch:
         sample = np.ascontiguousarray(run.images[: lat.batch])
     else:
-        sample = np.random.default_rng(0).standard_normal((lat.batch, *run.recipe.input_shape), dtype=np.float32)
+        assert run.size is not None
+        sample = np.random.default_rng(0).standard_normal(run.size.shape(lat.batch), dtype=np.float32)
     runners = _latency_runners(run, sample)
     load_before = _load_average()
     samples = interleaved_latency(runners, repeats=lat.repeats, warmup=lat.warmup)
@@ -680,7 +696,7 @@ def _step_triton(run: _Deployment, options: TritonOptions | None) -> None:
 
     from .triton import TritonOptions, write_model_repository
 
-    run.start()
+    run.start("triton repository: the fused graph (and the fp32 engine)")
     recipe = run.recipe
     assert run.fused is not None
     options = options or TritonOptions()

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class TrainConfig:
     train_limit: int | None = None  # first N training images only (tests, quick runs)
     test_limit: int | None = None
     data_root: str | None = None
-    log_every: int = 0  # progress line every N steps (0: once per epoch)
+    log_every: int | None = None  # progress line every N steps (0: once per epoch; None: see log_interval)
 
 
 @dataclass
@@ -113,7 +113,10 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.conv_mode in ("kernel", "feature"), f"--conv-mode must be 'kernel' or 'feature', got {cfg.conv_mode!r}")
     for flag, value in (("--train-limit", cfg.train_limit), ("--test-limit", cfg.test_limit)):
         need(value is None or (isinstance(value, int) and value >= 1), f"{flag} must be >= 1, got {value}")
-    need(isinstance(cfg.log_every, int) and cfg.log_every >= 0, f"--log-every must be >= 0, got {cfg.log_every}")
+    need(
+        cfg.log_every is None or (isinstance(cfg.log_every, int) and cfg.log_every >= 0),
+        f"--log-every must be >= 0, got {cfg.log_every}",
+    )
     need(isinstance(cfg.pad, int) and cfg.pad >= 0, f"pad must be >= 0, got {cfg.pad}")
     check_model_fits_data(cfg)
 
@@ -154,7 +157,8 @@ def default_model_args(model_args: dict[str, Any], dataset: str) -> dict[str, An
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     # Decay conv/linear weights (and basis kernels) only; BatchNorm scales and biases are 1-D.
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -205,25 +209,44 @@ def evaluate_top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return correct / max(1, len(labels))
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainResult:
+def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` from scratch; returns the model (eval mode), per-epoch history and test top-1.
 
-    Runs with ``cfg.threads`` torch threads and restores the caller's thread count afterwards.
+    Runs with ``cfg.threads`` torch threads and restores the caller's thread count afterwards. Progress goes to the
+    ``dynet_deploy.train`` logger (a line per epoch, and every :func:`log_interval` steps within one) and, where
+    stderr is a terminal, a bar over each epoch's steps (:mod:`dynet_deploy.progress`).
     """
     check_config(cfg)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, log)
+        return _train(cfg)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
+def log_interval(log_every: int | None, steps_per_epoch: int) -> tuple[int, str]:
+    """(steps between in-epoch progress lines, 0 for none; a note where the asked interval was changed).
+
+    ``None`` (the default): about four lines per epoch. An interval of an epoch or more would never print within
+    one: the epoch's own line is the progress then, and the note says so.
+    """
+    if log_every is None:
+        return (max(1, steps_per_epoch // 4) if steps_per_epoch >= 8 else 0), ""
+    if log_every and log_every >= steps_per_epoch:
+        return 0, (
+            f"--log-every {log_every} is not shorter than an epoch ({steps_per_epoch} steps): progress is the line "
+            f"after each epoch"
+        )
+    return log_every, ""
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     from .models import create_model, model_info
     from .nn import set_dynamic_conv_mode
+    from .progress import get_logger, progress
 
-    log = log or (lambda _msg: None)
+    log = get_logger(__name__).info
     check_config(cfg)
     model_info(cfg.model)  # an unknown name fails before the data is read
     dataset = resolve_dataset(cfg.dataset, cfg.data_root)
@@ -253,17 +276,20 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
     history: list[EpochRecord] = []
     step = 0
     start = time.perf_counter()
+    log_every, note = log_interval(cfg.log_every, steps_per_epoch)
     log(
         f"training {cfg.model}({', '.join(f'{k}={v}' for k, v in args.items())}) on {dataset}: "
         f"{len(y_train)} train / {len(y_test)} test images, {cfg.epochs} epochs of {steps_per_epoch} steps, seed {cfg.seed}"
     )
+    if note:
+        log(f"note: {note}")
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(len(y_train), generator=order_gen)
         loss_sum, correct, seen = 0.0, 0, 0
         lr = cfg.lr
-        for b in range(steps_per_epoch):
+        for b in progress(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="step"):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             if cfg.augment and cfg.pad >= 0:
@@ -285,7 +311,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None] | None) -> TrainResult:
             loss_sum += loss.item() * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
-            if cfg.log_every and (b + 1) % cfg.log_every == 0 and b + 1 < steps_per_epoch:
+            if log_every and (b + 1) % log_every == 0 and b + 1 < steps_per_epoch:
                 log(
                     f"  epoch {epoch} step {b + 1}/{steps_per_epoch}: loss {loss_sum / seen:.4f}, {time.perf_counter() - t0:.0f} s"
                 )

@@ -6,6 +6,7 @@ These tests assert what the benchmark reports and how, never how fast anything i
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_config_rejects_bad_input():
 
 
 @pytest.mark.slow
-def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
+def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path, caplog):
     cfg = BenchConfig(
         models=["dy_resnet18"],
         batch_sizes=[1, 2],
@@ -83,8 +84,9 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path):
         warmup=1,
         model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
     )
-    logs: list[str] = []
-    result = run_bench(cfg, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="dynet_deploy.bench"):
+        result = run_bench(cfg)
+    logs = [r.getMessage() for r in caplog.records]
 
     timed = {r.backend for r in result.rows}
     assert {"torch", "onnxruntime", "onnxruntime-portable"} <= timed
@@ -193,7 +195,7 @@ def test_each_thread_count_is_a_pass_of_its_own():
         warmup=1,
         model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
     )
-    result = run_bench(cfg, log=lambda _: None)
+    result = run_bench(cfg)
     assert [(r.model, r.threads) for r in result.rows] == [
         ("resnet18", 2),
         ("dy_resnet18", 2),

@@ -4,9 +4,12 @@ nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 
 import onnx
@@ -32,6 +35,9 @@ def _recipe(tmp_path, **changes):
     return path
 
 
+_STDERR: dict = {}  # what the module's deploy run wrote on stderr, by output folder
+
+
 @pytest.fixture(scope="module")
 def deployed():
     # in a folder a server running as another user can enter (pytest's own are 0700), with the op library copied
@@ -39,12 +45,34 @@ def deployed():
     tmp = shared_folder("dynet-deploy-tests-")
     out = tmp / "out"
     old = os.umask(0o022)
+    stderr = io.StringIO()  # not a terminal: no bars, the step lines only
     try:
-        rc = main(["deploy", str(_recipe(tmp)), "-o", str(out), "--triton", "--copy-op-library", "--limit", "96"])
+        with contextlib.redirect_stderr(stderr):
+            rc = main(["deploy", str(_recipe(tmp)), "-o", str(out), "--triton", "--copy-op-library", "--limit", "96"])
     finally:
         os.umask(old)
+    _STDERR[out] = stderr.getvalue()
     yield rc, out, json.loads((out / "report.json").read_text())
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_each_step_is_announced_when_it_starts(deployed):
+    _, out, report = deployed
+    lines = _STDERR[out].splitlines()
+    total = len(report["steps"])
+    assert total == 8
+    previous_end = -1
+    for i, step in enumerate(report["steps"], 1):
+        starts = [n for n, line in enumerate(lines) if line.startswith(f"[{i}/{total}] ") and line.endswith(" ...")]
+        ends = [n for n, line in enumerate(lines) if line.startswith(f"[{i}/{total}] {step['step']}: ")]
+        ends = [n for n in ends if re.search(r"\(\d+\.\d s\)$", lines[n])]
+        assert len(starts) == 1 and len(ends) == 1, (i, step["step"], lines)
+        assert previous_end < starts[0] < ends[0], (i, lines)
+        previous_end = ends[0]
+    parity = next(n for n, line in enumerate(lines) if line.startswith("[6/8] accuracy parity: PyTorch and"))
+    passes = [line.strip() for line in lines[parity : previous_end + 1] if "96 images in batches of" in line]
+    graphs = sum("agreement" in p for p in report["parity"])
+    assert passes[0].startswith("pytorch reference: 96 images") and len(passes) == 1 + graphs, passes
 
 
 def test_deploy_writes_every_artifact(deployed):
@@ -217,6 +245,7 @@ def test_failing_check_writes_the_report_and_exits_1(tmp_path, capsys):
     assert any(not p["passed"] for p in report["parity"])
     assert "FAILED" in (out / "report.txt").read_text()
     # the folder is not empty now: a second run needs --force
+    capsys.readouterr()
     assert main(["deploy", str(recipe), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error (deploy): ") and "not empty" in err
@@ -251,15 +280,16 @@ def test_unknown_baseline_stops_before_any_work(tmp_path, capsys):
     recipe = _recipe(tmp_path, latency={"baseline": "resnet99_fmnist"})
     assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr()
-    assert err.err.startswith("error (recipe): ") and "resnet99_fmnist" in err.err and "[1/" not in err.out
+    assert err.err.startswith("error (recipe): ") and "resnet99_fmnist" in err.err and "[1/" not in err.err + err.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
 
 
 def test_error_mid_run_leaves_nothing(tmp_path, capsys):
     recipe = _recipe(tmp_path, input_shape=[3, 28, 28])  # the checkpoint's model takes 1 channel
     assert main(["deploy", str(recipe), "-o", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error (recipe): ") and "1" in err and "input_shape" in err
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("[1/7] checkpoint: loading") and len(err) == 2  # the step began, then the error
+    assert err[-1].startswith("error (recipe): ") and "1" in err[-1] and "input_shape" in err[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json"]
 
 

@@ -130,6 +130,16 @@ def test_nan_passes_through_relu(tactic):
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(ref).any()
 
 
+@needs_fast
+def test_clear_caches_drops_the_sessions_and_the_op_still_runs():
+    tensors, conv = make_case(LAYERS[0], 2, True, False, True, seed=5)
+    first = run_op(tensors, conv, 1)
+    assert top._ORT_SESSIONS, "the fast CPU path keeps its onnxruntime session"
+    top.clear_caches()
+    assert not top._ORT_SESSIONS and not top._PLANS and not top._CHOSEN
+    assert torch.equal(run_op(tensors, conv, 1), first)  # a fresh session computes the same
+
+
 def test_bad_input_is_a_clear_error():
     tensors, conv = make_case(LAYERS[0], 2, True, False, False)
     x, coeff, weight, _, _ = tensors

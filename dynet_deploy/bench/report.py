@@ -86,9 +86,9 @@ def format_table(result: BenchResult) -> str:
     )
     if result.busy:
         out.append("THIS RUN WAS TAKEN ON A BUSY MACHINE: rows marked '*' must be re-measured on a quiet one.")
-    load = m.get("load_average"), m.get("load_average_end")
-    if all(load):
-        out.append(f"load average at start {load[0][0]:.2f}, at end {load[1][0]:.2f}")
+    load_start, load_end = m.get("load_average"), m.get("load_average_end")
+    if load_start and load_end:
+        out.append(f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f}")
     for s in result.skipped:
         out.append(f"skipped {s['backend']} ({s['models']}, batch {s['batch']}): {s['reason']}")
     return "\n".join(out)

@@ -14,8 +14,11 @@ import numpy as np
 
 from ..backends import BenchVariant, bench_variants, get_backend
 from ..errors import BenchError, DynetDeployError
+from ..progress import get_logger
 from .roofline import MachinePeaks, measure_peaks, roofline_ms
 from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
+
+log = get_logger(__name__)
 
 # The PyTorch model (the reference, eager) and every registered backend's variants.
 TORCH = "torch"
@@ -428,7 +431,7 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
     return _Runner(call, graph)
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResult:
+def run_bench(cfg: BenchConfig) -> BenchResult:
     """Benchmark every unit (pair or single) on every backend and batch size of ``cfg``."""
     cfg.validate()
     machine = machine_info()
@@ -443,15 +446,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> BenchResu
         peaks: dict[int, MachinePeaks] = {}
         if any(b != TORCH for b in cfg.backends):
             for threads in cfg.threads:
-                log(f"measuring this machine's bandwidth and multiply-add peak with onnxruntime, {threads} thread(s)")
+                log.info(
+                    f"measuring this machine's bandwidth and multiply-add peak with onnxruntime, {threads} thread(s)"
+                )
                 peaks[threads] = measure_peaks(threads)
         for threads in cfg.threads:
             for unit in units:
                 for backend in cfg.backends:
                     for batch in cfg.batch_sizes:
-                        rows += _time_unit(
-                            art, cfg, unit, backend, batch, threads, peaks.get(threads), memory, skipped, log
-                        )
+                        rows += _time_unit(art, cfg, unit, backend, batch, threads, peaks.get(threads), memory, skipped)
     machine["load_average_end"] = machine_info()["load_average"]
     config = asdict(cfg)
     config["input_size"] = list(cfg.input_size)
@@ -468,7 +471,6 @@ def _time_unit(
     peaks: MachinePeaks | None,
     memory: PeakMemory,
     skipped: list[dict[str, str]],
-    log: Callable[[str], None],
 ) -> list[BenchRow]:
     """One pair (or single model) on one backend, batch and thread count: open, warm up, time interleaved."""
     runners: dict[str, _Runner] = {}
@@ -488,19 +490,21 @@ def _time_unit(
             mem[name] = (peak, peak - before)
     except BackendUnavailable as exc:
         reason = str(exc)
-        log(f"skip {backend} for {', '.join(unit)} (batch {batch}): {reason}")
+        log.info(f"skip {backend} for {', '.join(unit)} (batch {batch}): {reason}")
         skipped.append({"backend": backend, "models": ", ".join(unit), "batch": str(batch), "reason": reason})
         runners.clear()
         gc.collect()
         return []
-    log(
+    log.info(
         f"timing {' vs '.join(unit)} on {backend}, batch {batch}, {threads} thread(s): {cfg.repeats} interleaved rounds"
     )
     load = ForeignLoad().start()
     samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
     load.stop()
     if load.busy:
-        log(f"  busy machine: other processes used {load.foreign_cores:.2f} cores meanwhile; these rows are marked")
+        log.info(
+            f"  busy machine: other processes used {load.foreign_cores:.2f} cores meanwhile; these rows are marked"
+        )
     unit_rows = {}
     for name in unit:
         stats = latency_stats(samples[name])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..fileio import check_out_dir
+from ..input_size import GIVEN, GRAPH, InputSize, check_given_size, resolve_input_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar=("H", "W"),
-        help="default: a --checkpoint's recorded input size, a --onnx graph's fixed size, else 224 224",
+        help="input height and width (default: a --onnx graph's fixed size, a --checkpoint's recorded size, else the "
+        "zoo entries' size, else 224 224; they must agree)",
     )
     p.add_argument(
         "--repeats", type=int, default=DEFAULT_REPEATS, help=f"timed rounds per model (default {DEFAULT_REPEATS})"
@@ -134,13 +136,17 @@ def check_backends_present(backends: list[str]) -> None:
         )
 
 
-def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] | None]:
-    """(user models by label, model_kwargs for their baselines, the input size they imply) from --checkpoint/--onnx."""
+def user_models(args: argparse.Namespace) -> tuple[dict, dict, list[InputSize]]:
+    """(user models by label, model_kwargs for their baselines, the input sizes they decide) from --checkpoint/--onnx.
+
+    A size is decided by --input-size, a graph's fixed size or a checkpoint's record (dynet_deploy.input_size); a
+    checkpoint that records none and a graph of any size take the size the other models decide.
+    """
     import json
     from pathlib import Path
 
     from ..bench.run import UserModel
-    from ..checkpoint import checkpoint_defaults, read_checkpoint_config
+    from ..checkpoint import read_checkpoint_config
     from ..errors import BenchError, DynetDeployError
     from ..graph import check_readable_file
     from ..validate import read_graph_input
@@ -157,7 +163,7 @@ def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] |
             raise BenchError(f"--model-args must be a JSON object, got a {type(model_args).__name__}")
     users: dict = {}
     baseline_kwargs: dict = {}
-    sizes = []
+    sizes: list[InputSize] = []
 
     def label_for(path: Path) -> str:
         label, i = path.stem, 2
@@ -179,28 +185,34 @@ def user_models(args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int] |
             info = model_info(config["model"])
             if info.baseline:
                 baseline_kwargs[info.baseline] = {**config.get("model_args", {}), **model_args}
-        size, _, _ = checkpoint_defaults(str(path), None, None)
-        if size:
-            sizes.append(tuple(size))
+        size = resolve_input_size(args.input_size, checkpoint=str(path), model_args=model_args, error=BenchError)
+        if size.source == GIVEN or size.recorded:
+            sizes.append(size)
     for onnx_file in args.onnx:
         path = check_readable_file(onnx_file, BenchError, "ONNX graph")
         label = label_for(path)
         users[label] = UserModel(label, onnx=str(path))
         try:
-            hw = read_graph_input(path).shape[2:]
+            shape = read_graph_input(path).shape
         except DynetDeployError as exc:
             raise BenchError(f"--onnx: {exc}") from None
-        if all(isinstance(d, int) and d > 0 for d in hw):
-            sizes.append(tuple(hw))
-    size = None
-    if sizes:
-        if len(set(sizes)) > 1 and args.input_size is None:
-            raise BenchError(
-                f"the given models take different input sizes ({sorted(set(sizes))}); pass --input-size H W "
-                f"or bench them in separate runs"
-            )
-        size = sizes[0]
-    return users, baseline_kwargs, size
+        size = resolve_input_size(args.input_size, graph_shape=shape, error=BenchError)
+        if size.source in (GIVEN, GRAPH):
+            sizes.append(size)
+    return users, baseline_kwargs, sizes
+
+
+def bench_input_size(args: argparse.Namespace, models: list[str], decided: list[InputSize]) -> tuple[int, int]:
+    """The one H W every model is benched at: what the user models decide, else the zoo entries' size; one only."""
+    from ..errors import BenchError
+
+    sizes = decided or [resolve_input_size(args.input_size, model_name=m, error=BenchError) for m in models]
+    hws = sorted({s.hw for s in sizes}) or [resolve_input_size(args.input_size, error=BenchError).hw]
+    if len(hws) > 1:
+        raise BenchError(
+            f"the given models take different input sizes ({hws}); pass --input-size H W or bench them in separate runs"
+        )
+    return hws[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,11 +220,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BenchError
     from ..fileio import check_output_path
 
-    users, baseline_kwargs, implied_size = user_models(args)
-    if args.input_size is not None and min(args.input_size) < 1:
-        raise BenchError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
-    size = tuple(args.input_size) if args.input_size else (implied_size or (224, 224))
+    check_given_size(args.input_size, "--input-size", BenchError)
+    users, baseline_kwargs, decided = user_models(args)
     models = list(args.models) if args.models is not None else ([] if users else list(DEFAULT_MODELS))
+    size = bench_input_size(args, models, decided)
     cfg = BenchConfig(
         models=models + list(users),
         batch_sizes=list(args.batch_sizes),
@@ -245,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ("bench.txt", "bench.json", "bench.png"):  # before minutes of timing: no report lands on an input
             check_output_path(Path(args.out_dir) / name, BenchError, inputs=inputs)
     check_backends_present(cfg.backends)
-    result = run_bench(cfg, log=lambda msg: print(msg, flush=True))
+    result = run_bench(cfg)
     paths = write_outputs(result, args.out_dir)
     print()
     print(format_table(result))

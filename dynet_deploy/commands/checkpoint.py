@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import CheckpointError
 
@@ -97,20 +97,9 @@ def non_finite_tensors(state: dict) -> dict[str, int]:
     return bad
 
 
-def _notes_to_stderr() -> None:
-    # The library logs notes (a stripped "module." prefix, an unwrapped training checkpoint); show them plainly.
-    logger = logging.getLogger("dynet_deploy.checkpoint")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, read_checkpoint_config, read_state_dict, save_checkpoint
 
-    _notes_to_stderr()
     model_args = _parse_model_args(args.model_args)
     if args.checkpoint_action == "convert":
         from ..checkpoint import checkpoint_input_paths, checkpoint_output_paths
@@ -157,19 +146,24 @@ def run(args: argparse.Namespace) -> int:
     for tensor in state.values():
         dtype = str(tensor.dtype).removeprefix("torch.")
         dtypes[dtype] = dtypes.get(dtype, 0) + 1
+    zoo_name: str = getattr(model, "zoo_name")
+    zoo_kwargs: dict[str, Any] = getattr(model, "zoo_kwargs")
+    elements = int(sum(t.numel() for t in state.values()))
+    size = int(sum(t.numel() * t.element_size() for t in state.values()))
+    bad = non_finite_tensors(state)
+    bad_values = int(sum(bad.values()))
     summary = {
         "path": str(path),
         "config": config,
-        "model": model.zoo_name,
-        "model_args": model.zoo_kwargs,
+        "model": zoo_name,
+        "model_args": zoo_kwargs,
         "tensors": len(state),
-        "elements": int(sum(t.numel() for t in state.values())),
-        "bytes": int(sum(t.numel() * t.element_size() for t in state.values())),
+        "elements": elements,
+        "bytes": size,
         "dtypes": dtypes,
         "loads": True,
+        "non_finite": {"tensors": len(bad), "values": bad_values, "names": sorted(bad)},
     }
-    bad = non_finite_tensors(state)
-    summary["non_finite"] = {"tensors": len(bad), "values": int(sum(bad.values())), "names": sorted(bad)}
     if args.json:
         print(json.dumps(summary, indent=2))
         if bad:
@@ -179,12 +173,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"config      {'none (model given on the command line)' if config is None else config_path}")
     if config is not None and config.get("metadata"):
         print(f"metadata    {json.dumps(config['metadata'])}")
-    print(f"model       {model.zoo_name}({', '.join(f'{k}={v!r}' for k, v in model.zoo_kwargs.items())})")
-    print(f"tensors     {summary['tensors']} ({summary['elements']:,} elements, {summary['bytes'] / 2**20:.2f} MiB)")
+    print(f"model       {zoo_name}({', '.join(f'{k}={v!r}' for k, v in zoo_kwargs.items())})")
+    print(f"tensors     {len(state)} ({elements:,} elements, {size / 2**20:.2f} MiB)")
     print(f"dtypes      {', '.join(f'{k} x{n}' for k, n in sorted(dtypes.items()))}")
     print("loads       yes: every key and shape matches the model")
     if bad:
-        print(f"finite      NO: {summary['non_finite']['values']:,} NaN/Inf values in {len(bad)} tensors")
+        print(f"finite      NO: {bad_values:,} NaN/Inf values in {len(bad)} tensors")
         raise CheckpointError(_non_finite_message(path, bad, state))
     print("finite      yes: no NaN or Inf")
     return 0

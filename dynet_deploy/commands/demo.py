@@ -19,7 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="out/demo",
         help="where the artifacts and report.json go (default: out/demo; a previous demo there is replaced)",
     )
-    p.add_argument("--dataset", choices=["auto", "fashion-mnist", "digits"], default="auto")
+    p.add_argument(
+        "--dataset",
+        choices=["auto", "fashion-mnist", "digits"],
+        default="auto",
+        help="data set of the accuracy parity (default: auto, Fashion-MNIST where installed, else sklearn's digits)",
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for PyTorch and onnxruntime (default: 2)")
     p.add_argument("--limit", type=int, help="use only the first N test images")
     p.set_defaults(func=run)

@@ -62,7 +62,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (the dynamo exporter emits >= 18)")
     p.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width (default: the zoo entry's)"
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input height and width (default: what the checkpoint records, else the zoo entry's size, else 224 224)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check on a random input")
     p.add_argument(
@@ -146,8 +150,9 @@ def run(args) -> int:
     )
     if args.batch < 1:
         raise ExportError(f"--batch must be >= 1, got {args.batch}")
-    if args.input_size and min(args.input_size) < 1:
-        raise ExportError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
+    from ..input_size import check_given_size, resolve_input_size
+
+    check_given_size(args.input_size, "--input-size", ExportError)
     if args.opset < 17:
         raise ExportError(f"--opset {args.opset} is too old: DyNet graphs need opset >= 17")
     if args.opset > _max_opset(args.exporter):
@@ -160,17 +165,11 @@ def run(args) -> int:
     info = model_info(name) if name else None
     if source.startswith("randomly"):
         print(f"note: exporting {name} with RANDOM weights (no checkpoint given)")
-    from ..checkpoint import checkpoint_defaults
-
-    meta_size, meta_chans, meta_source = checkpoint_defaults(args.ckpt, name, zoo_args)
-    if args.input_size:
-        size = tuple(args.input_size)
-    elif meta_size:
-        size = meta_size
-        print(f"input size {size[0]}x{size[1]} from {meta_source} (--input-size overrides)")
-    else:
-        size = info.input_size if info else (224, 224)
-    in_chans = int(meta_chans or (zoo_args or {}).get("in_chans", 3))
+    size = resolve_input_size(
+        args.input_size, checkpoint=args.ckpt, model_name=name, model_args=zoo_args, error=ExportError
+    )
+    if size.note():
+        print(size.note())
     seg = info is not None and info.task == "segmentation"
     dynamic_hw = seg if args.dynamic_hw is None else args.dynamic_hw
     from ..export import export_onnx
@@ -178,7 +177,7 @@ def run(args) -> int:
     report = export_onnx(
         net,
         args.output,
-        (args.batch, in_chans, *size),
+        size.shape(args.batch),
         form=args.form,
         dynamic_batch=args.dynamic_batch,
         dynamic_hw=dynamic_hw,
@@ -194,7 +193,7 @@ def run(args) -> int:
         from ..backends.onnxruntime import OnnxruntimeRunner
         from ..backends.torch_reference import TorchRunner
 
-        x = np.random.default_rng().standard_normal((args.batch, in_chans, *size)).astype(np.float32)
+        x = np.random.default_rng().standard_normal(size.shape(args.batch)).astype(np.float32)
         ort_out = OnnxruntimeRunner(report.path).run({report.input_names[0]: x})
         ref = TorchRunner(net, report.input_names, report.output_names).run({report.input_names[0]: x})
         failures = []
@@ -227,7 +226,11 @@ def run(args) -> int:
     if args.save_checkpoint:
         from ..checkpoint import save_checkpoint
 
-        meta = {"weights": "random (dynet-deploy export --model)", "input_size": list(size), "in_chans": in_chans}
+        meta = {
+            "weights": "random (dynet-deploy export --model)",
+            "input_size": list(size.hw),
+            "in_chans": size.channels,
+        }
         weights = save_checkpoint(net, args.save_checkpoint, model_name=name, model_args=zoo_args, metadata=meta)
         print(f"saved the random weights: {weights} and {weights.with_suffix('.json')}")
     return 0

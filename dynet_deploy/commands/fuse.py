@@ -88,7 +88,7 @@ def run(args) -> int:
         try:
             from ..fuse.verify import verify_fused
 
-            verify_fused(args.model, str(report.path), emit=print, precision=args.precision)
+            print("\n".join(verify_fused(args.model, str(report.path), precision=args.precision)))
         except FuseError:
             Path(report.path).unlink(missing_ok=True)  # a fused graph that computes something else is no artifact
             raise

@@ -76,7 +76,12 @@ def register(subparsers) -> None:
         help="with --load-outputs: largest allowed relative error ||out - ref|| / ||ref|| per output, as validate "
         "measures it; not Polygraphy's element-wise rtol (default: fp32 1e-5, fp16 1e-2)",
     )
-    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="onnxruntime",
+        help="runtime that runs MODEL: onnxruntime (an ONNX graph) or tensorrt (an engine); default: onnxruntime",
+    )
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per feed (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per feed first (default 2)")

@@ -19,24 +19,48 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--model-args", default="{}", help="create_model keyword arguments as JSON, e.g. '{\"width_mult\": 0.25}'"
     )
-    parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits", "auto"])
+    parser.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        choices=["fashion-mnist", "digits", "auto"],
+        help="training and test data (default: fashion-mnist; auto: Fashion-MNIST where installed, else digits)",
+    )
     parser.add_argument(
         "--data-root", help="folder with the Fashion-MNIST IDX files (default: $DYNET_DEPLOY_FASHION_MNIST or Debian's)"
     )
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the training set (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per training step (default: 128)")
+    parser.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adamw"],
+        help="sgd (with Nesterov momentum) or adamw (default: sgd)",
+    )
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=5e-4,
+        help="on conv and linear weights only, not BN or biases (default: 5e-4)",
+    )
     parser.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights, data order and augmentation (default: 0)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed, for reproducibility)")
     parser.add_argument(
         "--conv-mode", default="kernel", choices=["kernel", "feature"], help="dynamic-conv path while training"
     )
     parser.add_argument("--train-limit", type=int, help="use the first N training images only")
     parser.add_argument("--test-limit", type=int, help="evaluate on the first N test images only")
-    parser.add_argument("--log-every", type=int, default=100, help="progress line every N steps (0: per epoch only)")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a progress line every N steps within an epoch (default: about four per epoch; 0, or N of an epoch or "
+        "more: only the line after each epoch, with a note)",
+    )
     parser.add_argument("--report", help="report path (default: OUT stem + .report.json)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint path, NAME.safetensors")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint (and its .json, report)")
@@ -85,7 +109,7 @@ def run(args) -> int:
         log_every=args.log_every,
     )
     check_config(cfg)
-    result = train(cfg, log=lambda msg: print(msg, flush=True))
+    result = train(cfg)
     weights, report_path = save_training_outputs(result, args.output, args.report)
     report = json.loads(report_path.read_text())
     print(

@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint", help="the checkpoint the graph was exported from (.safetensors/.json, or .pt with --model)"
     )
     p.add_argument("model", help="the ONNX graph (portable or fused) or, with --backend tensorrt, an engine")
-    p.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="onnxruntime",
+        help="runtime that runs MODEL: onnxruntime (an ONNX graph) or tensorrt (an engine); default: onnxruntime",
+    )
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
     p.add_argument(
         "--precision",
@@ -50,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="H W for graphs with a dynamic spatial size (default: the checkpoint's recorded input size)",
+        help="H W for graphs with a dynamic spatial size (default: what the checkpoint records, else the zoo entry's "
+        "size; a graph fixed at a size takes only that one)",
     )
     p.add_argument(
         "--dataset",
@@ -85,8 +91,9 @@ def _check_values(args: argparse.Namespace) -> None:
 
     if args.batch_sizes is not None and min(args.batch_sizes) < 1:
         raise ValidationError(f"--batch-sizes must be >= 1, got {' '.join(map(str, args.batch_sizes))}")
-    if args.input_size is not None and min(args.input_size) < 1:
-        raise ValidationError(f"--input-size must be two positive sizes H W, got {' '.join(map(str, args.input_size))}")
+    from ..input_size import check_given_size
+
+    check_given_size(args.input_size, "--input-size", ValidationError)
     if args.limit is not None and args.limit < 1:
         raise ValidationError(f"--limit must be >= 1, got {args.limit}")
     if args.dataset is None:
@@ -150,7 +157,7 @@ def _check_dataset_size(graph, args: argparse.Namespace, model_path: Path) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import checkpoint_defaults, checkpoint_input_paths, load_checkpoint
+    from ..checkpoint import checkpoint_input_paths, load_checkpoint
     from ..errors import ValidationError
     from ..fileio import check_output_path
     from ..graph import check_readable_file
@@ -191,14 +198,7 @@ def run(args: argparse.Namespace) -> int:
         check_fused_nodes(model_path, ValidationError)
         if args.dataset in ("fashion-mnist", "digits", "auto") and task == "classification":
             _check_dataset_size(graph, args, model_path)
-    input_size = tuple(args.input_size) if args.input_size else None
-    if input_size is None and graph is not None and not all(isinstance(d, int) and d > 0 for d in graph.shape[2:]):
-        meta_size, _, meta_source = checkpoint_defaults(args.checkpoint, name, getattr(model, "zoo_kwargs", None))
-        if meta_size:
-            input_size = meta_size
-            print(f"input size {input_size[0]}x{input_size[1]} from {meta_source} (--input-size overrides)")
-    if input_size is None and task == "segmentation":
-        input_size = (64, 96)
+    input_size = _input_size(args, model, name, task, graph)
     created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     try:
@@ -207,6 +207,31 @@ def run(args: argparse.Namespace) -> int:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no empty folder behind
         raise
+
+
+SEGMENTATION_CHECK_HW = (64, 96)  # synthetic segmentation runs small where nothing records a size
+
+
+def _input_size(args: argparse.Namespace, model, name: str, task: str, graph) -> tuple[int, int] | None:
+    """H W of the random inputs (dynet_deploy.input_size's rule); an engine (no graph here) takes its own."""
+    from ..errors import ValidationError
+    from ..input_size import resolve_input_size
+
+    fallback = SEGMENTATION_CHECK_HW if task == "segmentation" else None
+    if graph is None:
+        return tuple(args.input_size) if args.input_size else fallback
+    size = resolve_input_size(
+        args.input_size,
+        checkpoint=args.checkpoint,
+        model_name=getattr(model, "zoo_name", None) or args.model_name,
+        model_args=getattr(model, "zoo_kwargs", None),
+        graph_shape=graph.shape,
+        fallback=fallback,
+        error=ValidationError,
+    )
+    if size.note():
+        print(size.note())
+    return size.hw
 
 
 def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
@@ -251,7 +276,7 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 raise ValidationError("--dataset synthetic-seg needs a segmentation model")
             if args.dataset not in ("synthetic-seg",):
                 raise ValidationError(f"a segmentation model takes --dataset synthetic-seg, not {args.dataset!r}")
-            h, w = input_size or (64, 96)
+            h, w = input_size or SEGMENTATION_CHECK_HW
             num_classes = int(getattr(model, "num_classes", 0) or 0) or None
             n = args.limit or 16
             images, masks = synthetic_segmentation(n, h, w, num_classes or 19, seed=args.seed)
@@ -278,12 +303,12 @@ def _validate(args, model, name, task, model_path, input_size, out_dir) -> int:
                 else {}
             )
             trained_on = (cfg.get("metadata") or {}).get("dataset")
-            images, labels = load_dataset(ds_name, "test", limit=args.limit)
+            x_t, y_t = load_dataset(ds_name, "test", limit=args.limit)
             ds_report = validate_dataset(
                 model,
                 model_path,
-                images.numpy(),
-                labels.numpy(),
+                x_t.numpy(),
+                y_t.numpy(),
                 ds_name,
                 args.backend,
                 threads=args.threads,

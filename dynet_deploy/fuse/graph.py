@@ -151,19 +151,19 @@ def _pad_spatial(node) -> tuple[int, int, int, int] | None:
         mode = mode.decode()
     if mode != "constant":
         return None
-    pads = _const(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("pads")
-    if pads is None:
+    given = _const(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("pads")
+    if given is None:
         return None
-    pads = [int(p) for p in np.asarray(pads).ravel()]
+    pads = [int(p) for p in np.asarray(given).ravel()]
     if len(node.inputs) > 2 and node.inputs[2].name:
         value = _const(node.inputs[2])
         if value is None or np.any(value != 0):
             return None
     if len(node.inputs) > 3 and node.inputs[3].name:
-        axes = _const(node.inputs[3])
-        if axes is None:
+        given_axes = _const(node.inputs[3])
+        if given_axes is None:
             return None
-        axes = [int(a) % 4 for a in np.asarray(axes).ravel()]
+        axes = [int(a) % 4 for a in np.asarray(given_axes).ravel()]
         full = [0] * 8
         for i, a in enumerate(axes):
             full[a], full[a + 4] = pads[i], pads[i + len(axes)]
@@ -207,7 +207,9 @@ def _walk_back(tensors: Sequence, stop: Callable | None = None) -> tuple[list, l
     """Producers of ``tensors`` through AGGREGATION_OPS; returns (nodes in the subgraph, run-time leaf tensors)."""
     import onnx_graphsurgeon as gs
 
-    nodes, leaves, seen = [], [], set()
+    nodes: list = []
+    leaves: list = []
+    seen: set[int] = set()
     stack = list(tensors)
     while stack:
         t = stack.pop()

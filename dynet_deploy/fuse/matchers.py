@@ -51,13 +51,13 @@ def _conv_geometry(conv, extra_pads) -> tuple[tuple[int, int], tuple[int, int, i
         auto_pad = auto_pad.decode()
     if auto_pad not in ("NOTSET", ""):
         raise _NoMatch(f"Conv auto_pad={auto_pad} (explicit pads only)")
-    stride = tuple(_ints(conv.attrs.get("strides"), 2, 1))
-    dil = tuple(_ints(conv.attrs.get("dilations"), 2, 1))
+    s = _ints(conv.attrs.get("strides"), 2, 1)
+    d = _ints(conv.attrs.get("dilations"), 2, 1)
     p = _ints(conv.attrs.get("pads"), 4, 0)
-    if len(stride) != 2 or len(dil) != 2 or len(p) != 4:
+    if len(s) != 2 or len(d) != 2 or len(p) != 4:
         raise _NoMatch("not a 2D Conv")
     pads = (p[0] + extra_pads[0], p[1] + extra_pads[1], p[2] + extra_pads[2], p[3] + extra_pads[3])
-    return stride, pads, dil  # type: ignore[return-value]
+    return (s[0], s[1]), pads, (d[0], d[1])
 
 
 def _absorb_pads(t) -> tuple[Any, list[int]]:
@@ -100,8 +100,8 @@ def _post_ops(graph, t, c_out: int, batch: int | None, leaf) -> tuple[Any, list,
             t = reader.outputs[0]
             continue
         if reader.op == "BatchNormalization" and bn is None and act == 0 and len(reader.outputs) == 1:
-            params = [_const(i) for i in reader.inputs[1:5]]
-            if any(p is None for p in params) or params[0].shape != (c_out,):
+            params = [p for p in (_const(i) for i in reader.inputs[1:5]) if p is not None]
+            if len(params) != 4 or params[0].shape != (c_out,):
                 break
             gamma, beta, mean, var = (p.astype(np.float64) for p in params)
             scale = gamma / np.sqrt(var + float(reader.attrs.get("epsilon", 1e-5)))
@@ -203,7 +203,9 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
         graph, leaf, w_t, dyn_bias, b, c_out, j, ("tk", "kt", "expert"), opset_imports
     )
     for cb in const_bias:
-        v = _per_sample_bias(_const(cb), b, c_out)
+        value = _const(cb)
+        assert value is not None  # const_bias holds the constant terms only
+        v = _per_sample_bias(value, b, c_out)
         if np.abs(v - v[:1]).max() > 0:
             raise _NoMatch("a constant bias differs between samples")
         bias = v[0] if bias is None else bias + v[0]
@@ -348,7 +350,7 @@ def _match_feature_form(graph, conv, chain, opset_imports) -> _Match:
         pb = np.asarray(pre_bias, np.float64).reshape(a_dim, b_dim)
         bias_bank0 = pb.T if axis == 2 else pb  # [K, C_out]
     y = red.outputs[0]
-    batch = r_shape[0] if isinstance(r_shape[0], (int, np.integer)) else None
+    batch = int(r_shape[0]) if isinstance(r_shape[0], (int, np.integer)) else None
     final, bias_ts, bn, act = _post_ops(graph, y, c_out, batch, leaf)
     dyn_bias = [t for t in bias_ts if _const(t) is None]
     bias_bank, bias = None, None

@@ -62,9 +62,9 @@ class _Probe:
         mapping[id(t)] = v
         return v
 
-    def __call__(self, coeffs: np.ndarray) -> list[np.ndarray]:
-        """``coeffs`` is ``[S, M]`` for any S; returns each output for each sample, stacked over S."""
-        results: list[list[np.ndarray]] = [[] for _ in self.out_names]
+    def __call__(self, coeffs: np.ndarray) -> list[list[tuple[np.ndarray, int]]]:
+        """``coeffs`` is ``[S, M]`` for any S; per output, its (batch output, real samples in it) per chunk of S."""
+        results: list[list[tuple[np.ndarray, int]]] = [[] for _ in self.out_names]
         for start in range(0, coeffs.shape[0], self.batch):
             chunk = coeffs[start : start + self.batch]
             real = chunk.shape[0]
@@ -75,7 +75,7 @@ class _Probe:
             )
             for i, o in enumerate(outs):
                 results[i].append((o, real))
-        return results  # type: ignore[return-value]
+        return results
 
 
 def _is_channel_vector(shape, c_out: int, batch: int | None) -> bool:

@@ -149,9 +149,9 @@ def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedC
         num_bases=k,
         kernel=(int(match.weight.shape[3]), int(match.weight.shape[4])),
         groups=match.groups,
-        stride=tuple(match.stride),
-        pads=tuple(match.pads),
-        dilation=tuple(match.dilation),  # type: ignore[arg-type]
+        stride=match.stride,
+        pads=match.pads,
+        dilation=match.dilation,
         coeff_mode="expert" if match.layout == "expert" else "channel",
         has_bias_bank=match.bias_bank is not None,
         has_bias=match.bias is not None,

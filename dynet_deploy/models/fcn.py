@@ -27,7 +27,7 @@ from torch import nn
 
 from ..nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from .registry import register_model
-from .resnet import dy_resnet50, resnet50
+from .resnet import ResNet, dy_resnet50, resnet50
 
 # The input at which this Dilated FCN-ResNet50 costs the paper's 310.8 GMACs: 768 x 768 (a common Cityscapes
 # crop) gives 311.3 G; 512 x 1024 gives 276.7 G, 769 x 769 gives 317.7 G.
@@ -73,7 +73,7 @@ class FCN(nn.Module):
     ``(out, aux)``.
     """
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None = None) -> None:
+    def __init__(self, backbone: ResNet, classifier: nn.Module, aux_classifier: nn.Module | None = None) -> None:
         super().__init__()
         # torchvision's IntermediateLayerGetter drops the classification tail; so do we (same keys).
         del backbone.avgpool

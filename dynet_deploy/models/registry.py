@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from torch import nn
 
@@ -32,6 +32,9 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
 def register_model(
     name: str,
     *,
@@ -42,8 +45,8 @@ def register_model(
     input_size: tuple[int, int] = (224, 224),
     notes: str = "",
     **defaults: Any,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelInfo(name, fn, task, dynamic, baseline, paper_mflops, input_size, notes, dict(defaults))
@@ -105,6 +108,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
     except (ValueError, ZeroDivisionError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
         raise ModelError(f"bad arguments for model {name!r}: {type(exc).__name__}: {exc}") from None
-    model.zoo_name = name  # type: ignore[attr-defined]
-    model.zoo_kwargs = dict(kwargs)  # type: ignore[attr-defined]
+    # what the model was built from, for checkpoints and reports (plain attributes, not submodules or parameters)
+    setattr(model, "zoo_name", name)
+    setattr(model, "zoo_kwargs", dict(kwargs))
     return model

@@ -23,6 +23,8 @@ becomes 3:1. Choices where the paper is silent, written down here:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -132,6 +134,11 @@ class DyShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
+    # the stages, set by name in __init__
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
     def __init__(
         self,
         stages_out_channels: list[int],
@@ -151,6 +158,7 @@ class ShuffleNetV2(nn.Module):
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
         inp = c
         for name, repeats, oup in zip(["stage2", "stage3", "stage4"], STAGES_REPEATS, stages_out_channels[1:4]):
+            units: Sequence[nn.Module]
             if dynamic:
                 units = [DyShuffleUnit(inp, oup, 2, num_bases)] + [
                     DyShuffleUnit(oup, oup, 1, num_bases) for _ in range(repeats - 1)

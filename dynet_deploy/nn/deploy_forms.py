@@ -36,6 +36,11 @@ class MatMulFusionConv2d(nn.Module):
     per-expert (CondConv / DY-CNN), with ``J = C_in/groups * kH * kW``.
     """
 
+    # buffers (registered in __init__)
+    bank: torch.Tensor
+    bias_bank: torch.Tensor | None
+    bias: torch.Tensor | None
+
     def __init__(self, conv: DynamicConv2d) -> None:
         super().__init__()
         k, c_out = conv.num_bases, conv.out_channels

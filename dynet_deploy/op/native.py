@@ -72,10 +72,11 @@ ENV_CUDA_LIBRARY_PATH = "DYNET_CUDA_LIBRARY_PATH"
 
 # DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
+PARAM_FIELDS: tuple[str, ...] = (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)  # every DynetConvParams field, in struct order
 
 
 class DynetConvParams(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int32) for name in (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)]
+    _fields_ = [(name, ctypes.c_int32) for name in PARAM_FIELDS]
 
 
 class DynetAttributeInfo(ctypes.Structure):
@@ -499,84 +500,9 @@ def cpu_reference_conv(
     return y
 
 
-# ---- CUDA ABI from torch tensors -----------------------------------------------------------------------------
+# ---- CUDA ABI ------------------------------------------------------------------------------------------------
 
 
 def cuda_workspace_size(params: DynetConvParams, dtype: int = FLOAT32, algo: int = ALGO_AUTO) -> int:
     """Workspace bytes dynet_conv_cuda needs (host arithmetic only; no GPU needed)."""
     return int(load_cuda_library().dynet_conv_cuda_workspace_size(ctypes.byref(params), dtype, algo))
-
-
-def cuda_dynamic_conv(
-    x,
-    coeff,
-    weight,
-    bias_bank=None,
-    bias=None,
-    stride=(1, 1),
-    pads=(0, 0, 0, 0),
-    dilation=(1, 1),
-    groups=1,
-    activation=0,
-    algo: int = ALGO_AUTO,
-    out=None,
-    workspace=None,
-):
-    """Run the CUDA kernels on torch CUDA tensors (float32 or float16, contiguous) on the current stream.
-
-    ``workspace`` (a uint8 CUDA tensor) is allocated here when not given; pass one to keep the call allocation-free.
-    """
-    import torch
-
-    lib = load_cuda_library()
-    dtype = {torch.float32: FLOAT32, torch.float16: FLOAT16}.get(x.dtype)
-    if dtype is None:
-        raise ValueError(f"x must be float32 or float16, got {x.dtype}")
-    tensors = {"x": x, "coeff": coeff, "weight": weight, "bias_bank": bias_bank, "bias": bias}
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not t.is_cuda or t.dtype != x.dtype or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous CUDA tensor of dtype {x.dtype}")
-    params = make_params(
-        tuple(x.shape),
-        tuple(coeff.shape),
-        tuple(weight.shape),
-        has_bias_bank=bias_bank is not None,
-        has_bias=bias is not None,
-        stride=stride,
-        pads=pads,
-        dilation=dilation,
-        groups=groups,
-        activation=activation,
-    )
-    h_out, w_out = output_hw(params, lib)
-    if out is None:
-        out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
-    ws_bytes = int(lib.dynet_conv_cuda_workspace_size(ctypes.byref(params), dtype, algo))
-    if workspace is None and ws_bytes > 0:
-        workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
-    ws_ptr = workspace.data_ptr() if workspace is not None else None
-    ws_size = workspace.numel() * workspace.element_size() if workspace is not None else 0
-
-    def ptr(t):
-        return None if t is None else t.data_ptr()
-
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    status = lib.dynet_conv_cuda(
-        ctypes.byref(params),
-        dtype,
-        algo,
-        ptr(x),
-        ptr(coeff),
-        ptr(weight),
-        ptr(bias_bank),
-        ptr(bias),
-        ptr(out),
-        ws_ptr,
-        ws_size,
-        stream,
-    )
-    if status != OK:
-        raise _error(lib, status, params)
-    return out

@@ -145,9 +145,8 @@ def make_node(inputs, outputs, name: str | None = None, **attrs: Any):
             f"{OP_TYPE} with has_bias_bank={values['has_bias_bank']}, has_bias={values['has_bias']} "
             f"takes {expected} inputs, got {len(inputs)}"
         )
-    return helper.make_node(
-        OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN, **values, **PLUGIN_STRING_ATTRIBUTES
-    )
+    node_attributes: dict[str, Any] = {**values, **PLUGIN_STRING_ATTRIBUTES}
+    return helper.make_node(OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN, **node_attributes)
 
 
 def gs_attributes(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ The op has no autograd formula: it is an inference op (use the module's ``"kerne
 import ctypes
 import statistics
 import threading
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ def _params(x, coeff, weight, bias_bank, bias, attrs) -> native.DynetConvParams:
 
 
 def _key(params: native.DynetConvParams) -> tuple[int, ...]:
-    return tuple(getattr(params, name) for name, *_ in params._fields_)
+    return tuple(getattr(params, name) for name in native.PARAM_FIELDS)
 
 
 # ---- CPU: the fast kernel through the onnxruntime custom-op library; the C reference through ctypes -------------
@@ -229,7 +229,10 @@ class CudaPlan:
             self.lib.dynet_conv_cuda_plan_destroy(self.plan)
             self.plan = ctypes.c_void_p()
 
-    def run(self, x, coeff, weight, bias_bank, bias, out, workspace=None) -> torch.Tensor:
+    def run(self, tensors: Sequence[torch.Tensor | None], out: torch.Tensor, workspace=None) -> torch.Tensor:
+        """The plan on ``tensors`` (x, coeff, weight, bias_bank, bias; the last two may be None) into ``out``."""
+        x, coeff, weight, bias_bank, bias = tensors
+        assert x is not None and coeff is not None and weight is not None
         if workspace is None and self.workspace_bytes:
             workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=x.device)
         status = self.lib.dynet_conv_cuda_plan_run(
@@ -280,12 +283,12 @@ def _time_tactics(params, dtype: int, device: int, tensors, reps: int = 5) -> tu
         h_out, w_out = native.output_hw(params, plan.lib)
         out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
         ws = torch.empty(max(plan.workspace_bytes, 1), dtype=torch.uint8, device=x.device)
-        plan.run(tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], out, ws)
+        plan.run(tensors, out, ws)
         samples = []
         for _ in range(reps):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            plan.run(tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], out, ws)
+            plan.run(tensors, out, ws)
             end.record()
             end.synchronize()
             samples.append(start.elapsed_time(end))
@@ -302,7 +305,7 @@ def _time_tactics(params, dtype: int, device: int, tensors, reps: int = 5) -> tu
 
 
 def _describe(params) -> str:
-    return ", ".join(f"{name}={getattr(params, name)}" for name, *_ in params._fields_)
+    return ", ".join(f"{name}={getattr(params, name)}" for name in native.PARAM_FIELDS)
 
 
 def _cuda(x, coeff, weight, bias_bank, bias, params, tactic: int) -> torch.Tensor:
@@ -328,7 +331,7 @@ def _cuda(x, coeff, weight, bias_bank, bias, params, tactic: int) -> torch.Tenso
     plan = _plan(params, dtype, tactic, device)
     h_out, w_out = native.output_hw(params, plan.lib)
     out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
-    return plan.run(tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], out)
+    return plan.run(tensors, out)
 
 
 def chosen_tactics() -> list[dict]:
@@ -336,7 +339,7 @@ def chosen_tactics() -> list[dict]:
     names = dict(cuda_tactics()) if _CHOSEN else {}
     rows = []
     for (key, dtype, device), (tactic, times) in _CHOSEN.items():
-        fields = dict(zip((name for name, *_ in native.DynetConvParams._fields_), key))
+        fields = dict(zip(native.PARAM_FIELDS, key))
         rows.append(
             {
                 "params": fields,

@@ -68,8 +68,10 @@ def _run_in_batches(
     progress: bool | None,
     desc: str,
 ) -> np.ndarray:
+    from ..progress import get_logger
     from ..progress import progress as progress_bar
 
+    get_logger(__name__).info(f"  {desc}: {len(images)} images in batches of {batch}")
     outs = []
     for sl in progress_bar(list(_batches(len(images), batch)), desc=desc, unit="batch", enabled=progress):
         chunk = images[sl]
@@ -124,7 +126,7 @@ def validate_dataset(
         ref_logits = np.asarray(reference_logits)
         if len(ref_logits) != len(images):
             raise ValidationError(f"reference_logits has {len(ref_logits)} rows for {len(images)} images")
-    be_logits = _run_in_batches(run_backend, images, bs, fixed, progress, backend)
+    be_logits = _run_in_batches(run_backend, images, bs, fixed, progress, f"{backend} {model_path.name}")
     ref_pred, be_pred = ref_logits.argmax(1), be_logits.argmax(1)
     segmentation = labels.ndim == 3
     if segmentation:
@@ -170,7 +172,7 @@ def reference_outputs(
         out = out if isinstance(out, torch.Tensor) else (list(out.values())[0] if isinstance(out, dict) else out[0])
         return out.numpy()
 
-    return _run_in_batches(run, np.asarray(images, dtype=np.float32), batch, False, progress, "pytorch")
+    return _run_in_batches(run, np.asarray(images, dtype=np.float32), batch, False, progress, "pytorch reference")
 
 
 def mean_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float:

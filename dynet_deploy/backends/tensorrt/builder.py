@@ -14,6 +14,7 @@ The fp16 conversion needs only onnx and onnxconverter-common; everything else ne
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from ...fileio import atomic_path, atomic_write_bytes
 from ...op.spec import OP_TYPE as PLUGIN_OP
 from ...precision import check_op_inputs_fp16, convert_to_fp16
 from ...precision import tensor_elem_types as tensor_elem_types  # re-exported: the fp16 tests read it here
+from ...progress import get_logger
 from .loader import import_tensorrt, load_plugin_library, trt_major
 
 # ---- fp16 ONNX ------------------------------------------------------------------------------------------------
@@ -108,8 +110,9 @@ class _TrtLogger:
                 sev = trt.ILogger.Severity
                 if severity in (sev.INTERNAL_ERROR, sev.ERROR):
                     inner.errors.append(msg)
-                if verbose or severity in (sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING):
-                    print(f"[TensorRT] {msg}")
+                serious = severity in (sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING)
+                if verbose or serious:
+                    get_logger(__name__).log(logging.WARNING if serious else logging.INFO, f"[TensorRT] {msg}")
 
         self.logger = Logger()
 

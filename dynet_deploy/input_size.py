@@ -63,6 +63,11 @@ def _static(dims: Sequence[Any]) -> list[int] | None:
     return [int(d) for d in dims] if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
+def record(size: InputSize) -> dict[str, Any]:
+    """What a checkpoint's metadata records of ``size`` (read back by :func:`checkpoint_record`)."""
+    return {"input_size": [size.height, size.width], "in_chans": size.channels}
+
+
 def checkpoint_record(
     checkpoint: str | Path | None, model_args: dict | None = None
 ) -> tuple[tuple[int, int] | None, int | None, str]:

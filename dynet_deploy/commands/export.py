@@ -226,11 +226,9 @@ def run(args) -> int:
     if args.save_checkpoint:
         from ..checkpoint import save_checkpoint
 
-        meta = {
-            "weights": "random (dynet-deploy export --model)",
-            "input_size": list(size.hw),
-            "in_chans": size.channels,
-        }
+        from ..input_size import record
+
+        meta = {"weights": "random (dynet-deploy export --model)", **record(size)}
         weights = save_checkpoint(net, args.save_checkpoint, model_name=name, model_args=zoo_args, metadata=meta)
         print(f"saved the random weights: {weights} and {weights.with_suffix('.json')}")
     return 0

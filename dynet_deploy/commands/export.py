@@ -225,7 +225,6 @@ def run(args) -> int:
             )
     if args.save_checkpoint:
         from ..checkpoint import save_checkpoint
-
         from ..input_size import record
 
         meta = {"weights": "random (dynet-deploy export --model)", **record(size)}

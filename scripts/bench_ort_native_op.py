@@ -147,7 +147,8 @@ def main() -> None:
             total_dyn = total_static = total_prev = 0.0
             print(
                 f"\n{name}, batch {batch}: layer (C_in->C_out HxW kHxkW /stride g=groups) x count | "
-                f"native ms | static Conv ms | ratio" + (" | previous library ms | native / previous" if args.compare_lib else "")
+                f"native ms | static Conv ms | ratio"
+                + (" | previous library ms | native / previous" if args.compare_lib else "")
             )
             for layer, count in layers.items():
                 c_in, c_out, h, w, k, kh, kw, stride, pads, groups, c_c = layer
@@ -193,7 +194,11 @@ def main() -> None:
             print(
                 f"  sum over the model's dynamic layers: native {total_dyn:.2f} ms, static Conv {total_static:.2f} ms, "
                 f"ratio {total_dyn / total_static:.2f}"
-                + (f"; previous library {total_prev:.2f} ms, native / previous {total_dyn / total_prev:.2f}" if args.compare_lib else "")
+                + (
+                    f"; previous library {total_prev:.2f} ms, native / previous {total_dyn / total_prev:.2f}"
+                    if args.compare_lib
+                    else ""
+                )
             )
     print(f"\nload after: {os.getloadavg()}")
     if busy_rows:

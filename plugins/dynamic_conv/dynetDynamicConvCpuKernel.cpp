@@ -1212,6 +1212,10 @@ thread_local std::vector<float> tColumns; // im2col panels of the task a pool th
     TARGET void narrowTask##SUFFIX(void* usr, size_t i)                                                            \
     {                                                                                                              \
         narrowTaskBody(*static_cast<NarrowJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
+    TARGET void padTask##SUFFIX(void* usr, size_t i)                                                               \
+    {                                                                                                              \
+        padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));                                    \
     }
 
 DYNET_DEFINE_TASKS(Generic, )
@@ -1219,11 +1223,6 @@ DYNET_DEFINE_TASKS(Generic, )
 DYNET_DEFINE_TASKS(Avx2, __attribute__((target("avx2,fma"))))
 DYNET_DEFINE_TASKS(Avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
 #endif
-
-void padTask(void* usr, size_t i)
-{
-    padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));
-}
 
 struct TaskSet
 {
@@ -1235,6 +1234,7 @@ struct TaskSet
     void (*implicitTask)(void*, size_t);
     void (*directTask)(void*, size_t);
     void (*narrowTask)(void*, size_t);
+    void (*padTask)(void*, size_t);
 };
 
 TaskSet tasksFor(CpuIsa isa)
@@ -1242,15 +1242,15 @@ TaskSet tasksFor(CpuIsa isa)
 #if DYNET_X86
     if (isa == CpuIsa::kAvx512)
     {
-        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512};
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512, padTaskAvx512};
     }
     if (isa == CpuIsa::kAvx2)
     {
-        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2, directTaskAvx2, narrowTaskAvx2};
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2, directTaskAvx2, narrowTaskAvx2, padTaskAvx2};
     }
 #endif
     (void) isa;
-    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric};
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric, padTaskGeneric};
 }
 
 CpuIsa detectIsa()
@@ -1520,7 +1520,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             }
             std::fill(narrowPad.begin() + padElements(g), narrowPad.begin() + static_cast<std::ptrdiff_t>(padSize), 0.0f);
             PadJob pad{&g, x, narrowPad.data(), job.hq, job.wq};
-            parallel(static_cast<size_t>(g.n * g.cIn), padTask, &pad);
+            parallel(static_cast<size_t>(g.n * g.cIn), tasks.padTask, &pad);
             job.src = narrowPad.data();
         }
         parallel(static_cast<size_t>(pairs * job.qBlocks), tasks.narrowTask, &job);
@@ -1602,7 +1602,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                     padStore.resize(padSize);
                 }
                 PadJob pad{&g, x, padStore.data(), hp, wp};
-                parallel(static_cast<size_t>(g.n * g.cIn), padTask, &pad);
+                parallel(static_cast<size_t>(g.n * g.cIn), tasks.padTask, &pad);
                 job.src = padStore.data();
                 job.srcStride = g.cinG * g.sh * g.sw * hp * wp;
                 job.rowPitch = wp;

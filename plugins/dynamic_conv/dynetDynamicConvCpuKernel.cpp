@@ -349,6 +349,8 @@ struct GemmJob
     int64_t const* tapOffsets; // offset of tap e = (ci, i, j) in src (its phase plane, row and column)
     int64_t rowsCount, rowPitch, rowLen, outRowPitch, rowsPerTask, rowBlocks;
     bool flat;           // 1x1 without padding: "rows" are chunks of the flattened image
+    bool flatSmall;      // small-image mode on a 1x1 layer without padding or stride: B read from x in place
+    float const* xEnd;   // one past the last float of x
 };
 
 // Unroll the input of sample n, group gi, output pixels [p0, p0 + pc) into column panels B[jp][r][nr].
@@ -600,11 +602,38 @@ DYNET_INLINE void gemmPanel(GemmJob const& j, float const* a, float const* cols,
     o.hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
     for (int64_t jp = 0; jp < npan; ++jp)
     {
-        float const* b = cols + jp * g.r * nr;
+        float const* b = j.flatSmall ? nullptr : cols + jp * g.r * nr;
         int64_t const* offs = j.packedOffsets;
         int64_t const pStart = p0 + jp * nr;
         o.y = j.y + (n * g.cOut + t0) * g.p + pStart;
         o.width = std::min<int64_t>(nr, p0 + pc - pStart);
+        if (j.flatSmall)
+        {
+            // 1x1 without padding or stride: the channels of x are the rows of B, read in place (offsets e * HW).
+            // A partial last tile is moved back to end at the last pixel: it recomputes columns of the tile before
+            // (the same sums, so the same values) and never reads past the plane. Images narrower than a tile would
+            // read past the end of x: their columns come from a zero-padded copy.
+            int64_t start = pStart;
+            if (o.width < nr && pStart + nr > g.p && g.p >= nr)
+            {
+                start = g.p - nr;
+                o.y = j.y + (n * g.cOut + t0) * g.p + start;
+                o.width = nr;
+            }
+            b = j.x + (n * g.cIn + gi * g.cinG) * g.hw + start;
+            offs = j.tapOffsets;
+            if (b + offs[g.r - 1] + nr > j.xEnd)
+            {
+                thread_local std::vector<float> tail;
+                tail.assign(static_cast<size_t>(g.r * nr), 0.0f);
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    std::memcpy(tail.data() + e * nr, b + offs[e], static_cast<size_t>(o.width) * sizeof(float));
+                }
+                b = tail.data();
+                offs = j.packedOffsets;
+            }
+        }
 #if DYNET_X86
         if (j.isa == CpuIsa::kAvx512)
         {
@@ -684,7 +713,8 @@ DYNET_INLINE void fusedGemmTaskBody(GemmJob const& j, int64_t task, std::vector<
             {
                 int64_t const p0 = pb * j.pixelBlock;
                 int64_t const pc = std::min(j.pixelBlock, g.p - p0);
-                float const* cols = j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
+                float const* cols = j.flatSmall ? nullptr
+                                                : j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
                 gemmPanel(j, buffer.data(), cols, n, gi, tp, p0, pc);
             }
         }
@@ -1573,7 +1603,23 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             }
             job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
             job.fuse = &fuse;
-            shareColumns();
+            if (flat)
+            {
+                // 1x1 without padding or stride: no unrolling, the micro-kernel reads x's channels in place.
+                job.flatSmall = true;
+                job.xEnd = x + g.n * g.cIn * g.hw;
+                thread_local std::vector<int64_t> channelOffsets;
+                channelOffsets.resize(static_cast<size_t>(g.r));
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    channelOffsets[static_cast<size_t>(e)] = e * g.hw;
+                }
+                job.tapOffsets = channelOffsets.data();
+            }
+            else
+            {
+                shareColumns();
+            }
             parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
         }
         else if (path == CpuPath::kGemmImplicit)

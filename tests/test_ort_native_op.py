@@ -290,7 +290,27 @@ def big_layers():
         ),
         Layer(n=3, c_in=20, c_out=30, h=30, w=60, k=2, kh=1, kw=1, stride=(1, 2), groups=2, bank=True),
         *narrow_layers(),
+        *small_pointwise_layers(),
     ]
+
+
+def small_pointwise_layers():
+    """1x1 layers on small images (the small-image GEMM reading x in place): Dy-mobile's 14x14 and 7x7 pointwise
+    layers, a pixel count that is a multiple of every tile width, and images narrower than a tile (8 or 32 columns),
+    with groups."""
+    return [
+        Layer(n=1, c_in=96, c_out=96, h=14, w=14, k=6, kh=1, kw=1, activation=1),
+        Layer(n=3, c_in=162, c_out=160, h=7, w=7, k=6, kh=1, kw=1, bank=True, bias=True, activation=2),
+        Layer(n=2, c_in=30, c_out=20, h=8, w=8, k=3, kh=1, kw=1, per_channel=False),
+        Layer(n=2, c_in=12, c_out=10, h=3, w=5, k=2, kh=1, kw=1, bias=True),
+        Layer(n=3, c_in=24, c_out=36, h=5, w=9, k=4, kh=1, kw=1, groups=2, bank=True),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(small_pointwise_layers())))
+def test_small_pointwise_layers_take_the_small_image_gemm(index):
+    layer = small_pointwise_layers()[index]
+    assert onnxruntime_lib.cpu_path(params_of(layer)) == "gemm-small", layer
 
 
 def narrow_layers():
@@ -330,7 +350,11 @@ def test_narrow_groups_take_the_narrow_path(index):
     """The shapes the narrow-group loop nest serves must reach it (so the parity runs above, at every ISA and thread
     count, cover it); a change of the path decision shows here."""
     layer = narrow_layers()[index]
-    params = plugin_lib.make_params(
+    assert onnxruntime_lib.cpu_path(params_of(layer)) == "narrow", layer
+
+
+def params_of(layer: Layer):
+    return plugin_lib.make_params(
         (layer.n, layer.c_in, layer.h, layer.w),
         (layer.n, layer.c_out if layer.per_channel else 1, layer.k),
         (layer.k, layer.c_out, layer.c_in // layer.groups, layer.kh, layer.kw),
@@ -342,7 +366,6 @@ def test_narrow_groups_take_the_narrow_path(index):
         groups=layer.groups,
         activation=layer.activation,
     )
-    assert onnxruntime_lib.cpu_path(params) == "narrow", layer
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

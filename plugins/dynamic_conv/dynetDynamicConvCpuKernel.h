@@ -11,7 +11,9 @@
  *      - GEMM path (C_in/groups * kH * kW large): the input is unrolled (im2col) into column panels per pixel
  *        block and multiplied by 8-row panels of the fused kernels with an AVX-512, AVX2 or portable micro-kernel;
  *      - direct path (depthwise and small groups): one output row at a time, one tap at a time, vectorised along
- *        the row.
+ *        the row;
+ *      - narrow groups (at most 8 input and 8 output channels per group, on the GEMM bank): each task fuses its
+ *        group's kernels into L1 and computes lanes over the padded input flattened with its row pitch.
  *
  * The C++ reference (dynet_conv_cpu_f32) stays the oracle; the tests hold this kernel to it.
  */

@@ -10,6 +10,9 @@ is printed before and after, and every row carries the CPU other processes took 
 are not results: publish figures only from a quiet run.
 
     PYTHONPATH=. python scripts/bench_ort_native_op.py --models dy_resnet18 --batches 1 8 --threads 2
+
+``--compare-lib OLD.so`` times a third session per row on another build of the op library (a copy of the previous
+kernel's), in the same rounds, and prints native / previous: a kernel change measured against what it replaces.
 """
 
 from __future__ import annotations

@@ -713,8 +713,9 @@ DYNET_INLINE void fusedGemmTaskBody(GemmJob const& j, int64_t task, std::vector<
             {
                 int64_t const p0 = pb * j.pixelBlock;
                 int64_t const pc = std::min(j.pixelBlock, g.p - p0);
-                float const* cols = j.flatSmall ? nullptr
-                                                : j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
+                float const* cols = j.flatSmall
+                    ? nullptr
+                    : j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
                 gemmPanel(j, buffer.data(), cols, n, gi, tp, p0, pc);
             }
         }
@@ -1101,7 +1102,8 @@ __attribute__((target("avx2,fma"))) void narrowAvx2(float const* a, float const*
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v)
         {
-            _mm256_storeu_ps(tile + (i * V + v) * 8, _mm256_min_ps(hiv, _mm256_max_ps(lov, _mm256_add_ps(acc[i][v], bi))));
+            __m256 const out = _mm256_min_ps(hiv, _mm256_max_ps(lov, _mm256_add_ps(acc[i][v], bi)));
+            _mm256_storeu_ps(tile + (i * V + v) * 8, out);
         }
     }
 }
@@ -1272,15 +1274,18 @@ TaskSet tasksFor(CpuIsa isa)
 #if DYNET_X86
     if (isa == CpuIsa::kAvx512)
     {
-        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512, padTaskAvx512};
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512,
+            implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512, padTaskAvx512};
     }
     if (isa == CpuIsa::kAvx2)
     {
-        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2, directTaskAvx2, narrowTaskAvx2, padTaskAvx2};
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2,
+            directTaskAvx2, narrowTaskAvx2, padTaskAvx2};
     }
 #endif
     (void) isa;
-    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric, padTaskGeneric};
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric,
+        implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric, padTaskGeneric};
 }
 
 CpuIsa detectIsa()
@@ -1548,7 +1553,8 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             {
                 narrowPad.assign(padSize, 0.0f);
             }
-            std::fill(narrowPad.begin() + padElements(g), narrowPad.begin() + static_cast<std::ptrdiff_t>(padSize), 0.0f);
+            std::fill(narrowPad.begin() + padElements(g), narrowPad.begin() + static_cast<std::ptrdiff_t>(padSize),
+                0.0f);
             PadJob pad{&g, x, narrowPad.data(), job.hq, job.wq};
             parallel(static_cast<size_t>(g.n * g.cIn), tasks.padTask, &pad);
             job.src = narrowPad.data();

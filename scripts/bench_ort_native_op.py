@@ -10,6 +10,9 @@ is printed before and after, and every row carries the CPU other processes took 
 are not results: publish figures only from a quiet run.
 
     PYTHONPATH=. python scripts/bench_ort_native_op.py --models dy_resnet18 --batches 1 8 --threads 2
+
+``--compare-lib OLD.so`` times a third session per row on another build of the op library (a copy of the previous
+kernel's), in the same rounds, and prints native / previous: a kernel change measured against what it replaces.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def options(threads: int) -> ort.SessionOptions:
     return so
 
 
-def dynamic_session(layer, threads: int, rng):
+def dynamic_session(layer, threads: int, rng, library=None):
     c_in, c_out, _, _, k, kh, kw, stride, pads, groups, c_c = layer
     weight = (rng.standard_normal((k, c_out, c_in // groups, kh, kw)) * 0.1).astype(np.float32)
     node = spec.make_node(
@@ -89,7 +92,7 @@ def dynamic_session(layer, threads: int, rng):
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(spec.OP_DOMAIN, spec.OP_DOMAIN_VERSION)]
     )
     so = options(threads)
-    onnxruntime_lib.register(so)
+    onnxruntime_lib.register(so, library)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -127,6 +130,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=0.5, help="least timed seconds per row (more rounds)")
+    ap.add_argument(
+        "--compare-lib",
+        help="a second build of the op library (e.g. the previous kernel, copied aside): timed in the same rounds, "
+        "with the ratio current / that",
+    )
+    ap.add_argument("--grouped-only", action="store_true", help="only layers with groups > 1")
     args = ap.parse_args()
 
     print(
@@ -138,43 +147,61 @@ def main() -> None:
     for name in args.models:
         layers = model_layers(name)
         for batch in args.batches:
-            total_dyn = total_static = 0.0
+            total_dyn = total_static = total_prev = 0.0
             print(
                 f"\n{name}, batch {batch}: layer (C_in->C_out HxW kHxkW /stride g=groups) x count | "
                 f"native ms | static Conv ms | ratio"
+                + (" | previous library ms | native / previous" if args.compare_lib else "")
             )
             for layer, count in layers.items():
                 c_in, c_out, h, w, k, kh, kw, stride, pads, groups, c_c = layer
+                if args.grouped_only and groups == 1:
+                    continue
                 dyn = dynamic_session(layer, args.threads, rng)
+                prev = dynamic_session(layer, args.threads, rng, args.compare_lib) if args.compare_lib else None
                 static = static_session(layer, args.threads, rng)
                 x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
                 coeff = rng.uniform(0, 1, (batch, c_c, k)).astype(np.float32)
                 run_dyn = lambda: dyn.run(None, {"x": x, "coeff": coeff})  # noqa: E731
                 run_static = lambda: static.run(None, {"x": x})  # noqa: E731
+                run_prev = (lambda: prev.run(None, {"x": x, "coeff": coeff})) if prev is not None else None  # noqa: E731
                 for _ in range(args.warmup):
                     run_dyn()
                     run_static()
+                    if run_prev is not None:
+                        run_prev()
                 # At least --min-seconds per row, so the CPU-time counters (10 ms ticks) can tell a busy machine.
                 per_round = (timed(run_dyn) + timed(run_static)) / 1e3
                 rounds = max(args.rounds, int(args.min_seconds / max(per_round, 1e-6)) + 1)
-                td, ts = [], []
+                td, ts, tp = [], [], []
                 load = ForeignLoad().start()
                 for _ in range(rounds):
                     td.append(timed(run_dyn))
                     ts.append(timed(run_static))
+                    if run_prev is not None:
+                        tp.append(timed(run_prev))
                 load.stop()
                 busy_rows += load.busy
                 md, ms = statistics.median(td), statistics.median(ts)
                 total_dyn += md * count
                 total_static += ms * count
+                mp = statistics.median(tp) if tp else 0.0
+                total_prev += mp * count
                 print(
                     f"  {c_in:4d}->{c_out:4d} {h:3d}x{w:<3d} {kh}x{kw} /{stride[0]} g={groups:<3d} x{count:<2d} | "
-                    f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f} | others {load.foreign_cores} cores"
+                    f"{md:8.3f} | {ms:8.3f} | {md / ms:5.2f} | "
+                    + (f"{mp:8.3f} | {md / mp:5.2f} | " if tp else "")
+                    + f"others {load.foreign_cores} cores"
                     + (" *" if load.busy else "")
                 )
             print(
                 f"  sum over the model's dynamic layers: native {total_dyn:.2f} ms, static Conv {total_static:.2f} ms, "
                 f"ratio {total_dyn / total_static:.2f}"
+                + (
+                    f"; previous library {total_prev:.2f} ms, native / previous {total_dyn / total_prev:.2f}"
+                    if args.compare_lib
+                    else ""
+                )
             )
     print(f"\nload after: {os.getloadavg()}")
     if busy_rows:

@@ -1,7 +1,8 @@
 """The native onnxruntime op's CPU kernel on non-finite inputs and on large images.
 
 1. NaN and +-Inf parity: inputs with NaN, +Inf and -Inf pixels through every CPU loop nest (direct, GEMM with the
-   kernels fused in the tasks, implicit GEMM on the padded input, GEMM on im2col panels), every ISA the CPU has
+   kernels fused in the tasks, implicit GEMM on the padded input, GEMM on im2col panels, narrow groups with whole
+   images or lane blocks per task), every ISA the CPU has
    (DYNET_CPU_ISA, one process per ISA, the ISA used asserted; an ISA the CPU lacks is skipped with the reason),
    every activation, fp32 and fp16. The contract is the op's reference (dynet_deploy.op.reference, PyTorch):
    NaN stays NaN through every activation, relu(+inf) = +inf, relu(-inf) = 0, relu6(+inf) = 6, relu6(-inf) = 0.
@@ -79,6 +80,11 @@ PATH_LAYERS = {
     "gemm-implicit": Layer(n=2, c_in=8, c_out=20, h=20, w=37, k=2, kh=3, kw=3, pads=(1, 1, 1, 1), bias=True),
     "gemm-implicit-1x1": Layer(n=1, c_in=16, c_out=12, h=21, w=19, k=1, kh=1, kw=1, per_channel=False),
     "gemm-im2col": Layer(n=2, c_in=8, c_out=12, h=33, w=20, k=2, kh=3, kw=3, pads=(1, 1, 1, 1), bank=True),
+    "gemm-small-1x1": Layer(n=2, c_in=16, c_out=20, h=7, w=7, k=2, kh=1, kw=1, bias=True),
+    "gemm-small-1x1-narrow-image": Layer(n=1, c_in=12, c_out=10, h=3, w=5, k=2, kh=1, kw=1),
+    "narrow": Layer(n=2, c_in=12, c_out=12, h=9, w=11, k=3, kh=3, kw=3, groups=2, pads=(1, 1, 1, 1), bias=True),
+    "narrow-x2": Layer(n=2, c_in=12, c_out=16, h=17, w=19, k=2, kh=3, kw=3, groups=2, stride=(2, 2), pads=(1, 0, 1, 2)),
+    "narrow-blocks": Layer(n=1, c_in=10, c_out=14, h=30, w=29, k=2, kh=3, kw=3, groups=2, pads=(1, 1, 1, 1), bank=True),
 }
 EXPECTED_PATH = {
     "direct": "direct",
@@ -87,6 +93,11 @@ EXPECTED_PATH = {
     "gemm-implicit": "gemm-implicit",
     "gemm-implicit-1x1": "gemm-implicit",
     "gemm-im2col": "gemm-im2col",
+    "gemm-small-1x1": "gemm-small",
+    "gemm-small-1x1-narrow-image": "gemm-small",
+    "narrow": "narrow",
+    "narrow-x2": "narrow",
+    "narrow-blocks": "narrow",
 }
 DTYPES = ("fp32", "fp16")
 

@@ -289,7 +289,83 @@ def big_layers():
             activation=2,
         ),
         Layer(n=3, c_in=20, c_out=30, h=30, w=60, k=2, kh=1, kw=1, stride=(1, 2), groups=2, bank=True),
+        *narrow_layers(),
+        *small_pointwise_layers(),
     ]
+
+
+def small_pointwise_layers():
+    """1x1 layers on small images (the small-image GEMM reading x in place): Dy-mobile's 14x14 and 7x7 pointwise
+    layers, a pixel count that is a multiple of every tile width, and images narrower than a tile (8 or 32 columns),
+    with groups."""
+    return [
+        Layer(n=1, c_in=96, c_out=96, h=14, w=14, k=6, kh=1, kw=1, activation=1),
+        Layer(n=3, c_in=162, c_out=160, h=7, w=7, k=6, kh=1, kw=1, bank=True, bias=True, activation=2),
+        Layer(n=2, c_in=30, c_out=20, h=8, w=8, k=3, kh=1, kw=1, per_channel=False),
+        Layer(n=2, c_in=12, c_out=10, h=3, w=5, k=2, kh=1, kw=1, bias=True),
+        Layer(n=3, c_in=24, c_out=36, h=5, w=9, k=4, kh=1, kw=1, groups=2, bank=True),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(small_pointwise_layers())))
+def test_small_pointwise_layers_take_the_small_image_gemm(index):
+    layer = small_pointwise_layers()[index]
+    assert onnxruntime_lib.cpu_path(params_of(layer)) == "gemm-small", layer
+
+
+def narrow_layers():
+    """Dy-mobile's grouped 3x3 convs (6 channels per group) at the sizes its 224x224 model runs them, and the edges of
+    the narrow-group path: batch 1 with few groups (lane blocks on an input padded in its own step), stride 2,
+    asymmetric pads, dilation, 5 and 8 channels per group, coefficients shared by all channels."""
+    return [
+        Layer(n=1, c_in=30, c_out=30, h=112, w=112, k=6, kh=3, kw=3, groups=5, pads=(1, 1, 1, 1), activation=1),
+        Layer(n=1, c_in=18, c_out=18, h=112, w=112, k=6, kh=3, kw=3, groups=3, stride=(2, 2), pads=(1, 1, 1, 1)),
+        Layer(n=2, c_in=24, c_out=24, h=56, w=56, k=6, kh=3, kw=3, groups=4, stride=(2, 2), pads=(1, 1, 1, 1)),
+        Layer(
+            n=3,
+            c_in=66,
+            c_out=66,
+            h=14,
+            w=14,
+            k=6,
+            kh=3,
+            kw=3,
+            groups=11,
+            pads=(1, 1, 1, 1),
+            bank=True,
+            bias=True,
+            activation=2,
+        ),
+        Layer(n=8, c_in=96, c_out=96, h=14, w=14, k=6, kh=3, kw=3, groups=16, stride=(2, 2), pads=(1, 1, 1, 1)),
+        Layer(n=1, c_in=162, c_out=162, h=7, w=7, k=6, kh=3, kw=3, groups=27, pads=(1, 1, 1, 1), per_channel=False),
+        Layer(n=2, c_in=10, c_out=16, h=29, w=33, k=3, kh=3, kw=3, groups=2, pads=(0, 2, 1, 1), dilation=(2, 1)),
+        Layer(
+            n=1, c_in=16, c_out=14, h=25, w=40, k=2, kh=3, kw=3, groups=2, stride=(2, 1), pads=(1, 1, 1, 1), bank=True
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(narrow_layers())))
+def test_narrow_groups_take_the_narrow_path(index):
+    """The shapes the narrow-group loop nest serves must reach it (so the parity runs above, at every ISA and thread
+    count, cover it); a change of the path decision shows here."""
+    layer = narrow_layers()[index]
+    assert onnxruntime_lib.cpu_path(params_of(layer)) == "narrow", layer
+
+
+def params_of(layer: Layer):
+    return plugin_lib.make_params(
+        (layer.n, layer.c_in, layer.h, layer.w),
+        (layer.n, layer.c_out if layer.per_channel else 1, layer.k),
+        (layer.k, layer.c_out, layer.c_in // layer.groups, layer.kh, layer.kw),
+        has_bias_bank=layer.bank,
+        has_bias=layer.bias,
+        stride=layer.stride,
+        pads=layer.pads,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        activation=layer.activation,
+    )
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

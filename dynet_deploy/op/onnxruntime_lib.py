@@ -64,7 +64,7 @@ def cpu_isa(path: str | Path | None = None) -> str:
 
 def cpu_path(params, path: str | Path | None = None) -> str:
     """The CPU kernel's loop nest for a call with these DynetConvParams (see ``native.make_params``): "direct",
-    "gemm-small", "gemm-implicit" or "gemm-im2col" ("invalid" when the parameters have no output size)."""
+    "gemm-small", "gemm-implicit", "gemm-im2col" or "narrow" ("invalid" when the parameters have no output size)."""
     lib = ctypes.CDLL(str(Path(path) if path is not None else require_library()))
     lib.dynet_ort_cpu_path.restype = ctypes.c_char_p
     lib.dynet_ort_cpu_path.argtypes = [ctypes.c_void_p]

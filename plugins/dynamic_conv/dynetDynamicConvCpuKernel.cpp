@@ -114,6 +114,23 @@ int64_t padElements(Geometry const& g)
     return satMul(satMul(g.n * g.cIn, g.sh * g.sw), satMul(phaseRows(g), phaseCols(g)));
 }
 
+constexpr int64_t kNarrowMaxCin = 8;       // input channels per group
+constexpr int64_t kNarrowMaxLanes = 64;    // widest block of lanes (AVX-512: 4 vectors)
+constexpr int64_t kNarrowTaskLanes = 192;  // task blocks are multiples of every block width (64, 48, 24, 16, 8)
+
+// Floats past the padded input that a block of lanes may read: the last row's lanes past wOut read into the next
+// row by up to wq, and a block rounds up to kNarrowMaxLanes.
+int64_t narrowSlack(Geometry const& g)
+{
+    return phaseCols(g) + 2 * kNarrowMaxLanes;
+}
+
+bool narrowCase(Geometry const& g)
+{
+    // At least two thirds of the lanes are outputs (wOut of wq).
+    return g.groups > 1 && g.coutG <= kMr && g.cinG <= kNarrowMaxCin && 3 * g.wOut >= 2 * phaseCols(g);
+}
+
 // Which loop nest convForward runs for a layer (gemm: the bank's path, usesGemmPath; nr: the ISA's tile width;
 // budget: the call's scratch budget in elements, from dynet_conv_sizes). A path whose buffer would exceed the budget
 // is not taken: huge pads or dilations make the implicit GEMM's padded copy huge while the output stays small, and
@@ -123,6 +140,10 @@ CpuPath pathOf(Geometry const& g, bool gemm, int64_t nr, int64_t budget)
     if (!gemm)
     {
         return CpuPath::kDirect;
+    }
+    if (narrowCase(g) && padElements(g) <= budget - narrowSlack(g))
+    {
+        return CpuPath::kNarrow; // narrow groups: fused kernels in L1, lanes over the flattened padded input
     }
     int64_t const smallBlock = ceilDiv<int64_t>(g.p, nr) * nr;
     if (g.p <= kPixelBlock && satMul(satMul(g.n * g.groups, smallBlock), g.r) <= budget)
@@ -182,7 +203,7 @@ DYNET_INLINE float coeffAt(FuseJob const& j, int64_t n, int64_t t, int64_t k)
     return j.coeff[(n * j.coeffChannels + (j.coeffChannels == 1 ? 0 : t)) * j.g->k + k];
 }
 
-DYNET_INLINE void fuseBias(FuseJob const& j, int64_t n, int64_t t)
+DYNET_INLINE float fusedBiasOf(FuseJob const& j, int64_t n, int64_t t)
 {
     PackedBank const& b = *j.bank;
     float acc = b.hasBias ? b.bias[static_cast<size_t>(t)] : 0.0f;
@@ -193,11 +214,17 @@ DYNET_INLINE void fuseBias(FuseJob const& j, int64_t n, int64_t t)
             acc += coeffAt(j, n, t, k) * b.biasBank[static_cast<size_t>(t * j.g->k + k)];
         }
     }
-    j.fusedBias[n * j.g->cOut + t] = acc;
+    return acc;
+}
+
+DYNET_INLINE void fuseBias(FuseJob const& j, int64_t n, int64_t t)
+{
+    j.fusedBias[n * j.g->cOut + t] = fusedBiasOf(j, n, t);
 }
 
 // One 8-row panel (group gi, panel tp) for samples [n0, n1): dst(n) = dst0 + (n - n0) * dstStride,
-// dst(n)[r][i] = sum_k c[n][t0+i][k] * bank[k][r][i]; also the samples' fused biases of these rows.
+// dst(n)[r][i] = sum_k c[n][t0+i][k] * bank[k][r][i]; also the samples' fused biases of these rows (unless
+// j.fusedBias is null).
 DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int64_t n0, int64_t n1, float* dst0,
     int64_t dstStride)
 {
@@ -245,7 +272,7 @@ DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int
             }
         }
     }
-    for (int64_t n = n0; n < n1; ++n)
+    for (int64_t n = n0; n < n1 && j.fusedBias != nullptr; ++n)
     {
         for (int64_t i = 0; i < rows; ++i)
         {
@@ -322,6 +349,8 @@ struct GemmJob
     int64_t const* tapOffsets; // offset of tap e = (ci, i, j) in src (its phase plane, row and column)
     int64_t rowsCount, rowPitch, rowLen, outRowPitch, rowsPerTask, rowBlocks;
     bool flat;           // 1x1 without padding: "rows" are chunks of the flattened image
+    bool flatSmall;      // small-image mode on a 1x1 layer without padding or stride: B read from x in place
+    float const* xEnd;   // one past the last float of x
 };
 
 // Unroll the input of sample n, group gi, output pixels [p0, p0 + pc) into column panels B[jp][r][nr].
@@ -573,11 +602,38 @@ DYNET_INLINE void gemmPanel(GemmJob const& j, float const* a, float const* cols,
     o.hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
     for (int64_t jp = 0; jp < npan; ++jp)
     {
-        float const* b = cols + jp * g.r * nr;
+        float const* b = j.flatSmall ? nullptr : cols + jp * g.r * nr;
         int64_t const* offs = j.packedOffsets;
         int64_t const pStart = p0 + jp * nr;
         o.y = j.y + (n * g.cOut + t0) * g.p + pStart;
         o.width = std::min<int64_t>(nr, p0 + pc - pStart);
+        if (j.flatSmall)
+        {
+            // 1x1 without padding or stride: the channels of x are the rows of B, read in place (offsets e * HW).
+            // A partial last tile is moved back to end at the last pixel: it recomputes columns of the tile before
+            // (the same sums, so the same values) and never reads past the plane. Images narrower than a tile would
+            // read past the end of x: their columns come from a zero-padded copy.
+            int64_t start = pStart;
+            if (o.width < nr && pStart + nr > g.p && g.p >= nr)
+            {
+                start = g.p - nr;
+                o.y = j.y + (n * g.cOut + t0) * g.p + start;
+                o.width = nr;
+            }
+            b = j.x + (n * g.cIn + gi * g.cinG) * g.hw + start;
+            offs = j.tapOffsets;
+            if (b + offs[g.r - 1] + nr > j.xEnd)
+            {
+                thread_local std::vector<float> tail;
+                tail.assign(static_cast<size_t>(g.r * nr), 0.0f);
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    std::memcpy(tail.data() + e * nr, b + offs[e], static_cast<size_t>(o.width) * sizeof(float));
+                }
+                b = tail.data();
+                offs = j.packedOffsets;
+            }
+        }
 #if DYNET_X86
         if (j.isa == CpuIsa::kAvx512)
         {
@@ -657,7 +713,9 @@ DYNET_INLINE void fusedGemmTaskBody(GemmJob const& j, int64_t task, std::vector<
             {
                 int64_t const p0 = pb * j.pixelBlock;
                 int64_t const pc = std::min(j.pixelBlock, g.p - p0);
-                float const* cols = j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
+                float const* cols = j.flatSmall
+                    ? nullptr
+                    : j.sharedCols + ((n * g.groups + gi) * j.pixelBlocks + pb) * j.colsStride;
                 gemmPanel(j, buffer.data(), cols, n, gi, tp, p0, pc);
             }
         }
@@ -877,6 +935,279 @@ DYNET_INLINE void directTaskBody(DirectJob const& j, int64_t task)
     }
 }
 
+// ---- step 2c: narrow groups -----------------------------------------------------------------------------------
+// Groups of at most 8 output and at most 8 input channels that the GEMM path would take (Dy-mobile's 6-channel
+// groups): an 8-row GEMM panel is partly empty there, and the small images' unrolled input or the wide rows' tiles
+// cost more than the arithmetic. One task per (sample, group, block of output pixels): the group's kernels are
+// fused into an [R][8] buffer that stays in L1, and the output is computed over the padded, stride-decimated input
+// flattened with its row pitch wq: output (oh, ow) is lane q = oh * wq + ow, and tap e reads src[tapOffset[e] + q],
+// so consecutive lanes read consecutive floats for every tap. Lanes with q % wq >= wOut are computed and dropped.
+struct NarrowJob
+{
+    Geometry const* g;
+    FuseJob const* fuse;
+    float const* x;
+    float const* src;   // the batch's padded input (its own parallel step), or nullptr: each task pads its group
+    int64_t srcStride;  // floats per (sample, group) of the padded input
+    int64_t hq, wq;     // one stride-phase plane
+    int64_t const* tapOffsets;
+    int64_t qCount;     // hOut * wq lanes per (sample, group)
+    int64_t qPerTask, qBlocks;
+    float* y;
+    CpuIsa isa;
+};
+
+// Lanes [q0, q0 + count) of `rows` channels, tile[i * ld + l] (bias and activation applied), into the output
+// planes y + i * P, keeping the lanes whose column lies inside the output.
+DYNET_INLINE void narrowStore(Geometry const& g, int64_t wq, float const* tile, int64_t ld, int64_t rows, int64_t q0,
+    int64_t count, float* y)
+{
+    int64_t q = q0;
+    int64_t const qEnd = q0 + count;
+    while (q < qEnd)
+    {
+        int64_t const oh = q / wq;
+        int64_t const ow = q - oh * wq;
+        int64_t const rowEnd = std::min(qEnd, oh * wq + wq);
+        if (ow < g.wOut)
+        {
+            int64_t const len = std::min(rowEnd, oh * wq + g.wOut) - q;
+            for (int64_t i = 0; i < rows; ++i)
+            {
+                std::memcpy(y + i * g.p + oh * g.wOut + ow, tile + i * ld + (q - q0),
+                    static_cast<size_t>(len) * sizeof(float));
+            }
+        }
+        q = rowEnd;
+    }
+}
+
+// tile[i][l] = clamp(bias[i] + sum_e a[e][i] * base[offs[e] + l], lo, hi) for i < 8, l < 16 (portable).
+DYNET_INLINE void narrowGeneric(float const* a, float const* base, int64_t const* offs, int64_t r, float const* bias,
+    float lo, float hi, float* tile)
+{
+    float acc[kMr][16] = {};
+    for (int64_t e = 0; e < r; ++e)
+    {
+        float const* b = base + offs[e];
+        for (int i = 0; i < kMr; ++i)
+        {
+            float const av = a[e * kMr + i];
+            for (int l = 0; l < 16; ++l)
+            {
+                acc[i][l] += av * b[l];
+            }
+        }
+    }
+    for (int i = 0; i < kMr; ++i)
+    {
+        for (int l = 0; l < 16; ++l)
+        {
+            tile[i * 16 + l] = clampTo(acc[i][l] + bias[i], lo, hi);
+        }
+    }
+}
+
+#if DYNET_X86
+// ROWS channels x V vectors of 16 lanes, accumulators in registers; tile row pitch 16 * V.
+template <int ROWS, int V>
+__attribute__((target("avx512f"))) void narrowAvx512(float const* a, float const* base, int64_t const* offs, int64_t r,
+    float const* bias, float lo, float hi, float* tile)
+{
+    __m512 acc[ROWS][V];
+#pragma GCC unroll 8
+    for (int i = 0; i < ROWS; ++i)
+    {
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+        {
+            acc[i][v] = _mm512_setzero_ps();
+        }
+    }
+    for (int64_t e = 0; e < r; ++e)
+    {
+        float const* b = base + offs[e];
+        __m512 bv[V];
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+        {
+            bv[v] = _mm512_loadu_ps(b + 16 * v);
+        }
+        float const* ae = a + e * kMr;
+#pragma GCC unroll 8
+        for (int i = 0; i < ROWS; ++i)
+        {
+            __m512 const av = _mm512_set1_ps(ae[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v)
+            {
+                acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+            }
+        }
+    }
+    __m512 const lov = _mm512_set1_ps(lo), hiv = _mm512_set1_ps(hi);
+#pragma GCC unroll 8
+    for (int i = 0; i < ROWS; ++i)
+    {
+        __m512 const bi = _mm512_set1_ps(bias[i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+        {
+            _mm512_storeu_ps(tile + (i * V + v) * 16, clamp512(_mm512_add_ps(acc[i][v], bi), lov, hiv));
+        }
+    }
+}
+
+// The same with 8-lane AVX2 vectors (16 registers).
+template <int ROWS, int V>
+__attribute__((target("avx2,fma"))) void narrowAvx2(float const* a, float const* base, int64_t const* offs, int64_t r,
+    float const* bias, float lo, float hi, float* tile)
+{
+    __m256 acc[ROWS][V];
+#pragma GCC unroll 8
+    for (int i = 0; i < ROWS; ++i)
+    {
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+        {
+            acc[i][v] = _mm256_setzero_ps();
+        }
+    }
+    for (int64_t e = 0; e < r; ++e)
+    {
+        float const* b = base + offs[e];
+        __m256 bv[V];
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+        {
+            bv[v] = _mm256_loadu_ps(b + 8 * v);
+        }
+        float const* ae = a + e * kMr;
+#pragma GCC unroll 8
+        for (int i = 0; i < ROWS; ++i)
+        {
+            __m256 const av = _mm256_broadcast_ss(ae + i);
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v)
+            {
+                acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+            }
+        }
+    }
+    __m256 const lov = _mm256_set1_ps(lo), hiv = _mm256_set1_ps(hi);
+#pragma GCC unroll 8
+    for (int i = 0; i < ROWS; ++i)
+    {
+        __m256 const bi = _mm256_set1_ps(bias[i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v)
+        {
+            __m256 const out = _mm256_min_ps(hiv, _mm256_max_ps(lov, _mm256_add_ps(acc[i][v], bi)));
+            _mm256_storeu_ps(tile + (i * V + v) * 8, out);
+        }
+    }
+}
+#endif
+
+using NarrowKernel = void (*)(float const*, float const*, int64_t const*, int64_t, float const*, float, float, float*);
+
+// The micro-kernel for `rows` channels and its block width in lanes.
+NarrowKernel narrowKernel(CpuIsa isa, int64_t rows, int64_t& lanes)
+{
+#if DYNET_X86
+    if (isa == CpuIsa::kAvx512)
+    {
+        switch (rows)
+        {
+        case 1: lanes = 64; return narrowAvx512<1, 4>;
+        case 2: lanes = 64; return narrowAvx512<2, 4>;
+        case 3: lanes = 64; return narrowAvx512<3, 4>;
+        case 4: lanes = 64; return narrowAvx512<4, 4>;
+        case 5: lanes = 64; return narrowAvx512<5, 4>;
+        case 6: lanes = 64; return narrowAvx512<6, 4>;
+        case 7: lanes = 48; return narrowAvx512<7, 3>;
+        default: lanes = 48; return narrowAvx512<8, 3>;
+        }
+    }
+    if (isa == CpuIsa::kAvx2)
+    {
+        switch (rows)
+        {
+        case 1: lanes = 24; return narrowAvx2<1, 3>;
+        case 2: lanes = 24; return narrowAvx2<2, 3>;
+        case 3: lanes = 24; return narrowAvx2<3, 3>;
+        case 4: lanes = 24; return narrowAvx2<4, 3>;
+        case 5: lanes = 16; return narrowAvx2<5, 2>;
+        case 6: lanes = 16; return narrowAvx2<6, 2>;
+        case 7: lanes = 8; return narrowAvx2<7, 1>;
+        default: lanes = 8; return narrowAvx2<8, 1>;
+        }
+    }
+#endif
+    (void) isa;
+    (void) rows;
+    lanes = 16;
+    return narrowGeneric;
+}
+
+DYNET_INLINE void narrowTaskBody(NarrowJob const& j, int64_t task)
+{
+    Geometry const& g = *j.g;
+    int64_t const qb = task % j.qBlocks;
+    int64_t const ng = task / j.qBlocks; // n * groups + gi
+    int64_t const n = ng / g.groups;
+    int64_t const gi = ng % g.groups;
+    thread_local std::vector<float> kernel;
+    thread_local std::vector<float> padded;
+    if (kernel.size() < static_cast<size_t>(g.r * kMr))
+    {
+        kernel.resize(static_cast<size_t>(g.r * kMr));
+    }
+    FuseJob fuse = *j.fuse;
+    fuse.fusedBias = nullptr; // the biases go to this task's registers, not to the shared buffer
+    fusePanelSamples(fuse, gi, 0, n, n + 1, kernel.data(), 0);
+    int64_t const rows = g.coutG;
+    float bias[kMr] = {};
+    for (int64_t i = 0; i < rows; ++i)
+    {
+        bias[i] = fusedBiasOf(fuse, n, gi * g.coutG + i);
+    }
+    float const* base = nullptr;
+    if (j.src != nullptr)
+    {
+        base = j.src + ng * j.srcStride;
+    }
+    else
+    {
+        size_t const body = static_cast<size_t>(j.srcStride);
+        size_t const need = body + static_cast<size_t>(narrowSlack(g));
+        if (padded.size() < need)
+        {
+            padded.assign(need, 0.0f);
+        }
+        std::memset(padded.data() + body, 0, (need - body) * sizeof(float));
+        PadJob pad{&g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, padded.data(), j.hq, j.wq};
+        for (int64_t ci = 0; ci < g.cinG; ++ci)
+        {
+            padTaskBody(pad, ci);
+        }
+        base = padded.data();
+    }
+    float const lo = g.activation == DYNET_ACT_NONE ? -std::numeric_limits<float>::infinity() : 0.0f;
+    float const hi = g.activation == DYNET_ACT_RELU6 ? 6.0f : std::numeric_limits<float>::infinity();
+    int64_t lanes = 16;
+    NarrowKernel const micro = narrowKernel(j.isa, rows, lanes);
+    alignas(64) float tile[kMr * kNarrowMaxLanes];
+    int64_t const q0 = qb * j.qPerTask;
+    int64_t const q1 = std::min(j.qCount, q0 + j.qPerTask);
+    float* yg = j.y + (n * g.cOut + gi * g.coutG) * g.p;
+    for (int64_t q = q0; q < q1; q += lanes)
+    {
+        micro(kernel.data(), base + q, j.tapOffsets, g.r, bias, lo, hi, tile);
+        narrowStore(g, j.wq, tile, lanes, rows, q, std::min(lanes, q1 - q), yg);
+    }
+}
+
 // ---- per-ISA instantiations -------------------------------------------------------------------------------------
 
 thread_local std::vector<float> tColumns; // im2col panels of the task a pool thread runs
@@ -909,6 +1240,14 @@ thread_local std::vector<float> tColumns; // im2col panels of the task a pool th
     TARGET void directTask##SUFFIX(void* usr, size_t i)                                                            \
     {                                                                                                              \
         directTaskBody(*static_cast<DirectJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
+    TARGET void narrowTask##SUFFIX(void* usr, size_t i)                                                            \
+    {                                                                                                              \
+        narrowTaskBody(*static_cast<NarrowJob const*>(usr), static_cast<int64_t>(i));                              \
+    }                                                                                                              \
+    TARGET void padTask##SUFFIX(void* usr, size_t i)                                                               \
+    {                                                                                                              \
+        padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));                                    \
     }
 
 DYNET_DEFINE_TASKS(Generic, )
@@ -916,11 +1255,6 @@ DYNET_DEFINE_TASKS(Generic, )
 DYNET_DEFINE_TASKS(Avx2, __attribute__((target("avx2,fma"))))
 DYNET_DEFINE_TASKS(Avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))))
 #endif
-
-void padTask(void* usr, size_t i)
-{
-    padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));
-}
 
 struct TaskSet
 {
@@ -931,6 +1265,8 @@ struct TaskSet
     void (*fusedGemmTask)(void*, size_t);
     void (*implicitTask)(void*, size_t);
     void (*directTask)(void*, size_t);
+    void (*narrowTask)(void*, size_t);
+    void (*padTask)(void*, size_t);
 };
 
 TaskSet tasksFor(CpuIsa isa)
@@ -938,15 +1274,18 @@ TaskSet tasksFor(CpuIsa isa)
 #if DYNET_X86
     if (isa == CpuIsa::kAvx512)
     {
-        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512, implicitTaskAvx512, directTaskAvx512};
+        return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512,
+            implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512, padTaskAvx512};
     }
     if (isa == CpuIsa::kAvx2)
     {
-        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2, directTaskAvx2};
+        return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2,
+            directTaskAvx2, narrowTaskAvx2, padTaskAvx2};
     }
 #endif
     (void) isa;
-    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric, implicitTaskGeneric, directTaskGeneric};
+    return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric,
+        implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric, padTaskGeneric};
 }
 
 CpuIsa detectIsa()
@@ -1039,6 +1378,7 @@ char const* cpuPathName(CpuPath path)
     case CpuPath::kGemmSmall: return "gemm-small";
     case CpuPath::kGemmImplicit: return "gemm-implicit";
     case CpuPath::kGemmIm2col: return "gemm-im2col";
+    case CpuPath::kNarrow: return "narrow";
     default: return "invalid";
     }
 }
@@ -1158,7 +1498,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     thread_local std::vector<float> biasStore;
     // Small images fuse inside the GEMM tasks and share the unrolled input of the whole batch, if it fits the budget.
     CpuPath const path = pathOf(g, bank.gemmPath(), nrFor(isa), budget); // the one decision, as cpuPath reports
-    bool const smallImage = path == CpuPath::kGemmSmall;
+    bool const smallImage = path == CpuPath::kGemmSmall || path == CpuPath::kNarrow;
     size_t const fusedSize = !bank.gemmPath() ? static_cast<size_t>(sizes.fused_elements)
         : smallImage                              ? 0
                                                   : static_cast<size_t>(g.n * g.groups * bank.panels * g.r * kMr);
@@ -1172,7 +1512,56 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     }
     FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1};
 
-    if (bank.gemmPath())
+    if (path == CpuPath::kNarrow)
+    {
+        NarrowJob job{};
+        job.g = &g;
+        job.fuse = &fuse;
+        job.x = x;
+        job.hq = phaseRows(g);
+        job.wq = phaseCols(g);
+        job.srcStride = g.cinG * g.sh * g.sw * job.hq * job.wq;
+        job.qCount = g.hOut * job.wq;
+        job.y = y;
+        job.isa = isa;
+        thread_local std::vector<int64_t> narrowOffsets;
+        narrowOffsets.resize(static_cast<size_t>(g.r));
+        for (int64_t e = 0; e < g.r; ++e)
+        {
+            int64_t const ci = e / (g.kh * g.kw);
+            int64_t const rowTap = (e / g.kw) % g.kh * g.dh;
+            int64_t const colTap = e % g.kw * g.dw;
+            int64_t const phase = (ci * g.sh + rowTap % g.sh) * g.sw + colTap % g.sw;
+            narrowOffsets[static_cast<size_t>(e)] = phase * job.hq * job.wq + (rowTap / g.sh) * job.wq + colTap / g.sw;
+        }
+        job.tapOffsets = narrowOffsets.data();
+        // Whole images per task where there are enough (sample, group) pairs or the image is small: each task pads
+        // its own group. Otherwise blocks of lanes, on an input padded once in its own parallel step.
+        int64_t const pairs = g.n * g.groups;
+        job.qBlocks = 1;
+        if (pairs < static_cast<int64_t>(kMinTasks) && job.qCount > 4 * kNarrowTaskLanes)
+        {
+            job.qBlocks = std::min(ceilDiv<int64_t>(kMinTasks, pairs), ceilDiv(job.qCount, kNarrowTaskLanes));
+        }
+        job.qPerTask = ceilDiv(ceilDiv(job.qCount, job.qBlocks), kNarrowTaskLanes) * kNarrowTaskLanes;
+        job.qBlocks = ceilDiv(job.qCount, job.qPerTask);
+        thread_local std::vector<float> narrowPad;
+        if (job.qBlocks > 1)
+        {
+            size_t const padSize = static_cast<size_t>(padElements(g) + narrowSlack(g));
+            if (narrowPad.size() < padSize)
+            {
+                narrowPad.assign(padSize, 0.0f);
+            }
+            std::fill(narrowPad.begin() + padElements(g), narrowPad.begin() + static_cast<std::ptrdiff_t>(padSize),
+                0.0f);
+            PadJob pad{&g, x, narrowPad.data(), job.hq, job.wq};
+            parallel(static_cast<size_t>(g.n * g.cIn), tasks.padTask, &pad);
+            job.src = narrowPad.data();
+        }
+        parallel(static_cast<size_t>(pairs * job.qBlocks), tasks.narrowTask, &job);
+    }
+    else if (bank.gemmPath())
     {
         GemmJob job{};
         job.g = &g;
@@ -1220,7 +1609,23 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
             }
             job.panelBlocks = ceilDiv(job.panels, job.panelsPerTask);
             job.fuse = &fuse;
-            shareColumns();
+            if (flat)
+            {
+                // 1x1 without padding or stride: no unrolling, the micro-kernel reads x's channels in place.
+                job.flatSmall = true;
+                job.xEnd = x + g.n * g.cIn * g.hw;
+                thread_local std::vector<int64_t> channelOffsets;
+                channelOffsets.resize(static_cast<size_t>(g.r));
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    channelOffsets[static_cast<size_t>(e)] = e * g.hw;
+                }
+                job.tapOffsets = channelOffsets.data();
+            }
+            else
+            {
+                shareColumns();
+            }
             parallel(static_cast<size_t>(g.groups * job.panelBlocks), tasks.fusedGemmTask, &job);
         }
         else if (path == CpuPath::kGemmImplicit)
@@ -1249,7 +1654,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
                     padStore.resize(padSize);
                 }
                 PadJob pad{&g, x, padStore.data(), hp, wp};
-                parallel(static_cast<size_t>(g.n * g.cIn), padTask, &pad);
+                parallel(static_cast<size_t>(g.n * g.cIn), tasks.padTask, &pad);
                 job.src = padStore.data();
                 job.srcStride = g.cinG * g.sh * g.sw * hp * wp;
                 job.rowPitch = wp;

@@ -11,7 +11,9 @@
  *      - GEMM path (C_in/groups * kH * kW large): the input is unrolled (im2col) into column panels per pixel
  *        block and multiplied by 8-row panels of the fused kernels with an AVX-512, AVX2 or portable micro-kernel;
  *      - direct path (depthwise and small groups): one output row at a time, one tap at a time, vectorised along
- *        the row.
+ *        the row;
+ *      - narrow groups (at most 8 input and 8 output channels per group, on the GEMM bank): each task fuses its
+ *        group's kernels into L1 and computes lanes over the padded input flattened with its row pitch.
  *
  * The C++ reference (dynet_conv_cpu_f32) stays the oracle; the tests hold this kernel to it.
  */
@@ -78,19 +80,22 @@ private:
 // True when the kernel takes the GEMM path for this layer (else the direct path).
 bool usesGemmPath(int32_t cinPerGroup, int32_t coutPerGroup, int32_t kh, int32_t kw);
 
-// The loop nest convForward takes for a layer: direct (depthwise, small groups), GEMM with the kernels fused inside
-// the tasks (at most 256 output pixels), implicit GEMM on the padded input (wide rows, or 1x1 stride 1 unpadded),
-// GEMM on im2col panels (the rest). kInvalid when p's output size cannot be computed.
+// The loop nest convForward takes for a layer: direct (depthwise, small groups), narrow groups (at most 8 input and
+// 8 output channels per group, on the GEMM bank: kernels fused per task, lanes over the flattened padded input),
+// GEMM with the kernels fused inside the tasks (at most 256 output pixels), implicit GEMM on the padded input (wide
+// rows, or 1x1 stride 1 unpadded), GEMM on im2col panels (the rest). kInvalid when p's output size cannot be computed.
 enum class CpuPath : int32_t
 {
     kInvalid = -1,
     kDirect = 0,
     kGemmSmall = 1,
     kGemmImplicit = 2,
-    kGemmIm2col = 3
+    kGemmIm2col = 3,
+    kNarrow = 4
 };
 CpuPath cpuPath(DynetConvParams const& p);
-char const* cpuPathName(CpuPath path); // "direct", "gemm-small", "gemm-implicit", "gemm-im2col", "invalid"
+// "direct", "gemm-small", "gemm-implicit", "gemm-im2col", "narrow", "invalid"
+char const* cpuPathName(CpuPath path);
 
 // y = DyNetDynamicConv2d(x, coeff; bank) in fp32. p must be valid (dynet_conv_validate) and match the bank.
 int32_t convForward(DynetConvParams const& p, PackedBank const& bank, float const* x, float const* coeff, float* y,

@@ -731,7 +731,8 @@ extern "C" DYNET_API char const* dynet_ort_cpu_isa(void)
     return dynet::isaName(dynet::selectedIsa());
 }
 
-// Which CPU loop nest a call with these parameters takes ("direct", "gemm-small", "gemm-implicit", "gemm-im2col";
+// Which CPU loop nest a call with these parameters takes ("direct", "gemm-small", "gemm-implicit", "gemm-im2col",
+// "narrow";
 // "invalid" for parameters without an output size): for tests that must reach a given path.
 extern "C" DYNET_API char const* dynet_ort_cpu_path(DynetConvParams const* p)
 {

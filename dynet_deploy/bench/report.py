@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import BenchError
 from ..fileio import atomic_path, check_output_path
 from .run import BACKENDS, BenchResult
-from .timing import BUSY_FOREIGN_CORES
+from .timing import BUSY_FOREIGN_SHARE, BUSY_LOAD_PER_CORE
 
 
 def format_table(result: BenchResult) -> str:
@@ -81,8 +81,9 @@ def format_table(result: BenchResult) -> str:
             "median / roofline"
         )
     out.append(
-        f"load: 1-minute load average before -> after each pair's timing; '*': other processes used more than "
-        f"{BUSY_FOREIGN_CORES} of a core meanwhile, so the row is not a result"
+        "load: 1-minute load average before -> after each pair's timing; '*': a busy machine, so the row is not a "
+        f"result (other processes used more than {BUSY_FOREIGN_SHARE:g} of the usable cores meanwhile; where that "
+        f"is unknown, the load average reached {BUSY_LOAD_PER_CORE:g} per usable core)"
     )
     if result.busy:
         out.append("THIS RUN WAS TAKEN ON A BUSY MACHINE: rows marked '*' must be re-measured on a quiet one.")

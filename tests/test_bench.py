@@ -341,7 +341,8 @@ def test_process_measure_runs_each_model_alone_alternating_and_reports_both_meas
     assert len(set(pids)) == 6 and os.getpid() not in pids
     for r in (dy, base):
         assert r.backend == "onnxruntime-fused" and r.threads == 1 and "spinning on" in r.graph
-        assert all(p["threads"] == 1 and len(p["samples_ms"]) == 2 for p in r.processes)
+        # each worker's session, read back: the threads asked for, spinning left at onnxruntime's default (on)
+        assert all(p["threads"] == 1 and p["spinning"] is None and len(p["samples_ms"]) == 2 for p in r.processes)
         assert all(p["median_ms"] == pytest.approx(np.median(p["samples_ms"])) for p in r.processes)
         assert r.latency["median_ms"] == pytest.approx(np.median([p["median_ms"] for p in r.processes]))
         assert r.latency["n"] == 6 and r.latency["processes"] == 3
@@ -383,7 +384,7 @@ def test_cli_process_measure_without_threads_uses_onnxruntimes_default(tmp_path)
     threads = {(r["measure"], r["threads"]) for r in data["results"]}
     assert threads == {("interleaved", 2), ("interleaved", 1), ("process", None)}
     proc = [r for r in data["results"] if r["measure"] == "process"]
-    assert all(p["threads"] is None for r in proc for p in r["processes"])
+    assert all(p["threads"] is None and p["spinning"] is None for r in proc for p in r["processes"])
     dy = next(r for r in proc if r["speedup_vs_baseline"] is not None)
     base = next(r for r in proc if r["model"] == dy["baseline"])
     assert dy["speedup_vs_baseline"] == pytest.approx(base["latency"]["median_ms"] / dy["latency"]["median_ms"])

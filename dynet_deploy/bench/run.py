@@ -718,7 +718,8 @@ def _time_unit_processes(
             {
                 "index": index,
                 "pid": out["pid"],
-                "threads": out["threads"],
+                "threads": out["threads"],  # as the worker's session was made (None: onnxruntime's default)
+                "spinning": out["spinning"],
                 "median_ms": float(np.median(samples_ms)),
                 "peak_rss_mb": out["peak_rss_mb"],
                 "rss_delta_mb": out["rss_delta_mb"],

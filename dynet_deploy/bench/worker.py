@@ -3,8 +3,9 @@
 ``python -m dynet_deploy.bench.worker GRAPH --shape N C H W --warmup W --runs R [--threads T] [--variant NAME]``
 opens GRAPH with onnxruntime's defaults (idle intra-op workers spinning, its default thread count unless
 ``--threads``; the native op library registered for a fused graph), runs it ``W`` times untimed on the bench's seeded
-input, then times ``R`` runs, and prints one JSON line: ``{"pid", "threads", "uses_plugin", "peak_rss_mb",
-"rss_delta_mb", "samples_s"}`` (memory as the interleaved measure takes it: the peak while loading and warming up,
+input, then times ``R`` runs, and prints one JSON line: ``{"pid", "threads", "spinning", "uses_plugin",
+"peak_rss_mb", "rss_delta_mb", "samples_s"}``; ``threads`` and ``spinning`` are what the session was made with, read
+back from it (None: onnxruntime's default) (memory as the interleaved measure takes it: the peak while loading and warming up,
 and that less the RSS before loading). Errors go to stderr with
 exit status 1. :func:`dynet_deploy.bench.run.process_measure` starts it.
 """
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from ..backends import bench_variants, get_backend
+    from ..backends.onnxruntime.runner import OnnxruntimeRunner
     from ..errors import DynetDeployError
     from .timing import SEED, PeakMemory
 
@@ -62,9 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         call()
         samples.append(time.perf_counter() - t0)
+    if not isinstance(runner, OnnxruntimeRunner):
+        print(f"error: {args.variant!r} did not open an onnxruntime session", file=sys.stderr)
+        return 1
+    made_with = runner.session.get_session_options()
+    try:
+        spinning: str | None = made_with.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # no entry: onnxruntime's default
+        spinning = None
     result = {
         "pid": os.getpid(),
-        "threads": args.threads,
+        "threads": made_with.intra_op_num_threads or None,
+        "spinning": spinning,
         "uses_plugin": bool(get_backend(variant.backend).uses_plugin(runner)),
         "peak_rss_mb": peak,
         "rss_delta_mb": peak - before,

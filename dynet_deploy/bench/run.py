@@ -650,11 +650,15 @@ def process_order(unit: Sequence[str], processes: int) -> list[str]:
 
 
 def _worker_env() -> dict[str, str]:
-    """The environment of a worker process: this one's, with this package first on the import path (so the worker
-    runs the same code from a checkout or an installed wheel)."""
+    """The environment of a worker process: this one's, with the folder holding this package on the import path
+    when it is a checkout (an installed package is found in site-packages as it is), so the worker runs this code."""
+    import site
+
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    root = Path(__file__).resolve().parents[2]
+    installed = {Path(d).resolve() for d in (*site.getsitepackages(), site.getusersitepackages())}
+    if root not in installed:
+        env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 

@@ -59,7 +59,8 @@ class DeployResult:
     dataset: str = ""
     engines: dict[str, str] = field(default_factory=dict)  # precision -> engine file name
     triton: dict[str, Any] | None = None
-    latency_load: dict[str, float | None] = field(default_factory=dict)  # 1-minute load average before/after
+    # 1-minute load average before/after, cores other processes used meanwhile, bench.timing.busy_machine's verdict
+    latency_load: dict[str, float | bool | None] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)  # dynet_deploy.provenance.provenance()
     notes: list[str] = field(default_factory=list)
@@ -651,6 +652,7 @@ def _step_latency(run: _Deployment) -> None:
     import numpy as np
 
     from .bench import interleaved_latency, latency_stats
+    from .bench.timing import ForeignLoad
 
     run.start(
         f"latency: every runner interleaved, {run.recipe.latency.repeats} runs each at batch {run.recipe.latency.batch}"
@@ -662,14 +664,18 @@ def _step_latency(run: _Deployment) -> None:
         assert run.size is not None
         sample = np.random.default_rng(0).standard_normal(run.size.shape(lat.batch), dtype=np.float32)
     runners = _latency_runners(run, sample)
-    load_before = _load_average()
+    load = ForeignLoad().start()
     samples = interleaved_latency(runners, repeats=lat.repeats, warmup=lat.warmup)
-    load_after = _load_average()
-    res.latency_load = {"before": load_before, "after": load_after}
-    busiest = max((v for v in (load_before, load_after) if v is not None), default=None)
-    if busiest is not None and busiest >= BUSY_LOAD:
+    verdict = load.stop().verdict()  # the busy-machine rule bench uses
+    res.latency_load = {
+        "before": load.load_before,
+        "after": load.load_after,
+        "foreign_cores": load.foreign_cores,
+        "busy": verdict.busy,
+    }
+    if verdict.busy:
         res.notes.append(
-            f"the machine was busy during the latency run (1-minute load average up to {busiest:.1f}); "
+            f"the machine was busy during the latency run ({verdict.reason}); "
             "its times are inflated: re-run on a quiet machine before quoting them"
         )
     for key, v in samples.items():
@@ -727,16 +733,6 @@ def _step_triton(run: _Deployment, options: TritonOptions | None) -> None:
     if repo.skipped:
         detail += "; " + "; ".join(f"{k} skipped: {v}" for k, v in repo.skipped.items())
     run.step("triton repository", "done", detail)
-
-
-BUSY_LOAD = 2.0  # 1-minute load average from which latency figures are marked as measured on a busy machine
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _build_engines(stage: Path, fused: Path, recipe: Recipe) -> dict[str, Path] | str:

@@ -6,8 +6,8 @@ kernels, per-channel coefficients, bank as initializers) and an ordinary ``Conv`
 initializers), the static baseline's layer. Runs are interleaved, ``--rounds`` each (more where a row would take under ``--min-seconds``), and medians are reported
 with their ratio; per model, the per-layer medians are summed with each layer's multiplicity. The load average
 is printed before and after, and every row carries the CPU other processes took while it was timed
-(``dynet_deploy.bench.timing.ForeignLoad``); rows where that exceeded a quarter of a core are marked ``*`` and
-are not results: publish figures only from a quiet run.
+(``dynet_deploy.bench.timing.ForeignLoad``); rows that the busy-machine rule (``bench.timing.busy_machine``) marks
+are marked ``*`` and are not results: publish figures only from a quiet run.
 
     PYTHONPATH=. python scripts/bench_ort_native_op.py --models dy_resnet18 --batches 1 8 --threads 2
 
@@ -206,8 +206,8 @@ def main() -> None:
     print(f"\nload after: {os.getloadavg()}")
     if busy_rows:
         print(
-            f"{busy_rows} row(s) marked '*': other processes took more than a quarter of a core while they were "
-            "timed; re-measure them on a quiet machine"
+            f"{busy_rows} row(s) marked '*': the machine was busy while they were timed (bench.timing.busy_machine); "
+            "re-measure them on a quiet machine"
         )
 
 

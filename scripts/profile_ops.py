@@ -80,7 +80,8 @@ def main() -> None:
     for path in args.graphs:
         per_op, wall_ms, load = profile(path, args.batch, args.threads, args.runs)
         total = sum(sum(v) for v in per_op.values()) / args.runs
-        busy = " (busy: other processes took {:.2f} cores)".format(load.foreign_cores) if load.busy else ""
+        verdict = load.verdict()
+        busy = f" (busy: {verdict.reason})" if verdict.busy else ""
         print(f"\n{path.name}, batch {args.batch}, {args.threads} thread(s): {wall_ms:.2f} ms per run{busy}")
         print(f"  {'op type':28s} {'ms/run':>8s} {'share':>6s} {'nodes':>6s}")
         for op, times in sorted(per_op.items(), key=lambda kv: -sum(kv[1])):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +16,17 @@ import pytest
 from dynet_deploy.bench import (
     BenchConfig,
     PeakMemory,
+    busy_machine,
     format_table,
     latency_stats,
     plan_units,
+    process_order,
+    process_stats,
     run_bench,
     write_outputs,
 )
-from dynet_deploy.bench.timing import BUSY_FOREIGN_CORES, ForeignLoad
+from dynet_deploy.bench.run import run_worker
+from dynet_deploy.bench.timing import ForeignLoad
 from dynet_deploy.cli import main
 from dynet_deploy.errors import BenchError, ModelError
 
@@ -113,7 +118,7 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path, caplo
             assert dy.flops_ratio_vs_baseline > 1.5  # Dy-ResNet18 is the cheaper model
             for r in (dy, base):
                 assert r.threads == 1 and r.param_mb > 0
-                assert r.foreign_cores is None or r.busy == (r.foreign_cores > BUSY_FOREIGN_CORES)
+                assert r.busy == busy_machine(r.load_before, r.load_after, r.foreign_cores).busy
                 if backend == "torch":
                     assert r.roofline_ms is None
                 else:  # the bound: parameters over bandwidth plus batch x multiply-adds over the GEMM peak
@@ -232,9 +237,157 @@ def test_foreign_load_is_machine_cpu_minus_own_cpu_over_wall_time():
 def test_foreign_load_on_this_machine_excludes_this_process():
     t0 = time.perf_counter()
     load = ForeignLoad().start()
-    while time.perf_counter() - t0 < 0.3:  # this process keeps one core busy: none of it is foreign
+    while time.perf_counter() - t0 < 0.6:  # this process keeps one core busy: none of it is foreign
         pass
     load.stop()
     if load.foreign_cores is None:
-        pytest.skip("/proc/stat is not available here")
+        if not Path("/proc/stat").exists():
+            pytest.skip("/proc/stat is not available here")
+        pytest.fail(f"no foreign-core figure over {load.wall_s:.2f} s (long enough to be measured)")
     assert load.foreign_cores >= 0 and load.load_before is not None and load.load_after is not None
+
+
+def test_busy_machine_is_one_rule_from_foreign_cores_else_the_load_average():
+    # foreign cores decide where measured: more than an eighth of the usable cores (a quarter of a core on 2)
+    assert busy_machine(0.2, 0.3, 0.3, usable=2).busy
+    assert not busy_machine(0.2, 0.3, 0.25, usable=2).busy
+    assert not busy_machine(0.2, 0.3, 0.3, usable=4)  # half a core allowed on 4
+    assert busy_machine(None, None, 0.6, usable=4)
+    # a high load average with few foreign cores is this measurement's own threads: not busy
+    assert not busy_machine(3.5, 4.0, 0.1, usable=2).busy
+    # unknown foreign cores: the higher load average against one per usable core
+    assert busy_machine(0.5, 2.0, None, usable=2).busy
+    assert busy_machine(2.1, None, None, usable=2).busy
+    assert not busy_machine(1.9, 1.2, None, usable=2).busy
+    assert not busy_machine(None, None, None, usable=2).busy
+    verdict = busy_machine(0.2, 0.3, 1.25, usable=2)
+    assert "1.25 cores" in verdict.reason and "2 usable" in verdict.reason
+    assert busy_machine(0.2, 0.3, 0.0, usable=2).reason == ""
+    with pytest.raises(BenchError, match="usable cores"):
+        busy_machine(0.1, 0.1, 0.1, usable=0)
+
+
+def test_foreign_load_over_too_short_a_window_is_unknown():
+    # 0.2 s at 10 ms clock ticks: the figure's error nears the threshold, so the load average decides
+    load = ForeignLoad(
+        clock=iter([0.0, 0.2]).__next__, machine_cpu=iter([50.0, 50.3]).__next__, own_cpu=iter([3.0, 3.0]).__next__
+    )
+    load.start().stop()
+    assert load.foreign_cores is None and load.wall_s == pytest.approx(0.2)
+    assert load.verdict(usable=2).busy == busy_machine(load.load_before, load.load_after, None, usable=2).busy
+
+
+def test_process_stats_take_the_median_of_the_process_medians():
+    # seconds per run, three processes: medians 2, 25 and 5 ms
+    procs = [[0.001, 0.002, 0.003], [0.010, 0.020, 0.030, 0.040], [0.005, 0.005, 0.006]]
+    s = process_stats(procs)
+    assert s["median_ms"] == pytest.approx(5.0)  # not the pooled median (5.5)
+    pooled = latency_stats([t for p in procs for t in p])
+    for key in ("p90_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "n"):
+        assert s[key] == pytest.approx(pooled[key])
+    assert s["processes"] == 3 and s["n"] == 10
+    with pytest.raises(BenchError, match="every process"):
+        process_stats([[0.001], []])
+    # static first, then alternating
+    assert process_order(["dy_resnet18", "resnet18"], 3) == ["resnet18", "dy_resnet18"] * 3
+    assert process_order(["mine"], 3) == ["mine"] * 3
+
+
+def test_process_measure_config_is_checked(capsys):
+    with pytest.raises(BenchError, match="at least 3 processes"):
+        BenchConfig(measures=["process"], processes=2).validate()
+    BenchConfig(measures=["interleaved"], processes=2).validate()  # unused: not checked
+    with pytest.raises(BenchError, match="measure"):
+        BenchConfig(measures=["spinning"]).validate()
+    assert main(["bench", "--models", "resnet18", "--measures", "process", "--processes", "1"]) == 1
+    assert "at least 3 processes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--measures", "alone"])
+    assert exc.value.code == 2
+
+
+def test_a_failing_worker_is_a_clear_error(tmp_path):
+    with pytest.raises(BenchError, match=r"worker on missing.onnx exited 1: error: .*missing.onnx"):
+        run_worker(tmp_path / "missing.onnx", (1, 3, 8, 8), "onnxruntime-portable", None, 0, 1)
+
+
+@pytest.mark.slow
+def test_process_measure_runs_each_model_alone_alternating_and_reports_both_measures(tmp_path):
+    import os
+
+    cfg = BenchConfig(
+        models=["dy_resnet18"],
+        batch_sizes=[1],
+        threads=[1],
+        backends=["onnxruntime-fused", "torch"],
+        input_size=(32, 32),
+        repeats=2,
+        warmup=1,
+        model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
+        measures=["interleaved", "process"],
+        processes=3,
+        process_threads=[1],
+    )
+    result = run_bench(cfg)
+    proc = {r.model: r for r in result.rows if r.measure == "process"}
+    assert set(proc) == {"dy_resnet18", "resnet18"}
+    assert {(r.model, r.backend) for r in result.rows if r.measure == "interleaved"} == {
+        (m, b) for m in ("dy_resnet18", "resnet18") for b in ("onnxruntime-fused", "torch")
+    }
+    # torch has no process measure: skipped with the reason
+    assert [s["backend"] for s in result.skipped if s["measure"] == "process"] == ["torch"]
+    dy, base = proc["dy_resnet18"], proc["resnet18"]
+    # alternating processes, static first, each model in processes of its own
+    assert [p["index"] for p in base.processes] == [0, 2, 4] and [p["index"] for p in dy.processes] == [1, 3, 5]
+    pids = [p["pid"] for r in (dy, base) for p in r.processes]
+    assert len(set(pids)) == 6 and os.getpid() not in pids
+    for r in (dy, base):
+        assert r.backend == "onnxruntime-fused" and r.threads == 1 and "spinning on" in r.graph
+        # each worker's session, read back: the threads asked for, spinning left at onnxruntime's default (on)
+        assert all(p["threads"] == 1 and p["spinning"] is None and len(p["samples_ms"]) == 2 for p in r.processes)
+        assert all(p["median_ms"] == pytest.approx(np.median(p["samples_ms"])) for p in r.processes)
+        assert r.latency["median_ms"] == pytest.approx(np.median([p["median_ms"] for p in r.processes]))
+        assert r.latency["n"] == 6 and r.latency["processes"] == 3
+        assert r.throughput_ips == pytest.approx(1 / (r.latency["median_ms"] / 1e3))
+        assert r.peak_rss_mb > 0 and r.load_before is not None and r.load_after is not None
+        assert r.busy == busy_machine(r.load_before, r.load_after, r.foreign_cores).busy
+    assert dy.processes[0]["uses_plugin"] and "native DyNetDynamicConv2d library" in dy.graph
+    # the ratio is the one of the measured process medians
+    assert dy.speedup_vs_baseline == pytest.approx(base.latency["median_ms"] / dy.latency["median_ms"])
+    assert dy.baseline == "resnet18" and base.speedup_vs_baseline is None
+
+    paths = write_outputs(result, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert data["config"]["measures"] == ["interleaved", "process"] and data["config"]["processes"] == 3
+    rows = [r for r in data["results"] if r["measure"] == "process"]
+    assert {"load_before", "load_after", "foreign_cores", "busy", "processes"} <= set(rows[0])
+    table = paths["table"].read_text()
+    assert "measure" in table.splitlines()[0]
+    assert any(" process " in line for line in table.splitlines()[2:])
+    assert "measure 'process'" in table and "measure 'interleaved'" in table
+
+
+@pytest.mark.slow
+def test_cli_process_measure_without_threads_uses_onnxruntimes_default(tmp_path):
+    import torch
+
+    from dynet_deploy.checkpoint import save_checkpoint
+    from dynet_deploy.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(
+        create_model("dy_resnet18", **TINY), tmp_path / "dy.safetensors", model_name="dy_resnet18", model_args=TINY
+    )
+    out = tmp_path / "out"
+    argv = ["bench", "--checkpoint", str(ckpt), "--backends", "onnxruntime-portable", "--batch-sizes", "1"]
+    argv += ["--input-size", "32", "32", "--repeats", "2", "--warmup", "1", "--measures", "process", "interleaved"]
+    assert main(argv + ["--out-dir", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    threads = {(r["measure"], r["threads"]) for r in data["results"]}
+    assert threads == {("interleaved", 2), ("interleaved", 1), ("process", None)}
+    proc = [r for r in data["results"] if r["measure"] == "process"]
+    assert all(p["threads"] is None and p["spinning"] is None for r in proc for p in r["processes"])
+    dy = next(r for r in proc if r["speedup_vs_baseline"] is not None)
+    base = next(r for r in proc if r["model"] == dy["baseline"])
+    assert dy["speedup_vs_baseline"] == pytest.approx(base["latency"]["median_ms"] / dy["latency"]["median_ms"])
+    assert " def " in (out / "bench.txt").read_text()

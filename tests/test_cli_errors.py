@@ -1083,6 +1083,23 @@ CASES = [
         "positive",
     ),
     Case(
+        "bench-process-measure-too-few-processes",
+        "values",
+        lambda a, o: [
+            "bench",
+            "--models",
+            "resnet18",
+            "--measures",
+            "process",
+            "--processes",
+            "2",
+            "--out-dir",
+            str(o / "b"),
+        ],
+        "bench",
+        "at least 3 processes",
+    ),
+    Case(
         "bench-unknown-model",
         "values",
         lambda a, o: ["bench", "--models", "resnet19", "--out-dir", str(o / "b")],

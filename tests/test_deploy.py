@@ -18,6 +18,7 @@ from triton_serving import shared_folder
 
 from dynet_deploy import __version__
 from dynet_deploy.backends.tensorrt import tensorrt_available
+from dynet_deploy.bench.timing import busy_machine
 from dynet_deploy.cli import main
 from dynet_deploy.recipe import bundled_recipe_path, load_recipe
 
@@ -140,7 +141,11 @@ def test_report_steps_and_checks(deployed):
     ]
     assert "resnet18 onnxruntime" in runners and all(r["runs"] == 3 and r["median_ms"] > 0 for r in report["latency"])
     assert report["recipe"]["profile"] == {"min": 1, "opt": 8, "max": 8}
-    assert set(report["latency_load_average"]) == {"before", "after"}
+    load = report["latency_load_average"]
+    assert set(load) == {"before", "after", "foreign_cores", "busy"}
+    # the busy mark is bench's rule applied to the figures the report gives, and a busy run carries the note
+    assert load["busy"] == busy_machine(load["before"], load["after"], load["foreign_cores"]).busy
+    assert load["busy"] == any("busy during the latency run" in n for n in report["notes"])
     text = (out / "report.txt").read_text()
     assert "== parity against PyTorch" in text and "== latency, batch 1" in text and "PASSED" in text
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
+import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +20,7 @@ from ..backends import BenchVariant, bench_variants, get_backend
 from ..errors import BenchError, DynetDeployError
 from ..progress import get_logger
 from .roofline import MachinePeaks, measure_peaks, roofline_ms
-from .timing import SEED, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
+from .timing import SEED, BusyVerdict, ForeignLoad, PeakMemory, interleaved_latency, latency_stats, machine_info
 
 log = get_logger(__name__)
 
@@ -51,6 +55,23 @@ DEFAULT_WARMUP = 5
 DEFAULT_OUT_DIR = "build/bench"
 
 
+# The two measures. "interleaved": both models of a pair in this process, alternating rounds, idle workers not
+# spinning (the ratio least moved by a shared machine). "process": each model alone in its own process with
+# onnxruntime's defaults (workers spinning, its default thread count unless threads are given), processes alternating
+# static, Dy, static, Dy, ...: what a deployment runs. The process measure is opt-in: it starts 2 x processes
+# processes per pair, backend, batch and thread count, and roughly doubles the run.
+MEASURES = ("interleaved", "process")
+
+
+DEFAULT_MEASURES = ("interleaved",)
+
+
+MIN_PROCESSES = 3  # the process measure's median is over at least this many processes per model
+
+
+DEFAULT_PROCESSES = 3
+
+
 @dataclass
 class UserModel:
     """A model of the user's: a checkpoint (``--checkpoint``, any zoo architecture) or an ONNX file (``--onnx``).
@@ -80,6 +101,10 @@ class BenchConfig:
     model_kwargs: dict[str, dict] = field(default_factory=dict)
     keep_onnx_dir: str | None = None
     user_models: dict[str, UserModel] = field(default_factory=dict)  # by label; the labels are also in models
+    measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
+    processes: int = DEFAULT_PROCESSES  # per model, for the process measure
+    # thread counts of the process measure, one pass each; None: onnxruntime's default
+    process_threads: list[int | None] = field(default_factory=lambda: [None])
 
     def validate(self) -> None:
         from ..export.deploy_forms import DY_FORMS
@@ -105,6 +130,17 @@ class BenchConfig:
             raise BenchError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
         if self.dy_form not in ("auto", *DY_FORMS):
             raise BenchError(f"unknown --dy-form {self.dy_form!r}; choose auto or one of {', '.join(DY_FORMS)}")
+        unknown = [m for m in self.measures if m not in MEASURES]
+        if unknown or not self.measures:
+            raise BenchError(f"unknown measure(s) {unknown}; choose from {', '.join(MEASURES)}")
+        if "process" in self.measures:
+            if self.processes < MIN_PROCESSES:
+                raise BenchError(
+                    f"the process measure takes the median over at least {MIN_PROCESSES} processes per model, "
+                    f"got --processes {self.processes}"
+                )
+            if not self.process_threads or any(t is not None and t < 1 for t in self.process_threads):
+                raise BenchError(f"process-measure thread counts must be >= 1, got {self.process_threads}")
 
 
 @dataclass
@@ -113,23 +149,27 @@ class BenchRow:
     backend: str
     batch: int
     graph: str
-    latency: dict[str, float]
+    latency: dict[str, float]  # process measure: median_ms is the median of the process medians, the rest pooled
     throughput_ips: float
     peak_rss_mb: float
     rss_delta_mb: float
     mflops: float | None  # None for a given ONNX file: no PyTorch model to count
     mflops_with_overhead: float | None
-    threads: int = DEFAULT_THREADS
+    threads: int | None = DEFAULT_THREADS  # None: onnxruntime's default (process measure without --threads)
+    measure: str = "interleaved"  # MEASURES
     param_mb: float = 0.0
     roofline_ms: float | None = None  # least time per batch on this machine (bench.roofline); None for torch
     vs_roofline: float | None = None  # median / roofline
     load_before: float | None = None  # 1-minute load average before and after this pair's timing
     load_after: float | None = None
     foreign_cores: float | None = None  # cores other processes used meanwhile (timing.ForeignLoad)
-    busy: bool = False  # foreign_cores above timing.BUSY_FOREIGN_CORES: not a result
+    busy: bool = False  # timing.busy_machine's verdict on this measure: not a result
+    busy_reason: str = ""
     baseline: str | None = None
     speedup_vs_baseline: float | None = None
     flops_ratio_vs_baseline: float | None = None
+    # process measure: one entry per process, in launch order within the pair (index), with its timed samples
+    processes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -432,33 +472,104 @@ def open_runner(art: _Artefacts, name: str, backend: str, batch: int, cfg: Bench
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
-    """Benchmark every unit (pair or single) on every backend and batch size of ``cfg``."""
+    """Benchmark every unit (pair or single) on every backend and batch size of ``cfg``, with each measure asked for:
+    the interleaved passes (one per thread count), then the process passes (one per process-measure thread count)."""
     cfg.validate()
     machine = machine_info()
     memory = PeakMemory()
     rows: list[BenchRow] = []
     skipped: list[dict[str, str]] = []
     units = plan_units(cfg.models, cfg.user_models)
+    interleaved = "interleaved" in cfg.measures
+    process_threads = cfg.process_threads if "process" in cfg.measures else []
     with tempfile.TemporaryDirectory(prefix="dynet-bench-") as tmp:
         workdir = Path(cfg.keep_onnx_dir) if cfg.keep_onnx_dir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         art = _Artefacts(cfg, workdir)
         peaks: dict[int, MachinePeaks] = {}
         if any(b != TORCH for b in cfg.backends):
-            for threads in cfg.threads:
+            counts = (cfg.threads if interleaved else []) + [t for t in process_threads if t is not None]
+            for threads in dict.fromkeys(counts):
                 log.info(
                     f"measuring this machine's bandwidth and multiply-add peak with onnxruntime, {threads} thread(s)"
                 )
                 peaks[threads] = measure_peaks(threads)
-        for threads in cfg.threads:
+        for threads in cfg.threads if interleaved else []:
             for unit in units:
                 for backend in cfg.backends:
                     for batch in cfg.batch_sizes:
                         rows += _time_unit(art, cfg, unit, backend, batch, threads, peaks.get(threads), memory, skipped)
+        for pthreads in process_threads:
+            for unit in units:
+                for backend in cfg.backends:
+                    for batch in cfg.batch_sizes:
+                        peak = None if pthreads is None else peaks.get(pthreads)
+                        rows += _time_unit_processes(art, cfg, unit, backend, batch, pthreads, peak, skipped)
     machine["load_average_end"] = machine_info()["load_average"]
     config = asdict(cfg)
     config["input_size"] = list(cfg.input_size)
     return BenchResult(machine, config, rows, skipped, memory.method, [p.to_dict() for p in peaks.values()])
+
+
+def _skip(skipped: list[dict[str, str]], backend: str, unit: list[str], batch: int, measure: str, reason: str):
+    log.info(f"skip {backend} for {', '.join(unit)} (batch {batch}, {measure} measure): {reason}")
+    skipped.append(
+        {"backend": backend, "models": ", ".join(unit), "batch": str(batch), "measure": measure, "reason": reason}
+    )
+
+
+def _row(
+    art: _Artefacts,
+    name: str,
+    backend: str,
+    batch: int,
+    threads: int | None,
+    peaks: MachinePeaks | None,
+    graph: str,
+    stats: dict[str, float],
+    mem: tuple[float, float],
+    load: ForeignLoad,
+    verdict: BusyVerdict,
+    measure: str,
+) -> BenchRow:
+    fl = art.flops(name)  # None for a given ONNX file
+    pbytes = art.param_bytes(name)
+    roof = None if peaks is None or backend == TORCH or fl is None else roofline_ms(pbytes, fl.total_macs, batch, peaks)
+    return BenchRow(
+        model=name,
+        backend=backend,
+        batch=batch,
+        graph=graph,
+        latency=stats,
+        throughput_ips=batch / (stats["median_ms"] / 1e3),
+        peak_rss_mb=mem[0],
+        rss_delta_mb=mem[1],
+        mflops=None if fl is None else fl.conv_linear_macs / 1e6,
+        mflops_with_overhead=None if fl is None else fl.total_macs / 1e6,
+        threads=threads,
+        measure=measure,
+        param_mb=pbytes / 1e6,
+        roofline_ms=roof,
+        vs_roofline=None if roof is None else stats["median_ms"] / roof,
+        load_before=load.load_before,
+        load_after=load.load_after,
+        foreign_cores=load.foreign_cores,
+        busy=verdict.busy,
+        busy_reason=verdict.reason,
+    )
+
+
+def _pair_rows(unit: list[str], unit_rows: dict[str, BenchRow]) -> list[BenchRow]:
+    """The unit's rows, baseline first; a Dy row gets its speedup = baseline median / Dy median of this measure."""
+    if len(unit) == 2:
+        dy, base = unit
+        r = unit_rows[dy]
+        r.baseline = base
+        r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
+        base_mflops = unit_rows[base].mflops
+        r.flops_ratio_vs_baseline = None if base_mflops is None or not r.mflops else base_mflops / r.mflops
+        return [unit_rows[base], r]
+    return [unit_rows[unit[0]]]
 
 
 def _time_unit(
@@ -489,9 +600,7 @@ def _time_unit(
             runners[name] = runner
             mem[name] = (peak, peak - before)
     except BackendUnavailable as exc:
-        reason = str(exc)
-        log.info(f"skip {backend} for {', '.join(unit)} (batch {batch}): {reason}")
-        skipped.append({"backend": backend, "models": ", ".join(unit), "batch": str(batch), "reason": reason})
+        _skip(skipped, backend, unit, batch, "interleaved", str(exc))
         runners.clear()
         gc.collect()
         return []
@@ -500,49 +609,147 @@ def _time_unit(
     )
     load = ForeignLoad().start()
     samples = interleaved_latency({n: r.run for n, r in runners.items()}, cfg.repeats, cfg.warmup)
-    load.stop()
-    if load.busy:
-        log.info(
-            f"  busy machine: other processes used {load.foreign_cores:.2f} cores meanwhile; these rows are marked"
+    verdict = load.stop().verdict()
+    if verdict.busy:
+        log.info(f"  busy machine: {verdict.reason}; these rows are marked")
+    unit_rows = {
+        name: _row(
+            art,
+            name,
+            backend,
+            batch,
+            threads,
+            peaks,
+            runners[name].graph,
+            latency_stats(samples[name]),
+            mem[name],
+            load,
+            verdict,
+            "interleaved",
         )
-    unit_rows = {}
-    for name in unit:
-        stats = latency_stats(samples[name])
-        fl = art.flops(name)  # None for a given ONNX file
-        pbytes = art.param_bytes(name)
-        roof = (
-            None
-            if peaks is None or backend == TORCH or fl is None
-            else roofline_ms(pbytes, fl.total_macs, batch, peaks)
-        )
-        unit_rows[name] = BenchRow(
-            model=name,
-            backend=backend,
-            batch=batch,
-            graph=runners[name].graph,
-            latency=stats,
-            throughput_ips=batch / (stats["median_ms"] / 1e3),
-            peak_rss_mb=mem[name][0],
-            rss_delta_mb=mem[name][1],
-            mflops=None if fl is None else fl.conv_linear_macs / 1e6,
-            mflops_with_overhead=None if fl is None else fl.total_macs / 1e6,
-            threads=threads,
-            param_mb=pbytes / 1e6,
-            roofline_ms=roof,
-            vs_roofline=None if roof is None else stats["median_ms"] / roof,
-            load_before=load.load_before,
-            load_after=load.load_after,
-            foreign_cores=load.foreign_cores,
-            busy=load.busy,
-        )
+        for name in unit
+    }
     runners.clear()
     gc.collect()
-    if len(unit) == 2:
-        dy, base = unit
-        r = unit_rows[dy]
-        r.baseline = base
-        r.speedup_vs_baseline = unit_rows[base].latency["median_ms"] / r.latency["median_ms"]
-        base_mflops = unit_rows[base].mflops
-        r.flops_ratio_vs_baseline = None if base_mflops is None or not r.mflops else base_mflops / r.mflops
-        return [unit_rows[base], r]
-    return [unit_rows[unit[0]]]
+    return _pair_rows(unit, unit_rows)
+
+
+def process_stats(processes: Sequence[Sequence[float]]) -> dict[str, float]:
+    """The process measure's statistics of one model, in milliseconds, from each process's timed runs (seconds):
+    ``median_ms`` is the median of the process medians; p90, mean, min, max and std are over all runs pooled; ``n``
+    counts the runs and ``processes`` the processes."""
+    if not processes or any(len(p) == 0 for p in processes):
+        raise BenchError("the process measure needs timed runs from every process")
+    stats = latency_stats([t for p in processes for t in p])
+    stats["median_ms"] = float(np.median([np.median(np.asarray(p, dtype=np.float64) * 1e3) for p in processes]))
+    stats["processes"] = len(processes)
+    return stats
+
+
+def process_order(unit: Sequence[str], processes: int) -> list[str]:
+    """Launch order of the process measure: the static baseline first, then alternating (static, Dy, static, ...)."""
+    return list(unit[::-1]) * processes
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker process: this one's, with the folder holding this package on the import path
+    when it is a checkout (an installed package is found in site-packages as it is), so the worker runs this code."""
+    import site
+
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parents[2]
+    installed = {Path(d).resolve() for d in (*site.getsitepackages(), site.getusersitepackages())}
+    if root not in installed:
+        env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_worker(graph: Path, shape: Sequence[int], backend: str, threads: int | None, warmup: int, runs: int) -> dict:
+    """One process of the process measure (:mod:`.worker`): its pid, thread count and timed runs (seconds)."""
+    cmd = [sys.executable, "-m", "dynet_deploy.bench.worker", str(graph), "--shape", *map(str, shape)]
+    cmd += ["--warmup", str(warmup), "--runs", str(runs), "--variant", backend]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BenchError(f"the process measure's worker on {graph.name} exited {proc.returncode}: {tail}")
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        out = None
+    if not isinstance(out, dict) or not isinstance(out.get("samples_s"), list) or len(out["samples_s"]) != runs:
+        raise BenchError(f"the process measure's worker on {graph.name} printed no result: {proc.stdout[-200:]!r}")
+    return out
+
+
+def _time_unit_processes(
+    art: _Artefacts,
+    cfg: BenchConfig,
+    unit: list[str],
+    backend: str,
+    batch: int,
+    threads: int | None,
+    peaks: MachinePeaks | None,
+    skipped: list[dict[str, str]],
+) -> list[BenchRow]:
+    """The process measure of one pair (or single model): each model alone in a fresh process with onnxruntime's
+    defaults, processes alternating static, Dy, ..., ``cfg.processes`` per model."""
+    if backend == TORCH or bench_variants()[backend].backend != "onnxruntime":
+        _skip(skipped, backend, unit, batch, "process", "the process measure runs onnxruntime graphs only")
+        return []
+    graphs: dict[str, tuple[Path, str]] = {}
+    try:
+        check_backend(backend)
+        for name in unit:
+            prepare(art, name, backend, batch)
+            kind = _graph_kind(name, backend, cfg)
+            assert kind is not None
+            graphs[name] = art.graph(name, kind, batch)
+    except BackendUnavailable as exc:
+        _skip(skipped, backend, unit, batch, "process", str(exc))
+        return []
+    what = "onnxruntime's default threads" if threads is None else f"{threads} thread(s)"
+    log.info(
+        f"timing {' vs '.join(unit)} on {backend}, batch {batch}, {what}: {cfg.processes} processes each, "
+        f"{cfg.repeats} runs per process"
+    )
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in unit}
+    load = ForeignLoad().start()
+    for index, name in enumerate(process_order(unit, cfg.processes)):
+        out = run_worker(graphs[name][0], art.input_shape(batch, name), backend, threads, cfg.warmup, cfg.repeats)
+        samples_ms = [t * 1e3 for t in out["samples_s"]]
+        runs[name].append(
+            {
+                "index": index,
+                "pid": out["pid"],
+                "threads": out["threads"],  # as the worker's session was made (None: onnxruntime's default)
+                "spinning": out["spinning"],
+                "median_ms": float(np.median(samples_ms)),
+                "peak_rss_mb": out["peak_rss_mb"],
+                "rss_delta_mb": out["rss_delta_mb"],
+                "uses_plugin": out["uses_plugin"],
+                "samples_ms": samples_ms,
+            }
+        )
+    verdict = load.stop().verdict()
+    if verdict.busy:
+        log.info(f"  busy machine: {verdict.reason}; these rows are marked")
+    unit_rows = {}
+    for name in unit:
+        graph = graphs[name][1]
+        if runs[name][0]["uses_plugin"]:
+            graph += ", native DyNetDynamicConv2d library"
+        graph += (
+            f", alone in its own process ({cfg.warmup} warm-up + {cfg.repeats} timed runs), onnxruntime defaults "
+            f"(worker spinning on, {'its default' if threads is None else threads} threads)"
+        )
+        stats = process_stats([[t / 1e3 for t in r["samples_ms"]] for r in runs[name]])
+        mem = (
+            float(np.median([r["peak_rss_mb"] for r in runs[name]])),
+            float(np.median([r["rss_delta_mb"] for r in runs[name]])),
+        )
+        row = _row(art, name, backend, batch, threads, peaks, graph, stats, mem, load, verdict, "process")
+        row.processes = runs[name]
+        unit_rows[name] = row
+    return _pair_rows(unit, unit_rows)

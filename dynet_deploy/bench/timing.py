@@ -6,6 +6,7 @@ import gc
 import os
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -143,9 +144,62 @@ def interleaved_latency(calls: dict[str, Callable[[], Any]], repeats: int, warmu
     return samples
 
 
-# A measurement is marked busy when other processes used more than this share of one core on average while it
-# ran: the load average alone cannot tell, since it counts this benchmark's own threads too.
-BUSY_FOREIGN_CORES = 0.25
+# The one busy-machine rule (:func:`busy_machine`), used by ``bench`` and ``deploy``. A measurement is marked busy
+# when other processes used more than this share of the usable cores on average while it ran (a quarter of a core on
+# a 2-core machine): the load average alone cannot tell, since it counts the measurement's own threads too. Only
+# where that cannot be measured (no /proc/stat) does the load average decide: busy when it reached one per usable core.
+BUSY_FOREIGN_SHARE = 0.125
+BUSY_LOAD_PER_CORE = 1.0
+# CPU time is counted in clock ticks (10 ms): over a shorter window than this the foreign-core figure's error
+# (a tick per core and per reading) nears the busy threshold, so it is not reported and the load average decides.
+MIN_FOREIGN_WALL_S = 0.5
+
+
+@dataclass(frozen=True)
+class BusyVerdict:
+    """Whether figures were measured on a busy machine, and why (``reason`` is empty when quiet)."""
+
+    busy: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.busy
+
+
+def busy_machine(
+    load_before: float | None,
+    load_after: float | None,
+    foreign_cores: float | None,
+    usable: int | None = None,
+) -> BusyVerdict:
+    """The busy-machine rule shared by ``bench`` and ``deploy``.
+
+    ``foreign_cores``: cores other processes used while the figures were measured (:class:`ForeignLoad`);
+    ``load_before`` / ``load_after``: the 1-minute load average at both ends; ``usable``: the cores this process may
+    run on (default: its CPU affinity). Busy when the foreign cores exceed ``BUSY_FOREIGN_SHARE`` of the usable cores;
+    where they are unknown, when the higher load average reached ``BUSY_LOAD_PER_CORE`` per usable core; with neither
+    known, not busy (nothing says so).
+    """
+    from ..guards import usable_cores
+
+    cores = usable if usable is not None else usable_cores()
+    if cores < 1:
+        raise BenchError(f"usable cores must be >= 1, got {cores}")
+    if foreign_cores is not None:
+        limit = BUSY_FOREIGN_SHARE * cores
+        if foreign_cores > limit:
+            return BusyVerdict(
+                True,
+                f"other processes used {foreign_cores:.2f} cores meanwhile (more than {limit:.2f} of the {cores} "
+                "usable)",
+            )
+        return BusyVerdict(False)
+    loads = [v for v in (load_before, load_after) if v is not None]
+    if loads and max(loads) >= BUSY_LOAD_PER_CORE * cores:
+        return BusyVerdict(
+            True, f"the 1-minute load average reached {max(loads):.2f} on {cores} usable cores (foreign CPU unknown)"
+        )
+    return BusyVerdict(False)
 
 
 def _busy_cpu_seconds() -> float | None:
@@ -172,7 +226,8 @@ class ForeignLoad:
 
     ``start()`` and ``stop()`` read the machine's busy CPU time (/proc/stat) and this process's own (os.times):
     the difference over the wall time is what other jobs took. Also records the 1-minute load average at both ends
-    (which includes this benchmark's own threads). ``foreign_cores`` is None where /proc/stat is absent.
+    (which includes this benchmark's own threads). ``foreign_cores`` is None where /proc/stat is absent or the
+    measurement was shorter than ``MIN_FOREIGN_WALL_S``; ``wall_s`` is its length.
     """
 
     def __init__(
@@ -184,6 +239,7 @@ class ForeignLoad:
         self.load_before: float | None = None
         self.load_after: float | None = None
         self.foreign_cores: float | None = None
+        self.wall_s: float | None = None
         self._clock, self._machine_cpu, self._own_cpu = clock, machine_cpu, own_cpu
         self._t0 = self._busy0 = self._own0 = None
 
@@ -200,14 +256,18 @@ class ForeignLoad:
         return self
 
     def stop(self) -> "ForeignLoad":
-        wall = self._clock() - self._t0
+        wall = self.wall_s = self._clock() - self._t0
         busy = self._machine_cpu()
-        if busy is not None and self._busy0 is not None and wall > 0:
+        if busy is not None and self._busy0 is not None and wall >= MIN_FOREIGN_WALL_S:
             own = self._own_cpu() - self._own0
             self.foreign_cores = round(max(0.0, (busy - self._busy0 - own) / wall), 3)
         self.load_after = self._load1()
         return self
 
+    def verdict(self, usable: int | None = None) -> BusyVerdict:
+        """:func:`busy_machine` on this measurement."""
+        return busy_machine(self.load_before, self.load_after, self.foreign_cores, usable)
+
     @property
     def busy(self) -> bool:
-        return self.foreign_cores is not None and self.foreign_cores > BUSY_FOREIGN_CORES
+        return self.verdict().busy

@@ -20,9 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         DEFAULT_BATCH_SIZES,
         DEFAULT_MODELS,
         DEFAULT_OUT_DIR,
+        DEFAULT_PROCESSES,
         DEFAULT_REPEATS,
         DEFAULT_THREAD_COUNTS,
         DEFAULT_WARMUP,
+        MEASURES,
+        MIN_PROCESSES,
     )
 
     p = subparsers.add_parser(
@@ -69,10 +72,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         nargs="+",
-        default=list(DEFAULT_THREAD_COUNTS),
+        default=None,
         metavar="N",
-        help="intra-op threads for every backend; several counts run one pass each "
-        f"(default {' '.join(map(str, DEFAULT_THREAD_COUNTS))})",
+        help="intra-op threads for every backend; several counts run one pass each (default: "
+        f"{' '.join(map(str, DEFAULT_THREAD_COUNTS))} for the interleaved measure, onnxruntime's default for the "
+        "process measure)",
+    )
+    p.add_argument(
+        "--measures",
+        nargs="+",
+        default=["interleaved"],
+        choices=MEASURES,
+        metavar="MEASURE",
+        help="interleaved: each pair in this process, alternating rounds, idle workers not spinning (the default); "
+        "process: each model alone in its own process with onnxruntime's defaults (workers spinning), processes "
+        "alternating static, Dy, ..., median of the process medians (what a deployment runs; about doubles the run)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=DEFAULT_PROCESSES,
+        metavar="N",
+        help=f"processes per model for the process measure (at least {MIN_PROCESSES}; default {DEFAULT_PROCESSES})",
     )
     p.add_argument(
         "--backends",
@@ -216,7 +237,7 @@ def bench_input_size(args: argparse.Namespace, models: list[str], decided: list[
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import DEFAULT_MODELS, BenchConfig, format_table, run_bench, write_outputs
+    from ..bench import DEFAULT_MODELS, DEFAULT_THREAD_COUNTS, BenchConfig, format_table, run_bench, write_outputs
     from ..errors import BenchError
     from ..fileio import check_output_path
 
@@ -227,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         models=models + list(users),
         batch_sizes=list(args.batch_sizes),
-        threads=list(args.threads),
+        threads=list(args.threads) if args.threads is not None else list(DEFAULT_THREAD_COUNTS),
         backends=list(args.backends),
         input_size=(size[0], size[1]),
         repeats=args.repeats,
@@ -237,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
         keep_onnx_dir=args.keep_onnx,
         model_kwargs=baseline_kwargs,
         user_models=users,
+        measures=list(dict.fromkeys(args.measures)),
+        processes=args.processes,
+        process_threads=list(args.threads) if args.threads is not None else [None],
     )
     cfg.validate()
     from ..guards import check_threads

@@ -32,7 +32,15 @@ from dynet_deploy.op import native as plugin_lib
 from dynet_deploy.op import onnxruntime_lib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_ort_native_op import Layer, errors, make_arrays, node_model, session, torch_reference  # noqa: E402
+from test_ort_native_op import (  # noqa: E402
+    Layer,
+    errors,
+    make_arrays,
+    node_model,
+    params_of,
+    session,
+    torch_reference,
+)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -53,21 +61,6 @@ def native_library():
         )
     plugin_lib.ensure_built()
     return path
-
-
-def params_of(layer: Layer):
-    return plugin_lib.make_params(
-        (layer.n, layer.c_in, layer.h, layer.w),
-        (layer.n, layer.c_out if layer.per_channel else 1, layer.k),
-        (layer.k, layer.c_out, layer.c_in // layer.groups, layer.kh, layer.kw),
-        has_bias_bank=layer.bank,
-        has_bias=layer.bias,
-        stride=layer.stride,
-        pads=layer.pads,
-        dilation=layer.dilation,
-        groups=layer.groups,
-        activation=layer.activation,
-    )
 
 
 # ---- 1. NaN and Inf --------------------------------------------------------------------------------------------

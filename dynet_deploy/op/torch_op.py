@@ -256,15 +256,20 @@ _PLANS: dict[tuple, CudaPlan] = {}
 _CHOSEN: dict[tuple, tuple[int, dict[str, float]]] = {}
 
 
+def _refuse_while_capturing(what: str) -> None:
+    """Making a plan or timing tactics allocates and synchronises, which a CUDA graph capture cannot hold."""
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"{OP_TYPE}: no {what} for this shape yet and a CUDA graph is being captured; run the model once "
+            "eagerly with the same shapes before capturing"
+        )
+
+
 def _plan(params, dtype: int, tactic: int, device: int) -> CudaPlan:
     key = (_key(params), dtype, tactic, device)
     plan = _PLANS.get(key)
     if plan is None:
-        if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                f"{OP_TYPE}: no plan for this shape yet and a CUDA graph is being captured; run the model once "
-                "eagerly with the same shapes before capturing"
-            )
+        _refuse_while_capturing("plan")
         plan = CudaPlan(params, dtype, tactic)
         _PLANS[key] = plan
     return plan
@@ -318,11 +323,7 @@ def _cuda(x, coeff, weight, bias_bank, bias, params, tactic: int) -> torch.Tenso
         key = (_key(params), dtype, device)
         chosen = _CHOSEN.get(key)
         if chosen is None:
-            if torch.cuda.is_current_stream_capturing():
-                raise RuntimeError(
-                    f"{OP_TYPE}: no tactic chosen for this shape yet and a CUDA graph is being captured; run the "
-                    "model once eagerly with the same shapes before capturing"
-                )
+            _refuse_while_capturing("tactic chosen")
             chosen = _time_tactics(params, dtype, device, tensors)
             _CHOSEN[key] = chosen
         tactic = chosen[0]

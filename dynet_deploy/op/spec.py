@@ -16,11 +16,16 @@ OP_TYPE = "DyNetDynamicConv2d"
 # onnxruntime's TensorRT execution provider hands nodes of this domain to TensorRT plugins, and
 # TensorRT's own ONNX parser ignores the domain; one constant keeps every consumer consistent.
 OP_DOMAIN = "trt.plugins"
-OP_DOMAIN_VERSION = 1
-PLUGIN_VERSION = "1"
+# Op versions (README, "Versions"): 1, and 2 with the spatial and residual inputs, the mean output and a narrowed
+# bank. A graph imports the lowest version its nodes need; OP_DOMAIN_VERSION is the newest.
+OP_VERSIONS = (1, 2)
+OP_DOMAIN_VERSION = OP_VERSIONS[-1]
+PLUGIN_VERSION = "1"  # the plugin version of an op-version-1 node; a version-v node carries str(v)
 PLUGIN_NAMESPACE = ""
 # String attributes TensorRT's ONNX parser reads to pick the plugin creator; not part of the op's math.
 PLUGIN_STRING_ATTRIBUTES = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+# The weight bank's storage types: the I/O type, or (version 2, float I/O) a narrower one.
+BANK_DTYPES = ("fp32", "fp16", "bf16")
 
 INT32_MAX = 2**31 - 1
 
@@ -45,6 +50,7 @@ class Attribute:
     min: int
     max: int = INT32_MAX
     type: type = int
+    since_version: int = 1
 
     def check(self, value: Any) -> int:
         try:
@@ -78,15 +84,49 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("activation", int(Activation.NONE), int(Activation.NONE), int(Activation.RELU6)),
     Attribute("has_bias_bank", 0, 0, 1),
     Attribute("has_bias", 0, 0, 1),
+    Attribute("has_spatial", 0, 0, 1, since_version=2),
+    Attribute("has_residual", 0, 0, 1, since_version=2),
+    Attribute("has_mean", 0, 0, 1, since_version=2),
 )
 ATTRIBUTE_NAMES: tuple[str, ...] = tuple(a.name for a in ATTRIBUTES)
+VERSION_2_ATTRIBUTES: tuple[str, ...] = tuple(a.name for a in ATTRIBUTES if a.since_version == 2)
 _BY_NAME = {a.name: a for a in ATTRIBUTES}
 DEFAULTS: dict[str, int] = {a.name: a.default for a in ATTRIBUTES}
 
 # Inputs in node order; the optional ones are present exactly when their has_* attribute is 1.
-INPUTS: tuple[str, ...] = ("x", "coeff", "weight", "bias_bank", "bias")
+INPUTS: tuple[str, ...] = ("x", "coeff", "weight", "bias_bank", "bias", "spatial", "residual")
 REQUIRED_INPUTS = INPUTS[:3]
-OPTIONAL_INPUT_FLAGS = {"bias_bank": "has_bias_bank", "bias": "has_bias"}
+OPTIONAL_INPUT_FLAGS = {
+    "bias_bank": "has_bias_bank",
+    "bias": "has_bias",
+    "spatial": "has_spatial",
+    "residual": "has_residual",
+}
+OUTPUTS: tuple[str, ...] = ("y", "mean")
+OPTIONAL_OUTPUT_FLAGS = {"mean": "has_mean"}
+
+
+def input_names(values: Mapping[str, int]) -> list[str]:
+    """The node's input names, in order, for checked attributes."""
+    return [*REQUIRED_INPUTS, *(n for n, flag in OPTIONAL_INPUT_FLAGS.items() if values.get(flag, 0))]
+
+
+def output_names(values: Mapping[str, int]) -> list[str]:
+    return ["y", *(n for n, flag in OPTIONAL_OUTPUT_FLAGS.items() if values.get(flag, 0))]
+
+
+def op_version(values: Mapping[str, int], bank_dtype: str = "fp32") -> int:
+    """The lowest op version that expresses a node: 2 with a version-2 attribute set or a narrowed bank, else 1."""
+    if bank_dtype not in BANK_DTYPES:
+        raise ValueError(f"bank dtype must be one of {list(BANK_DTYPES)}, got {bank_dtype!r}")
+    return 2 if bank_dtype != "fp32" or any(values.get(n, 0) for n in VERSION_2_ATTRIBUTES) else 1
+
+
+def plugin_string_attributes(version: int) -> dict[str, str]:
+    """``plugin_version`` / ``plugin_namespace`` of a node of op version ``version``."""
+    if version not in OP_VERSIONS:
+        raise ValueError(f"{OP_TYPE} has op versions {list(OP_VERSIONS)}, got {version}")
+    return {"plugin_version": str(version), "plugin_namespace": PLUGIN_NAMESPACE}
 
 
 def attributes(
@@ -97,6 +137,9 @@ def attributes(
     activation: int | str = 0,
     has_bias_bank: bool = False,
     has_bias: bool = False,
+    has_spatial: bool = False,
+    has_residual: bool = False,
+    has_mean: bool = False,
 ) -> dict[str, int]:
     """The attribute dict from conv-style arguments (``pads`` = top, left, bottom, right), checked."""
     if isinstance(activation, str):
@@ -106,7 +149,14 @@ def attributes(
     values = dict(
         zip(
             ATTRIBUTE_NAMES,
-            (*stride, *pads, *dilation, groups, activation, int(bool(has_bias_bank)), int(bool(has_bias))),
+            (
+                *stride,
+                *pads,
+                *dilation,
+                groups,
+                activation,
+                *(int(bool(f)) for f in (has_bias_bank, has_bias, has_spatial, has_residual, has_mean)),
+            ),
         )
     )
     if len(values) != len(ATTRIBUTES):
@@ -134,24 +184,37 @@ def conv_arguments(attrs: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-def make_node(inputs, outputs, name: str | None = None, **attrs: Any):
-    """An ``onnx.NodeProto`` of the op with checked attributes and the plugin's string attributes."""
+def node_attributes(values: Mapping[str, Any], version: int = 1) -> dict[str, Any]:
+    """The attributes a node of op version ``version`` carries: a version-1 node has none of version 2's, and a
+    node whose attributes need version 2 cannot be written as version 1."""
+    checked = check_attributes(values)
+    needed = op_version(checked)
+    if needed > version:
+        raise ValueError(f"{OP_TYPE}: {[n for n in VERSION_2_ATTRIBUTES if checked[n]]} need op version 2")
+    keep = {a.name: checked[a.name] for a in ATTRIBUTES if a.since_version <= version}
+    return {**keep, **plugin_string_attributes(version)}
+
+
+def make_node(inputs, outputs, name: str | None = None, version: int = 1, **attrs: Any):
+    """An ``onnx.NodeProto`` of op version ``version`` with checked attributes and the plugin's string attributes."""
     from onnx import helper
 
     values = check_attributes(attrs)
-    expected = 3 + values["has_bias_bank"] + values["has_bias"]
-    if len(inputs) != expected:
+    expected, expected_out = input_names(values), output_names(values)
+    if len(inputs) != len(expected) or len(outputs) != len(expected_out):
+        flags = {k: v for k, v in values.items() if k.startswith("has_")}
         raise ValueError(
-            f"{OP_TYPE} with has_bias_bank={values['has_bias_bank']}, has_bias={values['has_bias']} "
-            f"takes {expected} inputs, got {len(inputs)}"
+            f"{OP_TYPE} with {flags} takes inputs {expected} and outputs {expected_out}, "
+            f"got {len(inputs)} inputs and {len(outputs)} outputs"
         )
-    node_attributes: dict[str, Any] = {**values, **PLUGIN_STRING_ATTRIBUTES}
-    return helper.make_node(OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN, **node_attributes)
+    return helper.make_node(
+        OP_TYPE, list(inputs), list(outputs), name=name, domain=OP_DOMAIN, **node_attributes(values, version)
+    )
 
 
-def gs_attributes(values: Mapping[str, Any]) -> dict[str, Any]:
+def gs_attributes(values: Mapping[str, Any], version: int = 1) -> dict[str, Any]:
     """Checked attributes plus the plugin's string attributes, for an onnx-graphsurgeon ``gs.Node``."""
-    return {**check_attributes(values), **PLUGIN_STRING_ATTRIBUTES}
+    return node_attributes(values, version)
 
 
 def read_attributes(node) -> dict[str, int]:
@@ -169,6 +232,21 @@ def read_attributes(node) -> dict[str, int]:
     for key in PLUGIN_STRING_ATTRIBUTES:
         raw.pop(key, None)
     return check_attributes(raw)
+
+
+def node_version(node) -> int:
+    """The op version a node declares by its ``plugin_version`` (absent: 1, as TensorRT's parser reads it)."""
+    if hasattr(node, "attribute"):
+        from onnx import helper
+
+        raw = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    else:
+        raw = dict(node.attrs)
+    value = raw.get("plugin_version", PLUGIN_VERSION)
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    if value not in {str(v) for v in OP_VERSIONS}:
+        raise ValueError(f"{OP_TYPE}: plugin_version {value!r} is not one of {[str(v) for v in OP_VERSIONS]}")
+    return int(value)
 
 
 def attribute(name: str) -> Attribute:

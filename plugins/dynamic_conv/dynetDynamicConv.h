@@ -1,15 +1,20 @@
 /*
  * DyNetDynamicConv2d: plain C ABI shared by the CPU reference, the CUDA kernels and the TensorRT plugin.
  *
- * y[n,t] = act( conv(x[n], sum_k coeff[n,t|0,k] * weight[k,t]) + sum_k coeff[n,t|0,k] * bias_bank[k,t] + bias[t] )
+ * w~[n,t]  = spatial[n] (.) sum_k coeff[n,t|0,k] * weight[k,t]      (spatial: op version 2, else 1)
+ * y[n,t]   = act( conv(x[n], w~[n])[t] + sum_k coeff[n,t|0,k] * bias_bank[k,t] + bias[t] + residual[n,t] )
+ * mean[n,t] = mean over (H_out, W_out) of y[n,t]                    (op version 2)
  *
  * Layouts (all dense, row-major, NCHW):
  *   x         [N, C_in, H, W]
  *   coeff     [N, C_c, K]                 C_c = C_out (per output channel, DyNet) or 1 (per expert, CondConv)
- *   weight    [K, C_out, C_in/groups, kH, kW]
+ *   weight    [K, C_out, C_in/groups, kH, kW]   in p->weight_dtype (version 2 may narrow it: a reduced-precision bank)
  *   bias_bank [K, C_out]                  optional (has_bias_bank)
  *   bias      [C_out]                     optional (has_bias)
+ *   spatial   [N, kH*kW]                  optional (has_spatial, version 2): tap (i, j) at i*kW + j
+ *   residual  [N, C_out, H_out, W_out]    optional (has_residual, version 2): added before the activation
  *   y         [N, C_out, H_out, W_out]    H_out = (H + pad_top + pad_bottom - dilation_h*(kH-1) - 1) / stride_h + 1
+ *   mean      [N, C_out, 1, 1]            optional output (has_mean, version 2): GlobalAveragePool(y)
  *
  * Every function validates its arguments and returns a status code instead of crashing. The enqueueing entry points
  * (dynet_conv_cuda, dynet_conv_cuda_plan_run) neither allocate nor synchronise (graph-capturable); only
@@ -33,7 +38,11 @@ extern "C" {
 #define DYNET_API __attribute__((visibility("default")))
 #endif
 
-#define DYNET_DYNAMIC_CONV_ABI_VERSION 1
+#define DYNET_DYNAMIC_CONV_ABI_VERSION 2
+
+/* The op versions this library implements (README, "Versions"). */
+#define DYNET_OP_VERSION_MIN 1
+#define DYNET_OP_VERSION_MAX 2
 
 typedef enum DynetStatus
 {
@@ -50,7 +59,8 @@ typedef enum DynetStatus
 typedef enum DynetDataType
 {
     DYNET_FLOAT32 = 0,
-    DYNET_FLOAT16 = 1 /* IEEE binary16 storage; accumulation is fp32 */
+    DYNET_FLOAT16 = 1, /* IEEE binary16 storage; accumulation is fp32 */
+    DYNET_BFLOAT16 = 2 /* bfloat16 storage (the weight bank only, op version 2); accumulation is fp32 */
 } DynetDataType;
 
 typedef enum DynetActivation
@@ -115,12 +125,44 @@ typedef struct DynetConvParams
     int32_t activation;             /* DynetActivation */
     int32_t has_bias_bank;          /* 0/1 */
     int32_t has_bias;               /* 0/1 */
+    int32_t has_spatial;            /* 0/1, op version 2: input spatial [N, kH*kW] */
+    int32_t has_residual;           /* 0/1, op version 2: input residual [N, C_out, H_out, W_out] */
+    int32_t has_mean;               /* 0/1, op version 2: output mean [N, C_out, 1, 1] */
+    /* Not an attribute: the storage type of weight (DynetDataType). DYNET_FLOAT32 by default; the CPU entry points
+     * take DYNET_FLOAT16 / DYNET_BFLOAT16 too (op version 2's reduced-precision bank, widened exactly to fp32); the
+     * CUDA entry points need it equal to the I/O dtype. */
+    int32_t weight_dtype;
 } DynetConvParams;
+
+/*
+ * Every tensor of a call, for the version-2 entry points. Pointers absent from the call (an optional input whose has_*
+ * is 0, mean when has_mean is 0) must be NULL; present ones must not. Host pointers for the CPU entry points,
+ * device pointers for CUDA; x, coeff, bias_bank, bias, spatial, residual, y, mean in the call's I/O dtype, weight in
+ * p->weight_dtype.
+ */
+typedef struct DynetConvTensors
+{
+    const void* x;
+    const void* coeff;
+    const void* weight;
+    const void* bias_bank;
+    const void* bias;
+    const void* spatial;
+    const void* residual;
+    void* y;
+    void* mean;
+} DynetConvTensors;
+
+/* The lowest op version that expresses p: 2 when any of has_spatial, has_residual, has_mean is set or weight_dtype is
+ * not DYNET_FLOAT32, else 1 (-1 for a NULL p). A version-1 consumer (plugin creator "1", onnxruntime op version 1)
+ * refuses a p above 1. */
+DYNET_API int32_t dynet_conv_op_version(const DynetConvParams* p);
 
 /* ABI version of the loaded library (DYNET_DYNAMIC_CONV_ABI_VERSION at build time). */
 DYNET_API int32_t dynet_conv_abi_version(void);
 
-/* Fill p with the op's defaults (stride 1, pads 0, dilation 1, groups 1, no activation, no biases) and zero shapes. */
+/* Fill p with the op's defaults (stride 1, pads 0, dilation 1, groups 1, no activation, no optional input or output,
+ * weight_dtype DYNET_FLOAT32) and zero shapes. */
 DYNET_API void dynet_conv_params_init(DynetConvParams* p);
 
 /* Check p against the op contract. On failure, writes a one-line reason into msg (if msg != NULL, msg_size > 0). */
@@ -160,9 +202,10 @@ typedef struct DynetAttributeInfo
     int32_t default_value;
     int32_t min_value;
     int32_t max_value;
+    int32_t since_version; /* the op version that introduced it: 1, or 2 for has_spatial, has_residual, has_mean */
 } DynetAttributeInfo;
 
-/* Number of attributes (12 in ABI version 1). */
+/* Number of attributes (15 in ABI version 2: the 12 of op version 1 first, then version 2's three). */
 DYNET_API int32_t dynet_conv_attribute_count(void);
 
 /* The i-th attribute, or NULL when i is out of range. */
@@ -196,8 +239,10 @@ DYNET_API const int32_t* dynet_conv_params_attribute_data(const DynetConvParams*
 /*
  * Fill the shape fields of p (n, c_in, h, w, c_out, k, coeff_channels, kh, kw) from the dims of the node's inputs
  * and check that they agree with each other and with p's attributes (groups, has_bias_bank, has_bias).
- *   nb_inputs  3 + has_bias_bank + has_bias (x, coeff, weight[, bias_bank][, bias])
- *   ranks      the rank of each input (4, 3, 5[, 2][, 1])
+ *   nb_inputs  3 + has_bias_bank + has_bias + has_spatial + has_residual
+ *              (x, coeff, weight[, bias_bank][, bias][, spatial][, residual])
+ *   ranks      the rank of each input (4, 3, 5[, 2][, 1][, 2][, 4]); spatial must be [N, kH*kW] and residual
+ *              [N, C_out, H_out, W_out] (checked once the dims they depend on are known)
  *   dims       every input's dims, concatenated (int64, as ONNX and TensorRT give them)
  * With allow_unknown != 0 a dim of -1 means "not known yet" (TensorRT's build-time dims): it is skipped by the
  * checks and its field is set to -1. Dims above INT32_MAX are refused. Does not call dynet_conv_validate: a caller
@@ -216,9 +261,15 @@ DYNET_API int32_t dynet_conv_attributes_key(const DynetConvParams* p, char* buf,
 /* Human-readable name of a status code (static string). */
 DYNET_API const char* dynet_status_string(int32_t status);
 
-/* CPU reference, float32, double accumulation. bias_bank / bias may be NULL iff the matching has_* is 0. */
+/* CPU reference, float32, double accumulation. bias_bank / bias may be NULL iff the matching has_* is 0. Op version 1
+ * only: a p with version-2 flags or a narrowed weight_dtype is DYNET_ERR_UNSUPPORTED (use dynet_conv_cpu). */
 DYNET_API int32_t dynet_conv_cpu_f32(const DynetConvParams* p, const float* x, const float* coeff, const float* weight,
     const float* bias_bank, const float* bias, float* y);
+
+/* CPU reference of every op version: fp32 I/O, weight in p->weight_dtype (widened exactly), double accumulation; the
+ * kernel taps scaled by spatial (rounded to fp32 per fused kernel value, as every kernel does), residual added before
+ * the activation, mean accumulated in double from the stored y. */
+DYNET_API int32_t dynet_conv_cpu(const DynetConvParams* p, const DynetConvTensors* t);
 
 /*
  * CUDA: bytes of workspace a call of this algorithm needs (0 when p is invalid, the algorithm cannot run p, or it
@@ -249,6 +300,11 @@ DYNET_API size_t dynet_conv_cuda_workspace_size(const DynetConvParams* p, int32_
 DYNET_API int32_t dynet_conv_cuda(const DynetConvParams* p, int32_t dtype, int32_t algo, const void* x,
     const void* coeff, const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace,
     size_t workspace_size, void* stream);
+
+/* dynet_conv_cuda for every op version (spatial, residual, mean; p->weight_dtype must equal dtype). dynet_conv_cuda
+ * answers DYNET_ERR_INVALID_ARGUMENT for a p above op version 1. */
+DYNET_API int32_t dynet_conv_cuda_v2(const DynetConvParams* p, int32_t dtype, int32_t algo, const DynetConvTensors* t,
+    void* workspace, size_t workspace_size, void* stream);
 
 /*
  * CUDA plans: everything a call of one shape needs that must not happen inside an enqueue (descriptors, algorithm
@@ -321,6 +377,10 @@ DYNET_API int32_t dynet_conv_cuda_plan_algo(const DynetConvCudaPlan* plan);
 DYNET_API int32_t dynet_conv_cuda_plan_run(const DynetConvCudaPlan* plan, const void* x, const void* coeff,
     const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace, size_t workspace_size,
     void* stream);
+
+/* dynet_conv_cuda_plan_run for every op version (the plan's params decide which tensors t must carry). */
+DYNET_API int32_t dynet_conv_cuda_plan_run_v2(const DynetConvCudaPlan* plan, const DynetConvTensors* t,
+    void* workspace, size_t workspace_size, void* stream);
 
 /* Free the plan (NULL is a no-op). */
 DYNET_API void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan);

@@ -53,10 +53,11 @@ char const* isaName(CpuIsa isa);
 class PackedBank
 {
 public:
-    // Pack from the op's layouts (weight [K, C_out, C_in/groups, kH, kW], bias_bank [K, C_out], bias [C_out]);
-    // p must carry k, c_out, kh, kw, groups, has_bias_bank, has_bias; cinPerGroup = weight dim 2.
-    // Returns DYNET_OK or DYNET_ERR_INVALID_ARGUMENT.
-    int32_t pack(DynetConvParams const& p, int32_t cinPerGroup, float const* weight, float const* biasBank,
+    // Pack from the op's layouts (weight [K, C_out, C_in/groups, kH, kW] in p.weight_dtype, bias_bank [K, C_out],
+    // bias [C_out]); p must carry k, c_out, kh, kw, groups, has_bias_bank, has_bias, weight_dtype; cinPerGroup =
+    // weight dim 2. A reduced-precision bank (DYNET_FLOAT16 / DYNET_BFLOAT16) stays in its 16-bit storage and is
+    // widened where the kernels are fused. Returns DYNET_OK or DYNET_ERR_INVALID_ARGUMENT.
+    int32_t pack(DynetConvParams const& p, int32_t cinPerGroup, void const* weight, float const* biasBank,
         float const* bias);
 
     bool matches(DynetConvParams const& p) const;
@@ -97,9 +98,17 @@ CpuPath cpuPath(DynetConvParams const& p);
 // "direct", "gemm-small", "gemm-implicit", "gemm-im2col", "narrow", "invalid"
 char const* cpuPathName(CpuPath path);
 
+// Op version 2's optional tensors of a call (fp32): present exactly when p's has_spatial / has_residual / has_mean is 1.
+struct ConvExtras
+{
+    float const* spatial = nullptr;  // [N, kH*kW]
+    float const* residual = nullptr; // [N, C_out, H_out, W_out], added before the activation
+    float* mean = nullptr;           // [N, C_out] (the op's [N, C_out, 1, 1]), mean of y over (H_out, W_out)
+};
+
 // y = DyNetDynamicConv2d(x, coeff; bank) in fp32. p must be valid (dynet_conv_validate) and match the bank.
-int32_t convForward(DynetConvParams const& p, PackedBank const& bank, float const* x, float const* coeff, float* y,
-    ParallelFor const& parallel, CpuIsa isa);
+int32_t convForward(DynetConvParams const& p, PackedBank const& bank, float const* x, float const* coeff,
+    ConvExtras const& extras, float* y, ParallelFor const& parallel, CpuIsa isa);
 
 } // namespace dynet
 

@@ -36,7 +36,7 @@ from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
 from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
-from dynet_deploy.op.spec import ATTRIBUTE_NAMES as INT_ATTRIBUTES
+from dynet_deploy.op import spec
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 
 DYNAMIC_MODELS = list_models(dynamic=True)
@@ -56,13 +56,15 @@ def _check_fused_graph(path, expected_nodes):
     onnx.checker.check_model(model, full_check=True)
     nodes = _fused_nodes(model)
     assert len(nodes) == expected_nodes
-    assert any(o.domain == OP_DOMAIN for o in model.opset_import)
+    (version,) = [o.version for o in model.opset_import if o.domain == OP_DOMAIN]
     for n in nodes:
-        assert n.domain == OP_DOMAIN
+        assert n.domain == OP_DOMAIN and spec.node_version(n) == version
         names = {a.name for a in n.attribute}
-        assert names == set(INT_ATTRIBUTES) | {"plugin_version", "plugin_namespace"}
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        assert len(n.input) == 3 + attrs["has_bias_bank"] + attrs["has_bias"]
+        assert names <= set(spec.ATTRIBUTE_NAMES) | {"plugin_version", "plugin_namespace"}
+        assert {a.name for a in spec.ATTRIBUTES if a.since_version == 1} <= names
+        attrs = spec.read_attributes(n)
+        assert list(n.input) and len(n.input) == len(spec.input_names(attrs))
+        assert len(n.output) == len(spec.output_names(attrs))
     assert not any(
         n.op_type == "Conv" and n.input[1] not in {i.name for i in model.graph.initializer} for n in model.graph.node
     )

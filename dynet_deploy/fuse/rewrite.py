@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import FuseError, summarise
 from ..fileio import atomic_path, check_output_path
 from ..graph import load_onnx
-from ..op.spec import OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, Activation, attributes, gs_attributes
+from ..op.spec import OP_DOMAIN, OP_TYPE, Activation, attributes, gs_attributes, stamp_version
 from ..provenance import stamp_producer
 from .dynamic_batch import _dim0, make_batch_dynamic
 from .graph import _const, _NoMatch, infer_shapes
@@ -239,8 +239,7 @@ def fuse_dynamic_convs(
     out = gs.export_onnx(graph)
     del out.opset_import[:]
     out.opset_import.extend(o for o in opset_imports if o.domain != OP_DOMAIN)
-    if fused:
-        out.opset_import.append(onnx.helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION))
+    stamp_version(out)  # the lowest op version the fused nodes need, on every node and the domain import
     out.metadata_props.extend(original.metadata_props)
     out.ir_version = original.ir_version
     batch = _static_batch(out)

@@ -251,3 +251,36 @@ def node_version(node) -> int:
 
 def attribute(name: str) -> Attribute:
     return _BY_NAME[name]
+
+
+def stamp_version(proto) -> int:
+    """Give every op node of an ``onnx.ModelProto`` the lowest op version the graph needs, in place.
+
+    The version is the highest any node needs (:func:`op_version`: a version-2 attribute set, or a weight initializer
+    stored as float16 / bfloat16 while the node's other inputs are float); each node's ``plugin_version`` and the
+    model's import of the op's domain are set to it (no import when the graph has no op node). Returns the version,
+    0 without op nodes.
+    """
+    from onnx import TensorProto, helper
+
+    nodes = [n for n in proto.graph.node if n.op_type == OP_TYPE and n.domain == OP_DOMAIN]
+    elem = {t.name: t.data_type for t in proto.graph.initializer}
+    elem.update({v.name: v.type.tensor_type.elem_type for v in (*proto.graph.value_info, *proto.graph.input)})
+    narrow = {TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
+    version = 0
+    for node in nodes:
+        x_type = elem.get(node.input[0], TensorProto.FLOAT)
+        w_type = elem.get(node.input[2], x_type)
+        bank = narrow[w_type] if w_type != x_type and w_type in narrow else "fp32"
+        version = max(version, op_version(read_attributes(node), bank))
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name not in PLUGIN_STRING_ATTRIBUTES]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in plugin_string_attributes(version).items())
+    imports = [o for o in proto.opset_import if o.domain != OP_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(imports)
+    if nodes:
+        proto.opset_import.append(helper.make_opsetid(OP_DOMAIN, version))
+    return version

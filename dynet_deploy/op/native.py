@@ -34,7 +34,7 @@ CUDA_LIBRARY = "libdynet_dynamic_conv_cuda.so"
 TRT_LIBRARY = "libdynet_dynamic_conv_trt.so"
 ORT_LIBRARY = "libdynet_dynamic_conv_ort.so"
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # DynetStatus
 OK = 0
@@ -48,6 +48,7 @@ ERR_LIMIT = 6  # a padded extent or dilated kernel beyond 2^31-1 (README, "Limit
 # DynetDataType / DynetAlgo
 FLOAT32 = 0
 FLOAT16 = 1
+BFLOAT16 = 2  # the weight bank only (op version 2, CPU entry points)
 ALGO_AUTO = 0
 ALGO_TWO_STEP = 1
 ALGO_ONE_KERNEL = 2
@@ -70,9 +71,10 @@ IM2COL_CHUNK_BYTES = 256 << 20
 # folders of the installed nvidia-* wheels when it is unset.
 ENV_CUDA_LIBRARY_PATH = "DYNET_CUDA_LIBRARY_PATH"
 
-# DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
+# DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order, then the weight
+# bank's storage type (not an attribute: DYNET_FLOAT32, or op version 2's DYNET_FLOAT16 / DYNET_BFLOAT16).
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
-PARAM_FIELDS: tuple[str, ...] = (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)  # every DynetConvParams field, in struct order
+PARAM_FIELDS: tuple[str, ...] = (*SHAPE_FIELDS, *ATTRIBUTE_NAMES, "weight_dtype")  # every field, in struct order
 
 
 class DynetConvParams(ctypes.Structure):
@@ -85,6 +87,7 @@ class DynetAttributeInfo(ctypes.Structure):
         ("default_value", ctypes.c_int32),
         ("min_value", ctypes.c_int32),
         ("max_value", ctypes.c_int32),
+        ("since_version", ctypes.c_int32),
     ]
 
 
@@ -231,6 +234,8 @@ def _declare_common(lib: ctypes.CDLL) -> None:
     lib.dynet_conv_attribute_count.argtypes = []
     lib.dynet_conv_attribute.restype = ctypes.POINTER(DynetAttributeInfo)
     lib.dynet_conv_attribute.argtypes = [ctypes.c_int32]
+    lib.dynet_conv_op_version.restype = ctypes.c_int32
+    lib.dynet_conv_op_version.argtypes = [P]
     version = lib.dynet_conv_abi_version()
     if version != ABI_VERSION:
         raise BuildError(
@@ -387,8 +392,13 @@ def make_params(
     dilation=(1, 1),
     groups=1,
     activation=0,
+    has_spatial=False,
+    has_residual=False,
+    has_mean=False,
+    weight_dtype=FLOAT32,
 ) -> DynetConvParams:
-    """Build DynetConvParams from tensor shapes and attributes (pads are top, left, bottom, right)."""
+    """Build DynetConvParams from tensor shapes and attributes (pads are top, left, bottom, right); ``weight_dtype``
+    is the bank's storage type (FLOAT32, or op version 2's FLOAT16 / BFLOAT16)."""
     if len(x_shape) != 4 or len(coeff_shape) != 3 or len(weight_shape) != 5:
         raise ValueError(
             f"expected x [N, C_in, H, W], coeff [N, C_c, K], weight [K, C_out, C_in/groups, kH, kW]; "
@@ -406,21 +416,23 @@ def make_params(
     for name, value in zip(SHAPE_FIELDS, (n, c_in, h, w, c_out, k, int(coeff_shape[1]), kh, kw)):
         setattr(p, name, value)
     # Out-of-range values go to the library unchecked: its validator is the judge (and names the attribute).
-    values = (*stride, *pads, *dilation, groups, activation, bool(has_bias_bank), bool(has_bias))
+    flags = (has_bias_bank, has_bias, has_spatial, has_residual, has_mean)
+    values = (*stride, *pads, *dilation, groups, activation, *(bool(f) for f in flags))
     if len(values) != len(ATTRIBUTE_NAMES):
         raise ValueError(f"expected 2 strides, 4 pads and 2 dilations, got {stride}, {pads}, {dilation}")
     for name, value in zip(ATTRIBUTE_NAMES, values):
         setattr(p, name, int(value))
+    p.weight_dtype = int(weight_dtype)
     return p
 
 
-def attribute_table(lib: ctypes.CDLL | None = None) -> list[tuple[str, int, int, int]]:
-    """The C ABI's attribute table as (name, default, min, max) rows, read from the loaded library."""
+def attribute_table(lib: ctypes.CDLL | None = None) -> list[tuple[str, int, int, int, int]]:
+    """The C ABI's attribute table as (name, default, min, max, since_version) rows, read from the loaded library."""
     lib = lib or load_cpu_library()
     rows = []
     for i in range(lib.dynet_conv_attribute_count()):
         info = lib.dynet_conv_attribute(i).contents
-        rows.append((info.name.decode(), info.default_value, info.min_value, info.max_value))
+        rows.append((info.name.decode(), info.default_value, info.min_value, info.max_value, info.since_version))
     return rows
 
 

@@ -1383,9 +1383,14 @@ char const* cpuPathName(CpuPath path)
     }
 }
 
-int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float const* w, float const* bb,
+int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, void const* weightData, float const* bb,
     float const* b)
 {
+    if (p.weight_dtype != DYNET_FLOAT32)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT;
+    }
+    float const* w = static_cast<float const*>(weightData);
     if (w == nullptr || (p.has_bias_bank && bb == nullptr) || (p.has_bias && b == nullptr))
     {
         return DYNET_ERR_NULL_POINTER;
@@ -1468,9 +1473,14 @@ bool PackedBank::matches(DynetConvParams const& p) const
         && p.groups == groups && (p.has_bias_bank != 0) == hasBiasBank && (p.has_bias != 0) == hasBias;
 }
 
-int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff, float* y,
-    ParallelFor const& parallel, CpuIsa isa)
+int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff,
+    ConvExtras const& extras, float* y, ParallelFor const& parallel, CpuIsa isa)
 {
+    if (dynet_conv_op_version(&prm) > 1 || extras.spatial != nullptr || extras.residual != nullptr
+        || extras.mean != nullptr)
+    {
+        return DYNET_ERR_UNSUPPORTED;
+    }
     // Sizes come from the validator; every buffer below beyond the fused kernels stays within sizes.scratch_budget
     // (a path whose buffer would not fit is not taken).
     DynetConvSizes sizes;

@@ -486,7 +486,7 @@ struct CpuKernel
         if constexpr (std::is_same<T, float>::value)
         {
             status = dynet::convForward(p, *bank, x.GetTensorData<float>(), coeff.GetTensorData<float>(),
-                y.GetTensorMutableData<float>(), parallel, isa);
+                dynet::ConvExtras{}, y.GetTensorMutableData<float>(), parallel, isa);
         }
         else
         {
@@ -494,7 +494,7 @@ struct CpuKernel
             float const* xf = asFloat<T>(x.GetTensorData<T>(), elementCount(xs), x32);
             float const* cf = asFloat<T>(coeff.GetTensorData<T>(), elementCount(cs), c32);
             y32.resize(yCount);
-            status = dynet::convForward(p, *bank, xf, cf, y32.data(), parallel, isa);
+            status = dynet::convForward(p, *bank, xf, cf, dynet::ConvExtras{}, y32.data(), parallel, isa);
             T* out = y.GetTensorMutableData<T>();
             for (size_t i = 0; i < yCount; ++i)
             {

@@ -406,6 +406,54 @@ def test_reference_relu_propagates_nan_like_pytorch(cpu, activation):
     np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(ref), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", [0, 1, 2])
+def test_reference_keeps_a_nan_residual_through_the_activation(cpu, activation):
+    # Op version 2: the residual is added before the activation, so its NaN reaches y (relu(NaN) = NaN) and the
+    # channel's mean; an inf residual is clamped like any pre-activation value.
+    from dynet_deploy.op.reference import channel_mean, dynamic_conv
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    coeff = rng.random((2, 4, 2)).astype(np.float32)
+    weight = rng.standard_normal((2, 4, 3, 3, 3)).astype(np.float32)
+    residual = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    residual[0, 1, 2, 0] = np.nan
+    residual[1, 2, 0, 0] = -np.inf
+    residual[1, 3, 1, 1] = np.inf
+    p = params(cpu, activation=activation, has_residual=1, has_mean=1)
+    assert set_shapes(cpu, p, [list(x.shape), list(coeff.shape), list(weight.shape), list(residual.shape)])[0] == 0
+    y = np.full((2, 4, 3, 3), 7.0, np.float32)
+    mean = np.zeros((2, 4, 1, 1), np.float32)
+    arrays = dict(x=x, coeff=coeff, weight=weight, residual=residual, y=y, mean=mean)
+    t = plugin_lib.DynetConvTensors(**{k: a.ctypes.data for k, a in arrays.items()})
+    lib = plugin_lib.load_cpu_library()
+    assert lib.dynet_conv_cpu(ctypes.byref(p), ctypes.byref(t)) == plugin_lib.OK
+    with torch_no_grad():
+        ref = dynamic_conv(*(tensor(a) for a in (x, coeff, weight)), residual=tensor(residual), activation=activation)
+        ref_mean = channel_mean(ref).numpy()
+    ref = ref.numpy()
+    assert np.isnan(y[0, 1, 2, 0]) and np.isnan(mean[0, 1, 0, 0])
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    np.testing.assert_allclose(np.where(np.isfinite(y), y, 0), np.where(np.isfinite(ref), ref, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.isnan(mean), np.isnan(ref_mean))
+    np.testing.assert_array_equal(np.isinf(mean), np.isinf(ref_mean))
+    finite = np.isfinite(ref_mean)
+    np.testing.assert_allclose(mean[finite], ref_mean[finite], rtol=1e-5, atol=1e-6)
+
+
+def tensor(a):
+    import torch
+
+    return torch.from_numpy(a).double()
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
 def test_cuda_activation_has_no_nan_dropping_fmax():
     # fmaxf(NaN, 0) is 0; the CUDA epilogue must compare instead (the kernels themselves run in gpu_check).
     src = (PLUGIN_DIR / "dynetDynamicConvKernel.cu").read_text()

@@ -91,6 +91,15 @@ class DynetAttributeInfo(ctypes.Structure):
     ]
 
 
+class DynetConvTensors(ctypes.Structure):
+    """Every tensor of a call (``dynet_conv_cpu``, ``dynet_conv_cuda_v2``): absent ones are NULL."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("x", "coeff", "weight", "bias_bank", "bias", "spatial", "residual", "y", "mean")
+    ]
+
+
 class DynamicConvCallError(ValueError):
     """The native library rejected a call; ``status`` is the DynetStatus code."""
 
@@ -262,6 +271,8 @@ def load_cpu_library() -> ctypes.CDLL:
     fp = ctypes.POINTER(ctypes.c_float)
     lib.dynet_conv_cpu_f32.restype = ctypes.c_int32
     lib.dynet_conv_cpu_f32.argtypes = [ctypes.POINTER(DynetConvParams), fp, fp, fp, fp, fp, fp]
+    lib.dynet_conv_cpu.restype = ctypes.c_int32
+    lib.dynet_conv_cpu.argtypes = [ctypes.POINTER(DynetConvParams), ctypes.POINTER(DynetConvTensors)]
     return lib
 
 
@@ -460,6 +471,13 @@ def _f32(a, name: str) -> np.ndarray:
     return arr
 
 
+def bank_dtype(weight: np.ndarray) -> int:
+    """The DynetDataType of a weight bank array: FLOAT16 for numpy's float16, BFLOAT16 for ``ml_dtypes.bfloat16``
+    (what onnx reads a BFLOAT16 initializer as), FLOAT32 for everything else (converted)."""
+    name = np.asarray(weight).dtype.name
+    return {"float16": FLOAT16, "bfloat16": BFLOAT16}.get(name, FLOAT32)
+
+
 def cpu_reference_conv(
     x,
     coeff,
@@ -471,13 +489,29 @@ def cpu_reference_conv(
     dilation=(1, 1),
     groups=1,
     activation=0,
-) -> np.ndarray:
+    *,
+    spatial=None,
+    residual=None,
+    mean: bool = False,
+):
     """Run the C++ CPU reference of DyNetDynamicConv2d on float32 arrays; ``pads`` = (top, left, bottom, right).
+
+    Op version 2: ``spatial`` [N, kH*kW] scales the fused kernels' taps, ``residual`` [N, C_out, H_out, W_out] is
+    added before the activation, ``mean=True`` returns ``(y, mean)`` with mean [N, C_out, 1, 1], and ``weight`` may
+    be a float16 or bfloat16 array (a narrowed bank, widened exactly). A version-1 call runs ``dynet_conv_cpu_f32``,
+    a version-2 one ``dynet_conv_cpu`` (which rounds each fused kernel value to fp32, as the kernels do).
 
     Raises DynamicConvCallError (a ValueError) with the library's reason when the arguments break the op contract.
     """
     lib = load_cpu_library()
-    x, coeff, weight = _f32(x, "x"), _f32(coeff, "coeff"), _f32(weight, "weight")
+    x, coeff = _f32(x, "x"), _f32(coeff, "coeff")
+    wdtype = bank_dtype(weight)
+    if wdtype == FLOAT32:
+        weight = _f32(weight, "weight")
+    else:
+        weight = np.ascontiguousarray(weight)
+        if not np.isfinite(weight.astype(np.float32)).all():
+            raise ValueError("weight contains NaN or Inf")
     params = make_params(
         x.shape,
         coeff.shape,
@@ -489,6 +523,10 @@ def cpu_reference_conv(
         dilation=dilation,
         groups=groups,
         activation=activation,
+        has_spatial=spatial is not None,
+        has_residual=residual is not None,
+        has_mean=mean,
+        weight_dtype=wdtype,
     )
     if bias_bank is not None:
         bias_bank = _f32(bias_bank, "bias_bank")
@@ -499,17 +537,40 @@ def cpu_reference_conv(
         if bias.shape != (params.c_out,):
             raise ValueError(f"bias must be [C_out] = [{params.c_out}], got {bias.shape}")
     h_out, w_out = output_hw(params, lib)
+    if spatial is not None:
+        spatial = _f32(spatial, "spatial")
+        if spatial.shape != (params.n, params.kh * params.kw):
+            raise ValueError(
+                f"spatial must be [N, kH*kW] = [{params.n}, {params.kh * params.kw}], got {list(spatial.shape)}"
+            )
+    if residual is not None:
+        residual = _f32(residual, "residual")
+        want = (params.n, params.c_out, h_out, w_out)
+        if residual.shape != want:
+            raise ValueError(f"residual must be [N, C_out, H_out, W_out] = {list(want)}, got {list(residual.shape)}")
     y = np.empty((params.n, params.c_out, h_out, w_out), dtype=np.float32)
 
-    def ptr(a):
-        return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    if lib.dynet_conv_op_version(ctypes.byref(params)) == 1:
 
-    status = lib.dynet_conv_cpu_f32(
-        ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank), ptr(bias), ptr(y)
+        def ptr(a):
+            return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+        status = lib.dynet_conv_cpu_f32(
+            ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank), ptr(bias), ptr(y)
+        )
+        if status != OK:
+            raise _error(lib, status, params)
+        return y
+    out_mean = np.empty((params.n, params.c_out, 1, 1), dtype=np.float32) if mean else None
+    arrays = dict(
+        x=x, coeff=coeff, weight=weight, bias_bank=bias_bank, bias=bias, spatial=spatial, residual=residual, y=y
     )
+    tensors = DynetConvTensors(**{k: (None if a is None else a.ctypes.data) for k, a in arrays.items()})
+    tensors.mean = None if out_mean is None else out_mean.ctypes.data
+    status = lib.dynet_conv_cpu(ctypes.byref(params), ctypes.byref(tensors))
     if status != OK:
         raise _error(lib, status, params)
-    return y
+    return (y, out_mean) if mean else y
 
 
 # ---- CUDA ABI ------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ mean epilogue.
 Each row is one DyNetDynamicConv2d layer (per-channel coefficients, ReLU, the bank as an initializer) in several
 single-node sessions with the same settings, timed in interleaved rounds: ``fp32`` / ``fp16`` / ``bf16`` banks
 (version-2 nodes using nothing else), and ``fp32+res+mean`` (an fp32 bank with the residual input and the mean
-output). Medians (and minima, in parentheses) and their ratios to the fp32 bank are printed, with the CPU other processes took while each row was
+output); ``--variants`` picks others (``fp32+res``, ``fp32+mean``, ...). Medians (and minima, in parentheses) and their ratios to the fp32 bank are printed, with the CPU other processes took while each row was
 timed (``dynet_deploy.bench.timing.ForeignLoad``; rows the busy-machine rule marks carry ``*`` and are not results)
 and the load average before and after.
 
@@ -46,24 +46,27 @@ def options(threads: int, library=None) -> ort.SessionOptions:
     return so
 
 
-def session(layer, bank: str, epilogue: bool, threads: int, weight: np.ndarray, library=None):
+def session(layer, variant: str, threads: int, weight: np.ndarray, library=None):
+    """A session of one variant: ``BANK[+res][+mean]`` (bank fp32 / fp16 / bf16; the residual input, the mean output)."""
+    bank, *extras = variant.split("+")
+    residual, mean = "res" in extras, "mean" in extras
     c_in, c_out, h, w, k, ks, stride = layer
     pad = ks // 2
     attrs = spec.attributes(
         stride=(stride, stride),
         pads=(pad, pad, pad, pad),
         activation="relu",
-        has_residual=epilogue,
-        has_mean=epilogue,
+        has_residual=residual,
+        has_mean=mean,
     )
-    inputs = ["x", "coeff", "weight"] + (["residual"] if epilogue else [])
-    outputs = ["y"] + (["mean"] if epilogue else [])
+    inputs = ["x", "coeff", "weight"] + (["residual"] if residual else [])
+    outputs = ["y"] + (["mean"] if mean else [])
     node = spec.make_node(inputs, outputs, version=2, **attrs)
     graph_inputs = [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c_in, "H", "W"]),
         helper.make_tensor_value_info("coeff", TensorProto.FLOAT, ["N", c_out, k]),
     ]
-    if epilogue:
+    if residual:
         graph_inputs.append(helper.make_tensor_value_info("residual", TensorProto.FLOAT, ["N", c_out, None, None]))
     graph_outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
     np_type, _ = BANKS[bank]
@@ -95,7 +98,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--min-seconds", type=float, default=1.0, help="least timed seconds per row (more rounds)")
-    ap.add_argument("--no-epilogue", action="store_true", help="skip the fp32+res+mean variant")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["fp32", "fp16", "bf16", "fp32+res+mean"],
+        help="BANK[+res][+mean] each (bank fp32, fp16 or bf16); ratios are to the first",
+    )
     ap.add_argument("--layers", nargs="+", type=int, help="indices into the layer list (default: all)")
     ap.add_argument(
         "--compare-lib", help="another build of the op library (a copy of the previous kernel): its fp32 and fp16 rows"
@@ -113,11 +121,14 @@ def main() -> None:
         f"load before: {os.getloadavg()}; onnxruntime {ort.__version__}; threads {args.threads}; "
         f"kernel ISA {onnxruntime_lib.cpu_isa()}"
     )
-    variants = [("fp32", False, None), ("fp16", False, None), ("bf16", False, None)]
-    variants += [] if args.no_epilogue else [("fp32", True, None)]
+    for v in args.variants:
+        bank, *extras = v.split("+")
+        if bank not in BANKS or not set(extras) <= {"res", "mean"}:
+            ap.error(f"variant {v!r}: expected BANK[+res][+mean] with BANK one of {sorted(BANKS)}")
+    variants = [(v, None) for v in args.variants]
     if args.compare_lib:
-        variants += [("fp32", False, args.compare_lib), ("fp16", False, args.compare_lib)]
-    names = [b + ("+res+mean" if e else "") + (" prev" if lib else "") for b, e, lib in variants]
+        variants += [("fp32", args.compare_lib), ("fp16", args.compare_lib)]
+    names = [v + (" prev" if lib else "") for v, lib in variants]
     rng = np.random.default_rng(0)
     evict = np.zeros(args.cold << 18, np.float32) if args.cold > 0 else None
     if evict is not None:
@@ -135,12 +146,12 @@ def main() -> None:
                 continue
             c_in, c_out, h, w, k, ks, stride = layer
             weight = (rng.standard_normal((k, c_out, c_in, ks, ks)) * 0.05).astype(np.float32)
-            sessions = [session(layer, b, e, args.threads, weight, lib) for b, e, lib in variants]
+            sessions = [session(layer, v, args.threads, weight, lib) for v, lib in variants]
             x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
             coeff = rng.uniform(0, 1, (batch, c_out, k)).astype(np.float32)
             h_out, w_out = (h - 1) // stride + 1, (w - 1) // stride + 1
             residual = rng.standard_normal((batch, c_out, h_out, w_out)).astype(np.float32)
-            feeds = [{"x": x, "coeff": coeff, **({"residual": residual} if e else {})} for _, e, _ in variants]
+            feeds = [{"x": x, "coeff": coeff, **({"residual": residual} if "+res" in v else {})} for v, _ in variants]
             runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
             for _ in range(args.warmup):
                 for run in runs:

@@ -1624,20 +1624,30 @@ DYNET_INLINE void meanTaskBody(MeanJob const& j, int64_t task)
     for (int64_t e = task * j.planesPerTask; e < e1; ++e)
     {
         float const* v = j.y + e * j.p;
-        double part[4] = {0.0, 0.0, 0.0, 0.0}; // four independent sums: the adds pipeline
+        // kLanes independent double sums, lane l taking every kLanes-th value: lane-wise adds the compiler vectorises
+        // for the ISA without reordering any one sum (several vector accumulators, so the adds pipeline).
+        constexpr int kLanes = 32;
+        double part[kLanes] = {};
         int64_t q = 0;
-        for (; q + 4 <= j.p; q += 4)
+        for (; q + kLanes <= j.p; q += kLanes)
         {
-            for (int l = 0; l < 4; ++l)
+            for (int l = 0; l < kLanes; ++l)
             {
                 part[l] += static_cast<double>(v[q + l]);
             }
         }
-        for (; q < j.p; ++q)
+        for (int l = 0; q + l < j.p; ++l)
         {
-            part[0] += static_cast<double>(v[q]);
+            part[l] += static_cast<double>(v[q + l]);
         }
-        j.mean[e] = static_cast<float>(((part[0] + part[1]) + (part[2] + part[3])) / static_cast<double>(j.p));
+        for (int width = kLanes / 2; width > 0; width /= 2)
+        {
+            for (int l = 0; l < width; ++l)
+            {
+                part[l] += part[l + width];
+            }
+        }
+        j.mean[e] = static_cast<float>(part[0] / static_cast<double>(j.p));
     }
 }
 

@@ -631,7 +631,8 @@ def test_trt_libraries_leave_only_libnvinfer_symbols_unresolved(trt_dir):
 def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
     """The real plugin source run on the host (tests/native/dynetDynamicConvPluginHostTest.cpp): creator fields,
     configurePlugin's profile-max check and workspace grant, serialisation round trip, tactics, timing-cache ID,
-    onShapeChange planning within the grant, setTactic re-planning."""
+    onShapeChange planning within the grant, setTactic re-planning; creator "2" beside "1" (fields per version,
+    outputs and their shapes, input counts, the version-1 fields unchanged, the enqueue's version-2 tensor mapping)."""
     exe = plugin_lib.REPO_ROOT / "build" / "trt_link_check" / "dynet_dynamic_conv_trt_host_test"
     if not exe.is_file():
         pytest.skip("the host test is built only with TensorRT headers and no libnvinfer (headers-only configure)")
@@ -640,12 +641,28 @@ def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
     failed = [line for line in lines if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
     passed = [line for line in lines if line.startswith("PASS ")]
-    assert len(passed) >= 25, proc.stdout
+    assert len(passed) >= 60, proc.stdout
     for name in (
         "configurePlugin refuses a profile max beyond the element limit",
         "serialised workspace grant equals getWorkspaceSize",
         "the grant survives serialisation",
         "equal attributes give equal timing-cache IDs",
         "different attributes give different timing-cache IDs",
+        # op version 2: creator "2" beside "1"
+        'creator "1" keeps the 12 version-1 fields, names and order unchanged',
+        "creator \"2\" fields: the whole attribute table, version 2's three after version 1's",
+        'creator "1" refuses has_mean=1, naming plugin version "2"',
+        "getNbOutputs = 1 + has_mean",
+        "getOutputShapes: y [N, C_out, H_out, W_out] and mean [N, C_out, 1, 1]",
+        "getOutputShapes refuses 5 inputs where has_* make 6",
+        "configurePlugin refuses a float16 weight under float32 I/O with the reason",
+        "version-1 plugin serialises the 12 version-1 fields and the grant, as before",
+        'version-2 fields round trip through creator "2"',
+        "timing-cache ID: version 2's attributes in it (has_mean 1 vs 0 differ)",
+        "timing-cache ID: the plugin version in it (equal attributes, versions 1 and 2 differ)",
+        "onShapeChange refuses a mean output that is not [N, C_out, 1, 1]",
     ):
         assert f"PASS {name}" in lines, name
+    # Without a device the enqueue mapping check runs (with one it is skipped, saying so).
+    mapping = "enqueue passes every check of dynet_conv_cuda_plan_run_v2 (only the launch fails without a device)"
+    assert f"PASS {mapping}" in lines or any(line.startswith("SKIP enqueue mapping check") for line in lines)

@@ -264,6 +264,9 @@ def test_cuda_tactics_come_from_the_library():
     assert ids == list(range(1, len(ids) + 1)), tactics
     named = {v for k, v in vars(native).items() if k.startswith("ALGO_") and k != "ALGO_AUTO"}
     assert named <= set(ids), (named, tactics)
+    # Each tactic under its own name (the GPU check and chosen_tactics() report these), never the ALGO_LAST alias.
+    names = dict(tactics)
+    assert names[native.ALGO_CUBLAS_IM2COL] == "cublas_im2col" and "last" not in names.values(), tactics
 
 
 @needs_cuda

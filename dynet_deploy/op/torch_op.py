@@ -162,10 +162,13 @@ def _cpu_reference(x, coeff, weight, bias_bank, bias, params) -> torch.Tensor:
 
 
 def _tactic_names() -> dict[int, str]:
+    # ALGO_LAST is an alias of the largest id (the C ABI's DYNET_ALGO_LAST), not a tactic's name.
     return {
         getattr(native, name): name[len("ALGO_") :].lower()
         for name in dir(native)
-        if name.startswith("ALGO_") and name != "ALGO_AUTO" and isinstance(getattr(native, name), int)
+        if name.startswith("ALGO_")
+        and name not in ("ALGO_AUTO", "ALGO_LAST")
+        and isinstance(getattr(native, name), int)
     }
 
 

@@ -9,6 +9,10 @@
    layers are also compared with the C++ CPU reference. The tactics must agree with each other in fp16 (they all
    convolve the same fp16-rounded fused kernels), NaN must pass through ReLU / ReLU6, each path must replay from a
    CUDA graph bit-exactly, and malformed calls must come back as error codes.
+   Op version 2 (check_version_two): spatial (scaling each fused kernel tap), residual (added before the
+   activation) and the mean output, alone and together, through dynet_conv_cuda_plan_run_v2 for every tactic in fp32
+   and fp16, against the op's Python reference (dynet_deploy.op.reference) in float64: y and mean within the same
+   tolerances, the tactics agreeing in fp16, NaN in the residual reaching y and the mean, CUDA-graph replay.
 2. Shapes at the op's 2^31-1 element limit (output pixels; fused kernels of one sample), checked on crops.
 3. Timing (CUDA events over CUDA-graph replays, candidates interleaved trial by trial, median) at batch 1, 8, 32,
    fp16 and fp32: every tactic vs (a) PyTorch batch-as-groups and (b) a static cuDNN convolution of the same shape.
@@ -55,6 +59,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
 AGREE_TOL = 2e-3  # fp16 tactics against each other: same fp16 fused kernels, different accumulation order
 K_BASES = 6
 MIN_CHECKS = 8  # every tactic x dtype must have at least this many correctness checks (sanitize runs: 2)
+MIN_CHECKS_V2 = 3  # version-2 calls per tactic x dtype (counted as "float32 v2" / "float16 v2"; sanitize runs: 1)
+V2_DTYPES = ("float32 v2", "float16 v2")
 # The only refusals that are not failures: what a tactic's own documentation says it cannot express. Every other
 # refusal (DYNET_ERR_UNSUPPORTED from a plan) fails the check.
 DOCUMENTED_REFUSALS = {
@@ -234,6 +240,19 @@ def make_inputs(layer: Layer, n: int, dtype, device, gen: torch.Generator, per_c
     return x, coeff, weight, bb, b
 
 
+def make_extras(layer: Layer, n: int, dtype, device, gen: torch.Generator, spatial: bool, residual: bool):
+    """Op version 2's inputs: spatial [N, kH*kW] in (0.25, 1.75) (a tap attention far from uniform), residual with
+    y's shape and a scale like y's."""
+    ho = (layer.h + layer.pads[0] + layer.pads[2] - layer.dilation[0] * (layer.kh - 1) - 1) // layer.stride[0] + 1
+    wo = (layer.w + layer.pads[1] + layer.pads[3] - layer.dilation[1] * (layer.kw - 1) - 1) // layer.stride[1] + 1
+    s = r = None
+    if spatial:
+        s = (torch.rand(n, layer.kh * layer.kw, generator=gen) * 1.5 + 0.25).to(device=device, dtype=dtype)
+    if residual:
+        r = torch.randn(n, layer.c_out, ho, wo, generator=gen).to(device=device, dtype=dtype).contiguous()
+    return s, r
+
+
 def act(y, activation):
     return op_reference.activate(y, activation)
 
@@ -250,6 +269,16 @@ def reference(layer: Layer, x, coeff, weight, bias_bank, bias, activation):
     """The op in float64 on the same input values (so fp16 inputs are compared exactly, rounding only in ours)."""
     d = [t.double() if t is not None else None for t in (x, coeff, weight, bias_bank, bias)]
     return batch_as_groups(layer, *d, activation)
+
+
+def reference_v2(layer: Layer, x, coeff, weight, bias_bank, bias, activation, spatial=None, residual=None):
+    """Op version 2 in float64 on the same input values: (y, mean), through the op's Python reference (spatial scales
+    the fused kernels, residual is added before the activation, mean = GlobalAveragePool(y))."""
+    d = [t.double() if t is not None else None for t in (x, coeff, weight, bias_bank, bias, spatial, residual)]
+    y = op_reference.dynamic_conv(
+        *d[:5], layer.stride, layer.pads, layer.dilation, layer.groups, activation, spatial=d[5], residual=d[6]
+    )
+    return y, op_reference.channel_mean(y)
 
 
 def static_conv(layer: Layer, x, w_static, b_static, activation):
@@ -290,8 +319,24 @@ def crop_reference(layer: Layer, inputs, o0: int, o1: int, activation: int, dtyp
 
 
 def cuda_lib():
-    """The CUDA library with its stateless entry points and the plan API declared (dynet_deploy.op.native)."""
-    return plugin_lib.load_cuda_library()
+    """The CUDA library with its stateless entry points and the plan API declared (dynet_deploy.op.native), and the
+    version-2 entry points (dynet_conv_cuda_v2, dynet_conv_cuda_plan_run_v2)."""
+    lib = plugin_lib.load_cuda_library()
+    tensors = ctypes.POINTER(plugin_lib.DynetConvTensors)
+    vp = ctypes.c_void_p
+    lib.dynet_conv_cuda_v2.argtypes = [
+        ctypes.POINTER(plugin_lib.DynetConvParams),
+        ctypes.c_int32,
+        ctypes.c_int32,
+        tensors,
+        vp,
+        ctypes.c_size_t,
+        vp,
+    ]
+    lib.dynet_conv_cuda_v2.restype = ctypes.c_int32
+    lib.dynet_conv_cuda_plan_run_v2.argtypes = [vp, tensors, vp, ctypes.c_size_t, vp]
+    lib.dynet_conv_cuda_plan_run_v2.restype = ctypes.c_int32
+    return lib
 
 
 def library_tactics() -> dict[str, int]:
@@ -332,18 +377,30 @@ def documented_refusal(algo_name: str, layer: "Layer") -> str | None:
     return None
 
 
+def current_stream():
+    """The current CUDA stream's handle (None, the legacy default stream, where torch has no CUDA: the CPU tests
+    call the library's version-2 entry up to its launch)."""
+    return torch.cuda.current_stream().cuda_stream if torch.cuda.is_available() else None
+
+
 class Unsupported(Exception):
     """The plan refused this call (DYNET_ERR_UNSUPPORTED); a failure unless documented_refusal() names a reason."""
 
 
 class Ours:
     """One plan (made here, outside any timing or capture), preallocated output and workspace: each call is exactly
-    one dynet_conv_cuda_plan_run enqueue, as in the TensorRT plugin's enqueue."""
+    one dynet_conv_cuda_plan_run enqueue, as in the TensorRT plugin's enqueue up to version 1. With op version 2's
+    spatial / residual / mean (keyword arguments) it is one dynet_conv_cuda_plan_run_v2 enqueue with weight_dtype set
+    to the I/O dtype (the plugin's enqueue for every version); the mean output is self.mean."""
 
-    def __init__(self, layer: Layer, x, coeff, weight, bias_bank, bias, activation, algo):
+    def __init__(
+        self, layer: Layer, x, coeff, weight, bias_bank, bias, activation, algo, spatial=None, residual=None, mean=False
+    ):
         self.lib = cuda_lib()
         self.layer, self.algo = layer, algo
         self.args = (x, coeff, weight, bias_bank, bias)
+        self.extras = (spatial, residual)
+        self.v2 = spatial is not None or residual is not None or mean
         self.dtype = plugin_lib.FLOAT16 if x.dtype == torch.float16 else plugin_lib.FLOAT32
         self.params = plugin_lib.make_params(
             tuple(x.shape),
@@ -356,6 +413,10 @@ class Ours:
             dilation=layer.dilation,
             groups=layer.groups,
             activation=activation,
+            has_spatial=spatial is not None,
+            has_residual=residual is not None,
+            has_mean=mean,
+            weight_dtype=self.dtype if self.v2 else plugin_lib.FLOAT32,
         )
         self.plan = ctypes.c_void_p()
         msg = ctypes.create_string_buffer(512)
@@ -369,8 +430,27 @@ class Ours:
         ho, wo = plugin_lib.output_hw(self.params, self.lib)
         # NaN-filled: an element the kernel never writes fails the comparison.
         self.out = torch.full((x.shape[0], layer.c_out, ho, wo), float("nan"), dtype=x.dtype, device=x.device)
+        self.mean = (
+            torch.full((x.shape[0], layer.c_out, 1, 1), float("nan"), dtype=x.dtype, device=x.device) if mean else None
+        )
         self.ws_bytes = self.lib.dynet_conv_cuda_plan_workspace_size(self.plan)
         self.ws = torch.empty(max(self.ws_bytes, 1), dtype=torch.uint8, device=x.device)
+        if self.v2:
+
+            def ptr(t):
+                return t.data_ptr() if t is not None else None
+
+            self.tensors = plugin_lib.DynetConvTensors(
+                x=ptr(x),
+                coeff=ptr(coeff),
+                weight=ptr(weight),
+                bias_bank=ptr(bias_bank),
+                bias=ptr(bias),
+                spatial=ptr(spatial),
+                residual=ptr(residual),
+                y=ptr(self.out),
+                mean=ptr(self.mean),
+            )
 
     def __del__(self):
         if getattr(self, "plan", None) and self.plan.value:
@@ -378,6 +458,19 @@ class Ours:
             self.plan = ctypes.c_void_p()
 
     def __call__(self):
+        if self.v2:
+            status = self.lib.dynet_conv_cuda_plan_run_v2(
+                self.plan,
+                ctypes.byref(self.tensors),
+                self.ws.data_ptr(),
+                self.ws_bytes,
+                current_stream(),
+            )
+            if status != plugin_lib.OK:
+                raise RuntimeError(
+                    f"dynet_conv_cuda_plan_run_v2 returned {status}: {self.lib.dynet_status_string(status).decode()}"
+                )
+            return self.out
         x, coeff, weight, bb, b = self.args
         status = self.lib.dynet_conv_cuda_plan_run(
             self.plan,
@@ -572,21 +665,184 @@ def check_nan_propagation(report: Report, seed: int):
     note(f"  NaN through ReLU/ReLU6: {sum(results)}/{len(results)} tactic x dtype x activation cases keep every NaN")
 
 
+def conv_path(layer: Layer) -> str:
+    """The convolution path of the hand-written tactics (dynetDynamicConvKernel.h's selectPath)."""
+    if layer.c_in // layer.groups <= 8:
+        return "direct"
+    if (layer.kh, layer.kw, layer.stride) == (1, 1, (1, 1)) and not any(layer.pads):
+        return "pointwise"
+    return "implicit_gemm"
+
+
+def one_per_path(layers, per_path: int = 1) -> list[Layer]:
+    """The first per_path layers of each convolution path, in order."""
+    picked: dict[str, list[Layer]] = {}
+    for layer in layers:
+        got = picked.setdefault(conv_path(layer), [])
+        if len(got) < per_path:
+            got.append(layer)
+    return [layer for group in picked.values() for layer in group]
+
+
+# Version 2's flag combinations (spatial, residual, mean), cycled over the layers: each alone, then all three.
+V2_COMBOS = ((True, False, False), (False, True, False), (False, False, True), (True, True, True))
+
+
+def _v2_flags(spatial: bool, residual: bool, mean: bool) -> str:
+    return "+".join(name for name, on in (("spatial", spatial), ("residual", residual), ("mean", mean)) if on)
+
+
+def check_version_two(layers, report: Report, seed: int, batches=(1, 3, 8), budget_s: float = float("inf")):
+    """Op version 2 through dynet_conv_cuda_plan_run_v2, every tactic, fp32 and fp16: y and the mean output against
+    the Python reference in float64 (TOL), the tactics against each other. Counted per tactic x "<dtype> v2"."""
+    t0 = time.monotonic()
+    rng = random.Random(seed + 2)
+    gen = torch.Generator().manual_seed(seed + 2)
+    device = torch.device("cuda")
+    worst: dict[tuple, tuple[float, str]] = {}
+    worst_agree = 0.0
+    for done, layer in enumerate(layers):
+        if time.monotonic() - t0 > budget_s:
+            report.cut_short(f"version-2 budget of {budget_s:.0f}s reached after {done} of {len(layers)} layers")
+            break
+        n = batches[done % len(batches)]
+        spatial, residual, mean = V2_COMBOS[done % len(V2_COMBOS)]
+        per_channel, bank, bias, activation = (
+            rng.random() < 0.7,
+            rng.random() < 0.5,
+            rng.random() < 0.5,
+            rng.randrange(3),
+        )
+        for dtype in (torch.float32, torch.float16):
+            dt = str(dtype)[6:]
+            inputs = make_inputs(layer, n, dtype, device, gen, per_channel, bank, bias)
+            s, r = make_extras(layer, n, dtype, device, gen, spatial, residual)
+            ref_y, ref_mean = reference_v2(layer, *inputs, activation, s, r)
+            where = f"v2 {_v2_flags(spatial, residual, mean)} {layer.model} {layer.label} N={n} {dt}"
+            outs = {}
+            for algo_name, algo in algos().items():
+                try:
+                    ours = Ours(layer, *inputs, activation, algo, spatial=s, residual=r, mean=mean)
+                except Unsupported as exc:
+                    if documented_refusal(algo_name, layer) is None:
+                        report.fail(f"{where} {algo_name}: plan refused without a documented reason ({exc})")
+                    continue
+                except RuntimeError as exc:
+                    report.fail(f"{where} {algo_name}: {exc}")
+                    continue
+                try:
+                    out = ours().clone()
+                    out_mean = ours.mean.clone() if mean else None
+                    torch.cuda.synchronize()
+                except RuntimeError as exc:
+                    report.fail(f"{where} {algo_name}: {exc}")
+                    continue
+                outs[algo_name] = (out, out_mean)
+                rel = report.compare(f"{where} {algo_name}", out, ref_y, TOL[dtype], algo_name, f"{dt} v2")
+                key = (dt, algo_name, "y")
+                if key not in worst or not rel <= worst[key][0]:
+                    worst[key] = (rel, where)
+                if mean:
+                    rel = report.compare(f"{where} {algo_name}: mean", out_mean, ref_mean, TOL[dtype])
+                    key = (dt, algo_name, "mean")
+                    if key not in worst or not rel <= worst[key][0]:
+                        worst[key] = (rel, where)
+            names = [a for a in outs if a != "auto"]
+            tol = AGREE_TOL if dtype == torch.float16 else 2 * TOL[torch.float32]
+            for other in names[1:]:
+                for i, what in enumerate(("y", "mean") if mean else ("y",)):
+                    a, b = outs[other][i], outs[names[0]][i]
+                    rel = report.compare(f"{where}: {other} vs {names[0]} ({what})", a, b.double(), tol)
+                    worst_agree = max(worst_agree, rel)
+    note("  op version 2 (spatial, residual, mean): worst relative error per dtype/tactic/output vs float64:")
+    for (dt, algo_name, what), (rel, where) in sorted(worst.items()):
+        note(f"    {dt:8s} {algo_name:13s} {what:4s} rel {rel:.2e}  ({where})")
+    note(f"  op version 2: tactics against each other: worst rel {worst_agree:.2e}")
+
+
+def check_version_two_nan_and_capture(layers, report: Report, seed: int):
+    """Version 2: a NaN in the residual reaches y at its position (every activation) and the mean of its plane, in
+    every tactic; one call per path and tactic with spatial, residual and mean captured into a CUDA graph replays to
+    the eager y and mean."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    device = torch.device("cuda")
+    kept = cases = captured = 0
+    for layer in (
+        Layer("nan", 8, 16, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+        Layer("nan", 32, 32, 6, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ):
+        for dtype in (torch.float32, torch.float16):
+            for activation in (0, 1, 2):
+                inputs = make_inputs(layer, 2, dtype, device, gen, True, False, True)
+                s, r = make_extras(layer, 2, dtype, device, gen, True, True)
+                r[1, 3, 2, 4] = float("nan")
+                ref_y, ref_mean = reference_v2(layer, *inputs, activation, s, r)
+                for algo_name, algo in algos().items():
+                    try:
+                        ours = Ours(layer, *inputs, activation, algo, spatial=s, residual=r, mean=True)
+                        out = ours().clone()
+                        out_mean = ours.mean.clone()
+                        torch.cuda.synchronize()
+                    except Unsupported as exc:
+                        if documented_refusal(algo_name, layer) is None:
+                            report.fail(f"v2 NaN {layer.label} {algo_name}: plan refused ({exc})")
+                        continue
+                    except RuntimeError as exc:
+                        report.fail(f"v2 NaN {layer.label} {algo_name}: {exc}")
+                        continue
+                    report.checked += 1
+                    cases += 1
+                    same = torch.equal(torch.isnan(out), torch.isnan(ref_y)) and torch.equal(
+                        torch.isnan(out_mean), torch.isnan(ref_mean)
+                    )
+                    kept += int(same)
+                    if not same:
+                        report.fail(
+                            f"v2 NaN in the residual {layer.label} act={activation} {str(dtype)[6:]} {algo_name}: "
+                            f"y has {int(torch.isnan(out).sum())} NaN (reference {int(torch.isnan(ref_y).sum())}), "
+                            f"mean {int(torch.isnan(out_mean).sum())} (reference {int(torch.isnan(ref_mean).sum())})"
+                        )
+    note(f"  op version 2: NaN in the residual kept at PyTorch's positions in y and mean: {kept}/{cases} cases")
+    for layer in one_per_path(layers):
+        for dtype in (torch.float32, torch.float16):
+            for algo_name, algo in algos().items():
+                inputs = make_inputs(layer, 3, dtype, device, gen, True, True, True)
+                s, r = make_extras(layer, 3, dtype, device, gen, True, True)
+                try:
+                    ours = Ours(layer, *inputs, 1, algo, spatial=s, residual=r, mean=True)
+                    eager, eager_mean = ours().clone(), ours.mean.clone()
+                except Unsupported as exc:
+                    if documented_refusal(algo_name, layer) is None:
+                        report.fail(f"v2 capture {layer.label} {algo_name}: plan refused ({exc})")
+                    continue
+                except RuntimeError as exc:
+                    report.fail(f"v2 capture {layer.label} {algo_name} before capture: {exc}")
+                    continue
+                ours.out.fill_(float("nan"))
+                ours.mean.fill_(float("nan"))
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                graph = torch.cuda.CUDAGraph()
+                try:
+                    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+                        ours()
+                    graph.replay()
+                    torch.cuda.synchronize()
+                except Exception as exc:
+                    report.fail(f"v2 CUDA graph capture {conv_path(layer)} {algo_name} {str(dtype)[6:]}: {exc}")
+                    continue
+                report.checked += 1
+                captured += 1
+                if not (torch.equal(ours.out, eager) and torch.equal(ours.mean, eager_mean)):
+                    report.fail(f"v2 CUDA graph replay differs from eager ({conv_path(layer)} {algo_name})")
+    note(f"  op version 2: CUDA graph capture + replay of y and mean: {captured} captures")
+
+
 def check_graph_capture_and_errors(layers, report: Report, seed: int):
     """One enqueue per path and tactic captured into a CUDA graph must replay to the eager result."""
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cuda")
-    picked = {}
-    for layer in layers:  # one layer per kernel path
-        cin_g = layer.c_in // layer.groups
-        path = (
-            "direct"
-            if cin_g <= 8
-            else "pointwise"
-            if (layer.kh, layer.kw, layer.stride) == (1, 1, (1, 1)) and not any(layer.pads)
-            else "implicit_gemm"
-        )
-        picked.setdefault(path, layer)
+    picked = {conv_path(layer): layer for layer in one_per_path(layers)}  # one layer per kernel path
     captured = 0
     for path, layer in picked.items():
         for dtype in (torch.float32, torch.float16):
@@ -1098,9 +1354,9 @@ def profile_models(static_name: str, dy_name: str, device, dtype, n: int, size: 
 # ---- CPU dry run: the script's own references and its judging logic, on the CPU ----------------------------------
 
 
-def loop_reference(layer: Layer, x, coeff, weight, bias_bank, bias, activation):
-    """The op written independently of batch-as-groups: fused kernels by an explicit sum over the bank, then one
-    conv2d per sample (the module's "loop" oracle), in float64."""
+def loop_reference(layer: Layer, x, coeff, weight, bias_bank, bias, activation, spatial=None, residual=None):
+    """The op written independently of batch-as-groups: fused kernels by an explicit sum over the bank (each tap
+    scaled by spatial), then one conv2d per sample plus the residual (the module's "loop" oracle), in float64."""
     x, coeff, weight = x.double(), coeff.double(), weight.double()
     top, left, bottom, right = layer.pads
     xp = F.pad(x, (left, right, top, bottom))
@@ -1108,12 +1364,17 @@ def loop_reference(layer: Layer, x, coeff, weight, bias_bank, bias, activation):
     for i in range(x.shape[0]):
         c = coeff[i].expand(layer.c_out, -1)  # [C_out, K]
         w = sum(c[:, k].reshape(-1, 1, 1, 1) * weight[k] for k in range(weight.shape[0]))
+        if spatial is not None:
+            w = w * spatial[i].double().reshape(1, 1, layer.kh, layer.kw)
         b = torch.zeros(layer.c_out, dtype=torch.float64)
         if bias_bank is not None:
             b = b + (c * bias_bank.double().t()).sum(1)
         if bias is not None:
             b = b + bias.double()
-        outs.append(F.conv2d(xp[i : i + 1], w, b, layer.stride, 0, layer.dilation, layer.groups))
+        y = F.conv2d(xp[i : i + 1], w, b, layer.stride, 0, layer.dilation, layer.groups)
+        if residual is not None:
+            y = y + residual[i : i + 1].double()
+        outs.append(y)
     return act(torch.cat(outs), activation)
 
 
@@ -1221,6 +1482,40 @@ def cpu_dry_run(layers, seed: int, model_budget: float = 120.0) -> int:
         if lib.dynet_conv_validate(ctypes.byref(p), msg, len(msg)) == plugin_lib.OK:
             print(f"FAIL dry run: limit layer '{what}' at N=2 should break the element limit")
             return 1
+    # Op version 2: reference_v2 (y and mean) against the C++ reference of every op version (dynet_conv_cpu) and the
+    # per-sample loop with spatial and residual.
+    worst_v2 = worst_v2_loop = 0.0
+    for i, layer in enumerate(sample):
+        spatial, residual, _ = V2_COMBOS[i % len(V2_COMBOS)]
+        activation = rng.randrange(3)
+        inputs = make_inputs(layer, 3, torch.float32, "cpu", gen, rng.random() < 0.5, True, True)
+        s, r = make_extras(layer, 3, torch.float32, "cpu", gen, spatial, residual)
+        ref_y, ref_mean = reference_v2(layer, *inputs, activation, s, r)
+        y, m = plugin_lib.cpu_reference_conv(
+            *[t.numpy() if t is not None else None for t in inputs],
+            stride=layer.stride,
+            pads=layer.pads,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            activation=activation,
+            spatial=s.numpy() if s is not None else None,
+            residual=r.numpy() if r is not None else None,
+            mean=True,
+        )
+        loop = loop_reference(layer, *inputs, activation, s, r)
+        rels = (errors(torch.from_numpy(y), ref_y)[0], errors(torch.from_numpy(m), ref_mean)[0])
+        rels_loop = (errors(loop, ref_y)[0], errors(loop.mean(dim=(2, 3), keepdim=True), ref_mean)[0])
+        worst_v2, worst_v2_loop = max(worst_v2, *rels), max(worst_v2_loop, *rels_loop)
+        if not (max(rels) <= 1e-5 and max(rels_loop) <= 1e-12):
+            print(
+                f"FAIL dry run v2 {_v2_flags(spatial, residual, True)} {layer.model} {layer.label}: C++ reference "
+                f"rel (y, mean) {rels}, per-sample loop {rels_loop}"
+            )
+            return 1
+    print(
+        f"cpu dry run: op version 2 references (spatial, residual; y and mean) agree with the C++ CPU reference (worst "
+        f"rel {worst_v2:.2e}) and with the per-sample loop (worst rel {worst_v2_loop:.2e}) on {len(sample)} layers"
+    )
     print(
         f"cpu dry run: references agree with the C++ CPU reference (worst rel {worst:.2e}) and with a per-sample loop "
         f"(worst rel {worst_loop:.2e}) on {len(sample) - len(SYNTHETIC_LAYERS)} of {len(layers)} zoo layers and "
@@ -1271,6 +1566,9 @@ def main(argv=None) -> int:
         help="seconds for the per-layer correctness part (default 120)",
     )
     ap.add_argument("--limit-budget", type=float, default=60.0, help="seconds for the 2^31-limit shapes (default 60)")
+    ap.add_argument(
+        "--v2-budget", type=float, default=40.0, help="seconds for the op-version-2 correctness part (default 40)"
+    )
     ap.add_argument("--timing-layers", type=int, default=6, help="layers per model in the timing table (default 6)")
     ap.add_argument("--model-budget", type=float, default=120.0, help="seconds for the model table (default 120)")
     ap.add_argument("--profile-out", help="write the full per-kernel profile of Dy-ResNet50 here")
@@ -1312,14 +1610,21 @@ def main(argv=None) -> int:
         sample = random.Random(args.seed).sample(distinct, min(len(distinct), 6)) + SYNTHETIC_LAYERS[:4]
         check_correctness(sample, report, args.seed, batches=(1, 3, 9))
         check_graph_capture_and_errors(sample + small, report, args.seed)
+        check_version_two(sample + one_per_path(small), report, args.seed, batches=(1, 3))
         report.require_minimum([a for a in algos() if a != "auto"], ("float32", "float16"), 2)
+        report.require_minimum([a for a in algos() if a != "auto"], V2_DTYPES, 1)
     else:
         note("[1/4] correctness of every tactic against PyTorch float64 and the C++ reference (N = 1, 3, 8, 32)")
         # Synthetic layers first: they carry the shapes the zoo lacks (dilation, asymmetric pads, 5x5, groups of 6).
         check_correctness(SYNTHETIC_LAYERS + layers, report, args.seed, budget_s=args.correctness_budget)
         check_nan_propagation(report, args.seed)
         check_graph_capture_and_errors(layers + SYNTHETIC_LAYERS, report, args.seed)
+        note("  op version 2: spatial, residual and mean through dynet_conv_cuda_plan_run_v2 (N = 1, 3, 8)")
+        v2_layers = SYNTHETIC_LAYERS + one_per_path(layers, per_path=4)
+        check_version_two(v2_layers, report, args.seed, budget_s=args.v2_budget)
+        check_version_two_nan_and_capture(layers + SYNTHETIC_LAYERS, report, args.seed)
         report.require_minimum(list(algos()), ("float32", "float16"), MIN_CHECKS)
+        report.require_minimum(list(algos()), V2_DTYPES, MIN_CHECKS_V2)
         note(
             f"  {report.checked} checks, {len(report.failures)} failures; per tactic x dtype: "
             f"{dict(sorted(report.per_tactic.items()))} ({time.monotonic() - t0:.0f}s)"

@@ -5,7 +5,9 @@
 #      or the Python's nvidia-cudnn package, which a CUDA build of torch brings);
 #   2. scripts/gpu_check.py: every tactic the library lists, in fp32 and fp16, against PyTorch float64 and the C++
 #      reference on the zoo's layers plus synthetic ones at N = 1, 3, 8, 32 (outputs pre-filled with NaN), tactic
-#      agreement, NaN propagation, CUDA-graph capture, malformed calls, shapes at the 2^31-1 element limit (every
+#      agreement, NaN propagation, CUDA-graph capture, malformed calls, op version 2 (spatial, residual and the mean
+#      output through dynet_conv_cuda_plan_run_v2, every tactic, fp32 and fp16, against the op's Python reference;
+#      NaN in the residual, CUDA-graph capture), shapes at the 2^31-1 element limit (every
 #      output row), then per-layer timing against static cuDNN and batch-as-groups at N = 1, 8, 32 (each timed output
 #      checked), the model-level table (Dy-mobile, Dy-ResNet18, Dy-ResNet50 against MobileNetV2, ResNet18, ResNet50:
 #      static channels-last cuDNN with BN folded, the Dy model as batch-as-groups and through the custom op
@@ -13,8 +15,8 @@
 #      per-kernel profile of Dy-ResNet50 (torch.profiler; the full table in logs/profile_dy_resnet50.txt);
 #   3. compute-sanitizer memcheck and racecheck on small shapes (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so the
 #      sanitizer sees every allocation), when compute-sanitizer is installed.
-# Worst case by its timeouts: build 100 s, gpu_check.py 300 s (budgets inside: correctness 70 s, limit shapes 40 s,
-# per-layer timing 45 s, model table 100 s), sanitizers 2 x 40 s: 8 minutes. Writes under $OUT (default: a fresh
+# Worst case by its timeouts: build 100 s, gpu_check.py 330 s (budgets inside: correctness 70 s, op version 2 30 s,
+# limit shapes 40 s, per-layer timing 45 s, model table 100 s), sanitizers 2 x 40 s: 8.5 minutes. Writes under $OUT (default: a fresh
 # temporary folder): summary.txt (short: read it first) and logs/. Prints the summary, then the verdict as the last
 # line. Exit status: 0 pass, 1 a check failed, 2 not a CUDA machine / tools missing, 3 INCOMPLETE (a correctness or
 # limit-shape part cut by its time budget, or a tactic x dtype with fewer checks than its minimum). Extra arguments
@@ -76,9 +78,9 @@ timeout "${BUILD_TIMEOUT:-100}" cmake --build "$BUILD" -j"$(nproc)" >"$LOGS/buil
 export DYNET_DEPLOY_PLUGIN_DIR="$BUILD"
 
 step "correctness, limit shapes, per-layer and model-level timing, profile"
-timeout "${GPU_CHECK_TIMEOUT:-300}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
+timeout "${GPU_CHECK_TIMEOUT:-330}" "$PYTHON" "$REPO/scripts/gpu_check.py" --lib-dir "$BUILD" \
   --summary "$LOGS/gpu_check.summary.txt" --timing-budget "${TIMING_BUDGET:-45}" --limit-budget 40 \
-  --correctness-budget 70 --model-budget "${MODEL_BUDGET:-100}" --profile-out "$LOGS/profile_dy_resnet50.txt" "$@" \
+  --correctness-budget 70 --v2-budget 30 --model-budget "${MODEL_BUDGET:-100}" --profile-out "$LOGS/profile_dy_resnet50.txt" "$@" \
   2>&1 | tee "$LOGS/gpu_check.log"
 rc=${PIPESTATUS[0]}
 summ ""

@@ -635,6 +635,185 @@ def test_cublas_algorithms_need_a_plan_made_in_a_prepared_context(cuda):
         cuda.dynet_conv_cuda_context_destroy(ctx)
 
 
+# ---- the CUDA library's version-2 entry points, host-side only -------------------------------------------------
+
+
+def _declare_v2(cuda):
+    tensors = ctypes.POINTER(plugin_lib.DynetConvTensors)
+    vp = ctypes.c_void_p
+    cuda.dynet_conv_cuda_v2.argtypes = [P, ctypes.c_int32, ctypes.c_int32, tensors, vp, ctypes.c_size_t, vp]
+    cuda.dynet_conv_cuda_v2.restype = ctypes.c_int32
+    cuda.dynet_conv_cuda_plan_run_v2.argtypes = [vp, tensors, vp, ctypes.c_size_t, vp]
+    cuda.dynet_conv_cuda_plan_run_v2.restype = ctypes.c_int32
+    return cuda
+
+
+def v2_params(cuda, dtype, spatial=True, residual=True, mean=True, bias=False):
+    """A 3x3 layer (pads 1, 16 -> 32 channels, 8x8, N=2) with version 2's flags; weight_dtype = dtype."""
+    p = params(
+        cuda,
+        pad_top=1,
+        pad_left=1,
+        pad_bottom=1,
+        pad_right=1,
+        has_spatial=int(spatial),
+        has_residual=int(residual),
+        has_mean=int(mean),
+        has_bias=int(bias),
+    )
+    shapes = dense_shapes(2, 16, 8, 8, 32)
+    shapes += [[32]] if bias else []
+    shapes += [[2, 9]] if spatial else []
+    shapes += [[2, 32, 8, 8]] if residual else []
+    status, msg = set_shapes(cuda, p, shapes)
+    assert status == plugin_lib.OK, msg
+    p.weight_dtype = dtype
+    return p
+
+
+def all_tensors(p, a, **override):
+    """Every tensor p says is present at address a (absent ones NULL), then the overrides."""
+    present = {
+        "bias_bank": p.has_bias_bank,
+        "bias": p.has_bias,
+        "spatial": p.has_spatial,
+        "residual": p.has_residual,
+        "mean": p.has_mean,
+    }
+    values = {"x": a, "coeff": a, "weight": a, "y": a, **{k: (a if v else None) for k, v in present.items()}}
+    values.update(override)
+    return plugin_lib.DynetConvTensors(**values)
+
+
+def _no_cuda_device() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except ImportError:
+        return True
+
+
+@needs_nvcc
+def test_cuda_version_one_entry_points_refuse_version_two_params(cuda):
+    _declare_v2(cuda)
+    host = np.zeros(1 << 16, np.uint8)
+    a = host.ctypes.data
+    p = v2_params(cuda, plugin_lib.FLOAT32, spatial=False, residual=False)  # has_mean only
+    call = cuda.dynet_conv_cuda
+    assert call(ctypes.byref(p), 0, plugin_lib.ALGO_ONE_KERNEL, a, a, a, None, None, a, None, 0, None) == (
+        plugin_lib.ERR_INVALID_ARGUMENT
+    )
+    # A bank typed in the I/O dtype is op version 2 by the ABI's definition (weight_dtype is not the default): the
+    # version-1 entry refuses it too; the version-1 convention leaves weight_dtype at FLOAT32 for an fp16 call.
+    q = v2_params(cuda, plugin_lib.FLOAT16, spatial=False, residual=False, mean=False)
+    assert call(ctypes.byref(q), 1, plugin_lib.ALGO_ONE_KERNEL, a, a, a, None, None, a, None, 0, None) == (
+        plugin_lib.ERR_INVALID_ARGUMENT
+    )
+    # A plan of version-2 params runs through dynet_conv_cuda_plan_run_v2 only.
+    full = v2_params(cuda, plugin_lib.FLOAT16)
+    status, plan, msg = make_plan(cuda, full, plugin_lib.FLOAT16, plugin_lib.ALGO_TWO_STEP)
+    assert status == plugin_lib.OK, msg
+    try:
+        ws = cuda.dynet_conv_cuda_plan_workspace_size(plan)
+        assert ws == align(2 * 32 * 16 * 9 * 2)  # version 2 needs no more workspace
+        run = cuda.dynet_conv_cuda_plan_run
+        assert run(plan, a, a, a, None, None, a, a, ws, None) == plugin_lib.ERR_INVALID_ARGUMENT
+        # Through the version-2 entry every check passes; the grant is the last one before a launch.
+        t = all_tensors(full, a)
+        assert cuda.dynet_conv_cuda_plan_run_v2(plan, ctypes.byref(t), a, ws - 1, None) == plugin_lib.ERR_WORKSPACE
+    finally:
+        cuda.dynet_conv_cuda_plan_destroy(plan)
+    # A version-1 fp16 plan (weight_dtype left at FLOAT32) keeps running through the version-1 entry, and the
+    # version-2 entry holds it to the bank-in-the-I/O-dtype rule.
+    v1 = params(cuda, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+    assert set_shapes(cuda, v1, dense_shapes(2, 16, 8, 8, 32))[0] == plugin_lib.OK
+    status, plan, msg = make_plan(cuda, v1, plugin_lib.FLOAT16, plugin_lib.ALGO_TWO_STEP)
+    assert status == plugin_lib.OK, msg
+    try:
+        ws = cuda.dynet_conv_cuda_plan_workspace_size(plan)
+        assert cuda.dynet_conv_cuda_plan_run(plan, a, a, a, None, None, a, a, ws - 1, None) == plugin_lib.ERR_WORKSPACE
+        t = all_tensors(v1, a)
+        assert cuda.dynet_conv_cuda_plan_run_v2(plan, ctypes.byref(t), a, ws, None) == plugin_lib.ERR_UNSUPPORTED
+    finally:
+        cuda.dynet_conv_cuda_plan_destroy(plan)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", [plugin_lib.FLOAT32, plugin_lib.FLOAT16])
+def test_cuda_version_two_tensors_follow_the_params(cuda, dtype):
+    _declare_v2(cuda)
+    host = np.zeros(1 << 16, np.uint8)
+    a = host.ctypes.data
+    p = v2_params(cuda, dtype)
+    ws = cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), dtype, plugin_lib.ALGO_TWO_STEP)
+    status, plan, msg = make_plan(cuda, p, dtype, plugin_lib.ALGO_TWO_STEP)
+    assert status == plugin_lib.OK, msg
+    try:
+        for run in (
+            lambda t, size=ws: cuda.dynet_conv_cuda_plan_run_v2(plan, t, a, size, None),
+            lambda t, size=ws: cuda.dynet_conv_cuda_v2(
+                ctypes.byref(p), dtype, plugin_lib.ALGO_TWO_STEP, t, a, size, None
+            ),
+        ):
+            assert run(None) == plugin_lib.ERR_NULL_POINTER
+            for missing in ("x", "weight", "y", "spatial", "residual", "mean"):
+                t = all_tensors(p, a, **{missing: None})
+                assert run(ctypes.byref(t)) == plugin_lib.ERR_NULL_POINTER, missing
+            # A tensor the params say is absent: the caller's flags and pointers disagree.
+            t = all_tensors(p, a, bias=a)
+            assert run(ctypes.byref(t)) == plugin_lib.ERR_INVALID_ARGUMENT
+            t = all_tensors(p, a)
+            assert run(ctypes.byref(t), ws - 1) == plugin_lib.ERR_WORKSPACE
+            if _no_cuda_device():
+                assert run(ctypes.byref(t)) == plugin_lib.ERR_CUDA  # every check passed; only the launch fails
+        # Without its flag the same pointer is refused, with it accepted (up to the launch).
+        q = v2_params(cuda, dtype, spatial=False)
+        t = all_tensors(q, a, spatial=a)
+        call = cuda.dynet_conv_cuda_v2
+        assert call(ctypes.byref(q), dtype, plugin_lib.ALGO_TWO_STEP, ctypes.byref(t), a, ws, None) == (
+            plugin_lib.ERR_INVALID_ARGUMENT
+        )
+        # The library-backed tactics need a plan in version 2 too.
+        t = all_tensors(p, a)
+        for algo in (ALGO_CUDNN, plugin_lib.ALGO_CUBLAS_GEMM, plugin_lib.ALGO_CUBLAS_IM2COL):
+            assert call(ctypes.byref(p), dtype, algo, ctypes.byref(t), a, host.size, None) == plugin_lib.ERR_UNSUPPORTED
+    finally:
+        cuda.dynet_conv_cuda_plan_destroy(plan)
+
+
+@needs_nvcc
+def test_cuda_weight_bank_must_be_in_the_io_dtype(cuda):
+    _declare_v2(cuda)
+    host = np.zeros(1 << 16, np.uint8)
+    a = host.ctypes.data
+    for io, bank, io_name, bank_name in (
+        (plugin_lib.FLOAT32, plugin_lib.FLOAT16, "float32", "float16"),
+        (plugin_lib.FLOAT32, plugin_lib.BFLOAT16, "float32", "bfloat16"),
+        (plugin_lib.FLOAT16, plugin_lib.BFLOAT16, "float16", "bfloat16"),
+    ):
+        p = v2_params(cuda, bank)
+        status, plan, msg = make_plan(cuda, p, io, plugin_lib.ALGO_TWO_STEP)
+        assert status == plugin_lib.ERR_UNSUPPORTED and not plan.value
+        assert f"weight bank in the I/O dtype ({io_name}), got weight_dtype {bank_name}" in msg, msg
+        assert "onnxruntime CPU library" in msg
+        assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), io, plugin_lib.ALGO_TWO_STEP) == 0
+        t = all_tensors(p, a)
+        status = cuda.dynet_conv_cuda_v2(
+            ctypes.byref(p), io, plugin_lib.ALGO_TWO_STEP, ctypes.byref(t), a, 1 << 16, None
+        )
+        assert status == plugin_lib.ERR_UNSUPPORTED
+    # The bank in the I/O dtype: the same workspace as version 1 for every tactic's formula.
+    for dtype in (plugin_lib.FLOAT32, plugin_lib.FLOAT16):
+        p = v2_params(cuda, dtype)
+        v1 = params(cuda, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+        assert set_shapes(cuda, v1, dense_shapes(2, 16, 8, 8, 32))[0] == plugin_lib.OK
+        for algo in range(plugin_lib.ALGO_LAST + 1):
+            assert cuda.dynet_conv_cuda_workspace_size(ctypes.byref(p), dtype, algo) == (
+                cuda.dynet_conv_cuda_workspace_size(ctypes.byref(v1), dtype, algo)
+            ), algo
+
+
 def _headers_found_by_cmake(variable: str) -> bool:
     cache = plugin_lib.REPO_ROOT / "build" / "CMakeCache.txt"
     if not cache.is_file():
@@ -754,7 +933,8 @@ def test_trt_libraries_leave_only_libnvinfer_symbols_unresolved(trt_dir):
 def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
     """The real plugin source run on the host (tests/native/dynetDynamicConvPluginHostTest.cpp): creator fields,
     configurePlugin's profile-max check and workspace grant, serialisation round trip, tactics, timing-cache ID,
-    onShapeChange planning within the grant, setTactic re-planning."""
+    onShapeChange planning within the grant, setTactic re-planning; creator "2" beside "1" (fields per version,
+    outputs and their shapes, input counts, the version-1 fields unchanged, the enqueue's version-2 tensor mapping)."""
     exe = plugin_lib.REPO_ROOT / "build" / "trt_link_check" / "dynet_dynamic_conv_trt_host_test"
     if not exe.is_file():
         pytest.skip("the host test is built only with TensorRT headers and no libnvinfer (headers-only configure)")
@@ -763,12 +943,28 @@ def test_plugin_build_and_runtime_logic_on_the_host(trt_dir):
     failed = [line for line in lines if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
     passed = [line for line in lines if line.startswith("PASS ")]
-    assert len(passed) >= 25, proc.stdout
+    assert len(passed) >= 60, proc.stdout
     for name in (
         "configurePlugin refuses a profile max beyond the element limit",
         "serialised workspace grant equals getWorkspaceSize",
         "the grant survives serialisation",
         "equal attributes give equal timing-cache IDs",
         "different attributes give different timing-cache IDs",
+        # op version 2: creator "2" beside "1"
+        'creator "1" keeps the 12 version-1 fields, names and order unchanged',
+        "creator \"2\" fields: the whole attribute table, version 2's three after version 1's",
+        'creator "1" refuses has_mean=1, naming plugin version "2"',
+        "getNbOutputs = 1 + has_mean",
+        "getOutputShapes: y [N, C_out, H_out, W_out] and mean [N, C_out, 1, 1]",
+        "getOutputShapes refuses 5 inputs where has_* make 6",
+        "configurePlugin refuses a float16 weight under float32 I/O with the reason",
+        "version-1 plugin serialises the 12 version-1 fields and the grant, as before",
+        'version-2 fields round trip through creator "2"',
+        "timing-cache ID: version 2's attributes in it (has_mean 1 vs 0 differ)",
+        "timing-cache ID: the plugin version in it (equal attributes, versions 1 and 2 differ)",
+        "onShapeChange refuses a mean output that is not [N, C_out, 1, 1]",
     ):
         assert f"PASS {name}" in lines, name
+    # Without a device the enqueue mapping check runs (with one it is skipped, saying so).
+    mapping = "enqueue passes every check of dynet_conv_cuda_plan_run_v2 (only the launch fails without a device)"
+    assert f"PASS {mapping}" in lines or any(line.startswith("SKIP enqueue mapping check") for line in lines)

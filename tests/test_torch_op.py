@@ -264,6 +264,9 @@ def test_cuda_tactics_come_from_the_library():
     assert ids == list(range(1, len(ids) + 1)), tactics
     named = {v for k, v in vars(native).items() if k.startswith("ALGO_") and k != "ALGO_AUTO"}
     assert named <= set(ids), (named, tactics)
+    # Each tactic under its own name (the GPU check and chosen_tactics() report these), never the ALGO_LAST alias.
+    names = dict(tactics)
+    assert names[native.ALGO_CUBLAS_IM2COL] == "cublas_im2col" and "last" not in names.values(), tactics
 
 
 @needs_cuda
@@ -301,3 +304,107 @@ def test_cuda_graph_capture_after_eager_call():
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
     assert top.chosen_tactics(), "the timed choice was not recorded"
+
+
+# ---- op version 2: spatial, residual, the mean output ------------------------------------------------------------
+
+# (spatial, residual, mean): each alone, then all three
+V2_FLAGS = [(True, False, False), (False, True, False), (False, False, True), (True, True, True)]
+
+
+def make_extras(layer, n, spatial, residual, dtype=torch.float32, seed=0, device="cpu"):
+    c_in, c_out, h, w, kh, kw, stride, pads, dilation, groups, k = layer
+    h_out = (h + pads[0] + pads[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (w + pads[1] + pads[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    g = torch.Generator().manual_seed(1000 + seed)
+    s = (torch.rand(n, kh * kw, generator=g) * 1.5 + 0.25).to(dtype=dtype, device=device) if spatial else None
+    r = torch.randn(n, c_out, h_out, w_out, generator=g).to(dtype=dtype, device=device) if residual else None
+    return s, r
+
+
+def run_v2(tensors, conv, activation, tactic, spatial, residual, mean):
+    args = (*tensors, *top.op_arguments(**conv, activation=activation), tactic, spatial, residual)
+    if mean:
+        return torch.ops.dynet.dynamic_conv2d_mean(*args)
+    return torch.ops.dynet.dynamic_conv2d(*args), None
+
+
+def ref64_v2(tensors, conv, activation, spatial, residual):
+    d = [None if t is None else t.double().cpu() for t in (*tensors, spatial, residual)]
+    y = reference.dynamic_conv(*d[:5], **conv, activation=activation, spatial=d[5], residual=d[6])
+    return y, reference.channel_mean(y)
+
+
+@pytest.mark.parametrize(
+    "tactic",
+    [pytest.param(top.TACTIC_TIMED, marks=[needs_fast]), top.TACTIC_CPU_REFERENCE],
+    ids=["fast", "c_reference"],
+)
+@pytest.mark.parametrize("flags", V2_FLAGS, ids=["spatial", "residual", "mean", "all"])
+@pytest.mark.parametrize("layer_i", [0, 1, 2, 3])
+def test_version_two_cpu_parity(layer_i, flags, tactic):
+    spatial, residual, mean = flags
+    layer = LAYERS[layer_i]
+    tensors, conv = make_case(layer, 3, layer_i % 2 == 0, True, True, seed=20 + layer_i)
+    s, r = make_extras(layer, 3, spatial, residual, seed=layer_i)
+    act = layer_i % 3
+    y, m = run_v2(tensors, conv, act, tactic, s, r, mean)
+    ref_y, ref_mean = ref64_v2(tensors, conv, act, s, r)
+    rel, max_abs = errs(y, ref_y)
+    assert rel <= FP32_REL and max_abs <= FP32_ABS, f"rel {rel:.2e} max-abs {max_abs:.2e}"
+    if mean:
+        assert m.shape == (3, layer[1], 1, 1)
+        rel, max_abs = errs(m, ref_mean)
+        assert rel <= FP32_REL and max_abs <= FP32_ABS, f"mean: rel {rel:.2e} max-abs {max_abs:.2e}"
+    # The version-2 inputs change the result (so a path that dropped them could not pass).
+    if spatial or residual:
+        plain, _ = ref64_v2(tensors, conv, act, None, None)
+        assert errs(plain.float(), ref_y)[0] > 1e-3
+
+
+def test_version_two_bad_shapes_are_clear_errors():
+    tensors, conv = make_case(LAYERS[0], 2, True, False, False)
+    s, r = make_extras(LAYERS[0], 2, True, True)
+    with pytest.raises(ValueError, match=r"spatial must be \[N, kH\*kW\] = \[2, 9\]"):
+        run_v2(tensors, conv, 0, top.TACTIC_CPU_REFERENCE, s[:, :8], None, False)
+    with pytest.raises(ValueError, match=r"residual must be \[N, C_out, H_out, W_out\]"):
+        run_v2(tensors, conv, 0, top.TACTIC_CPU_REFERENCE, None, r[:, :, 1:], False)
+    with pytest.raises(ValueError, match="dtype"):
+        run_v2(tensors, conv, 0, top.TACTIC_CPU_REFERENCE, s.double(), None, False)
+
+
+def test_version_two_opcheck():
+    if not hasattr(torch.library, "opcheck"):
+        pytest.skip("torch.library.opcheck is not in this torch")
+    layer = LAYERS[1]
+    tensors, conv = make_case(layer, 2, True, True, True, seed=12)
+    s, r = make_extras(layer, 2, True, True, seed=12)
+    args = (*tensors, *top.op_arguments(**conv, activation=1), top.TACTIC_CPU_REFERENCE, s, r)
+    torch.library.opcheck(torch.ops.dynet.dynamic_conv2d_mean.default, args)
+    torch.library.opcheck(torch.ops.dynet.dynamic_conv2d.default, args)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_version_two_parity_every_tactic(dtype):
+    tol = FP32_REL if dtype == torch.float32 else FP16_REL
+    ran = 0
+    for i, layer in enumerate(LAYERS):
+        spatial, residual, mean = V2_FLAGS[i % len(V2_FLAGS)]
+        tensors, conv = make_case(layer, 3, i % 2 == 0, True, True, dtype=dtype, seed=60 + i, device="cuda")
+        s, r = make_extras(layer, 3, spatial, residual, dtype=dtype, seed=i, device="cuda")
+        ref_y, ref_mean = ref64_v2(tensors, conv, 1, s, r)
+        for tactic in [top.TACTIC_TIMED] + [t for t, _ in top.cuda_tactics()]:
+            try:
+                y, m = run_v2(tensors, conv, 1, tactic, s, r, mean)
+            except top.PlanRefused as exc:
+                assert tactic not in (native.ALGO_TWO_STEP, native.ALGO_ONE_KERNEL), exc
+                assert exc.status == native.ERR_UNSUPPORTED, exc
+                continue
+            rel, max_abs = errs(y, ref_y)
+            assert rel <= tol, f"layer {i} tactic {tactic}: rel {rel:.2e} max-abs {max_abs:.2e}"
+            if mean:
+                rel, max_abs = errs(m, ref_mean)
+                assert rel <= tol, f"layer {i} tactic {tactic} mean: rel {rel:.2e} max-abs {max_abs:.2e}"
+            ran += 1
+    assert ran >= len(LAYERS) * 2

@@ -4,22 +4,29 @@ Importing this module registers the op (``torch.library.custom_op``) with a fake
 ``torch.compile`` and ``torch.export`` trace it as one node. The native libraries are loaded on the first call, not
 at import; a missing library is a :class:`~dynet_deploy.errors.MissingDependencyError` saying how to build it.
 
-Signature (the op spec's inputs and int attributes, :mod:`dynet_deploy.op.spec`; ``has_bias_bank`` / ``has_bias``
-follow from whether the optional tensors are given)::
+Signature (the op spec's inputs and int attributes, :mod:`dynet_deploy.op.spec`; ``has_bias_bank``, ``has_bias``,
+``has_spatial`` and ``has_residual`` follow from whether the optional tensors are given)::
 
     dynamic_conv2d(x, coeff, weight, bias_bank=None, bias=None, stride_h=1, stride_w=1, pad_top=0, pad_left=0,
                    pad_bottom=0, pad_right=0, dilation_h=1, dilation_w=1, groups=1, activation=0,
-                   tactic=TACTIC_TIMED) -> y
+                   tactic=TACTIC_TIMED, spatial=None, residual=None) -> y
+    dynamic_conv2d_mean(<the same>) -> (y, mean)
+
+``spatial`` [N, kH*kW], ``residual`` [N, C_out, H_out, W_out] and the ``mean`` output [N, C_out, 1, 1]
+(``torch.ops.dynet.dynamic_conv2d_mean``, ``has_mean``) are op version 2 (README, "Versions"); a call with none of
+them is version 1 exactly.
 
 Where it runs:
 
 - CPU tensors, float32 or float16: the fast CPU kernel (the onnxruntime custom-op library's, GEMM and direct paths,
   AVX-512 / AVX2), run as a one-node onnxruntime session per attribute set (dynamic shapes, so one session serves
   every batch and size); onnxruntime and ``libdynet_dynamic_conv_ort.so`` are needed. The fast kernel has no plain C
-  entry point; the C ABI's CPU function (``dynet_conv_cpu_f32``) is the double-accumulation reference, selected
-  with ``tactic=TACTIC_CPU_REFERENCE`` (float32 only). CUDA tactic ids are ignored on the CPU.
-- CUDA tensors, float32 or float16: the CUDA library's plan API on the current stream, one plan per shape,
-  attribute set, dtype and tactic, made once and cached (plans are made outside any CUDA-graph capture; a call
+  entry point; the C ABI's CPU function (``dynet_conv_cpu_f32``, ``dynet_conv_cpu`` for version 2) is the
+  double-accumulation reference, selected with ``tactic=TACTIC_CPU_REFERENCE`` (float32 only). CUDA tactic ids are
+  ignored on the CPU.
+- CUDA tensors, float32 or float16: the CUDA library's plan API on the current stream (``dynet_conv_cuda_plan_run``,
+  or ``dynet_conv_cuda_plan_run_v2`` for a version-2 call), one plan per shape, attribute set, dtype and tactic, made
+  once and cached (plans are made outside any CUDA-graph capture; a call
   inside a capture needs its plan made by an earlier eager call). ``tactic=TACTIC_TIMED`` times every tactic the
   library offers once per shape and keeps the fastest, as TensorRT does; a library tactic id (``native.ALGO_*``)
   runs that tactic and fails when its plan is refused.
@@ -40,9 +47,10 @@ from . import native
 from .spec import OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, check_attributes
 
 TACTIC_TIMED = -1  # CUDA: time every tactic once per shape and keep the fastest; CPU: the fast kernel
-TACTIC_CPU_REFERENCE = -2  # CPU: the C ABI's reference (dynet_conv_cpu_f32, double accumulation, float32 only)
+TACTIC_CPU_REFERENCE = -2  # CPU: the C ABI's reference (dynet_conv_cpu_f32 / dynet_conv_cpu, float32 only)
 
 OP_NAME = "dynet::dynamic_conv2d"
+OP_NAME_MEAN = "dynet::dynamic_conv2d_mean"  # the same op with version 2's mean output: (y, mean)
 _LOCK = threading.Lock()
 
 
@@ -56,9 +64,12 @@ def _attrs(stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilatio
     }
 
 
-def _params(x, coeff, weight, bias_bank, bias, attrs) -> native.DynetConvParams:
+def _params(
+    x, coeff, weight, bias_bank, bias, attrs, spatial=None, residual=None, mean=False
+) -> native.DynetConvParams:
     """The call's DynetConvParams, checked by the C ABI's validator (its reason in the error)."""
-    for name, t in (("x", x), ("coeff", coeff), ("weight", weight), ("bias_bank", bias_bank), ("bias", bias)):
+    named = (("x", x), ("coeff", coeff), ("weight", weight), ("bias_bank", bias_bank), ("bias", bias))
+    for name, t in (*named, ("spatial", spatial), ("residual", residual)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{OP_TYPE}: {name} is on {t.device}, x on {x.device}; put every input on one device")
         if t is not None and t.dtype != x.dtype:
@@ -69,16 +80,33 @@ def _params(x, coeff, weight, bias_bank, bias, attrs) -> native.DynetConvParams:
         tuple(weight.shape),
         has_bias_bank=bias_bank is not None,
         has_bias=bias is not None,
+        has_spatial=spatial is not None,
+        has_residual=residual is not None,
+        has_mean=mean,
         **attrs,
     )
-    native.output_hw(params, native.load_cpu_library())  # raises DynamicConvCallError naming what is wrong
+    h_out, w_out = native.output_hw(params, native.load_cpu_library())  # raises DynamicConvCallError naming the fault
     if bias_bank is not None and tuple(bias_bank.shape) != (params.k, params.c_out):
         raise ValueError(
             f"{OP_TYPE}: bias_bank must be [K, C_out] = [{params.k}, {params.c_out}], got {tuple(bias_bank.shape)}"
         )
     if bias is not None and tuple(bias.shape) != (params.c_out,):
         raise ValueError(f"{OP_TYPE}: bias must be [C_out] = [{params.c_out}], got {tuple(bias.shape)}")
+    if spatial is not None and tuple(spatial.shape) != (params.n, params.kh * params.kw):
+        raise ValueError(
+            f"{OP_TYPE}: spatial must be [N, kH*kW] = [{params.n}, {params.kh * params.kw}], got {tuple(spatial.shape)}"
+        )
+    want = (params.n, params.c_out, h_out, w_out)
+    if residual is not None and tuple(residual.shape) != want:
+        raise ValueError(
+            f"{OP_TYPE}: residual must be [N, C_out, H_out, W_out] = {list(want)} (y's shape), got "
+            f"{list(residual.shape)}"
+        )
     return params
+
+
+def _version_two(params: native.DynetConvParams) -> bool:
+    return bool(params.has_spatial or params.has_residual or params.has_mean)
 
 
 def _key(params: native.DynetConvParams) -> tuple[int, ...]:
@@ -90,8 +118,9 @@ def _key(params: native.DynetConvParams) -> tuple[int, ...]:
 _ORT_SESSIONS: dict[tuple, object] = {}
 
 
-def _ort_session(dtype: torch.dtype, attrs: dict, has_bb: bool, has_b: bool):
-    key = (dtype, tuple(sorted((k, v if isinstance(v, int) else tuple(v)) for k, v in attrs.items())), has_bb, has_b)
+def _ort_session(dtype: torch.dtype, attrs: dict, has_bb: bool, has_b: bool, has_s=False, has_r=False, mean=False):
+    flags = (has_bb, has_b, has_s, has_r, mean)
+    key = (dtype, tuple(sorted((k, v if isinstance(v, int) else tuple(v)) for k, v in attrs.items())), flags)
     with _LOCK:
         sess = _ORT_SESSIONS.get(key)
         if sess is not None:
@@ -100,23 +129,29 @@ def _ort_session(dtype: torch.dtype, attrs: dict, has_bb: bool, has_b: bool):
         from onnx import TensorProto, helper
 
         from . import onnxruntime_lib
-        from .spec import attributes, make_node
+        from .spec import attributes, input_names, make_node, op_version, output_names
 
         elem = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}[dtype]
-        values = attributes(has_bias_bank=has_bb, has_bias=has_b, **attrs)
-        names = ["x", "coeff", "weight"] + (["bias_bank"] if has_bb else []) + (["bias"] if has_b else [])
-        dims = {
+        values = attributes(
+            has_bias_bank=has_bb, has_bias=has_b, has_spatial=has_s, has_residual=has_r, has_mean=mean, **attrs
+        )
+        names, outputs = input_names(values), output_names(values)
+        dims: dict[str, list[str | int | None]] = {
             "x": ["N", "C_in", "H", "W"],
             "coeff": ["N", "C_c", "K"],
             "weight": ["K", "C_out", "C_in_g", "kH", "kW"],
             "bias_bank": ["K", "C_out"],
             "bias": ["C_out"],
+            "spatial": ["N", "kHkW"],
+            "residual": ["N", "C_out", "H_out", "W_out"],
+            "y": ["N", "C_out", None, None],
+            "mean": ["N", "C_out", 1, 1],
         }
         graph = helper.make_graph(
-            [make_node(names, ["y"], name="dynamic_conv", **values)],
+            [make_node(names, outputs, name="dynamic_conv", version=op_version(values), **values)],
             "dynet_dynamic_conv2d",
             [helper.make_tensor_value_info(n, elem, dims[n]) for n in names],
-            [helper.make_tensor_value_info("y", elem, ["N", "C_out", None, None])],
+            [helper.make_tensor_value_info(n, elem, dims[n]) for n in outputs],
         )
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION)]
@@ -130,23 +165,43 @@ def _ort_session(dtype: torch.dtype, attrs: dict, has_bb: bool, has_b: bool):
         return sess
 
 
-def _cpu_fast(x, coeff, weight, bias_bank, bias, attrs) -> torch.Tensor:
+def _cpu_fast(x, coeff, weight, bias_bank, bias, attrs, spatial=None, residual=None, mean=False):
+    """(y, mean or None) from the fast CPU kernel (a one-node onnxruntime session of the node's op version)."""
     if x.dtype not in (torch.float32, torch.float16):
         raise ValueError(f"{OP_TYPE} on the CPU takes float32 or float16 tensors, got {x.dtype}")
-    sess = _ort_session(x.dtype, attrs, bias_bank is not None, bias is not None)
-    feeds = {"x": x, "coeff": coeff, "weight": weight, "bias_bank": bias_bank, "bias": bias}
+    sess = _ort_session(
+        x.dtype, attrs, bias_bank is not None, bias is not None, spatial is not None, residual is not None, mean
+    )
+    feeds = {
+        "x": x,
+        "coeff": coeff,
+        "weight": weight,
+        "bias_bank": bias_bank,
+        "bias": bias,
+        "spatial": spatial,
+        "residual": residual,
+    }
     feeds = {k: v.detach().contiguous().numpy() for k, v in feeds.items() if v is not None}
-    (y,) = sess.run(["y"], feeds)
-    return torch.from_numpy(y)
+    outs = sess.run(["y", "mean"] if mean else ["y"], feeds)
+    return torch.from_numpy(outs[0]), (torch.from_numpy(outs[1]) if mean else None)
 
 
-def _cpu_reference(x, coeff, weight, bias_bank, bias, params) -> torch.Tensor:
+def _cpu_reference(x, coeff, weight, bias_bank, bias, params, spatial=None, residual=None):
+    """(y, mean or None) from the C ABI's reference: dynet_conv_cpu_f32, or dynet_conv_cpu for version 2."""
     if x.dtype != torch.float32:
         raise ValueError(f"{OP_TYPE}: the C reference (TACTIC_CPU_REFERENCE) takes float32 tensors, got {x.dtype}")
     lib = native.load_cpu_library()
     h_out, w_out = native.output_hw(params, lib)
     y = torch.empty((params.n, params.c_out, h_out, w_out), dtype=torch.float32)
     ts = [None if t is None else t.detach().contiguous() for t in (x, coeff, weight, bias_bank, bias)]
+    if _version_two(params):
+        extras = [None if t is None else t.detach().contiguous() for t in (spatial, residual)]
+        mean = torch.empty((params.n, params.c_out, 1, 1), dtype=torch.float32) if params.has_mean else None
+        tensors = native.DynetConvTensors(*(None if t is None else t.data_ptr() for t in (*ts, *extras, y, mean)))
+        status = lib.dynet_conv_cpu(ctypes.byref(params), ctypes.byref(tensors))
+        if status != native.OK:
+            raise native._error(lib, status, params)
+        return y, mean
     fp = ctypes.POINTER(ctypes.c_float)
 
     def ptr(t):
@@ -155,17 +210,20 @@ def _cpu_reference(x, coeff, weight, bias_bank, bias, params) -> torch.Tensor:
     status = lib.dynet_conv_cpu_f32(ctypes.byref(params), *(ptr(t) for t in ts), ptr(y))
     if status != native.OK:
         raise native._error(lib, status, params)
-    return y
+    return y, None
 
 
 # ---- CUDA: the plan API, tactics enumerated from the library, the fastest kept per shape ----------------------
 
 
 def _tactic_names() -> dict[int, str]:
+    # ALGO_LAST is an alias of the largest id (the C ABI's DYNET_ALGO_LAST), not a tactic's name.
     return {
         getattr(native, name): name[len("ALGO_") :].lower()
         for name in dir(native)
-        if name.startswith("ALGO_") and name != "ALGO_AUTO" and isinstance(getattr(native, name), int)
+        if name.startswith("ALGO_")
+        and name not in ("ALGO_AUTO", "ALGO_LAST")
+        and isinstance(getattr(native, name), int)
     }
 
 
@@ -212,8 +270,10 @@ class CudaPlan:
     """One plan of the CUDA library for one call shape, dtype and tactic (made outside any enqueue)."""
 
     def __init__(self, params: native.DynetConvParams, dtype: int, tactic: int):
-        self.lib = native.load_cuda_library()
+        self.lib = _declare_v2(native.load_cuda_library())
         self.params = params
+        # Version 2 (a version-2 flag; the bank typed as the I/O dtype) runs through dynet_conv_cuda_plan_run_v2.
+        self.v2 = self.lib.dynet_conv_op_version(ctypes.byref(params)) > 1
         self.plan = ctypes.c_void_p()
         msg = ctypes.create_string_buffer(512)
         status = self.lib.dynet_conv_cuda_plan_create(
@@ -229,12 +289,30 @@ class CudaPlan:
             self.lib.dynet_conv_cuda_plan_destroy(self.plan)
             self.plan = ctypes.c_void_p()
 
-    def run(self, tensors: Sequence[torch.Tensor | None], out: torch.Tensor, workspace=None) -> torch.Tensor:
-        """The plan on ``tensors`` (x, coeff, weight, bias_bank, bias; the last two may be None) into ``out``."""
-        x, coeff, weight, bias_bank, bias = tensors
+    def run(self, tensors: Sequence[torch.Tensor | None], out: torch.Tensor, workspace=None, mean=None) -> torch.Tensor:
+        """The plan on ``tensors`` (x, coeff, weight, bias_bank, bias[, spatial, residual]; the optional ones may be
+        None) into ``out`` (and ``mean`` for a plan with has_mean)."""
+        x, coeff, weight, bias_bank, bias, spatial, residual = (*tensors, None, None)[:7]
         assert x is not None and coeff is not None and weight is not None
         if workspace is None and self.workspace_bytes:
             workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=x.device)
+        if self.v2:
+            t = native.DynetConvTensors(
+                *(
+                    None if v is None else v.data_ptr()
+                    for v in (x, coeff, weight, bias_bank, bias, spatial, residual, out, mean)
+                )
+            )
+            status = self.lib.dynet_conv_cuda_plan_run_v2(
+                self.plan,
+                ctypes.byref(t),
+                None if workspace is None else workspace.data_ptr(),
+                self.workspace_bytes,
+                torch.cuda.current_stream(x.device).cuda_stream,
+            )
+            if status != native.OK:
+                raise native._error(self.lib, status, self.params)
+            return out
         status = self.lib.dynet_conv_cuda_plan_run(
             self.plan,
             x.data_ptr(),
@@ -250,6 +328,14 @@ class CudaPlan:
         if status != native.OK:
             raise native._error(self.lib, status, self.params)
         return out
+
+
+def _declare_v2(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The CUDA library's version-2 enqueue (dynet_conv_cuda_plan_run_v2) declared."""
+    vp = ctypes.c_void_p
+    lib.dynet_conv_cuda_plan_run_v2.argtypes = [vp, ctypes.POINTER(native.DynetConvTensors), vp, ctypes.c_size_t, vp]
+    lib.dynet_conv_cuda_plan_run_v2.restype = ctypes.c_int32
+    return lib
 
 
 _PLANS: dict[tuple, CudaPlan] = {}
@@ -285,15 +371,14 @@ def _time_tactics(params, dtype: int, device: int, tensors, reps: int = 5) -> tu
             plan = _plan(params, dtype, tactic, device)
         except PlanRefused:
             continue  # TensorRT skips a tactic whose plan is refused, and so does the choice here
-        h_out, w_out = native.output_hw(params, plan.lib)
-        out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
+        out, mean = _outputs(params, plan.lib, x)
         ws = torch.empty(max(plan.workspace_bytes, 1), dtype=torch.uint8, device=x.device)
-        plan.run(tensors, out, ws)
+        plan.run(tensors, out, ws, mean)
         samples = []
         for _ in range(reps):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            plan.run(tensors, out, ws)
+            plan.run(tensors, out, ws, mean)
             end.record()
             end.synchronize()
             samples.append(start.elapsed_time(end))
@@ -309,15 +394,28 @@ def _time_tactics(params, dtype: int, device: int, tensors, reps: int = 5) -> tu
     return best, times
 
 
+def _outputs(params, lib, x) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Empty y (and mean, with has_mean) for a call, on x's device and dtype."""
+    h_out, w_out = native.output_hw(params, lib)
+    out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
+    mean = torch.empty((params.n, params.c_out, 1, 1), dtype=x.dtype, device=x.device) if params.has_mean else None
+    return out, mean
+
+
 def _describe(params) -> str:
     return ", ".join(f"{name}={getattr(params, name)}" for name in native.PARAM_FIELDS)
 
 
-def _cuda(x, coeff, weight, bias_bank, bias, params, tactic: int) -> torch.Tensor:
+def _cuda(x, coeff, weight, bias_bank, bias, params, tactic: int, spatial=None, residual=None):
+    """(y, mean or None) from the CUDA library's plan for this call."""
     dtype = {torch.float32: native.FLOAT32, torch.float16: native.FLOAT16}.get(x.dtype)
     if dtype is None:
         raise ValueError(f"{OP_TYPE} on CUDA takes float32 or float16 tensors, got {x.dtype}")
-    tensors = tuple(None if t is None else t.contiguous() for t in (x, coeff, weight, bias_bank, bias))
+    if _version_two(params):
+        params.weight_dtype = dtype  # the version-2 enqueue takes the bank's type explicitly: the I/O dtype
+    tensors = tuple(
+        None if t is None else t.contiguous() for t in (x, coeff, weight, bias_bank, bias, spatial, residual)
+    )
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     if tactic == TACTIC_TIMED:
         key = (_key(params), dtype, device)
@@ -330,9 +428,9 @@ def _cuda(x, coeff, weight, bias_bank, bias, params, tactic: int) -> torch.Tenso
     elif tactic < 0:
         raise ValueError(f"{OP_TYPE}: tactic {tactic} is not a CUDA tactic (TACTIC_TIMED or a library id)")
     plan = _plan(params, dtype, tactic, device)
-    h_out, w_out = native.output_hw(params, plan.lib)
-    out = torch.empty((params.n, params.c_out, h_out, w_out), dtype=x.dtype, device=x.device)
-    return plan.run(tensors, out)
+    out, mean = _outputs(params, plan.lib, x)
+    plan.run(tensors, out, mean=mean)
+    return out, mean
 
 
 def chosen_tactics() -> list[dict]:
@@ -364,6 +462,19 @@ def clear_caches() -> None:
 # ---- the op ----------------------------------------------------------------------------------------------------
 
 
+def _run(x, coeff, weight, bias_bank, bias, attr_values, tactic, spatial, residual, mean: bool):
+    """(y, mean or None) of one call, on x's device."""
+    attrs = _attrs(*attr_values)
+    params = _params(x, coeff, weight, bias_bank, bias, attrs, spatial, residual, mean)
+    if x.device.type == "cuda":
+        return _cuda(x, coeff, weight, bias_bank, bias, params, tactic, spatial, residual)
+    if x.device.type != "cpu":
+        raise ValueError(f"{OP_TYPE} runs on CPU and CUDA tensors, got {x.device}")
+    if tactic == TACTIC_CPU_REFERENCE:
+        return _cpu_reference(x, coeff, weight, bias_bank, bias, params, spatial, residual)
+    return _cpu_fast(x, coeff, weight, bias_bank, bias, attrs, spatial, residual, mean)
+
+
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def dynamic_conv2d(
     x: torch.Tensor,
@@ -382,39 +493,58 @@ def dynamic_conv2d(
     groups: int = 1,
     activation: int = 0,
     tactic: int = TACTIC_TIMED,
+    spatial: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    attrs = _attrs(
-        stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups, activation
-    )
-    params = _params(x, coeff, weight, bias_bank, bias, attrs)
-    if x.device.type == "cuda":
-        return _cuda(x, coeff, weight, bias_bank, bias, params, tactic)
-    if x.device.type != "cpu":
-        raise ValueError(f"{OP_TYPE} runs on CPU and CUDA tensors, got {x.device}")
-    if tactic == TACTIC_CPU_REFERENCE:
-        return _cpu_reference(x, coeff, weight, bias_bank, bias, params)
-    return _cpu_fast(x, coeff, weight, bias_bank, bias, attrs)
+    attr_values = (stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups)
+    y, _ = _run(x, coeff, weight, bias_bank, bias, (*attr_values, activation), tactic, spatial, residual, False)
+    return y
 
 
-@dynamic_conv2d.register_fake
-def _(
+@torch.library.custom_op(OP_NAME_MEAN, mutates_args=())
+def dynamic_conv2d_mean(
+    x: torch.Tensor,
+    coeff: torch.Tensor,
+    weight: torch.Tensor,
+    bias_bank: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    stride_h: int = 1,
+    stride_w: int = 1,
+    pad_top: int = 0,
+    pad_left: int = 0,
+    pad_bottom: int = 0,
+    pad_right: int = 0,
+    dilation_h: int = 1,
+    dilation_w: int = 1,
+    groups: int = 1,
+    activation: int = 0,
+    tactic: int = TACTIC_TIMED,
+    spatial: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attr_values = (stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups)
+    y, mean = _run(x, coeff, weight, bias_bank, bias, (*attr_values, activation), tactic, spatial, residual, True)
+    assert mean is not None
+    return y, mean
+
+
+def _fake_y(
     x,
     coeff,
     weight,
-    bias_bank=None,
-    bias=None,
-    stride_h=1,
-    stride_w=1,
-    pad_top=0,
-    pad_left=0,
-    pad_bottom=0,
-    pad_right=0,
-    dilation_h=1,
-    dilation_w=1,
-    groups=1,
-    activation=0,
-    tactic=TACTIC_TIMED,
-):
+    stride_h,
+    stride_w,
+    pad_top,
+    pad_left,
+    pad_bottom,
+    pad_right,
+    dilation_h,
+    dilation_w,
+    groups,
+    activation,
+    spatial,
+    residual,
+) -> torch.Tensor:
     check_attributes(
         dict(
             zip(
@@ -435,7 +565,97 @@ def _(
     torch._check(cin_g * groups == c_in, lambda: f"{OP_TYPE}: x's channels differ from weight's C_in/groups * groups")
     h_out = (h + pad_top + pad_bottom - dilation_h * (kh - 1) - 1) // stride_h + 1
     w_out = (w + pad_left + pad_right - dilation_w * (kw - 1) - 1) // stride_w + 1
+    if spatial is not None:
+        torch._check(
+            spatial.dim() == 2 and spatial.shape[0] == n and spatial.shape[1] == kh * kw,
+            lambda: f"{OP_TYPE}: spatial must be [N, kH*kW]",
+        )
+    if residual is not None:
+        torch._check(
+            tuple(residual.shape) == (n, c_out, h_out, w_out), lambda: f"{OP_TYPE}: residual must have y's shape"
+        )
     return x.new_empty((n, c_out, h_out, w_out))
+
+
+@dynamic_conv2d.register_fake
+def _(
+    x,
+    coeff,
+    weight,
+    bias_bank=None,
+    bias=None,
+    stride_h=1,
+    stride_w=1,
+    pad_top=0,
+    pad_left=0,
+    pad_bottom=0,
+    pad_right=0,
+    dilation_h=1,
+    dilation_w=1,
+    groups=1,
+    activation=0,
+    tactic=TACTIC_TIMED,
+    spatial=None,
+    residual=None,
+):
+    return _fake_y(
+        x,
+        coeff,
+        weight,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        pad_bottom,
+        pad_right,
+        dilation_h,
+        dilation_w,
+        groups,
+        activation,
+        spatial,
+        residual,
+    )
+
+
+@dynamic_conv2d_mean.register_fake
+def _(
+    x,
+    coeff,
+    weight,
+    bias_bank=None,
+    bias=None,
+    stride_h=1,
+    stride_w=1,
+    pad_top=0,
+    pad_left=0,
+    pad_bottom=0,
+    pad_right=0,
+    dilation_h=1,
+    dilation_w=1,
+    groups=1,
+    activation=0,
+    tactic=TACTIC_TIMED,
+    spatial=None,
+    residual=None,
+):
+    y = _fake_y(
+        x,
+        coeff,
+        weight,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        pad_bottom,
+        pad_right,
+        dilation_h,
+        dilation_w,
+        groups,
+        activation,
+        spatial,
+        residual,
+    )
+    return y, x.new_empty((y.shape[0], y.shape[1], 1, 1))
 
 
 def op_arguments(stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, activation=0) -> tuple[int, ...]:

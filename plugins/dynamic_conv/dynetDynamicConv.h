@@ -17,7 +17,7 @@
  *   mean      [N, C_out, 1, 1]            optional output (has_mean, version 2): GlobalAveragePool(y)
  *
  * Every function validates its arguments and returns a status code instead of crashing. The enqueueing entry points
- * (dynet_conv_cuda, dynet_conv_cuda_plan_run) neither allocate nor synchronise (graph-capturable); only
+ * (dynet_conv_cuda, dynet_conv_cuda_plan_run and their _v2 forms) neither allocate nor synchronise (graph-capturable); only
  * dynet_conv_cuda_plan_create / dynet_conv_cuda_context_prepare may allocate (library handles), and they are meant
  * to run outside any enqueue.
  * The full spec is plugins/dynamic_conv/README.md.
@@ -302,8 +302,12 @@ DYNET_API int32_t dynet_conv_cuda(const DynetConvParams* p, int32_t dtype, int32
     const void* coeff, const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace,
     size_t workspace_size, void* stream);
 
-/* dynet_conv_cuda for every op version (spatial, residual, mean; p->weight_dtype must equal dtype). dynet_conv_cuda
- * answers DYNET_ERR_INVALID_ARGUMENT for a p above op version 1. */
+/* dynet_conv_cuda for every op version (spatial, residual, mean). p->weight_dtype must equal dtype (the CUDA kernels
+ * take the bank in the I/O dtype; anything else is DYNET_ERR_UNSUPPORTED, and dynet_conv_cuda_plan_create names the
+ * reason in its msg). t's optional pointers follow p: a present tensor's NULL pointer is DYNET_ERR_NULL_POINTER, a
+ * non-NULL pointer for an absent one DYNET_ERR_INVALID_ARGUMENT. The workspace is dynet_conv_cuda_workspace_size's
+ * (version 2 needs no more). dynet_conv_cuda answers DYNET_ERR_INVALID_ARGUMENT for a p above op version 1
+ * (dynet_conv_op_version > 1): such a call must come through this entry point. */
 DYNET_API int32_t dynet_conv_cuda_v2(const DynetConvParams* p, int32_t dtype, int32_t algo, const DynetConvTensors* t,
     void* workspace, size_t workspace_size, void* stream);
 
@@ -362,7 +366,8 @@ DYNET_API int32_t dynet_conv_cuda_plan_create_in(DynetConvCudaContext* ctx, cons
  * creates a handle (on the current device) and may allocate; call it outside enqueue and graph capture (callers that
  * plan per shape use a shared context: dynet_conv_cuda_plan_create_in). Returns DYNET_ERR_UNSUPPORTED (with the
  * reason in msg) when the library is absent or cannot express the call (cuDNN: asymmetric pads; cuBLAS GEMM: a layer
- * that is not pointwise).
+ * that is not pointwise; a weight_dtype other than dtype, or than DYNET_FLOAT32 under the version-1 convention).
+ * Plans of every op version: the version-2 attributes in p are run by dynet_conv_cuda_plan_run_v2.
  */
 DYNET_API int32_t dynet_conv_cuda_plan_create(const DynetConvParams* p, int32_t dtype, int32_t algo,
     size_t workspace_limit, DynetConvCudaPlan** plan, char* msg, size_t msg_size);
@@ -379,7 +384,11 @@ DYNET_API int32_t dynet_conv_cuda_plan_run(const DynetConvCudaPlan* plan, const 
     const void* weight, const void* bias_bank, const void* bias, void* y, void* workspace, size_t workspace_size,
     void* stream);
 
-/* dynet_conv_cuda_plan_run for every op version (the plan's params decide which tensors t must carry). */
+/* dynet_conv_cuda_plan_run for every op version (the plan's params decide which tensors t must carry, as in
+ * dynet_conv_cuda_v2; the plan's weight_dtype must equal its dtype). dynet_conv_cuda_plan_run answers
+ * DYNET_ERR_INVALID_ARGUMENT for a plan whose params are above op version 1: run it here. A plan made with
+ * weight_dtype left at DYNET_FLOAT32 for a float16 dtype (the version-1 convention: weight in the I/O dtype) runs
+ * through dynet_conv_cuda_plan_run only; set weight_dtype = dtype to run a plan here. */
 DYNET_API int32_t dynet_conv_cuda_plan_run_v2(const DynetConvCudaPlan* plan, const DynetConvTensors* t,
     void* workspace, size_t workspace_size, void* stream);
 

@@ -3,14 +3,16 @@
 //
 //   fusion   W~[n, t, :] = sum_k coeff[n, t|0, k] * weight[k, t, :]: per output channel t, [N, K] x [K, R]
 //            (R = C_in/groups*kH*kW) as one strided-batched GEMM over t; per-expert coefficients (C_c = 1) make it one
-//            GEMM [N, K] x [K, C_out*R]. Written in the I/O dtype (the other tactics round the same way).
+//            GEMM [N, K] x [K, C_out*R]. Written in the I/O dtype (the other tactics round the same way). With
+//            op version 2's spatial the library's fuse kernel writes the same [N, C_out, R] layout instead: it scales
+//            each fp32 sum by its tap before the one rounding, which a GEMM writing fp16 could not.
 //   biases   b~[n, t] in the I/O dtype ([N*C_out]), by the library's small fuse kernel.
 //   GEMM     pointwise: y[n, g] = W~[n, g] x[n, g] ([C_out/g, C_in/g] x [C_in/g, H*W]) for every (n, g), one
 //            strided-batched GEMM over N*groups (x, y and W~ are uniformly strided in (n, g));
 //            im2col: per chunk of S samples, cols = im2col(x[n0:n0+S]) ([S*groups, R, H_out*W_out] in the workspace),
 //            then y[n, g] = W~[n, g] cols[n, g], one strided-batched GEMM over S*groups.
-//   epilogue y = act(y + b~) in one kernel (NaN kept through ReLU/ReLU6); skipped when there is neither bias nor
-//            activation.
+//   epilogue y = act(y + b~ + residual) in one kernel (NaN kept through ReLU/ReLU6); skipped when there is no bias,
+//            residual or activation. The mean output (op version 2) is the caller's reduction kernel after this.
 // fp16: tensor cores, fp32 accumulation (CUBLAS_COMPUTE_32F). fp32: CUBLAS_COMPUTE_32F with the handle's math mode
 // CUBLAS_DEFAULT_MATH, so no TF32 (the op's fp32 tolerance is rel 1e-5).
 // Handle: one per context (cublasHandleCreate, outside enqueue). Each run binds the stream and hands cuBLAS a
@@ -191,8 +193,7 @@ void cublasHandleDestroy(void* handle) noexcept
 }
 
 int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t algo, int32_t samplesPerChunk,
-    void const* x, void const* coeff, void const* weight, void const* biasBank, void const* bias, void* y,
-    void* workspace, size_t workspaceBytes, cudaStream_t stream) noexcept
+    DynetConvTensors const& t, void* workspace, size_t workspaceBytes, cudaStream_t stream) noexcept
 {
     if (handle == nullptr)
     {
@@ -229,8 +230,10 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
     dynet_conv_output_hw(&p, &hOut, &wOut);
     int64_t const pixOut = static_cast<int64_t>(hOut) * wOut;
 
-    // 1. kernel fusion (fusionGemm: per output channel, or one GEMM for per-expert coefficients).
-    int32_t status = run(h, dtype, fusionGemm(p), weight, coeff, fused, es);
+    // 1. kernel fusion (fusionGemm: per output channel, or one GEMM for per-expert coefficients; the fuse kernel with
+    // spatial scaling).
+    int32_t status = p.has_spatial ? fuseKernels(p, dtype, t.coeff, t.weight, t.spatial, fused, stream)
+                                   : run(h, dtype, fusionGemm(p), t.weight, t.coeff, fused, es);
     if (status != DYNET_OK)
     {
         return status;
@@ -238,7 +241,7 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
     bool const anyBias = p.has_bias_bank != 0 || p.has_bias != 0;
     if (anyBias)
     {
-        status = fuseBiases(p, dtype, coeff, biasBank, bias, fusedB, stream);
+        status = fuseBiases(p, dtype, t.coeff, t.bias_bank, t.bias, fusedB, stream);
         if (status != DYNET_OK)
         {
             return status;
@@ -248,17 +251,17 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
     // 2. the convolution as batched GEMMs over (sample, group) (convGemm), per im2col chunk for the im2col tactic.
     if (!im2colAlgo)
     {
-        status = run(h, dtype, convGemm(p, algo, 0, p.n), x, fused, y, es);
+        status = run(h, dtype, convGemm(p, algo, 0, p.n), t.x, fused, t.y, es);
     }
     else
     {
         for (int32_t n0 = 0; n0 < p.n && status == DYNET_OK; n0 += samplesPerChunk)
         {
             int32_t const s = std::min(samplesPerChunk, p.n - n0);
-            status = im2col(p, dtype, x, n0, s, cols, stream);
+            status = im2col(p, dtype, t.x, n0, s, cols, stream);
             if (status == DYNET_OK)
             {
-                status = run(h, dtype, convGemm(p, algo, n0, s), cols, fused, y, es);
+                status = run(h, dtype, convGemm(p, algo, n0, s), cols, fused, t.y, es);
             }
         }
     }
@@ -267,11 +270,11 @@ int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t
         return status;
     }
 
-    // 3. bias + activation.
-    if (anyBias || p.activation != DYNET_ACT_NONE)
+    // 3. bias + residual + activation.
+    if (anyBias || p.has_residual || p.activation != DYNET_ACT_NONE)
     {
-        return biasActivate(dtype, y, anyBias ? fusedB : nullptr, static_cast<int64_t>(p.n) * p.c_out, pixOut,
-            p.activation, stream);
+        return biasActivate(dtype, t.y, anyBias ? fusedB : nullptr, p.has_residual ? t.residual : nullptr,
+            static_cast<int64_t>(p.n) * p.c_out, pixOut, p.activation, stream);
     }
     return DYNET_OK;
 }
@@ -287,8 +290,7 @@ int32_t cublasHandleCreate(void** handle, char* msg, size_t msgSize) noexcept
 void cublasHandleDestroy(void* /*handle*/) noexcept {}
 
 int32_t cublasRun(void* /*handle*/, DynetConvParams const& /*p*/, int32_t /*dtype*/, int32_t /*algo*/,
-    int32_t /*samplesPerChunk*/, void const* /*x*/, void const* /*coeff*/, void const* /*weight*/,
-    void const* /*biasBank*/, void const* /*bias*/, void* /*y*/, void* /*workspace*/, size_t /*workspaceBytes*/,
+    int32_t /*samplesPerChunk*/, DynetConvTensors const& /*t*/, void* /*workspace*/, size_t /*workspaceBytes*/,
     cudaStream_t /*stream*/) noexcept
 {
     return DYNET_ERR_UNSUPPORTED;

@@ -10,7 +10,8 @@
 //
 // cuDNN's legacy fused call supports ReLU and identity; identity only with IMPLICIT_PRECOMP_GEMM. ReLU6 runs as
 // identity followed by the library's NaN-propagating in-place activation kernel. NaN propagation through ReLU is
-// requested with CUDNN_PROPAGATE_NAN.
+// requested with CUDNN_PROPAGATE_NAN. Op version 2's residual is the fused call's z input (y = act(conv + alpha2 * z +
+// bias) with alpha2 = 1, z described like y), so it is added before the activation in the same call.
 #include "dynetDynamicConvKernel.h"
 #include "dynetDynamicConvLibs.h"
 
@@ -234,8 +235,8 @@ int32_t cudnnPlanCreate(void* handle, DynetConvParams const& p, int32_t dtype, s
     return DYNET_OK;
 }
 
-int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeights, void const* fusedBiases, void* y,
-    void* scratch, size_t scratchBytes, cudaStream_t stream) noexcept
+int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeights, void const* fusedBiases,
+    void const* residual, void* y, void* scratch, size_t scratchBytes, cudaStream_t stream) noexcept
 {
     if (plan == nullptr || scratchBytes < plan->scratchBytes)
     {
@@ -248,10 +249,12 @@ int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeig
     }
     float const one = 1.F;
     float const zero = 0.F;
-    // alpha2 = 0: z (= y) contributes nothing; cuDNN still needs a descriptor and a pointer for it.
+    // z = the residual with alpha2 = 1 (it has y's shape: yDesc); without one alpha2 = 0 and z = y contributes nothing
+    // (cuDNN still needs a descriptor and a pointer for it).
     cudnnStatus_t const status = api.cudnnConvolutionBiasActivationForward(plan->handle, &one, plan->xDesc, x, plan->wDesc,
-        fusedWeights, plan->convDesc, plan->algo, plan->scratchBytes > 0 ? scratch : nullptr, plan->scratchBytes, &zero,
-        plan->yDesc, y, plan->biasDesc, fusedBiases, plan->actDesc, plan->yDesc, y);
+        fusedWeights, plan->convDesc, plan->algo, plan->scratchBytes > 0 ? scratch : nullptr, plan->scratchBytes,
+        residual != nullptr ? &one : &zero, plan->yDesc, residual != nullptr ? residual : y, plan->biasDesc, fusedBiases,
+        plan->actDesc, plan->yDesc, y);
     if (status != CUDNN_STATUS_SUCCESS)
     {
         return status == CUDNN_STATUS_NOT_SUPPORTED ? DYNET_ERR_UNSUPPORTED : DYNET_ERR_CUDA;

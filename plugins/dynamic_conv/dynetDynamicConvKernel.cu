@@ -9,6 +9,10 @@
 //                (dynetDynamicConvCudnn.cpp); needs a plan (dynet_conv_cuda_plan_create).
 // Every algorithm rounds the fused kernels and biases to the I/O dtype before convolving (a cuDNN convolution on
 // fp16 kernels must), so the tactics TensorRT chooses between differ only in accumulation order.
+// Op version 2 (README, "Versions"): spatial scales each fused kernel value in fp32 before its one rounding (in
+// fuseKernelsKernel for TWO_STEP, CUDNN and the cuBLAS tactics, inline in fusedWeight for ONE_KERNEL); residual is
+// added in each epilogue after the bias and before the activation (cuDNN: its z input, alpha2 = 1; cuBLAS: the
+// bias + activation kernel); mean is one reduction kernel (planeMeanKernel) over the stored y after any tactic.
 // Sizes, offsets and loop counters are 64-bit: validation allows tensors of up to 2^31-1 elements, where 32-bit
 // grid-stride counters would wrap.
 // Three convolution paths (ConvPath): direct (depthwise / small groups), pointwise GEMM, implicit GEMM.
@@ -113,10 +117,19 @@ __device__ __forceinline__ float fusedBias(
     return b;
 }
 
-//! One element of the fused kernel, aggregated on the fly: sum_k coeff[n,t|0,k] * weight[k,t,r].
+//! spatial[n, tap] (op version 2), tap = i*kW + j of a kernel element. Callers with a spatial input multiply the
+//! fp32 sum by it before the one rounding to T.
 template <typename T>
-__device__ __forceinline__ float fusedWeight(ConvArgs const& a, T const* coeff, T const* weight, int64_t n, int32_t t,
-    int64_t r)
+__device__ __forceinline__ float spatialScale(ConvArgs const& a, T const* spatial, int64_t n, int64_t tap)
+{
+    return load(spatial + n * a.khw + tap);
+}
+
+//! One element of the fused kernel, aggregated on the fly: spatial[n, r % (kH*kW)] * sum_k coeff[n,t|0,k] *
+//! weight[k,t,r] (spatial NULL: unscaled), rounded to T.
+template <typename T>
+__device__ __forceinline__ float fusedWeight(ConvArgs const& a, T const* coeff, T const* weight, T const* spatial,
+    int64_t n, int32_t t, int64_t r)
 {
     T const* c = coeffRow(a, coeff, n, t);
     int64_t const plane = static_cast<int64_t>(a.cOut) * a.R;
@@ -126,17 +139,22 @@ __device__ __forceinline__ float fusedWeight(ConvArgs const& a, T const* coeff, 
     {
         acc = fmaf(load(c + k), load(w + k * plane), acc);
     }
+    if (spatial != nullptr)
+    {
+        acc *= spatialScale(a, spatial, n, r % a.khw);
+    }
     return roundTo<T>(acc);
 }
 
 // ---- step 1 of TWO_STEP: kernel fusion for the whole batch ------------------------------------------------------
 // One thread per (t, r): its K basis values are loaded once into registers and reused for every sample, so the
-// bank is read once per call; writes are coalesced along r.
+// bank is read once per call; writes are coalesced along r. With spatial (op version 2) each sample's sum is scaled
+// by its tap's value (r % (kH*kW), which equals i % (kH*kW) since R is a multiple of kH*kW) before the rounding.
 constexpr int32_t kFuseRegK = 8;
 
 template <typename T>
 __global__ void fuseKernelsKernel(ConvArgs a, T const* __restrict__ coeff, T const* __restrict__ weight,
-    T* __restrict__ fused)
+    T const* __restrict__ spatial, T* __restrict__ fused)
 {
     int64_t const total = static_cast<int64_t>(a.cOut) * a.R;
     int64_t const plane = total;
@@ -165,6 +183,10 @@ __global__ void fuseKernelsKernel(ConvArgs a, T const* __restrict__ coeff, T con
             for (int32_t k = kFuseRegK; k < a.k; ++k)
             {
                 acc = fmaf(load(c + k), load(weight + k * plane + i), acc);
+            }
+            if (spatial != nullptr)
+            {
+                acc *= spatialScale(a, spatial, n, i % a.khw);
             }
             fused[n * plane + i] = fromFloat<T>(acc);
         }
@@ -197,17 +219,73 @@ __global__ void activateInPlaceKernel(T* __restrict__ y, int64_t count, int32_t 
     }
 }
 
-//! y[plane, :] = act(y[plane, :] + b~[plane]) (the cuBLAS tactics' epilogue); fusedBias NULL: activation only.
+//! y[plane, :] = act(y[plane, :] + b~[plane] + residual[plane, :]) (the cuBLAS tactics' epilogue); fusedBias /
+//! residual NULL: not added.
 template <typename T>
-__global__ void biasActivateKernel(T* __restrict__ y, T const* __restrict__ fusedBias, int64_t planes, int64_t pixels,
-    int32_t act)
+__global__ void biasActivateKernel(T* __restrict__ y, T const* __restrict__ fusedBias, T const* __restrict__ residual,
+    int64_t planes, int64_t pixels, int32_t act)
 {
     int64_t const total = planes * pixels;
     int64_t const stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride)
     {
-        float const b = fusedBias != nullptr ? toFloat(fusedBias[i / pixels]) : 0.F;
-        y[i] = fromFloat<T>(activate(toFloat(y[i]) + b, act));
+        float v = toFloat(y[i]);
+        if (fusedBias != nullptr)
+        {
+            v += toFloat(fusedBias[i / pixels]);
+        }
+        if (residual != nullptr)
+        {
+            v += load(residual + i);
+        }
+        y[i] = fromFloat<T>(activate(v, act));
+    }
+}
+
+//! mean[plane] = sum(y[plane, :]) / pixels (op version 2's output): one block per plane (grid-strided), fp32
+//! partial sums per thread, then a fixed warp-shuffle and shared-memory tree, so the result does not depend on
+//! scheduling. NaN and Inf in y reach the mean as they reach a sum.
+constexpr int32_t kMeanThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kMeanThreads) planeMeanKernel(T const* __restrict__ y, T* __restrict__ mean,
+    int64_t planes, int64_t pixels)
+{
+    __shared__ float partial[kMeanThreads / 32];
+    int32_t const lane = static_cast<int32_t>(threadIdx.x) & 31;
+    int32_t const warp = static_cast<int32_t>(threadIdx.x) >> 5;
+    for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x)
+    {
+        T const* yp = y + plane * pixels;
+        float s = 0.F;
+        for (int64_t p = threadIdx.x; p < pixels; p += blockDim.x)
+        {
+            s += toFloat(yp[p]);
+        }
+#pragma unroll
+        for (int32_t offset = 16; offset > 0; offset >>= 1)
+        {
+            s += __shfl_down_sync(0xffffffffU, s, offset);
+        }
+        if (lane == 0)
+        {
+            partial[warp] = s;
+        }
+        __syncthreads();
+        if (warp == 0)
+        {
+            s = lane < kMeanThreads / 32 ? partial[lane] : 0.F;
+#pragma unroll
+            for (int32_t offset = 16; offset > 0; offset >>= 1)
+            {
+                s += __shfl_down_sync(0xffffffffU, s, offset);
+            }
+            if (lane == 0)
+            {
+                mean[plane] = fromFloat<T>(s / static_cast<float>(pixels));
+            }
+        }
+        __syncthreads(); // partial is reused by the next plane
     }
 }
 
@@ -250,7 +328,8 @@ constexpr int32_t kDirectThreads = 256;
 template <typename T, bool kOneKernel>
 __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T const* __restrict__ x,
     T const* __restrict__ coeff, T const* __restrict__ weight, T const* __restrict__ fused,
-    T const* __restrict__ biasBank, T const* __restrict__ bias, T* __restrict__ y)
+    T const* __restrict__ biasBank, T const* __restrict__ bias, T const* __restrict__ spatial,
+    T const* __restrict__ residual, T* __restrict__ y)
 {
     extern __shared__ float sKernel[]; // [R] then bias
     int64_t const plane = blockIdx.x;
@@ -258,7 +337,7 @@ __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T
     int32_t const t = static_cast<int32_t>(plane % a.cOut);
     for (int32_t r = threadIdx.x; r < a.R; r += blockDim.x)
     {
-        sKernel[r] = kOneKernel ? fusedWeight(a, coeff, weight, n, t, r)
+        sKernel[r] = kOneKernel ? fusedWeight(a, coeff, weight, spatial, n, t, r)
                                 : load(fused + (n * a.cOut + t) * a.R + r);
     }
     if (threadIdx.x == 0)
@@ -270,6 +349,7 @@ __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T
     int32_t const g = t / a.coutG;
     T const* xg = x + (n * a.cIn + static_cast<int64_t>(g) * a.cinG) * a.pixIn;
     T* yp = y + plane * a.pixOut;
+    T const* rp = residual != nullptr ? residual + plane * a.pixOut : nullptr;
     float const b = sKernel[a.R];
     int64_t const pixStride = static_cast<int64_t>(gridDim.y) * blockDim.x;
     for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < a.pixOut; p += pixStride)
@@ -301,6 +381,10 @@ __global__ void __launch_bounds__(kDirectThreads) directConvKernel(ConvArgs a, T
                 }
             }
         }
+        if (rp != nullptr)
+        {
+            acc += load(rp + p);
+        }
         yp[p] = fromFloat<T>(activate(acc, a.act));
     }
 }
@@ -316,7 +400,8 @@ constexpr int32_t kGemmThreads = 256;
 template <typename T, bool kPointwise, bool kOneKernel>
 __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T const* __restrict__ x,
     T const* __restrict__ coeff, T const* __restrict__ weight, T const* __restrict__ fused,
-    T const* __restrict__ biasBank, T const* __restrict__ bias, T* __restrict__ y)
+    T const* __restrict__ biasBank, T const* __restrict__ bias, T const* __restrict__ spatial,
+    T const* __restrict__ residual, T* __restrict__ y)
 {
     // sA is transposed (sA[kk][m]) so the inner product reads float4 rows; the +4 padding keeps those reads
     // 16-byte aligned and spreads the column-wise stores over the banks.
@@ -366,7 +451,8 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
                 if (m < a.coutG && r < a.R)
                 {
                     int32_t const t = static_cast<int32_t>(tBase + m);
-                    v = kOneKernel ? fusedWeight(a, coeff, weight, n, t, r) : load(fused + (n * a.cOut + t) * a.R + r);
+                    v = kOneKernel ? fusedWeight(a, coeff, weight, spatial, n, t, r)
+                                   : load(fused + (n * a.cOut + t) * a.R + r);
                 }
                 sA[kk][mm] = v;
             }
@@ -425,7 +511,7 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
             __syncthreads();
         }
 
-        // Epilogue: fused bias (rounded to T like the stored kernels), activation, store.
+        // Epilogue: fused bias (rounded to T like the stored kernels), residual, activation, store.
 #pragma unroll
         for (int32_t i = 0; i < 4; ++i)
         {
@@ -437,13 +523,19 @@ __global__ void __launch_bounds__(kGemmThreads) gemmConvKernel(ConvArgs a, T con
             int32_t const t = static_cast<int32_t>(tBase + m);
             float const b = roundTo<T>(fusedBias(a, coeff, biasBank, bias, n, t));
             T* yr = y + (n * a.cOut + t) * a.pixOut;
+            T const* rr = residual != nullptr ? residual + (n * a.cOut + t) * a.pixOut : nullptr;
 #pragma unroll
             for (int32_t j = 0; j < 4; ++j)
             {
                 int64_t const p = p0 + tx * 4 + j;
                 if (p < a.pixOut)
                 {
-                    yr[p] = fromFloat<T>(activate(acc[i][j] + b, a.act));
+                    float v = acc[i][j] + b;
+                    if (rr != nullptr)
+                    {
+                        v += load(rr + p);
+                    }
+                    yr[p] = fromFloat<T>(activate(v, a.act));
                 }
             }
         }
@@ -500,9 +592,34 @@ int32_t launchStatus()
     return cudaGetLastError() == cudaSuccess ? DYNET_OK : DYNET_ERR_CUDA;
 }
 
+//! The tensors of one call in T (absent ones NULL) plus the fused kernels in the workspace (TWO_STEP).
+template <typename T>
+struct Tensors
+{
+    T const* x;
+    T const* coeff;
+    T const* weight;
+    T const* biasBank;
+    T const* bias;
+    T const* spatial;
+    T const* residual;
+    T* y;
+    T* mean;
+};
+
+template <typename T>
+Tensors<T> typed(DynetConvParams const& p, DynetConvTensors const& t)
+{
+    return Tensors<T>{static_cast<T const*>(t.x), static_cast<T const*>(t.coeff), static_cast<T const*>(t.weight),
+        p.has_bias_bank ? static_cast<T const*>(t.bias_bank) : nullptr,
+        p.has_bias ? static_cast<T const*>(t.bias) : nullptr,
+        p.has_spatial ? static_cast<T const*>(t.spatial) : nullptr,
+        p.has_residual ? static_cast<T const*>(t.residual) : nullptr, static_cast<T*>(t.y),
+        p.has_mean ? static_cast<T*>(t.mean) : nullptr};
+}
+
 template <typename T, bool kOneKernel>
-int32_t launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff, T const* weight, T const* fused,
-    T const* biasBank, T const* bias, T* y, cudaStream_t stream)
+int32_t launchConv(ConvPath path, ConvArgs const& a, Tensors<T> const& t, T const* fused, cudaStream_t stream)
 {
     if (path == ConvPath::kDirect)
     {
@@ -511,7 +628,7 @@ int32_t launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff,
             std::min<int64_t>((a.pixOut + kDirectThreads - 1) / kDirectThreads, 65535));
         size_t const smem = (static_cast<size_t>(a.R) + 1) * sizeof(float);
         directConvKernel<T, kOneKernel><<<dim3(planes, strips), kDirectThreads, smem, stream>>>(
-            a, x, coeff, weight, fused, biasBank, bias, y);
+            a, t.x, t.coeff, t.weight, fused, t.biasBank, t.bias, t.spatial, t.residual, t.y);
         return launchStatus();
     }
     dim3 const grid(static_cast<unsigned>((a.pixOut + kTileN - 1) / kTileN),
@@ -520,58 +637,79 @@ int32_t launchConv(ConvPath path, ConvArgs const& a, T const* x, T const* coeff,
     if (path == ConvPath::kPointwise)
     {
         gemmConvKernel<T, true, kOneKernel><<<grid, kGemmThreads, 0, stream>>>(
-            a, x, coeff, weight, fused, biasBank, bias, y);
+            a, t.x, t.coeff, t.weight, fused, t.biasBank, t.bias, t.spatial, t.residual, t.y);
     }
     else
     {
         gemmConvKernel<T, false, kOneKernel><<<grid, kGemmThreads, 0, stream>>>(
-            a, x, coeff, weight, fused, biasBank, bias, y);
+            a, t.x, t.coeff, t.weight, fused, t.biasBank, t.bias, t.spatial, t.residual, t.y);
     }
     return launchStatus();
 }
 
 template <typename T>
-int32_t launchFuseKernels(ConvArgs const& a, T const* coeff, T const* weight, T* fused, cudaStream_t stream)
+int32_t launchFuseKernels(ConvArgs const& a, T const* coeff, T const* weight, T const* spatial, T* fused,
+    cudaStream_t stream)
 {
     constexpr int32_t kThreads = 256;
     fuseKernelsKernel<T><<<blocksFor(static_cast<int64_t>(a.cOut) * a.R, kThreads), kThreads, 0, stream>>>(
-        a, coeff, weight, fused);
+        a, coeff, weight, spatial, fused);
     return launchStatus();
 }
 
 template <typename T>
-int32_t run(DynetConvParams const& p, int32_t algo, void const* xv, void const* coeffv, void const* weightv,
-    void const* biasBankv, void const* biasv, void* yv, void* workspace, cudaStream_t stream)
+int32_t planeMeanT(void const* y, void* mean, int64_t planes, int64_t pixels, cudaStream_t stream)
 {
-    auto const* x = static_cast<T const*>(xv);
-    auto const* coeff = static_cast<T const*>(coeffv);
-    auto const* weight = static_cast<T const*>(weightv);
-    auto const* biasBank = p.has_bias_bank ? static_cast<T const*>(biasBankv) : nullptr;
-    auto const* bias = p.has_bias ? static_cast<T const*>(biasv) : nullptr;
-    auto* y = static_cast<T*>(yv);
+    // One block per plane up to 2^20 blocks (grid-strided beyond); planes >= 1 for a valid call.
+    unsigned const blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(planes, int64_t{1} << 20)));
+    planeMeanKernel<T><<<blocks, kMeanThreads, 0, stream>>>(static_cast<T const*>(y), static_cast<T*>(mean), planes,
+        pixels);
+    return launchStatus();
+}
+
+template <typename T>
+int32_t run(DynetConvParams const& p, int32_t algo, DynetConvTensors const& tensors, void* workspace,
+    cudaStream_t stream)
+{
+    Tensors<T> const t = typed<T>(p, tensors);
     ConvArgs const a = makeArgs(p);
     ConvPath const path = selectPath(p);
+    int32_t status = DYNET_OK;
     if (algo == DYNET_ALGO_ONE_KERNEL)
     {
-        return launchConv<T, true>(path, a, x, coeff, weight, nullptr, biasBank, bias, y, stream);
+        status = launchConv<T, true>(path, a, t, nullptr, stream);
     }
-    auto* fused = static_cast<T*>(workspace);
-    int32_t const status = launchFuseKernels<T>(a, coeff, weight, fused, stream);
-    if (status != DYNET_OK)
+    else
     {
-        return status; // never launch the convolution on kernels that were not written
+        auto* fused = static_cast<T*>(workspace);
+        status = launchFuseKernels<T>(a, t.coeff, t.weight, t.spatial, fused, stream);
+        if (status == DYNET_OK) // never launch the convolution on kernels that were not written
+        {
+            status = launchConv<T, false>(path, a, t, fused, stream);
+        }
     }
-    return launchConv<T, false>(path, a, x, coeff, weight, fused, biasBank, bias, y, stream);
+    if (status == DYNET_OK && t.mean != nullptr)
+    {
+        status = planeMeanT<T>(t.y, t.mean, static_cast<int64_t>(a.n) * a.cOut, a.pixOut, stream);
+    }
+    return status;
+}
+
+template <typename T>
+int32_t fuseKernelsT(DynetConvParams const& p, void const* coeff, void const* weight, void const* spatial,
+    void* fused, cudaStream_t stream)
+{
+    return launchFuseKernels<T>(makeArgs(p), static_cast<T const*>(coeff), static_cast<T const*>(weight),
+        p.has_spatial ? static_cast<T const*>(spatial) : nullptr, static_cast<T*>(fused), stream);
 }
 
 template <typename T>
 int32_t fuseForCudnnT(DynetConvParams const& p, void const* coeffv, void const* weightv, void const* biasBankv,
-    void const* biasv, void* fusedWeights, void* fusedBiases, cudaStream_t stream)
+    void const* biasv, void const* spatial, void* fusedWeights, void* fusedBiases, cudaStream_t stream)
 {
     ConvArgs const a = makeArgs(p);
     auto const* coeff = static_cast<T const*>(coeffv);
-    int32_t const status
-        = launchFuseKernels<T>(a, coeff, static_cast<T const*>(weightv), static_cast<T*>(fusedWeights), stream);
+    int32_t const status = fuseKernelsT<T>(p, coeffv, weightv, spatial, fusedWeights, stream);
     if (status != DYNET_OK)
     {
         return status;
@@ -596,11 +734,12 @@ int32_t fuseBiasesT(DynetConvParams const& p, void const* coeff, void const* bia
 }
 
 template <typename T>
-int32_t biasActivateT(void* y, void const* fusedBias, int64_t planes, int64_t pixels, int32_t act, cudaStream_t stream)
+int32_t biasActivateT(void* y, void const* fusedBias, void const* residual, int64_t planes, int64_t pixels,
+    int32_t act, cudaStream_t stream)
 {
     constexpr int32_t kThreads = 256;
     biasActivateKernel<T><<<blocksFor(planes * pixels, kThreads), kThreads, 0, stream>>>(static_cast<T*>(y),
-        static_cast<T const*>(fusedBias), planes, pixels, act);
+        static_cast<T const*>(fusedBias), static_cast<T const*>(residual), planes, pixels, act);
     return launchStatus();
 }
 
@@ -670,14 +809,25 @@ size_t fusedBiasBytes(DynetConvParams const& p, int32_t dtype) noexcept
     return align(static_cast<size_t>(p.n) * static_cast<size_t>(p.c_out) * dtypeSize(dtype));
 }
 
-int32_t fuseForCudnn(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
-    void const* biasBank, void const* bias, void* fusedWeights, void* fusedBiases, cudaStream_t stream) noexcept
+int32_t fuseKernels(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
+    void const* spatial, void* fusedWeights, cudaStream_t stream) noexcept
 {
     if (dtype == DYNET_FLOAT32)
     {
-        return fuseForCudnnT<float>(p, coeff, weight, biasBank, bias, fusedWeights, fusedBiases, stream);
+        return fuseKernelsT<float>(p, coeff, weight, spatial, fusedWeights, stream);
     }
-    return fuseForCudnnT<__half>(p, coeff, weight, biasBank, bias, fusedWeights, fusedBiases, stream);
+    return fuseKernelsT<__half>(p, coeff, weight, spatial, fusedWeights, stream);
+}
+
+int32_t fuseForCudnn(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
+    void const* biasBank, void const* bias, void const* spatial, void* fusedWeights, void* fusedBiases,
+    cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return fuseForCudnnT<float>(p, coeff, weight, biasBank, bias, spatial, fusedWeights, fusedBiases, stream);
+    }
+    return fuseForCudnnT<__half>(p, coeff, weight, biasBank, bias, spatial, fusedWeights, fusedBiases, stream);
 }
 
 int32_t activateInPlace(int32_t dtype, void* y, int64_t count, int32_t act, cudaStream_t stream) noexcept
@@ -704,14 +854,24 @@ int32_t fuseBiases(DynetConvParams const& p, int32_t dtype, void const* coeff, v
     return fuseBiasesT<__half>(p, coeff, biasBank, bias, fusedBiases, stream);
 }
 
-int32_t biasActivate(int32_t dtype, void* y, void const* fusedBiases, int64_t planes, int64_t pixels, int32_t act,
+int32_t biasActivate(int32_t dtype, void* y, void const* fusedBiases, void const* residual, int64_t planes,
+    int64_t pixels, int32_t act, cudaStream_t stream) noexcept
+{
+    if (dtype == DYNET_FLOAT32)
+    {
+        return biasActivateT<float>(y, fusedBiases, residual, planes, pixels, act, stream);
+    }
+    return biasActivateT<__half>(y, fusedBiases, residual, planes, pixels, act, stream);
+}
+
+int32_t planeMean(int32_t dtype, void const* y, void* mean, int64_t planes, int64_t pixels,
     cudaStream_t stream) noexcept
 {
     if (dtype == DYNET_FLOAT32)
     {
-        return biasActivateT<float>(y, fusedBiases, planes, pixels, act, stream);
+        return planeMeanT<float>(y, mean, planes, pixels, stream);
     }
-    return biasActivateT<__half>(y, fusedBiases, planes, pixels, act, stream);
+    return planeMeanT<__half>(y, mean, planes, pixels, stream);
 }
 
 int32_t im2col(DynetConvParams const& p, int32_t dtype, void const* x, int32_t n0, int32_t samples, void* cols,
@@ -743,7 +903,8 @@ int32_t cudnnPlanCreate(void* /*handle*/, DynetConvParams const& /*p*/, int32_t 
 }
 
 int32_t cudnnPlanRun(CudnnPlan const* /*plan*/, void const* /*x*/, void const* /*fusedWeights*/,
-    void const* /*fusedBiases*/, void* /*y*/, void* /*scratch*/, size_t /*scratchBytes*/, cudaStream_t /*stream*/) noexcept
+    void const* /*fusedBiases*/, void const* /*residual*/, void* /*y*/, void* /*scratch*/, size_t /*scratchBytes*/,
+    cudaStream_t /*stream*/) noexcept
 {
     return DYNET_ERR_UNSUPPORTED;
 }
@@ -800,35 +961,83 @@ int32_t checkCall(DynetConvParams const* p, int32_t dtype, int32_t algo)
     return DYNET_OK;
 }
 
-int32_t checkPointers(DynetConvParams const& p, void const* x, void const* coeff, void const* weight,
-    void const* biasBank, void const* bias, void const* y)
-{
-    if (x == nullptr || coeff == nullptr || weight == nullptr || y == nullptr
-        || (p.has_bias_bank && biasBank == nullptr) || (p.has_bias && bias == nullptr))
-    {
-        return DYNET_ERR_NULL_POINTER;
-    }
-    return DYNET_OK;
-}
-
-int32_t runResolved(DynetConvParams const& p, int32_t dtype, int32_t resolved, void const* x, void const* coeff,
-    void const* weight, void const* biasBank, void const* bias, void* y, void* workspace, cudaStream_t s)
-{
-    // A launch error left pending by earlier, unrelated work would otherwise be read back as this call's.
-    static_cast<void>(cudaGetLastError());
-    if (dtype == DYNET_FLOAT32)
-    {
-        return dynet::run<float>(p, resolved, x, coeff, weight, biasBank, bias, y, workspace, s);
-    }
-    return dynet::run<__half>(p, resolved, x, coeff, weight, biasBank, bias, y, workspace, s);
-}
-
 void writeMsg(char* msg, size_t size, char const* text)
 {
     if (msg != nullptr && size > 0)
     {
         std::snprintf(msg, size, "%s", text);
     }
+}
+
+char const* dtypeName(int32_t dtype)
+{
+    return dtype == DYNET_FLOAT32 ? "float32"
+        : dtype == DYNET_FLOAT16  ? "float16"
+        : dtype == DYNET_BFLOAT16 ? "bfloat16"
+                                  : "an unknown type";
+}
+
+//! The CUDA kernels read weight in the I/O dtype. strict (the version-2 enqueues): p.weight_dtype must equal dtype.
+//! Otherwise (workspace sizes, plans) the version-1 convention is accepted as well: weight_dtype left at its default
+//! DYNET_FLOAT32 with an fp16 dtype is a version-1 caller whose weight is in dtype (dynet_conv_cuda_plan_run).
+int32_t checkWeightType(DynetConvParams const& p, int32_t dtype, bool strict, char* msg, size_t size)
+{
+    if (p.weight_dtype == dtype || (!strict && p.weight_dtype == DYNET_FLOAT32))
+    {
+        return DYNET_OK;
+    }
+    if (msg != nullptr && size > 0)
+    {
+        std::snprintf(msg, size, "the CUDA kernels take the weight bank in the I/O dtype (%s), got weight_dtype %s: a "
+            "reduced-precision bank runs on the onnxruntime CPU library only", dtypeName(dtype),
+            dtypeName(p.weight_dtype));
+    }
+    return DYNET_ERR_UNSUPPORTED;
+}
+
+//! The tensors a version-1 entry point was given, as the version-2 struct (optional inputs taken only when present,
+//! as dynet_conv_cuda always did).
+DynetConvTensors tensorsV1(DynetConvParams const& p, void const* x, void const* coeff, void const* weight,
+    void const* biasBank, void const* bias, void* y)
+{
+    return DynetConvTensors{x, coeff, weight, p.has_bias_bank ? biasBank : nullptr, p.has_bias ? bias : nullptr,
+        nullptr, nullptr, y, nullptr};
+}
+
+//! Required pointers set, optional ones set exactly when p says the tensor is present (NULL_POINTER for a missing
+//! one, INVALID_ARGUMENT for a pointer p says is absent: its has_* flag disagrees with the caller).
+int32_t checkTensors(DynetConvParams const& p, DynetConvTensors const& t)
+{
+    if (t.x == nullptr || t.coeff == nullptr || t.weight == nullptr || t.y == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    void const* const optional[] = {t.bias_bank, t.bias, t.spatial, t.residual, t.mean};
+    int32_t const present[] = {p.has_bias_bank, p.has_bias, p.has_spatial, p.has_residual, p.has_mean};
+    for (size_t i = 0; i < sizeof(present) / sizeof(present[0]); ++i)
+    {
+        if (present[i] != 0 && optional[i] == nullptr)
+        {
+            return DYNET_ERR_NULL_POINTER;
+        }
+        if (present[i] == 0 && optional[i] != nullptr)
+        {
+            return DYNET_ERR_INVALID_ARGUMENT;
+        }
+    }
+    return DYNET_OK;
+}
+
+int32_t runResolved(DynetConvParams const& p, int32_t dtype, int32_t resolved, DynetConvTensors const& t,
+    void* workspace, cudaStream_t s)
+{
+    // A launch error left pending by earlier, unrelated work would otherwise be read back as this call's.
+    static_cast<void>(cudaGetLastError());
+    if (dtype == DYNET_FLOAT32)
+    {
+        return dynet::run<float>(p, resolved, t, workspace, s);
+    }
+    return dynet::run<__half>(p, resolved, t, workspace, s);
 }
 
 //! Whether the resolved algorithm can express p at all (checked before any library is loaded or handle made).
@@ -858,7 +1067,7 @@ extern "C" {
 
 size_t dynet_conv_cuda_workspace_size(DynetConvParams const* p, int32_t dtype, int32_t algo)
 {
-    if (checkCall(p, dtype, algo) != DYNET_OK)
+    if (checkCall(p, dtype, algo) != DYNET_OK || checkWeightType(*p, dtype, false, nullptr, 0) != DYNET_OK)
     {
         return 0;
     }
@@ -879,20 +1088,15 @@ size_t dynet_conv_cuda_workspace_size(DynetConvParams const* p, int32_t dtype, i
     return 0;
 }
 
-int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, void const* x, void const* coeff,
-    void const* weight, void const* bias_bank, void const* bias, void* y, void* workspace, size_t workspace_size,
-    void* stream)
+} // extern "C"
+
+namespace
 {
-    int32_t status = checkCall(p, dtype, algo);
-    if (status != DYNET_OK)
-    {
-        return status;
-    }
-    status = checkPointers(*p, x, coeff, weight, bias_bank, bias, y);
-    if (status != DYNET_OK)
-    {
-        return status;
-    }
+
+//! dynet_conv_cuda / dynet_conv_cuda_v2 after their own checks (params valid, weight type and tensors checked).
+int32_t enqueueUnplanned(DynetConvParams const* p, int32_t dtype, int32_t algo, DynetConvTensors const& t,
+    void* workspace, size_t workspace_size, void* stream)
+{
     int32_t const resolved = dynet::resolveAlgo(*p, algo);
     if (resolved == DYNET_ALGO_CUDNN || isCublasAlgo(resolved))
     {
@@ -903,8 +1107,55 @@ int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, v
     {
         return DYNET_ERR_WORKSPACE;
     }
-    return runResolved(*p, dtype, resolved, x, coeff, weight, bias_bank, bias, y, workspace,
-        static_cast<cudaStream_t>(stream));
+    return runResolved(*p, dtype, resolved, t, workspace, static_cast<cudaStream_t>(stream));
+}
+
+} // namespace
+
+extern "C" {
+
+int32_t dynet_conv_cuda(DynetConvParams const* p, int32_t dtype, int32_t algo, void const* x, void const* coeff,
+    void const* weight, void const* bias_bank, void const* bias, void* y, void* workspace, size_t workspace_size,
+    void* stream)
+{
+    int32_t const status = checkCall(p, dtype, algo);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    if (dynet_conv_op_version(p) > 1)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT; // spatial, residual, mean or a weight_dtype: dynet_conv_cuda_v2
+    }
+    DynetConvTensors const t = tensorsV1(*p, x, coeff, weight, bias_bank, bias, y);
+    if (int32_t const pointers = checkTensors(*p, t); pointers != DYNET_OK)
+    {
+        return pointers;
+    }
+    return enqueueUnplanned(p, dtype, algo, t, workspace, workspace_size, stream);
+}
+
+int32_t dynet_conv_cuda_v2(DynetConvParams const* p, int32_t dtype, int32_t algo, DynetConvTensors const* t,
+    void* workspace, size_t workspace_size, void* stream)
+{
+    if (t == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    int32_t status = checkCall(p, dtype, algo);
+    if (status == DYNET_OK)
+    {
+        status = checkWeightType(*p, dtype, true, nullptr, 0);
+    }
+    if (status == DYNET_OK)
+    {
+        status = checkTensors(*p, *t);
+    }
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
+    return enqueueUnplanned(p, dtype, algo, *t, workspace, workspace_size, stream);
 }
 
 int32_t dynet_conv_cuda_has_cudnn(void)
@@ -1011,6 +1262,11 @@ int32_t dynet_conv_cuda_plan_create_in(DynetConvCudaContext* ctx, DynetConvParam
         writeMsg(msg, msg_size, status == DYNET_ERR_UNSUPPORTED ? "unsupported dtype" : "invalid params or algorithm");
         return status;
     }
+    int32_t const weightType = checkWeightType(*p, dtype, false, msg, msg_size);
+    if (weightType != DYNET_OK)
+    {
+        return weightType;
+    }
     int32_t const resolved = dynet::resolveAlgo(*p, algo);
     int32_t const applicable = checkApplicable(*p, resolved, msg, msg_size);
     if (applicable != DYNET_OK)
@@ -1105,6 +1361,11 @@ int32_t dynet_conv_cuda_plan_create(DynetConvParams const* p, int32_t dtype, int
         writeMsg(msg, msg_size, status == DYNET_ERR_UNSUPPORTED ? "unsupported dtype" : "invalid params or algorithm");
         return status;
     }
+    status = checkWeightType(*p, dtype, false, msg, msg_size);
+    if (status != DYNET_OK)
+    {
+        return status;
+    }
     int32_t const resolved = dynet::resolveAlgo(*p, algo);
     status = checkApplicable(*p, resolved, msg, msg_size);
     if (status != DYNET_OK)
@@ -1141,6 +1402,58 @@ int32_t dynet_conv_cuda_plan_algo(DynetConvCudaPlan const* plan)
     return plan == nullptr ? -1 : plan->algo;
 }
 
+} // extern "C"
+
+namespace
+{
+
+//! dynet_conv_cuda_plan_run / _v2 after their own checks (tensors checked against the plan's params).
+int32_t enqueuePlanned(DynetConvCudaPlan const& plan, DynetConvTensors const& t, void* workspace,
+    size_t workspace_size, cudaStream_t s)
+{
+    DynetConvParams const& p = plan.params;
+    if (plan.workspaceBytes > 0 && (workspace == nullptr || workspace_size < plan.workspaceBytes))
+    {
+        return DYNET_ERR_WORKSPACE;
+    }
+    if (plan.algo != DYNET_ALGO_CUDNN && !isCublasAlgo(plan.algo))
+    {
+        return runResolved(p, plan.dtype, plan.algo, t, workspace, s); // the mean included
+    }
+    static_cast<void>(cudaGetLastError()); // see runResolved
+    int32_t status = DYNET_OK;
+    if (isCublasAlgo(plan.algo))
+    {
+        status = dynet::cublasRun(plan.context->cublas, p, plan.dtype, plan.algo, plan.samplesPerChunk, t, workspace,
+            plan.workspaceBytes, s);
+    }
+    else
+    {
+        auto* base = static_cast<char*>(workspace);
+        size_t const wBytes = dynet::fusedKernelBytes(p, plan.dtype);
+        size_t const bBytes = dynet::fusedBiasBytes(p, plan.dtype);
+        status = dynet::fuseForCudnn(p, plan.dtype, t.coeff, t.weight, t.bias_bank, t.bias, t.spatial, base,
+            base + wBytes, s);
+        if (status == DYNET_OK)
+        {
+            status = dynet::cudnnPlanRun(plan.cudnn, t.x, base, base + wBytes, p.has_residual ? t.residual : nullptr,
+                t.y, base + wBytes + bBytes, plan.workspaceBytes - wBytes - bBytes, s);
+        }
+    }
+    if (status == DYNET_OK && p.has_mean)
+    {
+        DynetConvSizes sizes; // valid params: the plan was made from them
+        dynet_conv_sizes(&p, &sizes, nullptr, 0);
+        status = dynet::planeMean(plan.dtype, t.y, t.mean, static_cast<int64_t>(p.n) * p.c_out,
+            sizes.h_out * sizes.w_out, s);
+    }
+    return status;
+}
+
+} // namespace
+
+extern "C" {
+
 int32_t dynet_conv_cuda_plan_run(DynetConvCudaPlan const* plan, void const* x, void const* coeff, void const* weight,
     void const* bias_bank, void const* bias, void* y, void* workspace, size_t workspace_size, void* stream)
 {
@@ -1149,36 +1462,35 @@ int32_t dynet_conv_cuda_plan_run(DynetConvCudaPlan const* plan, void const* x, v
         return DYNET_ERR_NULL_POINTER;
     }
     DynetConvParams const& p = plan->params;
-    int32_t const status = checkPointers(p, x, coeff, weight, bias_bank, bias, y);
+    if (dynet_conv_op_version(&p) > 1)
+    {
+        return DYNET_ERR_INVALID_ARGUMENT; // spatial, residual, mean or a weight_dtype: dynet_conv_cuda_plan_run_v2
+    }
+    DynetConvTensors const t = tensorsV1(p, x, coeff, weight, bias_bank, bias, y);
+    if (int32_t const pointers = checkTensors(p, t); pointers != DYNET_OK)
+    {
+        return pointers;
+    }
+    return enqueuePlanned(*plan, t, workspace, workspace_size, static_cast<cudaStream_t>(stream));
+}
+
+int32_t dynet_conv_cuda_plan_run_v2(DynetConvCudaPlan const* plan, DynetConvTensors const* t, void* workspace,
+    size_t workspace_size, void* stream)
+{
+    if (plan == nullptr || t == nullptr)
+    {
+        return DYNET_ERR_NULL_POINTER;
+    }
+    int32_t status = checkWeightType(plan->params, plan->dtype, true, nullptr, 0);
+    if (status == DYNET_OK)
+    {
+        status = checkTensors(plan->params, *t);
+    }
     if (status != DYNET_OK)
     {
         return status;
     }
-    if (plan->workspaceBytes > 0 && (workspace == nullptr || workspace_size < plan->workspaceBytes))
-    {
-        return DYNET_ERR_WORKSPACE;
-    }
-    auto const s = static_cast<cudaStream_t>(stream);
-    if (plan->algo != DYNET_ALGO_CUDNN && !isCublasAlgo(plan->algo))
-    {
-        return runResolved(p, plan->dtype, plan->algo, x, coeff, weight, bias_bank, bias, y, workspace, s);
-    }
-    static_cast<void>(cudaGetLastError()); // see runResolved
-    if (isCublasAlgo(plan->algo))
-    {
-        return dynet::cublasRun(plan->context->cublas, p, plan->dtype, plan->algo, plan->samplesPerChunk, x, coeff,
-            weight, bias_bank, bias, y, workspace, plan->workspaceBytes, s);
-    }
-    auto* base = static_cast<char*>(workspace);
-    size_t const wBytes = dynet::fusedKernelBytes(p, plan->dtype);
-    size_t const bBytes = dynet::fusedBiasBytes(p, plan->dtype);
-    int32_t const fs = dynet::fuseForCudnn(p, plan->dtype, coeff, weight, bias_bank, bias, base, base + wBytes, s);
-    if (fs != DYNET_OK)
-    {
-        return fs;
-    }
-    return dynet::cudnnPlanRun(plan->cudnn, x, base, base + wBytes, y, base + wBytes + bBytes,
-        plan->workspaceBytes - wBytes - bBytes, s);
+    return enqueuePlanned(*plan, *t, workspace, workspace_size, static_cast<cudaStream_t>(stream));
 }
 
 void dynet_conv_cuda_plan_destroy(DynetConvCudaPlan* plan)

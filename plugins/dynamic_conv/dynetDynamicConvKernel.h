@@ -44,9 +44,17 @@ size_t fusedBiasBytes(DynetConvParams const& p, int32_t dtype) noexcept;
 //! Round bytes up to kWorkspaceAlignment.
 size_t alignBytes(size_t bytes) noexcept;
 
-//! Enqueue the fusion of kernels ([N*C_out, C_in/groups, kH, kW]) and biases ([N*C_out]) in dtype.
+//! Enqueue the kernel fusion of the batch into fusedWeights ([N*C_out, C_in/groups, kH, kW], dtype): fp32
+//! accumulation, each value scaled by spatial[n, i*kW + j] when spatial is not NULL (op version 2), then rounded to
+//! dtype once.
+int32_t fuseKernels(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
+    void const* spatial, void* fusedWeights, cudaStream_t stream) noexcept;
+
+//! Enqueue the fusion of kernels ([N*C_out, C_in/groups, kH, kW], spatial-scaled as in fuseKernels) and biases
+//! ([N*C_out]) in dtype.
 int32_t fuseForCudnn(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* weight,
-    void const* biasBank, void const* bias, void* fusedWeights, void* fusedBiases, cudaStream_t stream) noexcept;
+    void const* biasBank, void const* bias, void const* spatial, void* fusedWeights, void* fusedBiases,
+    cudaStream_t stream) noexcept;
 
 //! Enqueue y = act(y) in place over `count` elements (NaN-propagating, like the kernels' epilogues).
 int32_t activateInPlace(int32_t dtype, void* y, int64_t count, int32_t act, cudaStream_t stream) noexcept;
@@ -55,9 +63,14 @@ int32_t activateInPlace(int32_t dtype, void* y, int64_t count, int32_t act, cuda
 int32_t fuseBiases(DynetConvParams const& p, int32_t dtype, void const* coeff, void const* biasBank, void const* bias,
     void* fusedBiases, cudaStream_t stream) noexcept;
 
-//! Enqueue y[plane, :] = act(y[plane, :] + fusedBiases[plane]) over `planes` planes of `pixels` elements
-//! (fusedBiases may be NULL: activation only). NaN-propagating like the kernels' epilogues.
-int32_t biasActivate(int32_t dtype, void* y, void const* fusedBiases, int64_t planes, int64_t pixels, int32_t act,
+//! Enqueue y[plane, :] = act(y[plane, :] + fusedBiases[plane] + residual[plane, :]) over `planes` planes of `pixels`
+//! elements (fusedBiases / residual may be NULL: not added). NaN-propagating like the kernels' epilogues.
+int32_t biasActivate(int32_t dtype, void* y, void const* fusedBiases, void const* residual, int64_t planes,
+    int64_t pixels, int32_t act, cudaStream_t stream) noexcept;
+
+//! Enqueue mean[plane] = mean of y[plane, :] over `pixels` elements for `planes` planes (op version 2's output),
+//! accumulated in fp32 (one block per plane, a fixed reduction order), rounded to dtype once.
+int32_t planeMean(int32_t dtype, void const* y, void* mean, int64_t planes, int64_t pixels,
     cudaStream_t stream) noexcept;
 
 //! Enqueue the im2col of samples [n0, n0 + samples) of x into cols ([samples, C_in*kH*kW, H_out*W_out], dtype).
@@ -82,9 +95,10 @@ void cudnnHandleDestroy(void* handle) noexcept;
 int32_t cudnnPlanCreate(void* handle, DynetConvParams const& p, int32_t dtype, size_t scratchLimit, CudnnPlan** plan,
     size_t* scratchBytes, char* msg, size_t msgSize) noexcept;
 
-//! Enqueue the grouped convolution with fused bias and activation on the fused kernels and biases.
-int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeights, void const* fusedBiases, void* y,
-    void* scratch, size_t scratchBytes, cudaStream_t stream) noexcept;
+//! Enqueue the grouped convolution with fused bias, residual (cuDNN's z with alpha2 = 1; NULL: none) and activation
+//! on the fused kernels and biases.
+int32_t cudnnPlanRun(CudnnPlan const* plan, void const* x, void const* fusedWeights, void const* fusedBiases,
+    void const* residual, void* y, void* scratch, size_t scratchBytes, cudaStream_t stream) noexcept;
 
 void cudnnPlanDestroy(CudnnPlan* plan) noexcept;
 
@@ -135,11 +149,12 @@ GemmDesc convGemm(DynetConvParams const& p, int32_t algo, int32_t n0, int32_t sa
 int32_t cublasHandleCreate(void** handle, char* msg, size_t msgSize) noexcept;
 void cublasHandleDestroy(void* handle) noexcept;
 
-//! Enqueue a cuBLAS tactic: fusion GEMM, fused biases, (im2col +) batched GEMM per chunk, bias + activation.
-//! The workspace holds [fused kernels | fused biases | cuBLAS scratch | columns] (cublasWorkspaceBytes).
+//! Enqueue a cuBLAS tactic: fusion GEMM (the fuse kernel instead when t.spatial is set, so each fused value is
+//! scaled before its one rounding), fused biases, (im2col +) batched GEMM per chunk, then bias + residual +
+//! activation. t.mean is not written here (the caller's reduction). The workspace holds
+//! [fused kernels | fused biases | cuBLAS scratch | columns] (cublasWorkspaceBytes).
 int32_t cublasRun(void* handle, DynetConvParams const& p, int32_t dtype, int32_t algo, int32_t samplesPerChunk,
-    void const* x, void const* coeff, void const* weight, void const* biasBank, void const* bias, void* y,
-    void* workspace, size_t workspaceBytes, cudaStream_t stream) noexcept;
+    DynetConvTensors const& t, void* workspace, size_t workspaceBytes, cudaStream_t stream) noexcept;
 
 } // namespace dynet
 

@@ -74,13 +74,13 @@ std::string dimsToString(Dims const& d)
 //! attributes); false with the reason in `error`.
 bool setShapes(DynetConvParams& p, Dims const* dims, int32_t nbInputs, bool allowUnknown, std::string& error)
 {
-    if (nbInputs < 0 || nbInputs > 5)
+    if (nbInputs < 0 || nbInputs > kMaxInputs)
     {
-        error = "expected 3 to 5 inputs, got " + std::to_string(nbInputs);
+        error = "expected 3 to " + std::to_string(kMaxInputs) + " inputs, got " + std::to_string(nbInputs);
         return false;
     }
-    int32_t ranks[5] = {};
-    int64_t flat[5 * Dims::MAX_DIMS] = {};
+    int32_t ranks[kMaxInputs] = {};
+    int64_t flat[kMaxInputs * Dims::MAX_DIMS] = {};
     int32_t count = 0;
     for (int32_t i = 0; i < nbInputs; ++i)
     {
@@ -109,6 +109,40 @@ int32_t toDynetType(DataType t)
     return t == DataType::kHALF ? DYNET_FLOAT16 : DYNET_FLOAT32;
 }
 
+std::string typeName(DataType t)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: return "float32";
+    case DataType::kHALF: return "float16";
+    case DataType::kBF16: return "bfloat16";
+    default: break;
+    }
+    return "TensorRT type " + std::to_string(static_cast<int32_t>(t));
+}
+
+//! Every input and output in x's type, float32 or float16 (what supportsFormatCombination accepts); else the reason.
+bool sameIoType(DataType const* types, int32_t nbInputs, int32_t nbOutputs, std::string& error)
+{
+    DataType const x = types[0];
+    if (x != DataType::kFLOAT && x != DataType::kHALF)
+    {
+        error = "x is " + typeName(x) + ": the plugin runs float32 or float16";
+        return false;
+    }
+    for (int32_t i = 1; i < nbInputs + nbOutputs; ++i)
+    {
+        if (types[i] != x)
+        {
+            std::string const what = i < nbInputs ? "input " + std::to_string(i) : "output " + std::to_string(i - nbInputs);
+            error = what + " is " + typeName(types[i]) + " but x is " + typeName(x) + ": the plugin takes every tensor in "
+                "x's type" + (i == 2 ? " (a reduced-precision weight bank runs on the onnxruntime CPU library only)" : "");
+            return false;
+        }
+    }
+    return true;
+}
+
 IDimensionExpr const* outputExtent(IExprBuilder& eb, IDimensionExpr const& in, IDimensionExpr const& kernel,
     int64_t padSum, int64_t dilation, int64_t stride)
 {
@@ -122,11 +156,21 @@ IDimensionExpr const* outputExtent(IExprBuilder& eb, IDimensionExpr const& in, I
 
 } // namespace
 
+char const* pluginVersionString(int32_t version) noexcept
+{
+    static char const* const kVersions[] = {"1", "2"};
+    static_assert(sizeof(kVersions) / sizeof(kVersions[0]) == DYNET_OP_VERSION_MAX - DYNET_OP_VERSION_MIN + 1,
+        "one plugin version string per op version");
+    return version >= DYNET_OP_VERSION_MIN && version <= DYNET_OP_VERSION_MAX ? kVersions[version - DYNET_OP_VERSION_MIN]
+                                                                              : nullptr;
+}
+
 // ---- plugin ---------------------------------------------------------------------------------------------------
 
-DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DynetConvParams const& attrs, int64_t workspaceBytes)
+DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DynetConvParams const& attrs, int64_t workspaceBytes, int32_t version)
     : mAttrs(attrs)
     , mWorkspaceBytes(workspaceBytes)
+    , mVersion(version)
 {
     mParams = mAttrs;
 }
@@ -138,6 +182,8 @@ DyNetDynamicConv2dPlugin::DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin cons
     , IPluginV3OneRuntime(other)
     , mAttrs(other.mAttrs)
     , mWorkspaceBytes(other.mWorkspaceBytes)
+    , mVersion(other.mVersion)
+    , mToldTypes(other.mToldTypes)
     , mParams(other.mParams)
     , mDtype(other.mDtype)
     , mTactic(other.mTactic)
@@ -251,7 +297,7 @@ char const* DyNetDynamicConv2dPlugin::getPluginName() const noexcept
 
 char const* DyNetDynamicConv2dPlugin::getPluginVersion() const noexcept
 {
-    return kPluginVersion;
+    return pluginVersionString(mVersion);
 }
 
 char const* DyNetDynamicConv2dPlugin::getPluginNamespace() const noexcept
@@ -261,18 +307,22 @@ char const* DyNetDynamicConv2dPlugin::getPluginNamespace() const noexcept
 
 int32_t DyNetDynamicConv2dPlugin::getNbOutputs() const noexcept
 {
-    return 1;
+    return expectedOutputs(); // y, and mean when has_mean
 }
 
 int32_t DyNetDynamicConv2dPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (outputTypes == nullptr || inputTypes == nullptr || nbOutputs != 1 || nbInputs < 1)
+    if (outputTypes == nullptr || inputTypes == nullptr || nbOutputs != expectedOutputs() || nbInputs < 1)
     {
-        logError("getOutputDataTypes: expected 1 output and at least 1 input");
+        logError("getOutputDataTypes: expected " + std::to_string(expectedOutputs()) + " output(s) and at least 1 "
+            "input, got " + std::to_string(nbOutputs) + " and " + std::to_string(nbInputs));
         return -1;
     }
-    outputTypes[0] = inputTypes[0]; // y has x's type
+    for (int32_t i = 0; i < nbOutputs; ++i)
+    {
+        outputTypes[i] = inputTypes[0]; // y and mean have x's type
+    }
     return 0;
 }
 
@@ -282,9 +332,10 @@ int32_t DyNetDynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32
 {
     try
     {
-        if (inputs == nullptr || outputs == nullptr || nbOutputs != 1)
+        if (inputs == nullptr || outputs == nullptr || nbOutputs != expectedOutputs())
         {
-            logError("getOutputShapes: expected 1 output");
+            logError("getOutputShapes: expected " + std::to_string(expectedOutputs()) + " output(s), got "
+                + std::to_string(nbOutputs));
             return -1;
         }
         if (nbInputs != expectedInputs())
@@ -294,7 +345,7 @@ int32_t DyNetDynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32
             return -1;
         }
         // Static dims (channels, kernel) are constants here: check them now, at network build time.
-        Dims known[5];
+        Dims known[kMaxInputs];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             known[i].nbDims = std::min(inputs[i].nbDims, Dims::MAX_DIMS);
@@ -321,6 +372,15 @@ int32_t DyNetDynamicConv2dPlugin::getOutputShapes(DimsExprs const* inputs, int32
             mAttrs.dilation_h, mAttrs.stride_h);
         y.d[3] = outputExtent(exprBuilder, *x.d[3], *w.d[4], int64_t{mAttrs.pad_left} + mAttrs.pad_right,
             mAttrs.dilation_w, mAttrs.stride_w);
+        if (mAttrs.has_mean)
+        {
+            DimsExprs& mean = outputs[1]; // GlobalAveragePool(y): [N, C_out, 1, 1]
+            mean.nbDims = 4;
+            mean.d[0] = x.d[0];
+            mean.d[1] = w.d[1];
+            mean.d[2] = exprBuilder.constant(1);
+            mean.d[3] = exprBuilder.constant(1);
+        }
         return 0;
     }
     catch (std::exception const& e)
@@ -346,7 +406,18 @@ bool DyNetDynamicConv2dPlugin::supportsFormatCombination(
     {
         return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
     }
-    return desc.type == inOut[0].desc.type; // every tensor, the output included, in x's type
+    bool const same = desc.type == inOut[0].desc.type; // every tensor, the outputs included, in x's type
+    if (!same && pos == 2 && !mToldTypes && inOut[0].desc.type == DataType::kFLOAT
+        && (desc.type == DataType::kHALF || desc.type == DataType::kBF16))
+    {
+        // A narrowed bank (op version 2 allows it on the onnxruntime CPU library): say why TensorRT finds no
+        // implementation when the network's weight really is this type.
+        mToldTypes = true;
+        logMessage(ILogger::Severity::kINFO, "weight offered as " + typeName(desc.type) + " with float32 x: refused, "
+            "the plugin takes every tensor in x's type (a reduced-precision weight bank runs on the onnxruntime CPU "
+            "library only)");
+    }
+    return same;
 }
 
 int32_t DyNetDynamicConv2dPlugin::configurePlugin(
@@ -354,21 +425,34 @@ int32_t DyNetDynamicConv2dPlugin::configurePlugin(
 {
     // Build time: desc dims may be -1 (dynamic N/H/W), so they get the static checks; the profile's max must pass the
     // full contract (every tensor < 2^31 elements), else every large-shape enqueue would fail after a good build.
-    if (in == nullptr || out == nullptr || nbOutputs != 1 || nbInputs != expectedInputs())
+    if (in == nullptr || out == nullptr || nbOutputs != expectedOutputs() || nbInputs != expectedInputs())
     {
-        logError("configurePlugin: expected " + std::to_string(expectedInputs()) + " inputs and 1 output");
+        logError("configurePlugin: expected " + std::to_string(expectedInputs()) + " inputs and "
+            + std::to_string(expectedOutputs()) + " output(s), got " + std::to_string(nbInputs) + " and "
+            + std::to_string(nbOutputs));
         return -1;
     }
     try
     {
-        Dims dims[5];
-        Dims maxDims[5];
+        Dims dims[kMaxInputs];
+        Dims maxDims[kMaxInputs];
+        DataType types[kMaxInputs + kMaxOutputs];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             dims[i] = in[i].desc.dims;
             maxDims[i] = in[i].max;
+            types[i] = in[i].desc.type;
+        }
+        for (int32_t i = 0; i < nbOutputs; ++i)
+        {
+            types[nbInputs + i] = out[i].desc.type;
         }
         std::string error;
+        if (!sameIoType(types, nbInputs, nbOutputs, error))
+        {
+            logError("configurePlugin: " + error);
+            return -1;
+        }
         DynetConvParams p = mAttrs;
         if (!setShapes(p, dims, nbInputs, true, error))
         {
@@ -388,6 +472,7 @@ int32_t DyNetDynamicConv2dPlugin::configurePlugin(
             return -1;
         }
         mDtype = toDynetType(in[0].desc.type);
+        pMax.weight_dtype = mDtype; // every tensor in x's type (checked above)
         int64_t const grant = workspaceFor(pMax, mDtype, true);
         mConfiguredMax = pMax;
         mConfiguredDtype = mDtype;
@@ -472,7 +557,7 @@ size_t DyNetDynamicConv2dPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*
         {
             return static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0));
         }
-        Dims maxDims[5];
+        Dims maxDims[kMaxInputs];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             maxDims[i] = inputs[i].max;
@@ -485,6 +570,7 @@ size_t DyNetDynamicConv2dPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*
             return 0;
         }
         int32_t const dtype = toDynetType(inputs[0].desc.type);
+        pMax.weight_dtype = dtype;
         if (dtype == mConfiguredDtype && std::memcmp(&pMax, &mConfiguredMax, sizeof(pMax)) == 0)
         {
             return static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0));
@@ -547,8 +633,9 @@ int32_t DyNetDynamicConv2dPlugin::getValidTactics(int32_t* tacticsOut, int32_t n
 
 char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
 {
-    // TensorRT prefixes the I/O shapes and formats; the suffix carries what else decides the timings: the
-    // attributes (from the C ABI's table), the ABI version and the tactic set of this build.
+    // TensorRT prefixes the I/O shapes and formats; the suffix carries what else decides the timings: the plugin
+    // version, the attributes (every one of the C ABI's table, version 2's included), the ABI version and the tactic
+    // set of this build.
     try
     {
         char key[512];
@@ -558,7 +645,8 @@ char const* DyNetDynamicConv2dPlugin::getTimingCacheID() noexcept
         }
         int32_t buf[kMaxTactics];
         int32_t const n = tactics(buf, false); // the build's tactic set: creation state only
-        std::string id = std::string(kPluginName) + "/abi" + std::to_string(dynet_conv_abi_version()) + "/tactics";
+        std::string id = std::string(kPluginName) + "/v" + std::to_string(mVersion) + "/abi"
+            + std::to_string(dynet_conv_abi_version()) + "/tactics";
         for (int32_t i = 0; i < n; ++i)
         {
             id += (i ? "," : "=") + std::to_string(buf[i]);
@@ -602,12 +690,14 @@ int32_t DyNetDynamicConv2dPlugin::onShapeChange(
 {
     try
     {
-        if (in == nullptr || out == nullptr || nbOutputs != 1 || nbInputs != expectedInputs())
+        if (in == nullptr || out == nullptr || nbOutputs != expectedOutputs() || nbInputs != expectedInputs())
         {
-            logError("onShapeChange: expected " + std::to_string(expectedInputs()) + " inputs and 1 output");
+            logError("onShapeChange: expected " + std::to_string(expectedInputs()) + " inputs and "
+                + std::to_string(expectedOutputs()) + " output(s), got " + std::to_string(nbInputs) + " and "
+                + std::to_string(nbOutputs));
             return -1;
         }
-        Dims dims[5];
+        Dims dims[kMaxInputs];
         for (int32_t i = 0; i < nbInputs; ++i)
         {
             dims[i] = in[i].dims;
@@ -634,7 +724,18 @@ int32_t DyNetDynamicConv2dPlugin::onShapeChange(
             logError("onShapeChange: output " + dimsToString(y) + " does not match the computed shape");
             return -1;
         }
+        if (mAttrs.has_mean)
+        {
+            Dims const& mean = out[1].dims;
+            if (mean.nbDims != 4 || mean.d[0] != p.n || mean.d[1] != p.c_out || mean.d[2] != 1 || mean.d[3] != 1)
+            {
+                logError("onShapeChange: mean output " + dimsToString(mean) + " is not [N, C_out, 1, 1] = ["
+                    + std::to_string(p.n) + ", " + std::to_string(p.c_out) + ", 1, 1]");
+                return -1;
+            }
+        }
         int32_t const dtype = toDynetType(in[0].type);
+        p.weight_dtype = dtype; // every tensor in x's type (supportsFormatCombination)
         if (mPlan != nullptr && dtype == mDtype && std::memcmp(&p, &mParams, sizeof(p)) == 0 && mPlanTactic == mTactic)
         {
             return 0; // same shape and tactic: keep the plan
@@ -661,11 +762,20 @@ int32_t DyNetDynamicConv2dPlugin::enqueue(PluginTensorDesc const* /*inputDesc*/,
     {
         return -1;
     }
+    // The node's inputs in order, the optional ones present as the attributes say (README, "Inputs").
+    DynetConvTensors t{};
+    t.x = inputs[0];
+    t.coeff = inputs[1];
+    t.weight = inputs[2];
     int32_t idx = 3;
-    void const* biasBank = mAttrs.has_bias_bank ? inputs[idx++] : nullptr;
-    void const* bias = mAttrs.has_bias ? inputs[idx] : nullptr;
-    int32_t const status = dynet_conv_cuda_plan_run(mPlan, inputs[0], inputs[1], inputs[2], biasBank, bias,
-        outputs[0], workspace, static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)), static_cast<void*>(stream));
+    t.bias_bank = mAttrs.has_bias_bank ? inputs[idx++] : nullptr;
+    t.bias = mAttrs.has_bias ? inputs[idx++] : nullptr;
+    t.spatial = mAttrs.has_spatial ? inputs[idx++] : nullptr;
+    t.residual = mAttrs.has_residual ? inputs[idx++] : nullptr;
+    t.y = outputs[0];
+    t.mean = mAttrs.has_mean ? outputs[1] : nullptr;
+    int32_t const status = dynet_conv_cuda_plan_run_v2(mPlan, &t, workspace,
+        static_cast<size_t>(std::max<int64_t>(mWorkspaceBytes, 0)), static_cast<void*>(stream));
     if (status != DYNET_OK)
     {
         logError(std::string("enqueue failed: ") + dynet_status_string(status));
@@ -683,13 +793,17 @@ PluginFieldCollection const* DyNetDynamicConv2dPlugin::getFieldsToSerialize() no
 {
     try
     {
-        // Names and values through the C ABI's attribute table; the field data points into mAttrs.
+        // Names and values through the C ABI's attribute table, the attributes of this plugin version (a version-1
+        // engine keeps its 12 fields); the field data points into mAttrs.
         mFields.clear();
         int32_t const count = dynet_conv_attribute_count();
         for (int32_t i = 0; i < count; ++i)
         {
-            mFields.emplace_back(dynet_conv_attribute(i)->name, dynet_conv_params_attribute_data(&mAttrs, i),
-                PluginFieldType::kINT32, 1);
+            DynetAttributeInfo const* info = dynet_conv_attribute(i);
+            if (info->since_version <= mVersion)
+            {
+                mFields.emplace_back(info->name, dynet_conv_params_attribute_data(&mAttrs, i), PluginFieldType::kINT32, 1);
+            }
         }
         mFields.emplace_back(kWorkspaceFieldName, &mWorkspaceBytes, PluginFieldType::kINT64, 1);
         mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
@@ -705,13 +819,18 @@ PluginFieldCollection const* DyNetDynamicConv2dPlugin::getFieldsToSerialize() no
 
 // ---- creator --------------------------------------------------------------------------------------------------
 
-DyNetDynamicConv2dPluginCreator::DyNetDynamicConv2dPluginCreator()
+DyNetDynamicConv2dPluginCreator::DyNetDynamicConv2dPluginCreator(int32_t version)
+    : mVersion(version)
 {
-    // The field names are the C ABI's attribute table, in its order.
+    // The field names are the C ABI's attribute table, in its order: the attributes of this op version.
     int32_t const count = dynet_conv_attribute_count();
     for (int32_t i = 0; i < count; ++i)
     {
-        mFieldNames.emplace_back(dynet_conv_attribute(i)->name, nullptr, PluginFieldType::kINT32, 1);
+        DynetAttributeInfo const* info = dynet_conv_attribute(i);
+        if (info->since_version <= mVersion)
+        {
+            mFieldNames.emplace_back(info->name, nullptr, PluginFieldType::kINT32, 1);
+        }
     }
     mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
     mFieldCollection.fields = mFieldNames.data();
@@ -724,7 +843,7 @@ char const* DyNetDynamicConv2dPluginCreator::getPluginName() const noexcept
 
 char const* DyNetDynamicConv2dPluginCreator::getPluginVersion() const noexcept
 {
-    return kPluginVersion;
+    return pluginVersionString(mVersion);
 }
 
 char const* DyNetDynamicConv2dPluginCreator::getPluginNamespace() const noexcept
@@ -737,8 +856,8 @@ PluginFieldCollection const* DyNetDynamicConv2dPluginCreator::getFieldNames() no
     return &mFieldCollection;
 }
 
-bool DyNetDynamicConv2dPluginCreator::parseFields(
-    PluginFieldCollection const* fc, DynetConvParams& attrs, int64_t& workspaceBytes, std::string& error)
+bool DyNetDynamicConv2dPluginCreator::parseFields(PluginFieldCollection const* fc, int32_t version,
+    DynetConvParams& attrs, int64_t& workspaceBytes, std::string& error)
 {
     dynet_conv_params_init(&attrs);
     workspaceBytes = 0;
@@ -760,11 +879,13 @@ bool DyNetDynamicConv2dPluginCreator::parseFields(
             return false;
         }
         bool const isWorkspace = std::strcmp(f.name, kWorkspaceFieldName) == 0;
-        if (!isWorkspace && dynet_conv_attribute_index(f.name) < 0)
+        int32_t const index = isWorkspace ? -1 : dynet_conv_attribute_index(f.name);
+        if (!isWorkspace && index < 0)
         {
             logMessage(ILogger::Severity::kWARNING, std::string("ignoring unknown attribute '") + f.name + "'");
             continue;
         }
+        DynetAttributeInfo const* info = isWorkspace ? nullptr : dynet_conv_attribute(index);
         if (f.data == nullptr || f.length != 1)
         {
             error = std::string("attribute '") + f.name + "' must be one scalar int, got length "
@@ -785,6 +906,21 @@ bool DyNetDynamicConv2dPluginCreator::parseFields(
             error = std::string("attribute '") + f.name + "' must be an INT (int32 or int64) scalar, got field type "
                 + std::to_string(static_cast<int32_t>(f.type));
             return false;
+        }
+        if (info != nullptr && info->since_version > version)
+        {
+            // An attribute of a later op version: at its default it changes nothing, set it needs that version.
+            if (value != info->default_value)
+            {
+                error = std::string("attribute '") + f.name + "' = " + std::to_string(value) + " needs op version "
+                    + std::to_string(info->since_version) + " (plugin_version \"" + pluginVersionString(info->since_version)
+                    + "\"); this is plugin version \"" + pluginVersionString(version) + "\"";
+                return false;
+            }
+            logMessage(ILogger::Severity::kWARNING, std::string("plugin version ") + pluginVersionString(version)
+                + ": ignoring attribute '" + f.name + "' of op version " + std::to_string(info->since_version)
+                + " at its default");
+            continue;
         }
         if (isWorkspace)
         {
@@ -820,12 +956,12 @@ IPluginV3* DyNetDynamicConv2dPluginCreator::createPlugin(
         DynetConvParams attrs{};
         int64_t workspaceBytes = 0;
         std::string error;
-        if (!parseFields(fc, attrs, workspaceBytes, error))
+        if (!parseFields(fc, mVersion, attrs, workspaceBytes, error))
         {
             logError(std::string("node '") + (name != nullptr ? name : "?") + "': " + error);
             return nullptr;
         }
-        return new DyNetDynamicConv2dPlugin(attrs, workspaceBytes);
+        return new DyNetDynamicConv2dPlugin(attrs, workspaceBytes, mVersion);
     }
     catch (std::exception const& e)
     {

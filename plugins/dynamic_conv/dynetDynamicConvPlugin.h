@@ -1,6 +1,9 @@
-// TensorRT IPluginV3 glue for DyNetDynamicConv2d (name "DyNetDynamicConv2d", version "1", namespace "").
+// TensorRT IPluginV3 glue for DyNetDynamicConv2d (name "DyNetDynamicConv2d", versions "1" and "2", namespace "").
 // The numerics live in dynetDynamicConvKernel.cu behind the C ABI; this file maps TensorRT's build and runtime
 // phases onto it. Compiles against the TensorRT 10.x and 11.x headers.
+// Plugin version v is op version v (README, "Versions"): its fields are the C ABI's attributes with since_version
+// <= v (creator "1" keeps the 12 fields of version-1 engines), version 2 adds the spatial and residual inputs and the
+// mean output.
 #ifndef DYNET_DYNAMIC_CONV2D_PLUGIN_H
 #define DYNET_DYNAMIC_CONV2D_PLUGIN_H
 
@@ -17,8 +20,15 @@ namespace dynet
 {
 
 constexpr char const* kPluginName = "DyNetDynamicConv2d";
-constexpr char const* kPluginVersion = "1";
 constexpr char const* kPluginNamespace = "";
+
+//! The plugin version string of op version `version` ("1", "2"), or nullptr outside
+//! [DYNET_OP_VERSION_MIN, DYNET_OP_VERSION_MAX].
+char const* pluginVersionString(int32_t version) noexcept;
+
+//! Most inputs of a node (x, coeff, weight, bias_bank, bias, spatial, residual) and outputs (y, mean).
+constexpr int32_t kMaxInputs = 7;
+constexpr int32_t kMaxOutputs = 2;
 
 //! The plugin's one non-attribute field: the workspace TensorRT grants (getWorkspaceSize at build time), serialised
 //! with the engine so enqueue can hand the library the size it really has.
@@ -39,9 +49,9 @@ class DyNetDynamicConv2dPlugin : public nvinfer1::IPluginV3,
                                  public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    //! attrs: a DynetConvParams whose attributes are set (shapes unused); workspaceBytes: the serialised grant
-    //! (0 before the build has sized it).
-    DyNetDynamicConv2dPlugin(DynetConvParams const& attrs, int64_t workspaceBytes);
+    //! attrs: a DynetConvParams whose attributes are set (shapes unused; none above `version`); workspaceBytes: the
+    //! serialised grant (0 before the build has sized it); version: the plugin (op) version of the creator.
+    DyNetDynamicConv2dPlugin(DynetConvParams const& attrs, int64_t workspaceBytes, int32_t version);
     DyNetDynamicConv2dPlugin(DyNetDynamicConv2dPlugin const& other);
     DyNetDynamicConv2dPlugin& operator=(DyNetDynamicConv2dPlugin const&) = delete;
     ~DyNetDynamicConv2dPlugin() override;
@@ -84,7 +94,11 @@ public:
 private:
     int32_t expectedInputs() const noexcept
     {
-        return 3 + mAttrs.has_bias_bank + mAttrs.has_bias;
+        return 3 + mAttrs.has_bias_bank + mAttrs.has_bias + mAttrs.has_spatial + mAttrs.has_residual;
+    }
+    int32_t expectedOutputs() const noexcept
+    {
+        return 1 + mAttrs.has_mean;
     }
     //! cuDNN expresses symmetric pads only.
     bool cudnnTacticApplies() const noexcept;
@@ -103,6 +117,8 @@ private:
 
     DynetConvParams mAttrs{};      // attributes only (from the C ABI's table); shape fields unused
     int64_t mWorkspaceBytes{0};    // what TensorRT grants (getWorkspaceSize for the profile's max), serialised
+    int32_t mVersion{1};           // plugin (op) version: the creator's; decides the serialised fields
+    bool mToldTypes{false};        // supportsFormatCombination explained a refused narrower weight once
     // Per-shape state, made in onShapeChange (outside enqueue) and read by enqueue.
     DynetConvParams mParams{};
     int32_t mDtype{DYNET_FLOAT32};
@@ -122,10 +138,12 @@ private:
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
+//! The creator of one plugin version (its fields: the attributes of that op version). TensorRT registers one creator
+//! per (name, version, namespace): the libraries register DyNetDynamicConv2dPluginCreatorV1 and ...V2.
 class DyNetDynamicConv2dPluginCreator : public nvinfer1::IPluginCreatorV3One
 {
 public:
-    DyNetDynamicConv2dPluginCreator();
+    explicit DyNetDynamicConv2dPluginCreator(int32_t version);
     ~DyNetDynamicConv2dPluginCreator() override = default;
 
     char const* getPluginName() const noexcept override;
@@ -136,13 +154,34 @@ public:
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
     //! Parse the fields into attrs through the C ABI's attribute table and check them there; false (with the reason
-    //! in `error`) on anything malformed.
-    static bool parseFields(nvinfer1::PluginFieldCollection const* fc, DynetConvParams& attrs, int64_t& workspaceBytes,
-        std::string& error);
+    //! in `error`) on anything malformed. An attribute of a later op version than `version` set to a non-default
+    //! value is refused (the node needs that plugin version); at its default it is ignored with a warning.
+    static bool parseFields(nvinfer1::PluginFieldCollection const* fc, int32_t version, DynetConvParams& attrs,
+        int64_t& workspaceBytes, std::string& error);
 
 private:
+    int32_t mVersion;
     std::vector<nvinfer1::PluginField> mFieldNames;
     nvinfer1::PluginFieldCollection mFieldCollection{};
+};
+
+//! Creator "1" (version-1 nodes and engines) and creator "2"; default-constructible for REGISTER_TENSORRT_PLUGIN.
+class DyNetDynamicConv2dPluginCreatorV1 : public DyNetDynamicConv2dPluginCreator
+{
+public:
+    DyNetDynamicConv2dPluginCreatorV1()
+        : DyNetDynamicConv2dPluginCreator(1)
+    {
+    }
+};
+
+class DyNetDynamicConv2dPluginCreatorV2 : public DyNetDynamicConv2dPluginCreator
+{
+public:
+    DyNetDynamicConv2dPluginCreatorV2()
+        : DyNetDynamicConv2dPluginCreator(2)
+    {
+    }
 };
 
 } // namespace dynet

@@ -188,11 +188,11 @@ def _unit_coefficients(graph, spatial, cache: dict):
             inputs=[n, gs.Constant(f"{base}__one_one", np.array([1, 1], np.int64))],
             outputs=[dims],
         ),
+        # Expand of an initializer (not ConstantOfShape's attribute): an fp16 conversion turns it fp16 with the rest
         gs.Node(
-            "ConstantOfShape",
+            "Expand",
             name=f"{base}__ones",
-            attrs={"value": gs.Constant(f"{base}__one", np.array([1.0], np.float32))},
-            inputs=[dims],
+            inputs=[gs.Constant(f"{base}__one", np.ones((1, 1, 1), np.float32)), dims],
             outputs=[out],
         ),
     ]

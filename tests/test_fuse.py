@@ -19,12 +19,14 @@ from torch import nn
 from zoo_exports import (
     ATOL,
     KERNEL_FORM_CI_MODELS,
+    KERNEL_ONLY_MODELS,
     RTOL,
     SEG_SIZE,
     SEG_SIZE_2,
     compare,
     exported,
     fused,
+    has_feature_form,
     parity,
     randomize_batchnorms,
     slow_after_first,
@@ -41,7 +43,7 @@ from dynet_deploy.op import spec
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
 from dynet_deploy.tolerance import TOLERANCES, errors
 
-DYNAMIC_MODELS = list_models(dynamic=True)
+DYNAMIC_MODELS = [n for n in list_models(dynamic=True) if has_feature_form(n)]
 
 
 def _assert_within(rows, what):
@@ -91,7 +93,7 @@ def test_zoo_feature_form_fused(name):
     _assert_within(rows, f"{name} fused feature form")
 
 
-@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS))
+@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS) + slow_after_first(KERNEL_ONLY_MODELS))
 def test_zoo_kernel_form_fused_takes_any_batch(name):
     """Exported at batch 2 (batch-as-groups), fused, then run at batches the export could not take."""
     path, report = fused(name, "kernel")

@@ -420,11 +420,19 @@ def test_odconv_fuses_with_its_spatial_attention(case, exporter, tmp_path, ort_o
         assert list(weight.dims) == list(layer.weight.shape)  # K bases, not K * kH*kW tap-masked ones
         assert info.num_bases == layer.kernel_num and info.has_spatial == (layer.k > 1)
         assert attrs["has_spatial"] == int(layer.k > 1) and spec.node_version(node) == 2
+        # the filter attention a_f folded into per-channel coefficients (exact: no bias before it), so the
+        # BatchNorm after it folds too (the 1x1 layer's output feeds the residual Add: nothing to fold there)
+        assert info.folded_filter_scale == (layer.filter_head is not None)
+        rows = layer.out_ch if layer.filter_head is not None else 1
+        assert _shape_of(fused_model, node.input[1])[1:] == [rows, layer.kernel_num]
+        if layer is not model.od3:
+            assert attrs["has_bias"] == 1 and info.folded_batchnorm
         if layer.k > 1:
             spatial = node.input[spec.input_names(attrs).index("spatial")]
             assert _spatial_source(fused_model, spatial) == "Sigmoid"
             shape = _shape_of(fused_model, spatial)
             assert shape[1:] == [layer.k * layer.k] and isinstance(shape[0], str), shape
+    assert spec.read_attributes(nodes[0])["activation"] == 1  # od1 -> BN -> ReLU: all in the node
     if OD_CASES[case].get("transposed"):
         assert any(n.op_type == "Gather" and n.output[0] in nodes[0].input for n in fused_model.graph.node)
     runner = OnnxruntimeRunner(tmp_path / "od.plugin.onnx")
@@ -443,6 +451,50 @@ def _shape_of(model, name):
     inferred = infer_shapes(model)
     (vi,) = [v for v in inferred.graph.value_info if v.name == name]
     return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+class ScaledOutput(nn.Module):
+    """CondConv, its output times a scale (a per-channel constant, or a run-time per-sample one computed from the
+    block input), then BN and ReLU."""
+
+    def __init__(self, runtime: bool, bias: bool):
+        super().__init__()
+        self.conv = tp.CondConvStyle(8, 8, 3, padding=1, bias=bias)
+        self.runtime = runtime
+        self.head = nn.Linear(8, 8)
+        self.register_buffer("scale", torch.linspace(0.5, 2.0, 8).reshape(1, 8, 1, 1))
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        scale = torch.sigmoid(self.head(x.mean((2, 3)))).view(x.shape[0], 8, 1, 1) if self.runtime else self.scale
+        return torch.relu(self.bn(self.conv(x) * scale))
+
+
+@pytest.mark.parametrize("runtime,bias", [(False, False), (True, False), (True, True)])
+def test_output_scales_fold_only_where_exact(runtime, bias, tmp_path):
+    """A scale after the conv folds into the node (a constant into the bank, a run-time one into per-channel
+    coefficients), and the BN and ReLU after it too; a run-time scale after a bias does not (it would scale the
+    bias per sample): the Mul, BN and ReLU stay outside."""
+    torch.manual_seed(5)
+    model = randomize_batchnorms(ScaledOutput(runtime, bias), (8, 8, 10, 12))
+    src = tmp_path / "s.onnx"
+    export_onnx(model, src, (2, 8, 10, 12), form="kernel", dynamic_batch=False)
+    report = fuse_dynamic_convs(src, tmp_path / "s.plugin.onnx")
+    assert (report.matched, report.left) == (1, 0), report.details
+    (info,) = report.fused
+    folds = not (runtime and bias)
+    assert info.folded_filter_scale == (runtime and not bias)
+    assert info.folded_batchnorm == folds and (info.activation == "relu") == folds, report.details
+    fused_model = _check_fused_graph(tmp_path / "s.plugin.onnx", 1)
+    (node,) = _fused_nodes(fused_model)
+    assert any(n.op_type == "Mul" and node.output[0] in n.input for n in fused_model.graph.node) == (runtime and bias)
+    runner = OnnxruntimeRunner(tmp_path / "s.plugin.onnx")
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 8, 10, 12)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        max_abs, rel = errors(runner.run({"input": x})["output"], ref)
+        assert TOLERANCES["fp32"].allows(max_abs, rel), (b, max_abs, rel)
 
 
 class SpatialTwice(nn.Module):

@@ -3,7 +3,11 @@
 
 A kernel-form weight may depend on a second run-time tensor of kH*kW values per sample, or on such a tensor alone:
 ODConv's spatial attention, which the op (version 2) takes as its ``spatial`` input. Which tensor plays which part is
-measured (:mod:`.probe`), not read from names or op patterns."""
+measured (:mod:`.probe`), not read from names or op patterns. A Mul of the conv's output by a run-time
+``[B, C_out, 1, 1]`` tensor (ODConv's filter attention) is folded into per-channel coefficients when the conv has no
+bias of its own (``a_f[t] * sum_k c[k] W_k`` is exact; a bias before the Mul would be scaled per sample too), so that
+the BatchNorm shift and activation after it fold as well; a Mul by a constant scalar or per-channel constant there
+(ODConv's depthwise layers multiply by 1.0) folds into the bank."""
 
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class _Match:
     folded_batchnorm: bool = False
     spatial: Any = None  # the spatial factor's tensor (kH*kW values per sample), or None
     spatial_order: tuple[int, ...] | None = None  # the op's spatial[n, t] is the tensor's value order[t] of sample n
+    filter: Any = None  # a [B, C_out, 1, 1] run-time scale of the output folded into the coefficients, or None
 
 
 def _readings(leaves, batch: int, taps: int) -> list[tuple[Any, Any]]:
@@ -71,6 +76,28 @@ def _readings(leaves, batch: int, taps: int) -> list[tuple[Any, Any]]:
         f"the weight depends on {len(leaves)} run-time tensors ({names}), not one coefficient tensor "
         f"(and at most one spatial factor of kH*kW = {taps} values per sample)"
     )
+
+
+def _output_scale(graph, y, c_out: int, batch: int) -> tuple[Any, np.ndarray | None, Any]:
+    """``(run-time scale, constant scale [C_out], the Mul's output)`` when ``y``'s only reader multiplies it by a
+    run-time ``[B, C_out, 1, 1]`` tensor (ODConv's filter attention) or by a constant scalar / per-channel
+    ``[1|, C_out, 1, 1]`` value; else ``(None, None, y)``. Being ``y``'s only reader, the Mul's other operand
+    cannot be computed from ``y``."""
+    reader = _sole_reader(y, graph)
+    if reader is None or reader.op != "Mul" or len(reader.inputs) != 2:
+        return None, None, y
+    other = reader.inputs[1] if reader.inputs[0] is y else reader.inputs[0]
+    value = _const(other)
+    if value is not None:
+        v = np.asarray(value, np.float64)
+        if v.size == 1 and v.ndim <= 4:
+            return None, np.full(c_out, float(v.ravel()[0])), reader.outputs[0]
+        if v.shape in ((c_out, 1, 1), (1, c_out, 1, 1)):
+            return None, v.reshape(c_out), reader.outputs[0]
+        return None, None, y
+    if _int_shape(other) != [batch, c_out, 1, 1]:
+        return None, None, y
+    return other, None, reader.outputs[0]
 
 
 def _conv_geometry(conv, extra_pads) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
@@ -239,7 +266,10 @@ def _measure_kernel_form(
             if len(bl) != 1 or leaf is None or bl[0] is not leaf:
                 raise _NoMatch("the Conv bias depends on another run-time tensor than the coefficients")
         bias_ts.append(cb)
-    final, post_bias, bn, act = _post_ops(graph, y, c_out, b, leaf)
+    filt, const_scale = None, None
+    if not bias_ts:  # no bias before the output's scale: fold it (after a run-time one, no run-time bias)
+        filt, const_scale, y = _output_scale(graph, y, c_out, b)
+    final, post_bias, bn, act = _post_ops(graph, y, c_out, b, leaf if filt is None else None)
     bias_ts += post_bias
     dyn_bias = [t_ for t_ in bias_ts if _const(t_) is None]
     const_bias = [t_ for t_ in bias_ts if _const(t_) is not None]
@@ -257,10 +287,12 @@ def _measure_kernel_form(
             raise _NoMatch("a constant bias differs between samples")
         bias = v[0] if bias is None else bias + v[0]
     weight = bank.reshape(k, c_out, w_shape[1], kh, kw)
+    if const_scale is not None:  # every bias term comes after the Mul: the scale is the kernels' alone
+        weight = weight * const_scale.reshape(1, c_out, 1, 1, 1)
     match = _finish_match(
         "kernel", x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias, g, stride, pads, dil, final, bn, act
     )
-    match.spatial, match.spatial_order = spatial, agg.spatial_order
+    match.spatial, match.spatial_order, match.filter = spatial, agg.spatial_order, filt
     return match
 
 

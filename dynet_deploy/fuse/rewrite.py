@@ -36,6 +36,7 @@ class FusedConv:
     activation: str
     folded_batchnorm: bool = False
     has_spatial: bool = False
+    folded_filter_scale: bool = False
 
     def describe(self) -> str:
         extra = [f"groups={self.groups}"] if self.groups > 1 else []
@@ -51,6 +52,8 @@ class FusedConv:
             extra.append("bias")
         if self.has_spatial:
             extra.append("spatial")
+        if self.folded_filter_scale:
+            extra.append("output scale folded into the coefficients")
         if self.folded_batchnorm:
             extra.append("BN folded")
         if self.activation != "none":
@@ -200,15 +203,40 @@ def _unit_coefficients(graph, spatial, cache: dict):
     return out
 
 
+def _scaled_coefficients(graph, match: _Match, coeff, cache: dict):
+    """``[N, C_out, K]``: the coefficients (``[N, C_c, K]``, or None for unit coefficients) times the per-sample,
+    per-output-channel scale that followed the conv (``a_f[n, t] * c[n, t|0, k]``)."""
+    import onnx_graphsurgeon as gs
+
+    key = ("scaled", id(match.filter), id(coeff))
+    if key in cache:
+        return cache[key]
+    f = match.filter
+    base = f.name
+    batch_dim = f.shape[0] if f.shape else None
+    shape = gs.Constant(f"{base}__shape_NC1", np.array([-1, match.c_out, 1], np.int64))
+    col = gs.Variable(f"{base}__as_NC1", dtype=np.float32, shape=[batch_dim, match.c_out, 1])
+    graph.nodes.append(gs.Node("Reshape", name=f"{base}__reshape_NC1", inputs=[f, shape], outputs=[col]))
+    out = col
+    if coeff is not None:
+        k = match.num_bases
+        out = gs.Variable(f"{base}__times_{coeff.name}", dtype=np.float32, shape=[batch_dim, match.c_out, k])
+        graph.nodes.append(gs.Node("Mul", name=f"{base}__scale_{coeff.name}", inputs=[col, coeff], outputs=[out]))
+    cache[key] = out
+    return out
+
+
 def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedConv:
     import onnx_graphsurgeon as gs
 
     spatial = _spatial_for(graph, match, cache) if match.spatial is not None else None
     if match.leaf is None:
         assert spatial is not None  # a weight without coefficients is the spatial factor times one kernel
-        coeff = _unit_coefficients(graph, spatial, cache)
+        coeff = None if match.filter is not None else _unit_coefficients(graph, spatial, cache)
     else:
         coeff = _coefficients_for(graph, match, cache)
+    if match.filter is not None:
+        coeff = _scaled_coefficients(graph, match, coeff, cache)
     inputs = [match.x, coeff, gs.Constant(f"{name}_weight", match.weight)]
     if match.bias_bank is not None:
         inputs.append(gs.Constant(f"{name}_bias_bank", match.bias_bank))
@@ -243,12 +271,13 @@ def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedC
         stride=match.stride,
         pads=match.pads,
         dilation=match.dilation,
-        coeff_mode="expert" if match.layout == "expert" else "channel",
+        coeff_mode="expert" if match.layout == "expert" and match.filter is None else "channel",
         has_bias_bank=match.bias_bank is not None,
         has_bias=match.bias is not None,
         activation=Activation(match.activation).name.lower(),
         folded_batchnorm=match.folded_batchnorm,
         has_spatial=spatial is not None,
+        folded_filter_scale=match.filter is not None,
     )
 
 

@@ -37,7 +37,8 @@ CONVENTION_NOTES = {
     "dy_shufflenet_v2_x1_5": "no paper figure at 1.5x",
     "fcn_resnet50": "paper gives GMACs, no input size: 768x768 is where this baseline costs 310.8 G; 19 classes",
     "dy_fcn_resnet50": "768x768, 19 classes, as its baseline",
-    "od_resnet18": "ODConv paper, Table 2 (ResNet18, ImageNet): 11.94 M params, 1.838 G MACs, baseline 1.814 G; "
+    "od_resnet18": "ODConv paper (Li et al., ICLR 2022), Table 2 (ResNet18 on ImageNet): 11.94 M params, 1.838 G MACs, "
+    "baseline 1.814 G; "
     "compared: conv+linear + Dy ovh (attention FCs, kernel fusion with the spatial multiply; the channel and filter "
     "attentions' element-wise scales are not counted)",
     "od_resnet18_4x": "ODConv paper, Table 2: 44.90 M params, 1.916 G MACs; ours counts K multiply-adds plus one "
@@ -191,8 +192,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     out.append("")
     out.append(
         "MFLOPs: multiply-adds of conv and linear layers, batch 1, 3 input channels; dynamic convs count as one conv "
-        "at width C_out. Dy ovh: coefficient prediction FCs + kernel fusion (K*C_out*C_in/g*kH*kW per layer), "
-        "GAP not counted. vs paper: (ours - paper) / paper, target within 10 % (MFLOPs + Dy ovh where the paper "
+        "at width C_out. Dy ovh: coefficient prediction (ODConv: attention) FCs + kernel fusion (K*C_out*C_in/g*kH*kW "
+        "per layer, plus C_out*C_in/g*kH*kW for ODConv's spatial attention), GAP not counted. vs paper: (ours - paper) / paper, target within 10 % (MFLOPs + Dy ovh where the paper "
         "counts its overhead: the OD-ResNets). Dy/base: ratios of what is compared (paper Dy/base: the same "
         "paper's baseline)."
     )

@@ -321,6 +321,172 @@ DYNET_INLINE void axpy16(CpuIsa isa, float* dst, uint16_t const* s, int64_t len,
     axpy16Generic(dst, s, len, cv, first, dtype);
 }
 
+// dst[e] = scale[e / 8] * sum_k cv[k * 8 + e % 8] * bank_k[e] for e < len (a multiple of 8): the fusion of one
+// chunk of an 8-row panel for one sample, bank_k = the k-th basis slice, kStride elements after the (k-1)-th, in the
+// bank's storage (fp32, or 16 bits widened exactly); scale == nullptr: no spatial scaling. One pass: the K terms
+// accumulate in registers, dst is written once.
+template <int32_t DT>
+DYNET_INLINE float bankAt(void const* bank, int64_t i)
+{
+    if constexpr (DT == DYNET_FLOAT32)
+    {
+        return static_cast<float const*>(bank)[i];
+    }
+    else
+    {
+        return widen(static_cast<uint16_t const*>(bank)[i], DT);
+    }
+}
+
+template <int32_t DT>
+void fuseChunkGenericT(float* dst, void const* bank, int64_t kStride, int64_t len, float const* cv, int64_t k,
+    float const* scale)
+{
+    for (int64_t e = 0; e < len; e += kMr)
+    {
+        float acc[kMr];
+        for (int i = 0; i < kMr; ++i)
+        {
+            acc[i] = cv[i] * bankAt<DT>(bank, e + i);
+        }
+        for (int64_t kk = 1; kk < k; ++kk)
+        {
+            for (int i = 0; i < kMr; ++i)
+            {
+                acc[i] += cv[kk * kMr + i] * bankAt<DT>(bank, kk * kStride + e + i);
+            }
+        }
+        float const s = scale != nullptr ? scale[e / kMr] : 1.0f;
+        for (int i = 0; i < kMr; ++i)
+        {
+            dst[e + i] = scale != nullptr ? acc[i] * s : acc[i];
+        }
+    }
+}
+
+#if DYNET_X86
+template <int32_t DT>
+__attribute__((target("avx2,fma,f16c"))) inline __m256 bank8(void const* bank, int64_t i)
+{
+    if constexpr (DT == DYNET_FLOAT32)
+    {
+        return _mm256_loadu_ps(static_cast<float const*>(bank) + i);
+    }
+    else
+    {
+        return widen8(static_cast<uint16_t const*>(bank) + i, DT);
+    }
+}
+
+template <int32_t DT>
+__attribute__((target("avx2,fma,f16c"))) void fuseChunkAvx2T(float* dst, void const* bank, int64_t kStride, int64_t len,
+    float const* cv, int64_t k, float const* scale)
+{
+    for (int64_t e = 0; e < len; e += kMr)
+    {
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(cv), bank8<DT>(bank, e));
+        for (int64_t kk = 1; kk < k; ++kk)
+        {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(cv + kk * kMr), bank8<DT>(bank, kk * kStride + e), acc);
+        }
+        if (scale != nullptr)
+        {
+            acc = _mm256_mul_ps(acc, _mm256_set1_ps(scale[e / kMr]));
+        }
+        _mm256_storeu_ps(dst + e, acc);
+    }
+}
+
+template <int32_t DT>
+__attribute__((target("avx512f,avx512dq,avx2,fma,f16c"))) inline __m512 bank16(void const* bank, int64_t i)
+{
+    if constexpr (DT == DYNET_FLOAT32)
+    {
+        return _mm512_loadu_ps(static_cast<float const*>(bank) + i);
+    }
+    else
+    {
+        return widen16(static_cast<uint16_t const*>(bank) + i, DT);
+    }
+}
+
+constexpr int64_t kFuseMaxK512 = 32; // the AVX-512 fusion keeps K 16-lane coefficient vectors on the stack
+
+// Two kernel elements (16 lanes) per step: the coefficients repeated in both halves, the scales of both elements.
+template <int32_t DT>
+__attribute__((target("avx512f,avx512dq,avx2,fma,f16c"))) void fuseChunkAvx512T(float* dst, void const* bank,
+    int64_t kStride, int64_t len, float const* cv, int64_t k, float const* scale)
+{
+    if (k > kFuseMaxK512)
+    {
+        fuseChunkAvx2T<DT>(dst, bank, kStride, len, cv, k, scale);
+        return;
+    }
+    alignas(64) float cv16[kFuseMaxK512 * 16];
+    for (int64_t kk = 0; kk < k; ++kk)
+    {
+        for (int i = 0; i < 16; ++i)
+        {
+            cv16[kk * 16 + i] = cv[kk * kMr + i % kMr];
+        }
+    }
+    int64_t e = 0;
+    for (; e + 16 <= len; e += 16)
+    {
+        __m512 acc = _mm512_mul_ps(_mm512_load_ps(cv16), bank16<DT>(bank, e));
+        for (int64_t kk = 1; kk < k; ++kk)
+        {
+            acc = _mm512_fmadd_ps(_mm512_load_ps(cv16 + kk * 16), bank16<DT>(bank, kk * kStride + e), acc);
+        }
+        if (scale != nullptr)
+        {
+            __m512 const s = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(scale[e / kMr]),
+                _mm512_set1_ps(scale[e / kMr + 1]));
+            acc = _mm512_mul_ps(acc, s);
+        }
+        _mm512_storeu_ps(dst + e, acc);
+    }
+    if (e < len)
+    {
+        // The last kernel element (e is a multiple of 16, so the bank and the scales stay aligned to it).
+        void const* tail = DT == DYNET_FLOAT32 ? static_cast<void const*>(static_cast<float const*>(bank) + e)
+                                               : static_cast<void const*>(static_cast<uint16_t const*>(bank) + e);
+        fuseChunkAvx2T<DT>(dst + e, tail, kStride, len - e, cv, k, scale != nullptr ? scale + e / kMr : nullptr);
+    }
+}
+#endif
+
+template <int32_t DT>
+DYNET_INLINE void fuseChunkT(CpuIsa isa, float* dst, void const* bank, int64_t kStride, int64_t len, float const* cv,
+    int64_t k, float const* scale)
+{
+#if DYNET_X86
+    if (isa == CpuIsa::kAvx512)
+    {
+        fuseChunkAvx512T<DT>(dst, bank, kStride, len, cv, k, scale);
+        return;
+    }
+    if (isa == CpuIsa::kAvx2)
+    {
+        fuseChunkAvx2T<DT>(dst, bank, kStride, len, cv, k, scale);
+        return;
+    }
+#endif
+    (void) isa;
+    fuseChunkGenericT<DT>(dst, bank, kStride, len, cv, k, scale);
+}
+
+DYNET_INLINE void fuseChunk(CpuIsa isa, int32_t dtype, float* dst, void const* bank, int64_t kStride, int64_t len,
+    float const* cv, int64_t k, float const* scale)
+{
+    switch (dtype)
+    {
+    case DYNET_FLOAT16: fuseChunkT<DYNET_FLOAT16>(isa, dst, bank, kStride, len, cv, k, scale); break;
+    case DYNET_BFLOAT16: fuseChunkT<DYNET_BFLOAT16>(isa, dst, bank, kStride, len, cv, k, scale); break;
+    default: fuseChunkT<DYNET_FLOAT32>(isa, dst, bank, kStride, len, cv, k, scale); break;
+    }
+}
+
 // ---- step 1: kernel fusion ------------------------------------------------------------------------------------
 
 struct FuseJob
@@ -373,63 +539,40 @@ DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int
     int64_t const panelSize = g.r * kMr;
     int64_t const panelOffset = (gi * b.panels + tp) * g.k * panelSize;
     bool const narrowBank = b.dtype != DYNET_FLOAT32;
-    float const* src = narrowBank ? nullptr : b.weight.data() + panelOffset;
-    uint16_t const* src16 = narrowBank ? b.weight16.data() + panelOffset : nullptr;
     int64_t const taps = g.kh * g.kw;
-    float cv[kMr];
+    // The samples' coefficients of this panel's rows, [n][k][8] (rows past `rows` are 0: their bank rows are 0 too).
+    thread_local std::vector<float> coeffs;
+    coeffs.resize(static_cast<size_t>((n1 - n0) * g.k * kMr));
+    for (int64_t n = n0; n < n1; ++n)
+    {
+        for (int64_t k = 0; k < g.k; ++k)
+        {
+            for (int i = 0; i < kMr; ++i)
+            {
+                coeffs[static_cast<size_t>(((n - n0) * g.k + k) * kMr + i)] = i < rows ? coeffAt(j, n, t0 + i, k) : 0.0f;
+            }
+        }
+    }
+    float scales[kFuseChunk];
     // Chunks of the kernel so that the K basis slices stay in L1 while every sample reads them.
     for (int64_t r0 = 0; r0 < g.r; r0 += kFuseChunk)
     {
-        int64_t const len = std::min(kFuseChunk, g.r - r0) * kMr;
+        int64_t const elements = std::min(kFuseChunk, g.r - r0);
+        void const* bank = narrowBank ? static_cast<void const*>(b.weight16.data() + panelOffset + r0 * kMr)
+                                      : static_cast<void const*>(b.weight.data() + panelOffset + r0 * kMr);
         for (int64_t n = n0; n < n1; ++n)
         {
-            float* dst = dst0 + (n - n0) * dstStride + r0 * kMr;
-            for (int64_t k = 0; k < g.k; ++k)
-            {
-                for (int i = 0; i < kMr; ++i)
-                {
-                    cv[i] = i < rows ? coeffAt(j, n, t0 + i, k) : 0.0f;
-                }
-                if (narrowBank)
-                {
-                    axpy16(j.isa, dst, src16 + k * panelSize + r0 * kMr, len, cv, k == 0, b.dtype);
-                    continue;
-                }
-                float const* s = src + k * panelSize + r0 * kMr;
-                if (k == 0)
-                {
-                    for (int64_t e = 0; e < len; e += kMr)
-                    {
-                        for (int i = 0; i < kMr; ++i)
-                        {
-                            dst[e + i] = cv[i] * s[e + i];
-                        }
-                    }
-                }
-                else
-                {
-                    for (int64_t e = 0; e < len; e += kMr)
-                    {
-                        for (int i = 0; i < kMr; ++i)
-                        {
-                            dst[e + i] += cv[i] * s[e + i];
-                        }
-                    }
-                }
-            }
             if (j.spatial != nullptr)
             {
-                // Row e / 8 of the chunk is kernel element r0 + e / 8, tap (r0 + e / 8) % (kH*kW), for all 8 rows.
+                // Row q of the chunk is kernel element r0 + q, tap (r0 + q) % (kH*kW), for all 8 output rows.
                 float const* sp = j.spatial + n * taps;
-                for (int64_t e = 0; e < len; e += kMr)
+                for (int64_t q = 0; q < elements; ++q)
                 {
-                    float const scale = sp[(r0 + e / kMr) % taps];
-                    for (int i = 0; i < kMr; ++i)
-                    {
-                        dst[e + i] *= scale;
-                    }
+                    scales[q] = sp[(r0 + q) % taps];
                 }
             }
+            fuseChunk(j.isa, b.dtype, dst0 + (n - n0) * dstStride + r0 * kMr, bank, panelSize, elements * kMr,
+                coeffs.data() + (n - n0) * g.k * kMr, g.k, j.spatial != nullptr ? scales : nullptr);
         }
     }
     for (int64_t n = n0; n < n1 && j.fusedBias != nullptr; ++n)
@@ -1481,20 +1624,30 @@ DYNET_INLINE void meanTaskBody(MeanJob const& j, int64_t task)
     for (int64_t e = task * j.planesPerTask; e < e1; ++e)
     {
         float const* v = j.y + e * j.p;
-        double part[4] = {0.0, 0.0, 0.0, 0.0}; // four independent sums: the adds pipeline
+        // kLanes independent double sums, lane l taking every kLanes-th value: lane-wise adds the compiler vectorises
+        // for the ISA without reordering any one sum (several vector accumulators, so the adds pipeline).
+        constexpr int kLanes = 32;
+        double part[kLanes] = {};
         int64_t q = 0;
-        for (; q + 4 <= j.p; q += 4)
+        for (; q + kLanes <= j.p; q += kLanes)
         {
-            for (int l = 0; l < 4; ++l)
+            for (int l = 0; l < kLanes; ++l)
             {
                 part[l] += static_cast<double>(v[q + l]);
             }
         }
-        for (; q < j.p; ++q)
+        for (int l = 0; q + l < j.p; ++l)
         {
-            part[0] += static_cast<double>(v[q]);
+            part[l] += static_cast<double>(v[q + l]);
         }
-        j.mean[e] = static_cast<float>(((part[0] + part[1]) + (part[2] + part[3])) / static_cast<double>(j.p));
+        for (int width = kLanes / 2; width > 0; width /= 2)
+        {
+            for (int l = 0; l < width; ++l)
+            {
+                part[l] += part[l + width];
+            }
+        }
+        j.mean[e] = static_cast<float>(part[0] / static_cast<double>(j.p));
     }
 }
 

@@ -14,7 +14,11 @@ nothing else):
     pool in front of them is an addition per input element, not a multiply-add, and is not counted,
     as the pooling before a classifier is not);
   - kernel fusion: ``K * C_out * C_in/groups * kH * kW`` per dynamic layer and sample, plus
-    ``K * C_out`` for a bias bank.
+    ``K * C_out`` for a bias bank, plus ``C_out * C_in/groups * kH * kW`` (one multiply per fused kernel value)
+    for a spatial attention (ODConv's ``a_s``, op version 2);
+  - ODConv's attention (:class:`~dynet_deploy.nn.ODAttention`): its FC layers, counted as coefficient
+    prediction. Its channel and filter attentions scale feature maps element-wise and, like BatchNorm and
+    activations, are not counted.
 
 The counter runs the model once with forward hooks. Models built on the ``meta`` device are counted
 without computing anything (``with torch.device("meta"): model = create_model(...)``), which is how the
@@ -29,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .nn import CoefficientPredictor, DynamicConv2d
+from .nn import CoefficientPredictor, DynamicConv2d, ODAttention
 
 
 @dataclass
@@ -89,7 +93,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) 
     cpm_linears = {
         id(m)
         for cpm in model.modules()
-        if isinstance(cpm, CoefficientPredictor)
+        if isinstance(cpm, (CoefficientPredictor, ODAttention))
         for m in cpm.modules()
         if isinstance(m, nn.Linear)
     }
@@ -116,6 +120,10 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) 
                 )
                 if mod.bias_bank is not None:
                     fusion += mod.num_bases * mod.out_channels
+                if mod.spatial:  # each fused kernel value times its tap's spatial attention
+                    fusion += (
+                        mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+                    )
                 macs = _conv_macs(out, mod.in_channels, mod.groups, mod.kernel_size)
                 layers.append(LayerFlops(name, "dynamic_conv", macs, int(n * fusion), tuple(out.shape)))
             elif isinstance(mod, nn.Linear):

@@ -4,7 +4,8 @@
 For each model (small test configuration of tests/zoo_exports.py): the feature-form export (dynamic batch,
 dynamic H/W for segmentation) on onnxruntime at batches 1 and 4; then both forms fused (the kernel form exported
 at batch 2) on onnxruntime with the native DyNetDynamicConv2d library, at batches 1 and 4 (feature) and 1, 3, 5
-(kernel). Errors are the worst over all cases: max-abs and relative ||out - ref|| / ||ref||.
+(kernel). Models without a feature form (the OD-ResNets: ODConv's spatial attention) get the kernel form's rows
+only. Errors are the worst over all cases: max-abs and relative ||out - ref|| / ||ref||.
 
     .venv/bin/python scripts/zoo_parity.py [MODEL ...] [--exporter dynamo]
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from zoo_exports import SEG_SIZE, SEG_SIZE_2, exported, fused, parity, small_model  # noqa: E402
+from zoo_exports import SEG_SIZE, SEG_SIZE_2, exported, fused, has_feature_form, parity, small_model  # noqa: E402
 
 from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner  # noqa: E402
 from dynet_deploy.models import list_models, model_info  # noqa: E402
@@ -43,19 +44,22 @@ def main() -> int:
         seg = model_info(name).task == "segmentation"
         sizes = [SEG_SIZE, SEG_SIZE_2] if seg else None
         n_dyn = sum(isinstance(m, DynamicConv2d) for m in small_model(name).modules())
-        t0 = time.perf_counter()
-        path, _ = exported(name, "feature", args.exporter)
-        rows = parity(OnnxruntimeRunner(path), name, (1, 4), sizes)
-        cases = ", ".join(sorted({f"{b}" for b, *_ in rows})) + (
-            " (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")" if seg else ""
-        )
-        print(
-            f"| {name} | {n_dyn} | feature, portable | - | - | - | {cases} | {worst(rows)[0]:.1e} | {worst(rows)[1]:.1e} | {time.perf_counter() - t0:.1f} |",
-            flush=True,
-        )
+        feature = has_feature_form(name)
+        if feature:
+            t0 = time.perf_counter()
+            path, _ = exported(name, "feature", args.exporter)
+            rows = parity(OnnxruntimeRunner(path), name, (1, 4), sizes)
+            cases = ", ".join(sorted({f"{b}" for b, *_ in rows})) + (
+                " (" + ", ".join(f"{h}x{w}" for h, w in sizes) + ")" if seg else ""
+            )
+            print(
+                f"| {name} | {n_dyn} | feature, portable | - | - | - | {cases} | {worst(rows)[0]:.1e} | {worst(rows)[1]:.1e} | {time.perf_counter() - t0:.1f} |",
+                flush=True,
+            )
         if not n_dyn:
             continue
-        for form, batches in (("feature", (1, 4)), ("kernel", (1, 3, 5))):
+        forms = (("feature", (1, 4)),) if feature else ()
+        for form, batches in (*forms, ("kernel", (1, 3, 5))):
             t0 = time.perf_counter()
             fpath, rep = fused(name, form, args.exporter)
             rows = parity(OnnxruntimeRunner(fpath), name, batches, sizes if form == "feature" else None, seed=1)

@@ -179,6 +179,32 @@ def test_bench_times_pairs_interleaved_and_writes_table_json_png(tmp_path, caplo
     assert any(line.startswith("timing dy_resnet18 vs resnet18") for line in logs)
 
 
+def test_bench_runs_an_od_model_from_its_kernel_form():
+    """ODConv's layers have no feature form: the portable graph is the kernel form at each batch, the fused graph
+    (made from it, any batch) runs on the native op, the deploy form is the MatMul form with the spatial scale."""
+    cfg = BenchConfig(
+        models=["od_resnet18"],
+        batch_sizes=[1, 2],
+        threads=[1],
+        backends=["onnxruntime", "onnxruntime-portable", "onnxruntime-fused"],
+        input_size=(32, 32),
+        repeats=2,
+        warmup=1,
+        model_kwargs={"od_resnet18": TINY, "resnet18": TINY},
+    )
+    result = run_bench(cfg)
+    rows = {(r.model, r.backend, r.batch): r for r in result.rows}
+    assert set(rows) == {
+        (m, b, n) for m in ("od_resnet18", "resnet18") for b in cfg.backends for n in cfg.batch_sizes
+    }, result.skipped
+    for batch in (1, 2):
+        assert f"kernel form, batch {batch}" in rows["od_resnet18", "onnxruntime-portable", batch].graph
+        fused = rows["od_resnet18", "onnxruntime-fused", batch].graph
+        assert "DyNetDynamicConv2d graph" in fused and "native DyNetDynamicConv2d library" in fused
+        assert "deploy form 'matmul" in rows["od_resnet18", "onnxruntime", batch].graph
+        assert rows["od_resnet18", "onnxruntime", batch].baseline == "resnet18"
+
+
 def test_cli_reports_bad_arguments(capsys):
     assert main(["bench", "--models", "resnet19", "--out-dir", "unused"]) == 1
     assert "unknown model" in capsys.readouterr().err

@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import onnx
 import pytest
+import torch
 from zoo_exports import (
     ATOL,
     KERNEL_EXPORT_BATCH,
     KERNEL_FORM_CI_MODELS,
+    KERNEL_ONLY_MODELS,
     RTOL,
     SEG_SIZE,
     SEG_SIZE_2,
     exported,
+    has_feature_form,
     parity,
     slow_after_first,
+    small_model,
 )
 
 from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
 from dynet_deploy.errors import ExportError
-from dynet_deploy.export import META_FORM, export_onnx, get_metadata
-from dynet_deploy.models import list_models, model_info
+from dynet_deploy.export import META_FORM, export_forms, export_onnx, get_metadata
+from dynet_deploy.models import create_model, list_models, model_info
 from dynet_deploy.nn import DyConv2d
 
-ALL_MODELS = list_models()
+ALL_MODELS = [n for n in list_models() if has_feature_form(n)]  # the OD-ResNets have the kernel form only
 
 
 def _assert_within(rows, what):
@@ -57,7 +61,7 @@ def test_zoo_feature_form_dynamic_batch_matches_pytorch(name):
     _assert_within(rows, name)
 
 
-@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS))
+@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS) + slow_after_first(KERNEL_ONLY_MODELS))
 def test_zoo_kernel_form_static_batch_matches_pytorch(name):
     path, report = exported(name, "kernel")
     model = _standard_ops_only(path)
@@ -69,6 +73,19 @@ def test_zoo_kernel_form_static_batch_matches_pytorch(name):
     )
     rows = parity(OnnxruntimeRunner(path), name, batches=(KERNEL_EXPORT_BATCH,))
     _assert_within(rows, name)
+
+
+def test_zoo_export_forms_are_what_the_model_exports_in():
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        assert export_forms(model) == model_info(name).export_forms, name
+
+
+def test_odconv_model_refuses_the_feature_form_naming_the_kernel_form(tmp_path):
+    with pytest.raises(ExportError, match="spatial attention .*--form kernel"):
+        export_onnx(small_model("od_resnet18"), tmp_path / "od.onnx", (1, 3, 32, 32), form="feature")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_static_conv_batchnorm_is_folded():

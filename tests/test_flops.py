@@ -8,7 +8,7 @@ from torch import nn
 
 from dynet_deploy.flops import count_flops, count_params
 from dynet_deploy.models import create_model
-from dynet_deploy.nn import DyConv2d
+from dynet_deploy.nn import DyConv2d, ODConv2d
 
 
 def test_single_conv_by_hand():
@@ -35,6 +35,20 @@ def test_grouped_dilated_conv_and_linear_by_hand():
     assert rep.conv_linear_macs == conv + linear
     assert [l.macs for l in rep.per_layer] == [conv, linear]
     assert rep.params == 6 * 2 * 9 + 6 * 5 + 5
+
+
+@pytest.mark.parametrize("kernels", [1, 3])
+def test_odconv_by_hand(kernels):
+    """ODConv: one conv at width C_out; fusion K multiply-adds plus the spatial multiply per fused kernel value;
+    the attention's FCs as coefficient prediction (its element-wise channel and filter scales are not counted)."""
+    layer = ODConv2d(32, 12, 3, padding=1, groups=2, kernel_num=kernels)  # squeeze: max(32 / 16, 16) = 16
+    rep = count_flops(layer, (2, 32, 7, 5))
+    j = (32 // 2) * 9
+    assert rep.conv_linear_macs == 2 * 12 * 7 * 5 * j
+    assert rep.fusion_macs == 2 * (kernels * 12 * j + 12 * j)
+    heads = 32 + 12 + 9 + (kernels if kernels > 1 else 0)  # channel, filter, spatial (, kernel)
+    assert rep.cpm_macs == 2 * (32 * 16 + 16 * heads)
+    assert {l.kind for l in rep.per_layer} == {"dynamic_conv", "cpm_linear"}
 
 
 @pytest.mark.parametrize("cpm_hidden", [None, 2])

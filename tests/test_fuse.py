@@ -14,16 +14,19 @@ import onnx
 import pytest
 import third_party_dynconv as tp
 import torch
+import torch.nn.functional as F
 from torch import nn
 from zoo_exports import (
     ATOL,
     KERNEL_FORM_CI_MODELS,
+    KERNEL_ONLY_MODELS,
     RTOL,
     SEG_SIZE,
     SEG_SIZE_2,
     compare,
     exported,
     fused,
+    has_feature_form,
     parity,
     randomize_batchnorms,
     slow_after_first,
@@ -33,13 +36,14 @@ from zoo_exports import (
 from dynet_deploy.backends.onnxruntime import OnnxruntimeRunner
 from dynet_deploy.errors import FuseError, RuntimeBackendError
 from dynet_deploy.export import export_onnx
-from dynet_deploy.fuse import fuse_dynamic_convs
+from dynet_deploy.fuse import fuse_dynamic_convs, infer_shapes
 from dynet_deploy.models import list_models, model_info
 from dynet_deploy.nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
 from dynet_deploy.op import spec
 from dynet_deploy.op.spec import OP_DOMAIN, OP_TYPE
+from dynet_deploy.tolerance import TOLERANCES, errors
 
-DYNAMIC_MODELS = list_models(dynamic=True)
+DYNAMIC_MODELS = [n for n in list_models(dynamic=True) if has_feature_form(n)]
 
 
 def _assert_within(rows, what):
@@ -89,7 +93,7 @@ def test_zoo_feature_form_fused(name):
     _assert_within(rows, f"{name} fused feature form")
 
 
-@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS))
+@pytest.mark.parametrize("name", slow_after_first(KERNEL_FORM_CI_MODELS) + slow_after_first(KERNEL_ONLY_MODELS))
 def test_zoo_kernel_form_fused_takes_any_batch(name):
     """Exported at batch 2 (batch-as-groups), fused, then run at batches the export could not take."""
     path, report = fused(name, "kernel")
@@ -328,6 +332,195 @@ def test_third_party_batch_as_groups(style, kw, exporter, tmp_path):
             ref = model(torch.from_numpy(x)).numpy()
         max_abs, rel = compare(runner.run({"input": x})["output"], ref)
         assert max_abs <= ATOL and rel <= RTOL, (b, max_abs, rel)
+
+
+# ---- ODConv: the spatial factor (op version 2) -------------------------------------------------------------------
+
+
+class ODNet(nn.Module):
+    """stem -> ODConv 3x3 + BN + ReLU -> ODConv 3x3 stride 2 + BN (+ a 1x1 ODConv with K > 1) -> head.
+
+    Every ODConv has its four attentions (tests/third_party_dynconv.py); the 3x3 ones fuse with the spatial
+    attention as the op's ``spatial`` input, the 1x1 one (no spatial attention) as before. ``transposed``: the
+    first layer's spatial values come in (j, i) order, which the probe must measure and the rewrite gather back."""
+
+    def __init__(self, kernel_num, groups=1, transposed=False):
+        super().__init__()
+        ch = 8
+        self.stem = nn.Sequential(nn.Conv2d(3, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU())
+        out1 = ch if groups == ch else 2 * ch  # groups == ch: depthwise (no filter attention)
+        self.od1 = tp.ODConvFull(
+            ch, out1, 3, padding=1, groups=groups, kernel_num=kernel_num, transposed_taps=transposed
+        )
+        self.bn1 = nn.BatchNorm2d(out1)
+        self.od2 = tp.ODConvFull(out1, 16, 3, stride=2, padding=1, groups=2 if groups > 1 else 1, kernel_num=kernel_num)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.od3 = tp.ODConvFull(16, 16, 1, kernel_num=kernel_num) if kernel_num > 1 else None
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.bn1(self.od1(x)))
+        x = self.bn2(self.od2(x))
+        if self.od3 is not None:
+            x = x + self.od3(x)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+OD_CASES = {
+    "K1": dict(kernel_num=1),
+    "K4": dict(kernel_num=4),
+    "K4_groups": dict(kernel_num=4, groups=2),
+    "K3_depthwise_transposed_taps": dict(kernel_num=3, groups=8, transposed=True),
+}
+OD_EXPORT_BATCH = 2
+OD_RUN_BATCHES = (1, 3, 5)  # none of them the export's
+
+
+def _od_net(case):
+    torch.manual_seed(4)
+    return randomize_batchnorms(ODNet(**OD_CASES[case]), (8, 3, 12, 12))
+
+
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _spatial_source(model, name):
+    """The op type the node's spatial input is computed from, through the rewrite's Reshape / Gather."""
+    prod = _producers(model)
+    node = prod[name]
+    while node.op_type in ("Reshape", "Gather", "Transpose"):
+        node = prod[node.input[0]]
+    return node.op_type
+
+
+@pytest.mark.parametrize(
+    "case,exporter",
+    [(c, "torchscript") for c in OD_CASES]
+    + [pytest.param(c, "dynamo", marks=pytest.mark.slow) for c in ("K1", "K4_groups")],
+)
+def test_odconv_fuses_with_its_spatial_attention(case, exporter, tmp_path, ort_op_library):
+    """Every ODConv layer -> one node; the kxk ones read the spatial attention through ``spatial`` (op version 2)
+    and match PyTorch at fp32 tolerance at batches the fixed-batch export never saw."""
+    model = _od_net(case)
+    src = tmp_path / "od.onnx"
+    export_onnx(model, src, (OD_EXPORT_BATCH, 3, 12, 12), form="kernel", dynamic_batch=False, exporter=exporter)
+    report = fuse_dynamic_convs(src, tmp_path / "od.plugin.onnx")
+    layers = [m for m in model.modules() if isinstance(m, tp.ODConvFull)]
+    assert (report.candidates, report.matched, report.left) == (len(layers), len(layers), 0), report.details
+    assert report.batch.startswith("dynamic"), report.batch
+    fused_model = _check_fused_graph(tmp_path / "od.plugin.onnx", len(layers))
+    assert [o.version for o in fused_model.opset_import if o.domain == OP_DOMAIN] == [2]
+    nodes = _fused_nodes(fused_model)
+    inits = {t.name: t for t in fused_model.graph.initializer}
+    for node, layer, info in zip(nodes, layers, report.fused):
+        attrs = spec.read_attributes(node)
+        weight = inits[node.input[2]]
+        assert list(weight.dims) == list(layer.weight.shape)  # K bases, not K * kH*kW tap-masked ones
+        assert info.num_bases == layer.kernel_num and info.has_spatial == (layer.k > 1)
+        assert attrs["has_spatial"] == int(layer.k > 1) and spec.node_version(node) == 2
+        # the filter attention a_f folded into per-channel coefficients (exact: no bias before it), so the
+        # BatchNorm after it folds too (the 1x1 layer's output feeds the residual Add: nothing to fold there)
+        assert info.folded_filter_scale == (layer.filter_head is not None)
+        rows = layer.out_ch if layer.filter_head is not None else 1
+        assert _shape_of(fused_model, node.input[1])[1:] == [rows, layer.kernel_num]
+        if layer is not model.od3:
+            assert attrs["has_bias"] == 1 and info.folded_batchnorm
+        if layer.k > 1:
+            spatial = node.input[spec.input_names(attrs).index("spatial")]
+            assert _spatial_source(fused_model, spatial) == "Sigmoid"
+            shape = _shape_of(fused_model, spatial)
+            assert shape[1:] == [layer.k * layer.k] and isinstance(shape[0], str), shape
+    assert spec.read_attributes(nodes[0])["activation"] == 1  # od1 -> BN -> ReLU: all in the node
+    if OD_CASES[case].get("transposed"):
+        assert any(n.op_type == "Gather" and n.output[0] in nodes[0].input for n in fused_model.graph.node)
+    runner = OnnxruntimeRunner(tmp_path / "od.plugin.onnx")
+    assert runner.uses_custom_op
+    tol = TOLERANCES["fp32"]
+    rng = np.random.default_rng(6)
+    for b in OD_RUN_BATCHES:
+        x = rng.standard_normal((b, 3, 12, 12)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        max_abs, rel = errors(runner.run({"input": x})["output"], ref)
+        assert tol.allows(max_abs, rel), f"{case} {exporter} batch {b}: max-abs {max_abs:.2e}, relative {rel:.2e}"
+
+
+def _shape_of(model, name):
+    inferred = infer_shapes(model)
+    (vi,) = [v for v in inferred.graph.value_info if v.name == name]
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+class ScaledOutput(nn.Module):
+    """CondConv, its output times a scale (a per-channel constant, or a run-time per-sample one computed from the
+    block input), then BN and ReLU."""
+
+    def __init__(self, runtime: bool, bias: bool):
+        super().__init__()
+        self.conv = tp.CondConvStyle(8, 8, 3, padding=1, bias=bias)
+        self.runtime = runtime
+        self.head = nn.Linear(8, 8)
+        self.register_buffer("scale", torch.linspace(0.5, 2.0, 8).reshape(1, 8, 1, 1))
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        scale = torch.sigmoid(self.head(x.mean((2, 3)))).view(x.shape[0], 8, 1, 1) if self.runtime else self.scale
+        return torch.relu(self.bn(self.conv(x) * scale))
+
+
+@pytest.mark.parametrize("runtime,bias", [(False, False), (True, False), (True, True)])
+def test_output_scales_fold_only_where_exact(runtime, bias, tmp_path):
+    """A scale after the conv folds into the node (a constant into the bank, a run-time one into per-channel
+    coefficients), and the BN and ReLU after it too; a run-time scale after a bias does not (it would scale the
+    bias per sample): the Mul, BN and ReLU stay outside."""
+    torch.manual_seed(5)
+    model = randomize_batchnorms(ScaledOutput(runtime, bias), (8, 8, 10, 12))
+    src = tmp_path / "s.onnx"
+    export_onnx(model, src, (2, 8, 10, 12), form="kernel", dynamic_batch=False)
+    report = fuse_dynamic_convs(src, tmp_path / "s.plugin.onnx")
+    assert (report.matched, report.left) == (1, 0), report.details
+    (info,) = report.fused
+    folds = not (runtime and bias)
+    assert info.folded_filter_scale == (runtime and not bias)
+    assert info.folded_batchnorm == folds and (info.activation == "relu") == folds, report.details
+    fused_model = _check_fused_graph(tmp_path / "s.plugin.onnx", 1)
+    (node,) = _fused_nodes(fused_model)
+    assert any(n.op_type == "Mul" and node.output[0] in n.input for n in fused_model.graph.node) == (runtime and bias)
+    runner = OnnxruntimeRunner(tmp_path / "s.plugin.onnx")
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 8, 10, 12)).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        max_abs, rel = errors(runner.run({"input": x})["output"], ref)
+        assert TOLERANCES["fp32"].allows(max_abs, rel), (b, max_abs, rel)
+
+
+class SpatialTwice(nn.Module):
+    """A weight that depends on kH*kW values per sample, but not one value per tap: each value scales two taps."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 9)
+        self.bank = nn.Parameter(torch.randn(8, 4, 3, 3) * 0.2)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        s = torch.sigmoid(self.head(x.mean((2, 3))))
+        s = s.view(b, 1, 1, 3, 3) * s.view(b, 1, 1, 3, 3).transpose(-1, -2)  # not linear in s either
+        weight = (s * self.bank.unsqueeze(0)).reshape(b * 8, 4, 3, 3)
+        out = nn.functional.conv2d(x.reshape(1, b * c, h, w), weight, None, 1, 1, 1, b)
+        return out.view(b, 8, h, w)
+
+
+def test_a_weight_that_is_no_spatial_factor_is_left_and_reported(tmp_path):
+    torch.manual_seed(0)
+    src = tmp_path / "s.onnx"
+    export_onnx(SpatialTwice().eval(), src, (2, 4, 9, 9), form="kernel", dynamic_batch=False)
+    report = fuse_dynamic_convs(src, tmp_path / "s.plugin.onnx")
+    assert (report.candidates, report.matched, report.left) == (1, 0, 1)
+    assert "as spatial factor" in report.details[0] and "as coefficients" in report.details[0], report.details
 
 
 # ---- what is left alone -----------------------------------------------------------------------------------------

@@ -109,6 +109,27 @@ def test_missing_out_dir_and_absent_tensorrt_are_clear_errors(small_model, tmp_p
     assert rc == 1 and "TensorRT" in err and "Traceback" not in err
 
 
+def test_od_model_through_export_fuse_validate(tmp_path, capsys):
+    """An OD-ResNet18 (ODConv, four kernels) from the CLI: kernel-form export at batch 2 with its checkpoint, fuse
+    (every ODConv layer one node with the spatial input), validate at batches the export never saw."""
+    onnx_path, fused, ckpt = tmp_path / "od.onnx", tmp_path / "od.plugin.onnx", tmp_path / "od"
+    args = json.dumps({"num_classes": 10, "width_mult": 0.25})
+    assert (
+        main(
+            ["export", "--model", "od_resnet18_4x", "--model-args", args, "--input-size", "32", "32"]
+            + ["--form", "kernel", "--batch", "2", "-o", str(onnx_path), "--save-checkpoint", str(ckpt)]
+        )
+        == 0
+    )
+    assert main(["fuse", str(onnx_path), "-o", str(fused)]) == 0
+    assert "matched: 16, left: 0; batch: dynamic" in capsys.readouterr().out
+    rc = main(["validate", str(ckpt) + ".safetensors", str(fused), "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "PASSED" in out, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and [c["batch"] for c in report["random_inputs"]["checks"]] == [1, 4, 3]
+
+
 def test_mean_iou_and_synthetic_masks():
     images, masks = synthetic_segmentation(3, 32, 40, 5, seed=1)
     assert images.shape == (3, 3, 32, 40) and masks.shape == (3, 32, 40)

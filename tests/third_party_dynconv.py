@@ -12,8 +12,12 @@ recognise them by structure:
   temperature over K kernels from a two-layer squeeze MLP, weight via ``torch.mm`` and bias via ``torch.mm``,
   passed to conv2d as its bias.
 * ``ODConvStyle``: ODConv's kernel-attention aggregation ``sum(attn * bank, dim=1)`` (Mul + ReduceSum)
-  over a ``[K, C_out, C_in/g, k, k]`` bank (only the kernel attention: the other three ODConv attentions
-  are not a linear combination of bases and are out of the op's scope).
+  over a ``[K, C_out, C_in/g, k, k]`` bank, the kernel attention alone.
+* ``ODConvFull``: ODConv (Li et al., ICLR 2022) with its four attentions as the public module computes them: one
+  squeeze (GAP, 1x1 conv, BN, ReLU) and four heads, channel ``a_c`` and filter ``a_f`` (sigmoid, ``[B, C, 1, 1]``;
+  no filter head for a depthwise layer), spatial ``a_s`` (sigmoid, ``[B, 1, 1, 1, k, k]``; none for k = 1) and
+  kernel ``a_w`` (softmax over K, ``[B, K, 1, 1, 1, 1]``; the constant 1.0 for K = 1); ``x * a_c``, the weight
+  ``sum(a_s * a_w * bank, dim=1)``, the output times ``a_f``. Inference form: no temperature.
 """
 
 from __future__ import annotations
@@ -102,6 +106,54 @@ class ODConvStyle(nn.Module):
         agg = agg.view([-1, self.in_ch // self.groups, self.k, self.k])
         out = F.conv2d(x.reshape(1, -1, h, w), agg, None, self.stride, self.padding, self.dilation, self.groups * b)
         return out.view(b, self.out_ch, out.size(-2), out.size(-1))
+
+
+class ODConvFull(nn.Module):
+    def __init__(
+        self,
+        in_ch,
+        out_ch,
+        k,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        kernel_num=4,
+        reduction=0.0625,
+        min_channel=16,
+        transposed_taps=False,
+    ):
+        super().__init__()
+        hidden = max(int(in_ch * reduction), min_channel)
+        self.in_ch, self.out_ch, self.k, self.kernel_num = in_ch, out_ch, k, kernel_num
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.transposed_taps = transposed_taps  # the spatial head's values in (j, i) order, transposed back
+        self.squeeze = nn.Conv2d(in_ch, hidden, 1, bias=False)
+        self.squeeze_bn = nn.BatchNorm2d(hidden)
+        self.channel_head = nn.Conv2d(hidden, in_ch, 1)
+        self.filter_head = None if groups == in_ch == out_ch else nn.Conv2d(hidden, out_ch, 1)
+        self.spatial_head = None if k == 1 else nn.Conv2d(hidden, k * k, 1)
+        self.kernel_head = None if kernel_num == 1 else nn.Conv2d(hidden, kernel_num, 1)
+        self.weight = nn.Parameter(
+            torch.randn(kernel_num, out_ch, in_ch // groups, k, k) / math.sqrt(in_ch // groups * k * k)
+        )
+
+    def forward(self, x):
+        b, c, h, w = x.size()
+        z = F.relu(self.squeeze_bn(self.squeeze(F.adaptive_avg_pool2d(x, 1))))
+        channel = torch.sigmoid(self.channel_head(z).view(b, -1, 1, 1))
+        filt = torch.sigmoid(self.filter_head(z).view(b, -1, 1, 1)) if self.filter_head is not None else 1.0
+        spatial = 1.0
+        if self.spatial_head is not None:
+            spatial = torch.sigmoid(self.spatial_head(z).view(b, 1, 1, 1, self.k, self.k))
+            if self.transposed_taps:
+                spatial = spatial.transpose(-1, -2)
+        kernel = F.softmax(self.kernel_head(z).view(b, -1, 1, 1, 1, 1), dim=1) if self.kernel_head is not None else 1.0
+        x = (x * channel).reshape(1, -1, h, w)
+        weight = torch.sum(spatial * kernel * self.weight.unsqueeze(dim=0), dim=1)
+        weight = weight.view([-1, self.in_ch // self.groups, self.k, self.k])
+        out = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups * b)
+        return out.view(b, self.out_ch, out.size(-2), out.size(-1)) * filt
 
 
 class ThirdPartyNet(nn.Module):

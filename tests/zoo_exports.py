@@ -16,7 +16,7 @@ import torch
 from dynet_deploy.errors import ModelError
 from dynet_deploy.export import export_onnx
 from dynet_deploy.fuse import fuse_dynamic_convs
-from dynet_deploy.models import create_model, model_info
+from dynet_deploy.models import create_model, list_models, model_info
 
 CLS_SIZE = (32, 32)
 SEG_SIZE = (32, 48)  # the dilated FCNs have output stride 8: 4x6 features
@@ -25,6 +25,8 @@ KERNEL_EXPORT_BATCH = 2
 # The kernel (batch-as-groups) form in CI for two models (CPU budget; the segmentation upsampling case has
 # its own small test in test_fuse.py); scripts/zoo_parity.py runs every model in both forms.
 KERNEL_FORM_CI_MODELS = ["dy_resnet18", "dy_mobilenet_v3_small"]
+# Zoo models whose dynamic convs export in the kernel form only (ODConv's spatial attention: the OD-ResNets).
+KERNEL_ONLY_MODELS = [n for n in list_models(dynamic=True) if "feature" not in model_info(n).export_forms]
 ATOL = 1e-4
 RTOL = 1e-5
 
@@ -94,6 +96,15 @@ def fused(name: str, form: str, exporter: str = "torchscript"):
     src, _ = exported(name, form, exporter)
     out = src.with_suffix(".plugin.onnx")
     return out, fuse_dynamic_convs(src, out)
+
+
+def has_feature_form(name: str) -> bool:
+    return "feature" in model_info(name).export_forms
+
+
+def fusable_form(name: str) -> str:
+    """The form a Dy model's fused graph is made from here: the feature form where it has one, else the kernel form."""
+    return "feature" if has_feature_form(name) else "kernel"
 
 
 def compare(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:

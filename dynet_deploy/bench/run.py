@@ -309,14 +309,23 @@ class _Artefacts:
         return (batch, self.in_chans(name), *self.cfg.input_size)
 
     def graph(self, name: str, kind: str, batch: int) -> tuple[Path, str]:
-        """``kind``: "deploy" (fastest CPU form), "portable" (feature form, dynamic batch), "fused"."""
+        """``kind``: "deploy" (fastest CPU form), "portable" (feature form, dynamic batch; the kernel form at ``batch``
+        for a model that has no feature form), "fused"."""
         from ..export.deploy_forms import best_dy_form, export_deploy_onnx
-        from ..export.exporter import export_onnx
+        from ..export.exporter import export_forms, export_onnx
 
         user = self.cfg.user_models.get(name)
         if user is not None and user.onnx is not None:
             return Path(user.onnx), f"the given graph {Path(user.onnx).name}"
         dynamic = art_is_dynamic(name, self.cfg)
+        if dynamic and kind == "portable" and "feature" not in export_forms(self.model(name)):
+            # ODConv's layers have the kernel form only: a fixed batch, one graph per batch (fuse makes it dynamic)
+            key = (name, "portable", batch)
+            if key not in self._graphs:
+                path = self.workdir / f"{name}.kernel.b{batch}.onnx"
+                export_onnx(self.model(name), path, self.input_shape(batch, name), form="kernel", dynamic_batch=False)
+                self._graphs[key] = path
+            return self._graphs[key], f"standard export (kernel form, batch {batch})"
         if not dynamic or kind == "portable":
             key = (name, "portable", 0)
             if key not in self._graphs:

@@ -10,7 +10,9 @@ Two export forms of every dynamic conv, selected with ``form``:
                              ``group = N*groups``), as every public dynamic-conv implementation exports.
                              ONNX ``Conv.group`` is a static attribute, so the batch is fixed at export.
 
-Either form is what ``dynet-deploy fuse`` rewrites into one ``DyNetDynamicConv2d`` node per dynamic conv.
+Either form is what ``dynet-deploy fuse`` rewrites into one ``DyNetDynamicConv2d`` node per dynamic conv. A model with
+dynamic convs that take a spatial attention (ODConv, the OD-ResNets) has the kernel form only: the feature form
+cannot scale a kernel's taps (:func:`export_forms`).
 
 What differs from a plain ``torch.onnx.export``:
 
@@ -93,6 +95,15 @@ def count_dynamic_convs(model) -> int:
     from ..nn import DynamicConv2d
 
     return sum(isinstance(m, DynamicConv2d) for m in model.modules())
+
+
+def export_forms(model) -> tuple[str, ...]:
+    """The forms ``model`` exports in: both, or the kernel form alone when a dynamic conv takes a spatial attention."""
+    from ..nn import DynamicConv2d
+
+    if any(isinstance(m, DynamicConv2d) and m.spatial for m in model.modules()):
+        return ("kernel",)
+    return EXPORT_FORMS
 
 
 def prepare_for_export(model, form: str = DEFAULT_FORM):
@@ -272,6 +283,11 @@ def export_onnx(
     if len(shape) != 4 or min(shape) < 1:
         raise ExportError(f"input_shape must be (N, C, H, W) with positive sizes, got {tuple(input_shape)}")
     path = check_output_path(path, ExportError)
+    if form not in export_forms(model):
+        raise ExportError(
+            f"the model's dynamic convs take a spatial attention (ODConv), which the {form} form cannot express: "
+            f"export with --form kernel (a fixed batch; `dynet-deploy fuse` makes it dynamic)"
+        )
     dyn_convs = count_dynamic_convs(model)
     if dynamic_batch is None:
         dynamic_batch = form == "feature" or dyn_convs == 0

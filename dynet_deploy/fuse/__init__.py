@@ -13,7 +13,9 @@ pattern-matched (:mod:`.probe`): the subgraph from the coefficients to the weigh
 run on onnxruntime with basis coefficients to read off the bank ``[K, C_out, C_in/g, kH, kW]`` (whatever the
 exporter's permutation), and checked on fresh random coefficients to be exactly the linear map the op
 computes, for each of three coefficient layouts (per expert ``[B, K]``, per channel ``[B, C_out, K]`` or
-``[B, K, C_out]``). A subgraph that is not such a map is left untouched and reported.
+``[B, K, C_out]``). A subgraph that is not such a map is left untouched and reported. A second run-time tensor of
+kH*kW values per sample (ODConv's spatial attention) is measured the same way and becomes the op's ``spatial``
+input (op version 2); ODConv's filter attention after the conv folds into per-channel coefficients.
 
 **Feature form** (our ``--form feature`` export): a ``Conv`` with a constant weight of ``K*C_out`` outputs,
 a Reshape to ``[N, C_out, K, H', W']`` (or ``[N, K, C_out, ...]``), a Mul with the coefficients broadcast to

@@ -1,5 +1,13 @@
 """The two matchers: the kernel form (batch-as-groups Conv with a run-time weight) and the feature form
-(K*C_out-output Conv, Mul with the coefficients, ReduceSum); what follows the conv (bias, BN, activation) is folded."""
+(K*C_out-output Conv, Mul with the coefficients, ReduceSum); what follows the conv (bias, BN, activation) is folded.
+
+A kernel-form weight may depend on a second run-time tensor of kH*kW values per sample, or on such a tensor alone:
+ODConv's spatial attention, which the op (version 2) takes as its ``spatial`` input. Which tensor plays which part is
+measured (:mod:`.probe`), not read from names or op patterns. A Mul of the conv's output by a run-time
+``[B, C_out, 1, 1]`` tensor (ODConv's filter attention) is folded into per-channel coefficients when the conv has no
+bias of its own (``a_f[t] * sum_k c[k] W_k`` is exact; a bias before the Mul would be scaled per sample too), so that
+the BatchNorm shift and activation after it fold as well; a Mul by a constant scalar or per-channel constant there
+(ODConv's depthwise layers multiply by 1.0) folds into the bank."""
 
 from __future__ import annotations
 
@@ -21,14 +29,14 @@ from .graph import (
     _sole_reader,
     _walk_back,
 )
-from .probe import _is_channel_vector, _measure_aggregation, _per_sample_bias
+from .probe import _is_channel_vector, _measure_aggregation, _per_sample_bias, per_sample_size
 
 
 @dataclass
 class _Match:
     form: str
     x: Any
-    leaf: Any
+    leaf: Any  # the coefficient tensor; None: the weight depends on the spatial factor alone (K = 1, coefficient 1)
     layout: str  # "expert", "tk" ([C_out, K] per sample), "kt" ([K, C_out] per sample)
     num_bases: int
     c_in: int
@@ -43,6 +51,53 @@ class _Match:
     output: Any  # the tensor the fused node produces
     activation: int = 0
     folded_batchnorm: bool = False
+    spatial: Any = None  # the spatial factor's tensor (kH*kW values per sample), or None
+    spatial_order: tuple[int, ...] | None = None  # the op's spatial[n, t] is the tensor's value order[t] of sample n
+    filter: Any = None  # a [B, C_out, 1, 1] run-time scale of the output folded into the coefficients, or None
+
+
+def _readings(leaves, batch: int, taps: int) -> list[tuple[Any, Any]]:
+    """The (coefficients, spatial factor) roles the weight's run-time tensors may play, the cheapest first.
+
+    One tensor: a spatial factor alone when it has kH*kW values per sample (ODConv with one kernel), else (or when
+    that is not what the probe measures) coefficients. Two: one of them a spatial factor of kH*kW values per sample
+    and the other the coefficients (ODConv). The probe decides which reading, if any, is the op's map.
+    """
+    if len(leaves) == 1:
+        (t,) = leaves
+        return ([(None, t)] if taps > 1 and per_sample_size(t, batch) == taps else []) + [(t, None)]
+    if len(leaves) == 2 and taps > 1:
+        a, b = leaves
+        found = [(c, s) for c, s in ((a, b), (b, a)) if per_sample_size(s, batch) == taps]
+        if found:
+            return found
+    names = ", ".join(repr(lf.name) for lf in leaves[:3])
+    raise _NoMatch(
+        f"the weight depends on {len(leaves)} run-time tensors ({names}), not one coefficient tensor "
+        f"(and at most one spatial factor of kH*kW = {taps} values per sample)"
+    )
+
+
+def _output_scale(graph, y, c_out: int, batch: int) -> tuple[Any, np.ndarray | None, Any]:
+    """``(run-time scale, constant scale [C_out], the Mul's output)`` when ``y``'s only reader multiplies it by a
+    run-time ``[B, C_out, 1, 1]`` tensor (ODConv's filter attention) or by a constant scalar / per-channel
+    ``[1|, C_out, 1, 1]`` value; else ``(None, None, y)``. Being ``y``'s only reader, the Mul's other operand
+    cannot be computed from ``y``."""
+    reader = _sole_reader(y, graph)
+    if reader is None or reader.op != "Mul" or len(reader.inputs) != 2:
+        return None, None, y
+    other = reader.inputs[1] if reader.inputs[0] is y else reader.inputs[0]
+    value = _const(other)
+    if value is not None:
+        v = np.asarray(value, np.float64)
+        if v.size == 1 and v.ndim <= 4:
+            return None, np.full(c_out, float(v.ravel()[0])), reader.outputs[0]
+        if v.shape in ((c_out, 1, 1), (1, c_out, 1, 1)):
+            return None, v.reshape(c_out), reader.outputs[0]
+        return None, None, y
+    if _int_shape(other) != [batch, c_out, 1, 1]:
+        return None, None, y
+    return other, None, reader.outputs[0]
 
 
 def _conv_geometry(conv, extra_pads) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
@@ -180,28 +235,50 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
         ):
             break
         y = reader.outputs[0]
-    # the coefficients: the one run-time tensor the weight depends on
+    # the coefficients (and a spatial factor): the run-time tensors the weight depends on
     _, leaves = _walk_back([w_t])
-    if len(leaves) != 1:
-        names = ", ".join(repr(lf.name) for lf in leaves[:3])
-        raise _NoMatch(f"the weight depends on {len(leaves)} run-time tensors ({names}), not one coefficient tensor")
-    leaf = leaves[0]
+    readings = _readings(leaves, b, kh * kw)
+    reasons = []
+    for leaf, spatial in readings:
+        try:
+            return _measure_kernel_form(
+                graph, conv, opset_imports, x, leaf, spatial, b, c_in, c_out, g, w_shape, stride, pads, dil, y
+            )
+        except _NoMatch as exc:
+            if len(readings) == 1:
+                raise
+            role = "coefficients" if spatial is None else "spatial factor" if leaf is None else "coefficients + spatial"
+            reasons.append(f"as {role}: {exc}")
+    raise _NoMatch("; ".join(reasons))
+
+
+def _measure_kernel_form(
+    graph, conv, opset_imports, x, leaf, spatial, b, c_in, c_out, g, w_shape, stride, pads, dil, y
+) -> _Match:
+    """The kernel form's aggregation measured for one reading of its run-time tensors (see :func:`_readings`)."""
+    w_t = conv.inputs[1]
+    kh, kw = w_shape[2], w_shape[3]
     bias_ts = []
     if len(conv.inputs) > 2 and conv.inputs[2].name:
         cb = conv.inputs[2]
         if _const(cb) is None:
             _, bl = _walk_back([cb])
-            if len(bl) != 1 or bl[0] is not leaf:
-                raise _NoMatch("the Conv bias depends on another run-time tensor than the weight")
+            if len(bl) != 1 or leaf is None or bl[0] is not leaf:
+                raise _NoMatch("the Conv bias depends on another run-time tensor than the coefficients")
         bias_ts.append(cb)
-    final, post_bias, bn, act = _post_ops(graph, y, c_out, b, leaf)
+    filt, const_scale = None, None
+    if not bias_ts:  # no bias before the output's scale: fold it (after a run-time one, no run-time bias)
+        filt, const_scale, y = _output_scale(graph, y, c_out, b)
+    final, post_bias, bn, act = _post_ops(graph, y, c_out, b, leaf if filt is None else None)
     bias_ts += post_bias
     dyn_bias = [t_ for t_ in bias_ts if _const(t_) is None]
     const_bias = [t_ for t_ in bias_ts if _const(t_) is not None]
     j = w_shape[1] * kh * kw
-    layout, k, bank, bias_bank, bias = _measure_aggregation(
-        graph, leaf, w_t, dyn_bias, b, c_out, j, ("tk", "kt", "expert"), opset_imports
+    agg = _measure_aggregation(
+        graph, leaf, w_t, dyn_bias, b, c_out, j, ("tk", "kt", "expert"), opset_imports, spatial=spatial, taps=kh * kw
     )
+    layout, k, bank, bias_bank, bias = agg.layout, agg.num_bases, agg.bank, agg.bias_bank, agg.bias
+    assert bank is not None  # measured with the weight
     for cb in const_bias:
         value = _const(cb)
         assert value is not None  # const_bias holds the constant terms only
@@ -210,9 +287,13 @@ def _match_kernel_form(graph, conv, opset_imports) -> _Match:
             raise _NoMatch("a constant bias differs between samples")
         bias = v[0] if bias is None else bias + v[0]
     weight = bank.reshape(k, c_out, w_shape[1], kh, kw)
-    return _finish_match(
+    if const_scale is not None:  # every bias term comes after the Mul: the scale is the kernels' alone
+        weight = weight * const_scale.reshape(1, c_out, 1, 1, 1)
+    match = _finish_match(
         "kernel", x, leaf, layout, k, c_in, c_out, weight, bias_bank, bias, g, stride, pads, dil, final, bn, act
     )
+    match.spatial, match.spatial_order, match.filter = spatial, agg.spatial_order, filt
+    return match
 
 
 def _finish_match(
@@ -356,9 +437,8 @@ def _match_feature_form(graph, conv, chain, opset_imports) -> _Match:
     bias_bank, bias = None, None
     if dyn_bias:
         probe_batch = int(batch) if batch else 2
-        _, _, _, bias_bank, bias = _measure_aggregation(
-            graph, leaf, None, dyn_bias, probe_batch, c_out, 0, (layout,), opset_imports
-        )
+        agg = _measure_aggregation(graph, leaf, None, dyn_bias, probe_batch, c_out, 0, (layout,), opset_imports)
+        bias_bank, bias = agg.bias_bank, agg.bias
     for cb in bias_ts:
         v = _const(cb)
         if v is not None:

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import FuseError, summarise
 from ..fileio import atomic_path, check_output_path
 from ..graph import load_onnx
-from ..op.spec import OP_DOMAIN, OP_TYPE, Activation, attributes, gs_attributes, stamp_version
+from ..op.spec import OP_DOMAIN, OP_TYPE, Activation, attributes, gs_attributes, op_version, stamp_version
 from ..provenance import stamp_producer
 from .dynamic_batch import _dim0, make_batch_dynamic
 from .graph import _const, _NoMatch, infer_shapes
@@ -35,6 +35,8 @@ class FusedConv:
     has_bias: bool
     activation: str
     folded_batchnorm: bool = False
+    has_spatial: bool = False
+    folded_filter_scale: bool = False
 
     def describe(self) -> str:
         extra = [f"groups={self.groups}"] if self.groups > 1 else []
@@ -48,6 +50,10 @@ class FusedConv:
             extra.append("bias bank")
         if self.has_bias:
             extra.append("bias")
+        if self.has_spatial:
+            extra.append("spatial")
+        if self.folded_filter_scale:
+            extra.append("output scale folded into the coefficients")
         if self.folded_batchnorm:
             extra.append("BN folded")
         if self.activation != "none":
@@ -117,26 +123,139 @@ def _coefficients_for(graph, match: _Match, cache: dict):
     return out
 
 
+def _spatial_for(graph, match: _Match, cache: dict):
+    """The ``[N, kH*kW]`` tensor the node reads: the spatial factor reshaped, its values gathered into tap order
+    where the probe measured another order."""
+    import onnx_graphsurgeon as gs
+
+    taps = int(match.weight.shape[3] * match.weight.shape[4])
+    order = match.spatial_order or tuple(range(taps))
+    key = ("spatial", id(match.spatial), order)
+    if key in cache:
+        return cache[key]
+    t = match.spatial
+    batch_dim = t.shape[0] if t.shape else None
+    base = t.name
+    out = gs.Variable(f"{base}__as_NT", dtype=np.float32, shape=[batch_dim, taps])
+    graph.nodes.append(
+        gs.Node(
+            "Reshape",
+            name=f"{base}__reshape_NT",
+            inputs=[t, gs.Constant(f"{base}__shape_NT", np.array([-1, taps], np.int64))],
+            outputs=[out],
+        )
+    )
+    if order != tuple(range(taps)):
+        flat, out = out, gs.Variable(f"{base}__by_tap", dtype=np.float32, shape=[batch_dim, taps])
+        graph.nodes.append(
+            gs.Node(
+                "Gather",
+                name=f"{base}__gather_taps",
+                attrs={"axis": 1},
+                inputs=[flat, gs.Constant(f"{base}__tap_order", np.array(order, np.int64))],
+                outputs=[out],
+            )
+        )
+    cache[key] = out
+    return out
+
+
+def _unit_coefficients(graph, spatial, cache: dict):
+    """``[N, 1, 1]`` ones, N taken from the spatial input at run time: the coefficient of a weight that is the
+    spatial factor times one kernel (ODConv with one kernel)."""
+    import onnx_graphsurgeon as gs
+
+    key = ("unit", id(spatial))
+    if key in cache:
+        return cache[key]
+    base = spatial.name
+    shape = gs.Variable(f"{base}__shape", dtype=np.int64, shape=[2])
+    n = gs.Variable(f"{base}__n", dtype=np.int64, shape=[1])
+    dims = gs.Variable(f"{base}__unit_coeff_shape", dtype=np.int64, shape=[3])
+    out = gs.Variable(
+        f"{base}__unit_coeff", dtype=np.float32, shape=[spatial.shape[0] if spatial.shape else None, 1, 1]
+    )
+    graph.nodes += [
+        gs.Node("Shape", name=f"{base}__shape_of", inputs=[spatial], outputs=[shape]),
+        gs.Node(
+            "Gather",
+            name=f"{base}__batch_of",
+            attrs={"axis": 0},
+            inputs=[shape, gs.Constant(f"{base}__zero", np.array([0], np.int64))],
+            outputs=[n],
+        ),
+        gs.Node(
+            "Concat",
+            name=f"{base}__unit_dims",
+            attrs={"axis": 0},
+            inputs=[n, gs.Constant(f"{base}__one_one", np.array([1, 1], np.int64))],
+            outputs=[dims],
+        ),
+        # Expand of an initializer (not ConstantOfShape's attribute): an fp16 conversion turns it fp16 with the rest
+        gs.Node(
+            "Expand",
+            name=f"{base}__ones",
+            inputs=[gs.Constant(f"{base}__one", np.ones((1, 1, 1), np.float32)), dims],
+            outputs=[out],
+        ),
+    ]
+    cache[key] = out
+    return out
+
+
+def _scaled_coefficients(graph, match: _Match, coeff, cache: dict):
+    """``[N, C_out, K]``: the coefficients (``[N, C_c, K]``, or None for unit coefficients) times the per-sample,
+    per-output-channel scale that followed the conv (``a_f[n, t] * c[n, t|0, k]``)."""
+    import onnx_graphsurgeon as gs
+
+    key = ("scaled", id(match.filter), id(coeff))
+    if key in cache:
+        return cache[key]
+    f = match.filter
+    base = f.name
+    batch_dim = f.shape[0] if f.shape else None
+    shape = gs.Constant(f"{base}__shape_NC1", np.array([-1, match.c_out, 1], np.int64))
+    col = gs.Variable(f"{base}__as_NC1", dtype=np.float32, shape=[batch_dim, match.c_out, 1])
+    graph.nodes.append(gs.Node("Reshape", name=f"{base}__reshape_NC1", inputs=[f, shape], outputs=[col]))
+    out = col
+    if coeff is not None:
+        k = match.num_bases
+        out = gs.Variable(f"{base}__times_{coeff.name}", dtype=np.float32, shape=[batch_dim, match.c_out, k])
+        graph.nodes.append(gs.Node("Mul", name=f"{base}__scale_{coeff.name}", inputs=[col, coeff], outputs=[out]))
+    cache[key] = out
+    return out
+
+
 def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedConv:
     import onnx_graphsurgeon as gs
 
-    coeff = _coefficients_for(graph, match, cache)
+    spatial = _spatial_for(graph, match, cache) if match.spatial is not None else None
+    if match.leaf is None:
+        assert spatial is not None  # a weight without coefficients is the spatial factor times one kernel
+        coeff = None if match.filter is not None else _unit_coefficients(graph, spatial, cache)
+    else:
+        coeff = _coefficients_for(graph, match, cache)
+    if match.filter is not None:
+        coeff = _scaled_coefficients(graph, match, coeff, cache)
     inputs = [match.x, coeff, gs.Constant(f"{name}_weight", match.weight)]
     if match.bias_bank is not None:
         inputs.append(gs.Constant(f"{name}_bias_bank", match.bias_bank))
     if match.bias is not None:
         inputs.append(gs.Constant(f"{name}_bias", match.bias))
-    attrs = gs_attributes(
-        attributes(
-            stride=match.stride,
-            pads=match.pads,
-            dilation=match.dilation,
-            groups=match.groups,
-            activation=match.activation,
-            has_bias_bank=match.bias_bank is not None,
-            has_bias=match.bias is not None,
-        )
+    if spatial is not None:
+        inputs.append(spatial)
+    values = attributes(
+        stride=match.stride,
+        pads=match.pads,
+        dilation=match.dilation,
+        groups=match.groups,
+        activation=match.activation,
+        has_bias_bank=match.bias_bank is not None,
+        has_bias=match.bias is not None,
+        has_spatial=spatial is not None,
     )
+    # the node's own version; stamp_version gives every node of the graph the highest any needs
+    attrs = gs_attributes(values, op_version(values))
     out = match.output
     out.inputs.clear()  # detach only the subgraph's last node; every other reader keeps its tensors
     graph.nodes.append(gs.Node(OP_TYPE, name=name, domain=OP_DOMAIN, attrs=attrs, inputs=inputs, outputs=[out]))
@@ -152,11 +271,13 @@ def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedC
         stride=match.stride,
         pads=match.pads,
         dilation=match.dilation,
-        coeff_mode="expert" if match.layout == "expert" else "channel",
+        coeff_mode="expert" if match.layout == "expert" and match.filter is None else "channel",
         has_bias_bank=match.bias_bank is not None,
         has_bias=match.bias is not None,
         activation=Activation(match.activation).name.lower(),
         folded_batchnorm=match.folded_batchnorm,
+        has_spatial=spatial is not None,
+        folded_filter_scale=match.filter is not None,
     )
 
 

@@ -27,6 +27,14 @@ class ModelInfo:
     input_size: tuple[int, int] = (224, 224)  # the size the paper's figure refers to
     notes: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    # Where the figure comes from a paper other than DyNet's: its count includes the dynamic overhead (attention,
+    # kernel aggregation), so ours is compared with conv+linear+overhead; its own figure for the baseline.
+    paper_counts_overhead: bool = False
+    paper_baseline_mflops: float | None = None
+    paper_params_m: float | None = None  # the paper's parameter count, in millions, where it gives one
+    # The export forms its dynamic convs have (dynet_deploy.export.export_forms): ODConv's spatial attention has
+    # no feature form, so the OD models export in the kernel form alone.
+    export_forms: tuple[str, ...] = ("feature", "kernel")
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -44,12 +52,30 @@ def register_model(
     paper_mflops: float | None = None,
     input_size: tuple[int, int] = (224, 224),
     notes: str = "",
+    paper_counts_overhead: bool = False,
+    paper_baseline_mflops: float | None = None,
+    paper_params_m: float | None = None,
+    export_forms: tuple[str, ...] = ("feature", "kernel"),
     **defaults: Any,
 ) -> Callable[[Builder], Builder]:
     def deco(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelInfo(name, fn, task, dynamic, baseline, paper_mflops, input_size, notes, dict(defaults))
+        _REGISTRY[name] = ModelInfo(
+            name,
+            fn,
+            task,
+            dynamic,
+            baseline,
+            paper_mflops,
+            input_size,
+            notes,
+            dict(defaults),
+            paper_counts_overhead,
+            paper_baseline_mflops,
+            paper_params_m,
+            tuple(export_forms),
+        )
         return fn
 
     return deco

@@ -15,6 +15,11 @@ block". Choices where the paper is silent, written down here:
   ReLU, FC to C_out*6, sigmoid (the paper's ResNet CPM).
 * BatchNorm follows each dynamic conv and is folded into its basis kernels for deployment.
 
+OD-ResNet18 (ODConv, Li et al., ICLR 2022, the authors' ``od_resnet18``): every 3x3 conv of the BasicBlocks is an
+ODConv layer (:mod:`dynet_deploy.nn.odconv`: reduction 1/16, the inference form without temperature) at the
+baseline's widths, followed by its BatchNorm (folded for deployment); the stem, the 1x1 projection shortcuts and
+the classifier stay static. ``od_resnet18`` has one kernel per layer (the paper's "1x"), ``od_resnet18_4x`` four.
+
 ``width_mult`` scales every channel count (stem included); ``small_input=True`` replaces the 7x7/2 stem
 and max-pool with a 3x3/1 stem for 28x28 images.
 """
@@ -26,7 +31,7 @@ from typing import Type
 import torch
 from torch import nn
 
-from ..nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN
+from ..nn import CoefficientPredictor, DynamicConv2d, DynamicConvBN, ODConv2d, ODConvBN
 from .registry import register_model
 
 
@@ -132,6 +137,34 @@ class DyBottleneck(nn.Module):
         out = self.dyconv1(x, self.cpm1(x)[0])
         out = self.dyconv2(out, self.cpm2(out)[0])
         out = self.dyconv3(out, self.cpm3(out)[0])
+        return self.relu(out + identity)
+
+
+class ODBasicBlock(nn.Module):
+    """BasicBlock with both 3x3 convs ODConv layers (each followed by its BatchNorm), at the baseline's widths."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        kernel_num: int = 1,
+        reduction: float = 1 / 16,
+    ) -> None:
+        super().__init__()
+        self.odconv1 = ODConvBN(
+            ODConv2d(inplanes, planes, 3, stride, 1, kernel_num=kernel_num, reduction=reduction), "relu"
+        )
+        self.odconv2 = ODConvBN(ODConv2d(planes, planes, 3, 1, 1, kernel_num=kernel_num, reduction=reduction), "none")
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.odconv2(self.odconv1(x))
         return self.relu(out + identity)
 
 
@@ -243,3 +276,36 @@ def dy_resnet18(**kwargs) -> ResNet:
 @register_model("dy_resnet50", dynamic=True, baseline="resnet50", paper_mflops=1075)
 def dy_resnet50(**kwargs) -> ResNet:
     return _resnet(DyBottleneck, [3, 4, 6, 3], True, **kwargs)
+
+
+# ODConv's figures: Li et al., ICLR 2022, Table 2 (ResNet18 on ImageNet, 224x224): ResNet18 11.69 M params and
+# 1.814 G MACs; ODConv (1x) 11.94 M and 1.838 G; ODConv (4x) 44.90 M and 1.916 G (MACs with the attention and the
+# kernel aggregation).
+ODCONV_PAPER_RESNET18_MFLOPS = 1814
+
+
+@register_model(
+    "od_resnet18",
+    dynamic=True,
+    baseline="resnet18",
+    paper_mflops=1838,
+    paper_params_m=11.94,
+    paper_counts_overhead=True,
+    paper_baseline_mflops=ODCONV_PAPER_RESNET18_MFLOPS,
+    export_forms=("kernel",),
+)
+def od_resnet18(kernel_num: int = 1, reduction: float = 1 / 16, **kwargs) -> ResNet:
+    return ResNet(ODBasicBlock, [2, 2, 2, 2], block_kwargs={"kernel_num": kernel_num, "reduction": reduction}, **kwargs)
+
+
+register_model(
+    "od_resnet18_4x",
+    dynamic=True,
+    baseline="resnet18",
+    paper_mflops=1916,
+    paper_params_m=44.90,
+    paper_counts_overhead=True,
+    paper_baseline_mflops=ODCONV_PAPER_RESNET18_MFLOPS,
+    export_forms=("kernel",),
+    kernel_num=4,
+)(od_resnet18)

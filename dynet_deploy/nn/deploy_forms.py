@@ -31,9 +31,10 @@ DEPLOY_FORMS = ("matmul",)
 class MatMulFusionConv2d(nn.Module):
     """A folded :class:`DynamicConv2d` whose kernel fusion is one batched MatMul (see module docstring).
 
-    ``forward(x, coeff)`` takes the same inputs as the source layer and returns the same output. The basis
-    bank is a buffer in the layout the MatMul reads: ``[C_out, K, J]`` per-channel (DyNet), or ``[K, C_out*J]``
-    per-expert (CondConv / DY-CNN), with ``J = C_in/groups * kH * kW``.
+    ``forward(x, coeff[, spatial])`` takes the same inputs as the source layer and returns the same output. The
+    basis bank is a buffer in the layout the MatMul reads: ``[C_out, K, J]`` per-channel (DyNet), or
+    ``[K, C_out*J]`` per-expert (CondConv / DY-CNN, ODConv), with ``J = C_in/groups * kH * kW``; a spatial attention
+    (ODConv) scales the fused kernels' taps after the MatMul.
     """
 
     # buffers (registered in __init__)
@@ -53,6 +54,7 @@ class MatMulFusionConv2d(nn.Module):
         self.groups = conv.groups
         self.pads = conv.pads
         self.coeff_mode = conv.coeff_mode
+        self.spatial = conv.spatial
         w = conv.weight.detach().reshape(k, c_out, -1)
         if conv.coeff_mode == "channel":
             bank = w.transpose(0, 1).contiguous()  # [C_out, K, J]
@@ -107,16 +109,22 @@ class MatMulFusionConv2d(nn.Module):
             out = out + self.bias
         return None if out is None else out.reshape(-1)
 
-    def forward(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coeff: torch.Tensor, spatial: torch.Tensor | None = None) -> torch.Tensor:
         if coeff.dim() == 2:
             coeff = coeff.unsqueeze(1)
+        if (spatial is not None) != self.spatial:
+            raise ValueError(f"this layer {'takes' if self.spatial else 'has no'} spatial attention")
         n = x.shape[0]
         t, l, b, r = self.pads
         if (t, l) == (b, r):
             pad = (t, l)
         else:
             x, pad = F.pad(x, (l, r, t, b)), (0, 0)
-        fused = self.fused_kernels(coeff, n).reshape(n * self.out_channels, -1, *self.kernel_shape)
+        fused = self.fused_kernels(coeff, n)
+        if spatial is not None:
+            taps = self.kernel_shape[0] * self.kernel_shape[1]
+            fused = fused.reshape(n, self.out_channels, -1, taps) * spatial.reshape(n, 1, 1, taps)
+        fused = fused.reshape(n * self.out_channels, -1, *self.kernel_shape)
         bias = self.aggregated_bias(coeff, n)
         if n == 1:
             return F.conv2d(x, fused, bias, self.stride, pad, self.dilation, self.groups)

@@ -3,7 +3,9 @@
 DyNet (arXiv 2004.10694) gives every output channel ``t`` its own ``K`` basis kernels ``w[k, t]`` and
 predicts per-sample coefficients ``eta[n, t, k]``; the sample's kernel is ``sum_k eta[n,t,k] w[k,t]``.
 CondConv / DY-CNN are the special case where one coefficient per basis kernel is shared by all output
-channels (``coeff`` of shape ``[N, 1, K]`` or ``[N, K]``).
+channels (``coeff`` of shape ``[N, 1, K]`` or ``[N, K]``). A layer built with ``spatial=True`` also takes a
+per-sample spatial attention ``[N, kH*kW]`` scaling each tap of the fused kernel (ODConv's ``a_s``, op version 2;
+see :mod:`dynet_deploy.nn.odconv`).
 
 The coefficients come from outside the layer (see :mod:`dynet_deploy.nn.cpm`), because one coefficient
 prediction module may feed several dynamic layers of a block.
@@ -12,7 +14,8 @@ Three forward paths compute the same function:
 
 ``"feature"``  feature-map fusion, the paper's training form: one convolution with ``K * C_out``
                outputs, then the coefficient-weighted sum. ``K`` times the conv FLOPs, standard ops only,
-               any batch size: this is the portable ONNX export form.
+               any batch size: this is the portable ONNX export form. A layer with a spatial attention has
+               no feature form (a tap-wise scale of the kernel is not a sum of whole-kernel outputs).
 ``"kernel"``   kernel fusion then a per-sample convolution, the inference form: the fused kernels of the
                whole batch are computed first, then one grouped conv with the batch folded into the
                channels (the "batch-as-groups" trick). About one ordinary conv of FLOPs.
@@ -69,6 +72,7 @@ class DynamicConv2d(nn.Module):
         bias_bank: a ``[K, C_out]`` bias aggregated with the same coefficients (CondConv's routed bias).
         bias: a static ``[C_out]`` bias added as is (appears when a BatchNorm is folded in).
         mode: the forward path, one of ``"feature"``, ``"kernel"``, ``"loop"``, ``"native"``.
+        spatial: the layer takes a spatial attention ``[N, kH*kW]`` (tap ``(i, j)`` at ``i*kW + j``) with every call.
 
     ``weight`` has shape ``[K, C_out, C_in/groups, kH, kW]``, the layout of the ``DyNetDynamicConv2d`` op.
     """
@@ -87,6 +91,7 @@ class DynamicConv2d(nn.Module):
         bias_bank: bool = False,
         bias: bool = False,
         mode: str = "kernel",
+        spatial: bool = False,
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -106,6 +111,7 @@ class DynamicConv2d(nn.Module):
         self.groups = groups
         self.num_bases = num_bases
         self.coeff_mode = coeff_mode
+        self.spatial = bool(spatial)
         self.mode = mode
         kh, kw = self.kernel_size
         self.weight = nn.Parameter(torch.empty(num_bases, out_channels, in_channels // groups, kh, kw))
@@ -121,6 +127,11 @@ class DynamicConv2d(nn.Module):
     def mode(self, value: str) -> None:
         if value not in FORWARD_MODES:
             raise ValueError(f"mode must be one of {FORWARD_MODES}, got {value!r}")
+        if self.spatial and value in ("feature", "native"):
+            raise ValueError(
+                f"a DynamicConv2d with a spatial attention has no {value!r} path (the feature form cannot scale the "
+                "kernel's taps; the native path runs op version 1): use 'kernel' or 'loop'"
+            )
         self._mode = value
 
     @property
@@ -152,6 +163,8 @@ class DynamicConv2d(nn.Module):
             s += ", bias_bank=True"
         if self.bias is not None:
             s += ", bias=True"
+        if self.spatial:
+            s += ", spatial=True"
         return s
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -169,6 +182,19 @@ class DynamicConv2d(nn.Module):
             raise ValueError(f"per-expert coefficients must be [N, 1, K] or [N, K], got {tuple(coeff.shape)}")
         return coeff
 
+    def _check_spatial(self, x: torch.Tensor, spatial: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.spatial:
+            if spatial is not None:
+                raise ValueError("this DynamicConv2d was built without a spatial attention (spatial=False)")
+            return None
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        if spatial is None:
+            raise ValueError(f"this DynamicConv2d takes a spatial attention [N, {taps}] with every call")
+        spatial = spatial.reshape(spatial.shape[0], -1)
+        if spatial.shape[1] != taps or spatial.shape[0] != x.shape[0]:
+            raise ValueError(f"spatial must be [N={x.shape[0]}, kH*kW={taps}], got {tuple(spatial.shape)}")
+        return spatial
+
     def _pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         sym = self.symmetric_padding
         if sym is not None:
@@ -180,20 +206,21 @@ class DynamicConv2d(nn.Module):
         """``sum_k coeff[n,t,k] bias_bank[k,t] + bias[t]`` as ``[N, C_out]``, or None."""
         return reference.aggregated_bias(coeff, self.bias_bank, self.bias)
 
-    def fused_kernels(self, coeff: torch.Tensor) -> torch.Tensor:
-        """The per-sample kernels ``[N, C_out, C_in/groups, kH, kW]`` (kernel fusion)."""
-        return reference.fused_kernels(coeff, self.weight)
+    def fused_kernels(self, coeff: torch.Tensor, spatial: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-sample kernels ``[N, C_out, C_in/groups, kH, kW]`` (kernel fusion, taps scaled by ``spatial``)."""
+        return reference.fused_kernels(coeff, self.weight, spatial)
 
     # -- forward paths -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coeff: torch.Tensor, spatial: torch.Tensor | None = None) -> torch.Tensor:
         coeff = self._check_coeff(x, coeff)
+        spatial = self._check_spatial(x, spatial)
         if self.mode == "feature":
             return self.forward_feature(x, coeff)
         if self.mode == "kernel":
-            return self.forward_kernel(x, coeff)
+            return self.forward_kernel(x, coeff, spatial)
         if self.mode == "native":
             return self.forward_native(x, coeff)
-        return self.forward_loop(x, coeff)
+        return self.forward_loop(x, coeff, spatial)
 
     def forward_feature(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -209,10 +236,19 @@ class DynamicConv2d(nn.Module):
             y = y + b.reshape(b.shape[0], c_out, 1, 1)
         return y
 
-    def forward_kernel(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+    def forward_kernel(self, x: torch.Tensor, coeff: torch.Tensor, spatial: torch.Tensor | None = None) -> torch.Tensor:
         # The op's own math (kernel fusion, then one batch-as-groups conv): this path is what gets deployed.
         return reference.dynamic_conv(
-            x, coeff, self.weight, self.bias_bank, self.bias, self.stride, self.pads, self.dilation, self.groups
+            x,
+            coeff,
+            self.weight,
+            self.bias_bank,
+            self.bias,
+            self.stride,
+            self.pads,
+            self.dilation,
+            self.groups,
+            spatial=spatial,
         )
 
     def forward_native(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -221,9 +257,9 @@ class DynamicConv2d(nn.Module):
         attrs = torch_op.op_arguments(self.stride, self.pads, self.dilation, self.groups)
         return torch.ops.dynet.dynamic_conv2d(x, coeff, self.weight, self.bias_bank, self.bias, *attrs)
 
-    def forward_loop(self, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+    def forward_loop(self, x: torch.Tensor, coeff: torch.Tensor, spatial: torch.Tensor | None = None) -> torch.Tensor:
         x, pad = self._pad_input(x)
-        fused = self.fused_kernels(coeff)
+        fused = self.fused_kernels(coeff, spatial)
         b = self.aggregated_bias(coeff)
         outs = []
         for i in range(x.shape[0]):
@@ -244,7 +280,12 @@ def set_dynamic_conv_mode(module: nn.Module, mode: str) -> nn.Module:
     """Switch every DynamicConv2d inside ``module`` to the forward path ``mode``."""
     if mode not in FORWARD_MODES:
         raise ValueError(f"mode must be one of {FORWARD_MODES}, got {mode!r}")
-    for m in module.modules():
-        if isinstance(m, DynamicConv2d):
-            m.mode = mode
+    layers = [m for m in module.modules() if isinstance(m, DynamicConv2d)]
+    if mode in ("feature", "native") and any(m.spatial for m in layers):
+        raise ValueError(
+            f"the module has dynamic convs with a spatial attention (ODConv), which have no {mode!r} path: "
+            "use 'kernel' (or 'loop')"
+        )
+    for m in layers:
+        m.mode = mode
     return module

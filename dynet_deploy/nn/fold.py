@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .dynamic_conv import ACTIVATIONS, DynamicConv2d
+from .odconv import ODAttention, ODConvBN
 
 
 @torch.no_grad()
@@ -63,10 +64,11 @@ class DynamicConvBN(nn.Module):
 
 
 def fold_batchnorms(model: nn.Module) -> nn.Module:
-    """Fold every DynamicConvBN's BatchNorm into its dynamic conv (the model must be in eval mode)."""
+    """Fold every DynamicConvBN's BatchNorm into its dynamic conv, and every ODConv layer's (its attention's
+    squeeze, and an ODConvBN's BatchNorm); the model must be in eval mode."""
     if model.training:
         raise ValueError("fold_batchnorms needs an eval-mode model (call model.eval() first)")
-    for m in model.modules():
-        if isinstance(m, DynamicConvBN):
+    for m in list(model.modules()):
+        if isinstance(m, (DynamicConvBN, ODConvBN, ODAttention)):
             m.fold()
     return model

@@ -187,7 +187,7 @@ def test_dy_models_fold_bn_and_their_forward_paths_agree(name):
 def test_od_resnet18_is_odconv_resnet18(name, kernels, paper_params_m):
     """ODConv replaces the 3x3 convs of every BasicBlock at the baseline's widths (reduction 1/16, squeeze width
     at least 16); the stem, the projection shortcuts and the classifier stay static; the parameters are the
-    ODConv paper's (Table 2)."""
+    ODConv paper's ResNet18 figures."""
     model, base = _meta_model(name), _meta_model("resnet18")
     assert model_info(name).paper_params_m == paper_params_m
     assert round(_n_params(model) / 1e6, 2) == paper_params_m

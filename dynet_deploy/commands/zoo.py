@@ -37,11 +37,11 @@ CONVENTION_NOTES = {
     "dy_shufflenet_v2_x1_5": "no paper figure at 1.5x",
     "fcn_resnet50": "paper gives GMACs, no input size: 768x768 is where this baseline costs 310.8 G; 19 classes",
     "dy_fcn_resnet50": "768x768, 19 classes, as its baseline",
-    "od_resnet18": "ODConv paper (Li et al., ICLR 2022), Table 2 (ResNet18 on ImageNet): 11.94 M params, 1.838 G MACs, "
+    "od_resnet18": "ODConv paper (Li et al., ICLR 2022), ResNet18 on ImageNet (figures as the authors list them in OSVAI/ODConv): 11.94 M params, 1.838 G MACs, "
     "baseline 1.814 G; "
     "compared: conv+linear + Dy ovh (attention FCs, kernel fusion with the spatial multiply; the channel and filter "
     "attentions' element-wise scales are not counted)",
-    "od_resnet18_4x": "ODConv paper, Table 2: 44.90 M params, 1.916 G MACs; ours counts K multiply-adds plus one "
+    "od_resnet18_4x": "ODConv paper, ResNet18 on ImageNet: 44.90 M params, 1.916 G MACs; ours counts K multiply-adds plus one "
     "spatial multiply per fused kernel value (the op scales the sum), the paper's figure more",
 }
 TARGET_REL_DIFF = 0.10

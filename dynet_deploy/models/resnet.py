@@ -278,7 +278,7 @@ def dy_resnet50(**kwargs) -> ResNet:
     return _resnet(DyBottleneck, [3, 4, 6, 3], True, **kwargs)
 
 
-# ODConv's figures: Li et al., ICLR 2022, Table 2 (ResNet18 on ImageNet, 224x224): ResNet18 11.69 M params and
+# ODConv's figures: Li et al., ICLR 2022, ResNet18 on ImageNet at 224x224 (as the authors list them in OSVAI/ODConv): ResNet18 11.69 M params and
 # 1.814 G MACs; ODConv (1x) 11.94 M and 1.838 G; ODConv (4x) 44.90 M and 1.916 G (MACs with the attention and the
 # kernel aggregation).
 ODCONV_PAPER_RESNET18_MFLOPS = 1814

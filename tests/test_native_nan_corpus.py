@@ -7,6 +7,9 @@
    every activation, fp32 and fp16. The contract is the op's reference (dynet_deploy.op.reference, PyTorch):
    NaN stays NaN through every activation, relu(+inf) = +inf, relu(-inf) = 0, relu6(+inf) = 6, relu6(-inf) = 0.
    Outputs must be NaN / +inf / -inf exactly where the reference's are, and the finite rest within tolerance.
+   Op version 2's residual the same way: NaN, +Inf and -Inf residual values (added before the activation) through
+   every loop nest, ISA, activation, fp32 and fp16, y and its mean output NaN / +-inf exactly where the reference's
+   are.
 2. A large-image corpus (H, W 24-64, N up to 16, K = 1 in half the layers; grouped and depthwise 3x3, 1x1 stride 2,
    dense 1x1 and 3x3) that reaches the implicit-GEMM path of 224x224 models, fp32 and fp16 against PyTorch float64.
 
@@ -33,6 +36,7 @@ from dynet_deploy.op import onnxruntime_lib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ort_native_op import (  # noqa: E402
+    V2,
     Layer,
     errors,
     make_arrays,
@@ -40,6 +44,10 @@ from test_ort_native_op import (  # noqa: E402
     params_of,
     session,
     torch_reference,
+    v2_arrays,
+    v2_feeds,
+    v2_model,
+    v2_reference,
 )
 
 ort = pytest.importorskip("onnxruntime")
@@ -123,12 +131,38 @@ def all_cases():
     return [(name, act, sp, dt) for name in PATH_LAYERS for act in ACTIVATIONS for sp in SPECIALS for dt in DTYPES]
 
 
+RESIDUAL = V2(residual=True, mean=True)
+
+
+def residual_case(name: str, activation: int, special: str, dtype: str):
+    """Op version 2: finite x, a residual with about 2 % of its values (and the corners) set to the special value."""
+    base = PATH_LAYERS[name]
+    layer = Layer(**{**base.__dict__, "activation": activation})
+    seed = 7_000 + sorted(PATH_LAYERS).index(name) * 100 + activation * 10 + sorted(SPECIALS).index(special)
+    rng = np.random.default_rng(seed)
+    arrays = v2_arrays(layer, RESIDUAL, rng, dtype=np.float16 if dtype == "fp16" else np.float32)
+    residual = arrays["residual"]
+    hit = rng.random(residual.shape) < 0.02
+    hit[:, :, 0, 0] = hit[:, :, -1, -1] = True
+    residual[hit] = SPECIALS[special]
+    return layer, arrays
+
+
+def run_residual_case(layer: Layer, arrays, dtype: str):
+    onnx_dtype = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT
+    return session(v2_model(layer, arrays, RESIDUAL, dtype=onnx_dtype)).run(None, v2_feeds(arrays))
+
+
 def worker(out_dir: str) -> None:
     """Runs every special-value case in this process (its ISA fixed by DYNET_CPU_ISA) into out_dir."""
     out = {}
     for name, act, sp, dt in all_cases():
         layer, arrays = special_case(name, act, sp, dt)
         out[f"{name}|{act}|{sp}|{dt}"] = run_case(layer, arrays, dt)
+        layer, arrays = residual_case(name, act, sp, dt)
+        out[f"residual|{name}|{act}|{sp}|{dt}|y"], out[f"residual|{name}|{act}|{sp}|{dt}|mean"] = run_residual_case(
+            layer, arrays, dt
+        )
     np.savez(os.path.join(out_dir, "outputs.npz"), **out)
     paths = {name: onnxruntime_lib.cpu_path(params_of(layer)) for name, layer in PATH_LAYERS.items()}
     Path(out_dir, "meta.json").write_text(json.dumps({"isa": onnxruntime_lib.cpu_isa(), "paths": paths}))
@@ -216,6 +250,25 @@ def test_non_finite_inputs_propagate_like_pytorch(isa, name, activation, special
     assert (np.isnan(x) if special == "nan" else x == SPECIALS[special]).any(), "the case must feed the op its value"
     problems = compare_special(y, ref, dtype)
     assert not problems, f"{isa} {name} {ACTIVATIONS[activation]} {special} {dtype}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("special", sorted(SPECIALS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS), ids=lambda a: ACTIVATIONS[a])
+@pytest.mark.parametrize("name", sorted(PATH_LAYERS))
+@pytest.mark.parametrize("isa", ISAS)
+def test_non_finite_residual_propagates_like_pytorch(isa, name, activation, special, dtype, isa_run):
+    """The residual is added before the activation: its NaN survives relu / relu6, its +-inf is clamped like any
+    pre-activation value, and the channel mean (of the stored y) is NaN / +-inf where the reference's is."""
+    meta, outputs = isa_run(isa)
+    assert meta["isa"] == isa, f"DYNET_CPU_ISA={isa} ran the {meta['isa']} kernel"
+    layer, arrays = residual_case(name, activation, special, dtype)
+    key = f"residual|{name}|{activation}|{special}|{dtype}"
+    ref_y, ref_mean = v2_reference(layer, arrays)
+    assert not np.isfinite(ref_y).all() or special != "nan", "the case must put NaN into y"
+    for what, got, want in (("y", outputs[f"{key}|y"], ref_y), ("mean", outputs[f"{key}|mean"], ref_mean)):
+        problems = compare_special(got, want, dtype)
+        assert not problems, f"{isa} {name} {ACTIVATIONS[activation]} {special} {dtype} {what}: " + "; ".join(problems)
 
 
 def test_reference_contract_for_non_finite_values():

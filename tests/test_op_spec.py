@@ -20,7 +20,8 @@ def cpu_library():
 
 def test_c_abi_attribute_table_equals_python_spec(cpu_library):
     table = native.attribute_table(cpu_library)
-    python = [(a.name, a.default, a.min, a.max) for a in spec.ATTRIBUTES]
+    python = [(a.name, a.default, a.min, a.max, a.since_version) for a in spec.ATTRIBUTES]
+    assert len(table) == 15 and [row[4] for row in table] == [1] * 12 + [2] * 3
     assert [row[0] for row in table] == [row[0] for row in python]  # names, in order
     for c_row, py_row in zip(table, python):
         assert c_row == py_row, f"attribute {py_row[0]}: C ABI {c_row} != Python spec {py_row}"
@@ -28,18 +29,55 @@ def test_c_abi_attribute_table_equals_python_spec(cpu_library):
 
 def test_ctypes_params_mirror_carries_the_spec_attributes():
     names = [f[0] for f in native.DynetConvParams._fields_]
-    assert names[len(native.SHAPE_FIELDS) :] == list(spec.ATTRIBUTE_NAMES)
+    assert names[len(native.SHAPE_FIELDS) : -1] == list(spec.ATTRIBUTE_NAMES)
+    assert names[-1] == "weight_dtype"
+
+
+def test_ctypes_params_mirror_has_the_c_struct_size(cpu_library):
+    # The last field's offset as the library sees it: dynet_conv_params_attribute_data of has_mean, plus 4 bytes.
+    last = cpu_library.dynet_conv_params_attribute_data
+    last.restype = native.ctypes.c_void_p
+    last.argtypes = [native.ctypes.POINTER(native.DynetConvParams), native.ctypes.c_int32]
+    p = native.DynetConvParams()
+    offset = last(p, len(spec.ATTRIBUTES) - 1) - native.ctypes.addressof(p)
+    assert offset == native.DynetConvParams.has_mean.offset
+    assert native.ctypes.sizeof(native.DynetConvParams) == native.DynetConvParams.weight_dtype.offset + 4
 
 
 def test_params_init_takes_the_table_defaults(cpu_library):
     p = native.DynetConvParams()
+    p.weight_dtype = 7
     cpu_library.dynet_conv_params_init(p)
     assert {n: getattr(p, n) for n in spec.ATTRIBUTE_NAMES} == spec.DEFAULTS
+    assert p.weight_dtype == native.FLOAT32
+
+
+@pytest.mark.parametrize(
+    "attrs, bank",
+    [({}, "fp32"), ({"has_spatial": 1}, "fp32"), ({"has_residual": 1}, "fp32"), ({"has_mean": 1}, "fp32")]
+    + [({}, "fp16"), ({}, "bf16"), ({"groups": 2, "has_bias": 1, "activation": 2}, "fp32")],
+)
+def test_op_version_is_the_same_on_both_sides(cpu_library, attrs, bank):
+    dtype = {"fp32": native.FLOAT32, "fp16": native.FLOAT16, "bf16": native.BFLOAT16}[bank]
+    p = native.make_params((1, 4, 5, 5), (1, 4, 2), (2, 4, 2, 3, 3), groups=2, weight_dtype=dtype)
+    for name, value in attrs.items():
+        setattr(p, name, value)
+    assert cpu_library.dynet_conv_op_version(p) == spec.op_version(attrs, bank)
+    assert cpu_library.dynet_conv_op_version(None) == -1
+
+
+@pytest.mark.parametrize("dtype", [-1, 3])
+def test_weight_dtype_out_of_range_is_refused(cpu_library, dtype):
+    p = native.make_params((1, 4, 5, 5), (1, 4, 2), (2, 4, 2, 3, 3), groups=2, weight_dtype=dtype)
+    buf = native.ctypes.create_string_buffer(256)
+    assert cpu_library.dynet_conv_validate(p, buf, len(buf)) == native.ERR_INVALID_ARGUMENT
+    assert buf.value.decode() == f"weight_dtype = {dtype}: must be 0 (float32), 1 (float16) or 2 (bfloat16)"
 
 
 @pytest.mark.parametrize(
     "name, value",
-    [("stride_h", 0), ("groups", -1), ("activation", 3), ("has_bias", 2), ("pad_right", -1), ("dilation_w", 0)],
+    [("stride_h", 0), ("groups", -1), ("activation", 3), ("has_bias", 2), ("pad_right", -1), ("dilation_w", 0)]
+    + [("has_spatial", 2), ("has_residual", -1), ("has_mean", 2)],
 )
 def test_out_of_range_attribute_is_refused_by_both_sides(cpu_library, name, value):
     with pytest.raises(

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -741,3 +742,392 @@ def test_absent_attributes_take_the_defaults():
     y = session(model).run(None, {"x": x, "coeff": coeff})[0]
     assert y.shape == (2, 7, 6, 8)
     assert errors(y, torch_reference(layer, x, coeff, weight, None, None))[1] <= FP32_REL
+
+
+# ---- op version 2: spatial, residual, mean, a float16 / bfloat16 bank -----------------------------------------------
+
+BANKS = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
+BANK_ELEMENT = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+
+
+@dataclass
+class V2:
+    spatial: bool = False
+    residual: bool = False
+    mean: bool = False
+    bank: str = "fp32"  # the weight bank's storage under float I/O
+
+
+V2_ALL = {bank: V2(True, True, True, bank) for bank in BANKS}
+
+
+def v2_arrays(layer: Layer, v2: V2, rng: np.random.Generator, dtype=np.float32) -> dict:
+    """Every input of a version-2 call: make_arrays' five, the bank narrowed, spatial and residual as v2 says."""
+    x, coeff, weight, bank, bias = make_arrays(layer, rng)
+    arrays = dict(x=x, coeff=coeff, weight=weight, bias_bank=bank, bias=bias, spatial=None, residual=None)
+    if v2.spatial:
+        arrays["spatial"] = rng.uniform(0.0, 1.0, (layer.n, layer.kh * layer.kw)).astype(np.float32)
+    if v2.residual:
+        h_out, w_out = plugin_lib.output_hw(params_of(layer))
+        arrays["residual"] = rng.standard_normal((layer.n, layer.c_out, h_out, w_out)).astype(np.float32)
+    arrays = {k: None if a is None else a.astype(dtype) for k, a in arrays.items()}
+    if dtype == np.float32:
+        arrays["weight"] = arrays["weight"].astype(BANKS[v2.bank])
+    return arrays
+
+
+def v2_model(layer: Layer, arrays: dict, v2: V2, dtype=TensorProto.FLOAT, attrs=None, weight_as_input=False, version=2):
+    """One node of op version `version` (plugin_version and the domain import), its optional inputs and outputs as
+    v2 says; x, coeff, spatial and residual are graph inputs, the bank initializers (or weight a graph input)."""
+    names = ["x", "coeff", "weight"] + [
+        n for n in ("bias_bank", "bias", "spatial", "residual") if arrays.get(n) is not None
+    ]
+    outputs = ["y"] + (["mean"] if v2.mean else [])
+    elem = {"x": dtype, "coeff": dtype, "spatial": dtype, "residual": dtype}
+    shapes = {
+        "x": ["N", layer.c_in, "H", "W"],
+        "coeff": ["N", layer.c_out if layer.per_channel else 1, layer.k],
+        "spatial": ["N", layer.kh * layer.kw],
+        "residual": ["N", layer.c_out, None, None],
+    }
+    graph_inputs = [helper.make_tensor_value_info(n, elem[n], shapes[n]) for n in names if n in shapes]
+    weight_elem = BANK_ELEMENT[v2.bank] if dtype == TensorProto.FLOAT else dtype
+    inits = [numpy_helper.from_array(arrays[n], n) for n in ("bias_bank", "bias") if arrays.get(n) is not None]
+    if weight_as_input:
+        graph_inputs.append(helper.make_tensor_value_info("weight", weight_elem, list(arrays["weight"].shape)))
+    else:
+        inits.append(numpy_helper.from_array(arrays["weight"], "weight"))
+    top, left, bottom, right = layer.pads
+    node_attrs = dict(
+        stride_h=layer.stride[0],
+        stride_w=layer.stride[1],
+        pad_top=top,
+        pad_left=left,
+        pad_bottom=bottom,
+        pad_right=right,
+        dilation_h=layer.dilation[0],
+        dilation_w=layer.dilation[1],
+        groups=layer.groups,
+        activation=layer.activation,
+        has_bias_bank=int(arrays.get("bias_bank") is not None),
+        has_bias=int(arrays.get("bias") is not None),
+        has_spatial=int(v2.spatial),
+        has_residual=int(v2.residual),
+        has_mean=int(v2.mean),
+        plugin_version=str(version),
+        plugin_namespace="",
+    )
+    node_attrs.update(attrs or {})
+    node = helper.make_node(OP_TYPE, names, outputs, domain=OP_DOMAIN, name="dynconv", **node_attrs)
+    graph_outputs = [helper.make_tensor_value_info("y", dtype, ["N", layer.c_out, None, None])]
+    if v2.mean:
+        graph_outputs.append(helper.make_tensor_value_info("mean", dtype, ["N", layer.c_out, 1, 1]))
+    graph = helper.make_graph([node], "one_dynamic_conv_v2", graph_inputs, graph_outputs, initializer=inits)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(OP_DOMAIN, version)]
+    )
+
+
+def v2_feeds(arrays: dict) -> dict:
+    return {n: arrays[n] for n in ("x", "coeff", "spatial", "residual") if arrays.get(n) is not None}
+
+
+def v2_run(layer: Layer, arrays: dict, v2: V2, threads=2, dtype=TensorProto.FLOAT):
+    out = session(v2_model(layer, arrays, v2, dtype=dtype), threads=threads).run(None, v2_feeds(arrays))
+    return out[0], (out[1] if v2.mean else None)
+
+
+def v2_reference(layer: Layer, arrays: dict):
+    """The op's Python reference in float64 on the widened bank: y and its channel mean."""
+
+    def t(name):
+        a = arrays.get(name)
+        return None if a is None else torch.from_numpy(np.asarray(a).astype(np.float64))
+
+    with torch.no_grad():
+        y = reference.dynamic_conv(
+            t("x"),
+            t("coeff"),
+            t("weight"),
+            t("bias_bank"),
+            t("bias"),
+            layer.stride,
+            layer.pads,
+            layer.dilation,
+            layer.groups,
+            layer.activation,
+            spatial=t("spatial"),
+            residual=t("residual"),
+        )
+        return y.numpy(), reference.channel_mean(y).numpy()
+
+
+def v2_cpp(layer: Layer, arrays: dict, v2: V2):
+    """The C++ reference (dynet_conv_cpu) on the same call."""
+    out = plugin_lib.cpu_reference_conv(
+        arrays["x"],
+        arrays["coeff"],
+        arrays["weight"],
+        arrays["bias_bank"],
+        arrays["bias"],
+        stride=layer.stride,
+        pads=layer.pads,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        activation=layer.activation,
+        spatial=arrays["spatial"],
+        residual=arrays["residual"],
+        mean=True,
+    )
+    return out
+
+
+def v2_check(layer: Layer, arrays: dict, v2: V2, y, mean, key: str, rel_bound=FP32_REL) -> float:
+    """y and mean against the C++ and the Python references; mean also against the mean of the op's own y (it is
+    computed from the stored y). Returns the worst relative error."""
+    ref_y, ref_mean = v2_reference(layer, arrays)
+    cpp_y, cpp_mean = v2_cpp(layer, arrays, v2)
+    worst = 0.0
+    for name, target in (("C++ reference", cpp_y.astype(np.float64)), ("PyTorch float64", ref_y)):
+        max_abs, rel = errors(y, target)
+        record(f"{key} vs {name}", max_abs, rel)
+        worst = max(worst, rel)
+        assert rel <= rel_bound, f"{layer} {v2}: y vs {name} rel {rel:.3e} > {rel_bound} (max-abs {max_abs:.3e})"
+    if v2.mean:
+        assert mean.shape == (layer.n, layer.c_out, 1, 1)
+        own = np.asarray(y, np.float64).mean(axis=(2, 3), keepdims=True)
+        for name, target in (("its y", own), ("C++ reference", cpp_mean.astype(np.float64)), ("PyTorch", ref_mean)):
+            max_abs = float(np.abs(np.asarray(mean, np.float64) - target).max())
+            scale = max(1.0, float(np.abs(target).max()))
+            record(f"{key} mean vs {name}, max-abs / max(1, max|ref|)", max_abs / scale, 0.0)
+            assert max_abs <= rel_bound * scale, f"{layer} {v2}: mean vs {name} max-abs {max_abs:.3e}"
+    return worst
+
+
+def v2_of_seed(seed: int) -> V2:
+    return V2(bool(seed & 1), bool(seed & 2), bool(seed & 4), sorted(BANKS)[seed % 3])
+
+
+@pytest.mark.parametrize("seed", range(0, CORPUS_SIZE, 2))
+def test_version_2_matches_cpp_reference_and_pytorch(seed):
+    layer = random_layer(seed)
+    v2 = v2_of_seed(seed // 2)
+    arrays = v2_arrays(layer, v2, np.random.default_rng(40_000 + seed))
+    y, mean = v2_run(layer, arrays, v2)
+    assert y.dtype == np.float32
+    v2_check(layer, arrays, v2, y, mean, "v2 fp32 corpus")
+
+
+def v2_path_layers():
+    """One layer per CPU loop nest (the path each takes is asserted), for version 2's epilogue and fusion."""
+    return {
+        "direct": Layer(n=2, c_in=12, c_out=12, h=13, w=19, k=3, kh=3, kw=3, groups=12, pads=(1, 1, 1, 1), bias=True),
+        "direct-x2": Layer(
+            n=1, c_in=6, c_out=12, h=11, w=9, k=2, kh=3, kw=3, groups=6, stride=(2, 2), pads=(1, 1, 1, 1), activation=2
+        ),
+        "gemm-small": Layer(n=2, c_in=8, c_out=12, h=9, w=11, k=3, kh=3, kw=3, pads=(1, 1, 1, 1), bank=True),
+        "gemm-small-1x1": Layer(n=2, c_in=16, c_out=20, h=7, w=7, k=2, kh=1, kw=1, bias=True, activation=1),
+        "gemm-small-1x1-narrow-image": Layer(n=1, c_in=12, c_out=10, h=3, w=5, k=2, kh=1, kw=1, per_channel=False),
+        "gemm-implicit": Layer(
+            n=2, c_in=8, c_out=20, h=20, w=37, k=2, kh=3, kw=3, pads=(1, 1, 1, 1), bias=True, activation=1
+        ),
+        "gemm-implicit-x2": Layer(
+            n=1, c_in=12, c_out=16, h=40, w=70, k=3, kh=3, kw=3, stride=(2, 2), pads=(1, 1, 1, 1), per_channel=False
+        ),
+        "gemm-implicit-1x1": Layer(n=1, c_in=16, c_out=12, h=21, w=19, k=1, kh=1, kw=1, per_channel=False),
+        "gemm-im2col": Layer(
+            n=2, c_in=8, c_out=12, h=33, w=20, k=2, kh=3, kw=3, pads=(1, 1, 1, 1), bank=True, activation=2
+        ),
+        "narrow": Layer(n=2, c_in=12, c_out=12, h=9, w=11, k=3, kh=3, kw=3, groups=2, pads=(1, 1, 1, 1), bias=True),
+        "narrow-x2": Layer(
+            n=2,
+            c_in=12,
+            c_out=16,
+            h=17,
+            w=19,
+            k=2,
+            kh=3,
+            kw=3,
+            groups=2,
+            stride=(2, 2),
+            pads=(1, 0, 1, 2),
+            activation=1,
+        ),
+        "narrow-blocks": Layer(
+            n=1, c_in=10, c_out=14, h=30, w=29, k=2, kh=3, kw=3, groups=2, pads=(1, 1, 1, 1), bank=True, activation=2
+        ),
+    }
+
+
+def v2_path_cases():
+    """(path layer, features) pairs: everything at once in every bank type, and each feature alone in fp32."""
+    alone = [V2(spatial=True), V2(residual=True), V2(mean=True)]
+    return [(name, v2) for name in v2_path_layers() for v2 in [*V2_ALL.values(), *alone]]
+
+
+@pytest.mark.parametrize("name", sorted(v2_path_layers()))
+def test_version_2_path_layers_take_their_path(name):
+    expected = next(p for p in ("direct", "gemm-small", "gemm-implicit", "gemm-im2col", "narrow") if name.startswith(p))
+    assert onnxruntime_lib.cpu_path(params_of(v2_path_layers()[name])) == expected, name
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("case", range(len(v2_path_cases())))
+def test_version_2_on_every_path(case, threads):
+    name, v2 = v2_path_cases()[case]
+    layer = v2_path_layers()[name]
+    arrays = v2_arrays(layer, v2, np.random.default_rng(case))
+    y, mean = v2_run(layer, arrays, v2, threads=threads)
+    v2_check(layer, arrays, v2, y, mean, f"v2 paths ({threads} threads)")
+
+
+def v2_isa_worker() -> None:
+    """Every path case in this process (its ISA fixed by DYNET_CPU_ISA); prints the ISA, the paths and the worst
+    relative error as one JSON line (an assertion failure raises)."""
+    import json
+
+    worst = 0.0
+    for case, (name, v2) in enumerate(v2_path_cases()):
+        layer = v2_path_layers()[name]
+        arrays = v2_arrays(layer, v2, np.random.default_rng(case))
+        y, mean = v2_run(layer, arrays, v2)
+        worst = max(worst, v2_check(layer, arrays, v2, y, mean, "v2 per ISA"))
+    paths = {name: onnxruntime_lib.cpu_path(params_of(layer)) for name, layer in v2_path_layers().items()}
+    print(json.dumps({"isa": onnxruntime_lib.cpu_isa(), "paths": paths, "worst": worst}))
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER)
+def test_version_2_every_path_on_every_isa(isa):
+    """Spatial, residual, mean and the 16-bit banks (F16C / shift widening on AVX2 and AVX-512, portable code on
+    generic) on every loop nest, per ISA; an ISA the CPU lacks is skipped with the reason."""
+    import json
+
+    best = best_cpu_isa()
+    if ISA_ORDER.index(isa) > ISA_ORDER.index(best):
+        pytest.skip(f"this CPU lacks {isa} (its best kernel ISA is {best}); the {isa} kernel cannot run here")
+    env = {k: v for k, v in os.environ.items() if k != "DYNET_CPU_ISA"}
+    env["DYNET_CPU_ISA"] = isa
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    code = "import sys; sys.path.insert(0, 'tests'); import test_ort_native_op as t; t.v2_isa_worker()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n[native op v2] DYNET_CPU_ISA={isa} (ran {out['isa']}): worst rel {out['worst']:.3e}")
+    assert out["isa"] == isa, f"DYNET_CPU_ISA={isa} ran the {out['isa']} kernel"
+    assert set(out["paths"].values()) == {"direct", "gemm-small", "gemm-implicit", "gemm-im2col", "narrow"}, out
+    assert out["worst"] <= FP32_REL
+
+
+@pytest.mark.parametrize("seed", range(0, 60, 3))
+def test_version_2_fp16_graphs_match_pytorch(seed):
+    """A float16 graph of version 2: spatial, residual and mean in float16 (computed in fp32, rounded once; the mean
+    from the stored float16 y)."""
+    layer = random_layer(seed)
+    v2 = V2(True, True, True)
+    arrays = v2_arrays(layer, v2, np.random.default_rng(50_000 + seed), dtype=np.float16)
+    y, mean = v2_run(layer, arrays, v2, dtype=TensorProto.FLOAT16)
+    assert y.dtype == np.float16 and mean.dtype == np.float16
+    ref_y, _ = v2_reference(layer, arrays)
+    max_abs, rel = errors(y, ref_y)
+    scaled = max_abs / max(1.0, float(np.abs(ref_y).max()))
+    record("v2 fp16 vs PyTorch float64, max-abs / max(1, max|ref|)", scaled, rel)
+    assert rel <= FP16_REL and scaled <= FP16_ABS, f"{layer}: rel {rel:.3e}, max-abs {max_abs:.3e}"
+    own = np.asarray(y, np.float64).mean(axis=(2, 3), keepdims=True)  # the stored y's mean, rounded to fp16 once
+    np.testing.assert_allclose(np.asarray(mean, np.float64), own, rtol=2**-10, atol=2**-24)
+
+
+def test_version_2_without_new_features_equals_version_1():
+    """A version-2 node that uses nothing new computes what the version-1 node does, bit for bit."""
+    layer = big_layers()[0]
+    arrays = v2_arrays(layer, V2(), np.random.default_rng(9))
+    y2, _ = v2_run(layer, arrays, V2())
+    y1 = session(node_model(layer, arrays["weight"], arrays["bias_bank"], arrays["bias"])).run(
+        None, {"x": arrays["x"], "coeff": arrays["coeff"]}
+    )[0]
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_version_2_bank_as_graph_input_is_packed_per_call():
+    layer = Layer(n=2, c_in=16, c_out=24, h=9, w=9, k=4, kh=3, kw=3, pads=(1, 1, 1, 1), bank=True)
+    rng = np.random.default_rng(12)
+    v2 = V2(spatial=True, bank="fp16")  # onnxruntime's Python feeds take no bfloat16 array; initializers do
+    arrays = v2_arrays(layer, v2, rng)
+    sess = session(v2_model(layer, arrays, v2, weight_as_input=True))
+    for _ in range(2):  # a new bank each call must be used, not a cached packing
+        arrays["weight"] = rng.standard_normal(arrays["weight"].shape).astype(np.float16)
+        y = sess.run(None, {**v2_feeds(arrays), "weight": arrays["weight"]})[0]
+        assert errors(y, v2_reference(layer, arrays)[0])[1] <= FP32_REL
+
+
+@pytest.mark.parametrize("flag", ["has_spatial", "has_residual", "has_mean"])
+@pytest.mark.parametrize("value", [0, 1])
+def test_version_1_node_refuses_version_2_attributes(flag, value):
+    """A version-1 node (plugin_version "1" or absent) carries none of version 2's attributes, not even at 0."""
+    _, _, weight, bank, bias = small_arrays()
+    message = creation_error(node_model(SMALL, weight, bank, bias, attrs={flag: value}))
+    assert "DyNetDynamicConv2d node 'dynconv'" in message, message
+    assert f"attribute '{flag}' is an op version 2 attribute, but the node is op version 1" in message, message
+    assert 'set plugin_version "2" and import domain trt.plugins at version 2' in message, message
+    model = node_model(SMALL, weight, bank, bias, attrs={flag: value})
+    del model.graph.node[0].attribute[[a.name for a in model.graph.node[0].attribute].index("plugin_version")]
+    assert "is an op version 2 attribute" in creation_error(model)  # absent plugin_version means "1"
+
+
+@pytest.mark.parametrize("bank", ["fp16", "bf16"])
+def test_version_1_node_refuses_a_narrowed_bank(bank):
+    arrays = v2_arrays(SMALL, V2(bank=bank), np.random.default_rng(1))
+    message = creation_error(v2_model(SMALL, arrays, V2(bank=bank), version=1, attrs={}))
+    assert "is an op version 2 attribute" in message, message  # the version-2 flags at 0 come first
+    model = v2_model(SMALL, arrays, V2(bank=bank), version=1)
+    attrs = model.graph.node[0].attribute
+    for flag in ("has_spatial", "has_residual", "has_mean"):
+        del attrs[[a.name for a in attrs].index(flag)]
+    message = creation_error(model)
+    name = {"fp16": "float16", "bf16": "bfloat16"}[bank]
+    assert f"weight (input 2) is a {name} bank under float I/O: a reduced-precision bank is op version 2" in message
+
+
+def test_unknown_plugin_version_is_refused():
+    _, _, weight, bank, bias = small_arrays()
+    message = creation_error(node_model(SMALL, weight, bank, bias, attrs={"plugin_version": "3"}))
+    assert "plugin_version '3' is not an op version this library implements (1 to 2)" in message, message
+
+
+def test_version_2_weight_of_another_type_is_refused():
+    arrays = v2_arrays(SMALL, V2(), np.random.default_rng(2))
+    arrays["weight"] = arrays["weight"].astype(np.int32)
+    model = v2_model(SMALL, arrays, V2())
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(arrays["weight"], "weight"))
+    message = creation_error(model)
+    assert "weight (input 2) must be float, or a float16 / bfloat16 bank" in message and "got int32" in message
+
+
+def test_version_2_input_and_output_counts_must_match_the_flags():
+    v2 = V2(True, True, True)
+    arrays = v2_arrays(SMALL, v2, np.random.default_rng(3))
+    model = v2_model(SMALL, arrays, v2, attrs={"has_residual": 0})
+    message = creation_error(model)
+    assert "has 5 inputs, but has_bias_bank=0, has_bias=0, has_spatial=1 and has_residual=0 call for 4" in message
+    model = v2_model(SMALL, arrays, v2, attrs={"has_mean": 0})
+    message = creation_error(model)
+    assert "has 2 outputs, but has_mean=0 calls for 1 (y)" in message, message
+
+
+def test_version_2_wrong_spatial_and_residual_shapes_are_runtime_errors():
+    v2 = V2(True, True, True)
+    arrays = v2_arrays(SMALL, v2, np.random.default_rng(4))
+    model = v2_model(SMALL, arrays, v2)
+    for i in (2, 3):
+        model.graph.input[i].type.tensor_type.shape.Clear()  # let any shape through onnxruntime's own checks
+    feeds = v2_feeds(arrays)
+    message = run_error(model, {**feeds, "spatial": feeds["spatial"].reshape(2, 3, 3)})
+    assert "spatial must be [N, kH*kW] = [2, 9], got [2, 3, 3]" in message, message
+    message = run_error(model, {**feeds, "spatial": feeds["spatial"][:, :8]})
+    assert "spatial must be [N, kH*kW] = [2, 9], got [2, 8]" in message, message
+    message = run_error(model, {**feeds, "residual": feeds["residual"][:, :, :6]})
+    assert "residual must be [N, C_out, H_out, W_out] = [2, 12, 7, 7] (y's shape), got [2, 12, 6, 7]" in message
+    message = run_error(model, {**feeds, "residual": feeds["residual"][:1]})
+    assert "got [1, 12, 7, 7]" in message, message
+    y, mean = session(model).run(None, feeds)  # and the right shapes still run
+    v2_check(SMALL, arrays, v2, y, mean, "v2 after shape errors")

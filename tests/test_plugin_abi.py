@@ -58,6 +58,7 @@ class AttributeInfo(ctypes.Structure):
         ("default_value", ctypes.c_int32),
         ("min_value", ctypes.c_int32),
         ("max_value", ctypes.c_int32),
+        ("since_version", ctypes.c_int32),
     ]
 
 
@@ -103,7 +104,8 @@ def validate(lib, p):
 
 def test_attribute_data_points_at_the_named_field(cpu):
     names = attribute_names(cpu)
-    assert len(names) == 12
+    assert len(names) == 15
+    assert [cpu.dynet_conv_attribute(i).contents.since_version for i in range(15)] == [1] * 12 + [2] * 3
     p = params(cpu)
     for i, name in enumerate(names):
         setattr(p, name, 100 + i)  # the ctypes struct's field of the same name
@@ -112,7 +114,7 @@ def test_attribute_data_points_at_the_named_field(cpu):
         assert ptr[0] == 100 + i, name
         offset = ctypes.cast(ptr, ctypes.c_void_p).value - ctypes.addressof(p)
         assert offset == getattr(DynetConvParams, name).offset, name
-    assert not cpu.dynet_conv_params_attribute_data(ctypes.byref(p), 12)
+    assert not cpu.dynet_conv_params_attribute_data(ctypes.byref(p), 15)
     assert not cpu.dynet_conv_params_attribute_data(ctypes.byref(p), -1)
     assert not cpu.dynet_conv_params_attribute_data(None, 0)
 
@@ -185,6 +187,70 @@ def test_set_shapes_with_unknown_dims_checks_what_is_known(cpu):
     # Without allow_unknown, -1 is a bad dim.
     status, msg = set_shapes(cpu, params(cpu), dense_shapes(-1, 16, 9, 9, 32))
     assert status == plugin_lib.ERR_INVALID_ARGUMENT
+
+
+def test_set_shapes_checks_spatial_and_residual(cpu):
+    # Op version 2's inputs follow bias_bank and bias: spatial [N, kH*kW], residual [N, C_out, H_out, W_out].
+    attrs = dict(has_bias=1, has_spatial=1, has_residual=1, stride_h=2, pad_top=1, pad_bottom=0, pad_left=1)
+    good = dense_shapes(2, 16, 9, 7, 32, kh=3, kw=2) + [[32], [2, 6], [2, 32, 4, 7]]  # H_out 4, W_out 7 - 2 + 1 + 1
+    p = params(cpu, **attrs)
+    status, msg = set_shapes(cpu, p, good)
+    assert status == plugin_lib.OK, msg
+    assert validate(cpu, p)[0] == plugin_lib.OK
+    bad = {
+        "count": (good[:-1], "expected 6 inputs (x, coeff, weight, bias, spatial, residual), got 5"),
+        "spatial rank": (good[:4] + [[2, 3, 2], good[5]], "input 4 must be 2-D spatial [N, kH*kW], got rank 3"),
+        "spatial taps": (good[:4] + [[2, 9], good[5]], "spatial must be [N, kH*kW] = [2, 6], got [2, 9]"),
+        "spatial batch": (good[:4] + [[1, 6], good[5]], "spatial must be [N, kH*kW] = [2, 6], got [1, 6]"),
+        "residual rank": (good[:5] + [[2, 32, 28]], "input 5 must be 4-D residual [N, C_out, H_out, W_out]"),
+        "residual H_out": (
+            good[:5] + [[2, 32, 5, 7]],
+            "residual must be [N, C_out, H_out, W_out] = [2, 32, 4, 7] (y's shape), got [2, 32, 5, 7]",
+        ),
+        "residual W_out": (good[:5] + [[2, 32, 4, 6]], "= [2, 32, 4, 7] (y's shape), got [2, 32, 4, 6]"),
+        "residual C_out": (good[:5] + [[2, 16, 4, 7]], "got [2, 16, 4, 7]"),
+        "residual batch": (good[:5] + [[3, 32, 4, 7]], "got [3, 32, 4, 7]"),
+    }
+    for case, (shapes, text) in bad.items():
+        status, msg = set_shapes(cpu, params(cpu, **attrs), shapes)
+        assert status == plugin_lib.ERR_INVALID_ARGUMENT, case
+        assert text in msg, (case, msg)
+    # A version-1 node's five inputs are unchanged; a version-2 flag adds its input.
+    assert set_shapes(cpu, params(cpu, has_mean=1), dense_shapes(2, 16, 9, 7, 32))[0] == plugin_lib.OK
+    status, msg = set_shapes(cpu, params(cpu, has_spatial=1), dense_shapes(2, 16, 9, 7, 32))
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT and "expected 4 inputs (x, coeff, weight, spatial)" in msg
+
+
+def test_set_shapes_with_unknown_dims_checks_what_is_known_of_spatial_and_residual(cpu):
+    attrs = dict(has_spatial=1, has_residual=1, pad_top=1, pad_bottom=1, pad_left=1, pad_right=1)
+    shapes = dense_shapes(-1, 16, -1, -1, 32) + [[-1, 9], [-1, 32, -1, -1]]
+    p = params(cpu, **attrs)
+    status, msg = set_shapes(cpu, p, shapes, allow_unknown=True)
+    assert status == plugin_lib.OK, msg
+    assert (p.n, p.h, p.w) == (-1, -1, -1)
+    # What is known is still checked: the taps, C_out, and H_out once H is known.
+    for bad, text in (
+        ([[-1, 8], [-1, 32, -1, -1]], "spatial must be [N, kH*kW] = [-1, 9], got [-1, 8]"),
+        ([[-1, 9], [-1, 31, -1, -1]], "got [-1, 31, -1, -1]"),
+    ):
+        status, msg = set_shapes(cpu, params(cpu, **attrs), shapes[:3] + bad, allow_unknown=True)
+        assert status == plugin_lib.ERR_INVALID_ARGUMENT and text in msg, msg
+    known_h = dense_shapes(-1, 16, 10, -1, 32) + [[-1, 9], [-1, 32, 11, -1]]
+    status, msg = set_shapes(cpu, params(cpu, **attrs), known_h, allow_unknown=True)
+    assert status == plugin_lib.ERR_INVALID_ARGUMENT and "= [-1, 32, 10, -1] (y's shape), got [-1, 32, 11, -1]" in msg
+
+
+def test_weight_dtype_is_validated_with_the_attributes(cpu):
+    cpu.dynet_conv_validate_attributes.argtypes = [P, ctypes.c_char_p, ctypes.c_size_t]
+    cpu.dynet_conv_validate_attributes.restype = ctypes.c_int32
+    msg = ctypes.create_string_buffer(256)
+    for dtype in (plugin_lib.FLOAT32, plugin_lib.FLOAT16, plugin_lib.BFLOAT16):
+        p = params(cpu)
+        p.weight_dtype = dtype
+        assert cpu.dynet_conv_validate_attributes(ctypes.byref(p), msg, len(msg)) == plugin_lib.OK
+    p.weight_dtype = 3
+    assert cpu.dynet_conv_validate_attributes(ctypes.byref(p), msg, len(msg)) == plugin_lib.ERR_INVALID_ARGUMENT
+    assert msg.value.decode().startswith("weight_dtype = 3: must be")
 
 
 def test_profile_max_beyond_the_element_limit_is_refused(cpu):
@@ -279,7 +345,16 @@ def test_attributes_key_is_equal_for_equal_attributes_and_differs_otherwise(cpu)
     a.n, b.n = 1, 32  # shapes are not part of the key (TensorRT prefixes the I/O shapes itself)
     assert key(cpu, a) == key(cpu, b)
     names = attribute_names(cpu)
-    assert key(cpu, a) == "".join(f"{name}={getattr(a, name)};" for name in names)
+    # A version-1 param set keeps the text it had before op version 2 (TensorRT timing caches stay valid).
+    assert key(cpu, a) == (
+        "stride_h=1;stride_w=1;pad_top=0;pad_left=0;pad_bottom=0;pad_right=0;dilation_h=1;dilation_w=1;groups=2;"
+        "activation=1;has_bias_bank=0;has_bias=0;"
+    )
+    v2 = params(cpu, groups=2, activation=1, has_residual=1)
+    assert key(cpu, v2) == "".join(f"{name}={getattr(v2, name)};" for name in names)
+    narrowed = params(cpu, groups=2, activation=1)
+    narrowed.weight_dtype = plugin_lib.FLOAT16
+    assert key(cpu, narrowed) == key(cpu, a) + "has_spatial=0;has_residual=0;has_mean=0;"
     seen = {key(cpu, a)}
     for name in names:
         c = params(cpu, groups=2, activation=1)
@@ -329,6 +404,54 @@ def test_reference_relu_propagates_nan_like_pytorch(cpu, activation):
     assert np.isnan(ref[0, :, 1, 1]).all()
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     np.testing.assert_allclose(np.nan_to_num(y), np.nan_to_num(ref), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", [0, 1, 2])
+def test_reference_keeps_a_nan_residual_through_the_activation(cpu, activation):
+    # Op version 2: the residual is added before the activation, so its NaN reaches y (relu(NaN) = NaN) and the
+    # channel's mean; an inf residual is clamped like any pre-activation value.
+    from dynet_deploy.op.reference import channel_mean, dynamic_conv
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    coeff = rng.random((2, 4, 2)).astype(np.float32)
+    weight = rng.standard_normal((2, 4, 3, 3, 3)).astype(np.float32)
+    residual = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    residual[0, 1, 2, 0] = np.nan
+    residual[1, 2, 0, 0] = -np.inf
+    residual[1, 3, 1, 1] = np.inf
+    p = params(cpu, activation=activation, has_residual=1, has_mean=1)
+    assert set_shapes(cpu, p, [list(x.shape), list(coeff.shape), list(weight.shape), list(residual.shape)])[0] == 0
+    y = np.full((2, 4, 3, 3), 7.0, np.float32)
+    mean = np.zeros((2, 4, 1, 1), np.float32)
+    arrays = dict(x=x, coeff=coeff, weight=weight, residual=residual, y=y, mean=mean)
+    t = plugin_lib.DynetConvTensors(**{k: a.ctypes.data for k, a in arrays.items()})
+    lib = plugin_lib.load_cpu_library()
+    assert lib.dynet_conv_cpu(ctypes.byref(p), ctypes.byref(t)) == plugin_lib.OK
+    with torch_no_grad():
+        ref = dynamic_conv(*(tensor(a) for a in (x, coeff, weight)), residual=tensor(residual), activation=activation)
+        ref_mean = channel_mean(ref).numpy()
+    ref = ref.numpy()
+    assert np.isnan(y[0, 1, 2, 0]) and np.isnan(mean[0, 1, 0, 0])
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    np.testing.assert_allclose(np.where(np.isfinite(y), y, 0), np.where(np.isfinite(ref), ref, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.isnan(mean), np.isnan(ref_mean))
+    np.testing.assert_array_equal(np.isinf(mean), np.isinf(ref_mean))
+    finite = np.isfinite(ref_mean)
+    np.testing.assert_allclose(mean[finite], ref_mean[finite], rtol=1e-5, atol=1e-6)
+
+
+def tensor(a):
+    import torch
+
+    return torch.from_numpy(a).double()
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
 
 
 def test_cuda_activation_has_no_nan_dropping_fmax():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import zlib
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -152,6 +153,191 @@ def test_random_shapes_match_pytorch(layer):
         layer["bias"],
     )
     check(case, layer["stride"], layer["pads"], layer["dilation"], layer["groups"], layer["activation"])
+
+
+# ---- op version 2: spatial, residual, mean, a narrowed bank (dynet_conv_cpu) ---------------------------------------
+
+BANK_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
+
+
+def v2_reference(x, coeff, weight, bias_bank, bias, spatial, residual, stride, pads, dilation, groups, activation):
+    """The Python reference in float64 on the widened bank: y and GlobalAveragePool(y)."""
+
+    def t(a):
+        return None if a is None else torch.from_numpy(np.asarray(a, np.float32)).double()
+
+    with torch.no_grad():
+        y = reference.dynamic_conv(
+            t(x),
+            t(coeff),
+            t(np.asarray(weight).astype(np.float32)),
+            t(bias_bank),
+            t(bias),
+            stride,
+            pads,
+            dilation,
+            groups,
+            activation,
+            spatial=t(spatial),
+            residual=t(residual),
+        )
+        return y.numpy(), reference.channel_mean(y).numpy()
+
+
+def check_v2(layer, bank_dtype, use_spatial, use_residual, use_mean):
+    rng = np.random.default_rng(layer["seed"])
+    x, coeff, weight, bias_bank, bias = make_case(
+        rng,
+        *(layer[k] for k in ("n", "c_in", "c_out", "h", "w", "k", "kh", "kw", "groups", "per_channel", "bank", "bias")),
+    )
+    weight = weight.astype(BANK_DTYPES[bank_dtype])
+    spatial = rng.uniform(0.0, 1.0, (layer["n"], layer["kh"] * layer["kw"])).astype(np.float32) if use_spatial else None
+    conv = dict(
+        stride=layer["stride"],
+        pads=layer["pads"],
+        dilation=layer["dilation"],
+        groups=layer["groups"],
+        activation=layer["activation"],
+    )
+    params = plugin_lib.make_params(x.shape, coeff.shape, weight.shape, **{k: v for k, v in conv.items()})
+    h_out, w_out = plugin_lib.output_hw(params)
+    residual = (
+        rng.standard_normal((layer["n"], layer["c_out"], h_out, w_out)).astype(np.float32) if use_residual else None
+    )
+    out = plugin_lib.cpu_reference_conv(
+        x, coeff, weight, bias_bank, bias, **conv, spatial=spatial, residual=residual, mean=use_mean
+    )
+    y, mean = out if use_mean else (out, None)
+    ref_y, ref_mean = v2_reference(x, coeff, weight, bias_bank, bias, spatial, residual, **conv)
+    rel = float(np.linalg.norm(y - ref_y) / max(np.linalg.norm(ref_y), 1e-30))
+    assert rel <= REL_TOL, f"{layer}: y relative error {rel:.3e} > {REL_TOL}"
+    if use_mean:
+        assert mean.shape == (layer["n"], layer["c_out"], 1, 1)
+        # From the stored y in double: equal to numpy's float64 mean of y up to the final rounding.
+        np.testing.assert_allclose(mean, y.astype(np.float64).mean(axis=(2, 3), keepdims=True), rtol=1e-6, atol=1e-7)
+        scale = max(float(np.abs(ref_mean).max()), 1.0)
+        assert float(np.abs(mean - ref_mean).max()) <= REL_TOL * scale, (layer, np.abs(mean - ref_mean).max())
+    return rel
+
+
+# name: (n, c_in, c_out, h, w, k, kh, kw, groups, per_channel, bank, bias, stride, pads, dilation, activation)
+V2_CASES = {
+    "resnet_block_relu": ((2, 16, 16, 9, 9, 4, 3, 3, 1, True, False, True, (1, 1), (1, 1, 1, 1), (1, 1), 1), "fp32"),
+    "per_expert_stride2_fp16": (
+        (3, 8, 12, 11, 10, 3, 3, 3, 1, False, True, False, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+        "fp16",
+    ),
+    "groups_bf16": ((2, 12, 18, 8, 7, 6, 3, 3, 3, True, True, True, (1, 1), (1, 0, 2, 1), (1, 1), 1), "bf16"),
+    "depthwise_stride2_bf16": (
+        (2, 16, 16, 13, 12, 4, 3, 3, 16, True, False, True, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+        "bf16",
+    ),
+    "pointwise_per_expert_fp16": (
+        (4, 16, 24, 6, 5, 4, 1, 1, 2, False, True, True, (1, 1), (0, 0, 0, 0), (1, 1), 0),
+        "fp16",
+    ),
+    "dilated_5x3": ((1, 6, 8, 15, 14, 5, 5, 3, 1, True, False, False, (1, 2), (2, 1, 2, 1), (2, 1), 0), "fp32"),
+}
+
+
+@pytest.mark.parametrize("flags", ["spatial", "residual", "mean", "all"])
+@pytest.mark.parametrize("name", sorted(V2_CASES))
+def test_version_2_matches_the_python_reference(name, flags):
+    shape, bank_dtype = V2_CASES[name]
+    keys = ("n", "c_in", "c_out", "h", "w", "k", "kh", "kw", "groups", "per_channel", "bank", "bias")
+    keys += ("stride", "pads", "dilation", "activation")
+    layer = dict(zip(keys, shape), seed=zlib.crc32(f"{name}/{flags}".encode()))
+    use = {f: flags in (f, "all") for f in ("spatial", "residual", "mean")}
+    rel = check_v2(layer, bank_dtype, use["spatial"], use["residual"], use["mean"])
+    print(f"{name} {flags} ({bank_dtype} bank): rel {rel:.2e}")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    random_layer(),
+    st.sampled_from(sorted(BANK_DTYPES)),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+def test_random_version_2_layers_match_the_python_reference(layer, bank_dtype, use_spatial, use_residual, use_mean):
+    check_v2(layer, bank_dtype, use_spatial, use_residual, use_mean)
+
+
+def test_narrowed_bank_is_widened_exactly():
+    # Bank values exact in fp16 / bf16 (small integers times powers of two, subnormal fp16 included), one expert with
+    # coefficient 1 and a 1x1 kernel over a one-hot input: y reproduces each bank value bit for bit.
+    values = np.array([0.0, -0.0, 1.0, -2.5, 0.09375, 2.0**-24, -(2.0**-20), 65504.0], np.float32)
+    x = np.zeros((len(values), len(values), 1, 1), np.float32)
+    x[np.arange(len(values)), np.arange(len(values))] = 1.0
+    coeff = np.ones((len(values), 1, 1), np.float32)
+    weight = np.diag(values).reshape(1, len(values), len(values), 1, 1)
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        bank = weight.astype(dtype)
+        y = plugin_lib.cpu_reference_conv(x, coeff, bank, spatial=np.ones((len(values), 1), np.float32))
+        want = np.diag(bank.astype(np.float32).reshape(len(values), len(values)))
+        np.testing.assert_array_equal(np.diagonal(y[:, :, 0, 0]), want)
+
+
+def test_version_1_params_agree_between_both_entry_points(cpu_library):
+    rng = np.random.default_rng(3)
+    x, coeff, weight, bias_bank, bias = make_case(rng, 2, 6, 8, 7, 7, 3, 3, 3, 2, True, True, True)
+    params = plugin_lib.make_params(x.shape, coeff.shape, weight.shape, has_bias_bank=True, has_bias=True, groups=2)
+    y32 = plugin_lib.cpu_reference_conv(x, coeff, weight, bias_bank, bias, groups=2)
+    y = np.empty_like(y32)
+    arrays = dict(x=x, coeff=coeff, weight=weight, bias_bank=bias_bank, bias=bias, y=y)
+    tensors = plugin_lib.DynetConvTensors(**{k: a.ctypes.data for k, a in arrays.items()})
+    assert cpu_library.dynet_conv_cpu(ctypes.byref(params), ctypes.byref(tensors)) == plugin_lib.OK
+    np.testing.assert_allclose(y, y32, rtol=1e-6, atol=1e-6)  # only the fused kernels' rounding to fp32 differs
+
+
+def test_cpu_f32_refuses_version_2_and_cpu_checks_its_pointers(cpu_library):
+    params = valid_params()
+    x = np.ones((2, 4, 6, 6), np.float32)
+    coeff = np.ones((2, 8, 3), np.float32)
+    weight = np.ones((3, 8, 2, 3, 3), np.float32)
+    y = np.empty((2, 8, 6, 6), np.float32)
+    residual = np.ones_like(y)
+    fp = ctypes.POINTER(ctypes.c_float)
+    p = [a.ctypes.data_as(fp) for a in (x, coeff, weight, y)]
+    for flag in ("has_spatial", "has_residual", "has_mean", "weight_dtype"):
+        v2 = valid_params()
+        setattr(v2, flag, 1)
+        assert cpu_library.dynet_conv_cpu_f32(ctypes.byref(v2), p[0], p[1], p[2], None, None, p[3]) == (
+            plugin_lib.ERR_UNSUPPORTED
+        ), flag
+
+    def call(prm, **ptrs):
+        arrays = dict(x=x, coeff=coeff, weight=weight, y=y)
+        t = plugin_lib.DynetConvTensors(**{k: a.ctypes.data for k, a in arrays.items()})
+        for k, v in ptrs.items():
+            setattr(t, k, v)
+        return cpu_library.dynet_conv_cpu(ctypes.byref(prm), ctypes.byref(t))
+
+    assert call(params) == plugin_lib.OK
+    assert call(params, x=None) == plugin_lib.ERR_NULL_POINTER
+    assert call(params, y=None) == plugin_lib.ERR_NULL_POINTER
+    params.has_residual = 1
+    assert call(params) == plugin_lib.ERR_NULL_POINTER  # promised a residual, passed none
+    assert call(params, residual=residual.ctypes.data) == plugin_lib.OK
+    params.has_residual = 0
+    assert call(params, residual=residual.ctypes.data) == plugin_lib.ERR_INVALID_ARGUMENT  # one it did not promise
+    params.has_mean = 1
+    assert call(params) == plugin_lib.ERR_NULL_POINTER
+    assert cpu_library.dynet_conv_cpu(ctypes.byref(params), None) == plugin_lib.ERR_NULL_POINTER
+    assert cpu_library.dynet_conv_cpu(None, None) == plugin_lib.ERR_NULL_POINTER
+    params.has_mean = 0
+    params.weight_dtype = 3
+    assert call(params) == plugin_lib.ERR_INVALID_ARGUMENT
+
+
+def test_python_wrapper_checks_version_2_shapes():
+    x = np.ones((2, 4, 5, 5), np.float32)
+    coeff, weight = np.ones((2, 6, 2), np.float32), np.ones((2, 6, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"spatial must be \[N, kH\*kW\] = \[2, 9\], got \[2, 3, 3\]"):
+        plugin_lib.cpu_reference_conv(x, coeff, weight, spatial=np.ones((2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"residual must be \[N, C_out, H_out, W_out\] = \[2, 6, 3, 3\]"):
+        plugin_lib.cpu_reference_conv(x, coeff, weight, residual=np.ones((2, 6, 5, 5), np.float32))
 
 
 # ---- malformed arguments: error codes with reasons, never a crash ----------------------------------------------

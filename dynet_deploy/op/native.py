@@ -34,7 +34,7 @@ CUDA_LIBRARY = "libdynet_dynamic_conv_cuda.so"
 TRT_LIBRARY = "libdynet_dynamic_conv_trt.so"
 ORT_LIBRARY = "libdynet_dynamic_conv_ort.so"
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # DynetStatus
 OK = 0
@@ -48,6 +48,7 @@ ERR_LIMIT = 6  # a padded extent or dilated kernel beyond 2^31-1 (README, "Limit
 # DynetDataType / DynetAlgo
 FLOAT32 = 0
 FLOAT16 = 1
+BFLOAT16 = 2  # the weight bank only (op version 2, CPU entry points)
 ALGO_AUTO = 0
 ALGO_TWO_STEP = 1
 ALGO_ONE_KERNEL = 2
@@ -70,9 +71,10 @@ IM2COL_CHUNK_BYTES = 256 << 20
 # folders of the installed nvidia-* wheels when it is unset.
 ENV_CUDA_LIBRARY_PATH = "DYNET_CUDA_LIBRARY_PATH"
 
-# DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order.
+# DynetConvParams' shape fields, in struct order; the attribute fields follow in the spec's order, then the weight
+# bank's storage type (not an attribute: DYNET_FLOAT32, or op version 2's DYNET_FLOAT16 / DYNET_BFLOAT16).
 SHAPE_FIELDS = ("n", "c_in", "h", "w", "c_out", "k", "coeff_channels", "kh", "kw")
-PARAM_FIELDS: tuple[str, ...] = (*SHAPE_FIELDS, *ATTRIBUTE_NAMES)  # every DynetConvParams field, in struct order
+PARAM_FIELDS: tuple[str, ...] = (*SHAPE_FIELDS, *ATTRIBUTE_NAMES, "weight_dtype")  # every field, in struct order
 
 
 class DynetConvParams(ctypes.Structure):
@@ -85,6 +87,16 @@ class DynetAttributeInfo(ctypes.Structure):
         ("default_value", ctypes.c_int32),
         ("min_value", ctypes.c_int32),
         ("max_value", ctypes.c_int32),
+        ("since_version", ctypes.c_int32),
+    ]
+
+
+class DynetConvTensors(ctypes.Structure):
+    """Every tensor of a call (``dynet_conv_cpu``, ``dynet_conv_cuda_v2``): absent ones are NULL."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("x", "coeff", "weight", "bias_bank", "bias", "spatial", "residual", "y", "mean")
     ]
 
 
@@ -231,6 +243,8 @@ def _declare_common(lib: ctypes.CDLL) -> None:
     lib.dynet_conv_attribute_count.argtypes = []
     lib.dynet_conv_attribute.restype = ctypes.POINTER(DynetAttributeInfo)
     lib.dynet_conv_attribute.argtypes = [ctypes.c_int32]
+    lib.dynet_conv_op_version.restype = ctypes.c_int32
+    lib.dynet_conv_op_version.argtypes = [P]
     version = lib.dynet_conv_abi_version()
     if version != ABI_VERSION:
         raise BuildError(
@@ -257,6 +271,8 @@ def load_cpu_library() -> ctypes.CDLL:
     fp = ctypes.POINTER(ctypes.c_float)
     lib.dynet_conv_cpu_f32.restype = ctypes.c_int32
     lib.dynet_conv_cpu_f32.argtypes = [ctypes.POINTER(DynetConvParams), fp, fp, fp, fp, fp, fp]
+    lib.dynet_conv_cpu.restype = ctypes.c_int32
+    lib.dynet_conv_cpu.argtypes = [ctypes.POINTER(DynetConvParams), ctypes.POINTER(DynetConvTensors)]
     return lib
 
 
@@ -387,8 +403,13 @@ def make_params(
     dilation=(1, 1),
     groups=1,
     activation=0,
+    has_spatial=False,
+    has_residual=False,
+    has_mean=False,
+    weight_dtype=FLOAT32,
 ) -> DynetConvParams:
-    """Build DynetConvParams from tensor shapes and attributes (pads are top, left, bottom, right)."""
+    """Build DynetConvParams from tensor shapes and attributes (pads are top, left, bottom, right); ``weight_dtype``
+    is the bank's storage type (FLOAT32, or op version 2's FLOAT16 / BFLOAT16)."""
     if len(x_shape) != 4 or len(coeff_shape) != 3 or len(weight_shape) != 5:
         raise ValueError(
             f"expected x [N, C_in, H, W], coeff [N, C_c, K], weight [K, C_out, C_in/groups, kH, kW]; "
@@ -406,21 +427,23 @@ def make_params(
     for name, value in zip(SHAPE_FIELDS, (n, c_in, h, w, c_out, k, int(coeff_shape[1]), kh, kw)):
         setattr(p, name, value)
     # Out-of-range values go to the library unchecked: its validator is the judge (and names the attribute).
-    values = (*stride, *pads, *dilation, groups, activation, bool(has_bias_bank), bool(has_bias))
+    flags = (has_bias_bank, has_bias, has_spatial, has_residual, has_mean)
+    values = (*stride, *pads, *dilation, groups, activation, *(bool(f) for f in flags))
     if len(values) != len(ATTRIBUTE_NAMES):
         raise ValueError(f"expected 2 strides, 4 pads and 2 dilations, got {stride}, {pads}, {dilation}")
     for name, value in zip(ATTRIBUTE_NAMES, values):
         setattr(p, name, int(value))
+    p.weight_dtype = int(weight_dtype)
     return p
 
 
-def attribute_table(lib: ctypes.CDLL | None = None) -> list[tuple[str, int, int, int]]:
-    """The C ABI's attribute table as (name, default, min, max) rows, read from the loaded library."""
+def attribute_table(lib: ctypes.CDLL | None = None) -> list[tuple[str, int, int, int, int]]:
+    """The C ABI's attribute table as (name, default, min, max, since_version) rows, read from the loaded library."""
     lib = lib or load_cpu_library()
     rows = []
     for i in range(lib.dynet_conv_attribute_count()):
         info = lib.dynet_conv_attribute(i).contents
-        rows.append((info.name.decode(), info.default_value, info.min_value, info.max_value))
+        rows.append((info.name.decode(), info.default_value, info.min_value, info.max_value, info.since_version))
     return rows
 
 
@@ -448,6 +471,13 @@ def _f32(a, name: str) -> np.ndarray:
     return arr
 
 
+def bank_dtype(weight: np.ndarray) -> int:
+    """The DynetDataType of a weight bank array: FLOAT16 for numpy's float16, BFLOAT16 for ``ml_dtypes.bfloat16``
+    (what onnx reads a BFLOAT16 initializer as), FLOAT32 for everything else (converted)."""
+    name = np.asarray(weight).dtype.name
+    return {"float16": FLOAT16, "bfloat16": BFLOAT16}.get(name, FLOAT32)
+
+
 def cpu_reference_conv(
     x,
     coeff,
@@ -459,13 +489,29 @@ def cpu_reference_conv(
     dilation=(1, 1),
     groups=1,
     activation=0,
-) -> np.ndarray:
+    *,
+    spatial=None,
+    residual=None,
+    mean: bool = False,
+):
     """Run the C++ CPU reference of DyNetDynamicConv2d on float32 arrays; ``pads`` = (top, left, bottom, right).
+
+    Op version 2: ``spatial`` [N, kH*kW] scales the fused kernels' taps, ``residual`` [N, C_out, H_out, W_out] is
+    added before the activation, ``mean=True`` returns ``(y, mean)`` with mean [N, C_out, 1, 1], and ``weight`` may
+    be a float16 or bfloat16 array (a narrowed bank, widened exactly). A version-1 call runs ``dynet_conv_cpu_f32``,
+    a version-2 one ``dynet_conv_cpu`` (which rounds each fused kernel value to fp32, as the kernels do).
 
     Raises DynamicConvCallError (a ValueError) with the library's reason when the arguments break the op contract.
     """
     lib = load_cpu_library()
-    x, coeff, weight = _f32(x, "x"), _f32(coeff, "coeff"), _f32(weight, "weight")
+    x, coeff = _f32(x, "x"), _f32(coeff, "coeff")
+    wdtype = bank_dtype(weight)
+    if wdtype == FLOAT32:
+        weight = _f32(weight, "weight")
+    else:
+        weight = np.ascontiguousarray(weight)
+        if not np.isfinite(weight.astype(np.float32)).all():
+            raise ValueError("weight contains NaN or Inf")
     params = make_params(
         x.shape,
         coeff.shape,
@@ -477,6 +523,10 @@ def cpu_reference_conv(
         dilation=dilation,
         groups=groups,
         activation=activation,
+        has_spatial=spatial is not None,
+        has_residual=residual is not None,
+        has_mean=mean,
+        weight_dtype=wdtype,
     )
     if bias_bank is not None:
         bias_bank = _f32(bias_bank, "bias_bank")
@@ -487,17 +537,40 @@ def cpu_reference_conv(
         if bias.shape != (params.c_out,):
             raise ValueError(f"bias must be [C_out] = [{params.c_out}], got {bias.shape}")
     h_out, w_out = output_hw(params, lib)
+    if spatial is not None:
+        spatial = _f32(spatial, "spatial")
+        if spatial.shape != (params.n, params.kh * params.kw):
+            raise ValueError(
+                f"spatial must be [N, kH*kW] = [{params.n}, {params.kh * params.kw}], got {list(spatial.shape)}"
+            )
+    if residual is not None:
+        residual = _f32(residual, "residual")
+        want = (params.n, params.c_out, h_out, w_out)
+        if residual.shape != want:
+            raise ValueError(f"residual must be [N, C_out, H_out, W_out] = {list(want)}, got {list(residual.shape)}")
     y = np.empty((params.n, params.c_out, h_out, w_out), dtype=np.float32)
 
-    def ptr(a):
-        return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    if lib.dynet_conv_op_version(ctypes.byref(params)) == 1:
 
-    status = lib.dynet_conv_cpu_f32(
-        ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank), ptr(bias), ptr(y)
+        def ptr(a):
+            return None if a is None else a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+        status = lib.dynet_conv_cpu_f32(
+            ctypes.byref(params), ptr(x), ptr(coeff), ptr(weight), ptr(bias_bank), ptr(bias), ptr(y)
+        )
+        if status != OK:
+            raise _error(lib, status, params)
+        return y
+    out_mean = np.empty((params.n, params.c_out, 1, 1), dtype=np.float32) if mean else None
+    arrays = dict(
+        x=x, coeff=coeff, weight=weight, bias_bank=bias_bank, bias=bias, spatial=spatial, residual=residual, y=y
     )
+    tensors = DynetConvTensors(**{k: (None if a is None else a.ctypes.data) for k, a in arrays.items()})
+    tensors.mean = None if out_mean is None else out_mean.ctypes.data
+    status = lib.dynet_conv_cpu(ctypes.byref(params), ctypes.byref(tensors))
     if status != OK:
         raise _error(lib, status, params)
-    return y
+    return (y, out_mean) if mean else y
 
 
 # ---- CUDA ABI ------------------------------------------------------------------------------------------------

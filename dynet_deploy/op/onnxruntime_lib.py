@@ -1,9 +1,11 @@
 """The native onnxruntime custom-op library of DyNetDynamicConv2d (``libdynet_dynamic_conv_ort.so``).
 
 Built by ``make plugins`` from plugins/dynamic_conv/dynetDynamicConvOrt.cpp when onnxruntime's C/C++ API headers
-are available (the Makefile fetches them). It registers the op (domain ``trt.plugins``, version 1) for the CPU
-execution provider in float32 and float16, and for the CUDA execution provider in builds with the CUDA kernels.
-Inputs 3 and 4 are optional in its definition, so fused graphs load unchanged (3, 4 or 5 inputs).
+are available (the Makefile fetches them). It registers the op (domain ``trt.plugins``, op versions 1 and 2, a
+node's version read from its ``plugin_version``) for the CPU execution provider in float32 and float16 (a version-2
+float32 node may carry a float16 / bfloat16 weight bank), and for the CUDA execution provider in builds with the CUDA
+kernels. Inputs 3 to 6 and output 1 are optional in its definition, so fused graphs load unchanged (3 to 7 inputs,
+1 or 2 outputs, as the node's ``has_*`` attributes say).
 
 The library is looked up like the other native libraries (:mod:`dynet_deploy.op.native`): in
 ``$DYNET_DEPLOY_PLUGIN_DIR``, the package's ``lib/`` (an installed wheel), ``build/`` at the repository root.

@@ -253,8 +253,9 @@ DYNET_API int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_in
 
 /*
  * Write "name=value;..." for every attribute of p, in the table's order, into buf (NUL-terminated, truncated to
- * size). Returns the length of the full text (excluding the NUL), like snprintf, or -1 when p is NULL. Equal
- * attributes give equal text; the TensorRT plugin's timing-cache ID is built from it.
+ * size). A p of op version 1 (dynet_conv_op_version) writes op version 1's twelve attributes only: the text such a p
+ * had before version 2 existed. Returns the length of the full text (excluding the NUL), like snprintf, or -1 when p
+ * is NULL. Equal attributes give equal text; the TensorRT plugin's timing-cache ID is built from it.
  */
 DYNET_API int32_t dynet_conv_attributes_key(const DynetConvParams* p, char* buf, size_t size);
 

@@ -56,20 +56,24 @@ struct AttributeSlot
 constexpr int32_t kIntMax = 2147483647;
 
 // The attribute table: the one place in C/C++ that names the op's attributes, their defaults and ranges.
-#define DYNET_ATTR(field, def, lo, hi) {{#field, def, lo, hi}, offsetof(DynetConvParams, field)}
+// Op version 1's twelve attributes first, then version 2's three (README, "Versions").
+#define DYNET_ATTR(field, def, lo, hi, since) {{#field, def, lo, hi, since}, offsetof(DynetConvParams, field)}
 AttributeSlot const kAttributes[] = {
-    DYNET_ATTR(stride_h, 1, 1, kIntMax),
-    DYNET_ATTR(stride_w, 1, 1, kIntMax),
-    DYNET_ATTR(pad_top, 0, 0, kIntMax),
-    DYNET_ATTR(pad_left, 0, 0, kIntMax),
-    DYNET_ATTR(pad_bottom, 0, 0, kIntMax),
-    DYNET_ATTR(pad_right, 0, 0, kIntMax),
-    DYNET_ATTR(dilation_h, 1, 1, kIntMax),
-    DYNET_ATTR(dilation_w, 1, 1, kIntMax),
-    DYNET_ATTR(groups, 1, 1, kIntMax),
-    DYNET_ATTR(activation, DYNET_ACT_NONE, DYNET_ACT_NONE, DYNET_ACT_RELU6),
-    DYNET_ATTR(has_bias_bank, 0, 0, 1),
-    DYNET_ATTR(has_bias, 0, 0, 1),
+    DYNET_ATTR(stride_h, 1, 1, kIntMax, 1),
+    DYNET_ATTR(stride_w, 1, 1, kIntMax, 1),
+    DYNET_ATTR(pad_top, 0, 0, kIntMax, 1),
+    DYNET_ATTR(pad_left, 0, 0, kIntMax, 1),
+    DYNET_ATTR(pad_bottom, 0, 0, kIntMax, 1),
+    DYNET_ATTR(pad_right, 0, 0, kIntMax, 1),
+    DYNET_ATTR(dilation_h, 1, 1, kIntMax, 1),
+    DYNET_ATTR(dilation_w, 1, 1, kIntMax, 1),
+    DYNET_ATTR(groups, 1, 1, kIntMax, 1),
+    DYNET_ATTR(activation, DYNET_ACT_NONE, DYNET_ACT_NONE, DYNET_ACT_RELU6, 1),
+    DYNET_ATTR(has_bias_bank, 0, 0, 1, 1),
+    DYNET_ATTR(has_bias, 0, 0, 1, 1),
+    DYNET_ATTR(has_spatial, 0, 0, 1, 2),
+    DYNET_ATTR(has_residual, 0, 0, 1, 2),
+    DYNET_ATTR(has_mean, 0, 0, 1, 2),
 };
 #undef DYNET_ATTR
 constexpr int32_t kNbAttributes = static_cast<int32_t>(sizeof(kAttributes) / sizeof(kAttributes[0]));
@@ -147,6 +151,18 @@ void dynet_conv_params_init(DynetConvParams* p)
     {
         field(*p, s) = s.info.default_value;
     }
+    p->weight_dtype = DYNET_FLOAT32;
+}
+
+int32_t dynet_conv_op_version(DynetConvParams const* p)
+{
+    if (p == nullptr)
+    {
+        return -1;
+    }
+    return (p->has_spatial != 0 || p->has_residual != 0 || p->has_mean != 0 || p->weight_dtype != DYNET_FLOAT32)
+        ? 2
+        : 1;
 }
 
 int32_t dynet_conv_attribute_count(void)
@@ -219,6 +235,11 @@ int32_t dynet_conv_validate_attributes(DynetConvParams const* p, char* msg, size
             return fail(msg, msg_size, "attribute '%s' = %d: %s", s.info.name, v, rangeText(s, range, sizeof(range)));
         }
     }
+    if (p->weight_dtype != DYNET_FLOAT32 && p->weight_dtype != DYNET_FLOAT16 && p->weight_dtype != DYNET_BFLOAT16)
+    {
+        return fail(msg, msg_size, "weight_dtype = %d: must be %d (float32), %d (float16) or %d (bfloat16)",
+            p->weight_dtype, DYNET_FLOAT32, DYNET_FLOAT16, DYNET_BFLOAT16);
+    }
     if (msg != nullptr && msg_size > 0)
     {
         msg[0] = '\0';
@@ -241,9 +262,16 @@ int32_t dynet_conv_attributes_key(DynetConvParams const* p, char* buf, size_t si
     {
         return -1;
     }
+    // A version-1 param set writes op version 1's attributes only, so its text (a TensorRT timing-cache ID) is the
+    // one it had before version 2 existed; a version-2 one writes every attribute.
+    int32_t const version = dynet_conv_op_version(p);
     std::string key;
     for (AttributeSlot const& s : kAttributes)
     {
+        if (s.info.since_version > version)
+        {
+            continue;
+        }
         key += s.info.name;
         key += '=';
         key += std::to_string(field(*p, s));
@@ -271,18 +299,22 @@ int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_inputs, int3
     {
         return attrStatus;
     }
-    int32_t const expected = 3 + p->has_bias_bank + p->has_bias;
+    int32_t const expected = 3 + p->has_bias_bank + p->has_bias + p->has_spatial + p->has_residual;
     if (nb_inputs != expected)
     {
-        return fail(msg, msg_size, "expected %d inputs (x, coeff, weight%s%s), got %d", expected,
-            p->has_bias_bank ? ", bias_bank" : "", p->has_bias ? ", bias" : "", nb_inputs);
+        return fail(msg, msg_size, "expected %d inputs (x, coeff, weight%s%s%s%s), got %d", expected,
+            p->has_bias_bank ? ", bias_bank" : "", p->has_bias ? ", bias" : "", p->has_spatial ? ", spatial" : "",
+            p->has_residual ? ", residual" : "", nb_inputs);
     }
-    int32_t wantRanks[5] = {4, 3, 5, 0, 0};
-    char const* names[5] = {"x [N, C_in, H, W]", "coeff [N, C_c, K]", "weight [K, C_out, C_in/groups, kH, kW]",
-        nullptr, nullptr};
+    constexpr int32_t kMaxInputs = 7;
+    int32_t wantRanks[kMaxInputs] = {4, 3, 5, 0, 0, 0, 0};
+    char const* names[kMaxInputs] = {"x [N, C_in, H, W]", "coeff [N, C_c, K]",
+        "weight [K, C_out, C_in/groups, kH, kW]", nullptr, nullptr, nullptr, nullptr};
     int32_t idx = 3;
     int32_t bankIdx = -1;
     int32_t biasIdx = -1;
+    int32_t spatialIdx = -1;
+    int32_t residualIdx = -1;
     if (p->has_bias_bank)
     {
         bankIdx = idx;
@@ -295,7 +327,19 @@ int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_inputs, int3
         wantRanks[idx] = 1;
         names[idx++] = "bias [C_out]";
     }
-    int64_t const* d[5] = {};
+    if (p->has_spatial)
+    {
+        spatialIdx = idx;
+        wantRanks[idx] = 2;
+        names[idx++] = "spatial [N, kH*kW]";
+    }
+    if (p->has_residual)
+    {
+        residualIdx = idx;
+        wantRanks[idx] = 4;
+        names[idx++] = "residual [N, C_out, H_out, W_out]";
+    }
+    int64_t const* d[kMaxInputs] = {};
     int64_t const* cursor = dims;
     for (int32_t i = 0; i < nb_inputs; ++i)
     {
@@ -371,6 +415,59 @@ int32_t dynet_conv_params_set_shapes(DynetConvParams* p, int32_t nb_inputs, int3
     {
         return fail(msg, msg_size, "bias must be [C_out] = [%lld], got [%lld]", static_cast<long long>(cOut),
             static_cast<long long>(d[biasIdx][0]));
+    }
+    auto dimsText = [](int64_t const* dd, int32_t rank, char* buf, size_t size) {
+        size_t used = 0;
+        buf[0] = '\0';
+        for (int32_t j = 0; j < rank && used < size; ++j)
+        {
+            int const wrote = std::snprintf(buf + used, size - used, "%s%lld", j ? ", " : "",
+                static_cast<long long>(dd[j]));
+            used += wrote > 0 ? static_cast<size_t>(wrote) : 0;
+        }
+        return buf;
+    };
+    int64_t const kH = d[2][3];
+    int64_t const kW = d[2][4];
+    if (spatialIdx >= 0)
+    {
+        int64_t const* s = d[spatialIdx];
+        int64_t const taps = known(kH) && known(kW) ? kH * kW : -1;
+        if ((known(s[0]) && known(n) && s[0] != n) || (known(s[1]) && known(taps) && s[1] != taps))
+        {
+            char got[96];
+            return fail(msg, msg_size, "spatial must be [N, kH*kW] = [%lld, %lld], got [%s]",
+                static_cast<long long>(n), static_cast<long long>(taps), dimsText(s, 2, got, sizeof(got)));
+        }
+    }
+    if (residualIdx >= 0)
+    {
+        // H_out and W_out as the validator computes them; an extent whose inputs are unknown, or whose padded
+        // input is smaller than the dilated kernel (the validator's "empty output"), is not checked here.
+        auto extent = [&](int64_t in, int64_t padA, int64_t padB, int64_t dil, int64_t kernel, int64_t stride) {
+            if (!known(in) || !known(kernel))
+            {
+                return int64_t{-1};
+            }
+            int64_t const out = outSize(in, padA, padB, dil, kernel, stride);
+            return out >= 1 ? out : int64_t{-1};
+        };
+        int64_t const hOut = extent(d[0][2], p->pad_top, p->pad_bottom, p->dilation_h, kH, p->stride_h);
+        int64_t const wOut = extent(d[0][3], p->pad_left, p->pad_right, p->dilation_w, kW, p->stride_w);
+        int64_t const want[4] = {n, cOut, hOut, wOut};
+        int64_t const* r = d[residualIdx];
+        for (int32_t j = 0; j < 4; ++j)
+        {
+            if (known(r[j]) && known(want[j]) && r[j] != want[j])
+            {
+                char got[128];
+                return fail(msg, msg_size,
+                    "residual must be [N, C_out, H_out, W_out] = [%lld, %lld, %lld, %lld] (y's shape), got [%s]",
+                    static_cast<long long>(want[0]), static_cast<long long>(want[1]),
+                    static_cast<long long>(want[2]), static_cast<long long>(want[3]),
+                    dimsText(r, 4, got, sizeof(got)));
+            }
+        }
     }
     p->n = static_cast<int32_t>(n);
     p->c_in = static_cast<int32_t>(cIn);

@@ -185,6 +185,142 @@ DYNET_INLINE void validColumns(int64_t off, int64_t sw, int64_t w, int64_t wOut,
     }
 }
 
+// ---- a 16-bit bank: exact widening to fp32 -------------------------------------------------------------------
+
+// IEEE binary16 bits -> float, exact (every binary16 value is a float): portable, for the generic ISA.
+DYNET_INLINE float widenHalf(uint16_t h)
+{
+    uint32_t const sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    uint32_t const exponent = (h >> 10) & 0x1fu;
+    uint32_t const mantissa = h & 0x3ffu;
+    uint32_t bits = sign;
+    if (exponent == 0x1fu)
+    {
+        bits |= 0x7f800000u | (mantissa << 13); // inf, NaN (payload kept)
+    }
+    else if (exponent != 0)
+    {
+        bits |= ((exponent + 112u) << 23) | (mantissa << 13); // rebias 15 -> 127
+    }
+    else if (mantissa != 0)
+    {
+        // Subnormal: mantissa * 2^-24, exact in float arithmetic.
+        float const magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+        uint32_t m;
+        std::memcpy(&m, &magnitude, sizeof(m));
+        bits |= m;
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+// bfloat16 bits -> float, exact: they are a float's upper half.
+DYNET_INLINE float widenBf16(uint16_t b)
+{
+    uint32_t const bits = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+DYNET_INLINE float widen(uint16_t v, int32_t dtype)
+{
+    return dtype == DYNET_BFLOAT16 ? widenBf16(v) : widenHalf(v);
+}
+
+// dst[e] = (first ? 0 : dst[e]) + cv[e % 8] * widen(s[e]) for e < len: one basis kernel's term of the fusion, the
+// bank read in its 16-bit storage. Portable version.
+void axpy16Generic(float* dst, uint16_t const* s, int64_t len, float const* cv, bool first, int32_t dtype)
+{
+    for (int64_t e = 0; e < len; ++e)
+    {
+        float const term = cv[e % kMr] * widen(s[e], dtype);
+        dst[e] = first ? term : dst[e] + term;
+    }
+}
+
+#if DYNET_X86
+// Eight 16-bit values widened: F16C for binary16, a 16-bit shift into the float's upper half for bfloat16.
+__attribute__((target("avx2,fma,f16c"))) inline __m256 widen8(uint16_t const* s, int32_t dtype)
+{
+    __m128i const raw = _mm_loadu_si128(reinterpret_cast<__m128i const*>(s));
+    if (dtype == DYNET_BFLOAT16)
+    {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+    }
+    return _mm256_cvtph_ps(raw);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void axpy16Avx2(float* dst, uint16_t const* s, int64_t len, float const* cv,
+    bool first, int32_t dtype)
+{
+    __m256 const c = _mm256_loadu_ps(cv);
+    int64_t e = 0;
+    for (; e + 8 <= len; e += 8)
+    {
+        __m256 const w = widen8(s + e, dtype);
+        _mm256_storeu_ps(dst + e, first ? _mm256_mul_ps(c, w) : _mm256_fmadd_ps(c, w, _mm256_loadu_ps(dst + e)));
+    }
+    for (; e < len; ++e)
+    {
+        float const term = cv[e % kMr] * widen(s[e], dtype);
+        dst[e] = first ? term : dst[e] + term;
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 widen16(uint16_t const* s, int32_t dtype)
+{
+    // The zero-masked forms: GCC 12 warns about the plain ones' undefined pass-through (as clamp512).
+    __m256i const raw = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(s));
+    if (dtype == DYNET_BFLOAT16)
+    {
+        return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, raw), 16));
+    }
+    return _mm512_maskz_cvtph_ps(0xffff, raw);
+}
+
+__attribute__((target("avx512f,avx2,fma,f16c"))) void axpy16Avx512(float* dst, uint16_t const* s, int64_t len,
+    float const* cv, bool first, int32_t dtype)
+{
+    float cv16[16];
+    for (int i = 0; i < 16; ++i)
+    {
+        cv16[i] = cv[i % kMr];
+    }
+    __m512 const c = _mm512_loadu_ps(cv16);
+    int64_t e = 0;
+    for (; e + 16 <= len; e += 16)
+    {
+        __m512 const w = widen16(s + e, dtype);
+        _mm512_storeu_ps(dst + e, first ? _mm512_mul_ps(c, w) : _mm512_fmadd_ps(c, w, _mm512_loadu_ps(dst + e)));
+    }
+    if (e < len)
+    {
+        axpy16Avx2(dst + e, s + e, len - e, cv, first, dtype); // e is a multiple of 8: the pattern is unchanged
+    }
+}
+#endif
+
+DYNET_INLINE void axpy16(CpuIsa isa, float* dst, uint16_t const* s, int64_t len, float const* cv, bool first,
+    int32_t dtype)
+{
+#if DYNET_X86
+    if (isa == CpuIsa::kAvx512)
+    {
+        axpy16Avx512(dst, s, len, cv, first, dtype);
+        return;
+    }
+    if (isa == CpuIsa::kAvx2)
+    {
+        axpy16Avx2(dst, s, len, cv, first, dtype);
+        return;
+    }
+#endif
+    (void) isa;
+    axpy16Generic(dst, s, len, cv, first, dtype);
+}
+
 // ---- step 1: kernel fusion ------------------------------------------------------------------------------------
 
 struct FuseJob
@@ -196,6 +332,8 @@ struct FuseJob
     float* fused;     // GEMM: [N][groups][panels][R][8]; direct: [N][C_out][R]
     float* fusedBias; // [N][C_out]
     int64_t channelsPerTask; // direct path
+    CpuIsa isa;              // how a 16-bit bank is widened
+    float const* spatial;    // [N][kH*kW] or nullptr: scales every fused kernel's taps (op version 2)
 };
 
 DYNET_INLINE float coeffAt(FuseJob const& j, int64_t n, int64_t t, int64_t k)
@@ -233,7 +371,11 @@ DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int
     int64_t const t0 = gi * g.coutG + tp * kMr;
     int64_t const rows = std::min<int64_t>(kMr, g.coutG - tp * kMr);
     int64_t const panelSize = g.r * kMr;
-    float const* src = b.weight.data() + (gi * b.panels + tp) * g.k * panelSize;
+    int64_t const panelOffset = (gi * b.panels + tp) * g.k * panelSize;
+    bool const narrowBank = b.dtype != DYNET_FLOAT32;
+    float const* src = narrowBank ? nullptr : b.weight.data() + panelOffset;
+    uint16_t const* src16 = narrowBank ? b.weight16.data() + panelOffset : nullptr;
+    int64_t const taps = g.kh * g.kw;
     float cv[kMr];
     // Chunks of the kernel so that the K basis slices stay in L1 while every sample reads them.
     for (int64_t r0 = 0; r0 < g.r; r0 += kFuseChunk)
@@ -247,6 +389,11 @@ DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int
                 for (int i = 0; i < kMr; ++i)
                 {
                     cv[i] = i < rows ? coeffAt(j, n, t0 + i, k) : 0.0f;
+                }
+                if (narrowBank)
+                {
+                    axpy16(j.isa, dst, src16 + k * panelSize + r0 * kMr, len, cv, k == 0, b.dtype);
+                    continue;
                 }
                 float const* s = src + k * panelSize + r0 * kMr;
                 if (k == 0)
@@ -267,6 +414,19 @@ DYNET_INLINE void fusePanelSamples(FuseJob const& j, int64_t gi, int64_t tp, int
                         {
                             dst[e + i] += cv[i] * s[e + i];
                         }
+                    }
+                }
+            }
+            if (j.spatial != nullptr)
+            {
+                // Row e / 8 of the chunk is kernel element r0 + e / 8, tap (r0 + e / 8) % (kH*kW), for all 8 rows.
+                float const* sp = j.spatial + n * taps;
+                for (int64_t e = 0; e < len; e += kMr)
+                {
+                    float const scale = sp[(r0 + e / kMr) % taps];
+                    for (int i = 0; i < kMr; ++i)
+                    {
+                        dst[e + i] *= scale;
                     }
                 }
             }
@@ -298,24 +458,47 @@ DYNET_INLINE void fuseChannelsBody(FuseJob const& j, int64_t task)
     Geometry const& g = *j.g;
     int64_t const t0 = task * j.channelsPerTask;
     int64_t const t1 = std::min(g.cOut, t0 + j.channelsPerTask);
+    PackedBank const& b = *j.bank;
+    int64_t const taps = g.kh * g.kw;
     for (int64_t t = t0; t < t1; ++t)
     {
-        float const* src = j.bank->weight.data() + t * g.k * g.r;
         for (int64_t n = 0; n < g.n; ++n)
         {
             float* dst = j.fused + (n * g.cOut + t) * g.r;
-            float const c0 = coeffAt(j, n, t, 0);
-            for (int64_t e = 0; e < g.r; ++e)
+            if (b.dtype != DYNET_FLOAT32)
             {
-                dst[e] = c0 * src[e];
+                uint16_t const* src16 = b.weight16.data() + t * g.k * g.r;
+                for (int64_t k = 0; k < g.k; ++k)
+                {
+                    float cv[kMr];
+                    std::fill(cv, cv + kMr, coeffAt(j, n, t, k));
+                    axpy16(j.isa, dst, src16 + k * g.r, g.r, cv, k == 0, b.dtype);
+                }
             }
-            for (int64_t k = 1; k < g.k; ++k)
+            else
             {
-                float const ck = coeffAt(j, n, t, k);
-                float const* s = src + k * g.r;
+                float const* src = b.weight.data() + t * g.k * g.r;
+                float const c0 = coeffAt(j, n, t, 0);
                 for (int64_t e = 0; e < g.r; ++e)
                 {
-                    dst[e] += ck * s[e];
+                    dst[e] = c0 * src[e];
+                }
+                for (int64_t k = 1; k < g.k; ++k)
+                {
+                    float const ck = coeffAt(j, n, t, k);
+                    float const* s = src + k * g.r;
+                    for (int64_t e = 0; e < g.r; ++e)
+                    {
+                        dst[e] += ck * s[e];
+                    }
+                }
+            }
+            if (j.spatial != nullptr)
+            {
+                float const* sp = j.spatial + n * taps;
+                for (int64_t e = 0; e < g.r; ++e)
+                {
+                    dst[e] *= sp[e % taps];
                 }
             }
             fuseBias(j, n, t);
@@ -332,6 +515,7 @@ struct GemmJob
     float const* fused;
     float const* fusedBias;
     float* y;
+    float const* residual; // [N][C_out][P] like y, or nullptr (op version 2)
     int64_t panels;      // 8-row panels per group
     int64_t pixelBlock;  // output pixels per task (multiple of nr)
     int64_t panelsPerTask;
@@ -431,8 +615,9 @@ DYNET_INLINE void im2colPanels(Geometry const& g, float const* xg, int64_t p0, i
     }
 }
 
-// Where a micro-kernel writes: rows y + i * ldy (i < rows), columns [0, width), value clamp(acc + bias[i], lo, hi)
-// (lo = 0 for ReLU / ReLU6, hi = 6 for ReLU6, else +-infinity). A full tile (8 rows, nr columns) is stored from
+// Where a micro-kernel writes: rows y + i * ldy (i < rows), columns [0, width), value
+// clamp(acc + bias[i] + res[i * ldy + c], lo, hi) (res: the residual at the same place as y, op version 2, or
+// nullptr; lo = 0 for ReLU / ReLU6, hi = 6 for ReLU6, else +-infinity). A full tile (8 rows, nr columns) is stored from
 // registers; a partial one goes through a stack tile. The clamp keeps NaN (as PyTorch's relu / clamp do): the x86
 // max / min instructions return their second operand when either is NaN, so the value goes second, max(lo, v) and
 // min(hi, .); the other order would turn NaN into lo (-inf without activation, 0 with ReLU / ReLU6).
@@ -444,6 +629,7 @@ struct TileOut
     int64_t width;
     float const* bias; // 8 values (rows past `rows` are unused)
     float lo, hi;
+    float const* res;  // residual rows res + i * ldy, or nullptr
 };
 
 // NaN falls through both comparisons and stays NaN.
@@ -460,6 +646,15 @@ DYNET_INLINE void storeTile(float const* tile, int nr, TileOut const& o)
         float const b = o.bias[i];
         float* yrow = o.y + i * o.ldy;
         float const* trow = tile + i * nr;
+        if (o.res != nullptr)
+        {
+            float const* rrow = o.res + i * o.ldy;
+            for (int64_t c = 0; c < o.width; ++c)
+            {
+                yrow[c] = clampTo(trow[c] + b + rrow[c], o.lo, o.hi);
+            }
+            continue;
+        }
         for (int64_t c = 0; c < o.width; ++c)
         {
             yrow[c] = clampTo(trow[c] + b, o.lo, o.hi);
@@ -510,6 +705,17 @@ __attribute__((target("avx2,fma"))) void microAvx2(float const* a, float const* 
     if (o.rows == kMr && o.width == 8)
     {
         __m256 const lo = _mm256_set1_ps(o.lo), hi = _mm256_set1_ps(o.hi);
+        if (o.res != nullptr)
+        {
+#pragma GCC unroll 8
+            for (int i = 0; i < kMr; ++i)
+            {
+                __m256 v = _mm256_add_ps(acc[i], _mm256_set1_ps(o.bias[i]));
+                v = _mm256_add_ps(v, _mm256_loadu_ps(o.res + i * o.ldy));
+                _mm256_storeu_ps(o.y + i * o.ldy, _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+            }
+            return;
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < kMr; ++i)
         {
@@ -562,6 +768,24 @@ __attribute__((target("avx512f"))) void microAvx512(float const* a, float const*
     uint32_t const bits = o.width >= 32 ? 0xffffffffu : ((1u << o.width) - 1u);
     __mmask16 const m0 = static_cast<__mmask16>(bits & 0xffffu);
     __mmask16 const m1 = static_cast<__mmask16>(bits >> 16);
+    if (o.res != nullptr)
+    {
+#pragma GCC unroll 8
+        for (int i = 0; i < kMr; ++i)
+        {
+            if (i < o.rows)
+            {
+                __m512 const bias = _mm512_set1_ps(o.bias[i]);
+                float* yrow = o.y + i * o.ldy;
+                float const* rrow = o.res + i * o.ldy;
+                __m512 const v0 = _mm512_add_ps(_mm512_add_ps(acc[i][0], bias), _mm512_maskz_loadu_ps(m0, rrow));
+                __m512 const v1 = _mm512_add_ps(_mm512_add_ps(acc[i][1], bias), _mm512_maskz_loadu_ps(m1, rrow + 16));
+                _mm512_mask_storeu_ps(yrow, m0, clamp512(v0, lo, hi));
+                _mm512_mask_storeu_ps(yrow + 16, m1, clamp512(v1, lo, hi));
+            }
+        }
+        return;
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < kMr; ++i)
     {
@@ -634,6 +858,7 @@ DYNET_INLINE void gemmPanel(GemmJob const& j, float const* a, float const* cols,
                 offs = j.packedOffsets;
             }
         }
+        o.res = j.residual != nullptr ? j.residual + (o.y - j.y) : nullptr;
 #if DYNET_X86
         if (j.isa == CpuIsa::kAvx512)
         {
@@ -776,6 +1001,7 @@ DYNET_INLINE void implicitTaskBody(GemmJob const& j, int64_t task)
                     b = tail.data();
                     offs = j.packedOffsets;
                 }
+                o.res = j.residual != nullptr ? j.residual + (o.y - j.y) : nullptr;
 #if DYNET_X86
                 if (j.isa == CpuIsa::kAvx512)
                 {
@@ -866,9 +1092,12 @@ struct DirectJob
     float const* fusedBias;
     float* y;
     int64_t planesPerTask;
+    float const* residual; // like y, or nullptr
 };
 
-DYNET_INLINE void directPlane(Geometry const& g, float const* xg, float const* wt, float bias, float* yt)
+// One output plane; rt: its residual plane (added before the activation) or nullptr.
+DYNET_INLINE void directPlane(Geometry const& g, float const* xg, float const* wt, float bias, float const* rt,
+    float* yt)
 {
     for (int64_t oh = 0; oh < g.hOut; ++oh)
     {
@@ -911,6 +1140,14 @@ DYNET_INLINE void directPlane(Geometry const& g, float const* xg, float const* w
                 }
             }
         }
+        if (rt != nullptr)
+        {
+            float const* rrow = rt + oh * g.wOut;
+            for (int64_t ow = 0; ow < g.wOut; ++ow)
+            {
+                acc[ow] += rrow[ow];
+            }
+        }
         if (g.activation != DYNET_ACT_NONE)
         {
             for (int64_t ow = 0; ow < g.wOut; ++ow)
@@ -931,7 +1168,8 @@ DYNET_INLINE void directTaskBody(DirectJob const& j, int64_t task)
         int64_t const n = e / g.cOut;
         int64_t const t = e % g.cOut;
         int64_t const gi = t / g.coutG;
-        directPlane(g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, j.fused + e * g.r, j.fusedBias[e], j.y + e * g.p);
+        directPlane(g, j.x + (n * g.cIn + gi * g.cinG) * g.hw, j.fused + e * g.r, j.fusedBias[e],
+            j.residual != nullptr ? j.residual + e * g.p : nullptr, j.y + e * g.p);
     }
 }
 
@@ -954,13 +1192,15 @@ struct NarrowJob
     int64_t qCount;     // hOut * wq lanes per (sample, group)
     int64_t qPerTask, qBlocks;
     float* y;
+    float const* residual; // like y, or nullptr
     CpuIsa isa;
 };
 
-// Lanes [q0, q0 + count) of `rows` channels, tile[i * ld + l] (bias and activation applied), into the output
-// planes y + i * P, keeping the lanes whose column lies inside the output.
+// Lanes [q0, q0 + count) of `rows` channels, tile[i * ld + l], into the output planes y + i * P, keeping the lanes
+// whose column lies inside the output. Without a residual the tile has bias and activation applied; with one (res:
+// its planes, like y) the tile has the bias only, and the residual is added and the activation applied here.
 DYNET_INLINE void narrowStore(Geometry const& g, int64_t wq, float const* tile, int64_t ld, int64_t rows, int64_t q0,
-    int64_t count, float* y)
+    int64_t count, float* y, float const* res, float lo, float hi)
 {
     int64_t q = q0;
     int64_t const qEnd = q0 + count;
@@ -974,8 +1214,20 @@ DYNET_INLINE void narrowStore(Geometry const& g, int64_t wq, float const* tile, 
             int64_t const len = std::min(rowEnd, oh * wq + g.wOut) - q;
             for (int64_t i = 0; i < rows; ++i)
             {
-                std::memcpy(y + i * g.p + oh * g.wOut + ow, tile + i * ld + (q - q0),
-                    static_cast<size_t>(len) * sizeof(float));
+                float* dst = y + i * g.p + oh * g.wOut + ow;
+                float const* src = tile + i * ld + (q - q0);
+                if (res != nullptr)
+                {
+                    float const* r = res + i * g.p + oh * g.wOut + ow;
+                    for (int64_t l = 0; l < len; ++l)
+                    {
+                        dst[l] = clampTo(src[l] + r[l], lo, hi);
+                    }
+                }
+                else
+                {
+                    std::memcpy(dst, src, static_cast<size_t>(len) * sizeof(float));
+                }
             }
         }
         q = rowEnd;
@@ -1201,10 +1453,48 @@ DYNET_INLINE void narrowTaskBody(NarrowJob const& j, int64_t task)
     int64_t const q0 = qb * j.qPerTask;
     int64_t const q1 = std::min(j.qCount, q0 + j.qPerTask);
     float* yg = j.y + (n * g.cOut + gi * g.coutG) * g.p;
+    float const* rg = j.residual != nullptr ? j.residual + (n * g.cOut + gi * g.coutG) * g.p : nullptr;
+    // With a residual the activation waits for it (narrowStore): the micro-kernel clamps to +-infinity only.
+    float const tileLo = rg != nullptr ? -std::numeric_limits<float>::infinity() : lo;
+    float const tileHi = rg != nullptr ? std::numeric_limits<float>::infinity() : hi;
     for (int64_t q = q0; q < q1; q += lanes)
     {
-        micro(kernel.data(), base + q, j.tapOffsets, g.r, bias, lo, hi, tile);
-        narrowStore(g, j.wq, tile, lanes, rows, q, std::min(lanes, q1 - q), yg);
+        micro(kernel.data(), base + q, j.tapOffsets, g.r, bias, tileLo, tileHi, tile);
+        narrowStore(g, j.wq, tile, lanes, rows, q, std::min(lanes, q1 - q), yg, rg, lo, hi);
+    }
+}
+
+// ---- op version 2's mean ----------------------------------------------------------------------------------------
+
+// mean[e] = the mean of plane e of y (P values), accumulated in double from the stored y, for planes
+// [task * planesPerTask, ...).
+struct MeanJob
+{
+    float const* y;
+    float* mean;
+    int64_t planes, p, planesPerTask;
+};
+
+DYNET_INLINE void meanTaskBody(MeanJob const& j, int64_t task)
+{
+    int64_t const e1 = std::min(j.planes, (task + 1) * j.planesPerTask);
+    for (int64_t e = task * j.planesPerTask; e < e1; ++e)
+    {
+        float const* v = j.y + e * j.p;
+        double part[4] = {0.0, 0.0, 0.0, 0.0}; // four independent sums: the adds pipeline
+        int64_t q = 0;
+        for (; q + 4 <= j.p; q += 4)
+        {
+            for (int l = 0; l < 4; ++l)
+            {
+                part[l] += static_cast<double>(v[q + l]);
+            }
+        }
+        for (; q < j.p; ++q)
+        {
+            part[0] += static_cast<double>(v[q]);
+        }
+        j.mean[e] = static_cast<float>(((part[0] + part[1]) + (part[2] + part[3])) / static_cast<double>(j.p));
     }
 }
 
@@ -1248,6 +1538,10 @@ thread_local std::vector<float> tColumns; // im2col panels of the task a pool th
     TARGET void padTask##SUFFIX(void* usr, size_t i)                                                               \
     {                                                                                                              \
         padTaskBody(*static_cast<PadJob const*>(usr), static_cast<int64_t>(i));                                    \
+    }                                                                                                              \
+    TARGET void meanTask##SUFFIX(void* usr, size_t i)                                                              \
+    {                                                                                                              \
+        meanTaskBody(*static_cast<MeanJob const*>(usr), static_cast<int64_t>(i));                                  \
     }
 
 DYNET_DEFINE_TASKS(Generic, )
@@ -1267,6 +1561,7 @@ struct TaskSet
     void (*directTask)(void*, size_t);
     void (*narrowTask)(void*, size_t);
     void (*padTask)(void*, size_t);
+    void (*meanTask)(void*, size_t);
 };
 
 TaskSet tasksFor(CpuIsa isa)
@@ -1275,17 +1570,17 @@ TaskSet tasksFor(CpuIsa isa)
     if (isa == CpuIsa::kAvx512)
     {
         return {fusePanelAvx512, fuseChannelsAvx512, gemmTaskAvx512, im2colTaskAvx512, fusedGemmTaskAvx512,
-            implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512, padTaskAvx512};
+            implicitTaskAvx512, directTaskAvx512, narrowTaskAvx512, padTaskAvx512, meanTaskAvx512};
     }
     if (isa == CpuIsa::kAvx2)
     {
         return {fusePanelAvx2, fuseChannelsAvx2, gemmTaskAvx2, im2colTaskAvx2, fusedGemmTaskAvx2, implicitTaskAvx2,
-            directTaskAvx2, narrowTaskAvx2, padTaskAvx2};
+            directTaskAvx2, narrowTaskAvx2, padTaskAvx2, meanTaskAvx2};
     }
 #endif
     (void) isa;
     return {fusePanelGeneric, fuseChannelsGeneric, gemmTaskGeneric, im2colTaskGeneric, fusedGemmTaskGeneric,
-        implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric, padTaskGeneric};
+        implicitTaskGeneric, directTaskGeneric, narrowTaskGeneric, padTaskGeneric, meanTaskGeneric};
 }
 
 CpuIsa detectIsa()
@@ -1293,11 +1588,14 @@ CpuIsa detectIsa()
     CpuIsa best = CpuIsa::kGeneric;
 #if DYNET_X86 && defined(__GNUC__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    // F16C widens a float16 bank on both vector paths (every AVX2 CPU has it; checked all the same).
+    bool const avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq"))
     {
         best = CpuIsa::kAvx512;
     }
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (avx2)
     {
         best = CpuIsa::kAvx2;
     }
@@ -1383,7 +1681,51 @@ char const* cpuPathName(CpuPath path)
     }
 }
 
-int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float const* w, float const* bb,
+namespace
+{
+// The basis kernels in the layout the fusion reads (PackedBank::weight's comment), in their storage type S.
+template <typename S>
+void packKernels(PackedBank const& b, S const* w, std::vector<S>& out)
+{
+    int64_t const k = b.k, r = b.r, cOut = b.cOut, coutG = b.coutG;
+    if (b.gemmPath())
+    {
+        out.assign(static_cast<size_t>(int64_t{b.groups} * b.panels * k * r * kMr), S{});
+        for (int64_t gi = 0; gi < b.groups; ++gi)
+        {
+            for (int64_t tp = 0; tp < b.panels; ++tp)
+            {
+                for (int64_t kk = 0; kk < k; ++kk)
+                {
+                    S* dst = out.data() + ((gi * b.panels + tp) * k + kk) * r * kMr;
+                    for (int64_t i = 0; i < kMr && tp * kMr + i < coutG; ++i)
+                    {
+                        int64_t const t = gi * coutG + tp * kMr + i;
+                        S const* src = w + (kk * cOut + t) * r;
+                        for (int64_t e = 0; e < r; ++e)
+                        {
+                            dst[e * kMr + i] = src[e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    else
+    {
+        out.resize(static_cast<size_t>(cOut * k * r));
+        for (int64_t t = 0; t < cOut; ++t)
+        {
+            for (int64_t kk = 0; kk < k; ++kk)
+            {
+                std::memcpy(out.data() + (t * k + kk) * r, w + (kk * cOut + t) * r, static_cast<size_t>(r) * sizeof(S));
+            }
+        }
+    }
+}
+} // namespace
+
+int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, void const* w, float const* bb,
     float const* b)
 {
     if (w == nullptr || (p.has_bias_bank && bb == nullptr) || (p.has_bias && b == nullptr))
@@ -1391,7 +1733,8 @@ int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float co
         return DYNET_ERR_NULL_POINTER;
     }
     if (p.k < 1 || p.c_out < 1 || cinPerGroup < 1 || p.kh < 1 || p.kw < 1 || p.groups < 1
-        || p.c_out % p.groups != 0)
+        || p.c_out % p.groups != 0
+        || (p.weight_dtype != DYNET_FLOAT32 && p.weight_dtype != DYNET_FLOAT16 && p.weight_dtype != DYNET_BFLOAT16))
     {
         return DYNET_ERR_INVALID_ARGUMENT;
     }
@@ -1405,43 +1748,19 @@ int32_t PackedBank::pack(DynetConvParams const& p, int32_t cinPerGroup, float co
     r = int64_t{cinG} * kh * kw;
     hasBiasBank = p.has_bias_bank != 0;
     hasBias = p.has_bias != 0;
+    dtype = p.weight_dtype;
     gemm_ = usesGemmPath(cinG, coutG, kh, kw);
-    if (gemm_)
+    panels = gemm_ ? static_cast<int32_t>(ceilDiv(coutG, kMr)) : 0;
+    // A 16-bit bank keeps its bits (half the memory a batch-1 call streams); the fusion widens them exactly.
+    if (dtype == DYNET_FLOAT32)
     {
-        panels = static_cast<int32_t>(ceilDiv(coutG, kMr));
-        weight.assign(static_cast<size_t>(int64_t{groups} * panels * k * r * kMr), 0.0f);
-        for (int64_t gi = 0; gi < groups; ++gi)
-        {
-            for (int64_t tp = 0; tp < panels; ++tp)
-            {
-                for (int64_t kk = 0; kk < k; ++kk)
-                {
-                    float* dst = weight.data() + ((gi * panels + tp) * k + kk) * r * kMr;
-                    for (int64_t i = 0; i < kMr && tp * kMr + i < coutG; ++i)
-                    {
-                        int64_t const t = gi * coutG + tp * kMr + i;
-                        float const* src = w + (kk * cOut + t) * r;
-                        for (int64_t e = 0; e < r; ++e)
-                        {
-                            dst[e * kMr + i] = src[e];
-                        }
-                    }
-                }
-            }
-        }
+        packKernels(*this, static_cast<float const*>(w), weight);
+        weight16.clear();
     }
     else
     {
-        panels = 0;
-        weight.resize(static_cast<size_t>(int64_t{cOut} * k * r));
-        for (int64_t t = 0; t < cOut; ++t)
-        {
-            for (int64_t kk = 0; kk < k; ++kk)
-            {
-                std::memcpy(weight.data() + (t * k + kk) * r, w + (kk * cOut + t) * r,
-                    static_cast<size_t>(r) * sizeof(float));
-            }
-        }
+        packKernels(*this, static_cast<uint16_t const*>(w), weight16);
+        weight.clear();
     }
     biasBank.assign(hasBiasBank ? static_cast<size_t>(cOut) * k : 0, 0.0f);
     for (int64_t t = 0; hasBiasBank && t < cOut; ++t)
@@ -1468,8 +1787,8 @@ bool PackedBank::matches(DynetConvParams const& p) const
         && p.groups == groups && (p.has_bias_bank != 0) == hasBiasBank && (p.has_bias != 0) == hasBias;
 }
 
-int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff, float* y,
-    ParallelFor const& parallel, CpuIsa isa)
+int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float const* x, float const* coeff,
+    ConvExtras const& extras, float* y, ParallelFor const& parallel, CpuIsa isa)
 {
     // Sizes come from the validator; every buffer below beyond the fused kernels stays within sizes.scratch_budget
     // (a path whose buffer would not fit is not taken).
@@ -1486,9 +1805,15 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     {
         return DYNET_ERR_INVALID_ARGUMENT;
     }
-    if (x == nullptr || coeff == nullptr || y == nullptr)
+    if (x == nullptr || coeff == nullptr || y == nullptr || (prm.has_spatial != 0 && extras.spatial == nullptr)
+        || (prm.has_residual != 0 && extras.residual == nullptr) || (prm.has_mean != 0 && extras.mean == nullptr))
     {
         return DYNET_ERR_NULL_POINTER;
+    }
+    if ((prm.has_spatial == 0 && extras.spatial != nullptr) || (prm.has_residual == 0 && extras.residual != nullptr)
+        || (prm.has_mean == 0 && extras.mean != nullptr))
+    {
+        return DYNET_ERR_INVALID_ARGUMENT; // a tensor the params do not announce
     }
     Geometry const g = geometry(prm, hOut, wOut);
     TaskSet const tasks = tasksFor(isa);
@@ -1510,7 +1835,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
     {
         biasStore.resize(static_cast<size_t>(g.n * g.cOut));
     }
-    FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1};
+    FuseJob fuse{&g, &bank, coeff, prm.coeff_channels, fusedStore.data(), biasStore.data(), 1, isa, extras.spatial};
 
     if (path == CpuPath::kNarrow)
     {
@@ -1523,6 +1848,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         job.srcStride = g.cinG * g.sh * g.sw * job.hq * job.wq;
         job.qCount = g.hOut * job.wq;
         job.y = y;
+        job.residual = extras.residual;
         job.isa = isa;
         thread_local std::vector<int64_t> narrowOffsets;
         narrowOffsets.resize(static_cast<size_t>(g.r));
@@ -1569,6 +1895,7 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         job.fused = fusedStore.data();
         job.fusedBias = biasStore.data();
         job.y = y;
+        job.residual = extras.residual;
         job.panels = bank.panels;
         job.isa = isa;
         job.nr = nrFor(isa);
@@ -1727,12 +2054,18 @@ int32_t convForward(DynetConvParams const& prm, PackedBank const& bank, float co
         fuse.channelsPerTask = perTaskFuse;
         parallel(static_cast<size_t>(ceilDiv(g.cOut, perTaskFuse)), tasks.fuseChannels, &fuse);
 
-        DirectJob job{&g, x, fusedStore.data(), biasStore.data(), y, 1};
+        DirectJob job{&g, x, fusedStore.data(), biasStore.data(), y, 1, extras.residual};
         int64_t const planes = g.n * g.cOut;
         // About 4096 multiply-adds per task at least, so small planes do not drown in scheduling.
         int64_t const work = std::max<int64_t>(1, g.p * g.r);
         job.planesPerTask = std::max<int64_t>(1, std::min<int64_t>(4096 / work, planes / 16));
         parallel(static_cast<size_t>(ceilDiv(planes, job.planesPerTask)), tasks.directTask, &job);
+    }
+    if (extras.mean != nullptr)
+    {
+        MeanJob job{y, extras.mean, g.n * g.cOut, g.p, 1};
+        job.planesPerTask = std::max<int64_t>(1, std::min<int64_t>(16384 / std::max<int64_t>(1, g.p), job.planes / 16));
+        parallel(static_cast<size_t>(ceilDiv(job.planes, job.planesPerTask)), tasks.meanTask, &job);
     }
     return DYNET_OK;
 }

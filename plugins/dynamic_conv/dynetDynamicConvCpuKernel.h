@@ -60,6 +60,7 @@ public:
     int32_t pack(DynetConvParams const& p, int32_t cinPerGroup, void const* weight, float const* biasBank,
         float const* bias);
 
+    // Same shapes and bias flags as p (the storage type is the bank's own: every type is computed the same way).
     bool matches(DynetConvParams const& p) const;
     bool gemmPath() const { return gemm_; }
 
@@ -69,8 +70,10 @@ public:
     int64_t r = 0;       // elements of one output channel's kernel: cinG * kh * kw
     bool hasBiasBank = false;
     bool hasBias = false;
+    int32_t dtype = DYNET_FLOAT32; // storage of the basis kernels: weight (fp32) or weight16 (fp16 / bf16 bits)
     // GEMM path: [groups][panels][K][R][8] (rows beyond coutG are zero); direct path: [C_out][K][R].
     std::vector<float> weight;
+    std::vector<uint16_t> weight16; // the same layout, for a 16-bit bank
     std::vector<float> biasBank; // [C_out][K]
     std::vector<float> bias;     // [C_out]
 

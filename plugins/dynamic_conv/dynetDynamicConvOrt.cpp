@@ -1,16 +1,25 @@
-// onnxruntime custom-op library for DyNetDynamicConv2d (domain "trt.plugins", op version 1; the op contract is
-// plugins/dynamic_conv/README.md). Load it with SessionOptions::RegisterCustomOpsLibrary (Python:
+// onnxruntime custom-op library for DyNetDynamicConv2d (domain "trt.plugins", op versions 1 and 2; the op contract
+// is plugins/dynamic_conv/README.md). Load it with SessionOptions::RegisterCustomOpsLibrary (Python:
 // SessionOptions.register_custom_ops_library); the exported RegisterCustomOps adds the op's kernels:
 //
 //   - CPU, float and float16 (fp16 tensors are computed in fp32 and rounded once), on the fast CPU kernel
-//     (dynetDynamicConvCpuKernel.h) running on onnxruntime's intra-op thread pool;
+//     (dynetDynamicConvCpuKernel.h) running on onnxruntime's intra-op thread pool; the version-2 float kernel also
+//     takes a float16 / bfloat16 weight bank (kept in 16 bits, widened exactly where the kernels are fused);
 //   - CUDA execution provider, float and float16, through the C ABI's plans on onnxruntime's compute stream (only in
 //     builds with the CUDA kernels, DYNET_ORT_WITH_CUDA). The tactic is DYNET_CUDA_ALGO (a DynetAlgo number, read
 //     when the session is created; default 0 = AUTO): the library-backed ones (cuDNN 3, cuBLAS 4 and 5) get their
 //     handle once per kernel, at its first call, and a plan per shape.
 //
-// Inputs 3 and 4 are optional in the op definition, so a node has 3, 4 or 5 inputs as has_bias_bank / has_bias
-// say. Attribute names, defaults and ranges come from the C ABI's attribute table. Every error (attributes at
+// Op versions: onnxruntime makes one schema per custom op name, whose since-version is that of the first kernel
+// registered, and picks kernels by that since-version, so kernels registered for versions 1 and 2 apart are never
+// told apart (a version-2 model reaches the version-1 kernel; with the version-2 kernel first, no model loads). Each
+// kernel therefore serves every version (registered from version 1, open-ended) and takes a node's version from its
+// plugin_version attribute, as TensorRT's parser does ("1" when absent): a version-1 node refuses version 2's
+// attributes and a narrowed bank with a message naming the fix.
+//
+// Inputs past weight are optional in the op definition, so a node has 3 to 5 inputs (version 1: bias_bank, bias) or
+// 3 to 7 (version 2: and spatial, residual) as its has_* attributes say, and 1 or 2 outputs (version 2's mean).
+// Attribute names, defaults, ranges and versions come from the C ABI's attribute table. Every error (attributes at
 // session creation, shapes at run time) is returned as an onnxruntime status; no exception leaves the library.
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
@@ -33,9 +42,9 @@ namespace
 {
 constexpr char const* kDomain = "trt.plugins";
 constexpr char const* kOpName = "DyNetDynamicConv2d";
-constexpr int kOpVersion = 1;
 constexpr size_t kRequiredInputs = 3;
-constexpr size_t kMaxInputs = 5;
+constexpr size_t kMaxInputs = 7;  // x, coeff, weight, bias_bank, bias, spatial, residual
+constexpr size_t kMaxOutputs = 2; // y, mean
 
 // An error status with the node named, so a failing graph says which node and what to change.
 OrtStatus* errorStatus(OrtErrorCode code, std::string const& node, std::string const& what)
@@ -94,6 +103,63 @@ char const* typeName()
     return std::is_same<T, float>::value ? "float32" : "float16";
 }
 
+char const* elementTypeName(ONNXTensorElementDataType t)
+{
+    switch (t)
+    {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "double";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    default: return "another type";
+    }
+}
+
+// The weight bank's storage (DynetDataType) for a weight tensor of element type `t` in a kernel of I/O type T and
+// op version `version`, or -1 with the reason in `why`: the version-2 float kernel takes float16 and bfloat16 banks
+// too (narrowed under float I/O); everything else takes the I/O type (onnxruntime's type check already held it to
+// T, except for that one input).
+template <typename T>
+int32_t bankType(ONNXTensorElementDataType t, int version, std::string& why)
+{
+    if constexpr (std::is_same<T, float>::value)
+    {
+        if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+        {
+            return DYNET_FLOAT32;
+        }
+        if (version >= 2 && t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16)
+        {
+            return DYNET_FLOAT16;
+        }
+        if (version >= 2 && t == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)
+        {
+            return DYNET_BFLOAT16;
+        }
+        bool const narrow = t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+        why = narrow ? std::string("weight (input 2) is a ") + elementTypeName(t) + " bank under float I/O: a "
+                           "reduced-precision bank is op version 2, but the node is op version 1 (plugin_version \"1\" "
+                           "or absent): set plugin_version \"2\" and import domain trt.plugins at version 2"
+                     : std::string("weight (input 2) must be float, or a float16 / bfloat16 bank (a reduced-precision "
+                                   "bank under float I/O), got ")
+                + elementTypeName(t);
+        return -1;
+    }
+    else
+    {
+        if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16)
+        {
+            return DYNET_FLOAT16;
+        }
+        why = std::string("weight (input 2) of a float16 node must be float16, got ") + elementTypeName(t);
+        return -1;
+    }
+}
+
 // fp32 view of a tensor: the data itself for float, a converted copy for float16.
 template <typename T>
 float const* asFloat(T const* data, size_t count, std::vector<float>& store)
@@ -125,8 +191,9 @@ size_t elementCount(std::vector<int64_t> const& shape)
     return n;
 }
 
-// Attributes of the node, read through the C ABI's attribute table; shapes are filled per call.
-OrtStatus* readAttributes(OrtKernelInfo const* info, std::string const& node, DynetConvParams& params)
+// Attributes of the node, read through the C ABI's attribute table; shapes are filled per call. A kernel of op
+// version `version` refuses an attribute of a later version (a version-1 node carries none of version 2's).
+OrtStatus* readAttributes(OrtKernelInfo const* info, std::string const& node, int version, DynetConvParams& params)
 {
     OrtApi const& api = Ort::GetApi();
     dynet_conv_params_init(&params);
@@ -135,14 +202,27 @@ OrtStatus* readAttributes(OrtKernelInfo const* info, std::string const& node, Dy
         DynetAttributeInfo const* attr = dynet_conv_attribute(i);
         int64_t value = 0;
         OrtStatus* status = api.KernelInfoGetAttribute_int64(info, attr->name, &value);
+        std::string reason;
         if (status != nullptr)
         {
-            std::string const reason = api.GetErrorMessage(status);
+            reason = api.GetErrorMessage(status);
             api.ReleaseStatus(status);
             if (reason.find("No attribute") != std::string::npos)
             {
                 continue; // absent: the table's default stays
             }
+        }
+        if (attr->since_version > version)
+        {
+            return errorStatus(ORT_INVALID_ARGUMENT, node,
+                std::string("attribute '") + attr->name + "' is an op version " + std::to_string(attr->since_version)
+                    + " attribute, but the node is op version " + std::to_string(version) + " (plugin_version \""
+                    + std::to_string(version) + "\" or absent): set plugin_version \""
+                    + std::to_string(attr->since_version) + "\" and import domain " + kDomain + " at version "
+                    + std::to_string(attr->since_version) + " to use it");
+        }
+        if (status != nullptr)
+        {
             return errorStatus(ORT_INVALID_ARGUMENT, node,
                 std::string("attribute '") + attr->name + "' must be a scalar int (" + reason + ")");
         }
@@ -160,11 +240,50 @@ OrtStatus* readAttributes(OrtKernelInfo const* info, std::string const& node, Dy
 struct NodeConfig
 {
     std::string name;
+    int version = 1;         // the op version the kernel serves
     DynetConvParams attrs{}; // attributes only; shapes are per call
     int biasBankInput = -1;
     int biasInput = -1;
+    int spatialInput = -1;
+    int residualInput = -1;
     size_t inputCount = 0;
+    size_t outputCount = 0;
 };
+
+// The node's op version: its plugin_version string attribute ("1" when absent, as TensorRT's parser reads it).
+OrtStatus* readVersion(OrtKernelInfo const* info, std::string const& node, int& version)
+{
+    OrtApi const& api = Ort::GetApi();
+    char const* name = "plugin_version";
+    size_t size = 0;
+    if (OrtStatus* s = api.KernelInfoGetAttribute_string(info, name, nullptr, &size))
+    {
+        std::string const reason = api.GetErrorMessage(s);
+        api.ReleaseStatus(s);
+        if (reason.find("No attribute") != std::string::npos)
+        {
+            version = 1;
+            return nullptr;
+        }
+        return errorStatus(ORT_INVALID_ARGUMENT, node, "attribute 'plugin_version' must be a string (" + reason + ")");
+    }
+    std::string text(size, '\0');
+    if (OrtStatus* s = api.KernelInfoGetAttribute_string(info, name, text.data(), &size))
+    {
+        return s;
+    }
+    text = text.c_str();
+    for (int v = DYNET_OP_VERSION_MIN; v <= DYNET_OP_VERSION_MAX; ++v)
+    {
+        if (text == std::to_string(v))
+        {
+            version = v;
+            return nullptr;
+        }
+    }
+    return errorStatus(ORT_INVALID_ARGUMENT, node, "plugin_version '" + text + "' is not an op version this library "
+        "implements (" + std::to_string(DYNET_OP_VERSION_MIN) + " to " + std::to_string(DYNET_OP_VERSION_MAX) + ")");
+}
 
 OrtStatus* readNode(OrtKernelInfo const* info, NodeConfig& cfg)
 {
@@ -184,7 +303,12 @@ OrtStatus* readNode(OrtKernelInfo const* info, NodeConfig& cfg)
         }
         cfg.name = name.c_str();
     }
-    if (OrtStatus* s = readAttributes(info, cfg.name, cfg.attrs))
+    if (OrtStatus* s = readVersion(info, cfg.name, cfg.version))
+    {
+        return s;
+    }
+    int const version = cfg.version;
+    if (OrtStatus* s = readAttributes(info, cfg.name, version, cfg.attrs))
     {
         return s;
     }
@@ -192,18 +316,36 @@ OrtStatus* readNode(OrtKernelInfo const* info, NodeConfig& cfg)
     {
         return s;
     }
-    size_t const expected = kRequiredInputs + cfg.attrs.has_bias_bank + cfg.attrs.has_bias;
+    if (OrtStatus* s = api.KernelInfo_GetOutputCount(info, &cfg.outputCount))
+    {
+        return s;
+    }
+    DynetConvParams const& a = cfg.attrs;
+    size_t const expected = kRequiredInputs + a.has_bias_bank + a.has_bias + a.has_spatial + a.has_residual;
     if (cfg.inputCount != expected)
     {
+        std::string const flags = version >= 2
+            ? "has_bias_bank=" + std::to_string(a.has_bias_bank) + ", has_bias=" + std::to_string(a.has_bias)
+                + ", has_spatial=" + std::to_string(a.has_spatial) + " and has_residual="
+                + std::to_string(a.has_residual)
+            : "has_bias_bank=" + std::to_string(a.has_bias_bank) + " and has_bias=" + std::to_string(a.has_bias);
         return errorStatus(ORT_INVALID_ARGUMENT, cfg.name,
-            "has " + std::to_string(cfg.inputCount) + " inputs, but has_bias_bank=" + std::to_string(cfg.attrs.has_bias_bank)
-                + " and has_bias=" + std::to_string(cfg.attrs.has_bias) + " call for " + std::to_string(expected)
-                + " (x, coeff, weight" + (cfg.attrs.has_bias_bank ? ", bias_bank" : "") + (cfg.attrs.has_bias ? ", bias" : "")
-                + ")");
+            "has " + std::to_string(cfg.inputCount) + " inputs, but " + flags + " call for " + std::to_string(expected)
+                + " (x, coeff, weight" + (a.has_bias_bank ? ", bias_bank" : "") + (a.has_bias ? ", bias" : "")
+                + (a.has_spatial ? ", spatial" : "") + (a.has_residual ? ", residual" : "") + ")");
+    }
+    size_t const expectedOutputs = 1 + static_cast<size_t>(a.has_mean);
+    if (cfg.outputCount != expectedOutputs)
+    {
+        return errorStatus(ORT_INVALID_ARGUMENT, cfg.name,
+            "has " + std::to_string(cfg.outputCount) + " outputs, but has_mean=" + std::to_string(a.has_mean)
+                + " calls for " + std::to_string(expectedOutputs) + (a.has_mean ? " (y, mean)" : " (y)"));
     }
     int next = 3;
-    cfg.biasBankInput = cfg.attrs.has_bias_bank ? next++ : -1;
-    cfg.biasInput = cfg.attrs.has_bias ? next++ : -1;
+    cfg.biasBankInput = a.has_bias_bank ? next++ : -1;
+    cfg.biasInput = a.has_bias ? next++ : -1;
+    cfg.spatialInput = a.has_spatial ? next++ : -1;
+    cfg.residualInput = a.has_residual ? next++ : -1;
     return nullptr;
 }
 
@@ -281,31 +423,46 @@ OrtStatus* callParams(NodeConfig const& cfg, std::vector<int64_t> const& xs, std
     return nullptr;
 }
 
-// One call: the node's inputs, their shapes checked into the op's params (callParams) and the output allocated.
+// One call: the node's inputs, their shapes checked into the op's params (callParams) and the outputs allocated.
 struct Call
 {
     Ort::ConstValue x{nullptr}, coeff{nullptr}, weight{nullptr}, biasBank{nullptr}, bias{nullptr};
+    Ort::ConstValue spatial{nullptr}, residual{nullptr}; // op version 2
     std::vector<int64_t> xs, cs, ws;
     DynetConvParams p{};
+    int32_t bank = DYNET_FLOAT32; // the weight tensor's storage (DynetDataType)
     int64_t hOut = 0, wOut = 0;
     Ort::UnownedValue y{nullptr};
+    Ort::UnownedValue mean{nullptr}; // op version 2, has_mean
 };
 
+template <typename T>
 OrtStatus* prepareCall(NodeConfig const& cfg, Ort::KernelContext& ctx, Call& call)
 {
+    auto optionalInput = [&](int index) { return index >= 0 ? ctx.GetInput(index) : Ort::ConstValue{nullptr}; };
     call.x = ctx.GetInput(0);
     call.coeff = ctx.GetInput(1);
     call.weight = ctx.GetInput(2);
-    call.biasBank = cfg.biasBankInput >= 0 ? ctx.GetInput(cfg.biasBankInput) : Ort::ConstValue{nullptr};
-    call.bias = cfg.biasInput >= 0 ? ctx.GetInput(cfg.biasInput) : Ort::ConstValue{nullptr};
+    call.biasBank = optionalInput(cfg.biasBankInput);
+    call.bias = optionalInput(cfg.biasInput);
+    call.spatial = optionalInput(cfg.spatialInput);
+    call.residual = optionalInput(cfg.residualInput);
     if (call.x == nullptr || call.coeff == nullptr || call.weight == nullptr
-        || (cfg.biasBankInput >= 0 && call.biasBank == nullptr) || (cfg.biasInput >= 0 && call.bias == nullptr))
+        || (cfg.biasBankInput >= 0 && call.biasBank == nullptr) || (cfg.biasInput >= 0 && call.bias == nullptr)
+        || (cfg.spatialInput >= 0 && call.spatial == nullptr) || (cfg.residualInput >= 0 && call.residual == nullptr))
     {
         return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "a required input is missing");
     }
     call.xs = call.x.GetTensorTypeAndShapeInfo().GetShape();
     call.cs = call.coeff.GetTensorTypeAndShapeInfo().GetShape();
-    call.ws = call.weight.GetTensorTypeAndShapeInfo().GetShape();
+    Ort::TensorTypeAndShapeInfo const weightInfo = call.weight.GetTensorTypeAndShapeInfo();
+    call.ws = weightInfo.GetShape();
+    std::string why;
+    call.bank = bankType<T>(weightInfo.GetElementType(), cfg.version, why);
+    if (call.bank < 0)
+    {
+        return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, why);
+    }
     std::vector<int64_t> bbs, bs;
     if (call.biasBank != nullptr)
     {
@@ -320,11 +477,41 @@ OrtStatus* prepareCall(NodeConfig const& cfg, Ort::KernelContext& ctx, Call& cal
     {
         return s;
     }
+    if constexpr (std::is_same<T, float>::value)
+    {
+        call.p.weight_dtype = call.bank; // a narrowed bank under float I/O (op version 2); a float16 node keeps the
+                                         // version-1 convention (weight in the I/O type, weight_dtype float32)
+    }
     DynetConvSizes sizes; // callParams validated p: the output extents come from the validator's checked sizes
     dynet_conv_sizes(&call.p, &sizes, nullptr, 0);
     call.hOut = sizes.h_out;
     call.wOut = sizes.w_out;
-    call.y = ctx.GetOutput(0, {call.xs[0], call.ws[1], call.hOut, call.wOut});
+    std::vector<int64_t> const yShape{call.xs[0], call.ws[1], call.hOut, call.wOut};
+    if (call.spatial != nullptr)
+    {
+        std::vector<int64_t> const ss = call.spatial.GetTensorTypeAndShapeInfo().GetShape();
+        std::vector<int64_t> const want{call.xs[0], call.ws[3] * call.ws[4]};
+        if (ss != want)
+        {
+            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name,
+                "spatial must be [N, kH*kW] = " + shapeText(want) + ", got " + shapeText(ss));
+        }
+    }
+    if (call.residual != nullptr)
+    {
+        std::vector<int64_t> const rs = call.residual.GetTensorTypeAndShapeInfo().GetShape();
+        if (rs != yShape)
+        {
+            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name,
+                "residual must be [N, C_out, H_out, W_out] = " + shapeText(yShape) + " (y's shape), got "
+                    + shapeText(rs));
+        }
+    }
+    call.y = ctx.GetOutput(0, yShape);
+    if (cfg.attrs.has_mean)
+    {
+        call.mean = ctx.GetOutput(1, {call.xs[0], call.ws[1], 1, 1});
+    }
     return nullptr;
 }
 
@@ -345,6 +532,42 @@ void runOnPool(void* context, void (*fn)(void*, size_t), size_t total, void* usr
     }
 }
 
+// The weight input's element type as the graph declares it, checked at session creation (the version-2 float
+// kernels declare that input's type open, so onnxruntime's type check does not cover it).
+template <typename T>
+OrtStatus* checkWeightType(OrtKernelInfo const* info, NodeConfig const& cfg)
+{
+    OrtApi const& api = Ort::GetApi();
+    OrtTypeInfo* typeInfo = nullptr;
+    if (OrtStatus* s = api.KernelInfo_GetInputTypeInfo(info, 2, &typeInfo))
+    {
+        api.ReleaseStatus(s); // not known here: checked per call
+        return nullptr;
+    }
+    Ort::TypeInfo const owned(typeInfo);
+    if (owned.GetONNXType() != ONNX_TYPE_TENSOR)
+    {
+        return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "weight (input 2) must be a tensor");
+    }
+    std::string why;
+    if (bankType<T>(owned.GetTensorTypeAndShapeInfo().GetElementType(), cfg.version, why) < 0)
+    {
+        return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, why);
+    }
+    return nullptr;
+}
+
+// A float16 tensor's values as float, into `store` (float tensors are read in place: asFloat).
+template <typename T>
+float const* optionalFloat(Ort::ConstValue const& v, std::vector<float>& store)
+{
+    if (v == nullptr)
+    {
+        return nullptr;
+    }
+    return asFloat<T>(v.GetTensorData<T>(), v.GetTensorTypeAndShapeInfo().GetElementCount(), store);
+}
+
 template <typename T>
 struct CpuKernel
 {
@@ -355,6 +578,10 @@ struct CpuKernel
     OrtStatus* init(OrtKernelInfo const* info)
     {
         if (OrtStatus* s = readNode(info, cfg))
+        {
+            return s;
+        }
+        if (OrtStatus* s = statusOf(cfg.name, [&] { return checkWeightType<T>(info, cfg); }))
         {
             return s;
         }
@@ -386,7 +613,8 @@ struct CpuKernel
             }
         }
         Ort::ConstValue weight(values[0]);
-        std::vector<int64_t> const ws = weight.GetTensorTypeAndShapeInfo().GetShape();
+        Ort::TensorTypeAndShapeInfo const weightInfo = weight.GetTensorTypeAndShapeInfo();
+        std::vector<int64_t> const ws = weightInfo.GetShape();
         if (ws.size() != 5)
         {
             return errorStatus(ORT_INVALID_ARGUMENT, cfg.name,
@@ -403,6 +631,12 @@ struct CpuKernel
         {
             return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "groups=" + std::to_string(cfg.attrs.groups)
                 + " must divide C_out=" + std::to_string(ws[1]) + " (weight " + shapeText(ws) + ")");
+        }
+        std::string why;
+        int32_t const bank = bankType<T>(weightInfo.GetElementType(), cfg.version, why);
+        if (bank < 0)
+        {
+            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, why);
         }
         std::vector<int64_t> bbs, bs;
         if (values[1] != nullptr)
@@ -423,16 +657,17 @@ struct CpuKernel
                     "bias must be [C_out] = [" + std::to_string(ws[1]) + "], got " + shapeText(bs));
             }
         }
-        auto bank = std::make_shared<dynet::PackedBank>();
-        if (OrtStatus* s = pack(*bank, ws, values[0], values[1], values[2]))
+        auto packed = std::make_shared<dynet::PackedBank>();
+        if (OrtStatus* s = pack(*packed, ws, bank, values[0], values[1], values[2]))
         {
             return s;
         }
-        constantBank = std::move(bank);
+        constantBank = std::move(packed);
         return nullptr;
     }
 
-    OrtStatus* pack(dynet::PackedBank& bank, std::vector<int64_t> const& ws, OrtValue const* weight,
+    // Pack the bank; weight in `bank` storage (a 16-bit bank, float16 nodes' included, keeps its 16 bits).
+    OrtStatus* pack(dynet::PackedBank& packed, std::vector<int64_t> const& ws, int32_t bank, OrtValue const* weight,
         OrtValue const* biasBank, OrtValue const* bias) const
     {
         DynetConvParams p = cfg.attrs;
@@ -440,12 +675,13 @@ struct CpuKernel
         p.c_out = static_cast<int32_t>(ws[1]);
         p.kh = static_cast<int32_t>(ws[3]);
         p.kw = static_cast<int32_t>(ws[4]);
-        std::vector<float> w32, bb32, b32;
+        p.weight_dtype = bank;
+        std::vector<float> bb32, b32;
         auto data = [](OrtValue const* v) { return Ort::ConstValue(v).GetTensorData<T>(); };
-        float const* w = asFloat<T>(data(weight), elementCount(ws), w32);
+        void const* w = Ort::ConstValue(weight).GetTensorRawData();
         float const* bb = biasBank ? asFloat<T>(data(biasBank), static_cast<size_t>(ws[0] * ws[1]), bb32) : nullptr;
         float const* b = bias ? asFloat<T>(data(bias), static_cast<size_t>(ws[1]), b32) : nullptr;
-        if (bank.pack(p, static_cast<int32_t>(ws[2]), w, bb, b) != DYNET_OK)
+        if (packed.pack(p, static_cast<int32_t>(ws[2]), w, bb, b) != DYNET_OK)
         {
             return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, "cannot pack weight " + shapeText(ws));
         }
@@ -456,7 +692,7 @@ struct CpuKernel
     {
         Ort::KernelContext ctx(context);
         Call call;
-        if (OrtStatus* s = prepareCall(cfg, ctx, call))
+        if (OrtStatus* s = prepareCall<T>(cfg, ctx, call))
         {
             return s;
         }
@@ -469,9 +705,9 @@ struct CpuKernel
 
         dynet::PackedBank perCall;
         dynet::PackedBank const* bank = constantBank.get();
-        if (bank == nullptr || !bank->matches(p))
+        if (bank == nullptr || !bank->matches(p) || bank->dtype != call.bank)
         {
-            if (OrtStatus* s = pack(perCall, ws, static_cast<OrtValue const*>(weight),
+            if (OrtStatus* s = pack(perCall, ws, call.bank, static_cast<OrtValue const*>(weight),
                     biasBank != nullptr ? static_cast<OrtValue const*>(biasBank) : nullptr,
                     bias != nullptr ? static_cast<OrtValue const*>(bias) : nullptr))
             {
@@ -485,20 +721,45 @@ struct CpuKernel
         int32_t status = DYNET_OK;
         if constexpr (std::is_same<T, float>::value)
         {
-            status = dynet::convForward(p, *bank, x.GetTensorData<float>(), coeff.GetTensorData<float>(),
+            dynet::ConvExtras extras;
+            extras.spatial = call.spatial != nullptr ? call.spatial.GetTensorData<float>() : nullptr;
+            extras.residual = call.residual != nullptr ? call.residual.GetTensorData<float>() : nullptr;
+            extras.mean = call.mean != nullptr ? call.mean.GetTensorMutableData<float>() : nullptr;
+            status = dynet::convForward(p, *bank, x.GetTensorData<float>(), coeff.GetTensorData<float>(), extras,
                 y.GetTensorMutableData<float>(), parallel, isa);
         }
         else
         {
-            thread_local std::vector<float> x32, c32, y32;
+            thread_local std::vector<float> x32, c32, s32, r32, y32;
             float const* xf = asFloat<T>(x.GetTensorData<T>(), elementCount(xs), x32);
             float const* cf = asFloat<T>(coeff.GetTensorData<T>(), elementCount(cs), c32);
+            dynet::ConvExtras extras;
+            extras.spatial = optionalFloat<T>(call.spatial, s32);
+            extras.residual = optionalFloat<T>(call.residual, r32);
+            // The mean of the stored (float16) y: computed below, after the rounding.
+            DynetConvParams q = p;
+            q.has_mean = 0;
             y32.resize(yCount);
-            status = dynet::convForward(p, *bank, xf, cf, y32.data(), parallel, isa);
+            status = dynet::convForward(q, *bank, xf, cf, extras, y32.data(), parallel, isa);
             T* out = y.GetTensorMutableData<T>();
             for (size_t i = 0; i < yCount; ++i)
             {
                 out[i] = toHalf(y32[i]);
+            }
+            if (call.mean != nullptr)
+            {
+                size_t const planes = static_cast<size_t>(xs[0] * ws[1]);
+                size_t const plane = static_cast<size_t>(hOut * wOut);
+                T* mean = call.mean.GetTensorMutableData<T>();
+                for (size_t e = 0; e < planes; ++e)
+                {
+                    double sum = 0.0;
+                    for (size_t i = 0; i < plane; ++i)
+                    {
+                        sum += static_cast<double>(toFloat(out[e * plane + i]));
+                    }
+                    mean[e] = toHalf(static_cast<float>(sum / static_cast<double>(plane)));
+                }
             }
         }
         if (status != DYNET_OK)
@@ -557,6 +818,10 @@ struct CudaKernel
         {
             return s;
         }
+        if (OrtStatus* s = statusOf(cfg.name, [&] { return checkWeightType<T>(info, cfg); }))
+        {
+            return s;
+        }
         algo = cudaAlgoFromEnvironment();
         if (algo < 0)
         {
@@ -594,7 +859,7 @@ struct CudaKernel
     {
         Ort::KernelContext ctx(context);
         Call call;
-        if (OrtStatus* s = prepareCall(cfg, ctx, call))
+        if (OrtStatus* s = prepareCall<T>(cfg, ctx, call))
         {
             return s;
         }
@@ -603,6 +868,16 @@ struct CudaKernel
         DynetConvParams p = call.p;
         Ort::UnownedValue& y = call.y;
         int32_t const dtype = std::is_same<T, float>::value ? DYNET_FLOAT32 : DYNET_FLOAT16;
+        if (call.bank != dtype)
+        {
+            return errorStatus(ORT_INVALID_ARGUMENT, cfg.name, std::string("the CUDA kernels take weight in the I/O "
+                "type (") + typeName<T>() + "); a float16 / bfloat16 bank under float I/O runs on the CPU execution "
+                "provider");
+        }
+        if (cfg.version >= 2)
+        {
+            p.weight_dtype = dtype; // the version-2 entry points: weight in the I/O dtype, said explicitly
+        }
         std::lock_guard<std::mutex> guard(lock);
         if (OrtStatus* s = planFor(p, dtype))
         {
@@ -632,14 +907,33 @@ struct CudaKernel
             });
         }
         void* stream = ctx.GetGPUComputeStream();
-        int32_t const status = dynet_conv_cuda_plan_run(plan, x.GetTensorRawData(), coeff.GetTensorRawData(),
-            weight.GetTensorRawData(), biasBank != nullptr ? biasBank.GetTensorRawData() : nullptr,
-            bias != nullptr ? bias.GetTensorRawData() : nullptr, y.GetTensorMutableRawData(), workspace, wsBytes,
-            stream);
+        auto raw = [](Ort::ConstValue const& v) { return v != nullptr ? v.GetTensorRawData() : nullptr; };
+        int32_t status = DYNET_OK;
+        if (cfg.version >= 2)
+        {
+            DynetConvTensors t{};
+            t.x = x.GetTensorRawData();
+            t.coeff = coeff.GetTensorRawData();
+            t.weight = weight.GetTensorRawData();
+            t.bias_bank = raw(biasBank);
+            t.bias = raw(bias);
+            t.spatial = raw(call.spatial);
+            t.residual = raw(call.residual);
+            t.y = y.GetTensorMutableRawData();
+            t.mean = call.mean != nullptr ? call.mean.GetTensorMutableRawData() : nullptr;
+            status = dynet_conv_cuda_plan_run_v2(plan, &t, workspace, wsBytes, stream);
+        }
+        else
+        {
+            status = dynet_conv_cuda_plan_run(plan, x.GetTensorRawData(), coeff.GetTensorRawData(),
+                weight.GetTensorRawData(), raw(biasBank), raw(bias), y.GetTensorMutableRawData(), workspace, wsBytes,
+                stream);
+        }
         if (status != DYNET_OK)
         {
-            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name, std::string("dynet_conv_cuda_plan_run: ")
-                + dynet_status_string(status));
+            return errorStatus(ORT_RUNTIME_EXCEPTION, cfg.name,
+                std::string(cfg.version >= 2 ? "dynet_conv_cuda_plan_run_v2: " : "dynet_conv_cuda_plan_run: ")
+                    + dynet_status_string(status));
         }
         // The workspace goes back to onnxruntime's arena when `hold` ends, tagged with this compute stream.
         return nullptr;
@@ -654,12 +948,16 @@ struct CudaKernel
 
 // ---- op definitions --------------------------------------------------------------------------------------------
 
+// One kernel of the op: I/O type T, execution provider (Cuda); inputs x, coeff, weight[, bias_bank][, bias]
+// [, spatial][, residual], outputs y[, mean], registered from op version 1 on (the node's version is its
+// plugin_version: see the top of the file). The float kernels leave weight's type open (float, or a version-2 node's
+// float16 / bfloat16 bank: checkWeightType and bankType decide).
 template <typename T, typename Kernel, bool Cuda>
 struct DynamicConvOp : Ort::CustomOpBase<DynamicConvOp<T, Kernel, Cuda>, Kernel, true>
 {
     DynamicConvOp()
     {
-        this->start_ver_ = kOpVersion;
+        this->start_ver_ = DYNET_OP_VERSION_MIN;
     }
     char const* GetName() const
     {
@@ -673,8 +971,12 @@ struct DynamicConvOp : Ort::CustomOpBase<DynamicConvOp<T, Kernel, Cuda>, Kernel,
     {
         return kMaxInputs;
     }
-    ONNXTensorElementDataType GetInputType(size_t) const
+    ONNXTensorElementDataType GetInputType(size_t index) const
     {
+        if (index == 2 && std::is_same<T, float>::value)
+        {
+            return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+        }
         return elementType<T>();
     }
     OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const
@@ -684,11 +986,16 @@ struct DynamicConvOp : Ort::CustomOpBase<DynamicConvOp<T, Kernel, Cuda>, Kernel,
     }
     size_t GetOutputTypeCount() const
     {
-        return 1;
+        return kMaxOutputs;
     }
     ONNXTensorElementDataType GetOutputType(size_t) const
     {
         return elementType<T>();
+    }
+    OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const
+    {
+        return index == 0 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED
+                          : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL;
     }
     OrtStatusPtr CreateKernelV2(OrtApi const&, OrtKernelInfo const* info, void** kernel) const
     {

@@ -99,7 +99,8 @@ def narrow_bank(proto: Any, bank_dtype: str, error: type[DynetDeployError] = Fus
                 "is narrowed already; fuse the exported graph again"
             )
         w = numpy_helper.to_array(init)
-        narrowed = w.astype(target)
+        with np.errstate(over="ignore"):  # overflow is reported below, with the node
+            narrowed = w.astype(target)
         overflow = np.isfinite(w) & ~np.isfinite(narrowed.astype(np.float32))
         if overflow.any():
             raise error(

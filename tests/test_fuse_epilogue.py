@@ -129,7 +129,7 @@ class Tail(nn.Module):
             return (
                 y * y.mean(dim=(2, 3), keepdim=True)
                 + y.mean(dim=(2, 3))[:, :, None, None]
-                + y.mean(dim=(1, 2, 3))[:, None, None, None]
+                + y.mean(dim=(1, 2, 3), keepdim=True)
             )
         if t == "y_two_readers":  # y read by the Add and by the Mul: y must exist before the residual
             return (y + x) * y

@@ -143,11 +143,11 @@ class Tail(nn.Module):
         raise ValueError(t)
 
 
-def _tail_graph(tmp_path, tail, act="none", exporter="torchscript", seed=0):
+def _tail_graph(tmp_path, tail, act="none", exporter="torchscript", seed=0, dynamic_hw=False):
     torch.manual_seed(seed)
     model = randomize_batchnorms(Tail(tail, act), (8, 8, 9, 11))
     src = tmp_path / f"{tail}.{exporter}.onnx"
-    export_onnx(model, src, (2, 8, 9, 11), form="feature", dynamic_batch=True, exporter=exporter)
+    export_onnx(model, src, (2, 8, 9, 11), form="feature", dynamic_batch=True, dynamic_hw=dynamic_hw, exporter=exporter)
     report = fuse_dynamic_convs(src, tmp_path / f"{tail}.{exporter}.plugin.onnx")
     assert (report.matched, report.left) == (1, 0), report.details
     proto = onnx.load(str(tmp_path / f"{tail}.{exporter}.plugin.onnx"))
@@ -156,11 +156,11 @@ def _tail_graph(tmp_path, tail, act="none", exporter="torchscript", seed=0):
     return model, report, proto, node
 
 
-def _tail_parity(model, path, batches=(3, 1)):
+def _tail_parity(model, path, batches=(3, 1), hw=(9, 11)):
     runner = OnnxruntimeRunner(path)
     rng = np.random.default_rng(5)
     for b in batches:
-        x = rng.standard_normal((b, 8, 9, 11)).astype(np.float32)
+        x = rng.standard_normal((b, 8, *hw)).astype(np.float32)
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         max_abs, rel = compare(runner.run({runner.input_names[0]: x})[runner.output_names[0]], ref)
@@ -189,6 +189,17 @@ def test_residual_and_activation_fold(tail, exporter, tmp_path):
     assert kinds["Relu"] + kinds["Clip"] == 0 and kinds["GlobalAveragePool"] + kinds["ReduceMean"] == 1
     assert any("folded residual Add" in line for line in report.details)
     _tail_parity(model, tmp_path / f"{tail}.{exporter}.plugin.onnx")
+
+
+@pytest.mark.parametrize("tail,folded", [("add_relu", True), ("broadcast", False)])
+def test_residual_fold_with_dynamic_h_w(tail, folded, tmp_path):
+    """Height and width dynamic: ONNX's inference names the conv output's dims anew, onnxruntime's symbolic shapes
+    prove them equal to the residual's (the dilated FCNs' blocks); a broadcast is still refused."""
+    model, report, proto, node = _tail_graph(tmp_path, tail, dynamic_hw=True)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[2].dim_param  # H is symbolic
+    assert spec.read_attributes(node)["has_residual"] == int(folded), report.details
+    for hw in ((9, 11), (12, 7)):
+        _tail_parity(model, tmp_path / f"{tail}.torchscript.plugin.onnx", batches=(3,), hw=hw)
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])

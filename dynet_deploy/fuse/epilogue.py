@@ -3,8 +3,8 @@
 Two folds, each exact (the op computes what the removed nodes computed, summation order apart):
 
 **Residual** (``has_residual``): a node without activation whose output ``y`` has one reader, an ``Add`` of ``y``
-and another tensor ``r`` of exactly ``y``'s shape (no broadcasting: every dimension known and equal, symbolic
-ones by name), takes ``r`` as its ``residual`` input; the ``Add`` disappears. A ``Relu``, ``Clip(0, 6)`` or
+and another tensor ``r`` of exactly ``y``'s shape (no broadcasting: every dimension known and equal, a symbolic one
+by name or, through onnxruntime's symbolic shape inference, as the same expression of the input dims), takes ``r`` as its ``residual`` input; the ``Add`` disappears. A ``Relu``, ``Clip(0, 6)`` or
 ``Clip(0, inf)`` that is the ``Add``'s only reader becomes the node's activation and disappears too. Refused
 (the graph keeps its nodes) when ``y`` has another reader (it must exist before the residual), when the node has
 its own activation (``act(y) + r`` is not ``act(y + r)``), when ``y`` is a graph output, or when the shapes
@@ -75,9 +75,51 @@ def _known_shape(t) -> list | None:
     return out
 
 
-def _same_shape(a, b) -> bool:
+def _same_shape(a, b, symbolic: dict[str, list]) -> bool:
+    """Equal shapes, proved: ONNX's inferred shapes equal (a symbolic dim by name), or else onnxruntime's symbolic
+    shapes (dims as expressions of the graph's input dims, e.g. ``floor(H/2 - 1/2) + 1``) equal."""
     sa, sb = _known_shape(a), _known_shape(b)
-    return sa is not None and sa == sb
+    if sa is not None and sa == sb:
+        return True
+    xa, xb = symbolic.get(a.name), symbolic.get(b.name)
+    return xa is not None and xa == xb
+
+
+def symbolic_shapes(proto) -> dict[str, list]:
+    """Every tensor's shape from onnxruntime's symbolic shape inference (on the graph with each op node stood in for
+    by a Conv), dims as ints or expressions of the input dims; ``{}`` where it is unavailable or fails.
+
+    Run without ``auto_merge``: two different expressions are never assumed equal, so equal expressions are equal
+    for every input size. ONNX's own inference names each unknown output dim anew (a dilated FCN's residual and conv
+    output get different names), which this proves equal."""
+    from .graph import _shape_twin
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return {}
+    twin = _shape_twin(proto)
+    del twin.graph.value_info[:]
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(twin, auto_merge=False)
+    except Exception:  # the tool raises plain exceptions of several kinds on what it cannot infer
+        return {}
+    shapes: dict[str, list] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims: list = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                break
+        else:
+            shapes[vi.name] = dims
+    return shapes
 
 
 def _reduce_axes(node, rank: int) -> set[int] | None:
@@ -115,7 +157,7 @@ def _set_attrs(node, **changes: int) -> None:
     node.attrs = gs_attributes(values, version=2)
 
 
-def _fold_residual(graph, node, fold: EpilogueFold) -> None:
+def _fold_residual(graph, node, fold: EpilogueFold, symbolic: dict[str, list]) -> None:
     import onnx_graphsurgeon as gs
 
     attrs = read_attributes(node)
@@ -143,7 +185,7 @@ def _fold_residual(graph, node, fold: EpilogueFold) -> None:
         fold.refused = "the other addend is a constant (a bias, not a residual)"
         return
     z = add.outputs[0]
-    if not (_same_shape(r, y) and _same_shape(z, y)):
+    if not (_same_shape(r, y, symbolic) and _same_shape(z, y, symbolic)):
         fold.refused = f"shapes not provably equal (output {y.shape}, other addend {r.shape})"
         return
     if y.dtype is not None and r.dtype is not None and np.dtype(y.dtype) != np.dtype(r.dtype):
@@ -206,11 +248,13 @@ def fold_epilogues(proto: Any, residual: bool = True, mean: bool = True) -> tupl
     from .graph import infer_shapes
 
     graph = gs.import_onnx(infer_shapes(proto))
+    ops = [n for n in graph.nodes if _is_op(n)]
+    symbolic = symbolic_shapes(proto) if residual and ops else {}
     folds: list[EpilogueFold] = []
-    for node in [n for n in graph.nodes if _is_op(n)]:
+    for node in ops:
         fold = EpilogueFold(node.name)
         if residual:
-            _fold_residual(graph, node, fold)
+            _fold_residual(graph, node, fold, symbolic)
         if mean:
             _fold_mean(graph, node, fold)
         if fold.residual is not None or fold.mean or fold.refused:

@@ -8,7 +8,9 @@ both use it.
 
 :func:`graph_precision` says which tolerance a graph is judged at: ``"fp16"`` when the graph says so in its
 metadata (``dynet_deploy.precision``, written by the conversion), when its image input is fp16, or when most of its
-floating-point weights are fp16; ``"fp32"`` otherwise. An fp16-math graph with fp32 I/O is thus judged as fp16.
+floating-point weights are fp16; ``"fp32"`` otherwise. An fp16-math graph with fp32 I/O is thus judged as fp16. An
+fp32 graph whose op nodes store their weight bank in float16 / bfloat16 (``fuse --bank-dtype``) is ``"fp16-bank"`` /
+``"bf16-bank"`` (from its metadata, else from its op weights' types).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from .provenance import stamp_producer
 
 PRECISION_KEY = "dynet_deploy.precision"  # ONNX metadata_props key
 IO_DTYPES = ("fp32", "fp16")
+# An fp32 graph whose op nodes store their weight bank narrowed (`fuse --bank-dtype`): its own tolerance.
+BANK_PRECISIONS = ("fp16-bank", "bf16-bank")
+PRECISIONS = ("fp32", "fp16", *BANK_PRECISIONS)
 
 
 def tensor_elem_types(model) -> dict[str, int]:
@@ -70,8 +75,14 @@ def convert_to_fp16(
     from onnxconverter_common import float16
 
     model = onnx.load(str(src)) if not isinstance(src, onnx.ModelProto) else src
-    if graph_precision(model) == "fp16":
+    precision = graph_precision(model)
+    if precision == "fp16":
         raise error("the graph is fp16 already; convert the fp32 graph")
+    if precision in BANK_PRECISIONS:
+        raise error(
+            f"the graph's weight bank is narrowed ({precision}, `fuse --bank-dtype`); an fp16 graph stores its bank "
+            "in fp16 anyway: convert the graph fused without --bank-dtype"
+        )
     before = [n.name for n in model.graph.node if n.op_type == OP_TYPE]
     try:
         with warnings.catch_warnings():
@@ -105,13 +116,19 @@ def set_precision_metadata(model, precision: str) -> None:
 
 
 def graph_precision(model) -> str:
-    """``"fp16"`` or ``"fp32"``: the precision ``model`` (a ModelProto) computes in (see the module docstring)."""
+    """``"fp16"``, ``"fp32"``, or for an fp32 graph with a narrowed bank ``"fp16-bank"`` / ``"bf16-bank"``: the
+    precision ``model`` (a ModelProto) computes in (see the module docstring)."""
     import numpy as np
     from onnx import TensorProto
 
+    from .fuse.bank import graph_bank_dtype
+
     for prop in model.metadata_props:
-        if prop.key == PRECISION_KEY and prop.value in ("fp16", "fp32"):
+        if prop.key == PRECISION_KEY and prop.value in PRECISIONS:
             return prop.value
+    bank = graph_bank_dtype(model)
+    if bank != "fp32":
+        return f"{bank}-bank"
     inits = {i.name for i in model.graph.initializer}
     for i in model.graph.input:
         if i.name not in inits and i.type.tensor_type.elem_type == TensorProto.FLOAT16:
@@ -124,7 +141,9 @@ def graph_precision(model) -> str:
 
 
 __all__ = [
+    "BANK_PRECISIONS",
     "IO_DTYPES",
+    "PRECISIONS",
     "PRECISION_KEY",
     "check_op_inputs_fp16",
     "convert_to_fp16",

@@ -75,6 +75,35 @@ def test_config_rejects_bad_input():
         BenchConfig(batch_sizes=[0]).validate()
     with pytest.raises(BenchError, match="dy-form"):
         BenchConfig(dy_form="winograd").validate()
+    with pytest.raises(BenchError, match="bank dtype"):
+        BenchConfig(bank_dtype="fp8").validate()
+
+
+def test_fused_graph_takes_the_fuse_options(tmp_path, ort_op_library):
+    """--bank-dtype and --no-fold reach the fuse pass of the fused backend, and the rows name them."""
+    import onnx
+
+    cfg = BenchConfig(
+        models=["dy_resnet18"],
+        batch_sizes=[1],
+        threads=[1],
+        backends=["onnxruntime-fused"],
+        input_size=(32, 32),
+        repeats=2,
+        warmup=1,
+        model_kwargs={"dy_resnet18": TINY, "resnet18": TINY},
+        keep_onnx_dir=str(tmp_path),
+        fold=False,
+        bank_dtype="bf16",
+    )
+    cfg.validate()
+    result = run_bench(cfg)
+    dy = next(r for r in result.rows if r.model == "dy_resnet18")
+    assert "epilogues not folded, bf16 bank" in dy.graph, dy.graph
+    fused = onnx.load(str(tmp_path / "dy_resnet18.fused.onnx"))
+    banks = {n.input[2] for n in fused.graph.node if n.op_type == "DyNetDynamicConv2d"}
+    assert banks and {t.data_type for t in fused.graph.initializer if t.name in banks} == {onnx.TensorProto.BFLOAT16}
+    assert any(n.op_type == "Add" for n in fused.graph.node)  # the residual Adds are kept
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ class ThirdPartyNet(nn.Module):
     """stem -> dyn conv + BN + ReLU -> dyn conv + BN (+ residual from the block input) -> ReLU6 dyn conv -> head.
 
     The block input feeds the coefficient branch, the conv and the residual, so the pass must keep its
-    other readers; the second conv's output feeds the residual Add (no activation to fold).
+    other readers; the second conv's output feeds the residual Add (folded with the ReLU after it into the node).
     """
 
     def __init__(self, style: str, ch: int = 8, groups: int = 1, **kw):

@@ -105,6 +105,9 @@ class BenchConfig:
     processes: int = DEFAULT_PROCESSES  # per model, for the process measure
     # thread counts of the process measure, one pass each; None: onnxruntime's default
     process_threads: list[int | None] = field(default_factory=lambda: [None])
+    # the fuse pass's options for the fused graph (dynet_deploy.fuse.fuse_dynamic_convs)
+    fold: bool = True
+    bank_dtype: str = "fp32"
 
     def validate(self) -> None:
         from ..export.deploy_forms import DY_FORMS
@@ -130,6 +133,10 @@ class BenchConfig:
             raise BenchError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
         if self.dy_form not in ("auto", *DY_FORMS):
             raise BenchError(f"unknown --dy-form {self.dy_form!r}; choose auto or one of {', '.join(DY_FORMS)}")
+        from ..op.spec import BANK_DTYPES
+
+        if self.bank_dtype not in BANK_DTYPES:
+            raise BenchError(f"unknown bank dtype {self.bank_dtype!r}; choose from {', '.join(BANK_DTYPES)}")
         unknown = [m for m in self.measures if m not in MEASURES]
         if unknown or not self.measures:
             raise BenchError(f"unknown measure(s) {unknown}; choose from {', '.join(MEASURES)}")
@@ -357,9 +364,12 @@ class _Artefacts:
                     raise BackendUnavailable(f"the fuse pass is not available ({exc})") from None
                 portable, _ = self.graph(name, "portable", batch)
                 path = self.workdir / f"{name}.fused.onnx"
-                fuse_dynamic_convs(portable, path)
+                fuse_dynamic_convs(portable, path, fold=self.cfg.fold, bank_dtype=self.cfg.bank_dtype)
                 self._graphs[key] = path
-            return self._graphs[key], "DyNetDynamicConv2d graph"
+            options = [] if self.cfg.fold else ["epilogues not folded"]
+            if self.cfg.bank_dtype != "fp32":
+                options.append(f"{self.cfg.bank_dtype} bank")
+            return self._graphs[key], "DyNetDynamicConv2d graph" + (f" ({', '.join(options)})" if options else "")
         raise BenchError(f"unknown graph kind {kind!r}")
 
 

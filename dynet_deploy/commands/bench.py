@@ -126,6 +126,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "matmul-nchwc where onnxruntime has NCHWc kernels, else matmul)",
     )
     p.add_argument(
+        "--bank-dtype",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="the fused graph's weight banks in this type (as `fuse --bank-dtype`; onnxruntime CPU only, default fp32)",
+    )
+    p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="fuse without the epilogue folds (as `fuse --no-fold`: residual Adds and pools kept, op version 1)",
+    )
+    p.add_argument(
         "--ort-spinning",
         action="store_true",
         help="let onnxruntime's idle worker threads spin (its default); off by default because the "
@@ -261,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
         measures=list(dict.fromkeys(args.measures)),
         processes=args.processes,
         process_threads=list(args.threads) if args.threads is not None else [None],
+        fold=not args.no_fold,
+        bank_dtype=args.bank_dtype,
     )
     cfg.validate()
     from ..guards import check_threads

@@ -12,7 +12,9 @@ def register(subparsers) -> None:
         description="Recognises our exports (both forms, both torch exporters) and the batch-as-groups conv of public "
         "implementations (CondConv, DY-CNN, ODConv-style). Subgraphs it cannot prove to be a dynamic conv are left "
         "untouched and listed. A graph with no dynamic conv is copied unchanged. --precision fp16 writes the fused graph "
-        "in fp16 (fp32 inputs and outputs unless --io-dtype fp16); an already fused graph is converted as it is.",
+        "in fp16 (fp32 inputs and outputs unless --io-dtype fp16); an already fused graph is converted as it is. "
+        "A residual Add (with its ReLU / ReLU6) and a GlobalAveragePool after a fused node are folded into it (op "
+        "version 2) unless --no-fold; --bank-dtype narrows the weight banks of an fp32 graph.",
     )
     p.add_argument("model", metavar="MODEL.onnx", help="ONNX graph written by `dynet-deploy export` (or any exporter)")
     p.add_argument("-o", "--output", required=True, help="output path, e.g. model.plugin.onnx (its folder must exist)")
@@ -33,6 +35,20 @@ def register(subparsers) -> None:
         help="with --precision fp16: the graph's input and output dtype (default fp32: Casts at the edges, so it "
         "takes the same arrays as the fp32 graph)",
     )
+    p.add_argument(
+        "--bank-dtype",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="store each DyNetDynamicConv2d node's weight bank in this type while the graph computes in fp32 (op "
+        "version 2; the onnxruntime CPU op library only, not TensorRT): half the bytes a call streams, at the "
+        "rounding of the bank (validated at its own tolerance, fp16-bank / bf16-bank); default fp32, exact",
+    )
+    p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="keep a residual Add (and its ReLU / ReLU6) and a GlobalAveragePool after a fused node as they are "
+        "instead of folding them into it (folded: op version 2; kept: a graph a version-1 runtime runs)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=run)
 
@@ -51,44 +67,73 @@ def run(args) -> int:
         refuse_unused_flags(
             (("--io-dtype", True),), "an fp32 graph takes and returns fp32; add --precision fp16", FuseError
         )
+    bank = args.bank_dtype != "fp32"
+    if bank and fp16:
+        raise FuseError(
+            f"--bank-dtype {args.bank_dtype} narrows the bank of an fp32 graph (the onnxruntime CPU library widens it "
+            "to fp32); an fp16 graph stores its bank in fp16 already: drop one of --bank-dtype and --precision fp16"
+        )
     from ..fuse import fuse_dynamic_convs
 
-    report = fuse_dynamic_convs(args.model, None if fp16 else args.output, make_dynamic_batch=not args.keep_batch)
+    report = fuse_dynamic_convs(
+        args.model,
+        None if fp16 or bank else args.output,
+        make_dynamic_batch=not args.keep_batch,
+        fold=not args.no_fold,
+        bank_dtype=args.bank_dtype,
+    )
+    from ..op.spec import OP_TYPE
+
+    already = 0
+    if report.candidates == 0 and report.model is not None:
+        already = sum(n.op_type == OP_TYPE for n in report.model.graph.node)
+    if bank:  # written here: an already fused graph gets its bank narrowed as it is, first
+        from ..fileio import atomic_write_bytes
+        from ..fuse.bank import apply_bank
+        from ..provenance import stamp_producer
+
+        if already:
+            report.model, _ = apply_bank(report.model, args.bank_dtype, FuseError)
+        stamp_producer(report.model)
+        atomic_write_bytes(args.output, report.model.SerializeToString(), FuseError)
+        report.path = Path(args.output)
     if fp16:
         from ..precision import convert_to_fp16
 
         keep_io = (args.io_dtype or "fp32") == "fp32"
         report.model = convert_to_fp16(report.model, args.output, keep_io_types=keep_io, error=FuseError)
         report.path = Path(args.output)
-    from ..op.spec import OP_TYPE
-
-    already = 0
-    if report.candidates == 0 and report.model is not None:
-        already = sum(n.op_type == OP_TYPE for n in report.model.graph.node)
     if not args.quiet and not already:
         for line in report.details:
             print(line)
     if already:
         print(
             f"the graph is already fused ({already} {OP_TYPE} node{'s' if already != 1 else ''}); "
-            + ("converted as it is" if fp16 else "nothing to fuse")
+            + (
+                "converted as it is"
+                if fp16
+                else f"its bank narrowed to {args.bank_dtype}"
+                if bank
+                else "nothing to fuse"
+            )
         )
     else:
         print(report.summary())
     if fp16:
         io = "fp32 inputs and outputs" if keep_io else "fp16 inputs and outputs"
         print(f"wrote {report.path} (fp16: weights and {OP_TYPE} inputs fp16, {io})")
-    elif report.candidates == 0:
+    elif report.candidates == 0 and not (already and bank):
         print(f"wrote an unchanged copy to {report.path}")
     else:
         print(f"wrote {report.path}")
-    if args.verify and (report.matched or fp16):
+    if args.verify and (report.matched or fp16 or (already and bank)):
         from ..errors import DynetDeployError
 
         try:
             from ..fuse.verify import verify_fused
 
-            print("\n".join(verify_fused(args.model, str(report.path), precision=args.precision)))
+            precision = f"{args.bank_dtype}-bank" if bank else args.precision
+            print("\n".join(verify_fused(args.model, str(report.path), precision=precision)))
         except FuseError:
             Path(report.path).unlink(missing_ok=True)  # a fused graph that computes something else is no artifact
             raise

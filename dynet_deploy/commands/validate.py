@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare an exported/fused graph (or engine) with the PyTorch reference",
         description="Runs the checkpoint's PyTorch model and MODEL on the chosen backend. Random inputs: fresh per "
         "batch size, compared with Polygraphy's comparator at the precision's tolerance (fp32: max-abs <= 1e-4 and "
-        "relative <= 1e-5; fp16: 5e-2 and 1e-2; the graph's own precision unless --precision); inputs and reference outputs are saved in Polygraphy's JSON formats "
+        "relative <= 1e-5; fp16: 5e-2 and 1e-2; fp16-bank: 5e-3 and 1e-3; bf16-bank: 5e-2 and 1e-2; the graph's own "
+        "precision unless --precision); inputs and reference outputs are saved in Polygraphy's JSON formats "
         "and the `polygraphy run` command that replays the check is printed. With --dataset, top-1 (or mIoU) parity "
         "over a whole test set. Writes report.json and report.txt; exits 1 on a mismatch.",
     )
@@ -33,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", dest="model_name", help="zoo model name for a plain .pt state dict")
     p.add_argument(
         "--precision",
-        choices=["fp32", "fp16"],
+        choices=["fp32", "fp16", "fp16-bank", "bf16-bank"],
         help="judge at this precision's tolerance and agreement target (default: the graph's own: fp16 for a graph "
-        "written by `fuse --precision fp16`, whatever its input dtype; with --backend tensorrt, fp32)",
+        "written by `fuse --precision fp16`, whatever its input dtype, fp16-bank / bf16-bank for one written by "
+        "`fuse --bank-dtype fp16|bf16`; with --backend tensorrt, fp32)",
     )
     p.add_argument(
         "--recipe",

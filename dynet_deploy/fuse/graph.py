@@ -49,7 +49,8 @@ class _NoMatch(Exception):
 
 
 def _shape_twin(proto):
-    """A copy with every DyNetDynamicConv2d replaced by a Conv of the same geometry (for shape inference)."""
+    """A copy with every DyNetDynamicConv2d replaced by a Conv of the same geometry (and a GlobalAveragePool for a
+    mean output), for shape inference."""
     from onnx import helper, numpy_helper
 
     twin = type(proto).FromString(proto.SerializeToString())
@@ -73,7 +74,7 @@ def _shape_twin(proto):
             helper.make_node(
                 "Conv",
                 [node.input[0], wname],
-                list(node.output),
+                [node.output[0]],
                 name=node.name + "__twin",
                 strides=list(conv["stride"]),
                 pads=list(conv["pads"]),
@@ -81,6 +82,12 @@ def _shape_twin(proto):
                 group=conv["groups"],
             )
         )
+        if len(node.output) > 1 and node.output[1]:  # the mean output (op version 2): GlobalAveragePool(y)
+            nodes.append(
+                helper.make_node(
+                    "GlobalAveragePool", [node.output[0]], [node.output[1]], name=node.name + "__twin_mean"
+                )
+            )
     del twin.graph.node[:]
     twin.graph.node.extend(nodes)
     return twin

@@ -16,6 +16,7 @@ from ..provenance import stamp_producer
 from .dynamic_batch import _dim0, make_batch_dynamic
 from .graph import _const, _NoMatch, infer_shapes
 from .matchers import _feature_form_chain, _Match, _match_feature_form, _match_kernel_form
+from .passes import PostFuseReport, check_bank_dtype, post_fuse
 
 
 @dataclass
@@ -74,6 +75,7 @@ class FuseReport:
     batch: str = "unchanged"  # "dynamic", "static B (reason)", "unchanged"
     fused: list[FusedConv] = field(default_factory=list)
     model: Any = field(default=None, repr=False)  # the fused onnx.ModelProto
+    post: PostFuseReport | None = None  # the passes over the fused graph: epilogue folds, bank, op version
 
     def summary(self) -> str:
         if self.candidates == 0:
@@ -282,10 +284,20 @@ def _rewrite(graph, match: _Match, name: str, index: int, cache: dict) -> FusedC
 
 
 def fuse_dynamic_convs(
-    model_or_path, out_path: str | Path | None = None, make_dynamic_batch: bool = True, verbose: bool = False
+    model_or_path,
+    out_path: str | Path | None = None,
+    make_dynamic_batch: bool = True,
+    verbose: bool = False,
+    fold: bool = True,
+    bank_dtype: str = "fp32",
+    predictors: bool = True,
 ):
     """Fuse every recognised dynamic conv of ``model_or_path`` into one ``DyNetDynamicConv2d`` node.
 
+    Then the passes over the fused graph (:mod:`.passes`): with ``fold`` the epilogue folds (a residual ``Add``
+    and its activation, a ``GlobalAveragePool`` of the output: op version 2), and a weight bank stored as
+    ``bank_dtype`` (``"fp32"``: as it is; ``"fp16"`` / ``"bf16"``: narrowed, op version 2); with ``predictors``
+    each coefficient predictor's sigmoid next to its FC and its slices as one Split (exact, any op version).
     Writes ``out_path`` atomically (weights embedded) when given. Returns a :class:`FuseReport`; when
     ``out_path`` is None the fused ``onnx.ModelProto`` is in ``report.model``.
     """
@@ -293,6 +305,7 @@ def fuse_dynamic_convs(
     import onnx_graphsurgeon as gs
     import onnxruntime as ort
 
+    check_bank_dtype(bank_dtype)
     if out_path is not None:
         check_output_path(out_path, FuseError)
     original = load_onnx(model_or_path, FuseError, hint="give the .onnx file written by `dynet-deploy export`")
@@ -374,6 +387,8 @@ def fuse_dynamic_convs(
         report.batch = "dynamic (as exported)"
     else:
         report.batch = f"static {batch} (kept)"
+    out, report.post = post_fuse(out, fold=fold, bank_dtype=bank_dtype, predictors=predictors)
+    report.details.extend(report.post.details())
     try:
         out = infer_shapes(out)
         onnx.checker.check_model(out, full_check=True)

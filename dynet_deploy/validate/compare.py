@@ -15,7 +15,7 @@ from ..fileio import atomic_write_text
 from ..tolerance import TOLERANCES, Tolerance, errors, non_finite_count
 
 # Agreement targets for data-set parity.
-AGREEMENT_TARGETS = {"fp32": 1.0, "fp16": 0.999}
+AGREEMENT_TARGETS = {"fp32": 1.0, "fp16": 0.999, "fp16-bank": 0.999, "bf16-bank": 0.999}
 
 
 @dataclass

@@ -136,6 +136,10 @@ def build_engine(
         raise BuildError(f"ONNX file {onnx_path} does not exist")
     if legacy_fp16_flag and not fp16:
         raise BuildError("legacy_fp16_flag only makes sense with fp16")
+    from ...fuse.bank import refuse_narrowed_bank
+    from ...graph import load_onnx
+
+    refuse_narrowed_bank(load_onnx(onnx_path, BuildError, external_data=False), BuildError, "TensorRT's plugin")
     trt = import_tensorrt()
     major = trt_major(trt)
     if legacy_fp16_flag and major >= 11:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..op.spec import OP_DOMAIN, OP_TYPE, Activation, gs_attributes, read_attributes
-from .graph import _const, _relu_kind
+from .graph import _const, _relu_kind, export_like
 
 
 @dataclass
@@ -261,14 +261,7 @@ def fold_epilogues(proto: Any, residual: bool = True, mean: bool = True) -> tupl
             folds.append(fold)
     if not any(f.residual is not None or f.mean for f in folds):
         return proto, folds
-    graph.cleanup().toposort()
-    out = gs.export_onnx(graph)
-    del out.opset_import[:]
-    out.opset_import.extend(proto.opset_import)
-    out.ir_version = proto.ir_version
-    del out.metadata_props[:]
-    out.metadata_props.extend(proto.metadata_props)
-    return out, folds
+    return export_like(graph, proto), folds
 
 
 def summarise_folds(folds: list[EpilogueFold]) -> str:

@@ -243,3 +243,18 @@ def _default_opset(opset_imports) -> int:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)
     return 17
+
+
+def export_like(graph, proto):
+    """``graph`` (cleaned up, sorted) as a ModelProto keeping ``proto``'s opset imports, IR version and metadata:
+    the passes after the fusion change nodes only."""
+    import onnx_graphsurgeon as gs
+
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    del out.opset_import[:]
+    out.opset_import.extend(proto.opset_import)
+    out.ir_version = proto.ir_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(proto.metadata_props)
+    return out

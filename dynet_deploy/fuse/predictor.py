@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import _const
+from .graph import _const, export_like
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -164,14 +164,7 @@ def rewrite_predictors(proto: Any) -> tuple[Any, list[PredictorRewrite]]:
         done.append(PredictorRewrite(base, len(chains), sum(len(c.nodes) for c in chains), len(new_nodes)))
     if not done:
         return proto, []
-    graph.cleanup().toposort()
-    out = gs.export_onnx(graph)
-    del out.opset_import[:]
-    out.opset_import.extend(proto.opset_import)
-    out.ir_version = proto.ir_version
-    del out.metadata_props[:]
-    out.metadata_props.extend(proto.metadata_props)
-    return out, done
+    return export_like(graph, proto), done
 
 
 def summarise_predictors(done: list[PredictorRewrite]) -> str:

@@ -289,3 +289,14 @@ def set_dynamic_conv_mode(module: nn.Module, mode: str) -> nn.Module:
     for m in layers:
         m.mode = mode
     return module
+
+
+def bn_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as ``scale * z + shift`` per channel (``scale = gamma / sqrt(var + eps)``,
+    ``shift = beta - scale * mean``), for folding it into the layer before it."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics cannot be folded")
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    return scale, beta - scale * bn.running_mean

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dynamic_conv import ACTIVATIONS, DynamicConv2d
+from .dynamic_conv import ACTIVATIONS, DynamicConv2d, bn_scale_shift
 from .odconv import ODAttention, ODConvBN
 
 
@@ -20,16 +20,12 @@ def fold_bn_into_dynamic_conv(conv: DynamicConv2d, bn: nn.BatchNorm2d) -> Dynami
     """Fold ``bn`` (eval statistics) into ``conv`` in place and return ``conv``."""
     if bn.num_features != conv.out_channels:
         raise ValueError(f"BatchNorm has {bn.num_features} channels, the conv {conv.out_channels}")
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("BatchNorm without running statistics cannot be folded")
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+    scale, shift = bn_scale_shift(bn)
     conv.weight.mul_(scale.reshape(1, -1, 1, 1, 1))
     if conv.bias_bank is not None:
         conv.bias_bank.mul_(scale.reshape(1, -1))
     old_bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-    new_bias = beta - scale * bn.running_mean + scale * old_bias
+    new_bias = shift + scale * old_bias
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
     return conv
 

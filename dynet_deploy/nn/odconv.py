@@ -27,7 +27,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .dynamic_conv import ACTIVATIONS, DynamicConv2d, _pair
+from .dynamic_conv import ACTIVATIONS, DynamicConv2d, _pair, bn_scale_shift
 
 
 class ODAttentions(NamedTuple):
@@ -78,14 +78,10 @@ class ODAttention(nn.Module):
             return
         bn = self.bn
         assert isinstance(bn, nn.BatchNorm1d)
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError("BatchNorm without running statistics cannot be folded")
-        gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-        beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+        scale, shift = bn_scale_shift(bn)
         folded = nn.Linear(self.fc.in_features, self.fc.out_features, device=scale.device, dtype=scale.dtype)
         folded.weight.copy_(self.fc.weight * scale.reshape(-1, 1))
-        folded.bias.copy_(beta - scale * bn.running_mean)
+        folded.bias.copy_(shift)
         self.fc = folded
         self.bn = nn.Identity()
 
@@ -194,13 +190,9 @@ class ODConvBN(nn.Module):
             return
         bn = self.bn
         assert isinstance(bn, nn.BatchNorm2d)
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError("BatchNorm without running statistics cannot be folded")
-        gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-        beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+        scale, shift = bn_scale_shift(bn)
         conv = self.odconv.conv
         conv.weight.mul_(scale.reshape(1, -1, 1, 1, 1))
         old = self.odconv.bias if self.odconv.bias is not None else torch.zeros_like(scale)
-        self.odconv.bias = nn.Parameter((beta - scale * bn.running_mean + scale * old).to(conv.weight.dtype))
+        self.odconv.bias = nn.Parameter((shift + scale * old).to(conv.weight.dtype))
         self.bn = nn.Identity()
